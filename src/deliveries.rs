@@ -1,0 +1,491 @@
+//! The delivery store: every statement on `dispatcher.deliveries`, `dispatcher.attempts`
+//! and `dispatcher.partner_patients`.
+//!
+//! A delivery is one event for one partner. Its life:
+//! `pending` → (claimed) `in_flight` → `delivered` | `rejected` | `dead` | `invalid`, or back
+//! to `pending` with a later `due_at` when an attempt failed and may be retried. Support can
+//! move an ended delivery back to `pending` (resend) or end any unfinished one (`cancelled`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    InFlight,
+    Delivered,
+    Rejected,
+    Dead,
+    Invalid,
+    Cancelled,
+    /// The event's support program has no partner: kept for support, never sent.
+    Unrouted,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 8] = [
+        DeliveryState::Pending,
+        DeliveryState::InFlight,
+        DeliveryState::Delivered,
+        DeliveryState::Rejected,
+        DeliveryState::Dead,
+        DeliveryState::Invalid,
+        DeliveryState::Cancelled,
+        DeliveryState::Unrouted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::InFlight => "in_flight",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Rejected => "rejected",
+            DeliveryState::Dead => "dead",
+            DeliveryState::Invalid => "invalid",
+            DeliveryState::Cancelled => "cancelled",
+            DeliveryState::Unrouted => "unrouted",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown delivery state `{0}`")]
+pub struct UnknownState(String);
+
+impl FromStr for DeliveryState {
+    type Err = UnknownState;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        DeliveryState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| UnknownState(text.to_string()))
+    }
+}
+
+/// A delivery created by routing an outbox event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub event_id: i64,
+    /// `None` for the placeholder of an event that reached no partner.
+    pub partner: Option<String>,
+    pub event_name: String,
+    pub patient_id: Option<String>,
+    pub state: DeliveryState,
+    pub last_error: Option<String>,
+}
+
+/// Inserts routed deliveries; an (event, partner) pair that already has one is skipped.
+pub async fn insert(client: &impl GenericClient, deliveries: &[NewDelivery]) -> Result<u64, tokio_postgres::Error> {
+    let mut ids = Vec::with_capacity(deliveries.len());
+    let mut event_ids = Vec::with_capacity(deliveries.len());
+    let mut partners = Vec::with_capacity(deliveries.len());
+    let mut event_names = Vec::with_capacity(deliveries.len());
+    let mut patient_ids = Vec::with_capacity(deliveries.len());
+    let mut states = Vec::with_capacity(deliveries.len());
+    let mut errors = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        ids.push(delivery.id);
+        event_ids.push(delivery.event_id);
+        partners.push(delivery.partner.as_deref());
+        event_names.push(delivery.event_name.as_str());
+        patient_ids.push(delivery.patient_id.as_deref());
+        states.push(delivery.state.as_str());
+        errors.push(delivery.last_error.as_deref());
+    }
+    client
+        .execute(
+            "INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, last_error, due_at, ended_at)
+             SELECT id, event_id, partner, event_name, patient_id, state, last_error,
+                    CASE WHEN state = 'pending' THEN now() END,
+                    CASE WHEN state = 'pending' THEN NULL ELSE now() END
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+                  AS new(id, event_id, partner, event_name, patient_id, state, last_error)
+             ON CONFLICT (event_id, partner) DO NOTHING",
+            &[&ids, &event_ids, &partners, &event_names, &patient_ids, &states, &errors],
+        )
+        .await
+}
+
+/// A delivery this daemon holds under a lease, with what is needed to build its body.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: Uuid,
+    pub claim_token: Uuid,
+    pub event_id: i64,
+    pub partner: String,
+    pub event_name: String,
+    pub patient_id: Option<String>,
+    /// Attempts made since the last resend by support.
+    pub attempts_used: u32,
+    /// The stored `event` JSON, exactly as the enrollment flow wrote it.
+    pub event: String,
+    /// The partner's own id for this patient, if an earlier 200 answer told us (R9).
+    pub external_id: Option<String>,
+}
+
+/// Claims up to `limit` due deliveries for `lease`.
+///
+/// Due means pending and due, or in flight with an expired lease (its daemon died). A
+/// delivery waits while an earlier event for the same (partner, patient) is unfinished.
+/// `SKIP LOCKED` lets several daemons claim side by side without waiting on each other.
+pub async fn claim_due(
+    client: &impl GenericClient,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedDelivery>, tokio_postgres::Error> {
+    let claim_token = Uuid::new_v4();
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            "WITH due AS (
+                 SELECT d.id, o.event::text AS event, known.external_id
+                 FROM dispatcher.deliveries d
+                 JOIN dispatcher.outbox o ON o.id = d.event_id
+                 LEFT JOIN dispatcher.partner_patients known
+                        ON known.partner = d.partner AND known.patient_id = d.patient_id
+                 WHERE d.state IN ('pending', 'in_flight')
+                   AND d.due_at <= now()
+                   AND NOT EXISTS (
+                       SELECT 1 FROM dispatcher.deliveries earlier
+                       WHERE earlier.partner = d.partner
+                         AND earlier.patient_id = d.patient_id
+                         AND earlier.event_id < d.event_id
+                         AND earlier.state IN ('pending', 'in_flight'))
+                 ORDER BY d.due_at
+                 LIMIT $1
+                 FOR UPDATE OF d SKIP LOCKED
+             )
+             UPDATE dispatcher.deliveries d
+             SET state = 'in_flight',
+                 due_at = now() + make_interval(secs => $2),
+                 claim_token = $3
+             FROM due
+             WHERE d.id = due.id
+             RETURNING d.id, d.event_id, d.partner, d.event_name, d.patient_id,
+                       d.attempt_count - d.attempts_before_resend, due.event, due.external_id",
+            &[&limit, &lease.as_secs_f64(), &claim_token],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ClaimedDelivery {
+            id: row.get(0),
+            claim_token,
+            event_id: row.get(1),
+            partner: row.get(2),
+            event_name: row.get(3),
+            patient_id: row.get(4),
+            attempts_used: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
+            event: row.get(6),
+            external_id: row.get(7),
+        })
+        .collect())
+}
+
+/// When the next pending delivery falls due, if one is waiting for a later time.
+pub async fn next_due_at(client: &impl GenericClient) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT min(due_at) FROM dispatcher.deliveries
+             WHERE state IN ('pending', 'in_flight') AND due_at > now()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// One request made, as recorded in `dispatcher.attempts`.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub started_at: DateTime<Utc>,
+    pub duration: Duration,
+    pub http_status: Option<u16>,
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// How a claim ends: the delivery's new state, and the attempt made, if any.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub delivery_id: Uuid,
+    pub claim_token: Uuid,
+    pub state: DeliveryState,
+    /// For `pending`: when to try again.
+    pub due_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub attempt: Option<AttemptRecord>,
+    /// (partner, patient id, partner's id), learned from a 200 answer.
+    pub learned_external_id: Option<(String, String, String)>,
+}
+
+/// Writes a batch of resolutions in one statement and returns the ids written.
+///
+/// A resolution is only written while its claim is current: if the lease ran out and
+/// another daemon took the delivery, or support cancelled it, the stale result is dropped
+/// rather than overwrite a newer state.
+pub async fn record(
+    client: &impl GenericClient,
+    resolutions: &[Resolution],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let mut ids = Vec::with_capacity(resolutions.len());
+    let mut tokens = Vec::with_capacity(resolutions.len());
+    let mut states = Vec::with_capacity(resolutions.len());
+    let mut due = Vec::with_capacity(resolutions.len());
+    let mut errors = Vec::with_capacity(resolutions.len());
+    let mut attempted = Vec::with_capacity(resolutions.len());
+    let mut statuses: Vec<Option<i32>> = Vec::with_capacity(resolutions.len());
+    let mut started = Vec::with_capacity(resolutions.len());
+    let mut durations = Vec::with_capacity(resolutions.len());
+    let mut error_kinds = Vec::with_capacity(resolutions.len());
+    let mut attempt_errors = Vec::with_capacity(resolutions.len());
+    let mut bodies = Vec::with_capacity(resolutions.len());
+    let mut learned = std::collections::BTreeMap::new();
+    for resolution in resolutions {
+        ids.push(resolution.delivery_id);
+        tokens.push(resolution.claim_token);
+        states.push(resolution.state.as_str());
+        due.push(resolution.due_at);
+        errors.push(resolution.last_error.as_deref());
+        let attempt = resolution.attempt.as_ref();
+        attempted.push(attempt.is_some());
+        statuses.push(attempt.and_then(|a| a.http_status).map(i32::from));
+        started.push(attempt.map(|a| a.started_at));
+        durations.push(attempt.map(|a| i32::try_from(a.duration.as_millis()).unwrap_or(i32::MAX)));
+        error_kinds.push(attempt.and_then(|a| a.error_kind));
+        attempt_errors.push(attempt.and_then(|a| a.error.as_deref()));
+        bodies.push(attempt.and_then(|a| a.response_body.as_deref()));
+        if let Some((partner, patient, external_id)) = &resolution.learned_external_id {
+            learned.insert((partner.as_str(), patient.as_str()), external_id.as_str());
+        }
+    }
+    // One row per (partner, patient): ON CONFLICT cannot touch a row twice in one statement.
+    let mut learned_partners = Vec::with_capacity(learned.len());
+    let mut learned_patients = Vec::with_capacity(learned.len());
+    let mut learned_ids = Vec::with_capacity(learned.len());
+    for ((partner, patient), external_id) in learned {
+        learned_partners.push(partner);
+        learned_patients.push(patient);
+        learned_ids.push(external_id);
+    }
+    let rows = client
+        .query(
+            "WITH result AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],
+                                      $5::text[], $6::bool[], $7::int4[], $8::timestamptz[],
+                                      $9::int4[], $10::text[], $11::text[], $12::text[])
+                     AS r(id, claim_token, state, due_at, error, attempted, http_status,
+                          started_at, duration_ms, error_kind, attempt_error, response_body)
+             ),
+             updated AS (
+                 UPDATE dispatcher.deliveries d
+                 SET state = r.state,
+                     due_at = r.due_at,
+                     claim_token = NULL,
+                     attempt_count = d.attempt_count + r.attempted::int,
+                     last_status = CASE WHEN r.attempted THEN r.http_status ELSE d.last_status END,
+                     last_error = CASE WHEN r.attempted OR r.error IS NOT NULL THEN r.error
+                                       ELSE d.last_error END,
+                     ended_at = CASE WHEN r.state = 'pending' THEN NULL ELSE now() END
+                 FROM result r
+                 WHERE d.id = r.id AND d.claim_token = r.claim_token AND d.state = 'in_flight'
+                 RETURNING d.id, d.attempt_count
+             ),
+             attempt AS (
+                 INSERT INTO dispatcher.attempts
+                     (delivery_id, number, started_at, duration_ms, http_status, error_kind, error, response_body)
+                 SELECT u.id, u.attempt_count, r.started_at, r.duration_ms, r.http_status,
+                        r.error_kind, r.attempt_error, r.response_body
+                 FROM updated u JOIN result r ON r.id = u.id
+                 WHERE r.attempted
+             ),
+             learned AS (
+                 INSERT INTO dispatcher.partner_patients (partner, patient_id, external_id)
+                 SELECT * FROM unnest($13::text[], $14::text[], $15::text[])
+                 ON CONFLICT (partner, patient_id)
+                 DO UPDATE SET external_id = excluded.external_id, learned_at = now()
+             )
+             SELECT id FROM updated",
+            &[
+                &ids, &tokens, &states, &due, &errors, &attempted, &statuses, &started, &durations,
+                &error_kinds, &attempt_errors, &bodies, &learned_partners, &learned_patients, &learned_ids,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// One line of `dispatcher deliveries list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverySummary {
+    pub id: Uuid,
+    pub event_id: i64,
+    pub partner: Option<String>,
+    pub event_name: String,
+    pub patient_id: Option<String>,
+    pub state: DeliveryState,
+    pub attempt_count: i32,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+const SUMMARY_COLUMNS: &str = "id, event_id, partner, event_name, patient_id, state, attempt_count,
+     last_status, last_error, created_at, CASE WHEN state = 'pending' THEN due_at END";
+
+impl DeliverySummary {
+    fn from_row(row: &tokio_postgres::Row) -> DeliverySummary {
+        DeliverySummary {
+            id: row.get(0),
+            event_id: row.get(1),
+            partner: row.get(2),
+            event_name: row.get(3),
+            patient_id: row.get(4),
+            // The CHECK constraint keeps the column to known states.
+            state: row.get::<_, &str>(5).parse().unwrap_or(DeliveryState::Invalid),
+            attempt_count: row.get(6),
+            last_status: row.get(7),
+            last_error: row.get(8),
+            created_at: row.get(9),
+            next_attempt_at: row.get(10),
+        }
+    }
+}
+
+/// Newest first, optionally limited to some states and one partner.
+pub async fn list(
+    client: &impl GenericClient,
+    states: Option<&[DeliveryState]>,
+    partner: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeliverySummary>, tokio_postgres::Error> {
+    let states: Option<Vec<&str>> = states.map(|states| states.iter().map(|s| s.as_str()).collect());
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
+                 WHERE ($1::text[] IS NULL OR state = ANY($1))
+                   AND ($2::text IS NULL OR partner = $2)
+                 ORDER BY created_at DESC, id DESC
+                 LIMIT $3"
+            ),
+            &[&states, &partner, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(DeliverySummary::from_row).collect())
+}
+
+/// One attempt as support sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptSummary {
+    pub number: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub summary: DeliverySummary,
+    pub attempts: Vec<AttemptSummary>,
+}
+
+pub async fn show(client: &impl GenericClient, id: Uuid) -> Result<Option<DeliveryDetail>, tokio_postgres::Error> {
+    let Some(row) = client
+        .query_opt(&format!("SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries WHERE id = $1"), &[&id])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let attempts = client
+        .query(
+            "SELECT number, started_at, duration_ms, http_status,
+                    CASE WHEN error_kind IS NULL THEN error ELSE error_kind || ': ' || error END,
+                    response_body
+             FROM dispatcher.attempts WHERE delivery_id = $1 ORDER BY number",
+            &[&id],
+        )
+        .await?;
+    Ok(Some(DeliveryDetail {
+        summary: DeliverySummary::from_row(&row),
+        attempts: attempts
+            .iter()
+            .map(|row| AttemptSummary {
+                number: row.get(0),
+                started_at: row.get(1),
+                duration_ms: row.get(2),
+                http_status: row.get(3),
+                error: row.get(4),
+                response_body: row.get(5),
+            })
+            .collect(),
+    }))
+}
+
+/// Puts ended deliveries back to `pending` now, with a fresh set of attempts; their
+/// history stays. Returns the ids moved.
+pub async fn resend(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "UPDATE dispatcher.deliveries
+             SET state = 'pending', due_at = now(), ended_at = NULL,
+                 attempts_before_resend = attempt_count
+             WHERE id = ANY($1) AND partner IS NOT NULL
+               AND state IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled')
+             RETURNING id",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Removes the placeholders of events that reached no partner, so they can be routed
+/// again. Returns (placeholder id, event id) pairs.
+pub async fn remove_placeholders(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, i64)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "DELETE FROM dispatcher.deliveries
+             WHERE id = ANY($1) AND partner IS NULL
+             RETURNING id, event_id",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Ends unfinished or failed deliveries for good. Returns the ids cancelled.
+pub async fn cancel(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "UPDATE dispatcher.deliveries
+             SET state = 'cancelled', due_at = NULL, claim_token = NULL, ended_at = now()
+             WHERE id = ANY($1)
+               AND state IN ('pending', 'in_flight', 'rejected', 'dead', 'invalid', 'unrouted')
+             RETURNING id",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}

@@ -1,0 +1,460 @@
+//! The daemon's worker pool.
+//!
+//! Three loops share the work:
+//! - the **router** fans new outbox events out into deliveries;
+//! - the **claimer** claims due deliveries in batches and starts one attempt task each;
+//! - the **recorder** writes the attempts' resolutions back in batches.
+//!
+//! A semaphore of `concurrency` permits bounds everything in between: a permit is taken
+//! per claimed delivery and given back only once its resolution is written, so memory
+//! stays bounded however far the outbox runs ahead. No database transaction is open while
+//! a request is on the wire.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::{Config, Partner};
+use crate::deliveries::{self, AttemptRecord, ClaimedDelivery, DeliveryState, Resolution};
+use crate::outcome::Outcome;
+use crate::payload::{Event, EventKind};
+use crate::retry;
+use crate::send::Sender;
+use crate::shutdown::Shutdown;
+use crate::wakeup::{self, Wakeups};
+use crate::{db, outbox};
+
+/// Outbox events routed per transaction.
+const ROUTE_BATCH: usize = 1000;
+/// Resolutions written per statement.
+const RECORD_BATCH: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+}
+
+/// A claimed delivery's attempt, finished or given up, with the capacity it holds.
+struct Finished {
+    resolution: Resolution,
+    _capacity: OwnedSemaphorePermit,
+}
+
+/// What one turn of the claimer found.
+enum ClaimOutcome {
+    Claimed,
+    EmptyQueue,
+}
+
+pub struct Dispatcher {
+    config: Arc<Config>,
+    pool: Pool,
+    sender: Sender,
+    wakeups: Wakeups,
+    /// Per-partner `max_in_flight`.
+    partner_slots: HashMap<String, Arc<Semaphore>>,
+    capacity: Arc<Semaphore>,
+    shutdown: Shutdown,
+}
+
+impl Dispatcher {
+    pub fn new(config: Arc<Config>, pool: Pool, shutdown: Shutdown) -> Result<Arc<Dispatcher>, DispatchError> {
+        let partner_slots = config
+            .partners
+            .iter()
+            .map(|partner| (partner.name.clone(), Arc::new(Semaphore::new(partner.max_in_flight))))
+            .collect();
+        Ok(Arc::new(Dispatcher {
+            sender: Sender::new(&config.dispatch)?,
+            capacity: Arc::new(Semaphore::new(config.dispatch.concurrency)),
+            config,
+            pool,
+            wakeups: Wakeups::default(),
+            partner_slots,
+            shutdown,
+        }))
+    }
+
+    /// Runs until shutdown, then returns once every claim is recorded or handed back.
+    pub async fn run(self: Arc<Self>) -> Result<(), DispatchError> {
+        let listen_config = db::connection_config(&self.config.database)?;
+        let listener = tokio::spawn(wakeup::listen(listen_config, self.wakeups.clone(), self.shutdown.clone()));
+        let router = tokio::spawn(self.clone().route_events());
+        let (results, pending_results) = mpsc::channel(self.config.dispatch.concurrency);
+        let recorder = tokio::spawn(self.clone().record_resolutions(pending_results));
+
+        self.clone().claim_deliveries(results).await;
+
+        // The claimer has dropped its sender once every attempt finished; the recorder
+        // drains what is left and stops.
+        let _ = recorder.await;
+        let _ = router.await;
+        listener.abort();
+        tracing::info!("dispatcher stopped");
+        Ok(())
+    }
+
+    async fn route_events(self: Arc<Self>) {
+        while !self.shutdown.is_stopping() {
+            let routed = match self.pool.get().await {
+                Ok(mut client) => outbox::route_new_events(&mut client, &self.config, ROUTE_BATCH)
+                    .await
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match routed {
+                Ok(count) if count == ROUTE_BATCH => {
+                    self.wakeups.deliveries.notify_one();
+                    continue;
+                }
+                Ok(count) => {
+                    if count > 0 {
+                        tracing::debug!(events = count, "routed");
+                        self.wakeups.deliveries.notify_one();
+                    }
+                    tokio::select! {
+                        () = self.wakeups.outbox.notified() => {}
+                        () = tokio::time::sleep(self.config.dispatch.poll_interval) => {}
+                        () = self.shutdown.stopping() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "routing new events failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.config.dispatch.poll_interval) => {}
+                        () = self.shutdown.stopping() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn claim_deliveries(self: Arc<Self>, results: mpsc::Sender<Finished>) {
+        let mut attempts = JoinSet::new();
+        while !self.shutdown.is_stopping() {
+            let outcome = self.try_claim_batch(&mut attempts, &results).await;
+            while attempts.try_join_next().is_some() {}
+            match outcome {
+                Ok(ClaimOutcome::Claimed) => {}
+                Ok(ClaimOutcome::EmptyQueue) => self.wait_for_due_deliveries().await,
+                Err(error) => {
+                    tracing::warn!(%error, "claiming deliveries failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.config.dispatch.poll_interval) => {}
+                        () = self.shutdown.stopping() => {}
+                    }
+                }
+            }
+        }
+        while attempts.join_next().await.is_some() {}
+    }
+
+    /// Waits for free capacity, then claims up to that many due deliveries and starts an
+    /// attempt for each.
+    async fn try_claim_batch(
+        self: &Arc<Self>,
+        attempts: &mut JoinSet<()>,
+        results: &mpsc::Sender<Finished>,
+    ) -> Result<ClaimOutcome, db::DbError> {
+        let Some(mut permits) = self.reserve_capacity().await else {
+            return Ok(ClaimOutcome::EmptyQueue);
+        };
+        let client = self.pool.get().await?;
+        let claimed = deliveries::claim_due(&client, permits.len(), self.config.dispatch.lease).await?;
+        drop(client);
+        if claimed.is_empty() {
+            return Ok(ClaimOutcome::EmptyQueue);
+        }
+        let claimed_at = Instant::now();
+        tracing::debug!(count = claimed.len(), "claimed deliveries");
+        for delivery in claimed {
+            let Some(permit) = permits.pop() else { break };
+            let dispatcher = self.clone();
+            let results = results.clone();
+            attempts.spawn(async move {
+                let resolution = dispatcher.attempt_delivery(&delivery, claimed_at).await;
+                let _ = results.send(Finished { resolution, _capacity: permit }).await;
+            });
+        }
+        Ok(ClaimOutcome::Claimed)
+    }
+
+    /// Up to `batch_size` capacity permits; waits for at least one. `None` on shutdown.
+    async fn reserve_capacity(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let first = tokio::select! {
+            permit = self.capacity.clone().acquire_owned() => permit.ok()?,
+            () = self.shutdown.stopping() => return None,
+        };
+        let mut permits = vec![first];
+        while permits.len() < self.config.dispatch.batch_size {
+            match self.capacity.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        Some(permits)
+    }
+
+    /// Sleeps until a notification, the next retry falling due, or the poll interval.
+    async fn wait_for_due_deliveries(&self) {
+        let poll = self.config.dispatch.poll_interval;
+        let next_due = match self.pool.get().await {
+            Ok(client) => deliveries::next_due_at(&client).await.ok().flatten(),
+            Err(_) => None,
+        };
+        let wait = next_due
+            .and_then(|due| (due - Utc::now()).to_std().ok())
+            .map_or(poll, |until_due| until_due.min(poll));
+        tokio::select! {
+            () = self.wakeups.deliveries.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+            () = self.shutdown.stopping() => {}
+        }
+    }
+
+    /// One attempt at one delivery, from the stored event to its resolution.
+    async fn attempt_delivery(&self, delivery: &ClaimedDelivery, claimed_at: Instant) -> Resolution {
+        let span = tracing::info_span!(
+            "attempt",
+            delivery_id = %delivery.id,
+            event_id = delivery.event_id,
+            partner = %delivery.partner,
+            attempt = delivery.attempts_used + 1,
+            outcome = tracing::field::Empty,
+            http_status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let resolution = self.try_attempt(delivery, claimed_at).instrument(span.clone()).await;
+        span.record("outcome", resolution.state.as_str());
+        if let Some(attempt) = &resolution.attempt {
+            span.record("duration_ms", attempt.duration.as_millis() as u64);
+            if let Some(status) = attempt.http_status {
+                span.record("http_status", status);
+            }
+        }
+        span.in_scope(|| match resolution.state {
+            DeliveryState::Delivered => tracing::debug!("delivered"),
+            DeliveryState::Pending if resolution.attempt.is_some() => tracing::info!("attempt failed; will retry"),
+            DeliveryState::Pending => tracing::debug!("handed back"),
+            _ => tracing::warn!("delivery ended without success"),
+        });
+        resolution
+    }
+
+    async fn try_attempt(&self, delivery: &ClaimedDelivery, claimed_at: Instant) -> Resolution {
+        let now = Utc::now();
+        let Some(partner) = self.config.partner(&delivery.partner) else {
+            // Removed from dispatcher.toml while deliveries were pending: keep them until
+            // ops restore the partner or support cancels them.
+            return self.postpone(
+                delivery,
+                now + self.config.retry.max_delay,
+                format!("partner `{}` is not in the configuration", delivery.partner),
+            );
+        };
+        let Some(kind) = EventKind::from_name(&delivery.event_name) else {
+            return invalid(delivery, format!("event_name `{}` is not an event of the contract", delivery.event_name));
+        };
+        let mut event = match Event::parse(kind, &delivery.event) {
+            Ok(event) => event,
+            Err(reason) => return invalid(delivery, reason.0),
+        };
+        if let Some(external_id) = &delivery.external_id {
+            event.merge_external_id(&partner.name, external_id);
+        }
+        let url = match kind {
+            EventKind::Enrollment => &partner.enrollment_url,
+            EventKind::ViewedTracker => &partner.user_action_url,
+        };
+
+        let Some(slot) = self.partner_slots.get(&partner.name) else {
+            return hand_back(delivery);
+        };
+        let _slot = tokio::select! {
+            slot = slot.acquire() => match slot { Ok(slot) => slot, Err(_) => return hand_back(delivery) },
+            () = self.shutdown.stopping() => return hand_back(delivery),
+        };
+        // Sending this late could outlive the lease and race another daemon's claim.
+        let dispatch = &self.config.dispatch;
+        if self.shutdown.is_stopping() || claimed_at.elapsed() + dispatch.request_timeout >= dispatch.lease {
+            return hand_back(delivery);
+        }
+
+        let sent_at = Utc::now();
+        let body = event.to_body(sent_at);
+        let started = Instant::now();
+        let webhook_id = delivery.id.to_string();
+        let answer = tokio::select! {
+            answer = self.sender.post(partner, url, &webhook_id, body, sent_at) => answer,
+            () = self.shutdown.abandoning() => return hand_back(delivery),
+        };
+        let duration = started.elapsed();
+        let (outcome, attempt) = match answer {
+            Ok(answer) => (
+                Outcome::of_answer(&answer),
+                AttemptRecord {
+                    started_at: sent_at,
+                    duration,
+                    http_status: Some(answer.status),
+                    error_kind: None,
+                    error: None,
+                    response_body: (!answer.body.is_empty())
+                        .then(|| String::from_utf8_lossy(&answer.body).into_owned()),
+                },
+            ),
+            Err(error) => (
+                Outcome::of_transport_error(&error),
+                AttemptRecord {
+                    started_at: sent_at,
+                    duration,
+                    http_status: None,
+                    error_kind: Some(error.kind.as_str()),
+                    error: Some(error.message.clone()),
+                    response_body: None,
+                },
+            ),
+        };
+        self.resolve(delivery, partner, outcome, attempt, Utc::now())
+    }
+
+    /// The delivery's next state after an attempt.
+    fn resolve(
+        &self,
+        delivery: &ClaimedDelivery,
+        partner: &Partner,
+        outcome: Outcome,
+        mut attempt: AttemptRecord,
+        now: DateTime<Utc>,
+    ) -> Resolution {
+        let attempts_used = delivery.attempts_used + 1;
+        let mut resolution = Resolution {
+            delivery_id: delivery.id,
+            claim_token: delivery.claim_token,
+            state: DeliveryState::Delivered,
+            due_at: None,
+            last_error: None,
+            attempt: None,
+            learned_external_id: None,
+        };
+        match outcome {
+            Outcome::Delivered { external_id } => {
+                resolution.learned_external_id = external_id
+                    .zip(delivery.patient_id.clone())
+                    .map(|(external_id, patient)| (partner.name.clone(), patient, external_id));
+            }
+            Outcome::Rejected { reason } => {
+                resolution.state = DeliveryState::Rejected;
+                attempt.error.get_or_insert_with(|| reason.clone());
+                resolution.last_error = Some(reason);
+            }
+            Outcome::Failed { reason, retry_after } => {
+                attempt.error.get_or_insert_with(|| reason.clone());
+                let policy = &self.config.retry;
+                if policy.is_exhausted(attempts_used) {
+                    resolution.state = DeliveryState::Dead;
+                    resolution.last_error = Some(format!("{reason} (gave up after {attempts_used} attempts)"));
+                } else {
+                    let scheduled = policy.delay_after(attempts_used, retry::draw_jitter());
+                    let asked = retry_after.map_or(Duration::ZERO, |asked| asked.min(policy.max_delay));
+                    resolution.state = DeliveryState::Pending;
+                    resolution.due_at = Some(now + scheduled.max(asked));
+                    resolution.last_error = Some(reason);
+                }
+            }
+        }
+        resolution.attempt = Some(attempt);
+        resolution
+    }
+
+    fn postpone(&self, delivery: &ClaimedDelivery, due_at: DateTime<Utc>, reason: String) -> Resolution {
+        Resolution {
+            due_at: Some(due_at),
+            last_error: Some(reason),
+            ..hand_back(delivery)
+        }
+    }
+
+    async fn record_resolutions(self: Arc<Self>, mut pending: mpsc::Receiver<Finished>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while pending.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            self.write_resolutions(&batch).await;
+            // Dropping the batch frees its capacity for the claimer.
+            batch.clear();
+            self.wakeups.deliveries.notify_one();
+        }
+    }
+
+    /// Writes one batch, retrying while the database is away. If it stays away past the
+    /// shutdown grace period the results are dropped: the leases run out and the
+    /// deliveries are sent again, never lost.
+    async fn write_resolutions(&self, batch: &[Finished]) {
+        let resolutions: Vec<Resolution> = batch.iter().map(|finished| finished.resolution.clone()).collect();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let written = match self.pool.get().await {
+                Ok(client) => deliveries::record(&client, &resolutions)
+                    .await
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match written {
+                Ok(ids) => {
+                    if ids.len() < resolutions.len() {
+                        for resolution in &resolutions {
+                            if !ids.contains(&resolution.delivery_id) {
+                                tracing::warn!(delivery_id = %resolution.delivery_id,
+                                    "result discarded: the claim was no longer current (lease expired or cancelled)");
+                            }
+                        }
+                    }
+                    return;
+                }
+                Err(error) if self.shutdown.is_abandoning() => {
+                    tracing::error!(%error, count = resolutions.len(),
+                        "cannot record results before exiting; these deliveries will be retried after their lease");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, count = resolutions.len(), "recording results failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.abandoning() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// The stored event breaks the contract: it is never sent.
+fn invalid(delivery: &ClaimedDelivery, reason: String) -> Resolution {
+    Resolution {
+        state: DeliveryState::Invalid,
+        due_at: None,
+        last_error: Some(reason),
+        ..hand_back(delivery)
+    }
+}
+
+/// Gives an unstarted claim back: due again at once, no attempt counted.
+fn hand_back(delivery: &ClaimedDelivery) -> Resolution {
+    Resolution {
+        delivery_id: delivery.id,
+        claim_token: delivery.claim_token,
+        state: DeliveryState::Pending,
+        due_at: Some(Utc::now()),
+        last_error: None,
+        attempt: None,
+        learned_external_id: None,
+    }
+}

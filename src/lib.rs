@@ -1,0 +1,18 @@
+//! The HelpAround webhook dispatcher: delivers events from a PostgreSQL outbox to the
+//! partners of each support program, per the partner contract in `shared/spec`.
+
+pub mod config;
+pub mod db;
+pub mod deliveries;
+pub mod dispatch;
+pub mod outbox;
+pub mod outcome;
+pub mod payload;
+pub mod retry;
+pub mod routing;
+pub mod schema;
+pub mod send;
+pub mod shutdown;
+pub mod signing;
+pub mod support;
+pub mod wakeup;

@@ -1,0 +1,118 @@
+//! `dispatcher`: wires the command line to the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use dispatcher::config::Config;
+use dispatcher::dispatch::Dispatcher;
+use dispatcher::shutdown::Shutdown;
+use dispatcher::{db, schema, support};
+
+#[derive(Parser)]
+#[command(name = "dispatcher", version, about = "Delivers HelpAround outbox events to partner webhooks")]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "dispatcher.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or upgrade the `dispatcher` schema in the database.
+    Migrate,
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run,
+    /// Review and act on deliveries (for support).
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        /// pending, in_flight, delivered, rejected, dead, invalid, cancelled, unrouted, or
+        /// failed (= rejected, dead, invalid, unrouted).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        partner: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one delivery with every attempt and the partner's answers.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send deliveries again (back to pending, with a fresh set of attempts).
+    Retry {
+        #[arg(required = true)]
+        ids: Vec<Uuid>,
+    },
+    /// Stop deliveries for good.
+    Cancel {
+        #[arg(required = true)]
+        ids: Vec<Uuid>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(&cli.config)
+        .with_context(|| format!("invalid configuration {}", cli.config.display()))?;
+    let pool = db::pool(&config.database)?;
+    match cli.command {
+        Command::Migrate => {
+            let mut client = pool.get().await.context("connecting to the database")?;
+            let applied = schema::migrate(&mut client).await?;
+            if applied.is_empty() {
+                println!("database schema is up to date (version {})", schema::latest_version());
+            } else {
+                println!("applied migrations {applied:?}; schema is at version {}", schema::latest_version());
+            }
+        }
+        Command::Run => {
+            let client = pool.get().await.context("connecting to the database")?;
+            schema::ensure_current(&client).await?;
+            drop(client);
+            let shutdown = Shutdown::new();
+            let grace = config.dispatch.shutdown_grace;
+            tokio::spawn(shutdown.clone().on_signals(grace));
+            tracing::info!(partners = config.partners.len(), "dispatcher running");
+            Dispatcher::new(Arc::new(config), pool, shutdown)?.run().await?;
+        }
+        Command::Deliveries(command) => {
+            let mut client = pool.get().await.context("connecting to the database")?;
+            schema::ensure_current(&client).await?;
+            let mut out = std::io::stdout().lock();
+            match command {
+                DeliveriesCommand::List { state, partner, limit, json } => {
+                    let states = state.as_deref().map(support::parse_state_filter).transpose()?;
+                    support::list(&client, states.as_deref(), partner.as_deref(), limit, json, &mut out).await?;
+                }
+                DeliveriesCommand::Show { id, json } => support::show(&client, id, json, &mut out).await?,
+                DeliveriesCommand::Retry { ids } => support::retry(&mut client, &ids, &mut out).await?,
+                DeliveriesCommand::Cancel { ids } => support::cancel(&client, &ids, &mut out).await?,
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The outbox table: events written by the enrollment flow, waiting to be fanned out.
+
+use deadpool_postgres::GenericClient;
+
+use crate::config::Config;
+use crate::deliveries;
+use crate::routing::{self, UnroutedEvent};
+use crate::wakeup;
+
+/// Only one daemon routes at a time, in outbox order, so per-patient ordering holds
+/// across daemons. Routing is one short transaction per batch, so this costs little.
+const ROUTING_LOCK: i64 = 0x6865_6c70_726f_7574; // "helprout"
+
+/// Fans out up to `limit` unrouted events into deliveries. Returns how many events were
+/// routed (0 when another daemon holds the routing lock).
+pub async fn route_new_events(
+    client: &mut deadpool_postgres::Client,
+    config: &Config,
+    limit: usize,
+) -> Result<usize, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    let locked: bool = transaction
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROUTING_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(0);
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = transaction
+        .query(
+            "SELECT id, event_name,
+                    jsonb_typeof(event) = 'object',
+                    CASE WHEN jsonb_typeof(event -> 'supportProgramId') = 'string'
+                         THEN event ->> 'supportProgramId' END,
+                    CASE WHEN jsonb_typeof(event -> 'patient' -> 'id') = 'string'
+                         THEN event -> 'patient' ->> 'id' END
+             FROM dispatcher.outbox
+             WHERE routed_at IS NULL
+             ORDER BY id
+             LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut event_ids = Vec::with_capacity(rows.len());
+    let mut planned = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let event = UnroutedEvent {
+            id: row.get(0),
+            event_name: row.get(1),
+            is_object: row.get::<_, Option<bool>>(2).unwrap_or(false),
+            support_program_id: row.get(3),
+            patient_id: row.get(4),
+        };
+        event_ids.push(event.id);
+        planned.extend(routing::route(config, &event));
+    }
+    deliveries::insert(&transaction, &planned).await?;
+    transaction
+        .execute(
+            "UPDATE dispatcher.outbox SET routed_at = now() WHERE id = ANY($1)",
+            &[&event_ids],
+        )
+        .await?;
+    wakeup::notify_deliveries(&transaction).await?;
+    transaction.commit().await?;
+    Ok(rows.len())
+}
+
+/// Marks events for routing again, e.g. after a partner for their program was added.
+pub async fn route_again(client: &impl GenericClient, event_ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE dispatcher.outbox SET routed_at = NULL WHERE id = ANY($1)",
+            &[&event_ids],
+        )
+        .await?;
+    client.execute("SELECT pg_notify('dispatcher_outbox', '')", &[]).await?;
+    Ok(())
+}

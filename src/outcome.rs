@@ -1,0 +1,132 @@
+//! What an attempt's answer means for the delivery.
+//!
+//! | answer | outcome |
+//! |---|---|
+//! | 2xx | delivered; `data.externalId` is remembered for the patient (R10) |
+//! | 400, 413, 415, 422 | rejected: the partner says the request itself is wrong, so the same bytes would fail again; support looks (R11) |
+//! | 408, 429, 5xx | retried (429 and 503 honour `Retry-After`) |
+//! | 3xx | retried: redirects are never followed |
+//! | other 4xx (401, 403, 404, 409, …) | retried: usually the partner's deployment or our credentials, which someone can fix before the attempts run out |
+//! | timeout, connection, TLS errors | retried |
+//!
+//! A retried delivery whose attempts run out is `dead`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::send::{Answer, TransportError};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Delivered { external_id: Option<String> },
+    Rejected { reason: String },
+    Failed { reason: String, retry_after: Option<Duration> },
+}
+
+/// The contract's 200 answer; only the partner's patient id matters to us.
+#[derive(Deserialize)]
+struct Accepted {
+    data: Option<AcceptedData>,
+}
+
+#[derive(Deserialize)]
+struct AcceptedData {
+    #[serde(rename = "externalId")]
+    external_id: Option<String>,
+}
+
+/// The contract's 400 answer.
+#[derive(Deserialize)]
+struct Refused {
+    #[serde(rename = "errorMessage")]
+    error_message: Option<String>,
+}
+
+impl Outcome {
+    pub fn of_answer(answer: &Answer) -> Outcome {
+        let status = answer.status;
+        match status {
+            200..=299 => Outcome::Delivered {
+                external_id: serde_json::from_slice::<Accepted>(&answer.body)
+                    .ok()
+                    .and_then(|accepted| accepted.data)
+                    .and_then(|data| data.external_id)
+                    .filter(|id| !id.is_empty()),
+            },
+            400 | 413 | 415 | 422 => {
+                let message = serde_json::from_slice::<Refused>(&answer.body)
+                    .ok()
+                    .and_then(|refused| refused.error_message);
+                Outcome::Rejected {
+                    reason: match message {
+                        Some(message) => format!("HTTP {status}: {message}"),
+                        None => format!("HTTP {status} without an errorMessage"),
+                    },
+                }
+            }
+            300..=399 => Outcome::Failed {
+                reason: format!("HTTP {status}: redirects are not followed"),
+                retry_after: None,
+            },
+            _ => Outcome::Failed {
+                reason: format!("HTTP {status}"),
+                retry_after: answer.retry_after.filter(|_| status == 429 || status == 503),
+            },
+        }
+    }
+
+    pub fn of_transport_error(error: &TransportError) -> Outcome {
+        Outcome::Failed {
+            reason: format!("{}: {}", error.kind.as_str(), error.message),
+            retry_after: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            retry_after: Some(Duration::from_secs(30)),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_200_is_delivered_and_yields_the_partner_patient_id() {
+        let body = r#"{"success": true, "data": {"supportProgramId": "s", "patientId": "p", "externalId": "crm-1"}}"#;
+        assert_eq!(
+            Outcome::of_answer(&answer(200, body)),
+            Outcome::Delivered { external_id: Some("crm-1".into()) }
+        );
+        assert_eq!(
+            Outcome::of_answer(&answer(204, "")),
+            Outcome::Delivered { external_id: None }
+        );
+    }
+
+    #[test]
+    fn a_400_is_rejected_with_the_partner_message() {
+        let body = r#"{"errorMessage": "request has bad syntax", "data": {"patientId": "p"}}"#;
+        assert_eq!(
+            Outcome::of_answer(&answer(400, body)),
+            Outcome::Rejected { reason: "HTTP 400: request has bad syntax".into() }
+        );
+        assert!(matches!(Outcome::of_answer(&answer(400, "<html>")), Outcome::Rejected { .. }));
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_retried() {
+        for status in [408, 500, 502, 404, 401, 302] {
+            assert!(matches!(Outcome::of_answer(&answer(status, "")), Outcome::Failed { .. }), "{status}");
+        }
+        assert_eq!(
+            Outcome::of_answer(&answer(429, "")),
+            Outcome::Failed { reason: "HTTP 429".into(), retry_after: Some(Duration::from_secs(30)) }
+        );
+    }
+}

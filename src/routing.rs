@@ -1,0 +1,141 @@
+//! Fan-out: which partners an outbox event goes to.
+//!
+//! Routing needs only the event's name, support program and patient; the whole event is
+//! checked against the contract just before each send (see `payload`).
+
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::deliveries::{DeliveryState, NewDelivery};
+use crate::payload::EventKind;
+
+/// The parts of an outbox row that routing looks at.
+#[derive(Debug, Clone)]
+pub struct UnroutedEvent {
+    pub id: i64,
+    pub event_name: String,
+    pub is_object: bool,
+    /// `supportProgramId`, when it is a string.
+    pub support_program_id: Option<String>,
+    /// `patient.id`, when it is a string.
+    pub patient_id: Option<String>,
+}
+
+/// One delivery per partner of the event's support program, each with its own id.
+///
+/// An event that reaches no partner still gets one row (partner NULL) so support sees it:
+/// `unrouted` when no partner takes its program, `invalid` when it cannot be routed at all.
+pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
+    let placeholder = |state, reason: Option<String>| {
+        vec![NewDelivery {
+            id: Uuid::now_v7(),
+            event_id: event.id,
+            partner: None,
+            event_name: event.event_name.clone(),
+            patient_id: event.patient_id.clone(),
+            state,
+            last_error: reason,
+        }]
+    };
+    let unroutable = if EventKind::from_name(&event.event_name).is_none() {
+        Some(format!(
+            "event_name `{}` is not an event of the contract",
+            event.event_name
+        ))
+    } else if !event.is_object {
+        Some("event must be an object".to_string())
+    } else if event.support_program_id.as_deref().unwrap_or("").is_empty() {
+        Some("supportProgramId is required".to_string())
+    } else if event.patient_id.as_deref().unwrap_or("").is_empty() {
+        Some("patient.id is required".to_string())
+    } else {
+        None
+    };
+    if let Some(reason) = unroutable {
+        return placeholder(DeliveryState::Invalid, Some(reason));
+    }
+    let program = event.support_program_id.as_deref().unwrap_or_default();
+    let deliveries: Vec<NewDelivery> = config
+        .partners_of(program)
+        .map(|partner| NewDelivery {
+            id: Uuid::now_v7(),
+            event_id: event.id,
+            partner: Some(partner.name.clone()),
+            event_name: event.event_name.clone(),
+            patient_id: event.patient_id.clone(),
+            state: DeliveryState::Pending,
+            last_error: None,
+        })
+        .collect();
+    if deliveries.is_empty() {
+        return placeholder(
+            DeliveryState::Unrouted,
+            Some("no partner is configured for this support program".to_string()),
+        );
+    }
+    deliveries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"
+            [database]
+            url = "postgres://127.0.0.1/db"
+            [[partners]]
+            name = "acme"
+            support_programs = ["prog-1", "prog-2"]
+            enrollment_url = "https://acme.example/e"
+            user_action_url = "https://acme.example/a"
+            [[partners]]
+            name = "globex"
+            support_programs = ["prog-1"]
+            enrollment_url = "https://globex.example/e"
+            user_action_url = "https://globex.example/a"
+            "#,
+            "test.toml",
+            None,
+            |_| None,
+        )
+        .unwrap()
+    }
+
+    fn event(program: &str) -> UnroutedEvent {
+        UnroutedEvent {
+            id: 7,
+            event_name: crate::payload::ENROLLMENT.into(),
+            is_object: true,
+            support_program_id: Some(program.into()),
+            patient_id: Some("p1".into()),
+        }
+    }
+
+    #[test]
+    fn an_event_goes_to_every_partner_of_its_program_with_distinct_ids() {
+        let deliveries = route(&config(), &event("prog-1"));
+        let partners: Vec<_> = deliveries.iter().map(|d| d.partner.clone().unwrap()).collect();
+        assert_eq!(partners, ["acme", "globex"]);
+        assert_ne!(deliveries[0].id, deliveries[1].id);
+        assert!(deliveries.iter().all(|d| d.state == DeliveryState::Pending));
+    }
+
+    #[test]
+    fn an_event_of_an_unknown_program_is_kept_as_unrouted() {
+        let deliveries = route(&config(), &event("prog-9"));
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0].state, DeliveryState::Unrouted);
+        assert_eq!(deliveries[0].partner, None);
+    }
+
+    #[test]
+    fn an_event_without_a_program_is_invalid() {
+        let mut broken = event("");
+        broken.support_program_id = None;
+        let deliveries = route(&config(), &broken);
+        assert_eq!(deliveries[0].state, DeliveryState::Invalid);
+        assert_eq!(deliveries[0].last_error.as_deref(), Some("supportProgramId is required"));
+    }
+}

@@ -1,0 +1,169 @@
+//! `dispatcher deliveries …`: what support uses to see failures and resend.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use uuid::Uuid;
+
+use crate::deliveries::{self, DeliveryDetail, DeliveryState, DeliverySummary};
+use crate::outbox;
+use crate::wakeup;
+
+/// A `--state` filter: one state, or a group support thinks of as one.
+pub fn parse_state_filter(text: &str) -> anyhow::Result<Vec<DeliveryState>> {
+    Ok(match text {
+        "failed" => vec![
+            DeliveryState::Rejected,
+            DeliveryState::Dead,
+            DeliveryState::Invalid,
+            DeliveryState::Unrouted,
+        ],
+        // In flight is still pending from support's point of view.
+        "pending" => vec![DeliveryState::Pending, DeliveryState::InFlight],
+        other => vec![other.parse().with_context(|| {
+            "--state must be one of pending, in_flight, delivered, rejected, dead, invalid, cancelled, unrouted, failed"
+        })?],
+    })
+}
+
+pub async fn list(
+    client: &impl deadpool_postgres::GenericClient,
+    states: Option<&[DeliveryState]>,
+    partner: Option<&str>,
+    limit: i64,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let rows = deliveries::list(client, states, partner, limit)
+        .await
+        .context("listing deliveries")?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<36}  {:>8}  {:<16}  {:<44}  {:<18}  {:<10}  {:>3}  {:>6}  LAST ERROR",
+        "ID", "EVENT", "PARTNER", "EVENT NAME", "PATIENT", "STATE", "TRY", "STATUS"
+    )?;
+    for row in &rows {
+        writeln!(out, "{}", table_line(row))?;
+    }
+    writeln!(out, "({} deliveries)", rows.len())?;
+    Ok(())
+}
+
+fn table_line(row: &DeliverySummary) -> String {
+    format!(
+        "{:<36}  {:>8}  {:<16}  {:<44}  {:<18}  {:<10}  {:>3}  {:>6}  {}",
+        row.id,
+        row.event_id,
+        row.partner.as_deref().unwrap_or("-"),
+        row.event_name,
+        row.patient_id.as_deref().unwrap_or("-"),
+        row.state.as_str(),
+        row.attempt_count,
+        row.last_status.map_or("-".to_string(), |s| s.to_string()),
+        row.last_error.as_deref().unwrap_or(""),
+    )
+}
+
+pub async fn show(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let Some(detail) = deliveries::show(client, id).await.context("reading the delivery")? else {
+        bail!("no delivery with id {id}");
+    };
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &detail)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    print_detail(&detail, out)
+}
+
+fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result<()> {
+    let d = &detail.summary;
+    writeln!(out, "delivery     {}", d.id)?;
+    writeln!(out, "event        {} ({})", d.event_id, d.event_name)?;
+    writeln!(out, "partner      {}", d.partner.as_deref().unwrap_or("-"))?;
+    writeln!(out, "patient      {}", d.patient_id.as_deref().unwrap_or("-"))?;
+    writeln!(out, "state        {}", d.state)?;
+    writeln!(out, "attempts     {}", d.attempt_count)?;
+    writeln!(out, "created      {}", d.created_at.to_rfc3339())?;
+    if let Some(next) = d.next_attempt_at {
+        writeln!(out, "next attempt {}", next.to_rfc3339())?;
+    }
+    if let Some(error) = &d.last_error {
+        writeln!(out, "last error   {error}")?;
+    }
+    for attempt in &detail.attempts {
+        writeln!(
+            out,
+            "\nattempt {} at {} took {} ms: {}",
+            attempt.number,
+            attempt.started_at.to_rfc3339(),
+            attempt.duration_ms,
+            attempt
+                .http_status
+                .map_or("no answer".to_string(), |status| format!("HTTP {status}")),
+        )?;
+        if let Some(error) = &attempt.error {
+            writeln!(out, "  error: {error}")?;
+        }
+        if let Some(body) = &attempt.response_body {
+            writeln!(out, "  answer: {body}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Resends deliveries; for an event that reached no partner, routes it again with the
+/// current configuration. Fails naming the ids that could not be resent.
+pub async fn retry(client: &mut deadpool_postgres::Client, ids: &[Uuid], out: &mut impl Write) -> anyhow::Result<()> {
+    let transaction = client.transaction().await?;
+    let resent = deliveries::resend(&transaction, ids).await?;
+    let rerouted = deliveries::remove_placeholders(&transaction, ids).await?;
+    let event_ids: Vec<i64> = rerouted.iter().map(|(_, event_id)| *event_id).collect();
+    outbox::route_again(&transaction, &event_ids).await?;
+    wakeup::notify_deliveries(&transaction).await?;
+    transaction.commit().await.context("committing the resend")?;
+    for id in &resent {
+        writeln!(out, "{id}: pending again")?;
+    }
+    for (id, event_id) in &rerouted {
+        writeln!(out, "{id}: event {event_id} will be routed again")?;
+    }
+    let untouched: Vec<String> = ids
+        .iter()
+        .filter(|id| !resent.contains(id) && !rerouted.iter().any(|(placeholder, _)| placeholder == *id))
+        .map(Uuid::to_string)
+        .collect();
+    if !untouched.is_empty() {
+        bail!(
+            "not resent (unknown, or still pending or in flight): {}",
+            untouched.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub async fn cancel(client: &impl deadpool_postgres::GenericClient, ids: &[Uuid], out: &mut impl Write) -> anyhow::Result<()> {
+    let cancelled = deliveries::cancel(client, ids).await.context("cancelling")?;
+    for id in &cancelled {
+        writeln!(out, "{id}: cancelled")?;
+    }
+    let untouched: Vec<String> = ids
+        .iter()
+        .filter(|id| !cancelled.contains(id))
+        .map(Uuid::to_string)
+        .collect();
+    if !untouched.is_empty() {
+        bail!("not cancelled (unknown, delivered or already cancelled): {}", untouched.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Waking the daemon when there is work: PostgreSQL LISTEN/NOTIFY, with polling as the
+//! fallback for anything a notification misses (e.g. while the listener reconnects).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::future::poll_fn;
+use tokio::sync::Notify;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::AsyncMessage;
+
+use crate::shutdown::Shutdown;
+
+/// Sent by the outbox trigger on every insert.
+pub const OUTBOX_CHANNEL: &str = "dispatcher_outbox";
+/// Sent when deliveries become due: routed, resent by support.
+pub const DELIVERIES_CHANNEL: &str = "dispatcher_deliveries";
+
+pub async fn notify_deliveries(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("SELECT pg_notify($1, '')", &[&DELIVERIES_CHANNEL])
+        .await
+        .map(drop)
+}
+
+/// The two things the daemon waits for: new outbox events (the router) and deliveries
+/// that became due (the claimer). A wake-up sent while nobody waits is kept for the next
+/// wait, so none is lost between a check and a sleep.
+#[derive(Clone, Default)]
+pub struct Wakeups {
+    pub outbox: Arc<Notify>,
+    pub deliveries: Arc<Notify>,
+}
+
+impl Wakeups {
+    fn wake_all(&self) {
+        self.outbox.notify_one();
+        self.deliveries.notify_one();
+    }
+}
+
+/// Keeps a LISTEN connection open until shutdown, reconnecting with backoff.
+pub async fn listen(database: tokio_postgres::Config, wakeups: Wakeups, shutdown: Shutdown) {
+    let reconnect = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    loop {
+        let connect = || async { database.connect(tokio_postgres::NoTls).await };
+        let connected = tokio::select! {
+            connected = connect
+                .retry(reconnect)
+                .notify(|error, delay| tracing::warn!(%error, ?delay, "cannot reach the database to listen for new events; retrying")) => connected,
+            () = shutdown.stopping() => return,
+        };
+        let Ok((client, mut connection)) = connected else {
+            continue;
+        };
+        let driver = async {
+            loop {
+                match poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(note))) => match note.channel() {
+                        OUTBOX_CHANNEL => wakeups.outbox.notify_one(),
+                        _ => wakeups.deliveries.notify_one(),
+                    },
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => return error.to_string(),
+                    None => return "connection closed".to_string(),
+                }
+            }
+        };
+        let subscribe = async {
+            client
+                .batch_execute(&format!("LISTEN {OUTBOX_CHANNEL}; LISTEN {DELIVERIES_CHANNEL};"))
+                .await
+        };
+        tokio::pin!(driver);
+        // The connection is driven by `driver`, so the LISTEN can only complete beside it.
+        let subscribed = tokio::select! {
+            subscribed = subscribe => subscribed,
+            reason = &mut driver => { tracing::warn!(%reason, "listen connection lost"); continue; }
+        };
+        if let Err(error) = subscribed {
+            tracing::warn!(%error, "LISTEN failed; reconnecting");
+            continue;
+        }
+        tracing::debug!("listening for new events");
+        // Anything that arrived while we were not listening is picked up now.
+        wakeups.wake_all();
+        tokio::select! {
+            reason = &mut driver => tracing::warn!(%reason, "listen connection lost; reconnecting"),
+            () = shutdown.stopping() => return,
+        }
+    }
+}
