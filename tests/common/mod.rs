@@ -1,0 +1,420 @@
+//! The test bench: a fresh PostgreSQL database per test, partners played by real HTTP
+//! servers on 127.0.0.1, and the real `dispatcher` binary run as a child process.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+pub const PROGRAM: &str = "78ef982b-00ea-39c2-a875-f549c40e92ad";
+pub const ENROLLMENT: &str = "HelpAround.Patient.CompleteEnrollment";
+pub const VIEWED_TRACKER: &str = "HelpAround.Patient.UserAction.ViewedTracker";
+/// The Standard Webhooks example secret; every test partner signs with it.
+pub const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A database of its own for one test, migrated by the real binary.
+pub struct TestDb {
+    pub url: String,
+    pub client: tokio_postgres::Client,
+}
+
+impl TestDb {
+    pub async fn unmigrated() -> TestDb {
+        let admin_url = std::env::var("DISPATCHER_TEST_DATABASE_URL").expect(
+            "DISPATCHER_TEST_DATABASE_URL is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL",
+        );
+        let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls).await.expect("connect to the test cluster");
+        tokio::spawn(connection);
+        let name = format!("dispatcher_test_{}", uuid::Uuid::new_v4().simple());
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("DISPATCHER_TEST_DATABASE_URL must end in /<database>"),
+        };
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect to the test database");
+        tokio::spawn(connection);
+        TestDb { url, client }
+    }
+
+    pub async fn migrated(config: &TestConfig) -> TestDb {
+        let db = TestDb::unmigrated().await;
+        let output = dispatcher(&config.write(&db)).arg("migrate").output().expect("run dispatcher migrate");
+        assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stderr));
+        db
+    }
+
+    /// What the enrollment flow does: one plain INSERT.
+    pub async fn insert_event(&self, event_name: &str, event: &Value) -> i64 {
+        self.client
+            .query_one(
+                "INSERT INTO dispatcher.outbox (event_name, event) VALUES ($1, $2) RETURNING id",
+                &[&event_name, event],
+            )
+            .await
+            .expect("insert outbox event")
+            .get(0)
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+
+    /// Polls until `sql` (a count) reaches `expected`; fails after a generous deadline.
+    pub async fn wait_for_count(&self, sql: &str, expected: i64) {
+        let mut last = -1;
+        for _ in 0..1200 {
+            last = self.count(sql).await;
+            if last == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("waited 60s for `{sql}` to be {expected}; it is {last}");
+    }
+
+    pub async fn deliveries(&self) -> Vec<Value> {
+        let rows = self
+            .client
+            .query(
+                "SELECT to_jsonb(d) FROM dispatcher.deliveries d ORDER BY event_id, partner",
+                &[],
+            )
+            .await
+            .expect("read deliveries");
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+
+    pub async fn attempts(&self, delivery_id: &str) -> Vec<Value> {
+        let rows = self
+            .client
+            .query(
+                "SELECT to_jsonb(a) FROM dispatcher.attempts a WHERE delivery_id = $1::text::uuid ORDER BY number",
+                &[&delivery_id],
+            )
+            .await
+            .expect("read attempts");
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+}
+
+/// What a test partner answers to one request.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    /// The contract's 200 answer, echoing the patient and giving the partner's own id.
+    pub fn accepted(request: &Received) -> Reply {
+        let patient = request.json["event"]["patient"]["id"].as_str().unwrap_or_default().to_string();
+        Reply::status(
+            200,
+            json!({"success": true, "data": {"supportProgramId": PROGRAM, "patientId": patient,
+                   "externalId": format!("crm-{patient}")}})
+            .to_string(),
+        )
+    }
+
+    pub fn status(status: u16, body: impl Into<String>) -> Reply {
+        Reply { status, body: body.into(), delay: Duration::ZERO, headers: Vec::new() }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// One request a partner received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub json: Value,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    /// 1 for the first request with this webhook-id, 2 for its first retry, …
+    pub try_number: usize,
+}
+
+impl Received {
+    pub fn webhook_id(&self) -> String {
+        self.header("webhook-id")
+    }
+
+    pub fn header(&self, name: &str) -> String {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    }
+
+    pub fn patient_id(&self) -> String {
+        self.json["event"]["patient"]["id"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+type Behaviour = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
+
+#[derive(Clone)]
+struct PartnerState {
+    behaviour: Behaviour,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+/// A partner CRM played by an HTTP server on 127.0.0.1.
+pub struct TestPartner {
+    pub name: String,
+    pub base_url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl TestPartner {
+    pub async fn start(name: &str, behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> TestPartner {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let state = PartnerState { behaviour: Arc::new(behaviour), received: received.clone() };
+        let app = axum::Router::new().fallback(answer).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind partner");
+        let address = listener.local_addr().expect("partner address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        TestPartner { name: name.to_string(), base_url: format!("http://{address}"), received }
+    }
+
+    /// A partner that accepts everything.
+    pub async fn accepting(name: &str) -> TestPartner {
+        TestPartner::start(name, Reply::accepted).await
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("partner log").clone()
+    }
+
+    pub async fn wait_for_requests(&self, count: usize) -> Vec<Received> {
+        for _ in 0..1200 {
+            let received = self.received();
+            if received.len() >= count {
+                return received;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("partner {} got {} requests in 60s, expected {count}", self.name, self.received().len());
+    }
+}
+
+async fn answer(State(state): State<PartnerState>, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    let request = {
+        let mut received = state.received.lock().expect("partner log");
+        let webhook_id = headers.get("webhook-id").cloned();
+        let try_number = 1 + received.iter().filter(|r| r.headers.get("webhook-id") == webhook_id.as_ref()).count();
+        let request = Received {
+            path: uri.path().to_string(),
+            headers: headers.clone(),
+            json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            body: body.to_vec(),
+            received_at: chrono::Utc::now(),
+            try_number,
+        };
+        received.push(request.clone());
+        request
+    };
+    let reply = (state.behaviour)(&request);
+    tokio::time::sleep(reply.delay).await;
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert("content-type", "application/json".parse().expect("static header"));
+    for (name, value) in reply.headers {
+        response_headers.insert(name, value.parse().expect("test header value"));
+    }
+    (StatusCode::from_u16(reply.status).expect("test status"), response_headers, reply.body)
+}
+
+/// The dispatcher.toml a test runs with.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub partners: Vec<(String, String, Vec<String>)>,
+    pub dispatch: String,
+    pub retry: String,
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+impl TestConfig {
+    /// Fast timings so retries happen within a test.
+    pub fn new() -> TestConfig {
+        TestConfig {
+            partners: Vec::new(),
+            dispatch: "concurrency = 64\nbatch_size = 50\nlease = \"10s\"\npoll_interval = \"200ms\"\nrequest_timeout = \"2s\"\nshutdown_grace = \"5s\"".into(),
+            retry: "max_attempts = 5\nbase_delay = \"300ms\"\nmax_delay = \"2s\"".into(),
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+        }
+    }
+
+    pub fn partner(mut self, partner: &TestPartner, programs: &[&str]) -> TestConfig {
+        self.partners.push((
+            partner.name.clone(),
+            partner.base_url.clone(),
+            programs.iter().map(|p| p.to_string()).collect(),
+        ));
+        self
+    }
+
+    pub fn dispatch(mut self, dispatch: &str) -> TestConfig {
+        self.dispatch = dispatch.into();
+        self
+    }
+
+    pub fn retry(mut self, retry: &str) -> TestConfig {
+        self.retry = retry.into();
+        self
+    }
+
+    pub fn text(&self, db: &TestDb) -> String {
+        let mut text = format!(
+            "[database]\nurl = \"{}\"\n\n[dispatch]\n{}\n\n[retry]\n{}\n",
+            db.url, self.dispatch, self.retry
+        );
+        for (name, base_url, programs) in &self.partners {
+            text.push_str(&format!(
+                "\n[[partners]]\nname = \"{name}\"\nsupport_programs = {programs:?}\n\
+                 enrollment_url = \"{base_url}/webhook/user-enrollment\"\n\
+                 user_action_url = \"{base_url}/webhook/user-action\"\n\
+                 signing_secret = \"{SIGNING_SECRET}\"\nheaders = {{ \"x-api-key\" = \"key-{name}\" }}\n\
+                 allow_insecure = true\n"
+            ));
+        }
+        text
+    }
+
+    pub fn write(&self, db: &TestDb) -> PathBuf {
+        let path = self.dir.path().join("dispatcher.toml");
+        std::fs::write(&path, self.text(db)).expect("write config");
+        path
+    }
+}
+
+/// The real binary, with the given config.
+pub fn dispatcher(config: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dispatcher"));
+    command.arg("--config").arg(config).env_remove("DISPATCHER_DATABASE_URL");
+    command
+}
+
+/// A running `dispatcher run`; killed when dropped.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &TestConfig, db: &TestDb) -> Daemon {
+        let path = config.write(db);
+        let log = config.dir.path().join(format!("daemon-{}.log", uuid::Uuid::new_v4().simple()));
+        let log_file = std::fs::File::create(&log).expect("daemon log");
+        let child = dispatcher(&path)
+            .arg("run")
+            .env("RUST_LOG", "info,dispatcher=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start dispatcher run");
+        Daemon { child, log }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("send signal");
+    }
+
+    /// SIGKILL: a crash, with no chance to clean up.
+    pub fn crash(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit (up to 60s) and returns its status.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        for _ in 0..1200 {
+            if let Some(status) = self.child.try_wait().expect("wait for dispatcher") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("dispatcher did not exit within 60s; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The contract's example enrollment, as the enrollment flow stores it (no sendDate,
+/// sourceName or eventName: the dispatcher sets those), for the given patient.
+pub fn enrollment_event(patient_id: &str) -> Value {
+    let mut event = example("enrollment.json");
+    let object = event.as_object_mut().expect("example event is an object");
+    for field in ["sendDate", "sourceName", "eventName"] {
+        object.remove(field);
+    }
+    event["patient"]["id"] = json!(patient_id);
+    event
+}
+
+pub fn viewed_tracker_event(patient_id: &str) -> Value {
+    let mut event = example("viewed-tracker.json");
+    let object = event.as_object_mut().expect("example event is an object");
+    for field in ["sendDate", "sourceName", "eventName", "data"] {
+        object.remove(field);
+    }
+    event["patient"]["id"] = json!(patient_id);
+    event["patient"].as_object_mut().expect("patient").remove("externalIds");
+    event
+}
+
+pub fn spec_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec")
+}
+
+fn example(file: &str) -> Value {
+    let text = std::fs::read_to_string(spec_dir().join("examples").join(file)).expect("read contract example");
+    let body: Value = serde_json::from_str(&text).expect("contract example is JSON");
+    body["event"].clone()
+}
+
+/// Validates a body against the contract's JSON Schema; returns the errors.
+pub fn schema_errors(schema_file: &str, body: &Value) -> Vec<String> {
+    let text = std::fs::read_to_string(spec_dir().join(schema_file)).expect("read schema");
+    let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+}
+
+/// Counts requests per webhook-id.
+pub fn per_webhook_id(received: &[Received]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for request in received {
+        *counts.entry(request.webhook_id()).or_insert(0) += 1;
+    }
+    counts
+}
