@@ -225,9 +225,12 @@ impl Config {
             source,
         })?;
         let env_database_url = std::env::var(DATABASE_URL_ENV).ok();
-        Config::parse(&text, &path.display().to_string(), env_database_url, |name| {
-            std::env::var(name).ok()
-        })
+        Config::parse(
+            &text,
+            &path.display().to_string(),
+            env_database_url,
+            |name| std::env::var(name).ok(),
+        )
     }
 
     /// Parses config text; `lookup_env` resolves `${VAR}` references.
@@ -251,10 +254,16 @@ impl Config {
     }
 
     /// The partners that take events of this support program.
-    pub fn partners_of<'a>(&'a self, support_program: &'a str) -> impl Iterator<Item = &'a Partner> {
-        self.partners
-            .iter()
-            .filter(move |partner| partner.support_programs.iter().any(|p| p == support_program))
+    pub fn partners_of<'a>(
+        &'a self,
+        support_program: &'a str,
+    ) -> impl Iterator<Item = &'a Partner> {
+        self.partners.iter().filter(move |partner| {
+            partner
+                .support_programs
+                .iter()
+                .any(|p| p == support_program)
+        })
     }
 
     pub fn partner(&self, name: &str) -> Option<&Partner> {
@@ -264,14 +273,12 @@ impl Config {
 
 impl RawConfig {
     fn validate(self, env_database_url: Option<String>) -> Result<Config, ConfigError> {
-        let url = env_database_url
-            .or(self.database.url)
-            .ok_or_else(|| {
-                ConfigError::key(
-                    "database.url",
-                    format!("missing; set it in the file or in {DATABASE_URL_ENV}"),
-                )
-            })?;
+        let url = env_database_url.or(self.database.url).ok_or_else(|| {
+            ConfigError::key(
+                "database.url",
+                format!("missing; set it in the file or in {DATABASE_URL_ENV}"),
+            )
+        })?;
         if url.parse::<tokio_postgres::Config>().is_err() {
             return Err(ConfigError::key(
                 "database.url",
@@ -343,17 +350,22 @@ impl RawPartner {
         if self.name.trim().is_empty() {
             return Err(ConfigError::key(key("name"), "must not be empty"));
         }
-        if self.support_programs.is_empty() || self.support_programs.iter().any(|p| p.is_empty())
-        {
+        if self.support_programs.is_empty() || self.support_programs.iter().any(|p| p.is_empty()) {
             return Err(ConfigError::key(
                 key("support_programs"),
                 "must list at least one non-empty support program id",
             ));
         }
-        let enrollment_url =
-            partner_url(&key("enrollment_url"), &self.enrollment_url, self.allow_insecure)?;
-        let user_action_url =
-            partner_url(&key("user_action_url"), &self.user_action_url, self.allow_insecure)?;
+        let enrollment_url = partner_url(
+            &key("enrollment_url"),
+            &self.enrollment_url,
+            self.allow_insecure,
+        )?;
+        let user_action_url = partner_url(
+            &key("user_action_url"),
+            &self.user_action_url,
+            self.allow_insecure,
+        )?;
         let signing_secret = self
             .signing_secret
             .map(|secret| {
@@ -363,8 +375,13 @@ impl RawPartner {
             .transpose()?;
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, value) in self.headers {
-            let header_name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| ConfigError::key(key("headers"), format!("`{name}` is not a valid header name")))?;
+            let header_name =
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    ConfigError::key(
+                        key("headers"),
+                        format!("`{name}` is not a valid header name"),
+                    )
+                })?;
             if reqwest::header::HeaderValue::from_str(&value).is_err() {
                 return Err(ConfigError::key(
                     format!("{}.{name}", key("headers")),
@@ -438,10 +455,8 @@ fn expand_env(
     lookup_env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match value {
-        toml::Value::String(text) => {
-            if text.contains("${") {
-                *text = expand_string(text, key, lookup_env)?;
-            }
+        toml::Value::String(text) if text.contains("${") => {
+            *text = expand_string(text, key, lookup_env)?;
         }
         toml::Value::Array(items) => {
             for (index, item) in items.iter_mut().enumerate() {
@@ -525,7 +540,10 @@ mod tests {
     fn an_unknown_key_is_named() {
         let text = MINIMAL.replace("name = \"acme\"", "name = \"acme\"\ncolour = \"red\"");
         let error = parse(&text).unwrap_err().to_string();
-        assert!(error.contains("partners[0]") && error.contains("colour"), "{error}");
+        assert!(
+            error.contains("partners[0]") && error.contains("colour"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -539,7 +557,10 @@ mod tests {
     fn plain_http_needs_allow_insecure() {
         let text = MINIMAL.replace("https://crm.example/enroll", "http://crm.example/enroll");
         let error = parse(&text).unwrap_err().to_string();
-        assert!(error.contains("partners[0].enrollment_url") && error.contains("https"), "{error}");
+        assert!(
+            error.contains("partners[0].enrollment_url") && error.contains("https"),
+            "{error}"
+        );
         let allowed = text.replace("name = \"acme\"", "name = \"acme\"\nallow_insecure = true");
         assert!(parse(&allowed).is_ok());
     }
@@ -557,7 +578,23 @@ mod tests {
 
         let missing = text.replace("ACME_KEY", "NOT_SET_ANYWHERE");
         let error = parse(&missing).unwrap_err().to_string();
-        assert!(error.contains("partners[0].headers.x-api-key") && error.contains("NOT_SET_ANYWHERE"), "{error}");
+        assert!(
+            error.contains("partners[0].headers.x-api-key") && error.contains("NOT_SET_ANYWHERE"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_documented_sample_parses() {
+        let text = include_str!("../dispatcher.sample.toml");
+        let config = Config::parse(text, "dispatcher.sample.toml", None, |name| match name {
+            "DISPATCHER_DATABASE_URL" => Some("postgres://dispatcher@127.0.0.1/dispatcher".into()),
+            "ACME_SIGNING_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            "ACME_API_KEY" => Some("key".into()),
+            _ => None,
+        })
+        .expect("the sample config is valid");
+        assert_eq!(config.partners[0].name, "acme-crm");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Connections to PostgreSQL.
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
 use secrecy::ExposeSecret;
 
 use crate::config::DatabaseConfig;
@@ -17,18 +19,27 @@ pub enum DbError {
     Query(#[from] tokio_postgres::Error),
 }
 
+/// Nothing may wait on the database for ever: a connect that hangs (a dead host, or a
+/// loopback socket that connected to itself) fails after this and is retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub fn connection_config(database: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
-    database
+    let mut config: tokio_postgres::Config = database
         .url
         .expose_secret()
         .parse()
-        .map_err(|_| DbError::BadUrl)
+        .map_err(|_| DbError::BadUrl)?;
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .application_name("helparound-dispatcher");
+    Ok(config)
 }
 
 /// The pool every statement but LISTEN goes through.
 pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
-    let mut config = connection_config(database)?;
-    config.application_name("helparound-dispatcher");
+    let config = connection_config(database)?;
     let manager = Manager::from_config(
         config,
         tokio_postgres::NoTls,
@@ -39,6 +50,11 @@ pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
     Pool::builder(manager)
         .max_size(database.pool_size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(CONNECT_TIMEOUT),
+            create: Some(CONNECT_TIMEOUT),
+            recycle: Some(CONNECT_TIMEOUT),
+        })
         .build()
         .map_err(|error| DbError::Pool(error.to_string()))
 }

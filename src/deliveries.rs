@@ -11,8 +11,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use deadpool_postgres::GenericClient;
+use serde::Serialize;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,7 +89,10 @@ pub struct NewDelivery {
 }
 
 /// Inserts routed deliveries; an (event, partner) pair that already has one is skipped.
-pub async fn insert(client: &impl GenericClient, deliveries: &[NewDelivery]) -> Result<u64, tokio_postgres::Error> {
+pub async fn insert(
+    client: &impl GenericClient,
+    deliveries: &[NewDelivery],
+) -> Result<u64, tokio_postgres::Error> {
     let mut ids = Vec::with_capacity(deliveries.len());
     let mut event_ids = Vec::with_capacity(deliveries.len());
     let mut partners = Vec::with_capacity(deliveries.len());
@@ -198,7 +201,9 @@ pub async fn claim_due(
 }
 
 /// When the next pending delivery falls due, if one is waiting for a later time.
-pub async fn next_due_at(client: &impl GenericClient) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+pub async fn next_due_at(
+    client: &impl GenericClient,
+) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT min(due_at) FROM dispatcher.deliveries
@@ -358,7 +363,10 @@ impl DeliverySummary {
             event_name: row.get(3),
             patient_id: row.get(4),
             // The CHECK constraint keeps the column to known states.
-            state: row.get::<_, &str>(5).parse().unwrap_or(DeliveryState::Invalid),
+            state: row
+                .get::<_, &str>(5)
+                .parse()
+                .unwrap_or(DeliveryState::Invalid),
             attempt_count: row.get(6),
             last_status: row.get(7),
             last_error: row.get(8),
@@ -375,7 +383,8 @@ pub async fn list(
     partner: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeliverySummary>, tokio_postgres::Error> {
-    let states: Option<Vec<&str>> = states.map(|states| states.iter().map(|s| s.as_str()).collect());
+    let states: Option<Vec<&str>> =
+        states.map(|states| states.iter().map(|s| s.as_str()).collect());
     let rows = client
         .query(
             &format!(
@@ -409,9 +418,15 @@ pub struct DeliveryDetail {
     pub attempts: Vec<AttemptSummary>,
 }
 
-pub async fn show(client: &impl GenericClient, id: Uuid) -> Result<Option<DeliveryDetail>, tokio_postgres::Error> {
+pub async fn show(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<DeliveryDetail>, tokio_postgres::Error> {
     let Some(row) = client
-        .query_opt(&format!("SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries WHERE id = $1"), &[&id])
+        .query_opt(
+            &format!("SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries WHERE id = $1"),
+            &[&id],
+        )
         .await?
     else {
         return Ok(None);
@@ -443,7 +458,10 @@ pub async fn show(client: &impl GenericClient, id: Uuid) -> Result<Option<Delive
 
 /// Puts ended deliveries back to `pending` now, with a fresh set of attempts; their
 /// history stays. Returns the ids moved.
-pub async fn resend(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+pub async fn resend(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
             "UPDATE dispatcher.deliveries
@@ -475,14 +493,20 @@ pub async fn remove_placeholders(
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// Ends unfinished or failed deliveries for good. Returns the ids cancelled.
-pub async fn cancel(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+/// Ends pending or failed deliveries for good. Returns the ids cancelled.
+///
+/// A delivery in flight is left alone: its request is on the wire, and cancelling now
+/// would drop the record of what the partner answered.
+pub async fn cancel(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
             "UPDATE dispatcher.deliveries
              SET state = 'cancelled', due_at = NULL, claim_token = NULL, ended_at = now()
              WHERE id = ANY($1)
-               AND state IN ('pending', 'in_flight', 'rejected', 'dead', 'invalid', 'unrouted')
+               AND state IN ('pending', 'rejected', 'dead', 'invalid', 'unrouted')
              RETURNING id",
             &[&ids],
         )

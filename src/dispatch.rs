@@ -67,11 +67,20 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(config: Arc<Config>, pool: Pool, shutdown: Shutdown) -> Result<Arc<Dispatcher>, DispatchError> {
+    pub fn new(
+        config: Arc<Config>,
+        pool: Pool,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Dispatcher>, DispatchError> {
         let partner_slots = config
             .partners
             .iter()
-            .map(|partner| (partner.name.clone(), Arc::new(Semaphore::new(partner.max_in_flight))))
+            .map(|partner| {
+                (
+                    partner.name.clone(),
+                    Arc::new(Semaphore::new(partner.max_in_flight)),
+                )
+            })
             .collect();
         Ok(Arc::new(Dispatcher {
             sender: Sender::new(&config.dispatch)?,
@@ -87,7 +96,11 @@ impl Dispatcher {
     /// Runs until shutdown, then returns once every claim is recorded or handed back.
     pub async fn run(self: Arc<Self>) -> Result<(), DispatchError> {
         let listen_config = db::connection_config(&self.config.database)?;
-        let listener = tokio::spawn(wakeup::listen(listen_config, self.wakeups.clone(), self.shutdown.clone()));
+        let listener = tokio::spawn(wakeup::listen(
+            listen_config,
+            self.wakeups.clone(),
+            self.shutdown.clone(),
+        ));
         let router = tokio::spawn(self.clone().route_events());
         let (results, pending_results) = mpsc::channel(self.config.dispatch.concurrency);
         let recorder = tokio::spawn(self.clone().record_resolutions(pending_results));
@@ -169,7 +182,8 @@ impl Dispatcher {
             return Ok(ClaimOutcome::EmptyQueue);
         };
         let client = self.pool.get().await?;
-        let claimed = deliveries::claim_due(&client, permits.len(), self.config.dispatch.lease).await?;
+        let claimed =
+            deliveries::claim_due(&client, permits.len(), self.config.dispatch.lease).await?;
         drop(client);
         if claimed.is_empty() {
             return Ok(ClaimOutcome::EmptyQueue);
@@ -182,7 +196,12 @@ impl Dispatcher {
             let results = results.clone();
             attempts.spawn(async move {
                 let resolution = dispatcher.attempt_delivery(&delivery, claimed_at).await;
-                let _ = results.send(Finished { resolution, _capacity: permit }).await;
+                let _ = results
+                    .send(Finished {
+                        resolution,
+                        _capacity: permit,
+                    })
+                    .await;
             });
         }
         Ok(ClaimOutcome::Claimed)
@@ -222,7 +241,11 @@ impl Dispatcher {
     }
 
     /// One attempt at one delivery, from the stored event to its resolution.
-    async fn attempt_delivery(&self, delivery: &ClaimedDelivery, claimed_at: Instant) -> Resolution {
+    async fn attempt_delivery(
+        &self,
+        delivery: &ClaimedDelivery,
+        claimed_at: Instant,
+    ) -> Resolution {
         let span = tracing::info_span!(
             "attempt",
             delivery_id = %delivery.id,
@@ -233,7 +256,10 @@ impl Dispatcher {
             http_status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
-        let resolution = self.try_attempt(delivery, claimed_at).instrument(span.clone()).await;
+        let resolution = self
+            .try_attempt(delivery, claimed_at)
+            .instrument(span.clone())
+            .await;
         span.record("outcome", resolution.state.as_str());
         if let Some(attempt) = &resolution.attempt {
             span.record("duration_ms", attempt.duration.as_millis() as u64);
@@ -243,7 +269,9 @@ impl Dispatcher {
         }
         span.in_scope(|| match resolution.state {
             DeliveryState::Delivered => tracing::debug!("delivered"),
-            DeliveryState::Pending if resolution.attempt.is_some() => tracing::info!("attempt failed; will retry"),
+            DeliveryState::Pending if resolution.attempt.is_some() => {
+                tracing::info!("attempt failed; will retry")
+            }
             DeliveryState::Pending => tracing::debug!("handed back"),
             _ => tracing::warn!("delivery ended without success"),
         });
@@ -262,7 +290,13 @@ impl Dispatcher {
             );
         };
         let Some(kind) = EventKind::from_name(&delivery.event_name) else {
-            return invalid(delivery, format!("event_name `{}` is not an event of the contract", delivery.event_name));
+            return invalid(
+                delivery,
+                format!(
+                    "event_name `{}` is not an event of the contract",
+                    delivery.event_name
+                ),
+            );
         };
         let mut event = match Event::parse(kind, &delivery.event) {
             Ok(event) => event,
@@ -285,7 +319,9 @@ impl Dispatcher {
         };
         // Sending this late could outlive the lease and race another daemon's claim.
         let dispatch = &self.config.dispatch;
-        if self.shutdown.is_stopping() || claimed_at.elapsed() + dispatch.request_timeout >= dispatch.lease {
+        if self.shutdown.is_stopping()
+            || claimed_at.elapsed() + dispatch.request_timeout >= dispatch.lease
+        {
             return hand_back(delivery);
         }
 
@@ -356,15 +392,20 @@ impl Dispatcher {
                 attempt.error.get_or_insert_with(|| reason.clone());
                 resolution.last_error = Some(reason);
             }
-            Outcome::Failed { reason, retry_after } => {
+            Outcome::Failed {
+                reason,
+                retry_after,
+            } => {
                 attempt.error.get_or_insert_with(|| reason.clone());
                 let policy = &self.config.retry;
                 if policy.is_exhausted(attempts_used) {
                     resolution.state = DeliveryState::Dead;
-                    resolution.last_error = Some(format!("{reason} (gave up after {attempts_used} attempts)"));
+                    resolution.last_error =
+                        Some(format!("{reason} (gave up after {attempts_used} attempts)"));
                 } else {
                     let scheduled = policy.delay_after(attempts_used, retry::draw_jitter());
-                    let asked = retry_after.map_or(Duration::ZERO, |asked| asked.min(policy.max_delay));
+                    let asked =
+                        retry_after.map_or(Duration::ZERO, |asked| asked.min(policy.max_delay));
                     resolution.state = DeliveryState::Pending;
                     resolution.due_at = Some(now + scheduled.max(asked));
                     resolution.last_error = Some(reason);
@@ -375,7 +416,12 @@ impl Dispatcher {
         resolution
     }
 
-    fn postpone(&self, delivery: &ClaimedDelivery, due_at: DateTime<Utc>, reason: String) -> Resolution {
+    fn postpone(
+        &self,
+        delivery: &ClaimedDelivery,
+        due_at: DateTime<Utc>,
+        reason: String,
+    ) -> Resolution {
         Resolution {
             due_at: Some(due_at),
             last_error: Some(reason),
@@ -397,7 +443,10 @@ impl Dispatcher {
     /// shutdown grace period the results are dropped: the leases run out and the
     /// deliveries are sent again, never lost.
     async fn write_resolutions(&self, batch: &[Finished]) {
-        let resolutions: Vec<Resolution> = batch.iter().map(|finished| finished.resolution.clone()).collect();
+        let resolutions: Vec<Resolution> = batch
+            .iter()
+            .map(|finished| finished.resolution.clone())
+            .collect();
         let mut delay = Duration::from_millis(50);
         loop {
             let written = match self.pool.get().await {

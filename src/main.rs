@@ -13,7 +13,11 @@ use dispatcher::shutdown::Shutdown;
 use dispatcher::{db, schema, support};
 
 #[derive(Parser)]
-#[command(name = "dispatcher", version, about = "Delivers HelpAround outbox events to partner webhooks")]
+#[command(
+    name = "dispatcher",
+    version,
+    about = "Delivers HelpAround outbox events to partner webhooks"
+)]
 struct Cli {
     /// The configuration file.
     #[arg(long, global = true, default_value = "dispatcher.toml")]
@@ -84,33 +88,67 @@ async fn main() -> anyhow::Result<()> {
             let mut client = pool.get().await.context("connecting to the database")?;
             let applied = schema::migrate(&mut client).await?;
             if applied.is_empty() {
-                println!("database schema is up to date (version {})", schema::latest_version());
+                println!(
+                    "database schema is up to date (version {})",
+                    schema::latest_version()
+                );
             } else {
-                println!("applied migrations {applied:?}; schema is at version {}", schema::latest_version());
+                println!(
+                    "applied migrations {applied:?}; schema is at version {}",
+                    schema::latest_version()
+                );
             }
         }
         Command::Run => {
-            let client = pool.get().await.context("connecting to the database")?;
-            schema::ensure_current(&client).await?;
-            drop(client);
+            // Signals first, so a SIGTERM during start-up is a clean stop too.
             let shutdown = Shutdown::new();
             let grace = config.dispatch.shutdown_grace;
             tokio::spawn(shutdown.clone().on_signals(grace));
+            let client = tokio::select! {
+                client = pool.get() => client.context("connecting to the database")?,
+                () = shutdown.stopping() => return Ok(()),
+            };
+            schema::ensure_current(&client).await?;
+            drop(client);
             tracing::info!(partners = config.partners.len(), "dispatcher running");
-            Dispatcher::new(Arc::new(config), pool, shutdown)?.run().await?;
+            Dispatcher::new(Arc::new(config), pool, shutdown)?
+                .run()
+                .await?;
         }
         Command::Deliveries(command) => {
             let mut client = pool.get().await.context("connecting to the database")?;
             schema::ensure_current(&client).await?;
             let mut out = std::io::stdout().lock();
             match command {
-                DeliveriesCommand::List { state, partner, limit, json } => {
-                    let states = state.as_deref().map(support::parse_state_filter).transpose()?;
-                    support::list(&client, states.as_deref(), partner.as_deref(), limit, json, &mut out).await?;
+                DeliveriesCommand::List {
+                    state,
+                    partner,
+                    limit,
+                    json,
+                } => {
+                    let states = state
+                        .as_deref()
+                        .map(support::parse_state_filter)
+                        .transpose()?;
+                    support::list(
+                        &client,
+                        states.as_deref(),
+                        partner.as_deref(),
+                        limit,
+                        json,
+                        &mut out,
+                    )
+                    .await?;
                 }
-                DeliveriesCommand::Show { id, json } => support::show(&client, id, json, &mut out).await?,
-                DeliveriesCommand::Retry { ids } => support::retry(&mut client, &ids, &mut out).await?,
-                DeliveriesCommand::Cancel { ids } => support::cancel(&client, &ids, &mut out).await?,
+                DeliveriesCommand::Show { id, json } => {
+                    support::show(&client, id, json, &mut out).await?
+                }
+                DeliveriesCommand::Retry { ids } => {
+                    support::retry(&mut client, &ids, &mut out).await?
+                }
+                DeliveriesCommand::Cancel { ids } => {
+                    support::cancel(&client, &ids, &mut out).await?
+                }
             }
         }
     }

@@ -71,13 +71,18 @@ pub async fn route_new_events(
 }
 
 /// Marks events for routing again, e.g. after a partner for their program was added.
-pub async fn route_again(client: &impl GenericClient, event_ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+pub async fn route_again(
+    client: &impl GenericClient,
+    event_ids: &[i64],
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "UPDATE dispatcher.outbox SET routed_at = NULL WHERE id = ANY($1)",
             &[&event_ids],
         )
         .await?;
-    client.execute("SELECT pg_notify('dispatcher_outbox', '')", &[]).await?;
+    client
+        .execute("SELECT pg_notify('dispatcher_outbox', '')", &[])
+        .await?;
     Ok(())
 }

@@ -19,9 +19,16 @@ use crate::send::{Answer, TransportError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Delivered { external_id: Option<String> },
-    Rejected { reason: String },
-    Failed { reason: String, retry_after: Option<Duration> },
+    Delivered {
+        external_id: Option<String>,
+    },
+    Rejected {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 /// The contract's 200 answer; only the partner's patient id matters to us.
@@ -71,7 +78,9 @@ impl Outcome {
             },
             _ => Outcome::Failed {
                 reason: format!("HTTP {status}"),
-                retry_after: answer.retry_after.filter(|_| status == 429 || status == 503),
+                retry_after: answer
+                    .retry_after
+                    .filter(|_| status == 429 || status == 503),
             },
         }
     }
@@ -101,7 +110,9 @@ mod tests {
         let body = r#"{"success": true, "data": {"supportProgramId": "s", "patientId": "p", "externalId": "crm-1"}}"#;
         assert_eq!(
             Outcome::of_answer(&answer(200, body)),
-            Outcome::Delivered { external_id: Some("crm-1".into()) }
+            Outcome::Delivered {
+                external_id: Some("crm-1".into())
+            }
         );
         assert_eq!(
             Outcome::of_answer(&answer(204, "")),
@@ -114,19 +125,33 @@ mod tests {
         let body = r#"{"errorMessage": "request has bad syntax", "data": {"patientId": "p"}}"#;
         assert_eq!(
             Outcome::of_answer(&answer(400, body)),
-            Outcome::Rejected { reason: "HTTP 400: request has bad syntax".into() }
+            Outcome::Rejected {
+                reason: "HTTP 400: request has bad syntax".into()
+            }
         );
-        assert!(matches!(Outcome::of_answer(&answer(400, "<html>")), Outcome::Rejected { .. }));
+        assert!(matches!(
+            Outcome::of_answer(&answer(400, "<html>")),
+            Outcome::Rejected { .. }
+        ));
     }
 
     #[test]
     fn throttling_and_server_errors_are_retried() {
         for status in [408, 500, 502, 404, 401, 302] {
-            assert!(matches!(Outcome::of_answer(&answer(status, "")), Outcome::Failed { .. }), "{status}");
+            assert!(
+                matches!(
+                    Outcome::of_answer(&answer(status, "")),
+                    Outcome::Failed { .. }
+                ),
+                "{status}"
+            );
         }
         assert_eq!(
             Outcome::of_answer(&answer(429, "")),
-            Outcome::Failed { reason: "HTTP 429".into(), retry_after: Some(Duration::from_secs(30)) }
+            Outcome::Failed {
+                reason: "HTTP 429".into(),
+                retry_after: Some(Duration::from_secs(30))
+            }
         );
     }
 }

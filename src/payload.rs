@@ -39,7 +39,7 @@ pub struct InvalidEvent(pub String);
 /// A parsed, contract-valid event.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Enrollment(Enrollment),
+    Enrollment(Box<Enrollment>),
     ViewedTracker(ViewedTracker),
 }
 
@@ -47,7 +47,9 @@ impl Event {
     /// Parses the stored `event` JSON of the given kind, checking it against the contract.
     pub fn parse(kind: EventKind, json: &str) -> Result<Event, InvalidEvent> {
         match kind {
-            EventKind::Enrollment => parse_json(json).map(Event::Enrollment),
+            EventKind::Enrollment => {
+                parse_json(json).map(|event| Event::Enrollment(Box::new(event)))
+            }
             EventKind::ViewedTracker => parse_json(json).map(Event::ViewedTracker),
         }
     }
@@ -77,7 +79,7 @@ impl Event {
         let body = match self {
             Event::Enrollment(event) => serde_json::to_vec(&Body {
                 event: Envelope {
-                    event,
+                    event: event.as_ref(),
                     data: None,
                     send_date,
                     source_name: SOURCE_NAME,
@@ -434,11 +436,17 @@ mod tests {
     fn a_missing_required_field_is_named() {
         let mut event = enrollment();
         event["patient"].as_object_mut().unwrap().remove("lastName");
-        assert_eq!(problem(EventKind::Enrollment, event), "patient.lastName is required");
+        assert_eq!(
+            problem(EventKind::Enrollment, event),
+            "patient.lastName is required"
+        );
 
         let mut event = enrollment();
         event.as_object_mut().unwrap().remove("supportProgramId");
-        assert_eq!(problem(EventKind::Enrollment, event), "supportProgramId is required");
+        assert_eq!(
+            problem(EventKind::Enrollment, event),
+            "supportProgramId is required"
+        );
     }
 
     #[test]
@@ -447,7 +455,10 @@ mod tests {
             let mut event = enrollment();
             event["patient"]["phoneNumber"] = json!(bad);
             let message = problem(EventKind::Enrollment, event);
-            assert!(message.starts_with("patient.phoneNumber must be E.164"), "{message}");
+            assert!(
+                message.starts_with("patient.phoneNumber must be E.164"),
+                "{message}"
+            );
         }
     }
 
@@ -455,18 +466,27 @@ mod tests {
     fn wrong_types_are_named_without_their_values() {
         let mut event = enrollment();
         event["patient"]["firstName"] = json!(12345);
-        assert_eq!(problem(EventKind::Enrollment, event), "patient.firstName must be a string");
+        assert_eq!(
+            problem(EventKind::Enrollment, event),
+            "patient.firstName must be a string"
+        );
 
         let mut event = enrollment();
         event["patient"]["dob"] = json!("1990-01-01");
         let message = problem(EventKind::Enrollment, event);
-        assert!(message.starts_with("patient.dob must be a whole"), "{message}");
+        assert!(
+            message.starts_with("patient.dob must be a whole"),
+            "{message}"
+        );
         assert!(!message.contains("1990"), "{message}");
 
         let mut event = enrollment();
         event["patient"]["consents"] = json!([{"name": "sharePHI", "value": "yes"}]);
         let message = problem(EventKind::Enrollment, event);
-        assert!(message.starts_with("patient.consents[0].value must be"), "{message}");
+        assert!(
+            message.starts_with("patient.consents[0].value must be"),
+            "{message}"
+        );
         assert!(!message.contains("yes"), "{message}");
     }
 
@@ -475,7 +495,10 @@ mod tests {
         let mut event = enrollment();
         event["patient"]["address"] = json!({"apartment": "12"});
         let message = problem(EventKind::Enrollment, event);
-        assert_eq!(message, "patient.address.apartment is not a field of the contract");
+        assert_eq!(
+            message,
+            "patient.address.apartment is not a field of the contract"
+        );
     }
 
     #[test]
@@ -504,7 +527,10 @@ mod tests {
         event.merge_external_id("acme", "crm-77");
         let body: serde_json::Value =
             serde_json::from_slice(&event.to_body(DateTime::UNIX_EPOCH)).unwrap();
-        assert_eq!(body["event"]["data"], json!({"key": "userAction", "value": "viewedTracker"}));
+        assert_eq!(
+            body["event"]["data"],
+            json!({"key": "userAction", "value": "viewedTracker"})
+        );
         assert_eq!(body["event"]["sendDate"], json!("1970-01-01T00:00:00.000Z"));
         assert_eq!(
             body["event"]["patient"]["externalIds"],
@@ -522,6 +548,9 @@ mod tests {
 
     #[test]
     fn an_event_that_is_not_an_object_is_named() {
-        assert_eq!(problem(EventKind::Enrollment, json!([1, 2])), "event must be an object");
+        assert_eq!(
+            problem(EventKind::Enrollment, json!([1, 2])),
+            "event must be an object"
+        );
     }
 }

@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn an_event_goes_to_every_partner_of_its_program_with_distinct_ids() {
         let deliveries = route(&config(), &event("prog-1"));
-        let partners: Vec<_> = deliveries.iter().map(|d| d.partner.clone().unwrap()).collect();
+        let partners: Vec<_> = deliveries
+            .iter()
+            .map(|d| d.partner.clone().unwrap())
+            .collect();
         assert_eq!(partners, ["acme", "globex"]);
         assert_ne!(deliveries[0].id, deliveries[1].id);
         assert!(deliveries.iter().all(|d| d.state == DeliveryState::Pending));
@@ -136,6 +139,9 @@ mod tests {
         broken.support_program_id = None;
         let deliveries = route(&config(), &broken);
         assert_eq!(deliveries[0].state, DeliveryState::Invalid);
-        assert_eq!(deliveries[0].last_error.as_deref(), Some("supportProgramId is required"));
+        assert_eq!(
+            deliveries[0].last_error.as_deref(),
+            Some("supportProgramId is required")
+        );
     }
 }

@@ -24,9 +24,14 @@ pub enum SchemaError {
     Query(#[from] tokio_postgres::Error),
 }
 
-async fn current_version(client: &impl GenericClient) -> Result<Option<i32>, tokio_postgres::Error> {
+async fn current_version(
+    client: &impl GenericClient,
+) -> Result<Option<i32>, tokio_postgres::Error> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('dispatcher.schema_migrations') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('dispatcher.schema_migrations') IS NOT NULL",
+            &[],
+        )
         .await?
         .get(0);
     if !exists {
@@ -67,7 +72,10 @@ pub async fn migrate(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>,
     for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > found) {
         transaction.batch_execute(sql).await?;
         transaction
-            .execute("INSERT INTO dispatcher.schema_migrations (version) VALUES ($1)", &[version])
+            .execute(
+                "INSERT INTO dispatcher.schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
             .await?;
         applied.push(*version);
     }

@@ -66,7 +66,10 @@ impl Shutdown {
             }
             signals += 1;
             if signals == 1 {
-                tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: no new claims, waiting for requests in flight");
+                tracing::info!(
+                    grace_ms = grace.as_millis() as u64,
+                    "shutting down: no new claims, waiting for requests in flight"
+                );
                 self.begin(grace);
             } else {
                 tracing::warn!("second signal: abandoning requests in flight");

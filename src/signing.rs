@@ -77,7 +77,10 @@ mod tests {
     fn malformed_secrets_are_refused_without_echoing_them() {
         for bad in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_***", "whsec_"] {
             let error = SigningSecret::parse(bad).unwrap_err().to_string();
-            assert!(!error.contains("MfKQ9r8G") && !error.contains("***"), "{error}");
+            assert!(
+                !error.contains("MfKQ9r8G") && !error.contains("***"),
+                "{error}"
+            );
         }
     }
 

@@ -75,7 +75,10 @@ pub async fn show(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let Some(detail) = deliveries::show(client, id).await.context("reading the delivery")? else {
+    let Some(detail) = deliveries::show(client, id)
+        .await
+        .context("reading the delivery")?
+    else {
         bail!("no delivery with id {id}");
     };
     if json {
@@ -91,7 +94,11 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
     writeln!(out, "delivery     {}", d.id)?;
     writeln!(out, "event        {} ({})", d.event_id, d.event_name)?;
     writeln!(out, "partner      {}", d.partner.as_deref().unwrap_or("-"))?;
-    writeln!(out, "patient      {}", d.patient_id.as_deref().unwrap_or("-"))?;
+    writeln!(
+        out,
+        "patient      {}",
+        d.patient_id.as_deref().unwrap_or("-")
+    )?;
     writeln!(out, "state        {}", d.state)?;
     writeln!(out, "attempts     {}", d.attempt_count)?;
     writeln!(out, "created      {}", d.created_at.to_rfc3339())?;
@@ -124,14 +131,21 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
 
 /// Resends deliveries; for an event that reached no partner, routes it again with the
 /// current configuration. Fails naming the ids that could not be resent.
-pub async fn retry(client: &mut deadpool_postgres::Client, ids: &[Uuid], out: &mut impl Write) -> anyhow::Result<()> {
+pub async fn retry(
+    client: &mut deadpool_postgres::Client,
+    ids: &[Uuid],
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let transaction = client.transaction().await?;
     let resent = deliveries::resend(&transaction, ids).await?;
     let rerouted = deliveries::remove_placeholders(&transaction, ids).await?;
     let event_ids: Vec<i64> = rerouted.iter().map(|(_, event_id)| *event_id).collect();
     outbox::route_again(&transaction, &event_ids).await?;
     wakeup::notify_deliveries(&transaction).await?;
-    transaction.commit().await.context("committing the resend")?;
+    transaction
+        .commit()
+        .await
+        .context("committing the resend")?;
     for id in &resent {
         writeln!(out, "{id}: pending again")?;
     }
@@ -140,7 +154,9 @@ pub async fn retry(client: &mut deadpool_postgres::Client, ids: &[Uuid], out: &m
     }
     let untouched: Vec<String> = ids
         .iter()
-        .filter(|id| !resent.contains(id) && !rerouted.iter().any(|(placeholder, _)| placeholder == *id))
+        .filter(|id| {
+            !resent.contains(id) && !rerouted.iter().any(|(placeholder, _)| placeholder == *id)
+        })
         .map(Uuid::to_string)
         .collect();
     if !untouched.is_empty() {
@@ -152,8 +168,14 @@ pub async fn retry(client: &mut deadpool_postgres::Client, ids: &[Uuid], out: &m
     Ok(())
 }
 
-pub async fn cancel(client: &impl deadpool_postgres::GenericClient, ids: &[Uuid], out: &mut impl Write) -> anyhow::Result<()> {
-    let cancelled = deliveries::cancel(client, ids).await.context("cancelling")?;
+pub async fn cancel(
+    client: &impl deadpool_postgres::GenericClient,
+    ids: &[Uuid],
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let cancelled = deliveries::cancel(client, ids)
+        .await
+        .context("cancelling")?;
     for id in &cancelled {
         writeln!(out, "{id}: cancelled")?;
     }
@@ -163,7 +185,7 @@ pub async fn cancel(client: &impl deadpool_postgres::GenericClient, ids: &[Uuid]
         .map(Uuid::to_string)
         .collect();
     if !untouched.is_empty() {
-        bail!("not cancelled (unknown, delivered or already cancelled): {}", untouched.join(", "));
+        bail!("not cancelled (unknown, delivered, already cancelled, or in flight right now: try again in a moment): {}", untouched.join(", "));
     }
     Ok(())
 }

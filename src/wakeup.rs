@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use deadpool_postgres::GenericClient;
 use futures_util::future::poll_fn;
 use tokio::sync::Notify;
-use deadpool_postgres::GenericClient;
 use tokio_postgres::AsyncMessage;
 
 use crate::shutdown::Shutdown;
@@ -72,7 +72,9 @@ pub async fn listen(database: tokio_postgres::Config, wakeups: Wakeups, shutdown
         };
         let subscribe = async {
             client
-                .batch_execute(&format!("LISTEN {OUTBOX_CHANNEL}; LISTEN {DELIVERIES_CHANNEL};"))
+                .batch_execute(&format!(
+                    "LISTEN {OUTBOX_CHANNEL}; LISTEN {DELIVERIES_CHANNEL};"
+                ))
                 .await
         };
         tokio::pin!(driver);

@@ -24,13 +24,23 @@ fn signature_is_valid(request: &Received) -> bool {
         .decode(SIGNING_SECRET.trim_start_matches("whsec_"))
         .expect("test secret is base64");
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("hmac key");
-    mac.update(format!("{}.{}.", request.webhook_id(), request.header("webhook-timestamp")).as_bytes());
+    mac.update(
+        format!(
+            "{}.{}.",
+            request.webhook_id(),
+            request.header("webhook-timestamp")
+        )
+        .as_bytes(),
+    );
     mac.update(&request.body);
     let expected = format!(
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     );
-    request.header("webhook-signature").split(' ').any(|signature| signature == expected)
+    request
+        .header("webhook-signature")
+        .split(' ')
+        .any(|signature| signature == expected)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,7 +50,8 @@ async fn partners_receive_contract_valid_signed_bodies() {
     let db = TestDb::migrated(&config).await;
     let _daemon = Daemon::start(&config, &db);
 
-    db.insert_event(ENROLLMENT, &enrollment_event("ha61236024160af")).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("ha61236024160af"))
+        .await;
     // A minimal enrollment: everything optional left out.
     db.insert_event(
         ENROLLMENT,
@@ -48,9 +59,14 @@ async fn partners_receive_contract_valid_signed_bodies() {
                 "firstName": "Ann", "lastName": "Lee"}}),
     )
     .await;
-    db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("ha61236024160af")).await;
+    db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("ha61236024160af"))
+        .await;
     let received = partner.wait_for_requests(3).await;
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'", 3).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        3,
+    )
+    .await;
 
     let deliveries = db.deliveries().await;
     for request in &received {
@@ -59,22 +75,49 @@ async fn partners_receive_contract_valid_signed_bodies() {
             Some(VIEWED_TRACKER) => ("viewed-tracker.schema.json", "/webhook/user-action"),
             other => panic!("unexpected eventName {other:?}"),
         };
-        assert_eq!(schema_errors(schema, &request.json), Vec::<String>::new(), "body breaks {schema}");
+        assert_eq!(
+            schema_errors(schema, &request.json),
+            Vec::<String>::new(),
+            "body breaks {schema}"
+        );
         assert_eq!(request.path, path);
-        assert!(!contains_null(&request.json), "a null was sent: {}", request.json);
-        assert_eq!(request.header("content-type"), "application/json");
-        assert!(request.header("user-agent").starts_with("HelpAround-Dispatcher/"));
-        assert_eq!(request.header("x-api-key"), "key-acme");
-        assert!(signature_is_valid(request), "bad signature on {}", request.webhook_id());
         assert!(
-            deliveries.iter().any(|d| d["id"] == json!(request.webhook_id())),
+            !contains_null(&request.json),
+            "a null was sent: {}",
+            request.json
+        );
+        assert_eq!(request.header("content-type"), "application/json");
+        assert!(request
+            .header("user-agent")
+            .starts_with("HelpAround-Dispatcher/"));
+        assert_eq!(request.header("x-api-key"), "key-acme");
+        assert!(
+            signature_is_valid(request),
+            "bad signature on {}",
+            request.webhook_id()
+        );
+        assert!(
+            deliveries
+                .iter()
+                .any(|d| d["id"] == json!(request.webhook_id())),
             "webhook-id is the delivery id"
         );
-        let send_date = request.json["event"]["sendDate"].as_str().expect("sendDate");
-        let sent = chrono::DateTime::parse_from_rfc3339(send_date).expect("sendDate is a timestamp");
-        assert!((request.received_at - sent.with_timezone(&chrono::Utc)).num_seconds().abs() < 60);
+        let send_date = request.json["event"]["sendDate"]
+            .as_str()
+            .expect("sendDate");
+        let sent =
+            chrono::DateTime::parse_from_rfc3339(send_date).expect("sendDate is a timestamp");
+        assert!(
+            (request.received_at - sent.with_timezone(&chrono::Utc))
+                .num_seconds()
+                .abs()
+                < 60
+        );
     }
-    let minimal = received.iter().find(|r| r.patient_id() == "minimal-1").expect("minimal enrollment arrived");
+    let minimal = received
+        .iter()
+        .find(|r| r.patient_id() == "minimal-1")
+        .expect("minimal enrollment arrived");
     assert_eq!(
         minimal.json["event"]["patient"],
         json!({"id": "minimal-1", "phoneNumber": "+447700900123", "firstName": "Ann", "lastName": "Lee"})
@@ -83,7 +126,10 @@ async fn partners_receive_contract_valid_signed_bodies() {
     let attempts = db.attempts(deliveries[0]["id"].as_str().expect("id")).await;
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0]["http_status"], json!(200));
-    assert!(attempts[0]["response_body"].as_str().unwrap_or("").contains("externalId"));
+    assert!(attempts[0]["response_body"]
+        .as_str()
+        .unwrap_or("")
+        .contains("externalId"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,10 +140,14 @@ async fn a_later_event_carries_the_partner_id_learned_from_the_enrollment_answer
     let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-42")).await;
-    db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-42")).await;
+    db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-42"))
+        .await;
     let received = partner.wait_for_requests(2).await;
 
-    let tracker = received.iter().find(|r| r.path == "/webhook/user-action").expect("tracker sent");
+    let tracker = received
+        .iter()
+        .find(|r| r.path == "/webhook/user-action")
+        .expect("tracker sent");
     assert_eq!(
         tracker.json["event"]["patient"]["externalIds"],
         json!([{"source": "acme", "sourceId": "crm-p-42"}])
@@ -127,15 +177,29 @@ async fn an_event_goes_to_every_partner_of_its_program_and_unrouted_ones_are_kep
 
     let to_acme = acme.wait_for_requests(1).await;
     let to_globex = globex.wait_for_requests(1).await;
-    assert_ne!(to_acme[0].webhook_id(), to_globex[0].webhook_id(), "each delivery has its own id");
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'", 2).await;
+    assert_ne!(
+        to_acme[0].webhook_id(),
+        to_globex[0].webhook_id(),
+        "each delivery has its own id"
+    );
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        2,
+    )
+    .await;
     db.wait_for_count(
         &format!("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'unrouted' AND event_id = {orphan_id} AND partner IS NULL"),
         1,
     )
     .await;
     assert!(initech.received().is_empty());
-    assert_eq!(db.count(&format!("SELECT count(*) FROM dispatcher.outbox WHERE id = {orphan_id}")).await, 1);
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM dispatcher.outbox WHERE id = {orphan_id}"
+        ))
+        .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,19 +210,37 @@ async fn an_event_that_breaks_the_contract_is_never_sent_and_holds_nothing_up() 
     let _daemon = Daemon::start(&config, &db);
 
     let mut no_last_name = enrollment_event("p-1");
-    no_last_name["patient"].as_object_mut().expect("patient").remove("lastName");
+    no_last_name["patient"]
+        .as_object_mut()
+        .expect("patient")
+        .remove("lastName");
     let mut bad_phone = enrollment_event("p-2");
     bad_phone["patient"]["phoneNumber"] = json!("202-795-3213");
     let mut no_program = enrollment_event("p-3");
-    no_program.as_object_mut().expect("event").remove("supportProgramId");
+    no_program
+        .as_object_mut()
+        .expect("event")
+        .remove("supportProgramId");
     db.insert_event(ENROLLMENT, &no_last_name).await;
     db.insert_event(ENROLLMENT, &bad_phone).await;
     db.insert_event(ENROLLMENT, &no_program).await;
-    db.insert_event("HelpAround.Patient.Unknown", &json!({"supportProgramId": PROGRAM})).await;
+    db.insert_event(
+        "HelpAround.Patient.Unknown",
+        &json!({"supportProgramId": PROGRAM}),
+    )
+    .await;
     db.insert_event(ENROLLMENT, &enrollment_event("p-ok")).await;
 
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'", 1).await;
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'invalid'", 4).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'invalid'",
+        4,
+    )
+    .await;
     let errors: Vec<String> = db
         .client
         .query("SELECT last_error FROM dispatcher.deliveries WHERE state = 'invalid' ORDER BY event_id", &[])
@@ -168,21 +250,39 @@ async fn an_event_that_breaks_the_contract_is_never_sent_and_holds_nothing_up() 
         .map(|row| row.get(0))
         .collect();
     assert_eq!(errors[0], "patient.lastName is required");
-    assert!(errors[1].starts_with("patient.phoneNumber must be E.164"), "{}", errors[1]);
+    assert!(
+        errors[1].starts_with("patient.phoneNumber must be E.164"),
+        "{}",
+        errors[1]
+    );
     assert_eq!(errors[2], "supportProgramId is required");
-    assert!(errors[3].contains("HelpAround.Patient.Unknown"), "{}", errors[3]);
-    assert!(!errors[1].contains("202-795-3213"), "the message must not quote the value");
+    assert!(
+        errors[3].contains("HelpAround.Patient.Unknown"),
+        "{}",
+        errors[3]
+    );
+    assert!(
+        !errors[1].contains("202-795-3213"),
+        "the message must not quote the value"
+    );
 
     let received = partner.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].patient_id(), "p-ok");
-    assert_eq!(db.count("SELECT count(*) FROM dispatcher.attempts").await, 1, "invalid events make no attempt");
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatcher.attempts").await,
+        1,
+        "invalid events make no attempt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_400_is_rejected_with_the_partner_message_and_not_retried() {
     let partner = TestPartner::start("acme", |_| {
-        Reply::status(400, r#"{"errorMessage": "request has bad syntax Foo Foo", "data": {"patientId": "p-1"}}"#)
+        Reply::status(
+            400,
+            r#"{"errorMessage": "request has bad syntax Foo Foo", "data": {"patientId": "p-1"}}"#,
+        )
     })
     .await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
@@ -190,17 +290,36 @@ async fn a_400_is_rejected_with_the_partner_message_and_not_retried() {
     let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.insert_event(ENROLLMENT, &enrollment_event("p-after")).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("p-after"))
+        .await;
     // Both end; the second one's end means the daemon has moved on past the first.
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected'", 2).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected'",
+        2,
+    )
+    .await;
     let delivery = &db.deliveries().await[0];
     assert_eq!(delivery["last_status"], json!(400));
-    assert_eq!(delivery["last_error"], json!("HTTP 400: request has bad syntax Foo Foo"));
+    assert_eq!(
+        delivery["last_error"],
+        json!("HTTP 400: request has bad syntax Foo Foo")
+    );
     assert_eq!(delivery["attempt_count"], json!(1));
     let attempts = db.attempts(delivery["id"].as_str().expect("id")).await;
-    assert!(attempts[0]["response_body"].as_str().unwrap_or("").contains("\"patientId\""));
-    assert_eq!(delivery["due_at"], Value::Null, "a rejected delivery is never due again");
-    assert_eq!(partner.received().len(), 2, "a 400 is never retried automatically");
+    assert!(attempts[0]["response_body"]
+        .as_str()
+        .unwrap_or("")
+        .contains("\"patientId\""));
+    assert_eq!(
+        delivery["due_at"],
+        Value::Null,
+        "a rejected delivery is never due again"
+    );
+    assert_eq!(
+        partner.received().len(),
+        2,
+        "a 400 is never retried automatically"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,7 +339,11 @@ async fn server_errors_and_timeouts_are_retried_with_growing_spacing() {
     let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'", 1).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
 
     let delivery = &db.deliveries().await[0];
     let attempts = db.attempts(delivery["id"].as_str().expect("id")).await;
@@ -228,16 +351,29 @@ async fn server_errors_and_timeouts_are_retried_with_growing_spacing() {
     assert_eq!(statuses, [json!(500), Value::Null, json!(502), json!(200)]);
     assert_eq!(attempts[1]["error_kind"], json!("timeout"));
     let received = partner.received();
-    assert!(received.iter().all(|r| r.webhook_id() == received[0].webhook_id()), "same webhook-id on every try");
+    assert!(
+        received
+            .iter()
+            .all(|r| r.webhook_id() == received[0].webhook_id()),
+        "same webhook-id on every try"
+    );
     // base_delay 300ms doubling: no retry may come before its scheduled time.
     let started: Vec<chrono::DateTime<chrono::Utc>> = attempts
         .iter()
         .map(|a| serde_json::from_value(a["started_at"].clone()).expect("started_at"))
         .collect();
-    let ended_first = started[0] + chrono::Duration::milliseconds(attempts[0]["duration_ms"].as_i64().unwrap_or(0));
-    assert!(started[1] - ended_first >= chrono::Duration::milliseconds(300), "retry 1 came early");
-    let ended_second = started[1] + chrono::Duration::milliseconds(attempts[1]["duration_ms"].as_i64().unwrap_or(0));
-    assert!(started[2] - ended_second >= chrono::Duration::milliseconds(600), "retry 2 came early");
+    let ended_first = started[0]
+        + chrono::Duration::milliseconds(attempts[0]["duration_ms"].as_i64().unwrap_or(0));
+    assert!(
+        started[1] - ended_first >= chrono::Duration::milliseconds(300),
+        "retry 1 came early"
+    );
+    let ended_second = started[1]
+        + chrono::Duration::milliseconds(attempts[1]["duration_ms"].as_i64().unwrap_or(0));
+    assert!(
+        started[2] - ended_second >= chrono::Duration::milliseconds(600),
+        "retry 2 came early"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,38 +386,65 @@ async fn a_partner_that_keeps_failing_makes_the_delivery_dead_after_max_attempts
     let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'dead'", 1).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'dead'",
+        1,
+    )
+    .await;
     let delivery = &db.deliveries().await[0];
     assert_eq!(delivery["attempt_count"], json!(3));
     assert_eq!(partner.received().len(), 3);
-    assert!(delivery["last_error"].as_str().unwrap_or("").contains("HTTP 503"));
+    assert!(delivery["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("HTTP 503"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_after_is_honoured_and_redirects_are_not_followed() {
-    let partner = TestPartner::start("acme", |request| match (request.patient_id().as_str(), request.try_number) {
-        ("throttled", 1) => Reply::status(429, "").header("retry-after", "2"),
-        ("moved", 1) => Reply::status(302, "").header("location", "http://127.0.0.1:9/elsewhere"),
-        _ => Reply::accepted(request),
+    let partner = TestPartner::start("acme", |request| {
+        match (request.patient_id().as_str(), request.try_number) {
+            ("throttled", 1) => Reply::status(429, "").header("retry-after", "2"),
+            ("moved", 1) => {
+                Reply::status(302, "").header("location", "http://127.0.0.1:9/elsewhere")
+            }
+            _ => Reply::accepted(request),
+        }
     })
     .await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
     let _daemon = Daemon::start(&config, &db);
 
-    db.insert_event(ENROLLMENT, &enrollment_event("throttled")).await;
-    db.insert_event(ENROLLMENT, &enrollment_event("moved")).await;
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'", 2).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("throttled"))
+        .await;
+    db.insert_event(ENROLLMENT, &enrollment_event("moved"))
+        .await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        2,
+    )
+    .await;
 
     let received = partner.received();
-    let throttled: Vec<&Received> = received.iter().filter(|r| r.patient_id() == "throttled").collect();
+    let throttled: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.patient_id() == "throttled")
+        .collect();
     assert_eq!(throttled.len(), 2);
     assert!(
         throttled[1].received_at - throttled[0].received_at >= chrono::Duration::seconds(2),
         "the retry came before Retry-After"
     );
-    let moved: Vec<&Received> = received.iter().filter(|r| r.patient_id() == "moved").collect();
-    assert_eq!(moved.len(), 2, "the 302 counted as a failed attempt and was retried at the same URL");
+    let moved: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.patient_id() == "moved")
+        .collect();
+    assert_eq!(
+        moved.len(),
+        2,
+        "the 302 counted as a failed attempt and was retried at the same URL"
+    );
     assert!(moved.iter().all(|r| r.path == "/webhook/user-enrollment"));
 }
 
@@ -301,18 +464,32 @@ async fn a_viewed_tracker_never_reaches_the_partner_before_the_enrollment_is_acc
     let _daemon = Daemon::start(&config, &db);
 
     for patient in ["p-1", "p-2", "p-3"] {
-        db.insert_event(ENROLLMENT, &enrollment_event(patient)).await;
-        db.insert_event(VIEWED_TRACKER, &viewed_tracker_event(patient)).await;
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+        db.insert_event(VIEWED_TRACKER, &viewed_tracker_event(patient))
+            .await;
     }
-    db.wait_for_count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'", 6).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        6,
+    )
+    .await;
 
     let received = partner.received();
     for patient in ["p-1", "p-2", "p-3"] {
-        let for_patient: Vec<&Received> = received.iter().filter(|r| r.patient_id() == patient).collect();
+        let for_patient: Vec<&Received> = received
+            .iter()
+            .filter(|r| r.patient_id() == patient)
+            .collect();
         let paths: Vec<&str> = for_patient.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["/webhook/user-enrollment", "/webhook/user-enrollment", "/webhook/user-enrollment", "/webhook/user-action"],
+            [
+                "/webhook/user-enrollment",
+                "/webhook/user-enrollment",
+                "/webhook/user-enrollment",
+                "/webhook/user-action"
+            ],
             "order seen by the partner for {patient}"
         );
     }

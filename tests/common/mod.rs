@@ -32,23 +32,37 @@ impl TestDb {
         let admin_url = std::env::var("DISPATCHER_TEST_DATABASE_URL").expect(
             "DISPATCHER_TEST_DATABASE_URL is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL",
         );
-        let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls).await.expect("connect to the test cluster");
+        let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls)
+            .await
+            .expect("connect to the test cluster");
         tokio::spawn(connection);
         let name = format!("dispatcher_test_{}", uuid::Uuid::new_v4().simple());
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
         let url = match admin_url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("DISPATCHER_TEST_DATABASE_URL must end in /<database>"),
         };
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect to the test database");
+        let (client, connection) = tokio_postgres::connect(&url, NoTls)
+            .await
+            .expect("connect to the test database");
         tokio::spawn(connection);
         TestDb { url, client }
     }
 
     pub async fn migrated(config: &TestConfig) -> TestDb {
         let db = TestDb::unmigrated().await;
-        let output = dispatcher(&config.write(&db)).arg("migrate").output().expect("run dispatcher migrate");
-        assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stderr));
+        let output = dispatcher(&config.write(&db))
+            .arg("migrate")
+            .output()
+            .expect("run dispatcher migrate");
+        assert!(
+            output.status.success(),
+            "migrate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         db
     }
 
@@ -65,7 +79,11 @@ impl TestDb {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        self.client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
     }
 
     /// Polls until `sql` (a count) reaches `expected`; fails after a generous deadline.
@@ -118,7 +136,10 @@ pub struct Reply {
 impl Reply {
     /// The contract's 200 answer, echoing the patient and giving the partner's own id.
     pub fn accepted(request: &Received) -> Reply {
-        let patient = request.json["event"]["patient"]["id"].as_str().unwrap_or_default().to_string();
+        let patient = request.json["event"]["patient"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         Reply::status(
             200,
             json!({"success": true, "data": {"supportProgramId": PROGRAM, "patientId": patient,
@@ -128,7 +149,12 @@ impl Reply {
     }
 
     pub fn status(status: u16, body: impl Into<String>) -> Reply {
-        Reply { status, body: body.into(), delay: Duration::ZERO, headers: Vec::new() }
+        Reply {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
     }
 
     pub fn after(mut self, delay: Duration) -> Reply {
@@ -160,11 +186,18 @@ impl Received {
     }
 
     pub fn header(&self, name: &str) -> String {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn patient_id(&self) -> String {
-        self.json["event"]["patient"]["id"].as_str().unwrap_or_default().to_string()
+        self.json["event"]["patient"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -184,14 +217,26 @@ pub struct TestPartner {
 }
 
 impl TestPartner {
-    pub async fn start(name: &str, behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> TestPartner {
+    pub async fn start(
+        name: &str,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> TestPartner {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let state = PartnerState { behaviour: Arc::new(behaviour), received: received.clone() };
+        let state = PartnerState {
+            behaviour: Arc::new(behaviour),
+            received: received.clone(),
+        };
         let app = axum::Router::new().fallback(answer).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind partner");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind partner");
         let address = listener.local_addr().expect("partner address");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        TestPartner { name: name.to_string(), base_url: format!("http://{address}"), received }
+        TestPartner {
+            name: name.to_string(),
+            base_url: format!("http://{address}"),
+            received,
+        }
     }
 
     /// A partner that accepts everything.
@@ -211,15 +256,27 @@ impl TestPartner {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("partner {} got {} requests in 60s, expected {count}", self.name, self.received().len());
+        panic!(
+            "partner {} got {} requests in 60s, expected {count}",
+            self.name,
+            self.received().len()
+        );
     }
 }
 
-async fn answer(State(state): State<PartnerState>, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn answer(
+    State(state): State<PartnerState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
     let request = {
         let mut received = state.received.lock().expect("partner log");
         let webhook_id = headers.get("webhook-id").cloned();
-        let try_number = 1 + received.iter().filter(|r| r.headers.get("webhook-id") == webhook_id.as_ref()).count();
+        let try_number = 1 + received
+            .iter()
+            .filter(|r| r.headers.get("webhook-id") == webhook_id.as_ref())
+            .count();
         let request = Received {
             path: uri.path().to_string(),
             headers: headers.clone(),
@@ -234,11 +291,18 @@ async fn answer(State(state): State<PartnerState>, uri: Uri, headers: HeaderMap,
     let reply = (state.behaviour)(&request);
     tokio::time::sleep(reply.delay).await;
     let mut response_headers = HeaderMap::new();
-    response_headers.insert("content-type", "application/json".parse().expect("static header"));
+    response_headers.insert(
+        "content-type",
+        "application/json".parse().expect("static header"),
+    );
     for (name, value) in reply.headers {
         response_headers.insert(name, value.parse().expect("test header value"));
     }
-    (StatusCode::from_u16(reply.status).expect("test status"), response_headers, reply.body)
+    (
+        StatusCode::from_u16(reply.status).expect("test status"),
+        response_headers,
+        reply.body,
+    )
 }
 
 /// The dispatcher.toml a test runs with.
@@ -307,7 +371,10 @@ impl TestConfig {
 /// The real binary, with the given config.
 pub fn dispatcher(config: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dispatcher"));
-    command.arg("--config").arg(config).env_remove("DISPATCHER_DATABASE_URL");
+    command
+        .arg("--config")
+        .arg(config)
+        .env_remove("DISPATCHER_DATABASE_URL");
     command
 }
 
@@ -319,8 +386,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &TestConfig, db: &TestDb) -> Daemon {
-        let path = config.write(db);
-        let log = config.dir.path().join(format!("daemon-{}.log", uuid::Uuid::new_v4().simple()));
+        Daemon::start_with_text(&config.text(db), config.dir.path())
+    }
+
+    /// Starts the daemon on config text the test wrote itself (for keys [`TestConfig`]
+    /// does not set), in its own file under `dir`.
+    pub fn start_with_text(config_text: &str, dir: &std::path::Path) -> Daemon {
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let path = dir.join(format!("dispatcher-{name}.toml"));
+        std::fs::write(&path, config_text).expect("write config");
+        let log = dir.join(format!("daemon-{name}.log"));
         let log_file = std::fs::File::create(&log).expect("daemon log");
         let child = dispatcher(&path)
             .arg("run")
@@ -354,7 +429,10 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("dispatcher did not exit within 60s; log:\n{}", self.log_text());
+        panic!(
+            "dispatcher did not exit within 60s; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -388,7 +466,10 @@ pub fn viewed_tracker_event(patient_id: &str) -> Value {
         object.remove(field);
     }
     event["patient"]["id"] = json!(patient_id);
-    event["patient"].as_object_mut().expect("patient").remove("externalIds");
+    event["patient"]
+        .as_object_mut()
+        .expect("patient")
+        .remove("externalIds");
     event
 }
 
@@ -397,7 +478,8 @@ pub fn spec_dir() -> PathBuf {
 }
 
 fn example(file: &str) -> Value {
-    let text = std::fs::read_to_string(spec_dir().join("examples").join(file)).expect("read contract example");
+    let text = std::fs::read_to_string(spec_dir().join("examples").join(file))
+        .expect("read contract example");
     let body: Value = serde_json::from_str(&text).expect("contract example is JSON");
     body["event"].clone()
 }
@@ -407,7 +489,10 @@ pub fn schema_errors(schema_file: &str, body: &Value) -> Vec<String> {
     let text = std::fs::read_to_string(spec_dir().join(schema_file)).expect("read schema");
     let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+    validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
 }
 
 /// Counts requests per webhook-id.

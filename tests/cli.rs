@@ -1,0 +1,716 @@
+//! Support's and ops' view: the `dispatcher deliveries …` commands, and how the program
+//! refuses a database or a config it cannot work with.
+
+mod common;
+
+use std::io::{Read, Seek};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// What one finished command printed.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs a command to its end (killing it after 60s) and collects what it printed.
+async fn finish(mut command: Command) -> Output {
+    let mut stdout = tempfile::tempfile().expect("stdout file");
+    let mut stderr = tempfile::tempfile().expect("stderr file");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(stdout.try_clone().expect("stdout handle"))
+        .stderr(stderr.try_clone().expect("stderr handle"))
+        .spawn()
+        .expect("start dispatcher");
+    let mut status = None;
+    for _ in 0..1200 {
+        status = child.try_wait().expect("wait for dispatcher");
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let timed_out = status.is_none();
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for dispatcher");
+    let read = |file: &mut std::fs::File| {
+        let mut text = String::new();
+        file.rewind().expect("rewind output");
+        file.read_to_string(&mut text).expect("read output");
+        text
+    };
+    let output = Output {
+        status,
+        stdout: read(&mut stdout),
+        stderr: read(&mut stderr),
+    };
+    assert!(
+        !timed_out,
+        "the command was still running after 60s:\n{output}"
+    );
+    output
+}
+
+/// `dispatcher --config PATH ARGS…`, run to its end.
+async fn cli(config: &Path, args: &[&str]) -> Output {
+    let mut command = dispatcher(config);
+    command.args(args);
+    finish(command).await
+}
+
+/// Like [`cli`], but the command must succeed.
+async fn cli_ok(config: &Path, args: &[&str]) -> Output {
+    let output = cli(config, args).await;
+    assert!(
+        output.status.success(),
+        "dispatcher {args:?} failed:\n{output}"
+    );
+    output
+}
+
+async fn cli_json(config: &Path, args: &[&str]) -> Value {
+    let output = cli_ok(config, args).await;
+    serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("dispatcher {args:?} printed no JSON ({e}):\n{output}"))
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn sorted(keys: &[&str]) -> Vec<String> {
+    let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    keys.sort();
+    keys
+}
+
+fn timestamp(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("not an RFC 3339 timestamp: {text}: {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
+async fn delivery_id_of_patient(db: &TestDb, patient: &str) -> String {
+    db.client
+        .query_one(
+            "SELECT id::text FROM dispatcher.deliveries WHERE patient_id = $1 ORDER BY event_id LIMIT 1",
+            &[&patient],
+        )
+        .await
+        .expect("find the patient's delivery")
+        .get(0)
+}
+
+const SUMMARY_FIELDS: [&str; 11] = [
+    "id",
+    "event_id",
+    "partner",
+    "event_name",
+    "patient_id",
+    "state",
+    "attempt_count",
+    "last_status",
+    "last_error",
+    "created_at",
+    "next_attempt_at",
+];
+
+const PARTNER_MESSAGE: &str = "patient phone number +12027953213 is on our do-not-call list";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn support_lists_failed_deliveries_and_resends_them() {
+    // The partner refuses the first try of each webhook for one patient, then fixes its side.
+    let partner = TestPartner::start("acme", |request| {
+        if request.patient_id() == "p-refused" && request.try_number == 1 {
+            Reply::status(
+                400,
+                json!({"errorMessage": PARTNER_MESSAGE, "data": {"patientId": request.patient_id()}})
+                    .to_string(),
+            )
+        } else {
+            Reply::accepted(request)
+        }
+    })
+    .await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    let _daemon = Daemon::start(&config, &db);
+
+    db.insert_event(ENROLLMENT, &enrollment_event("p-fine"))
+        .await;
+    let event_id = db
+        .insert_event(ENROLLMENT, &enrollment_event("p-refused"))
+        .await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected'",
+        1,
+    )
+    .await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    let id = delivery_id_of_patient(&db, "p-refused").await;
+
+    let failed = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "failed", "--json"],
+    )
+    .await;
+    let failed = failed.as_array().expect("a JSON array of deliveries");
+    assert_eq!(
+        failed.len(),
+        1,
+        "only the refused delivery is failed: {failed:?}"
+    );
+    let row = &failed[0];
+    assert_eq!(keys(row), sorted(&SUMMARY_FIELDS), "{row}");
+    assert_eq!(row["id"], json!(id));
+    assert_eq!(row["event_id"], json!(event_id));
+    assert_eq!(row["partner"], "acme");
+    assert_eq!(row["event_name"], ENROLLMENT);
+    assert_eq!(row["patient_id"], "p-refused");
+    assert_eq!(row["state"], "rejected");
+    assert_eq!(row["attempt_count"], 1);
+    assert_eq!(row["last_status"], 400);
+    let last_error = row["last_error"].as_str().expect("last_error");
+    assert!(
+        last_error.contains(PARTNER_MESSAGE),
+        "last_error: {last_error}"
+    );
+    timestamp(&row["created_at"]);
+    assert_eq!(
+        row["next_attempt_at"],
+        Value::Null,
+        "a rejected delivery is not retried by itself"
+    );
+
+    let detail = cli_json(&path, &["deliveries", "show", &id, "--json"]).await;
+    assert_eq!(detail["id"], json!(id));
+    assert_eq!(detail["state"], "rejected");
+    let attempts = detail["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{detail}");
+    let attempt = &attempts[0];
+    assert_eq!(
+        keys(attempt),
+        sorted(&[
+            "number",
+            "started_at",
+            "duration_ms",
+            "http_status",
+            "error",
+            "response_body"
+        ]),
+        "{attempt}"
+    );
+    assert_eq!(attempt["number"], 1);
+    assert_eq!(attempt["http_status"], 400);
+    assert!(attempt["duration_ms"].is_u64(), "{attempt}");
+    timestamp(&attempt["started_at"]);
+    let answer = attempt["response_body"]
+        .as_str()
+        .expect("the partner's answer is kept");
+    assert!(answer.contains(PARTNER_MESSAGE), "response_body: {answer}");
+
+    let table = cli_ok(&path, &["deliveries", "list"]).await.stdout;
+    let line = table
+        .lines()
+        .find(|line| line.contains(&id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{table}"));
+    assert!(
+        line.contains("rejected") && line.contains("p-refused"),
+        "{line}"
+    );
+    assert!(
+        table.contains("delivered"),
+        "the delivered one is listed too:\n{table}"
+    );
+    let human = cli_ok(&path, &["deliveries", "show", &id]).await.stdout;
+    assert!(
+        human.contains(PARTNER_MESSAGE) && human.contains("400"),
+        "{human}"
+    );
+
+    let resent = cli_ok(&path, &["deliveries", "retry", &id]).await;
+    assert!(resent.stdout.contains(&id), "{resent}");
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        2,
+    )
+    .await;
+
+    let detail = cli_json(&path, &["deliveries", "show", &id, "--json"]).await;
+    assert_eq!(detail["state"], "delivered");
+    assert_eq!(detail["attempt_count"], 2);
+    assert_eq!(detail["last_status"], 200);
+    let statuses: Vec<&Value> = detail["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| &a["http_status"])
+        .collect();
+    assert_eq!(
+        statuses,
+        [&json!(400), &json!(200)],
+        "the refused attempt stays in the history: {detail}"
+    );
+    let sent = partner
+        .received()
+        .into_iter()
+        .filter(|r| r.webhook_id() == id)
+        .count();
+    assert_eq!(sent, 2, "sent once, then once more on support's request");
+    let failed = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "failed", "--json"],
+    )
+    .await;
+    assert_eq!(failed, json!([]), "nothing is left failed");
+
+    let typo = cli(&path, &["deliveries", "list", "--state", "failled"]).await;
+    assert!(
+        !typo.status.success()
+            && typo.stderr.contains("failed")
+            && typo.stderr.contains("unrouted"),
+        "a mistyped state is refused, listing the valid ones:\n{typo}"
+    );
+
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let output = cli(&path, &["deliveries", "retry", &unknown]).await;
+    assert!(
+        !output.status.success() && output.stderr.contains(&unknown),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn support_cancels_a_pending_delivery() {
+    let down = Arc::new(AtomicBool::new(true));
+    let partner_down = down.clone();
+    let partner = TestPartner::start("acme", move |request| {
+        if partner_down.load(Ordering::SeqCst) {
+            Reply::status(503, "down for maintenance")
+        } else {
+            Reply::accepted(request)
+        }
+    })
+    .await;
+    // The next try would only come in an hour: long enough to stay pending during the test.
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .retry("max_attempts = 5\nbase_delay = \"1h\"\nmax_delay = \"2h\"");
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    let _daemon = Daemon::start(&config, &db);
+
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND attempt_count = 1",
+        1,
+    )
+    .await;
+    let stuck = delivery_id_of_patient(&db, "p-1").await;
+
+    let pending = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "pending", "--json"],
+    )
+    .await;
+    assert_eq!(pending[0]["id"], json!(stuck), "{pending}");
+    assert_eq!(pending[0]["last_status"], 503);
+    let next = timestamp(&pending[0]["next_attempt_at"]);
+    assert!(
+        next > timestamp(&pending[0]["created_at"]) + chrono::Duration::minutes(30),
+        "the next try is about an hour away: {pending}"
+    );
+
+    let output = cli_ok(&path, &["deliveries", "cancel", &stuck]).await;
+    assert!(
+        output.stdout.contains(&stuck) && output.stdout.contains("cancelled"),
+        "{output}"
+    );
+    let cancelled = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "cancelled", "--json"],
+    )
+    .await;
+    assert_eq!(cancelled.as_array().map(Vec::len), Some(1), "{cancelled}");
+    assert_eq!(cancelled[0]["id"], json!(stuck));
+    assert_eq!(cancelled[0]["next_attempt_at"], Value::Null);
+    let again = cli(&path, &["deliveries", "cancel", &stuck]).await;
+    assert!(
+        !again.status.success() && again.stderr.contains(&stuck),
+        "cancelling twice is reported:\n{again}"
+    );
+
+    // The partner is back; the patient enrolls again. Had the cancelled delivery stayed
+    // pending, it would go first (and hold this one back).
+    down.store(false, Ordering::SeqCst);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+
+    let counts = per_webhook_id(&partner.received());
+    assert_eq!(
+        counts.get(&stuck),
+        Some(&1),
+        "the cancelled delivery was sent again: {counts:?}"
+    );
+    assert_eq!(counts.len(), 2);
+    let detail = cli_json(&path, &["deliveries", "show", &stuck, "--json"]).await;
+    assert_eq!(detail["state"], "cancelled");
+    assert_eq!(detail["attempt_count"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_in_flight_cannot_be_cancelled_so_its_answer_is_never_lost() {
+    let partner = TestPartner::start("acme", |request| {
+        Reply::accepted(request).after(Duration::from_millis(1500))
+    })
+    .await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    // (The bench's request_timeout is 2s; the partner answers within it.)
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    let _daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    let received = partner.wait_for_requests(1).await;
+    let id = received[0].webhook_id();
+
+    // Support tries to cancel while the request is on the wire: refused, with the reason.
+    let refused = cli(&path, &["deliveries", "cancel", &id]).await;
+    assert!(!refused.status.success());
+    let stderr = &refused.stderr;
+    assert!(
+        stderr.contains(&id) && stderr.contains("in flight"),
+        "{stderr}"
+    );
+
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    let detail = cli_json(&path, &["deliveries", "show", &id, "--json"]).await;
+    let attempts = detail["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{detail}");
+    assert_eq!(attempts[0]["http_status"], 200, "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unrouted_events_are_listed_for_support() {
+    const NEW_PROGRAM: &str = "0c5b6a4e-6f0e-4d8a-9d7e-3f2a1b0c9d8e";
+    let acme = TestPartner::accepting("acme").await;
+    let globex = TestPartner::accepting("globex").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    let mut daemon = Daemon::start(&config, &db);
+
+    db.insert_event(ENROLLMENT, &enrollment_event("p-routed"))
+        .await;
+    let mut orphan = enrollment_event("p-orphan");
+    orphan["supportProgramId"] = json!(NEW_PROGRAM);
+    let orphan_event = db.insert_event(ENROLLMENT, &orphan).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'unrouted'",
+        1,
+    )
+    .await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+
+    let unrouted = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "unrouted", "--json"],
+    )
+    .await;
+    let unrouted = unrouted.as_array().expect("a JSON array");
+    assert_eq!(unrouted.len(), 1, "{unrouted:?}");
+    let row = &unrouted[0];
+    assert_eq!(keys(row), sorted(&SUMMARY_FIELDS), "{row}");
+    assert_eq!(row["event_id"], json!(orphan_event));
+    assert_eq!(row["partner"], Value::Null);
+    assert_eq!(row["patient_id"], "p-orphan");
+    assert_eq!(row["state"], "unrouted");
+    assert_eq!(row["attempt_count"], 0);
+    let reason = row["last_error"].as_str().expect("a reason for support");
+    assert!(reason.contains("no partner"), "{reason}");
+    let placeholder = row["id"].as_str().expect("id").to_string();
+    let failed = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "failed", "--json"],
+    )
+    .await;
+    assert!(
+        failed
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|d| d["id"] == json!(placeholder)),
+        "unrouted events count as failed for support: {failed}"
+    );
+    let table = cli_ok(&path, &["deliveries", "list", "--state", "unrouted"])
+        .await
+        .stdout;
+    assert!(
+        table.contains(&placeholder) && table.contains("unrouted"),
+        "{table}"
+    );
+    assert!(globex.received().is_empty());
+
+    // Ops configure the program's partner and restart; support routes the event again.
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        daemon.wait_exit().await.success(),
+        "log:\n{}",
+        daemon.log_text()
+    );
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&globex, &[NEW_PROGRAM]);
+    let path = config.write(&db);
+    let _daemon = Daemon::start(&config, &db);
+    let output = cli_ok(&path, &["deliveries", "retry", &placeholder]).await;
+    assert!(output.stdout.contains(&placeholder), "{output}");
+
+    let received = globex.wait_for_requests(1).await;
+    assert_eq!(received[0].patient_id(), "p-orphan");
+    db.wait_for_count(
+        &format!(
+            "SELECT count(*) FROM dispatcher.deliveries WHERE event_id = {orphan_event} AND partner = 'globex' AND state = 'delivered'"
+        ),
+        1,
+    )
+    .await;
+    let unrouted = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "unrouted", "--json"],
+    )
+    .await;
+    assert_eq!(unrouted, json!([]), "the event is no longer unrouted");
+    assert_eq!(acme.received().len(), 1, "acme only got its own event");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_refuses_an_unmigrated_database() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::unmigrated().await;
+    let path = config.write(&db);
+
+    for args in [&["run"][..], &["deliveries", "list"][..]] {
+        let output = cli(&path, args).await;
+        assert!(
+            !output.status.success(),
+            "{args:?} ran on an unmigrated database:\n{output}"
+        );
+        assert!(
+            output.stderr.contains("dispatcher migrate"),
+            "{args:?} should tell ops what to do:\n{output}"
+        );
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'dispatcher'")
+            .await,
+        0,
+        "run must not create the schema by itself"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_refuses_a_newer_schema() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.schema_migrations (version) VALUES (999)",
+            &[],
+        )
+        .await
+        .expect("pretend a newer dispatcher migrated");
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+
+    let output = cli(&path, &["run"]).await;
+    assert!(
+        !output.status.success(),
+        "run accepted a newer schema:\n{output}"
+    );
+    assert!(output.stderr.contains("newer"), "{output}");
+    let output = cli(&path, &["migrate"]).await;
+    assert!(
+        !output.status.success(),
+        "an old dispatcher must not migrate a newer schema:\n{output}"
+    );
+    assert!(output.stderr.contains("newer"), "{output}");
+    assert!(partner.received().is_empty(), "nothing was sent");
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatcher.deliveries").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_config_stops_the_program_naming_the_key() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let good = config.text(&db);
+    let enrollment_url = format!("{}/webhook/user-enrollment", partner.base_url);
+    let user_action_line = format!(
+        "user_action_url = \"{}/webhook/user-action\"\n",
+        partner.base_url
+    );
+    assert!(
+        good.contains(&enrollment_url)
+            && good.contains(&user_action_line)
+            && good.contains("allow_insecure = true\n")
+    );
+
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "unknown key",
+            good.replace(
+                "allow_insecure = true\n",
+                "allow_insecure = true\ncolour = \"red\"\n",
+            ),
+            vec!["partners[0]", "colour"],
+        ),
+        (
+            "malformed URL",
+            good.replace(&enrollment_url, "crm.example.com/webhook/user-enrollment"),
+            vec!["partners[0].enrollment_url"],
+        ),
+        (
+            "missing required key",
+            good.replace(&user_action_line, ""),
+            vec!["partners[0]", "user_action_url"],
+        ),
+        (
+            "http without allow_insecure",
+            good.replace("allow_insecure = true\n", ""),
+            vec!["partners[0].enrollment_url", "https"],
+        ),
+        (
+            "lease shorter than a request plus the grace period",
+            good.replace("lease = \"10s\"", "lease = \"3s\""),
+            vec!["dispatch.lease"],
+        ),
+    ];
+    for (index, (case, text, expected)) in cases.iter().enumerate() {
+        assert_ne!(text, &good, "{case}: the config was not changed");
+        let path = config.dir.path().join(format!("broken-{index}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        let output = cli(&path, &["run"]).await;
+        assert!(
+            !output.status.success(),
+            "{case}: the daemon started anyway:\n{output}"
+        );
+        for needle in expected {
+            assert!(
+                output.stderr.contains(needle),
+                "{case}: stderr does not name `{needle}`:\n{output}"
+            );
+        }
+        assert!(
+            output.stderr.contains(&path.display().to_string()),
+            "{case}: stderr does not name the file:\n{output}"
+        );
+    }
+
+    // The unchanged text is fine, so each failure above is down to its one change.
+    let path = config.dir.path().join("good.toml");
+    std::fs::write(&path, &good).expect("write config");
+    cli_ok(&path, &["deliveries", "list"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_is_idempotent() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    let output = cli_ok(&path, &["migrate"]).await;
+    assert!(output.stdout.contains("up to date"), "{output}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatcher.schema_migrations")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatcher.outbox").await,
+        1,
+        "data survives a second migrate"
+    );
+
+    // Two deployments migrating a fresh database at once.
+    let fresh = TestDb::unmigrated().await;
+    let fresh_config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let fresh_path = fresh_config.write(&fresh);
+    let (first, second) = tokio::join!(
+        cli(&fresh_path, &["migrate"]),
+        cli(&fresh_path, &["migrate"])
+    );
+    assert!(first.status.success(), "{first}");
+    assert!(second.status.success(), "{second}");
+    assert_eq!(
+        fresh
+            .count("SELECT count(*) FROM dispatcher.schema_migrations")
+            .await,
+        1
+    );
+
+    let _daemon = Daemon::start(&fresh_config, &fresh);
+    fresh
+        .insert_event(ENROLLMENT, &enrollment_event("p-2"))
+        .await;
+    partner.wait_for_requests(1).await;
+    fresh
+        .wait_for_count(
+            "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+            1,
+        )
+        .await;
+}
