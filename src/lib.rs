@@ -1,5 +1,5 @@
 //! The HelpAround webhook dispatcher: delivers events from a PostgreSQL outbox to the
-//! partners of each support program, per the partner contract in `shared/spec`.
+//! partners of each support program, per the partner contract in `contract/`.
 
 pub mod config;
 pub mod db;

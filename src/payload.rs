@@ -1,4 +1,4 @@
-//! The two webhook bodies of the partner contract (`shared/spec`), as typed structs.
+//! The two webhook bodies of the partner contract (`contract/`), as typed structs.
 //!
 //! The enrollment flow stores the contract's `event` object; parsing it into these structs
 //! *is* the validation: a stored event that breaks the contract is refused with a message

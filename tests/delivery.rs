@@ -494,3 +494,28 @@ async fn a_viewed_tracker_never_reaches_the_partner_before_the_enrollment_is_acc
         );
     }
 }
+
+/// `contract/` is a copy of the shared spec, so the tests run from any clone; it must not
+/// drift from the original where that is present.
+#[test]
+fn the_vendored_contract_matches_the_shared_spec() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec");
+    if !shared.exists() {
+        return;
+    }
+    for file in [
+        "README.md",
+        "helparound-partner-api.txt",
+        "enrollment.schema.json",
+        "viewed-tracker.schema.json",
+        "examples/enrollment.json",
+        "examples/viewed-tracker.json",
+    ] {
+        let original = std::fs::read(shared.join(file)).expect("read shared spec");
+        let copy = std::fs::read(spec_dir().join(file)).expect("read contract/");
+        assert!(
+            original == copy,
+            "contract/{file} differs from ../shared/spec/{file}: copy it again"
+        );
+    }
+}

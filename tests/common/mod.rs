@@ -473,8 +473,9 @@ pub fn viewed_tracker_event(patient_id: &str) -> Value {
     event
 }
 
+/// The partner contract, as vendored in `contract/` (a copy of `../shared/spec`).
 pub fn spec_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contract")
 }
 
 fn example(file: &str) -> Value {
