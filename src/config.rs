@@ -80,6 +80,17 @@ pub struct DispatchConfig {
     pub shutdown_grace: Duration,
 }
 
+impl DispatchConfig {
+    /// How long after its claim a delivery may still be sent: its request, and the
+    /// writing of the result (given a tenth of the lease), must end within the lease, or
+    /// another claim could send it again meanwhile.
+    pub fn latest_send(&self) -> Duration {
+        self.lease
+            .saturating_sub(self.request_timeout)
+            .saturating_sub(self.lease / 10)
+    }
+}
+
 /// A partner CRM: where its webhooks go and how they are authenticated.
 #[derive(Debug, Clone)]
 pub struct Partner {
@@ -300,10 +311,13 @@ impl RawConfig {
         };
         // A claim must outlive the request made under it, or another daemon could send the
         // same delivery while we still wait for the answer.
-        if dispatch.lease <= dispatch.request_timeout + dispatch.shutdown_grace {
+        if dispatch.lease - dispatch.lease / 10
+            <= dispatch.request_timeout + dispatch.shutdown_grace
+        {
             return Err(ConfigError::key(
                 "dispatch.lease",
-                "must be longer than dispatch.request_timeout plus dispatch.shutdown_grace",
+                "must be longer than (dispatch.request_timeout + dispatch.shutdown_grace) plus a tenth \
+                 of the lease, left for writing the result",
             ));
         }
 

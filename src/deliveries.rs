@@ -235,15 +235,21 @@ pub struct Resolution {
     pub due_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub attempt: Option<AttemptRecord>,
-    /// (partner, patient id, partner's id), learned from a 200 answer.
-    pub learned_external_id: Option<(String, String, String)>,
+    /// The partner's own id for the patient, from a 200 answer (R10).
+    pub learned_external_id: Option<String>,
+}
+
+/// PostgreSQL text cannot hold NUL, and a partner's answer may contain it; one such
+/// answer must not make its whole batch unwritable.
+fn storable(text: Option<&str>) -> Option<String> {
+    text.map(|text| text.replace('\0', "\u{FFFD}"))
 }
 
 /// Writes a batch of resolutions in one statement and returns the ids written.
 ///
 /// A resolution is only written while its claim is current: if the lease ran out and
-/// another daemon took the delivery, or support cancelled it, the stale result is dropped
-/// rather than overwrite a newer state.
+/// another claim took the delivery, or support cancelled it, the stale result is dropped
+/// (attempt and learned id included) rather than overwrite a newer state.
 pub async fn record(
     client: &impl GenericClient,
     resolutions: &[Resolution],
@@ -260,42 +266,32 @@ pub async fn record(
     let mut error_kinds = Vec::with_capacity(resolutions.len());
     let mut attempt_errors = Vec::with_capacity(resolutions.len());
     let mut bodies = Vec::with_capacity(resolutions.len());
-    let mut learned = std::collections::BTreeMap::new();
+    let mut learned = Vec::with_capacity(resolutions.len());
     for resolution in resolutions {
         ids.push(resolution.delivery_id);
         tokens.push(resolution.claim_token);
         states.push(resolution.state.as_str());
         due.push(resolution.due_at);
-        errors.push(resolution.last_error.as_deref());
+        errors.push(storable(resolution.last_error.as_deref()));
         let attempt = resolution.attempt.as_ref();
         attempted.push(attempt.is_some());
         statuses.push(attempt.and_then(|a| a.http_status).map(i32::from));
         started.push(attempt.map(|a| a.started_at));
         durations.push(attempt.map(|a| i32::try_from(a.duration.as_millis()).unwrap_or(i32::MAX)));
         error_kinds.push(attempt.and_then(|a| a.error_kind));
-        attempt_errors.push(attempt.and_then(|a| a.error.as_deref()));
-        bodies.push(attempt.and_then(|a| a.response_body.as_deref()));
-        if let Some((partner, patient, external_id)) = &resolution.learned_external_id {
-            learned.insert((partner.as_str(), patient.as_str()), external_id.as_str());
-        }
-    }
-    // One row per (partner, patient): ON CONFLICT cannot touch a row twice in one statement.
-    let mut learned_partners = Vec::with_capacity(learned.len());
-    let mut learned_patients = Vec::with_capacity(learned.len());
-    let mut learned_ids = Vec::with_capacity(learned.len());
-    for ((partner, patient), external_id) in learned {
-        learned_partners.push(partner);
-        learned_patients.push(patient);
-        learned_ids.push(external_id);
+        attempt_errors.push(storable(attempt.and_then(|a| a.error.as_deref())));
+        bodies.push(storable(attempt.and_then(|a| a.response_body.as_deref())));
+        learned.push(storable(resolution.learned_external_id.as_deref()));
     }
     let rows = client
         .query(
             "WITH result AS (
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],
                                       $5::text[], $6::bool[], $7::int4[], $8::timestamptz[],
-                                      $9::int4[], $10::text[], $11::text[], $12::text[])
+                                      $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[])
                      AS r(id, claim_token, state, due_at, error, attempted, http_status,
-                          started_at, duration_ms, error_kind, attempt_error, response_body)
+                          started_at, duration_ms, error_kind, attempt_error, response_body,
+                          learned_external_id)
              ),
              updated AS (
                  UPDATE dispatcher.deliveries d
@@ -309,26 +305,28 @@ pub async fn record(
                      ended_at = CASE WHEN r.state = 'pending' THEN NULL ELSE now() END
                  FROM result r
                  WHERE d.id = r.id AND d.claim_token = r.claim_token AND d.state = 'in_flight'
-                 RETURNING d.id, d.attempt_count
+                 RETURNING d.id, r.claim_token, d.attempt_count, d.partner, d.patient_id
              ),
              attempt AS (
                  INSERT INTO dispatcher.attempts
                      (delivery_id, number, started_at, duration_ms, http_status, error_kind, error, response_body)
                  SELECT u.id, u.attempt_count, r.started_at, r.duration_ms, r.http_status,
                         r.error_kind, r.attempt_error, r.response_body
-                 FROM updated u JOIN result r ON r.id = u.id
+                 FROM updated u JOIN result r ON r.id = u.id AND r.claim_token = u.claim_token
                  WHERE r.attempted
              ),
              learned AS (
                  INSERT INTO dispatcher.partner_patients (partner, patient_id, external_id)
-                 SELECT * FROM unnest($13::text[], $14::text[], $15::text[])
+                 SELECT DISTINCT ON (u.partner, u.patient_id) u.partner, u.patient_id, r.learned_external_id
+                 FROM updated u JOIN result r ON r.id = u.id AND r.claim_token = u.claim_token
+                 WHERE r.learned_external_id IS NOT NULL AND u.patient_id IS NOT NULL
                  ON CONFLICT (partner, patient_id)
                  DO UPDATE SET external_id = excluded.external_id, learned_at = now()
              )
              SELECT id FROM updated",
             &[
                 &ids, &tokens, &states, &due, &errors, &attempted, &statuses, &started, &durations,
-                &error_kinds, &attempt_errors, &bodies, &learned_partners, &learned_patients, &learned_ids,
+                &error_kinds, &attempt_errors, &bodies, &learned,
             ],
         )
         .await?;

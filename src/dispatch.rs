@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::config::{Config, Partner};
+use crate::config::Config;
 use crate::deliveries::{self, AttemptRecord, ClaimedDelivery, DeliveryState, Resolution};
 use crate::outcome::Outcome;
 use crate::payload::{Event, EventKind};
@@ -318,9 +318,7 @@ impl Dispatcher {
             () = self.shutdown.stopping() => return hand_back(delivery),
         };
         // Sending this late could outlive the lease and race another daemon's claim.
-        let dispatch = &self.config.dispatch;
-        if self.shutdown.is_stopping()
-            || claimed_at.elapsed() + dispatch.request_timeout >= dispatch.lease
+        if self.shutdown.is_stopping() || claimed_at.elapsed() >= self.config.dispatch.latest_send()
         {
             return hand_back(delivery);
         }
@@ -359,14 +357,13 @@ impl Dispatcher {
                 },
             ),
         };
-        self.resolve(delivery, partner, outcome, attempt, Utc::now())
+        self.resolve(delivery, outcome, attempt, Utc::now())
     }
 
     /// The delivery's next state after an attempt.
     fn resolve(
         &self,
         delivery: &ClaimedDelivery,
-        partner: &Partner,
         outcome: Outcome,
         mut attempt: AttemptRecord,
         now: DateTime<Utc>,
@@ -383,9 +380,7 @@ impl Dispatcher {
         };
         match outcome {
             Outcome::Delivered { external_id } => {
-                resolution.learned_external_id = external_id
-                    .zip(delivery.patient_id.clone())
-                    .map(|(external_id, patient)| (partner.name.clone(), patient, external_id));
+                resolution.learned_external_id = external_id;
             }
             Outcome::Rejected { reason } => {
                 resolution.state = DeliveryState::Rejected;
@@ -439,50 +434,84 @@ impl Dispatcher {
         }
     }
 
-    /// Writes one batch, retrying while the database is away. If it stays away past the
-    /// shutdown grace period the results are dropped: the leases run out and the
-    /// deliveries are sent again, never lost.
+    /// Writes one batch. If the database refuses it, writes the rows one by one, so a
+    /// single bad row holds up nothing else; a refused row's delivery is sent again after
+    /// its lease.
     async fn write_resolutions(&self, batch: &[Finished]) {
         let resolutions: Vec<Resolution> = batch
             .iter()
             .map(|finished| finished.resolution.clone())
             .collect();
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let written = match self.pool.get().await {
-                Ok(client) => deliveries::record(&client, &resolutions)
-                    .await
-                    .map_err(|error| error.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
-            match written {
-                Ok(ids) => {
-                    if ids.len() < resolutions.len() {
-                        for resolution in &resolutions {
-                            if !ids.contains(&resolution.delivery_id) {
-                                tracing::warn!(delivery_id = %resolution.delivery_id,
-                                    "result discarded: the claim was no longer current (lease expired or cancelled)");
-                            }
-                        }
+        let refused = match self.write_until_stored(&resolutions).await {
+            Ok(()) => return,
+            Err(refused) if resolutions.len() == 1 => vec![(&resolutions[0], refused)],
+            Err(_) => {
+                let mut refused = Vec::new();
+                for resolution in &resolutions {
+                    if let Err(error) = self
+                        .write_until_stored(std::slice::from_ref(resolution))
+                        .await
+                    {
+                        refused.push((resolution, error));
                     }
-                    return;
                 }
-                Err(error) if self.shutdown.is_abandoning() => {
-                    tracing::error!(%error, count = resolutions.len(),
-                        "cannot record results before exiting; these deliveries will be retried after their lease");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, count = resolutions.len(), "recording results failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.shutdown.abandoning() => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+                refused
             }
+        };
+        for (resolution, error) in refused {
+            tracing::error!(delivery_id = %resolution.delivery_id, code = %error.code, reason = %error.message,
+                "the database refused this result; the delivery will be sent again after its lease");
         }
     }
+
+    /// Writes resolutions, retrying while the database is unreachable. If it stays away
+    /// past the shutdown grace period the results are dropped: the leases run out and the
+    /// deliveries are sent again, never lost. Err when the database refuses the statement.
+    async fn write_until_stored(&self, resolutions: &[Resolution]) -> Result<(), RefusedWrite> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let error = match self.pool.get().await {
+                Err(error) => error.to_string(),
+                Ok(client) => match deliveries::record(&client, resolutions).await {
+                    Ok(ids) => {
+                        for resolution in
+                            resolutions.iter().filter(|r| !ids.contains(&r.delivery_id))
+                        {
+                            tracing::warn!(delivery_id = %resolution.delivery_id,
+                                "result discarded: the claim was no longer current (lease expired or cancelled)");
+                        }
+                        return Ok(());
+                    }
+                    Err(error) => match error.as_db_error() {
+                        Some(refused) => {
+                            return Err(RefusedWrite {
+                                code: refused.code().code().to_string(),
+                                message: refused.message().to_string(),
+                            })
+                        }
+                        None => error.to_string(),
+                    },
+                },
+            };
+            if self.shutdown.is_abandoning() {
+                tracing::error!(%error, count = resolutions.len(),
+                    "cannot record results before exiting; these deliveries will be sent again after their lease");
+                return Ok(());
+            }
+            tracing::warn!(%error, count = resolutions.len(), "recording results failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.abandoning() => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The database refused a statement (as opposed to being unreachable).
+struct RefusedWrite {
+    code: String,
+    message: String,
 }
 
 /// The stored event breaks the contract: it is never sent.

@@ -103,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
             // Signals first, so a SIGTERM during start-up is a clean stop too.
             let shutdown = Shutdown::new();
             let grace = config.dispatch.shutdown_grace;
-            tokio::spawn(shutdown.clone().on_signals(grace));
+            tokio::spawn(
+                shutdown
+                    .clone()
+                    .on_signals(grace)
+                    .context("installing signal handlers")?,
+            );
             let client = tokio::select! {
                 client = pool.get() => client.context("connecting to the database")?,
                 () = shutdown.stopping() => return Ok(()),

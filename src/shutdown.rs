@@ -53,28 +53,35 @@ impl Shutdown {
         self.abandon.cancelled().await
     }
 
-    /// Begins the shutdown on the first SIGTERM or SIGINT; a second one abandons at once.
-    pub async fn on_signals(self, grace: Duration) -> std::io::Result<()> {
+    /// Installs the SIGTERM and SIGINT handlers now, and returns the future that begins
+    /// the shutdown on the first signal (a second one abandons at once). Installing before
+    /// the future first runs means no early signal falls to the default action.
+    pub fn on_signals(
+        self,
+        grace: Duration,
+    ) -> std::io::Result<impl std::future::Future<Output = ()>> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut signals = 0;
-        loop {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
+        Ok(async move {
+            let mut signals = 0;
+            loop {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                signals += 1;
+                if signals == 1 {
+                    tracing::info!(
+                        grace_ms = grace.as_millis() as u64,
+                        "shutting down: no new claims, waiting for requests in flight"
+                    );
+                    self.begin(grace);
+                } else {
+                    tracing::warn!("second signal: abandoning requests in flight");
+                    self.abandon.cancel();
+                }
             }
-            signals += 1;
-            if signals == 1 {
-                tracing::info!(
-                    grace_ms = grace.as_millis() as u64,
-                    "shutting down: no new claims, waiting for requests in flight"
-                );
-                self.begin(grace);
-            } else {
-                tracing::warn!("second signal: abandoning requests in flight");
-                self.abandon.cancel();
-            }
-        }
+        })
     }
 }

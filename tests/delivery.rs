@@ -519,3 +519,41 @@ fn the_vendored_contract_matches_the_shared_spec() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_with_nul_bytes_is_recorded_and_holds_nothing_up() {
+    // PostgreSQL text cannot hold NUL; the partner's answer is still recorded (NUL replaced).
+    let partner = TestPartner::start("acme", |request| match request.patient_id().as_str() {
+        "p-nul-json" => Reply::status(400, r#"{"errorMessage": "bad\u0000field"}"#),
+        "p-nul-raw" => Reply::status(400, "bad\u{0}answer"),
+        _ => Reply::accepted(request),
+    })
+    .await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let _daemon = Daemon::start(&config, &db);
+
+    db.insert_event(ENROLLMENT, &enrollment_event("p-nul-json"))
+        .await;
+    db.insert_event(ENROLLMENT, &enrollment_event("p-nul-raw"))
+        .await;
+    db.insert_event(ENROLLMENT, &enrollment_event("p-ok")).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected'",
+        2,
+    )
+    .await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    let deliveries = db.deliveries().await;
+    assert_eq!(
+        deliveries[0]["last_error"],
+        json!("HTTP 400: bad\u{FFFD}field")
+    );
+    let attempts = db.attempts(deliveries[1]["id"].as_str().expect("id")).await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["response_body"], json!("bad\u{FFFD}answer"));
+}
