@@ -182,13 +182,14 @@ impl Dispatcher {
             return Ok(ClaimOutcome::EmptyQueue);
         };
         let client = self.pool.get().await?;
+        // Taken before the query: the lease starts when the database runs it.
+        let claimed_at = Instant::now();
         let claimed =
             deliveries::claim_due(&client, permits.len(), self.config.dispatch.lease).await?;
         drop(client);
         if claimed.is_empty() {
             return Ok(ClaimOutcome::EmptyQueue);
         }
-        let claimed_at = Instant::now();
         tracing::debug!(count = claimed.len(), "claimed deliveries");
         for delivery in claimed {
             let Some(permit) = permits.pop() else { break };
