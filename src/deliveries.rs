@@ -132,7 +132,6 @@ pub struct ClaimedDelivery {
     pub event_id: i64,
     pub partner: String,
     pub event_name: String,
-    pub patient_id: Option<String>,
     /// Attempts made since the last resend by support.
     pub attempts_used: u32,
     /// The stored `event` JSON, exactly as the enrollment flow wrote it.
@@ -179,7 +178,7 @@ pub async fn claim_due(
                  claim_token = $3
              FROM due
              WHERE d.id = due.id
-             RETURNING d.id, d.event_id, d.partner, d.event_name, d.patient_id,
+             RETURNING d.id, d.event_id, d.partner, d.event_name,
                        d.attempt_count - d.attempts_before_resend, due.event, due.external_id",
             &[&limit, &lease.as_secs_f64(), &claim_token],
         )
@@ -192,10 +191,9 @@ pub async fn claim_due(
             event_id: row.get(1),
             partner: row.get(2),
             event_name: row.get(3),
-            patient_id: row.get(4),
-            attempts_used: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
-            event: row.get(6),
-            external_id: row.get(7),
+            attempts_used: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+            event: row.get(5),
+            external_id: row.get(6),
         })
         .collect())
 }
@@ -252,7 +250,7 @@ fn storable(text: Option<&str>) -> Option<String> {
 /// (attempt and learned id included) rather than overwrite a newer state.
 pub async fn record(
     client: &impl GenericClient,
-    resolutions: &[Resolution],
+    resolutions: &[&Resolution],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let mut ids = Vec::with_capacity(resolutions.len());
     let mut tokens = Vec::with_capacity(resolutions.len());

@@ -439,13 +439,12 @@ impl Dispatcher {
     /// single bad row holds up nothing else; a refused row's delivery is sent again after
     /// its lease.
     async fn write_resolutions(&self, batch: &[Finished]) {
-        let resolutions: Vec<Resolution> = batch
-            .iter()
-            .map(|finished| finished.resolution.clone())
-            .collect();
+        // Borrowed, not cloned: a resolution may carry a 16 KiB answer.
+        let resolutions: Vec<&Resolution> =
+            batch.iter().map(|finished| &finished.resolution).collect();
         let refused = match self.write_until_stored(&resolutions).await {
             Ok(()) => return,
-            Err(refused) if resolutions.len() == 1 => vec![(&resolutions[0], refused)],
+            Err(refused) if resolutions.len() == 1 => vec![(resolutions[0], refused)],
             Err(_) => {
                 let mut refused = Vec::new();
                 for resolution in &resolutions {
@@ -453,7 +452,7 @@ impl Dispatcher {
                         .write_until_stored(std::slice::from_ref(resolution))
                         .await
                     {
-                        refused.push((resolution, error));
+                        refused.push((*resolution, error));
                     }
                 }
                 refused
@@ -468,7 +467,7 @@ impl Dispatcher {
     /// Writes resolutions, retrying while the database is unreachable. If it stays away
     /// past the shutdown grace period the results are dropped: the leases run out and the
     /// deliveries are sent again, never lost. Err when the database refuses the statement.
-    async fn write_until_stored(&self, resolutions: &[Resolution]) -> Result<(), RefusedWrite> {
+    async fn write_until_stored(&self, resolutions: &[&Resolution]) -> Result<(), RefusedWrite> {
         let mut delay = Duration::from_millis(50);
         loop {
             let error = match self.pool.get().await {
