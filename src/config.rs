@@ -47,6 +47,25 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub retry: RetryPolicy,
     pub partners: Vec<Partner>,
+    pub admin: AdminConfig,
+}
+
+/// The admin server: health, metrics, the JSON API and the support page.
+#[derive(Clone)]
+pub struct AdminConfig {
+    pub listen: std::net::SocketAddr,
+    /// Required by the API (bearer) and the support page (login). Without one, the
+    /// server only listens on loopback.
+    pub token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -115,6 +134,25 @@ struct RawConfig {
     retry: RawRetry,
     #[serde(default)]
     partners: Vec<RawPartner>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "defaults::admin_listen")]
+    listen: String,
+    token: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: defaults::admin_listen(),
+            token: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -225,6 +263,9 @@ mod defaults {
     }
     pub fn max_in_flight() -> usize {
         64
+    }
+    pub fn admin_listen() -> String {
+        "127.0.0.1:9187".into()
     }
 }
 
@@ -354,7 +395,33 @@ impl RawConfig {
             dispatch,
             retry,
             partners,
+            admin: self.admin.validate()?,
         })
+    }
+}
+
+/// Long enough that guessing it is hopeless.
+const MIN_ADMIN_TOKEN_LEN: usize = 24;
+
+impl RawAdmin {
+    fn validate(self) -> Result<AdminConfig, ConfigError> {
+        let listen = self.listen.parse().map_err(|_| {
+            ConfigError::key(
+                "admin.listen",
+                "must be an IP address and port, e.g. 127.0.0.1:9187",
+            )
+        })?;
+        let token = match self.token {
+            None => None,
+            Some(token) if token.chars().count() < MIN_ADMIN_TOKEN_LEN => {
+                return Err(ConfigError::key(
+                    "admin.token",
+                    format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+                ))
+            }
+            Some(token) => Some(SecretString::from(token)),
+        };
+        Ok(AdminConfig { listen, token })
     }
 }
 

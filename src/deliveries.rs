@@ -1,5 +1,5 @@
-//! The delivery store: every statement on `dispatcher.deliveries`, `dispatcher.attempts`
-//! and `dispatcher.partner_patients`.
+//! The delivery store: every statement on `dispatcher.deliveries`, `dispatcher.attempts`,
+//! `dispatcher.partner_patients` and `dispatcher.support_actions`.
 //!
 //! A delivery is one event for one partner. Its life:
 //! `pending` → (claimed) `in_flight` → `delivered` | `rejected` | `dead` | `invalid`, or back
@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     Pending,
@@ -41,6 +42,14 @@ impl DeliveryState {
         DeliveryState::Unrouted,
     ];
 
+    /// Ended without reaching the partner, or never routed: what support looks at.
+    pub const FAILED: [DeliveryState; 4] = [
+        DeliveryState::Rejected,
+        DeliveryState::Dead,
+        DeliveryState::Invalid,
+        DeliveryState::Unrouted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
@@ -62,7 +71,7 @@ impl fmt::Display for DeliveryState {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown delivery state `{0}`")]
+#[error("unknown delivery state `{0}`: use pending, in_flight, delivered, rejected, dead, invalid, cancelled, unrouted or failed")]
 pub struct UnknownState(String);
 
 impl FromStr for DeliveryState {
@@ -73,6 +82,16 @@ impl FromStr for DeliveryState {
             .find(|state| state.as_str() == text)
             .ok_or_else(|| UnknownState(text.to_string()))
     }
+}
+
+/// States as support names them: one state, `failed` (rejected, dead, invalid or
+/// unrouted), or `pending` (which includes in flight).
+pub fn parse_states(text: &str) -> Result<Vec<DeliveryState>, UnknownState> {
+    Ok(match text {
+        "failed" => DeliveryState::FAILED.to_vec(),
+        "pending" => vec![DeliveryState::Pending, DeliveryState::InFlight],
+        other => vec![other.parse()?],
+    })
 }
 
 /// A delivery created by routing an outbox event.
@@ -331,17 +350,97 @@ pub async fn record(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
+/// Which deliveries support means: by id, or by what they are. Every field narrows the
+/// selection; an empty filter selects everything.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryFilter {
+    /// Only these deliveries.
+    #[serde(skip)]
+    #[param(ignore)]
+    pub ids: Option<Vec<Uuid>>,
+    /// Only these states (named by support as in [`parse_states`]).
+    #[serde(skip)]
+    #[param(ignore)]
+    pub states: Option<Vec<DeliveryState>>,
+    pub partner: Option<String>,
+    pub event_name: Option<String>,
+    pub patient_id: Option<String>,
+    /// Created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl DeliveryFilter {
+    pub fn ids(ids: &[Uuid]) -> DeliveryFilter {
+        DeliveryFilter {
+            ids: Some(ids.to_vec()),
+            ..DeliveryFilter::default()
+        }
+    }
+}
+
+/// The conditions of a [`DeliveryFilter`], as parameters `$1` to `$7`.
+const FILTER_CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
+     AND ($2::text[] IS NULL OR state = ANY($2))
+     AND ($3::text IS NULL OR partner = $3)
+     AND ($4::text IS NULL OR event_name = $4)
+     AND ($5::text IS NULL OR patient_id = $5)
+     AND ($6::timestamptz IS NULL OR created_at >= $6)
+     AND ($7::timestamptz IS NULL OR created_at < $7)";
+
+/// A filter's values in the order of [`FILTER_CONDITIONS`].
+struct FilterParams<'a> {
+    filter: &'a DeliveryFilter,
+    states: Option<Vec<&'static str>>,
+}
+
+impl<'a> FilterParams<'a> {
+    fn new(filter: &'a DeliveryFilter) -> Self {
+        FilterParams {
+            filter,
+            states: filter
+                .states
+                .as_ref()
+                .map(|states| states.iter().map(|state| state.as_str()).collect()),
+        }
+    }
+
+    /// The seven filter parameters followed by `extra`.
+    fn with<'b>(
+        &'b self,
+        extra: &[&'b (dyn ToSql + Sync)],
+    ) -> Vec<&'b (dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.filter.ids,
+            &self.states,
+            &self.filter.partner,
+            &self.filter.event_name,
+            &self.filter.patient_id,
+            &self.filter.since,
+            &self.filter.until,
+        ];
+        params.extend_from_slice(extra);
+        params
+    }
+}
+
 /// One line of `dispatcher deliveries list`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliverySummary {
+    /// Also the `webhook-id` the partner receives.
     pub id: Uuid,
     pub event_id: i64,
+    /// `null` for an event that reached no partner.
     pub partner: Option<String>,
     pub event_name: String,
     pub patient_id: Option<String>,
     pub state: DeliveryState,
     pub attempt_count: i32,
+    /// The HTTP status of the last answer, if one came.
     pub last_status: Option<i32>,
+    /// Why the last attempt failed, with the partner's `errorMessage` when it gave one.
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -372,46 +471,101 @@ impl DeliverySummary {
     }
 }
 
-/// Newest first, optionally limited to some states and one partner.
+/// Newest first, `limit` at a time: pass the last id of a page as `after` for the next.
+///
+/// Ids are UUIDv7, ordered by creation, so paging by id never repeats or skips a row
+/// while others are inserted or change state.
 pub async fn list(
     client: &impl GenericClient,
-    states: Option<&[DeliveryState]>,
-    partner: Option<&str>,
+    filter: &DeliveryFilter,
+    after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<DeliverySummary>, tokio_postgres::Error> {
-    let states: Option<Vec<&str>> =
-        states.map(|states| states.iter().map(|s| s.as_str()).collect());
+    let params = FilterParams::new(filter);
     let rows = client
         .query(
             &format!(
                 "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
-                 WHERE ($1::text[] IS NULL OR state = ANY($1))
-                   AND ($2::text IS NULL OR partner = $2)
-                 ORDER BY created_at DESC, id DESC
-                 LIMIT $3"
+                 WHERE {FILTER_CONDITIONS}
+                   AND ($8::uuid IS NULL OR id < $8)
+                 ORDER BY id DESC
+                 LIMIT $9"
             ),
-            &[&states, &partner, &limit],
+            &params.with(&[&after, &limit]),
         )
         .await?;
     Ok(rows.iter().map(DeliverySummary::from_row).collect())
 }
 
+/// One partner's deliveries at a glance, for the support page.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PartnerSummary {
+    /// `null` gathers the events that reached no partner.
+    pub partner: Option<String>,
+    /// Delivered in the last 24 hours.
+    pub delivered: i64,
+    /// Rejected, dead, invalid or unrouted in the last 24 hours.
+    pub failed: i64,
+    /// Pending or in flight, however old.
+    pub pending: i64,
+    pub oldest_pending_since: Option<DateTime<Utc>>,
+}
+
+pub async fn partner_summaries(
+    client: &impl GenericClient,
+) -> Result<Vec<PartnerSummary>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT partner,
+                    count(*) FILTER (WHERE state = 'delivered'),
+                    count(*) FILTER (WHERE state IN ('rejected', 'dead', 'invalid', 'unrouted')),
+                    count(*) FILTER (WHERE state IN ('pending', 'in_flight')),
+                    min(created_at) FILTER (WHERE state IN ('pending', 'in_flight'))
+             FROM dispatcher.deliveries
+             WHERE state IN ('pending', 'in_flight') OR created_at > now() - interval '24 hours'
+             GROUP BY partner
+             ORDER BY partner NULLS LAST",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| PartnerSummary {
+            partner: row.get(0),
+            delivered: row.get(1),
+            failed: row.get(2),
+            pending: row.get(3),
+            oldest_pending_since: row.get(4),
+        })
+        .collect())
+}
+
 /// One attempt as support sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptSummary {
     pub number: i32,
     pub started_at: DateTime<Utc>,
     pub duration_ms: i32,
     pub http_status: Option<i32>,
     pub error: Option<String>,
+    /// What the partner answered, capped at 16 KiB.
     pub response_body: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A resend or cancel, and who asked for it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SupportAction {
+    pub action: String,
+    pub actor: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryDetail {
     #[serde(flatten)]
     pub summary: DeliverySummary,
     pub attempts: Vec<AttemptSummary>,
+    pub support_actions: Vec<SupportAction>,
 }
 
 pub async fn show(
@@ -436,6 +590,13 @@ pub async fn show(
             &[&id],
         )
         .await?;
+    let actions = client
+        .query(
+            "SELECT action, actor, at FROM dispatcher.support_actions
+             WHERE delivery_id = $1 ORDER BY at, id",
+            &[&id],
+        )
+        .await?;
     Ok(Some(DeliveryDetail {
         summary: DeliverySummary::from_row(&row),
         attempts: attempts
@@ -449,62 +610,102 @@ pub async fn show(
                 response_body: row.get(5),
             })
             .collect(),
+        support_actions: actions
+            .iter()
+            .map(|row| SupportAction {
+                action: row.get(0),
+                actor: row.get(1),
+                at: row.get(2),
+            })
+            .collect(),
     }))
 }
 
-/// Puts ended deliveries back to `pending` now, with a fresh set of attempts; their
-/// history stays. Returns the ids moved.
+/// Puts the selected ended deliveries back to `pending` now, with a fresh set of
+/// attempts, and records who asked; their history stays. Returns the ids moved.
 pub async fn resend(
     client: &impl GenericClient,
-    ids: &[Uuid],
+    selection: &DeliveryFilter,
+    actor: &str,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let params = FilterParams::new(selection);
     let rows = client
         .query(
-            "UPDATE dispatcher.deliveries
-             SET state = 'pending', due_at = now(), ended_at = NULL,
-                 attempts_before_resend = attempt_count
-             WHERE id = ANY($1) AND partner IS NOT NULL
-               AND state IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled')
-             RETURNING id",
-            &[&ids],
+            &format!(
+                "WITH resent AS (
+                     UPDATE dispatcher.deliveries
+                     SET state = 'pending', due_at = now(), ended_at = NULL,
+                         attempts_before_resend = attempt_count
+                     WHERE {FILTER_CONDITIONS}
+                       AND partner IS NOT NULL
+                       AND state IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled')
+                     RETURNING id, event_id
+                 ),
+                 recorded AS (
+                     INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
+                     SELECT id, event_id, 'resend', $8 FROM resent
+                 )
+                 SELECT id FROM resent"
+            ),
+            &params.with(&[&actor]),
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// Removes the placeholders of events that reached no partner, so they can be routed
-/// again. Returns (placeholder id, event id) pairs.
+/// Removes the selected placeholders of events that reached no partner, so they can be
+/// routed again, and records who asked. Returns (placeholder id, event id) pairs.
 pub async fn remove_placeholders(
     client: &impl GenericClient,
-    ids: &[Uuid],
+    selection: &DeliveryFilter,
+    actor: &str,
 ) -> Result<Vec<(Uuid, i64)>, tokio_postgres::Error> {
+    let params = FilterParams::new(selection);
     let rows = client
         .query(
-            "DELETE FROM dispatcher.deliveries
-             WHERE id = ANY($1) AND partner IS NULL
-             RETURNING id, event_id",
-            &[&ids],
+            &format!(
+                "WITH removed AS (
+                     DELETE FROM dispatcher.deliveries
+                     WHERE {FILTER_CONDITIONS} AND partner IS NULL
+                     RETURNING id, event_id
+                 ),
+                 recorded AS (
+                     INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
+                     SELECT id, event_id, 'resend', $8 FROM removed
+                 )
+                 SELECT id, event_id FROM removed"
+            ),
+            &params.with(&[&actor]),
         )
         .await?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// Ends pending or failed deliveries for good. Returns the ids cancelled.
+/// Ends pending or failed deliveries for good, and records who asked. Returns the ids
+/// cancelled.
 ///
 /// A delivery in flight is left alone: its request is on the wire, and cancelling now
 /// would drop the record of what the partner answered.
 pub async fn cancel(
     client: &impl GenericClient,
     ids: &[Uuid],
+    actor: &str,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "UPDATE dispatcher.deliveries
-             SET state = 'cancelled', due_at = NULL, claim_token = NULL, ended_at = now()
-             WHERE id = ANY($1)
-               AND state IN ('pending', 'rejected', 'dead', 'invalid', 'unrouted')
-             RETURNING id",
-            &[&ids],
+            "WITH cancelled AS (
+                 UPDATE dispatcher.deliveries
+                 SET state = 'cancelled', due_at = NULL, claim_token = NULL, ended_at = now()
+                 WHERE id = ANY($1)
+                   AND state IN ('pending', 'rejected', 'dead', 'invalid', 'unrouted')
+                 RETURNING id, event_id
+             ),
+             recorded AS (
+                 INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
+                 SELECT id, event_id, 'cancel', $2 FROM cancelled
+             )
+             SELECT id FROM cancelled",
+            &[&ids, &actor],
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())

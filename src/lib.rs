@@ -1,6 +1,7 @@
 //! The HelpAround webhook dispatcher: delivers events from a PostgreSQL outbox to the
 //! partners of each support program, per the partner contract in `contract/`.
 
+pub mod admin;
 pub mod config;
 pub mod db;
 pub mod deliveries;
@@ -8,6 +9,7 @@ pub mod dispatch;
 pub mod outbox;
 pub mod outcome;
 pub mod payload;
+pub mod resend;
 pub mod retry;
 pub mod routing;
 pub mod schema;

@@ -3,14 +3,17 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
+use dispatcher::admin::AdminServer;
 use dispatcher::config::Config;
 use dispatcher::dispatch::Dispatcher;
 use dispatcher::shutdown::Shutdown;
-use dispatcher::{db, schema, support};
+use dispatcher::deliveries::{self, DeliveryFilter};
+use dispatcher::{db, resend, schema, support};
 
 #[derive(Parser)]
 #[command(
@@ -41,12 +44,11 @@ enum Command {
 enum DeliveriesCommand {
     /// List deliveries, newest first.
     List {
-        /// pending, in_flight, delivered, rejected, dead, invalid, cancelled, unrouted, or
-        /// failed (= rejected, dead, invalid, unrouted).
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Continue after this delivery id (the last of the previous page).
         #[arg(long)]
-        state: Option<String>,
-        #[arg(long)]
-        partner: Option<String>,
+        after: Option<Uuid>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
         #[arg(long)]
@@ -58,16 +60,68 @@ enum DeliveriesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send deliveries again (back to pending, with a fresh set of attempts).
+    /// Send deliveries again (back to pending, with a fresh set of attempts): the ids
+    /// given, or every delivery the filter selects (failed ones unless --state says
+    /// otherwise).
     Retry {
-        #[arg(required = true)]
         ids: Vec<Uuid>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Stop deliveries for good.
     Cancel {
         #[arg(required = true)]
         ids: Vec<Uuid>,
     },
+}
+
+/// Selects deliveries by what they are.
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// pending (with in_flight), in_flight, delivered, rejected, dead, invalid, cancelled,
+    /// unrouted, or failed (rejected, dead, invalid, unrouted).
+    #[arg(long)]
+    state: Option<String>,
+    #[arg(long)]
+    partner: Option<String>,
+    #[arg(long)]
+    event_name: Option<String>,
+    #[arg(long = "patient")]
+    patient_id: Option<String>,
+    /// Created at or after this time (RFC 3339, e.g. 2026-11-25T09:00:00Z).
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// Created before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
+}
+
+impl FilterArgs {
+    fn is_empty(&self) -> bool {
+        self.state.is_none()
+            && self.partner.is_none()
+            && self.event_name.is_none()
+            && self.patient_id.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
+    fn into_filter(self, ids: Option<Vec<Uuid>>) -> anyhow::Result<DeliveryFilter> {
+        Ok(DeliveryFilter {
+            ids,
+            states: self
+                .state
+                .as_deref()
+                .map(deliveries::parse_states)
+                .transpose()
+                .context("--state")?,
+            partner: self.partner,
+            event_name: self.event_name,
+            patient_id: self.patient_id,
+            since: self.since,
+            until: self.until,
+        })
+    }
 }
 
 #[tokio::main]
@@ -115,10 +169,15 @@ async fn main() -> anyhow::Result<()> {
             };
             schema::ensure_current(&client).await?;
             drop(client);
+            let admin = AdminServer::bind(&config.admin, pool.clone())
+                .await
+                .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
+            let admin = tokio::spawn(admin.serve(shutdown.clone()));
             tracing::info!(partners = config.partners.len(), "dispatcher running");
             Dispatcher::new(Arc::new(config), pool, shutdown)?
                 .run()
                 .await?;
+            admin.abort();
         }
         Command::Deliveries(command) => {
             let mut client = pool.get().await.context("connecting to the database")?;
@@ -126,30 +185,27 @@ async fn main() -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             match command {
                 DeliveriesCommand::List {
-                    state,
-                    partner,
+                    filter,
+                    after,
                     limit,
                     json,
                 } => {
-                    let states = state
-                        .as_deref()
-                        .map(support::parse_state_filter)
-                        .transpose()?;
-                    support::list(
-                        &client,
-                        states.as_deref(),
-                        partner.as_deref(),
-                        limit,
-                        json,
-                        &mut out,
-                    )
-                    .await?;
+                    let filter = filter.into_filter(None)?;
+                    support::list(&client, &filter, after, limit, json, &mut out).await?;
                 }
                 DeliveriesCommand::Show { id, json } => {
                     support::show(&client, id, json, &mut out).await?
                 }
-                DeliveriesCommand::Retry { ids } => {
-                    support::retry(&mut client, &ids, &mut out).await?
+                DeliveriesCommand::Retry { ids, filter } => {
+                    if ids.is_empty() && filter.is_empty() {
+                        bail!("name the deliveries to resend by id, or select them with --state, --partner, --event-name, --patient, --since or --until");
+                    }
+                    let selection = if ids.is_empty() {
+                        resend::failed_unless_stated(filter.into_filter(None)?)
+                    } else {
+                        filter.into_filter(Some(ids))?
+                    };
+                    support::retry(&mut client, &selection, &mut out).await?
                 }
                 DeliveriesCommand::Cancel { ids } => {
                     support::cancel(&client, &ids, &mut out).await?

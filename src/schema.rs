@@ -3,7 +3,10 @@
 use deadpool_postgres::GenericClient;
 
 /// Every migration, in order. A version is never edited once released; add a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_initial.sql")),
+    (2, include_str!("../migrations/0002_support_actions.sql")),
+];
 
 /// Serialises concurrent `dispatcher migrate` runs.
 const MIGRATION_LOCK: i64 = 0x6865_6c70_6d69_6772; // "helpmigr"

@@ -5,36 +5,24 @@ use std::io::Write;
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
-use crate::deliveries::{self, DeliveryDetail, DeliveryState, DeliverySummary};
-use crate::outbox;
-use crate::wakeup;
+use crate::deliveries::{self, DeliveryDetail, DeliveryFilter, DeliverySummary};
+use crate::resend;
 
-/// A `--state` filter: one state, or a group support thinks of as one.
-pub fn parse_state_filter(text: &str) -> anyhow::Result<Vec<DeliveryState>> {
-    Ok(match text {
-        "failed" => vec![
-            DeliveryState::Rejected,
-            DeliveryState::Dead,
-            DeliveryState::Invalid,
-            DeliveryState::Unrouted,
-        ],
-        // In flight is still pending from support's point of view.
-        "pending" => vec![DeliveryState::Pending, DeliveryState::InFlight],
-        other => vec![other.parse().with_context(|| {
-            "--state must be one of pending, in_flight, delivered, rejected, dead, invalid, cancelled, unrouted, failed"
-        })?],
-    })
+/// Who is acting from the command line, for the record of support actions.
+pub fn cli_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_string());
+    format!("cli:{user}")
 }
 
 pub async fn list(
     client: &impl deadpool_postgres::GenericClient,
-    states: Option<&[DeliveryState]>,
-    partner: Option<&str>,
+    filter: &DeliveryFilter,
+    after: Option<Uuid>,
     limit: i64,
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let rows = deliveries::list(client, states, partner, limit)
+    let rows = deliveries::list(client, filter, after, limit)
         .await
         .context("listing deliveries")?;
     if json {
@@ -51,6 +39,9 @@ pub async fn list(
         writeln!(out, "{}", table_line(row))?;
     }
     writeln!(out, "({} deliveries)", rows.len())?;
+    if let Some(last) = rows.last().filter(|_| rows.len() as i64 == limit) {
+        writeln!(out, "more: --after {}", last.id)?;
+    }
     Ok(())
 }
 
@@ -126,37 +117,41 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
             writeln!(out, "  answer: {body}")?;
         }
     }
+    for action in &detail.support_actions {
+        writeln!(
+            out,
+            "\n{} by {} at {}",
+            action.action,
+            action.actor,
+            action.at.to_rfc3339()
+        )?;
+    }
     Ok(())
 }
 
 /// Resends deliveries; for an event that reached no partner, routes it again with the
-/// current configuration. Fails naming the ids that could not be resent.
+/// current configuration. With ids, fails naming the ids that could not be resent.
 pub async fn retry(
     client: &mut deadpool_postgres::Client,
-    ids: &[Uuid],
+    selection: &DeliveryFilter,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let transaction = client.transaction().await?;
-    let resent = deliveries::resend(&transaction, ids).await?;
-    let rerouted = deliveries::remove_placeholders(&transaction, ids).await?;
-    let event_ids: Vec<i64> = rerouted.iter().map(|(_, event_id)| *event_id).collect();
-    outbox::route_again(&transaction, &event_ids).await?;
-    wakeup::notify_deliveries(&transaction).await?;
-    transaction
-        .commit()
+    let report = resend::resend(client, selection, &cli_actor())
         .await
-        .context("committing the resend")?;
-    for id in &resent {
+        .context("resending")?;
+    for id in &report.resent {
         writeln!(out, "{id}: pending again")?;
     }
-    for (id, event_id) in &rerouted {
-        writeln!(out, "{id}: event {event_id} will be routed again")?;
+    for id in &report.rerouted {
+        writeln!(out, "{id}: its event will be routed again")?;
     }
+    let Some(ids) = &selection.ids else {
+        writeln!(out, "({} deliveries resent)", report.touched())?;
+        return Ok(());
+    };
     let untouched: Vec<String> = ids
         .iter()
-        .filter(|id| {
-            !resent.contains(id) && !rerouted.iter().any(|(placeholder, _)| placeholder == *id)
-        })
+        .filter(|id| !report.resent.contains(id) && !report.rerouted.contains(id))
         .map(Uuid::to_string)
         .collect();
     if !untouched.is_empty() {
@@ -173,7 +168,7 @@ pub async fn cancel(
     ids: &[Uuid],
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let cancelled = deliveries::cancel(client, ids)
+    let cancelled = deliveries::cancel(client, ids, &cli_actor())
         .await
         .context("cancelling")?;
     for id in &cancelled {

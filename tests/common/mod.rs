@@ -311,6 +311,8 @@ pub struct TestConfig {
     pub partners: Vec<(String, String, Vec<String>)>,
     pub dispatch: String,
     pub retry: String,
+    /// The `[admin]` section: by default a free loopback port, no token.
+    pub admin: String,
     pub dir: Arc<tempfile::TempDir>,
 }
 
@@ -321,6 +323,7 @@ impl TestConfig {
             partners: Vec::new(),
             dispatch: "concurrency = 64\nbatch_size = 50\nlease = \"10s\"\npoll_interval = \"200ms\"\nrequest_timeout = \"2s\"\nshutdown_grace = \"5s\"".into(),
             retry: "max_attempts = 5\nbase_delay = \"300ms\"\nmax_delay = \"2s\"".into(),
+            admin: "listen = \"127.0.0.1:0\"".into(),
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
         }
     }
@@ -344,10 +347,15 @@ impl TestConfig {
         self
     }
 
+    pub fn admin(mut self, admin: &str) -> TestConfig {
+        self.admin = admin.into();
+        self
+    }
+
     pub fn text(&self, db: &TestDb) -> String {
         let mut text = format!(
-            "[database]\nurl = \"{}\"\n\n[dispatch]\n{}\n\n[retry]\n{}\n",
-            db.url, self.dispatch, self.retry
+            "[database]\nurl = \"{}\"\n\n[dispatch]\n{}\n\n[retry]\n{}\n\n[admin]\n{}\n",
+            db.url, self.dispatch, self.retry, self.admin
         );
         for (name, base_url, programs) in &self.partners {
             text.push_str(&format!(
@@ -433,6 +441,23 @@ impl Daemon {
             "dispatcher did not exit within 60s; log:\n{}",
             self.log_text()
         );
+    }
+
+    /// The admin server's address, from its start-up log line.
+    pub async fn admin_url(&self) -> String {
+        for _ in 0..1200 {
+            let log = self.log_text();
+            if let Some(addr) = log
+                .lines()
+                .filter(|line| line.contains("admin server listening"))
+                .find_map(|line| line.split("addr=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                return format!("http://{}", addr.trim_matches('"'));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the admin server did not start within 60s; log:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,475 @@
+//! The support page: server-rendered HTML a support person can read without training.
+//!
+//! `/` shows each partner at a glance and the deliveries that failed, with the partner's
+//! answer and buttons to resend or cancel; `/deliveries/{id}` shows every attempt with the
+//! partner's full answer and who resent or cancelled it. It shows patient ids, never a
+//! name, phone number or other health data: the event body is not read here at all.
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::SET_COOKIE;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use chrono::{DateTime, Utc};
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::access::{self, SupportSession, SESSION_COOKIE};
+use super::api::{ApiError, Page, Selection};
+use super::AdminState;
+use crate::deliveries::{self, DeliveryDetail, DeliveryState, DeliverySummary};
+
+const PAGE_ROWS: i64 = 50;
+
+pub(crate) fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/deliveries/{id}", get(delivery))
+        .route("/deliveries/{id}/resend", post(resend))
+        .route("/deliveries/{id}/cancel", post(cancel))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .layer(axum::middleware::from_fn(access::same_origin_posts))
+}
+
+/// What the last button press did, shown at the top of the next page.
+#[derive(Deserialize)]
+struct Notice {
+    notice: Option<String>,
+}
+
+impl Notice {
+    fn render(&self) -> Markup {
+        let Some(notice) = self.notice.as_deref() else {
+            return html! {};
+        };
+        let (class, text) = match notice {
+            "resent" => ("ok", "Resent: the delivery is pending again."),
+            "cancelled" => ("ok", "Cancelled: the delivery will not be sent."),
+            "not-resent" => ("bad", "Not resent: it is still pending or in flight."),
+            "not-cancelled" => (
+                "bad",
+                "Not cancelled: it is delivered, already cancelled, or in flight right now.",
+            ),
+            _ => return html! {},
+        };
+        html! { p.notice.(class) role="status" { (text) } }
+    }
+}
+
+fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · HelpAround dispatcher" }
+                style { (STYLE) }
+            }
+            body {
+                header {
+                    a.brand href="/" { "HelpAround dispatcher" }
+                    @if let Some(actor) = signed_in {
+                        form.logout method="post" action="/logout" {
+                            span { "Signed in as " (actor.trim_start_matches("page:")) }
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+const STYLE: &str = "
+body { font-family: system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
+header { display: flex; justify-content: space-between; align-items: center; padding: .6rem 1.5rem; background: #1d3557; color: white; }
+header a.brand { color: white; font-weight: 600; text-decoration: none; }
+header form { display: flex; gap: .6rem; align-items: center; margin: 0; }
+main { padding: 1rem 1.5rem 3rem; }
+h1 { font-size: 1.3rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
+table { border-collapse: collapse; width: 100%; background: white; font-size: .9rem; }
+th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #e1e4ea; vertical-align: top; }
+th { background: #eef1f5; font-weight: 600; }
+td.num { text-align: right; }
+.state { padding: .1rem .4rem; border-radius: .3rem; font-size: .8rem; background: #e1e4ea; }
+.state-delivered { background: #d3f2dc; } .state-pending, .state-in_flight { background: #fff1c2; }
+.state-rejected, .state-dead, .state-invalid, .state-unrouted { background: #fbd5d5; }
+.error { color: #8a1c1c; max-width: 32rem; }
+.notice { padding: .6rem 1rem; border-radius: .3rem; }
+.notice.ok { background: #d3f2dc; } .notice.bad { background: #fbd5d5; }
+form.inline { display: inline; margin: 0; }
+button { cursor: pointer; padding: .25rem .7rem; border: 1px solid #8c96a8; border-radius: .3rem; background: white; }
+button.primary { background: #1d3557; color: white; border-color: #1d3557; }
+pre { white-space: pre-wrap; word-break: break-all; background: #f0f2f5; padding: .5rem; margin: 0; max-height: 20rem; overflow: auto; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .3rem 1rem; background: white; padding: 1rem; }
+dt { font-weight: 600; } dd { margin: 0; }
+form.filters { display: flex; gap: .8rem; align-items: end; margin-bottom: .8rem; flex-wrap: wrap; }
+label { display: flex; flex-direction: column; font-size: .85rem; gap: .2rem; }
+";
+
+fn time(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn age(since: DateTime<Utc>) -> String {
+    let seconds = (Utc::now() - since).num_seconds().max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
+}
+
+fn state_badge(state: DeliveryState) -> Markup {
+    html! { span class={ "state state-" (state.as_str()) } { (state.as_str()) } }
+}
+
+/// Resend and cancel buttons for the states where they can work.
+fn actions(delivery: &DeliverySummary, back: &str) -> Markup {
+    let resendable = matches!(
+        delivery.state,
+        DeliveryState::Delivered
+            | DeliveryState::Rejected
+            | DeliveryState::Dead
+            | DeliveryState::Invalid
+            | DeliveryState::Cancelled
+            | DeliveryState::Unrouted
+    );
+    let cancellable = matches!(
+        delivery.state,
+        DeliveryState::Pending
+            | DeliveryState::Rejected
+            | DeliveryState::Dead
+            | DeliveryState::Invalid
+            | DeliveryState::Unrouted
+    );
+    html! {
+        @if resendable {
+            form.inline method="post" action={ "/deliveries/" (delivery.id) "/resend" } {
+                input type="hidden" name="back" value=(back);
+                button.primary type="submit" { "Resend" }
+            }
+            " "
+        }
+        @if cancellable {
+            form.inline method="post" action={ "/deliveries/" (delivery.id) "/cancel" } {
+                input type="hidden" name="back" value=(back);
+                button type="submit" { "Cancel" }
+            }
+        }
+    }
+}
+
+/// The overview: partners at a glance, then the selected deliveries (failed by default).
+async fn overview(
+    session: SupportSession,
+    State(state): State<AdminState>,
+    Query(notice): Query<Notice>,
+    Query(mut selection): Query<Selection>,
+    Query(page): Query<Page>,
+) -> Result<Markup, PageError> {
+    let shown_state = selection.state.clone().unwrap_or_else(|| "failed".into());
+    selection.state = (shown_state != "all").then(|| shown_state.clone());
+    let filter = selection.filter()?;
+    let partner = filter.partner.clone();
+    let summaries = {
+        let client = state.client().await.map_err(ApiError::from)?;
+        deliveries::partner_summaries(&client)
+            .await
+            .map_err(|error| ApiError::from(super::api::DatabaseUnavailable::logged(error)))?
+    };
+    let rows = state
+        .page_of(
+            &filter,
+            Page {
+                after: page.after,
+                limit: Some(PAGE_ROWS),
+            },
+        )
+        .await?;
+    let mut next = format!("/?state={shown_state}");
+    if let Some(partner) = &partner {
+        next.push_str(&format!("&partner={}", url_encode(partner)));
+    }
+    let back = match page.after {
+        Some(after) => format!("{next}&after={after}"),
+        None => next.clone(),
+    };
+    let body = html! {
+        (notice.render())
+        h1 { "Partners" }
+        table #partners {
+            thead { tr {
+                th { "Partner" } th.num { "Delivered (24 h)" } th.num { "Failed (24 h)" }
+                th.num { "Pending" } th { "Oldest pending" }
+            } }
+            tbody {
+                @for summary in &summaries {
+                    tr {
+                        td {
+                            @match &summary.partner {
+                                Some(name) => a href={ "/?state=all&partner=" (url_encode(name)) } { (name) },
+                                None => em { "no partner (unrouted or unroutable)" },
+                            }
+                        }
+                        td.num { (summary.delivered) }
+                        td.num { (summary.failed) }
+                        td.num { (summary.pending) }
+                        td { @if let Some(since) = summary.oldest_pending_since { (age(since)) } @else { "–" } }
+                    }
+                }
+                @if summaries.is_empty() {
+                    tr { td colspan="5" { "No deliveries in the last 24 hours." } }
+                }
+            }
+        }
+        h2 { @if shown_state == "all" { "Deliveries" } @else { "Deliveries: " (shown_state) } }
+        form.filters method="get" action="/" {
+            label { "State"
+                select name="state" {
+                    @for option in ["failed", "all", "pending", "in_flight", "delivered", "rejected", "dead", "invalid", "cancelled", "unrouted"] {
+                        option value=(option) selected[option == shown_state] { (option) }
+                    }
+                }
+            }
+            label { "Partner"
+                select name="partner" {
+                    option value="" { "all partners" }
+                    @for name in summaries.iter().filter_map(|s| s.partner.as_deref()) {
+                        option value=(name) selected[partner.as_deref() == Some(name)] { (name) }
+                    }
+                }
+            }
+            button type="submit" { "Show" }
+        }
+        table #deliveries {
+            thead { tr {
+                th { "Created" } th { "Partner" } th { "Event" } th { "Patient id" } th { "State" }
+                th.num { "Tries" } th.num { "Last status" } th { "Partner's answer / error" } th { "" }
+            } }
+            tbody {
+                @for delivery in &rows.deliveries {
+                    tr data-delivery=(delivery.id) {
+                        td { a href={ "/deliveries/" (delivery.id) } { (time(delivery.created_at)) } }
+                        td { (delivery.partner.as_deref().unwrap_or("–")) }
+                        td { (short_event_name(&delivery.event_name)) }
+                        td { (delivery.patient_id.as_deref().unwrap_or("–")) }
+                        td { (state_badge(delivery.state)) }
+                        td.num { (delivery.attempt_count) }
+                        td.num { @if let Some(status) = delivery.last_status { (status) } @else { "–" } }
+                        td.error { (delivery.last_error.as_deref().unwrap_or("")) }
+                        td { (actions(delivery, &back)) }
+                    }
+                }
+                @if rows.deliveries.is_empty() {
+                    tr { td colspan="9" { "Nothing here." } }
+                }
+            }
+        }
+        @if let Some(after) = rows.next_after {
+            p { a href={ (next) "&after=" (after) } { "Older deliveries →" } }
+        }
+    };
+    Ok(layout("Deliveries", Some(&session.actor), body))
+}
+
+fn short_event_name(name: &str) -> &str {
+    name.strip_prefix("HelpAround.Patient.").unwrap_or(name)
+}
+
+fn url_encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+async fn delivery(
+    session: SupportSession,
+    State(state): State<AdminState>,
+    Path(id): Path<Uuid>,
+    Query(notice): Query<Notice>,
+) -> Result<Markup, PageError> {
+    let DeliveryDetail {
+        summary,
+        attempts,
+        support_actions,
+    } = state.detail(id).await?;
+    let back = format!("/deliveries/{id}");
+    let body = html! {
+        (notice.render())
+        h1 { "Delivery " (summary.id) }
+        dl {
+            dt { "Partner" } dd { (summary.partner.as_deref().unwrap_or("–")) }
+            dt { "Event" } dd { (summary.event_name) " (outbox id " (summary.event_id) ")" }
+            dt { "Patient id" } dd { (summary.patient_id.as_deref().unwrap_or("–")) }
+            dt { "State" } dd { (state_badge(summary.state)) }
+            dt { "Created" } dd { (time(summary.created_at)) }
+            @if let Some(next) = summary.next_attempt_at { dt { "Next attempt" } dd { (time(next)) } }
+            dt { "Last error" } dd.error { (summary.last_error.as_deref().unwrap_or("–")) }
+            dt { "Actions" } dd { (actions(&summary, &back)) }
+        }
+        h2 { "Attempts" }
+        table #attempts {
+            thead { tr { th.num { "#" } th { "Sent" } th.num { "Took" } th.num { "Status" } th { "Error" } th { "Partner's answer" } } }
+            tbody {
+                @for attempt in &attempts {
+                    tr {
+                        td.num { (attempt.number) }
+                        td { (time(attempt.started_at)) }
+                        td.num { (attempt.duration_ms) " ms" }
+                        td.num { @if let Some(status) = attempt.http_status { (status) } @else { "no answer" } }
+                        td.error { (attempt.error.as_deref().unwrap_or("")) }
+                        td { @if let Some(body) = &attempt.response_body { pre { (body) } } }
+                    }
+                }
+                @if attempts.is_empty() { tr { td colspan="6" { "No attempt yet." } } }
+            }
+        }
+        @if !support_actions.is_empty() {
+            h2 { "Support actions" }
+            table #support-actions {
+                thead { tr { th { "When" } th { "What" } th { "Who" } } }
+                tbody {
+                    @for action in &support_actions {
+                        tr { td { (time(action.at)) } td { (action.action) } td { (action.actor) } }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout("Delivery", Some(&session.actor), body))
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    back: Option<String>,
+}
+
+impl ActionForm {
+    /// Where to go after the action: only a path on this server.
+    fn back(&self, notice: &str) -> Redirect {
+        let back = self
+            .back
+            .as_deref()
+            .filter(|back| back.starts_with('/') && !back.starts_with("//"))
+            .unwrap_or("/");
+        let separator = if back.contains('?') { '&' } else { '?' };
+        Redirect::to(&format!("{back}{separator}notice={notice}"))
+    }
+}
+
+async fn resend(
+    session: SupportSession,
+    State(state): State<AdminState>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<ActionForm>,
+) -> Result<Redirect, PageError> {
+    match state.resend_one(id, &session.actor).await {
+        Ok(_) => Ok(form.back("resent")),
+        Err(ApiError::Conflict(_)) => Ok(form.back("not-resent")),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn cancel(
+    session: SupportSession,
+    State(state): State<AdminState>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<ActionForm>,
+) -> Result<Redirect, PageError> {
+    match state.cancel_one(id, &session.actor).await {
+        Ok(()) => Ok(form.back("cancelled")),
+        Err(ApiError::Conflict(_)) => Ok(form.back("not-cancelled")),
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    failed: Option<String>,
+}
+
+async fn login_form(Query(query): Query<LoginQuery>) -> Markup {
+    login_page(query.failed.is_some())
+}
+
+fn login_page(failed: bool) -> Markup {
+    layout(
+        "Sign in",
+        None,
+        html! {
+            h1 { "Sign in" }
+            @if failed { p.notice.bad role="alert" { "That token is not right, or no name was given." } }
+            form method="post" action="/login" {
+                p { label { "Your name (recorded with what you resend or cancel)"
+                    input type="text" name="name" required autocomplete="name";
+                } }
+                p { label { "Admin token"
+                    input type="password" name="token" required autocomplete="current-password";
+                } }
+                button.primary type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+    token: String,
+}
+
+async fn login(State(state): State<AdminState>, Form(form): Form<LoginForm>) -> Response {
+    let name = access::clean_actor(&form.name);
+    let session = name
+        .filter(|_| state.access.token_matches(&form.token))
+        .and_then(|name| state.access.session_for(&name));
+    let Some(session) = session else {
+        tracing::warn!("support page: sign-in refused");
+        return Redirect::to("/login?failed=1").into_response();
+    };
+    (
+        [(
+            SET_COOKIE,
+            format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict"),
+        )],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+async fn logout() -> Response {
+    (
+        [(
+            SET_COOKIE,
+            format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        )],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+/// An API error shown as a page.
+struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(error: ApiError) -> Self {
+        PageError(error)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::CONFLICT,
+        };
+        let body = layout(
+            "Error",
+            None,
+            html! { h1 { "Something is wrong" } p.notice.bad { (self.0.to_string()) } p { a href="/" { "Back to the overview" } } },
+        );
+        (status, body).into_response()
+    }
+}
