@@ -408,10 +408,7 @@ impl<'a> FilterParams<'a> {
     }
 
     /// The seven filter parameters followed by `extra`.
-    fn with<'b>(
-        &'b self,
-        extra: &[&'b (dyn ToSql + Sync)],
-    ) -> Vec<&'b (dyn ToSql + Sync)> {
+    fn with<'b>(&'b self, extra: &[&'b (dyn ToSql + Sync)]) -> Vec<&'b (dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &self.filter.ids,
             &self.states,

@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use dispatcher::admin::AdminServer;
 use dispatcher::config::Config;
+use dispatcher::deliveries::{self, DeliveryFilter};
 use dispatcher::dispatch::Dispatcher;
 use dispatcher::shutdown::Shutdown;
-use dispatcher::deliveries::{self, DeliveryFilter};
 use dispatcher::{db, resend, schema, support};
 
 #[derive(Parser)]

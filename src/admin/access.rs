@@ -225,7 +225,10 @@ mod tests {
 
         let (payload, signature) = session.rsplit_once('.').expect("signed");
         let (_, expires) = payload.split_once('.').expect("expiry");
-        let forged = format!("{}.{expires}.{signature}", URL_SAFE_NO_PAD.encode("Mallory"));
+        let forged = format!(
+            "{}.{expires}.{signature}",
+            URL_SAFE_NO_PAD.encode("Mallory")
+        );
         assert_eq!(access.session_actor(&forged), None);
 
         let other = Access::new(Some(SecretString::from("another-token-long-enough-here")));

@@ -49,7 +49,9 @@ impl AdminServer {
                     "no [admin] token is set: the admin server listens on loopback only");
                 listen = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port());
             } else {
-                tracing::info!("no [admin] token is set: the admin server is open to local users only");
+                tracing::info!(
+                    "no [admin] token is set: the admin server is open to local users only"
+                );
             }
         }
         let listener = TcpListener::bind(listen).await?;

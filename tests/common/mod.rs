@@ -446,7 +446,7 @@ impl Daemon {
     /// The admin server's address, from its start-up log line.
     pub async fn admin_url(&self) -> String {
         for _ in 0..1200 {
-            let log = self.log_text();
+            let log = without_colours(&self.log_text());
             if let Some(addr) = log
                 .lines()
                 .filter(|line| line.contains("admin server listening"))
@@ -457,7 +457,10 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the admin server did not start within 60s; log:\n{}", self.log_text());
+        panic!(
+            "the admin server did not start within 60s; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -528,4 +531,81 @@ pub fn per_webhook_id(received: &[Received]) -> HashMap<String, usize> {
         *counts.entry(request.webhook_id()).or_insert(0) += 1;
     }
     counts
+}
+
+/// Log text without terminal colour codes.
+pub fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The admin server of a running daemon, as a script or support tool talks to it.
+pub struct AdminClient {
+    pub base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    pub async fn of(daemon: &Daemon, token: Option<&str>) -> AdminClient {
+        AdminClient {
+            base: daemon.admin_url().await,
+            token: token.map(str::to_string),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends and returns the status and the body parsed as JSON (Null if it is not JSON).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("admin server answers");
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("admin answer body");
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.request(reqwest::Method::POST, path)
+                .header("content-type", "application/json")
+                .header("x-actor", "alice")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// The raw answer, for pages and redirects.
+    pub async fn raw(&self, request: reqwest::RequestBuilder) -> reqwest::Response {
+        request.send().await.expect("admin server answers")
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
 }

@@ -1,0 +1,486 @@
+//! The admin server as ops and support use it: health probes, the JSON API (filters,
+//! pages, resend and cancel, bulk resend), its OpenAPI document, the token, and the
+//! support page's HTML.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "support-token-for-the-admin-tests";
+
+/// A partner that refuses the given patients with the contract's 400 and takes the rest.
+async fn partner_refusing(name: &str, refused: &'static [&'static str]) -> TestPartner {
+    TestPartner::start(name, move |request| {
+        if refused.contains(&request.patient_id().as_str()) {
+            Reply::status(
+                400,
+                json!({"success": false, "errorMessage": "Patient is already enrolled in program"})
+                    .to_string(),
+            )
+        } else {
+            Reply::accepted(request)
+        }
+    })
+    .await
+}
+
+const ENDED: &str = "SELECT count(*) FROM dispatcher.deliveries WHERE ended_at IS NOT NULL";
+
+fn ids(page: &Value) -> Vec<String> {
+    page["deliveries"]
+        .as_array()
+        .expect("a page of deliveries")
+        .iter()
+        .map(|delivery| delivery["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn ops_probe_health_and_readiness() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let admin = AdminClient::of(&daemon, None).await;
+
+    assert_eq!(admin.get("/healthz").await.0, 200);
+    let (status, body) = admin.get("/readyz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+
+    // A newer dispatcher migrated the database under this one: not ready, and why.
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.schema_migrations (version) VALUES (999)",
+            &[],
+        )
+        .await
+        .expect("pretend a newer migration");
+    let (status, body) = admin.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("newer"),
+        "{body}"
+    );
+    assert_eq!(admin.get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn support_finds_failed_deliveries_by_partner_patient_event_and_time() {
+    let acme = partner_refusing("acme", &["p-refused-1", "p-refused-2"]).await;
+    let globex = TestPartner::accepting("globex").await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&globex, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    for patient in ["p-ok-1", "p-refused-1", "p-ok-2", "p-refused-2"] {
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+    }
+    db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-refused-1"))
+        .await;
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_count(ENDED, 10).await;
+    let admin = AdminClient::of(&daemon, None).await;
+
+    let (status, failed) = admin.get("/api/deliveries?state=failed&partner=acme").await;
+    assert_eq!(status, 200, "{failed}");
+    let failed = failed["deliveries"].as_array().expect("deliveries").clone();
+    let patients: HashSet<&str> = failed
+        .iter()
+        .map(|d| d["patient_id"].as_str().expect("patient"))
+        .collect();
+    assert_eq!(patients, HashSet::from(["p-refused-1", "p-refused-2"]));
+    assert!(failed.iter().all(|d| d["state"] == "rejected"
+        && d["last_status"] == 400
+        && d["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Patient is already enrolled in program"))));
+
+    let (_, of_patient) = admin
+        .get("/api/deliveries?patient_id=p-refused-1&event_name=HelpAround.Patient.CompleteEnrollment")
+        .await;
+    assert_eq!(ids(&of_patient).len(), 2, "one per partner: {of_patient}");
+
+    let (_, future) = admin
+        .get("/api/deliveries?since=2999-01-01T00:00:00Z")
+        .await;
+    assert!(ids(&future).is_empty());
+    let (_, past) = admin
+        .get("/api/deliveries?until=2999-01-01T00:00:00Z&state=delivered")
+        .await;
+    assert_eq!(ids(&past).len(), 7);
+
+    let (status, error) = admin.get("/api/deliveries?state=lost").await;
+    assert_eq!(status, 400);
+    assert!(error["error"].as_str().unwrap_or_default().contains("lost"));
+
+    let one = &failed[0]["id"].as_str().expect("id");
+    let (status, detail) = admin.get(&format!("/api/deliveries/{one}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["attempts"][0]["http_status"], 400);
+    assert!(detail["attempts"][0]["response_body"]
+        .as_str()
+        .is_some_and(|body| body.contains("errorMessage")));
+    let (status, _) = admin
+        .get("/api/deliveries/0190f7a0-0000-7000-8000-000000000000")
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn pages_neither_repeat_nor_skip_while_new_events_arrive() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    for i in 0..40 {
+        db.insert_event(ENROLLMENT, &enrollment_event(&format!("early-{i}")))
+            .await;
+    }
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_count(ENDED, 40).await;
+    let admin = AdminClient::of(&daemon, None).await;
+    let existing: HashSet<String> = {
+        let (_, all) = admin.get("/api/deliveries?limit=1000").await;
+        ids(&all).into_iter().collect()
+    };
+    assert_eq!(existing.len(), 40);
+
+    let mut seen = Vec::new();
+    let mut path = "/api/deliveries?limit=7".to_string();
+    let mut page_number = 0;
+    loop {
+        let (status, page) = admin.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(ids(&page));
+        // Between pages the enrollment flow keeps inserting, and deliveries keep changing.
+        for i in 0..3 {
+            db.insert_event(
+                ENROLLMENT,
+                &enrollment_event(&format!("late-{page_number}-{i}")),
+            )
+            .await;
+        }
+        page_number += 1;
+        match page["next_after"].as_str() {
+            Some(after) => path = format!("/api/deliveries?limit=7&after={after}"),
+            None => break,
+        }
+    }
+    let unique: HashSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a delivery was listed twice");
+    let missed: Vec<&String> = existing.difference(&unique).collect();
+    assert!(missed.is_empty(), "pages skipped {missed:?}");
+}
+
+#[tokio::test]
+async fn support_resends_everything_that_failed_for_a_partner_and_can_repeat_it_safely() {
+    // The partner refuses every first request, and takes the resend.
+    let acme = TestPartner::start("acme", |request| {
+        if request.try_number == 1 {
+            Reply::status(
+                400,
+                json!({"success": false, "errorMessage": "CRM in maintenance"}).to_string(),
+            )
+        } else {
+            Reply::accepted(request)
+        }
+    })
+    .await;
+    let globex = partner_refusing("globex", &["p-1"]).await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&globex, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    for i in 0..5 {
+        db.insert_event(ENROLLMENT, &enrollment_event(&format!("p-{i}")))
+            .await;
+    }
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_count(ENDED, 10).await;
+    let admin = AdminClient::of(&daemon, None).await;
+
+    let (status, error) = admin.post("/api/deliveries/retry", &json!({})).await;
+    assert_eq!(
+        status, 400,
+        "an empty selection would resend everything: {error}"
+    );
+    let (status, error) = admin
+        .post("/api/deliveries/retry", &json!({"partnr": "acme"}))
+        .await;
+    assert_eq!(
+        status, 422,
+        "a misspelt field must not widen the selection: {error}"
+    );
+
+    let selection = json!({"partner": "acme", "since": "2020-01-01T09:00:00Z"});
+    let (status, report) = admin.post("/api/deliveries/retry", &selection).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["touched"], 5);
+    let (_, again) = admin.post("/api/deliveries/retry", &selection).await;
+    assert_eq!(
+        again["touched"], 0,
+        "repeating touched deliveries twice: {again}"
+    );
+
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'acme' AND state = 'delivered'",
+        5,
+    )
+    .await;
+    // Globex's refusal was not part of the selection.
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'globex' AND state = 'rejected'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM dispatcher.support_actions
+             WHERE action = 'resend' AND actor = 'api:alice'"
+        )
+        .await,
+        5
+    );
+    let (_, resent) = admin.get("/api/deliveries?partner=acme&limit=1").await;
+    let id = resent["deliveries"][0]["id"].as_str().expect("id");
+    let (_, detail) = admin.get(&format!("/api/deliveries/{id}")).await;
+    assert_eq!(detail["support_actions"][0]["actor"], "api:alice");
+    assert_eq!(detail["attempts"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn support_cancels_and_resends_one_delivery_and_is_told_when_it_cannot() {
+    // The partner is down for good: its deliveries wait for their next attempt.
+    let partner = TestPartner::start("acme", |_| Reply::status(503, "")).await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .retry("max_attempts = 5\nbase_delay = \"1h\"\nmax_delay = \"2h\"");
+    let db = TestDb::migrated(&config).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND attempt_count = 1",
+        1,
+    )
+    .await;
+    let admin = AdminClient::of(&daemon, None).await;
+    let (_, page) = admin.get("/api/deliveries").await;
+    let id = ids(&page).remove(0);
+
+    let (status, error) = admin
+        .post(&format!("/api/deliveries/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "a pending delivery cannot be resent: {error}");
+    assert!(error["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("pending"));
+
+    let (status, cancelled) = admin
+        .post(&format!("/api/deliveries/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, cancelled["cancelled"].as_str()),
+        (200, Some(id.as_str()))
+    );
+    let (status, _) = admin
+        .post(&format!("/api/deliveries/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "cancelled twice");
+
+    let (status, report) = admin
+        .post(&format!("/api/deliveries/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["resent"], json!([id]));
+    let (_, detail) = admin.get(&format!("/api/deliveries/{id}")).await;
+    let actions: Vec<&str> = detail["support_actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| a["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(actions, ["cancel", "resend"]);
+}
+
+#[tokio::test]
+async fn the_api_and_the_page_want_the_token_and_health_does_not() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let anonymous = AdminClient::of(&daemon, None).await;
+    let wrong = AdminClient::of(&daemon, Some("not-the-token-at-all-not-it")).await;
+    let support = AdminClient::of(&daemon, Some(TOKEN)).await;
+
+    assert_eq!(anonymous.get("/api/deliveries").await.0, 401);
+    assert_eq!(wrong.get("/api/deliveries").await.0, 401);
+    assert_eq!(
+        anonymous
+            .post("/api/deliveries/retry", &json!({"partner": "acme"}))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(support.get("/api/deliveries").await.0, 200);
+    assert_eq!(anonymous.get("/healthz").await.0, 200);
+    assert_eq!(anonymous.get("/readyz").await.0, 200);
+
+    // The page sends a stranger to the login form, and lets a signed-in person in.
+    let page = anonymous
+        .raw(anonymous.http().get(format!("{}/", anonymous.base)))
+        .await;
+    assert_eq!(page.status().as_u16(), 303);
+    assert_eq!(page.headers()["location"], "/login");
+    let refused = anonymous
+        .raw(
+            anonymous
+                .http()
+                .post(format!("{}/login", anonymous.base))
+                .form(&[("name", "Dana"), ("token", "guess-guess-guess-guess")]),
+        )
+        .await;
+    assert!(refused.headers().get("set-cookie").is_none());
+    let signed_in = anonymous
+        .raw(
+            anonymous
+                .http()
+                .post(format!("{}/login", anonymous.base))
+                .form(&[("name", "Dana"), ("token", TOKEN)]),
+        )
+        .await;
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("cookie value")
+        .to_string();
+    let page = anonymous
+        .raw(
+            anonymous
+                .http()
+                .get(format!("{}/", anonymous.base))
+                .header("cookie", &cookie),
+        )
+        .await;
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page
+        .text()
+        .await
+        .expect("page")
+        .contains("Signed in as Dana"));
+}
+
+#[tokio::test]
+async fn the_support_page_shows_why_a_delivery_failed_but_no_health_data() {
+    let acme = partner_refusing("acme", &["p-refused"]).await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let event = enrollment_event("p-refused");
+    db.insert_event(ENROLLMENT, &event).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("p-fine"))
+        .await;
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_count(ENDED, 2).await;
+    let admin = AdminClient::of(&daemon, None).await;
+
+    let overview = admin
+        .raw(admin.http().get(format!("{}/", admin.base)))
+        .await
+        .text()
+        .await
+        .expect("overview");
+    assert!(overview.contains("p-refused"), "{overview}");
+    assert!(overview.contains("Patient is already enrolled in program"));
+    assert!(
+        !overview.contains("p-fine"),
+        "failed deliveries only by default"
+    );
+
+    let (_, page) = admin.get("/api/deliveries?patient_id=p-refused").await;
+    let id = ids(&page).remove(0);
+    let detail = admin
+        .raw(admin.http().get(format!("{}/deliveries/{id}", admin.base)))
+        .await
+        .text()
+        .await
+        .expect("delivery page");
+    assert!(
+        detail.contains("errorMessage"),
+        "the partner's whole answer"
+    );
+
+    let patient = &event["patient"];
+    for field in ["firstName", "lastName", "phoneNumber", "email"] {
+        if let Some(value) = patient[field].as_str() {
+            assert!(!overview.contains(value), "{field} on the overview");
+            assert!(!detail.contains(value), "{field} on the delivery page");
+        }
+    }
+
+    // A form posted from another site's page is refused; the same form from ours works.
+    let forged = admin
+        .raw(
+            admin
+                .http()
+                .post(format!("{}/deliveries/{id}/resend", admin.base))
+                .header("origin", "https://evil.example")
+                .form(&[("back", "/")]),
+        )
+        .await;
+    assert_eq!(forged.status().as_u16(), 403);
+    let ours = admin
+        .raw(
+            admin
+                .http()
+                .post(format!("{}/deliveries/{id}/resend", admin.base))
+                .header("origin", &admin.base)
+                .form(&[("back", "/")]),
+        )
+        .await;
+    assert_eq!(ours.status().as_u16(), 303);
+    assert_eq!(ours.headers()["location"], "/?notice=resent");
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.support_actions WHERE actor = 'page:loopback'",
+        1,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let admin = AdminClient::of(&daemon, None).await;
+    let (status, document) = admin.get("/api/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(document["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.")));
+    for path in [
+        "/api/deliveries",
+        "/api/deliveries/{id}",
+        "/api/deliveries/{id}/retry",
+        "/api/deliveries/{id}/cancel",
+        "/api/deliveries/retry",
+        "/api/partners",
+    ] {
+        assert!(
+            document["paths"][path].is_object(),
+            "{path} is not described"
+        );
+    }
+    let (status, partners) = admin.get("/api/partners").await;
+    assert_eq!(status, 200, "{partners}");
+}
