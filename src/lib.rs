@@ -1,13 +1,17 @@
 //! The HelpAround webhook dispatcher: delivers events from a PostgreSQL outbox to the
 //! partners of each support program, per the partner contract in `contract/`.
 
+pub mod check;
 pub mod config;
 pub mod db;
 pub mod deliveries;
 pub mod dispatch;
+pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod outcome;
 pub mod payload;
+pub mod reload;
 pub mod retry;
 pub mod routing;
 pub mod schema;
