@@ -674,6 +674,7 @@ mod tests {
         })
         .expect("the sample config is valid");
         assert_eq!(config.partners[0].name, "acme-crm");
+        assert_eq!(config.log.format, LogFormat::Text);
     }
 
     #[test]
