@@ -18,6 +18,9 @@ use crate::signing::SigningSecret;
 /// Overrides `[database] url`, so the URL (and its password) can stay out of the file.
 pub const DATABASE_URL_ENV: &str = "DISPATCHER_DATABASE_URL";
 
+/// Overrides `[log] format`, so a deployment can pick JSON without editing the file.
+pub const LOG_FORMAT_ENV: &str = "DISPATCHER_LOG_FORMAT";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -48,6 +51,7 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub partners: Vec<Partner>,
     pub admin: AdminConfig,
+    pub log: LogConfig,
 }
 
 /// The admin server: health, metrics, the JSON API and the support page.
@@ -84,7 +88,7 @@ impl std::fmt::Debug for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DispatchConfig {
     /// Deliveries claimed and not yet recorded, across all partners.
     pub concurrency: usize,
@@ -107,6 +111,37 @@ impl DispatchConfig {
         self.lease
             .saturating_sub(self.request_timeout)
             .saturating_sub(self.lease / 10)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For a person at a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// `DISPATCHER_LOG_FORMAT` when set, else the configured format.
+    pub fn chosen(
+        configured: LogFormat,
+        env_value: Option<&str>,
+    ) -> Result<LogFormat, ConfigError> {
+        match env_value {
+            None => Ok(configured),
+            Some("text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(_) => Err(ConfigError::key(LOG_FORMAT_ENV, "must be `text` or `json`")),
+        }
     }
 }
 
@@ -135,7 +170,16 @@ struct RawConfig {
     #[serde(default)]
     partners: Vec<RawPartner>,
     #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
     admin: RawAdmin,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
 }
 
 #[derive(Deserialize)]
@@ -396,6 +440,9 @@ impl RawConfig {
             retry,
             partners,
             admin: self.admin.validate()?,
+            log: LogConfig {
+                format: self.log.format,
+            },
         })
     }
 }
@@ -507,6 +554,24 @@ fn partner_url(key: &str, text: &str, allow_insecure: bool) -> Result<Url, Confi
         return Err(ConfigError::key(key, "has no host"));
     }
     Ok(url)
+}
+
+/// A partner URL fit to print: user, password and query (where partners put API keys)
+/// are replaced by `redacted`.
+pub fn redacted_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    // Only fails for URLs that cannot have credentials, which then have none to hide.
+    if !shown.username().is_empty() {
+        let _ = shown.set_username("redacted");
+    }
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("redacted"));
+    }
+    if shown.query().is_some() {
+        shown.set_query(Some("redacted"));
+    }
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
@@ -676,6 +741,42 @@ mod tests {
         })
         .expect("the sample config is valid");
         assert_eq!(config.partners[0].name, "acme-crm");
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_log_format_defaults_to_text_and_the_environment_overrides_the_file() {
+        let config = parse(MINIMAL).expect("valid config");
+        assert_eq!(config.log.format, LogFormat::Text);
+        let json = parse(&format!("{MINIMAL}\n[log]\nformat = \"json\"\n")).expect("valid");
+        assert_eq!(json.log.format, LogFormat::Json);
+        assert_eq!(
+            LogFormat::chosen(LogFormat::Json, Some("text")).expect("valid"),
+            LogFormat::Text
+        );
+        assert_eq!(
+            LogFormat::chosen(LogFormat::Text, None).expect("valid"),
+            LogFormat::Text
+        );
+        let error = LogFormat::chosen(LogFormat::Text, Some("xml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(LOG_FORMAT_ENV), "{error}");
+        let error = parse(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("log.format"), "{error}");
+    }
+
+    #[test]
+    fn printed_urls_hide_credentials_and_queries() {
+        let url = Url::parse("https://user:pass@crm.example/hook?api_key=abc#frag").expect("url");
+        assert_eq!(
+            redacted_url(&url),
+            "https://redacted:redacted@crm.example/hook?redacted"
+        );
+        let plain = Url::parse("https://crm.example/hook").expect("url");
+        assert_eq!(redacted_url(&plain), "https://crm.example/hook");
     }
 
     #[test]

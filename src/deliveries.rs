@@ -231,6 +231,45 @@ pub async fn next_due_at(
     Ok(row.get(0))
 }
 
+/// One partner's unfinished deliveries, as the metrics report them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartnerQueue {
+    pub partner: String,
+    pub pending: i64,
+    pub in_flight: i64,
+    /// Seconds the oldest due delivery (due and not yet claimed, or its lease run out)
+    /// has waited past its due time; 0 when none is due.
+    pub oldest_due_seconds: f64,
+}
+
+/// Every partner's queue in one grouped scan of the unfinished deliveries (the same
+/// partial index the claim uses), so reading it at each scrape costs little.
+pub async fn queue_by_partner(
+    client: &impl GenericClient,
+) -> Result<Vec<PartnerQueue>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT partner,
+                    count(*) FILTER (WHERE state = 'pending'),
+                    count(*) FILTER (WHERE state = 'in_flight'),
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
+             FROM dispatcher.deliveries
+             WHERE state IN ('pending', 'in_flight') AND partner IS NOT NULL
+             GROUP BY partner",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| PartnerQueue {
+            partner: row.get(0),
+            pending: row.get(1),
+            in_flight: row.get(2),
+            oldest_due_seconds: row.get(3),
+        })
+        .collect())
+}
+
 /// One request made, as recorded in `dispatcher.attempts`.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {

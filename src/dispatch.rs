@@ -9,9 +9,12 @@
 //! per claimed delivery and given back only once its resolution is written, so memory
 //! stays bounded however far the outbox runs ahead. No database transaction is open while
 //! a request is on the wire.
+//!
+//! Each routing batch and each attempt works on one snapshot of the live configuration,
+//! so a reload (SIGHUP) applies from the next one on.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,12 +22,15 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
+use uuid::Uuid;
 
-use crate::config::Config;
+use crate::config::Partner;
 use crate::deliveries::{self, AttemptRecord, ClaimedDelivery, DeliveryState, Resolution};
+use crate::metrics::{DeliveryLabels, Metrics};
 use crate::outcome::Outcome;
 use crate::payload::{Event, EventKind};
-use crate::retry;
+use crate::reload::LiveConfig;
+use crate::retry::{self, RetryPolicy};
 use crate::send::Sender;
 use crate::shutdown::Shutdown;
 use crate::wakeup::{self, Wakeups};
@@ -46,7 +52,15 @@ pub enum DispatchError {
 /// A claimed delivery's attempt, finished or given up, with the capacity it holds.
 struct Finished {
     resolution: Resolution,
+    labels: DeliveryLabels,
     _capacity: OwnedSemaphorePermit,
+}
+
+/// A partner's `max_in_flight` permits. A reload that changes the limit gets a new
+/// semaphore; requests holding the old one finish under it.
+struct PartnerSlots {
+    limit: usize,
+    slots: Arc<Semaphore>,
 }
 
 /// What one turn of the claimer found.
@@ -56,53 +70,50 @@ enum ClaimOutcome {
 }
 
 pub struct Dispatcher {
-    config: Arc<Config>,
+    /// Partners, retries, batch size and poll interval are read from it as they are used;
+    /// the restart-only settings in it never change (see `reload`).
+    live: LiveConfig,
     pool: Pool,
     sender: Sender,
     wakeups: Wakeups,
-    /// Per-partner `max_in_flight`.
-    partner_slots: HashMap<String, Arc<Semaphore>>,
+    /// Per-partner `max_in_flight`, by partner name.
+    partner_slots: Mutex<HashMap<String, PartnerSlots>>,
     capacity: Arc<Semaphore>,
     shutdown: Shutdown,
+    metrics: Metrics,
 }
 
 impl Dispatcher {
     pub fn new(
-        config: Arc<Config>,
+        live: LiveConfig,
         pool: Pool,
         shutdown: Shutdown,
+        metrics: Metrics,
     ) -> Result<Arc<Dispatcher>, DispatchError> {
-        let partner_slots = config
-            .partners
-            .iter()
-            .map(|partner| {
-                (
-                    partner.name.clone(),
-                    Arc::new(Semaphore::new(partner.max_in_flight)),
-                )
-            })
-            .collect();
+        let config = live.snapshot();
         Ok(Arc::new(Dispatcher {
             sender: Sender::new(&config.dispatch)?,
             capacity: Arc::new(Semaphore::new(config.dispatch.concurrency)),
-            config,
+            live,
             pool,
             wakeups: Wakeups::default(),
-            partner_slots,
+            partner_slots: Mutex::new(HashMap::new()),
             shutdown,
+            metrics,
         }))
     }
 
     /// Runs until shutdown, then returns once every claim is recorded or handed back.
     pub async fn run(self: Arc<Self>) -> Result<(), DispatchError> {
-        let listen_config = db::connection_config(&self.config.database)?;
+        let config = self.live.snapshot();
+        let listen_config = db::connection_config(&config.database)?;
         let listener = tokio::spawn(wakeup::listen(
             listen_config,
             self.wakeups.clone(),
             self.shutdown.clone(),
         ));
         let router = tokio::spawn(self.clone().route_events());
-        let (results, pending_results) = mpsc::channel(self.config.dispatch.concurrency);
+        let (results, pending_results) = mpsc::channel(config.dispatch.concurrency);
         let recorder = tokio::spawn(self.clone().record_resolutions(pending_results));
 
         self.clone().claim_deliveries(results).await;
@@ -118,8 +129,9 @@ impl Dispatcher {
 
     async fn route_events(self: Arc<Self>) {
         while !self.shutdown.is_stopping() {
+            let config = self.live.snapshot();
             let routed = match self.pool.get().await {
-                Ok(mut client) => outbox::route_new_events(&mut client, &self.config, ROUTE_BATCH)
+                Ok(mut client) => outbox::route_new_events(&mut client, &config, ROUTE_BATCH)
                     .await
                     .map_err(|error| error.to_string()),
                 Err(error) => Err(error.to_string()),
@@ -136,14 +148,14 @@ impl Dispatcher {
                     }
                     tokio::select! {
                         () = self.wakeups.outbox.notified() => {}
-                        () = tokio::time::sleep(self.config.dispatch.poll_interval) => {}
+                        () = tokio::time::sleep(config.dispatch.poll_interval) => {}
                         () = self.shutdown.stopping() => {}
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "routing new events failed; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(self.config.dispatch.poll_interval) => {}
+                        () = tokio::time::sleep(config.dispatch.poll_interval) => {}
                         () = self.shutdown.stopping() => {}
                     }
                 }
@@ -162,7 +174,7 @@ impl Dispatcher {
                 Err(error) => {
                     tracing::warn!(%error, "claiming deliveries failed; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(self.config.dispatch.poll_interval) => {}
+                        () = tokio::time::sleep(self.live.snapshot().dispatch.poll_interval) => {}
                         () = self.shutdown.stopping() => {}
                     }
                 }
@@ -184,22 +196,27 @@ impl Dispatcher {
         let client = self.pool.get().await?;
         // Taken before the query: the lease starts when the database runs it.
         let claimed_at = Instant::now();
-        let claimed =
-            deliveries::claim_due(&client, permits.len(), self.config.dispatch.lease).await?;
+        let lease = self.live.snapshot().dispatch.lease;
+        let claimed = deliveries::claim_due(&client, permits.len(), lease).await?;
         drop(client);
         if claimed.is_empty() {
             return Ok(ClaimOutcome::EmptyQueue);
         }
         tracing::debug!(count = claimed.len(), "claimed deliveries");
+        self.metrics.claimed(claimed.len());
         for delivery in claimed {
             let Some(permit) = permits.pop() else { break };
             let dispatcher = self.clone();
             let results = results.clone();
             attempts.spawn(async move {
-                let resolution = dispatcher.attempt_delivery(&delivery, claimed_at).await;
+                let labels = DeliveryLabels::of(&delivery);
+                let resolution = dispatcher
+                    .attempt_delivery(&delivery, &labels, claimed_at)
+                    .await;
                 let _ = results
                     .send(Finished {
                         resolution,
+                        labels,
                         _capacity: permit,
                     })
                     .await;
@@ -215,7 +232,8 @@ impl Dispatcher {
             () = self.shutdown.stopping() => return None,
         };
         let mut permits = vec![first];
-        while permits.len() < self.config.dispatch.batch_size {
+        let batch_size = self.live.snapshot().dispatch.batch_size;
+        while permits.len() < batch_size {
             match self.capacity.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
@@ -226,7 +244,7 @@ impl Dispatcher {
 
     /// Sleeps until a notification, the next retry falling due, or the poll interval.
     async fn wait_for_due_deliveries(&self) {
-        let poll = self.config.dispatch.poll_interval;
+        let poll = self.live.snapshot().dispatch.poll_interval;
         let next_due = match self.pool.get().await {
             Ok(client) => deliveries::next_due_at(&client).await.ok().flatten(),
             Err(_) => None,
@@ -245,6 +263,7 @@ impl Dispatcher {
     async fn attempt_delivery(
         &self,
         delivery: &ClaimedDelivery,
+        labels: &DeliveryLabels,
         claimed_at: Instant,
     ) -> Resolution {
         let span = tracing::info_span!(
@@ -267,9 +286,11 @@ impl Dispatcher {
             if let Some(status) = attempt.http_status {
                 span.record("http_status", status);
             }
+            self.metrics.attempt_made(labels, attempt);
         }
+        // One line per attempt, carrying the span's fields: the audit trail of what was sent.
         span.in_scope(|| match resolution.state {
-            DeliveryState::Delivered => tracing::debug!("delivered"),
+            DeliveryState::Delivered => tracing::info!("delivered"),
             DeliveryState::Pending if resolution.attempt.is_some() => {
                 tracing::info!("attempt failed; will retry")
             }
@@ -281,12 +302,13 @@ impl Dispatcher {
 
     async fn try_attempt(&self, delivery: &ClaimedDelivery, claimed_at: Instant) -> Resolution {
         let now = Utc::now();
-        let Some(partner) = self.config.partner(&delivery.partner) else {
+        let config = self.live.snapshot();
+        let Some(partner) = config.partner(&delivery.partner) else {
             // Removed from dispatcher.toml while deliveries were pending: keep them until
             // ops restore the partner or support cancels them.
             return self.postpone(
                 delivery,
-                now + self.config.retry.max_delay,
+                now + config.retry.max_delay,
                 format!("partner `{}` is not in the configuration", delivery.partner),
             );
         };
@@ -311,16 +333,13 @@ impl Dispatcher {
             EventKind::ViewedTracker => &partner.user_action_url,
         };
 
-        let Some(slot) = self.partner_slots.get(&partner.name) else {
-            return hand_back(delivery);
-        };
+        let slots = self.partner_slots(partner);
         let _slot = tokio::select! {
-            slot = slot.acquire() => match slot { Ok(slot) => slot, Err(_) => return hand_back(delivery) },
+            slot = slots.acquire() => match slot { Ok(slot) => slot, Err(_) => return hand_back(delivery) },
             () = self.shutdown.stopping() => return hand_back(delivery),
         };
         // Sending this late could outlive the lease and race another daemon's claim.
-        if self.shutdown.is_stopping() || claimed_at.elapsed() >= self.config.dispatch.latest_send()
-        {
+        if self.shutdown.is_stopping() || claimed_at.elapsed() >= config.dispatch.latest_send() {
             return hand_back(delivery);
         }
 
@@ -358,13 +377,36 @@ impl Dispatcher {
                 },
             ),
         };
-        self.resolve(delivery, outcome, attempt, Utc::now())
+        self.resolve(delivery, &config.retry, outcome, attempt, Utc::now())
+    }
+
+    /// The partner's `max_in_flight` semaphore, new if a reload changed the limit.
+    fn partner_slots(&self, partner: &Partner) -> Arc<Semaphore> {
+        let mut all = self
+            .partner_slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match all.get(&partner.name) {
+            Some(current) if current.limit == partner.max_in_flight => current.slots.clone(),
+            _ => {
+                let slots = Arc::new(Semaphore::new(partner.max_in_flight));
+                all.insert(
+                    partner.name.clone(),
+                    PartnerSlots {
+                        limit: partner.max_in_flight,
+                        slots: slots.clone(),
+                    },
+                );
+                slots
+            }
+        }
     }
 
     /// The delivery's next state after an attempt.
     fn resolve(
         &self,
         delivery: &ClaimedDelivery,
+        policy: &RetryPolicy,
         outcome: Outcome,
         mut attempt: AttemptRecord,
         now: DateTime<Utc>,
@@ -393,7 +435,6 @@ impl Dispatcher {
                 retry_after,
             } => {
                 attempt.error.get_or_insert_with(|| reason.clone());
-                let policy = &self.config.retry;
                 if policy.is_exhausted(attempts_used) {
                     resolution.state = DeliveryState::Dead;
                     resolution.last_error =
@@ -442,32 +483,44 @@ impl Dispatcher {
         // Borrowed, not cloned: a resolution may carry a 16 KiB answer.
         let resolutions: Vec<&Resolution> =
             batch.iter().map(|finished| &finished.resolution).collect();
-        let refused = match self.write_until_stored(&resolutions).await {
-            Ok(()) => return,
-            Err(refused) if resolutions.len() == 1 => vec![(resolutions[0], refused)],
+        let mut written = HashSet::new();
+        let mut refused = Vec::new();
+        match self.write_until_stored(&resolutions).await {
+            Ok(ids) => written.extend(ids),
+            Err(error) if resolutions.len() == 1 => refused.push((resolutions[0], error)),
             Err(_) => {
-                let mut refused = Vec::new();
                 for resolution in &resolutions {
-                    if let Err(error) = self
+                    match self
                         .write_until_stored(std::slice::from_ref(resolution))
                         .await
                     {
-                        refused.push((*resolution, error));
+                        Ok(ids) => written.extend(ids),
+                        Err(error) => refused.push((*resolution, error)),
                     }
                 }
-                refused
             }
-        };
+        }
         for (resolution, error) in refused {
             tracing::error!(delivery_id = %resolution.delivery_id, code = %error.code, reason = %error.message,
                 "the database refused this result; the delivery will be sent again after its lease");
+        }
+        // Counted once stored: a stale result the database discarded ended nothing.
+        for finished in batch {
+            if written.contains(&finished.resolution.delivery_id) {
+                self.metrics
+                    .resolution_recorded(&finished.labels, finished.resolution.state);
+            }
         }
     }
 
     /// Writes resolutions, retrying while the database is unreachable. If it stays away
     /// past the shutdown grace period the results are dropped: the leases run out and the
-    /// deliveries are sent again, never lost. Err when the database refuses the statement.
-    async fn write_until_stored(&self, resolutions: &[&Resolution]) -> Result<(), RefusedWrite> {
+    /// deliveries are sent again, never lost. Returns the ids written; Err when the
+    /// database refuses the statement.
+    async fn write_until_stored(
+        &self,
+        resolutions: &[&Resolution],
+    ) -> Result<Vec<Uuid>, RefusedWrite> {
         let mut delay = Duration::from_millis(50);
         loop {
             let error = match self.pool.get().await {
@@ -480,7 +533,7 @@ impl Dispatcher {
                             tracing::warn!(delivery_id = %resolution.delivery_id,
                                 "result discarded: the claim was no longer current (lease expired or cancelled)");
                         }
-                        return Ok(());
+                        return Ok(ids);
                     }
                     Err(error) => match error.as_db_error() {
                         Some(refused) => {
@@ -496,7 +549,7 @@ impl Dispatcher {
             if self.shutdown.is_abandoning() {
                 tracing::error!(%error, count = resolutions.len(),
                     "cannot record results before exiting; these deliveries will be sent again after their lease");
-                return Ok(());
+                return Ok(Vec::new());
             }
             tracing::warn!(%error, count = resolutions.len(), "recording results failed; retrying");
             tokio::select! {

@@ -2,13 +2,17 @@
 //! partners of each support program, per the partner contract in `contract/`.
 
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod db;
 pub mod deliveries;
 pub mod dispatch;
+pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod outcome;
 pub mod payload;
+pub mod reload;
 pub mod resend;
 pub mod retry;
 pub mod routing;

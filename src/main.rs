@@ -1,7 +1,7 @@
 //! `dispatcher`: wires the command line to the library.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
@@ -9,11 +9,13 @@ use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
 use dispatcher::admin::AdminServer;
-use dispatcher::config::Config;
+use dispatcher::config::{Config, LogFormat, LOG_FORMAT_ENV};
 use dispatcher::deliveries::{self, DeliveryFilter};
 use dispatcher::dispatch::Dispatcher;
+use dispatcher::metrics::Metrics;
+use dispatcher::reload::LiveConfig;
 use dispatcher::shutdown::Shutdown;
-use dispatcher::{db, resend, schema, support};
+use dispatcher::{check, db, logging, resend, schema, support};
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +35,10 @@ struct Cli {
 enum Command {
     /// Create or upgrade the `dispatcher` schema in the database.
     Migrate,
-    /// Run the daemon until SIGTERM or SIGINT.
+    /// Run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the configuration.
     Run,
+    /// Validate the configuration and print each partner's routes (connects to nothing).
+    Check,
     /// Review and act on deliveries (for support).
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
@@ -125,20 +129,42 @@ impl FilterArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The log format is in the file, so logging starts once it is read.
     let config = Config::load(&cli.config)
-        .with_context(|| format!("invalid configuration {}", cli.config.display()))?;
-    let pool = db::pool(&config.database)?;
+        .with_context(|| format!("invalid configuration {}", cli.config.display()));
+    let configured = config.as_ref().map_or(LogFormat::Text, |c| c.log.format);
+    let env_format = std::env::var(LOG_FORMAT_ENV).ok();
+    let format = LogFormat::chosen(configured, env_format.as_deref());
+    let in_effect = *format.as_ref().unwrap_or(&configured);
+    logging::init(in_effect);
+    let result = match (config, format) {
+        (Ok(config), Ok(_)) => run(cli, config).await,
+        (Err(error), _) => Err(error),
+        (_, Err(error)) => Err(error.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            match in_effect {
+                LogFormat::Text => eprintln!("Error: {error:?}"),
+                LogFormat::Json => {
+                    tracing::error!(error = format!("{error:#}"), "dispatcher failed")
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
+        Command::Check => {
+            check::describe(&config, &cli.config, &mut std::io::stdout().lock())?;
+        }
         Command::Migrate => {
+            let pool = db::pool(&config.database)?;
             let mut client = pool.get().await.context("connecting to the database")?;
             let applied = schema::migrate(&mut client).await?;
             if applied.is_empty() {
@@ -154,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Run => {
-            // Signals first, so a SIGTERM during start-up is a clean stop too.
+            // Signals first, so a SIGTERM or SIGHUP during start-up is handled too.
             let shutdown = Shutdown::new();
             let grace = config.dispatch.shutdown_grace;
             tokio::spawn(
@@ -163,23 +189,36 @@ async fn main() -> anyhow::Result<()> {
                     .on_signals(grace)
                     .context("installing signal handlers")?,
             );
+            let live = LiveConfig::new(config, &cli.config);
+            tokio::spawn(
+                live.clone()
+                    .on_reload_signal()
+                    .context("installing the SIGHUP handler")?,
+            );
+            let pool = db::pool(&live.snapshot().database)?;
             let client = tokio::select! {
                 client = pool.get() => client.context("connecting to the database")?,
                 () = shutdown.stopping() => return Ok(()),
             };
             schema::ensure_current(&client).await?;
             drop(client);
-            let admin = AdminServer::bind(&config.admin, pool.clone())
+            let metrics = Metrics::new(live.clone());
+            let admin = &live.snapshot().admin;
+            let admin = AdminServer::bind(admin, pool.clone(), metrics.clone())
                 .await
-                .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
+                .with_context(|| format!("starting the admin server on {}", admin.listen))?;
             let admin = tokio::spawn(admin.serve(shutdown.clone()));
-            tracing::info!(partners = config.partners.len(), "dispatcher running");
-            Dispatcher::new(Arc::new(config), pool, shutdown)?
+            tracing::info!(
+                partners = live.snapshot().partners.len(),
+                "dispatcher running"
+            );
+            Dispatcher::new(live, pool, shutdown, metrics)?
                 .run()
                 .await?;
             admin.abort();
         }
         Command::Deliveries(command) => {
+            let pool = db::pool(&config.database)?;
             let mut client = pool.get().await.context("connecting to the database")?;
             schema::ensure_current(&client).await?;
             let mut out = std::io::stdout().lock();

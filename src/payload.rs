@@ -29,6 +29,14 @@ impl EventKind {
             _ => None,
         }
     }
+
+    /// The contract's name for the event.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Enrollment => ENROLLMENT,
+            EventKind::ViewedTracker => VIEWED_TRACKER,
+        }
+    }
 }
 
 /// Why a stored event cannot be sent. The text names a field, never its value.

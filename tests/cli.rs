@@ -714,3 +714,90 @@ async fn migrate_is_idempotent() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_prints_each_partners_routes_with_credentials_hidden_and_needs_no_database() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dispatcher.toml");
+    // Nothing listens on port 1: `check` must not try.
+    let text = format!(
+        r#"
+[database]
+url = "postgres://dispatcher:db-password@127.0.0.1:1/nowhere"
+
+[[partners]]
+name = "acme"
+support_programs = ["{PROGRAM}", "prog-2"]
+enrollment_url = "https://crm-user:crm-password@acme.example/hooks/enroll?api_key=acme-query-key"
+user_action_url = "https://acme.example/hooks/action"
+signing_secret = "{SIGNING_SECRET}"
+headers = {{ "x-api-key" = "acme-header-key" }}
+max_in_flight = 7
+
+[[partners]]
+name = "beta"
+support_programs = ["prog-3"]
+enrollment_url = "https://beta.example/enroll"
+user_action_url = "https://beta.example/action"
+"#
+    );
+    std::fs::write(&path, text).expect("write config");
+
+    let output = cli_ok(&path, &["check"]).await;
+
+    let stdout = &output.stdout;
+    for expected in [
+        "partner acme: max_in_flight 7, signed, headers [x-api-key]",
+        &format!("support program {PROGRAM}"),
+        "support program prog-2",
+        "enrollment  -> https://redacted:redacted@acme.example/hooks/enroll?redacted",
+        "user action -> https://acme.example/hooks/action",
+        "partner beta: max_in_flight 64, unsigned, headers []",
+        "support program prog-3",
+        "enrollment  -> https://beta.example/enroll",
+    ] {
+        assert!(stdout.contains(expected), "missing `{expected}`:\n{output}");
+    }
+    for secret in [
+        "db-password",
+        "crm-user",
+        "crm-password",
+        "acme-query-key",
+        "acme-header-key",
+        SIGNING_SECRET,
+    ] {
+        assert!(
+            !output.stdout.contains(secret) && !output.stderr.contains(secret),
+            "`{secret}` was printed:\n{output}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_refuses_an_invalid_config_with_exit_1_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &path,
+        r#"
+[database]
+url = "postgres://dispatcher@127.0.0.1:1/nowhere"
+
+[[partners]]
+name = "acme"
+support_programs = ["prog-1"]
+enrollment_url = "http://acme.example/enroll"
+user_action_url = "https://acme.example/action"
+"#,
+    )
+    .expect("write config");
+
+    let output = cli(&path, &["check"]).await;
+
+    assert_eq!(output.status.code(), Some(1), "{output}");
+    assert!(
+        output.stderr.contains("partners[0].enrollment_url") && output.stderr.contains("https"),
+        "{output}"
+    );
+    assert!(output.stdout.is_empty(), "{output}");
+}

@@ -3,6 +3,7 @@
 //! | path | for | access |
 //! |---|---|---|
 //! | `/healthz`, `/readyz` | load balancers, orchestrators | open |
+//! | `/metrics` | Prometheus | open (ids and counts only) |
 //! | `/api/…` | scripts, other tools (OpenAPI at `/api/openapi.json`) | bearer token |
 //! | `/` and below | support staff in a browser | login form, then a cookie |
 //!
@@ -11,6 +12,7 @@
 mod access;
 mod api;
 mod health;
+mod metrics;
 mod page;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,6 +24,7 @@ use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
 use crate::config::AdminConfig;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use access::Access;
 
@@ -30,6 +33,7 @@ use access::Access;
 pub(crate) struct AdminState {
     pool: Pool,
     access: Arc<Access>,
+    metrics: Metrics,
 }
 
 /// The bound admin server, ready to serve.
@@ -41,7 +45,11 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `[admin] listen`. Without a token, anyone who can reach the port could
     /// resend deliveries, so the server then listens on loopback only.
-    pub async fn bind(config: &AdminConfig, pool: Pool) -> std::io::Result<AdminServer> {
+    pub async fn bind(
+        config: &AdminConfig,
+        pool: Pool,
+        metrics: Metrics,
+    ) -> std::io::Result<AdminServer> {
         let mut listen = config.listen;
         if config.token.is_none() {
             if !listen.ip().is_loopback() {
@@ -59,6 +67,7 @@ impl AdminServer {
         let state = AdminState {
             pool,
             access: Arc::new(Access::new(config.token.clone())),
+            metrics,
         };
         Ok(AdminServer {
             listener,
@@ -86,6 +95,7 @@ fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/api/openapi.json", get(api::openapi))
         .nest("/api", api)
         .merge(page::routes())

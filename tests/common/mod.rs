@@ -390,6 +390,8 @@ pub fn dispatcher(config: &std::path::Path) -> Command {
 pub struct Daemon {
     child: Child,
     pub log: PathBuf,
+    /// The file it was started with, and re-reads on SIGHUP.
+    pub config_path: PathBuf,
 }
 
 impl Daemon {
@@ -412,7 +414,32 @@ impl Daemon {
             .stderr(log_file)
             .spawn()
             .expect("start dispatcher run");
-        Daemon { child, log }
+        Daemon {
+            child,
+            log,
+            config_path: path,
+        }
+    }
+
+    /// What ops do to change a running daemon: rewrite its file, send SIGHUP.
+    pub fn reload_with(&self, config_text: &str) {
+        std::fs::write(&self.config_path, config_text).expect("rewrite config");
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+
+    /// Polls the daemon's stderr until `needle` appears `count` times; returns the log.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) -> String {
+        for _ in 0..1200 {
+            let log = self.log_text();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the daemon did not log `{needle}` {count} time(s) within 60s; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {

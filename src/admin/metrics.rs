@@ -1,0 +1,19 @@
+//! `/metrics`: the Prometheus scrape (see [`crate::metrics`] for what is measured).
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::AdminState;
+use crate::metrics;
+
+pub(crate) async fn scrape(State(state): State<AdminState>) -> Response {
+    match state.metrics.render(&state.pool).await {
+        Ok(text) => ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot render metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
