@@ -37,8 +37,8 @@ const RECORD_BATCH: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    HttpClient(#[from] crate::send::SenderError),
     #[error(transparent)]
     Db(#[from] db::DbError),
 }
@@ -83,7 +83,7 @@ impl Dispatcher {
             })
             .collect();
         Ok(Arc::new(Dispatcher {
-            sender: Sender::new(&config.dispatch)?,
+            sender: Sender::new(&config.dispatch, &config.partners)?,
             capacity: Arc::new(Semaphore::new(config.dispatch.concurrency)),
             config,
             pool,

@@ -1,10 +1,12 @@
 //! The HelpAround webhook dispatcher: delivers events from a PostgreSQL outbox to the
 //! partners of each support program, per the partner contract in `contract/`.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod deliveries;
 pub mod dispatch;
+pub mod guard;
 pub mod outbox;
 pub mod outcome;
 pub mod payload;
