@@ -138,8 +138,9 @@ impl Sender {
         Sender::with_resolver(dispatch, partners, Arc::new(SystemResolver))
     }
 
-    /// `dns` answers the lookups the destination guard then checks (tests play DNS).
-    pub(crate) fn with_resolver(
+    /// With another DNS resolver than the system's: `dns` answers the lookups, and the
+    /// destination guard still checks every answer (tests play DNS with it).
+    pub fn with_resolver(
         dispatch: &DispatchConfig,
         partners: &[Partner],
         dns: Arc<dyn Resolve>,
