@@ -899,10 +899,42 @@ mod tests {
             "DISPATCHER_DATABASE_URL" => Some("postgres://dispatcher@127.0.0.1/dispatcher".into()),
             "ACME_SIGNING_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
             "ACME_API_KEY" => Some("key".into()),
+            "GLOBEX_SIGNING_SECRET" => Some("whsec_Z2xvYmV4LXNlY3JldA==".into()),
+            "GLOBEX_CLIENT_SECRET" => Some("client-secret".into()),
             _ => None,
         })
         .expect("the sample config is valid");
         assert_eq!(config.partners[0].name, "acme-crm");
+        assert!(matches!(
+            config.partners[1].auth,
+            Some(AuthConfig::OAuth2ClientCredentials(_))
+        ));
+        // The commented-out alternatives are valid keys too.
+        let uncommented = text
+            .replace("# signing_secrets = ", "signing_secrets = ")
+            .replace("signing_secret = \"${ACME_SIGNING_SECRET}\"\n", "")
+            .replace("# allow_networks = ", "allow_networks = ")
+            .replace(
+                "# [partners.auth]\n# kind = \"bearer\"\n# token = ",
+                "[partners.auth]\nkind = \"bearer\"\ntoken = ",
+            )
+            .replace("# audience = ", "audience = ");
+        let config = Config::parse(&uncommented, "dispatcher.sample.toml", None, |name| {
+            Some(match name {
+                "ACME_SIGNING_SECRET" | "ACME_NEXT_SIGNING_SECRET" | "GLOBEX_SIGNING_SECRET" => {
+                    "whsec_Z2xvYmV4LXNlY3JldA==".into()
+                }
+                "DISPATCHER_DATABASE_URL" => "postgres://dispatcher@127.0.0.1/dispatcher".into(),
+                _ => "value".into(),
+            })
+        })
+        .expect("the sample's alternatives are valid");
+        assert_eq!(config.partners[0].signing_secrets.len(), 2);
+        assert_eq!(config.partners[0].allow_networks.len(), 1);
+        assert!(matches!(
+            config.partners[0].auth,
+            Some(AuthConfig::Bearer { .. })
+        ));
     }
 
     /// MINIMAL's partner with extra keys (before any sub-table).
