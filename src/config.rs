@@ -951,8 +951,7 @@ mod tests {
         )
         .expect("write secret file");
         let path = dir.path().join("dispatcher.toml");
-        let text = format!(
-            r#"
+        let text = r#"
             [database]
             url = "postgres://dispatcher:db-password-1@127.0.0.1/dispatcher"
 
@@ -961,8 +960,8 @@ mod tests {
             support_programs = ["prog-1"]
             enrollment_url = "https://crm.example/enroll"
             user_action_url = "https://crm.example/action"
-            signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "${{NEXT_SECRET}}"]
-            headers = {{ "x-api-key" = "api-key-2" }}
+            signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "${NEXT_SECRET}"]
+            headers = { "x-api-key" = "api-key-2" }
             [partners.auth]
             kind = "oauth2_client_credentials"
             token_url = "https://auth.crm.example/token"
@@ -987,9 +986,8 @@ mod tests {
             kind = "basic"
             username = "helparound"
             password = "basic-password-4"
-            "#
-        );
-        let config = Config::parse(&text, &path.display().to_string(), None, |name| {
+            "#;
+        let config = Config::parse(text, &path.display().to_string(), None, |name| {
             (name == "NEXT_SECRET").then(|| "whsec_bmV4dC1zZWNyZXQtNQ==".to_string())
         })
         .expect("valid config");
