@@ -175,7 +175,7 @@ fn embedded_v4(high: u16, low: u16) -> Ipv4Addr {
 
 /// Which addresses one partner's requests may go to.
 #[derive(Debug, Clone, Default)]
-pub struct DestinationPolicy {
+pub(crate) struct DestinationPolicy {
     /// `allow_insecure`: anything goes (local testing).
     pub open: bool,
     /// `allow_networks`: these networks pass even though they are not global.
