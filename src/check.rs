@@ -8,9 +8,12 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use crate::config::{redacted_url, Config, Partner};
+use crate::guard;
 
-/// Prints every partner's routes: support programs, then where each event kind goes.
-pub fn describe(config: &Config, path: &Path, out: &mut impl Write) -> io::Result<()> {
+/// Prints every partner's routes: support programs, then where each event kind goes, and
+/// warns about partner URLs whose addresses the destination guard would refuse (the one
+/// lookup `check` makes: DNS, never a connection).
+pub async fn describe(config: &Config, path: &Path, out: &mut impl Write) -> io::Result<()> {
     writeln!(
         out,
         "{} is valid: {} partner(s)",
@@ -25,15 +28,18 @@ pub fn describe(config: &Config, path: &Path, out: &mut impl Write) -> io::Resul
     }
     for partner in &config.partners {
         describe_partner(partner, out)?;
+        if let Err(error) = guard::check_destination(partner).await {
+            writeln!(out, "  warning: {error}")?;
+        }
     }
     Ok(())
 }
 
 fn describe_partner(partner: &Partner, out: &mut impl Write) -> io::Result<()> {
-    let signed = if partner.signing_secret.is_some() {
-        "signed"
-    } else {
-        "unsigned"
+    let signed = match partner.signing_secrets.len() {
+        0 => "unsigned".to_string(),
+        1 => "signed".to_string(),
+        keys => format!("signed with {keys} secrets"),
     };
     let headers: Vec<&str> = partner
         .headers
@@ -67,7 +73,5 @@ fn describe_partner(partner: &Partner, out: &mut impl Write) -> io::Result<()> {
             "  warning: allow_insecure = true: patient data may travel over plain http"
         )?;
     }
-    // Destination guard (security work, not merged yet): warn here when a partner URL
-    // resolves to an address the dispatcher refuses to send to.
     Ok(())
 }

@@ -2,18 +2,28 @@
 //!
 //! The file is read in three steps so that every error names the key at fault:
 //! TOML syntax, then `"${ENV_VAR}"` expansion, then the typed [`RawConfig`] (unknown and
-//! missing keys), then the values themselves (URLs, durations, secrets).
+//! missing keys), then the values themselves (URLs, durations, secrets, TLS files).
+//!
+//! Secrets come from the environment (`"${VAR}"`) or from files (`"file:/path"`), never
+//! from the database, and are kept in types whose `Debug` does not print them. Error
+//! messages name the key, never its value.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::auth::{AuthConfig, ClientAuthMethod, OAuthClientCredentials};
 use crate::retry::RetryPolicy;
 use crate::signing::SigningSecret;
+
+/// A secret value of this form is read from the file it names (relative paths from the
+/// config file's directory), without its trailing line break.
+pub const SECRET_FILE_PREFIX: &str = "file:";
 
 /// Overrides `[database] url`, so the URL (and its password) can stay out of the file.
 pub const DATABASE_URL_ENV: &str = "DISPATCHER_DATABASE_URL";
@@ -152,11 +162,27 @@ pub struct Partner {
     pub support_programs: Vec<String>,
     pub enrollment_url: Url,
     pub user_action_url: Url,
-    pub signing_secret: Option<SigningSecret>,
+    /// Every request is signed with each of these (several while a secret is rotated).
+    pub signing_secrets: Vec<SigningSecret>,
     /// Extra request headers, typically the partner's API key.
     pub headers: Vec<(reqwest::header::HeaderName, SecretString)>,
     pub max_in_flight: usize,
+    /// Local testing only: http:// URLs, and any destination address.
     pub allow_insecure: bool,
+    /// Non-global networks this partner may still be reached in (see `guard`).
+    pub allow_networks: Vec<IpNet>,
+    pub tls: PartnerTls,
+    pub auth: Option<AuthConfig>,
+}
+
+/// A partner's TLS settings beyond the public web PKI.
+#[derive(Debug, Clone, Default)]
+pub struct PartnerTls {
+    /// `ca_bundle`: trusted in addition to the built-in roots (a partner's private CA).
+    pub extra_roots: Vec<reqwest::Certificate>,
+    /// `client_cert` + `client_key`: presented when the partner asks for a client
+    /// certificate (mTLS). Its `Debug` prints nothing of the key.
+    pub client_identity: Option<reqwest::Identity>,
 }
 
 #[derive(Deserialize)]
@@ -266,12 +292,41 @@ struct RawPartner {
     enrollment_url: String,
     user_action_url: String,
     signing_secret: Option<String>,
+    signing_secrets: Option<Vec<String>>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default = "defaults::max_in_flight")]
     max_in_flight: usize,
     #[serde(default)]
     allow_insecure: bool,
+    #[serde(default)]
+    allow_networks: Vec<String>,
+    ca_bundle: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    auth: Option<RawAuth>,
+}
+
+/// `[partners.auth]`, told apart by `kind`.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum RawAuth {
+    Bearer {
+        token: String,
+    },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Oauth2ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        scope: Option<String>,
+        audience: Option<String>,
+        #[serde(default = "defaults::client_auth")]
+        client_auth: ClientAuthMethod,
+    },
 }
 
 mod defaults {
@@ -311,6 +366,9 @@ mod defaults {
     pub fn admin_listen() -> String {
         "127.0.0.1:9187".into()
     }
+    pub fn client_auth() -> super::ClientAuthMethod {
+        super::ClientAuthMethod::ClientSecretBasic
+    }
 }
 
 impl Config {
@@ -344,9 +402,14 @@ impl Config {
         expand_env(&mut document, &mut String::new(), &lookup_env)?;
         let raw: RawConfig = serde_path_to_error::deserialize(document).map_err(|error| {
             let key = error.path().to_string();
-            ConfigError::key(key, error.into_inner().message().to_string())
+            ConfigError::key(key, without_values(error.into_inner().message()))
         })?;
-        raw.validate(env_database_url)
+        // Relative file names (TLS files, secret files) are read from beside the config.
+        let base_dir = Path::new(path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        raw.validate(env_database_url, &base_dir)
     }
 
     /// The partners that take events of this support program.
@@ -368,7 +431,11 @@ impl Config {
 }
 
 impl RawConfig {
-    fn validate(self, env_database_url: Option<String>) -> Result<Config, ConfigError> {
+    fn validate(
+        self,
+        env_database_url: Option<String>,
+        base_dir: &Path,
+    ) -> Result<Config, ConfigError> {
         let url = env_database_url.or(self.database.url).ok_or_else(|| {
             ConfigError::key(
                 "database.url",
@@ -424,7 +491,7 @@ impl RawConfig {
         let mut names = HashSet::new();
         let mut partners = Vec::with_capacity(self.partners.len());
         for (index, raw) in self.partners.into_iter().enumerate() {
-            let partner = raw.validate(index)?;
+            let partner = raw.validate(index, base_dir)?;
             if !names.insert(partner.name.clone()) {
                 return Err(ConfigError::key(
                     format!("partners[{index}].name"),
@@ -473,7 +540,7 @@ impl RawAdmin {
 }
 
 impl RawPartner {
-    fn validate(self, index: usize) -> Result<Partner, ConfigError> {
+    fn validate(self, index: usize, base_dir: &Path) -> Result<Partner, ConfigError> {
         let key = |field: &str| format!("partners[{index}].{field}");
         if self.name.trim().is_empty() {
             return Err(ConfigError::key(key("name"), "must not be empty"));
@@ -494,15 +561,38 @@ impl RawPartner {
             &self.user_action_url,
             self.allow_insecure,
         )?;
-        let signing_secret = self
-            .signing_secret
-            .map(|secret| {
-                SigningSecret::parse(&secret)
-                    .map_err(|error| ConfigError::key(key("signing_secret"), error.to_string()))
-            })
-            .transpose()?;
+        let signing_secrets = match (self.signing_secret, self.signing_secrets) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::key(
+                    key("signing_secrets"),
+                    "set either signing_secret or signing_secrets, not both",
+                ))
+            }
+            (Some(secret), None) => {
+                vec![signing_secret(&key("signing_secret"), &secret, base_dir)?]
+            }
+            (None, Some(secrets)) if secrets.is_empty() => {
+                return Err(ConfigError::key(
+                    key("signing_secrets"),
+                    "must list at least one secret (or leave the key out)",
+                ))
+            }
+            (None, Some(secrets)) => secrets
+                .iter()
+                .enumerate()
+                .map(|(i, secret)| {
+                    signing_secret(
+                        &format!("{}[{i}]", key("signing_secrets")),
+                        secret,
+                        base_dir,
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+            (None, None) => Vec::new(),
+        };
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, value) in self.headers {
+            let value = secret_text(&format!("{}.{name}", key("headers")), value, base_dir)?;
             let header_name =
                 reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                     ConfigError::key(
@@ -518,16 +608,220 @@ impl RawPartner {
             }
             headers.push((header_name, SecretString::from(value)));
         }
+        let allow_networks = self
+            .allow_networks
+            .iter()
+            .map(|network| {
+                network.parse::<IpNet>().map_err(|_| {
+                    ConfigError::key(
+                        key("allow_networks"),
+                        format!(
+                            "`{network}` is not a network such as \"127.0.0.0/8\" or \"::1/128\""
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let tls = partner_tls(
+            &key,
+            self.ca_bundle,
+            self.client_cert,
+            self.client_key,
+            base_dir,
+        )?;
+        let auth = self
+            .auth
+            .map(|raw| raw.validate(&key("auth"), self.allow_insecure, base_dir))
+            .transpose()?;
+        if auth.is_some()
+            && headers
+                .iter()
+                .any(|(name, _)| name == reqwest::header::AUTHORIZATION)
+        {
+            return Err(ConfigError::key(
+                key("headers.authorization"),
+                "conflicts with [partners.auth]; keep one of them",
+            ));
+        }
         Ok(Partner {
             name: self.name,
             support_programs: self.support_programs,
             enrollment_url,
             user_action_url,
-            signing_secret,
+            signing_secrets,
             headers,
             max_in_flight: positive(&key("max_in_flight"), self.max_in_flight)?,
             allow_insecure: self.allow_insecure,
+            allow_networks,
+            tls,
+            auth,
         })
+    }
+}
+
+impl RawAuth {
+    fn validate(
+        self,
+        key: &str,
+        allow_insecure: bool,
+        base_dir: &Path,
+    ) -> Result<AuthConfig, ConfigError> {
+        let field = |name: &str| format!("{key}.{name}");
+        let auth = match self {
+            RawAuth::Bearer { token } => AuthConfig::Bearer {
+                token: credential(&field("token"), token, base_dir)?,
+            },
+            RawAuth::Basic { username, password } => AuthConfig::Basic {
+                username,
+                password: credential(&field("password"), password, base_dir)?,
+            },
+            RawAuth::Oauth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+                client_auth,
+            } => {
+                if client_id.is_empty() {
+                    return Err(ConfigError::key(field("client_id"), "must not be empty"));
+                }
+                AuthConfig::OAuth2ClientCredentials(OAuthClientCredentials {
+                    token_url: partner_url(&field("token_url"), &token_url, allow_insecure)?,
+                    client_id,
+                    client_secret: credential(&field("client_secret"), client_secret, base_dir)?,
+                    scope,
+                    audience,
+                    client_auth,
+                })
+            }
+        };
+        if let Err(message) = auth.static_header() {
+            let name = match auth {
+                AuthConfig::Basic { .. } if message.contains("username") => "username",
+                AuthConfig::Basic { .. } => "password",
+                _ => "token",
+            };
+            return Err(ConfigError::key(field(name), message));
+        }
+        Ok(auth)
+    }
+}
+
+/// A credential of `[partners.auth]`: an empty one (an unset variable's stand-in, say)
+/// is a mistake, not a credential.
+fn credential(key: &str, value: String, base_dir: &Path) -> Result<SecretString, ConfigError> {
+    let value = secret_text(key, value, base_dir)?;
+    if value.is_empty() {
+        return Err(ConfigError::key(key, "must not be empty"));
+    }
+    Ok(SecretString::from(value))
+}
+
+fn signing_secret(key: &str, text: &str, base_dir: &Path) -> Result<SigningSecret, ConfigError> {
+    let text = secret_text(key, text.to_string(), base_dir)?;
+    SigningSecret::parse(&text).map_err(|error| ConfigError::key(key, error.to_string()))
+}
+
+/// A secret's value: as written (after `${VAR}` expansion), or the content of the file
+/// named by `file:PATH`. Errors name the key and the file, never the value.
+fn secret_text(key: &str, value: String, base_dir: &Path) -> Result<String, ConfigError> {
+    let Some(file) = value.strip_prefix(SECRET_FILE_PREFIX) else {
+        return Ok(value);
+    };
+    let path = beside_config(base_dir, file);
+    let content = std::fs::read_to_string(&path).map_err(|error| {
+        ConfigError::key(
+            key,
+            format!("cannot read secret file {}: {error}", path.display()),
+        )
+    })?;
+    // Files written by `echo` or editors end in a line break that is not part of the secret.
+    let secret = content.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(ConfigError::key(
+            key,
+            format!("secret file {} is empty", path.display()),
+        ));
+    }
+    Ok(secret.to_string())
+}
+
+fn beside_config(base_dir: &Path, file: &str) -> PathBuf {
+    base_dir.join(file)
+}
+
+fn read_pem(key: &str, file: &str, base_dir: &Path) -> Result<Vec<u8>, ConfigError> {
+    let path = beside_config(base_dir, file);
+    std::fs::read(&path)
+        .map_err(|error| ConfigError::key(key, format!("cannot read {}: {error}", path.display())))
+}
+
+fn partner_tls(
+    key: &impl Fn(&str) -> String,
+    ca_bundle: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    base_dir: &Path,
+) -> Result<PartnerTls, ConfigError> {
+    let mut tls = PartnerTls::default();
+    if let Some(file) = ca_bundle {
+        let pem = read_pem(&key("ca_bundle"), &file, base_dir)?;
+        tls.extra_roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|roots| !roots.is_empty())
+            .ok_or_else(|| ConfigError::key(key("ca_bundle"), "holds no PEM certificate"))?;
+    }
+    match (client_cert, client_key) {
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(ConfigError::key(
+                key("client_key"),
+                "missing: client_cert needs its private key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::key(
+                key("client_cert"),
+                "missing: client_key needs its certificate",
+            ))
+        }
+        (Some(cert_file), Some(key_file)) => {
+            let mut pem = read_pem(&key("client_cert"), &cert_file, base_dir)?;
+            if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                return Err(ConfigError::key(
+                    key("client_cert"),
+                    "holds no PEM certificate",
+                ));
+            }
+            pem.push(b'\n');
+            pem.extend(read_pem(&key("client_key"), &key_file, base_dir)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                ConfigError::key(
+                    key("client_key"),
+                    "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                )
+            });
+            // The key's bytes are not kept beyond the identity.
+            pem.fill(0);
+            tls.client_identity = Some(identity?);
+        }
+    }
+    Ok(tls)
+}
+
+/// serde quotes a wrongly typed value in its message (`invalid type: string "…"`); the
+/// value may be a secret, so it is cut out. The key names the place well enough.
+fn without_values(message: &str) -> String {
+    match (message.find('"'), message.rfind('"')) {
+        (Some(start), Some(end)) if end > start => {
+            format!(
+                "{}(value not shown){}",
+                &message[..start],
+                &message[end + 1..]
+            )
+        }
+        _ => message.to_string(),
     }
 }
 
@@ -737,11 +1031,252 @@ mod tests {
             "DISPATCHER_DATABASE_URL" => Some("postgres://dispatcher@127.0.0.1/dispatcher".into()),
             "ACME_SIGNING_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
             "ACME_API_KEY" => Some("key".into()),
+            "GLOBEX_SIGNING_SECRET" => Some("whsec_Z2xvYmV4LXNlY3JldA==".into()),
+            "GLOBEX_CLIENT_SECRET" => Some("client-secret".into()),
             _ => None,
         })
         .expect("the sample config is valid");
         assert_eq!(config.partners[0].name, "acme-crm");
         assert_eq!(config.log.format, LogFormat::Text);
+        assert!(matches!(
+            config.partners[1].auth,
+            Some(AuthConfig::OAuth2ClientCredentials(_))
+        ));
+        // The commented-out alternatives are valid keys too.
+        let uncommented = text
+            .replace("# signing_secrets = ", "signing_secrets = ")
+            .replace("signing_secret = \"${ACME_SIGNING_SECRET}\"\n", "")
+            .replace("# allow_networks = ", "allow_networks = ")
+            .replace(
+                "# [partners.auth]\n# kind = \"bearer\"\n# token = ",
+                "[partners.auth]\nkind = \"bearer\"\ntoken = ",
+            )
+            .replace("# audience = ", "audience = ");
+        let config = Config::parse(&uncommented, "dispatcher.sample.toml", None, |name| {
+            Some(match name {
+                "ACME_SIGNING_SECRET" | "ACME_NEXT_SIGNING_SECRET" | "GLOBEX_SIGNING_SECRET" => {
+                    "whsec_Z2xvYmV4LXNlY3JldA==".into()
+                }
+                "DISPATCHER_DATABASE_URL" => "postgres://dispatcher@127.0.0.1/dispatcher".into(),
+                _ => "value".into(),
+            })
+        })
+        .expect("the sample's alternatives are valid");
+        assert_eq!(config.partners[0].signing_secrets.len(), 2);
+        assert_eq!(config.partners[0].allow_networks.len(), 1);
+        assert!(matches!(
+            config.partners[0].auth,
+            Some(AuthConfig::Bearer { .. })
+        ));
+    }
+
+    /// MINIMAL's partner with extra keys (before any sub-table).
+    fn partner_with(keys: &str) -> String {
+        MINIMAL.replace("name = \"acme\"", &format!("name = \"acme\"\n{keys}"))
+    }
+
+    #[test]
+    fn a_config_full_of_secrets_prints_none_of_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("client-secret"),
+            "oauth-client-secret-file\n",
+        )
+        .expect("write secret file");
+        let path = dir.path().join("dispatcher.toml");
+        let text = r#"
+            [database]
+            url = "postgres://dispatcher:db-password-1@127.0.0.1/dispatcher"
+
+            [[partners]]
+            name = "acme"
+            support_programs = ["prog-1"]
+            enrollment_url = "https://crm.example/enroll"
+            user_action_url = "https://crm.example/action"
+            signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "${NEXT_SECRET}"]
+            headers = { "x-api-key" = "api-key-2" }
+            [partners.auth]
+            kind = "oauth2_client_credentials"
+            token_url = "https://auth.crm.example/token"
+            client_id = "helparound"
+            client_secret = "file:client-secret"
+
+            [[partners]]
+            name = "globex"
+            support_programs = ["prog-1"]
+            enrollment_url = "https://globex.example/enroll"
+            user_action_url = "https://globex.example/action"
+            [partners.auth]
+            kind = "bearer"
+            token = "bearer-token-3"
+
+            [[partners]]
+            name = "initech"
+            support_programs = ["prog-1"]
+            enrollment_url = "https://initech.example/enroll"
+            user_action_url = "https://initech.example/action"
+            [partners.auth]
+            kind = "basic"
+            username = "helparound"
+            password = "basic-password-4"
+            "#;
+        let config = Config::parse(text, &path.display().to_string(), None, |name| {
+            (name == "NEXT_SECRET").then(|| "whsec_bmV4dC1zZWNyZXQtNQ==".to_string())
+        })
+        .expect("valid config");
+        assert_eq!(config.partners[0].signing_secrets.len(), 2);
+        let printed = format!("{config:?} {config:#?}");
+        for secret in [
+            "db-password-1",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "bmV4dC1zZWNyZXQtNQ",
+            "api-key-2",
+            "oauth-client-secret-file",
+            "bearer-token-3",
+            "basic-password-4",
+            // base64 of helparound:basic-password-4, as the Basic header would carry it
+            "aGVscGFyb3VuZDpiYXNpYy1wYXNzd29yZC00",
+        ] {
+            assert!(!printed.contains(secret), "{secret} was printed");
+        }
+        assert!(printed.contains("helparound") && printed.contains("auth.crm.example"));
+    }
+
+    #[test]
+    fn secrets_can_come_from_files_beside_the_config() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("acme.key"), "key-from-file\r\n").expect("write");
+        let path = dir.path().join("dispatcher.toml").display().to_string();
+        let text = partner_with("headers = { \"x-api-key\" = \"file:acme.key\" }");
+        let config = Config::parse(&text, &path, None, |_| None).expect("valid config");
+        let (_, value) = &config.partners[0].headers[0];
+        assert_eq!(secrecy::ExposeSecret::expose_secret(value), "key-from-file");
+
+        let missing = text.replace("acme.key", "no-such.key");
+        let error = Config::parse(&missing, &path, None, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("partners[0].headers.x-api-key") && error.contains("no-such.key"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_partner_rotating_its_secret_lists_both_and_the_old_key_still_works() {
+        let both = partner_with(
+            "signing_secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"whsec_bmV4dA==\"]",
+        );
+        assert_eq!(
+            parse(&both).expect("valid").partners[0]
+                .signing_secrets
+                .len(),
+            2
+        );
+        let single = partner_with("signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"");
+        assert_eq!(
+            parse(&single).expect("valid").partners[0]
+                .signing_secrets
+                .len(),
+            1
+        );
+
+        let bad = partner_with("signing_secrets = [\"whsec_bmV4dA==\", \"oops\"]");
+        let error = parse(&bad).unwrap_err().to_string();
+        assert!(error.contains("partners[0].signing_secrets[1]"), "{error}");
+        let twice = partner_with(
+            "signing_secret = \"whsec_bmV4dA==\"\nsigning_secrets = [\"whsec_bmV4dA==\"]",
+        );
+        let error = parse(&twice).unwrap_err().to_string();
+        assert!(error.contains("not both"), "{error}");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed() {
+        let text = partner_with("signing_secrets = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("partners[0].signing_secrets"), "{error}");
+        assert!(!error.contains("MfKQ9r8G"), "{error}");
+    }
+
+    #[test]
+    fn auth_kinds_are_checked_and_named() {
+        let oauth = format!(
+            "{MINIMAL}\n[partners.auth]\nkind = \"oauth2_client_credentials\"\n\
+             token_url = \"https://auth.example/token\"\nclient_id = \"ha\"\n\
+             client_secret = \"s\"\nscope = \"webhooks\"\nclient_auth = \"client_secret_post\"\n"
+        );
+        let config = parse(&oauth).expect("valid oauth");
+        assert!(matches!(
+            &config.partners[0].auth,
+            Some(AuthConfig::OAuth2ClientCredentials(o)) if o.client_auth == ClientAuthMethod::ClientSecretPost
+        ));
+
+        let http_token_url = oauth.replace("https://auth.example", "http://auth.example");
+        let error = parse(&http_token_url).unwrap_err().to_string();
+        assert!(error.contains("partners[0].auth.token_url"), "{error}");
+
+        let unknown_kind = format!("{MINIMAL}\n[partners.auth]\nkind = \"kerberos\"\n");
+        let error = parse(&unknown_kind).unwrap_err().to_string();
+        assert!(
+            error.contains("partners[0].auth") && error.contains("kerberos"),
+            "{error}"
+        );
+
+        let typo = format!("{MINIMAL}\n[partners.auth]\nkind = \"bearer\"\ntokne = \"t\"\n");
+        let error = parse(&typo).unwrap_err().to_string();
+        assert!(
+            error.contains("partners[0].auth") && error.contains("tokne"),
+            "{error}"
+        );
+
+        let empty = format!("{MINIMAL}\n[partners.auth]\nkind = \"bearer\"\ntoken = \"\"\n");
+        let error = parse(&empty).unwrap_err().to_string();
+        assert!(error.contains("partners[0].auth.token"), "{error}");
+
+        let conflict = partner_with("headers = { \"Authorization\" = \"Bearer x\" }")
+            + "\n[partners.auth]\nkind = \"bearer\"\ntoken = \"t\"\n";
+        let error = parse(&conflict).unwrap_err().to_string();
+        assert!(
+            error.contains("partners[0].headers.authorization"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn allow_networks_and_tls_files_are_checked_and_named() {
+        let networks = partner_with("allow_networks = [\"127.0.0.0/8\", \"::1/128\"]");
+        assert_eq!(
+            parse(&networks).expect("valid").partners[0]
+                .allow_networks
+                .len(),
+            2
+        );
+        let bad = partner_with("allow_networks = [\"localhost\"]");
+        let error = parse(&bad).unwrap_err().to_string();
+        assert!(
+            error.contains("partners[0].allow_networks") && error.contains("localhost"),
+            "{error}"
+        );
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("dispatcher.toml").display().to_string();
+        std::fs::write(dir.path().join("not-a-cert.pem"), "hello").expect("write");
+        for (keys, named) in [
+            ("ca_bundle = \"missing.pem\"", "partners[0].ca_bundle"),
+            ("ca_bundle = \"not-a-cert.pem\"", "partners[0].ca_bundle"),
+            ("client_cert = \"not-a-cert.pem\"", "partners[0].client_key"),
+            ("client_key = \"not-a-cert.pem\"", "partners[0].client_cert"),
+            (
+                "client_cert = \"not-a-cert.pem\"\nclient_key = \"not-a-cert.pem\"",
+                "partners[0].client_cert",
+            ),
+        ] {
+            let error = Config::parse(&partner_with(keys), &path, None, |_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{keys}: {error}");
+        }
     }
 
     #[test]

@@ -43,8 +43,8 @@ const RECORD_BATCH: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    HttpClient(#[from] crate::send::SenderError),
     #[error(transparent)]
     Db(#[from] db::DbError),
 }
@@ -92,7 +92,7 @@ impl Dispatcher {
     ) -> Result<Arc<Dispatcher>, DispatchError> {
         let config = live.snapshot();
         Ok(Arc::new(Dispatcher {
-            sender: Sender::new(&config.dispatch)?,
+            sender: Sender::new(&config.dispatch, &config.partners)?,
             capacity: Arc::new(Semaphore::new(config.dispatch.concurrency)),
             live,
             pool,

@@ -2,11 +2,13 @@
 //! partners of each support program, per the partner contract in `contract/`.
 
 pub mod admin;
+pub mod auth;
 pub mod check;
 pub mod config;
 pub mod db;
 pub mod deliveries;
 pub mod dispatch;
+pub mod guard;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;

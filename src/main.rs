@@ -161,7 +161,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Check => {
-            check::describe(&config, &cli.config, &mut std::io::stdout().lock())?;
+            check::describe(&config, &cli.config, &mut std::io::stdout().lock()).await?;
         }
         Command::Migrate => {
             let pool = db::pool(&config.database)?;

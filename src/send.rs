@@ -1,14 +1,21 @@
-//! The HTTP side: one pooled client, one POST per attempt, the partner's answer read
-//! with a cap.
+//! The HTTP side: one pooled client per partner (its TLS settings, its destination
+//! guard, its credentials), one POST per attempt, the partner's answer read with a cap.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::dns::Resolve;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use url::Url;
 
+use crate::auth::{Authenticator, Credential};
 use crate::config::{DispatchConfig, Partner};
+use crate::guard::{DestinationPolicy, GuardError, GuardedResolver, SystemResolver};
+use crate::signing;
 
 /// How much of a partner's answer is kept: enough for any contract answer and a useful
 /// error page, and a hostile partner cannot make us hold more.
@@ -32,6 +39,10 @@ pub enum TransportErrorKind {
     Connect,
     Body,
     Request,
+    /// The destination guard refused every address of the partner's host.
+    DestinationRefused,
+    /// No credential could be had (the OAuth token endpoint failed or refused us).
+    Auth,
 }
 
 impl TransportErrorKind {
@@ -41,19 +52,44 @@ impl TransportErrorKind {
             TransportErrorKind::Connect => "connect",
             TransportErrorKind::Body => "response_body",
             TransportErrorKind::Request => "request",
+            TransportErrorKind::DestinationRefused => "destination_refused",
+            TransportErrorKind::Auth => "auth",
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct TransportError {
     pub kind: TransportErrorKind,
     pub message: String,
 }
 
+impl From<GuardError> for TransportError {
+    fn from(error: GuardError) -> Self {
+        TransportError {
+            kind: if error.is_refused() {
+                TransportErrorKind::DestinationRefused
+            } else {
+                TransportErrorKind::Connect
+            },
+            message: error.to_string(),
+        }
+    }
+}
+
 impl From<reqwest::Error> for TransportError {
     fn from(error: reqwest::Error) -> Self {
+        // The guard's refusal arrives wrapped as a connect error; it is its own kind.
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            if let Some(refused) = cause.downcast_ref::<GuardError>() {
+                if refused.is_refused() {
+                    return refused.clone().into();
+                }
+            }
+            source = cause.source();
+        }
         let kind = if error.is_timeout() {
             TransportErrorKind::Timeout
         } else if error.is_connect() {
@@ -76,30 +112,59 @@ impl From<reqwest::Error> for TransportError {
     }
 }
 
-/// Posts webhook bodies. One per daemon: its connection pool is shared by every request.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client of partner `{partner}`: {message}")]
+pub struct SenderError {
+    partner: String,
+    message: String,
+}
+
+/// Posts webhook bodies. One per daemon, holding one client per partner: each client's
+/// connection pool is shared by every request to that partner.
 #[derive(Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    partners: Arc<HashMap<String, PartnerClient>>,
+    request_timeout: Duration,
+}
+
+struct PartnerClient {
+    http: reqwest::Client,
+    policy: Arc<DestinationPolicy>,
+    auth: Option<Authenticator>,
 }
 
 impl Sender {
-    pub fn new(dispatch: &DispatchConfig) -> Result<Sender, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .timeout(dispatch.request_timeout)
-            .connect_timeout(dispatch.request_timeout)
-            // A redirect is a failed attempt: following it would send health data to an
-            // address the partner never registered.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(dispatch.concurrency)
-            .tcp_nodelay(true)
-            .use_rustls_tls()
-            .build()?;
-        Ok(Sender { client })
+    pub fn new(dispatch: &DispatchConfig, partners: &[Partner]) -> Result<Sender, SenderError> {
+        Sender::with_resolver(dispatch, partners, Arc::new(SystemResolver))
     }
 
-    /// One attempt: POST `body` to `url` with the partner's headers and, when it has a
-    /// signing secret, Standard Webhooks headers.
+    /// With another DNS resolver than the system's: `dns` answers the lookups, and the
+    /// destination guard still checks every answer (tests play DNS with it).
+    pub fn with_resolver(
+        dispatch: &DispatchConfig,
+        partners: &[Partner],
+        dns: Arc<dyn Resolve>,
+    ) -> Result<Sender, SenderError> {
+        let mut clients = HashMap::with_capacity(partners.len());
+        for partner in partners {
+            let client = PartnerClient::new(dispatch, partner, dns.clone()).map_err(|message| {
+                SenderError {
+                    partner: partner.name.clone(),
+                    message,
+                }
+            })?;
+            clients.insert(partner.name.clone(), client);
+        }
+        Ok(Sender {
+            partners: Arc::new(clients),
+            request_timeout: dispatch.request_timeout,
+        })
+    }
+
+    /// One attempt: POST `body` to `url` with the partner's headers, credentials and,
+    /// when it has signing secrets, Standard Webhooks headers. `request_timeout` bounds
+    /// the whole attempt, token fetch and the one retry after a 401 included, so an
+    /// attempt still ends within its claim's lease.
     pub async fn post(
         &self,
         partner: &Partner,
@@ -108,46 +173,150 @@ impl Sender {
         body: Vec<u8>,
         now: DateTime<Utc>,
     ) -> Result<Answer, TransportError> {
-        let mut request = self
-            .client
-            .post(url.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value) in &partner.headers {
-            // Checked when the config was loaded.
-            if let Ok(mut value) = HeaderValue::from_str(value.expose_secret()) {
-                value.set_sensitive(true);
-                request = request.header(name.clone(), value);
-            }
+        let Some(client) = self.partners.get(&partner.name) else {
+            return Err(TransportError {
+                kind: TransportErrorKind::Request,
+                message: format!("partner `{}` has no HTTP client", partner.name),
+            });
+        };
+        let attempt = client.post(partner, url, webhook_id, body, now);
+        match tokio::time::timeout(self.request_timeout, attempt).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TransportError {
+                kind: TransportErrorKind::Timeout,
+                message: format!(
+                    "no answer within request_timeout ({})",
+                    humantime::format_duration(self.request_timeout)
+                ),
+            }),
         }
-        if let Some(secret) = &partner.signing_secret {
-            let timestamp = now.timestamp();
-            let signature = secret.sign(webhook_id, timestamp, &body);
-            request = request
-                .header("webhook-id", webhook_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature);
-        }
-        let mut response = request.body(body).send().await?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| parse_retry_after(value, now));
-        let mut answer = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            let room = RESPONSE_BODY_CAP - answer.len();
-            answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if answer.len() == RESPONSE_BODY_CAP {
-                break;
-            }
-        }
-        Ok(Answer {
-            status,
-            retry_after,
-            body: answer,
-        })
     }
+}
+
+impl PartnerClient {
+    fn new(
+        dispatch: &DispatchConfig,
+        partner: &Partner,
+        dns: Arc<dyn Resolve>,
+    ) -> Result<PartnerClient, String> {
+        let policy = Arc::new(DestinationPolicy::of(partner));
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(dispatch.request_timeout)
+            .connect_timeout(dispatch.request_timeout)
+            // A redirect is a failed attempt: following it would send health data to an
+            // address the partner never registered.
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect to addresses the guard never saw.
+            .no_proxy()
+            .https_only(!partner.allow_insecure)
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone(), dns)))
+            .pool_max_idle_per_host(partner.max_in_flight)
+            .tcp_nodelay(true)
+            .use_rustls_tls();
+        for root in &partner.tls.extra_roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        if let Some(identity) = &partner.tls.client_identity {
+            builder = builder.identity(identity.clone());
+        }
+        let http = builder.build().map_err(|error| {
+            let error: TransportError = error.into();
+            error.message
+        })?;
+        let auth = partner
+            .auth
+            .as_ref()
+            .map(|auth| Authenticator::new(auth, http.clone(), policy.clone()))
+            .transpose()
+            .map_err(|message| format!("auth: {message}"))?;
+        Ok(PartnerClient { http, policy, auth })
+    }
+
+    async fn post(
+        &self,
+        partner: &Partner,
+        url: &Url,
+        webhook_id: &str,
+        body: Vec<u8>,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, TransportError> {
+        self.policy.check_url(url)?;
+        let credential = match &self.auth {
+            Some(auth) => Some(
+                auth.credential()
+                    .await
+                    .map_err(|error| error.into_transport_error())?,
+            ),
+            None => None,
+        };
+        let timestamp = now.timestamp();
+        let signature = (!partner.signing_secrets.is_empty()).then(|| {
+            signing::signature_header(&partner.signing_secrets, webhook_id, timestamp, &body)
+        });
+        let request = |credential: Option<&Credential>, body: Vec<u8>| {
+            let mut request = self
+                .http
+                .post(url.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            for (name, value) in &partner.headers {
+                // Checked when the config was loaded.
+                if let Ok(mut value) = HeaderValue::from_str(value.expose_secret()) {
+                    value.set_sensitive(true);
+                    request = request.header(name.clone(), value);
+                }
+            }
+            if let Some(credential) = credential {
+                request = request.header(AUTHORIZATION, credential.header.clone());
+            }
+            if let Some(signature) = &signature {
+                request = request
+                    .header("webhook-id", webhook_id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", signature.as_str());
+            }
+            request.body(body).send()
+        };
+        // Kept only when a 401 could be answered with a new token and the same request.
+        let resend_body = matches!(self.auth, Some(Authenticator::OAuth(_))).then(|| body.clone());
+        let mut response = request(credential.as_ref(), body).await?;
+        if let (StatusCode::UNAUTHORIZED, Some(auth), Some(used), Some(body)) =
+            (response.status(), &self.auth, &credential, resend_body)
+        {
+            if let Some(renewed) = auth.after_rejection(used).await {
+                let renewed = renewed.map_err(|error| error.into_transport_error())?;
+                tracing::info!("partner refused its OAuth token; sending again with a new one");
+                response = request(Some(&renewed), body).await?;
+            }
+        }
+        read_answer(response, now).await
+    }
+}
+
+async fn read_answer(
+    mut response: reqwest::Response,
+    now: DateTime<Utc>,
+) -> Result<Answer, TransportError> {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_retry_after(value, now));
+    let mut answer = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = RESPONSE_BODY_CAP - answer.len();
+        answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if answer.len() == RESPONSE_BODY_CAP {
+            break;
+        }
+    }
+    Ok(Answer {
+        status,
+        retry_after,
+        body: answer,
+    })
 }
 
 /// `Retry-After` is either delay-seconds or an HTTP date.

@@ -57,6 +57,22 @@ impl SigningSecret {
     }
 }
 
+/// The `webhook-signature` header for a partner with several secrets: one signature per
+/// secret, space-separated. While a partner rotates its secret both are configured, and
+/// a request verifies with either, so neither side has to switch at the same moment.
+pub fn signature_header(
+    secrets: &[SigningSecret],
+    webhook_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    secrets
+        .iter()
+        .map(|secret| secret.sign(webhook_id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +87,29 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn a_rotating_partner_gets_one_signature_per_secret() {
+        let old = SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let new = SigningSecret::parse("whsec_bmV3LXNlY3JldC1rZXktZm9yLXJvdGF0aW9u").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let header = signature_header(
+            &[old.clone(), new.clone()],
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            body,
+        );
+        let entries: Vec<&str> = header.split(' ').collect();
+        assert_eq!(
+            entries,
+            [
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+                new.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
+                    .as_str()
+            ]
+        );
+        assert_ne!(entries[0], entries[1]);
     }
 
     #[test]

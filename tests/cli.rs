@@ -774,6 +774,49 @@ user_action_url = "https://beta.example/action"
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn check_warns_when_a_partner_url_leads_to_an_address_the_guard_refuses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &path,
+        r#"
+[database]
+url = "postgres://dispatcher@127.0.0.1:1/nowhere"
+
+[[partners]]
+name = "metadata-thief"
+support_programs = ["prog-1"]
+enrollment_url = "https://169.254.169.254/latest/meta-data"
+user_action_url = "https://169.254.169.254/latest/meta-data"
+
+[[partners]]
+name = "loopback"
+support_programs = ["prog-1"]
+enrollment_url = "https://localhost/enroll"
+user_action_url = "https://localhost/action"
+"#,
+    )
+    .expect("write config");
+
+    let output = cli_ok(&path, &["check"]).await;
+
+    let warnings: Vec<&str> = output
+        .stdout
+        .lines()
+        .filter(|line| line.contains("warning: destination refused"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{output}");
+    assert!(
+        warnings[0].contains("169.254.169.254") && warnings[0].contains("link-local"),
+        "{output}"
+    );
+    assert!(
+        warnings[1].contains("localhost") && warnings[1].contains("loopback"),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn check_refuses_an_invalid_config_with_exit_1_naming_the_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("dispatcher.toml");

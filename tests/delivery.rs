@@ -20,8 +20,13 @@ fn contains_null(value: &Value) -> bool {
 
 /// Checks a Standard Webhooks signature with hmac/sha2 directly, not the dispatcher's code.
 fn signature_is_valid(request: &Received) -> bool {
+    signature_is_valid_with(request, SIGNING_SECRET)
+}
+
+/// Whether one of the request's signatures verifies with `secret`, as the partner checks.
+fn signature_is_valid_with(request: &Received, secret: &str) -> bool {
     let key = base64::engine::general_purpose::STANDARD
-        .decode(SIGNING_SECRET.trim_start_matches("whsec_"))
+        .decode(secret.trim_start_matches("whsec_"))
         .expect("test secret is base64");
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("hmac key");
     mac.update(
@@ -130,6 +135,40 @@ async fn partners_receive_contract_valid_signed_bodies() {
         .as_str()
         .unwrap_or("")
         .contains("externalId"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_rotating_its_signing_secret_can_verify_with_either_secret() {
+    const NEXT_SECRET: &str = "whsec_bmV4dC1zZWNyZXQtZm9yLWFjbWUtcm90YXRpb24=";
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .partner_keys(
+            "acme",
+            &format!("signing_secrets = [\"{SIGNING_SECRET}\", \"{NEXT_SECRET}\"]"),
+        );
+    let db = TestDb::migrated(&config).await;
+    let _daemon = Daemon::start(&config, &db);
+
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    let received = partner.wait_for_requests(1).await;
+
+    let request = &received[0];
+    let signatures: Vec<String> = request
+        .header("webhook-signature")
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(signatures.len(), 2, "one signature per secret");
+    assert!(signatures.iter().all(|s| s.starts_with("v1,")));
+    assert!(
+        signature_is_valid_with(request, SIGNING_SECRET),
+        "a partner still on the old secret verifies"
+    );
+    assert!(
+        signature_is_valid_with(request, NEXT_SECRET),
+        "a partner already on the new secret verifies"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,9 +2,12 @@
 //! servers on 127.0.0.1, and the real `dispatcher` binary run as a child process.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -214,6 +217,7 @@ pub struct TestPartner {
     pub name: String,
     pub base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    failed_handshakes: Arc<AtomicUsize>,
 }
 
 impl TestPartner {
@@ -221,7 +225,26 @@ impl TestPartner {
         name: &str,
         behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> TestPartner {
+        TestPartner::serve(name, None, behaviour).await
+    }
+
+    /// A partner serving HTTPS with `tls` (see [`tls::server_config`]) at
+    /// `https://127.0.0.1:PORT`.
+    pub async fn start_https(
+        name: &str,
+        tls: tokio_rustls::rustls::ServerConfig,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> TestPartner {
+        TestPartner::serve(name, Some(tls), behaviour).await
+    }
+
+    async fn serve(
+        name: &str,
+        tls: Option<tokio_rustls::rustls::ServerConfig>,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> TestPartner {
         let received = Arc::new(Mutex::new(Vec::new()));
+        let failed_handshakes = Arc::new(AtomicUsize::new(0));
         let state = PartnerState {
             behaviour: Arc::new(behaviour),
             received: received.clone(),
@@ -231,12 +254,28 @@ impl TestPartner {
             .await
             .expect("bind partner");
         let address = listener.local_addr().expect("partner address");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let base_url = match tls {
+            None => {
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                format!("http://{address}")
+            }
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config, failed_handshakes.clone());
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                format!("https://{address}")
+            }
+        };
         TestPartner {
             name: name.to_string(),
-            base_url: format!("http://{address}"),
+            base_url,
             received,
+            failed_handshakes,
         }
+    }
+
+    /// TLS handshakes that failed (certificate not trusted, client certificate missing).
+    pub fn failed_handshakes(&self) -> usize {
+        self.failed_handshakes.load(Ordering::SeqCst)
     }
 
     /// A partner that accepts everything.
@@ -309,6 +348,8 @@ async fn answer(
 #[derive(Clone)]
 pub struct TestConfig {
     pub partners: Vec<(String, String, Vec<String>)>,
+    /// More TOML for a partner's table, by partner name (TLS files, auth, ...).
+    pub partner_keys: HashMap<String, String>,
     pub dispatch: String,
     pub retry: String,
     /// The `[admin]` section: by default a free loopback port, no token.
@@ -321,6 +362,7 @@ impl TestConfig {
     pub fn new() -> TestConfig {
         TestConfig {
             partners: Vec::new(),
+            partner_keys: HashMap::new(),
             dispatch: "concurrency = 64\nbatch_size = 50\nlease = \"10s\"\npoll_interval = \"200ms\"\nrequest_timeout = \"2s\"\nshutdown_grace = \"5s\"".into(),
             retry: "max_attempts = 5\nbase_delay = \"300ms\"\nmax_delay = \"2s\"".into(),
             admin: "listen = \"127.0.0.1:0\"".into(),
@@ -334,6 +376,13 @@ impl TestConfig {
             partner.base_url.clone(),
             programs.iter().map(|p| p.to_string()).collect(),
         ));
+        self
+    }
+
+    /// Adds TOML to the partner's table: keys, then optionally a `[partners.auth]` table.
+    /// With `signing_secrets` among them, the default `signing_secret` is left out.
+    pub fn partner_keys(mut self, name: &str, toml: &str) -> TestConfig {
+        self.partner_keys.insert(name.to_string(), toml.to_string());
         self
     }
 
@@ -358,13 +407,23 @@ impl TestConfig {
             db.url, self.dispatch, self.retry, self.admin
         );
         for (name, base_url, programs) in &self.partners {
+            let keys = self.partner_keys.get(name).map_or("", String::as_str);
             text.push_str(&format!(
                 "\n[[partners]]\nname = \"{name}\"\nsupport_programs = {programs:?}\n\
                  enrollment_url = \"{base_url}/webhook/user-enrollment\"\n\
                  user_action_url = \"{base_url}/webhook/user-action\"\n\
-                 signing_secret = \"{SIGNING_SECRET}\"\nheaders = {{ \"x-api-key\" = \"key-{name}\" }}\n\
-                 allow_insecure = true\n"
+                 headers = {{ \"x-api-key\" = \"key-{name}\" }}\n"
             ));
+            if !keys.contains("signing_secrets") {
+                text.push_str(&format!("signing_secret = \"{SIGNING_SECRET}\"\n"));
+            }
+            // Plain-HTTP partners are local test servers: that needs allow_insecure,
+            // which also opens the destination guard. HTTPS partners go without it.
+            if base_url.starts_with("http://") {
+                text.push_str("allow_insecure = true\n");
+            }
+            text.push_str(keys);
+            text.push('\n');
         }
         text
     }
@@ -635,4 +694,32 @@ impl AdminClient {
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
+}
+
+/// Writes a file into the test's directory (PEM files, secret files) and returns its path.
+pub fn write_file(dir: &std::path::Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write test file");
+    path
+}
+
+/// A config for library-level tests that talk to partners without a daemon or a
+/// database: one partner named `name` at `base_url`, with `keys` added to its table.
+/// Relative file names in `keys` are read from `dir`.
+pub fn partner_config(
+    dir: &std::path::Path,
+    name: &str,
+    base_url: &str,
+    keys: &str,
+) -> dispatcher::config::Config {
+    let text = format!(
+        "[database]\nurl = \"postgres://dispatcher@127.0.0.1/unused\"\n\n\
+         [dispatch]\nrequest_timeout = \"5s\"\n\n\
+         [[partners]]\nname = \"{name}\"\nsupport_programs = [\"{PROGRAM}\"]\n\
+         enrollment_url = \"{base_url}/webhook/user-enrollment\"\n\
+         user_action_url = \"{base_url}/webhook/user-action\"\n{keys}\n"
+    );
+    let path = dir.join("dispatcher.toml");
+    dispatcher::config::Config::parse(&text, &path.display().to_string(), None, |_| None)
+        .unwrap_or_else(|error| panic!("test config: {error}\n{text}"))
 }
