@@ -31,7 +31,7 @@ use crate::outcome::Outcome;
 use crate::payload::{Event, EventKind};
 use crate::reload::LiveConfig;
 use crate::retry::{self, RetryPolicy};
-use crate::send::Sender;
+use crate::send::LiveSender;
 use crate::shutdown::Shutdown;
 use crate::wakeup::{self, Wakeups};
 use crate::{db, outbox};
@@ -74,7 +74,7 @@ pub struct Dispatcher {
     /// the restart-only settings in it never change (see `reload`).
     live: LiveConfig,
     pool: Pool,
-    sender: Sender,
+    sender: LiveSender,
     wakeups: Wakeups,
     /// Per-partner `max_in_flight`, by partner name.
     partner_slots: Mutex<HashMap<String, PartnerSlots>>,
@@ -92,7 +92,7 @@ impl Dispatcher {
     ) -> Result<Arc<Dispatcher>, DispatchError> {
         let config = live.snapshot();
         Ok(Arc::new(Dispatcher {
-            sender: Sender::new(&config.dispatch, &config.partners)?,
+            sender: LiveSender::new(config.clone())?,
             capacity: Arc::new(Semaphore::new(config.dispatch.concurrency)),
             live,
             pool,
@@ -347,8 +347,9 @@ impl Dispatcher {
         let body = event.to_body(sent_at);
         let started = Instant::now();
         let webhook_id = delivery.id.to_string();
+        let sender = self.sender.for_config(&config);
         let answer = tokio::select! {
-            answer = self.sender.post(partner, url, &webhook_id, body, sent_at) => answer,
+            answer = sender.post(partner, url, &webhook_id, body, sent_at) => answer,
             () = self.shutdown.abandoning() => return hand_back(delivery),
         };
         let duration = started.elapsed();

@@ -3,7 +3,7 @@
 //! Partners (added, removed, URLs, headers, secrets, support programs, `max_in_flight`),
 //! `[retry]`, `dispatch.batch_size` and `dispatch.poll_interval` apply from the next
 //! routing batch, claim and attempt on. The rest is built into the running daemon (the
-//! connection pool, the HTTP client, the capacity, the lease arithmetic, the log
+//! connection pool, the capacity, the lease arithmetic, the log
 //! writer): a change there is logged as needing a restart and the running value kept.
 //! A file that does not validate is refused whole, and the running configuration kept.
 //!

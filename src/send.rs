@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use reqwest::dns::Resolve;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
@@ -13,7 +14,7 @@ use secrecy::ExposeSecret;
 use url::Url;
 
 use crate::auth::{Authenticator, Credential};
-use crate::config::{DispatchConfig, Partner};
+use crate::config::{Config, DispatchConfig, Partner};
 use crate::guard::{DestinationPolicy, GuardError, GuardedResolver, SystemResolver};
 use crate::signing;
 
@@ -117,6 +118,59 @@ impl From<reqwest::Error> for TransportError {
 pub struct SenderError {
     partner: String,
     message: String,
+}
+
+/// The [`Sender`] of the configuration in force. A SIGHUP reload swaps the configuration;
+/// the first attempt after it builds the clients anew, so an added partner gets one and a
+/// changed partner its new TLS, guard and auth settings. Later attempts reuse them.
+pub struct LiveSender {
+    built: ArcSwap<BuiltSender>,
+    rebuilding: std::sync::Mutex<()>,
+}
+
+struct BuiltSender {
+    config: Arc<Config>,
+    sender: Sender,
+}
+
+impl LiveSender {
+    pub fn new(config: Arc<Config>) -> Result<LiveSender, SenderError> {
+        let sender = Sender::new(&config.dispatch, &config.partners)?;
+        Ok(LiveSender {
+            built: ArcSwap::from_pointee(BuiltSender { config, sender }),
+            rebuilding: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// The sender for `config` (a snapshot of the live configuration).
+    pub fn for_config(&self, config: &Arc<Config>) -> Sender {
+        let built = self.built.load();
+        if Arc::ptr_eq(&built.config, config) {
+            return built.sender.clone();
+        }
+        // One rebuild per reload, however many attempts notice it at once.
+        let _one_at_a_time = self
+            .rebuilding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let built = self.built.load();
+        if Arc::ptr_eq(&built.config, config) {
+            return built.sender.clone();
+        }
+        let sender = match Sender::new(&config.dispatch, &config.partners) {
+            Ok(sender) => sender,
+            Err(error) => {
+                // Remembered against this configuration, so it is not tried per attempt.
+                tracing::error!(%error, "cannot build the HTTP clients of the reloaded configuration; keeping the previous ones");
+                built.sender.clone()
+            }
+        };
+        self.built.store(Arc::new(BuiltSender {
+            config: config.clone(),
+            sender: sender.clone(),
+        }));
+        sender
+    }
 }
 
 /// Posts webhook bodies. One per daemon, holding one client per partner: each client's

@@ -677,7 +677,7 @@ async fn migrate_is_idempotent() {
     assert_eq!(
         db.count("SELECT count(*) FROM dispatcher.schema_migrations")
             .await,
-        1
+        i64::from(dispatcher::schema::latest_version())
     );
     assert_eq!(
         db.count("SELECT count(*) FROM dispatcher.outbox").await,
