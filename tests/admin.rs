@@ -448,7 +448,10 @@ async fn the_support_page_shows_why_a_delivery_failed_but_no_health_data() {
         )
         .await;
     assert_eq!(ours.status().as_u16(), 303);
-    assert_eq!(ours.headers()["location"], "/?notice=resent");
+    assert_eq!(
+        ours.headers()["location"],
+        format!("/?notice=resent&delivery={id}").as_str()
+    );
     db.wait_for_count(
         "SELECT count(*) FROM dispatcher.support_actions WHERE actor = 'page:loopback'",
         1,

@@ -38,6 +38,8 @@ pub(crate) fn routes() -> Router<AdminState> {
 #[derive(Deserialize)]
 struct Notice {
     notice: Option<String>,
+    /// The delivery acted on, to follow it from the overview.
+    delivery: Option<Uuid>,
 }
 
 impl Notice {
@@ -55,7 +57,14 @@ impl Notice {
             ),
             _ => return html! {},
         };
-        html! { p.notice.(class) role="status" { (text) } }
+        html! {
+            p.notice.(class) role="status" {
+                (text)
+                @if let Some(id) = self.delivery {
+                    " " a href={ "/deliveries/" (id) } { "Follow delivery " (id) }
+                }
+            }
+        }
     }
 }
 
@@ -95,7 +104,8 @@ h1 { font-size: 1.3rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
 table { border-collapse: collapse; width: 100%; background: white; font-size: .9rem; }
 th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #e1e4ea; vertical-align: top; }
 th { background: #eef1f5; font-weight: 600; }
-td.num { text-align: right; }
+th.num, td.num { text-align: right; }
+td.when, td.nowrap { white-space: nowrap; }
 .state { padding: .1rem .4rem; border-radius: .3rem; font-size: .8rem; background: #e1e4ea; }
 .state-delivered { background: #d3f2dc; } .state-pending, .state-in_flight { background: #fff1c2; }
 .state-rejected, .state-dead, .state-invalid, .state-unrouted { background: #fbd5d5; }
@@ -105,11 +115,12 @@ td.num { text-align: right; }
 form.inline { display: inline; margin: 0; }
 button { cursor: pointer; padding: .25rem .7rem; border: 1px solid #8c96a8; border-radius: .3rem; background: white; }
 button.primary { background: #1d3557; color: white; border-color: #1d3557; }
-pre { white-space: pre-wrap; word-break: break-all; background: #f0f2f5; padding: .5rem; margin: 0; max-height: 20rem; overflow: auto; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f0f2f5; padding: .5rem; margin: 0; max-height: 20rem; overflow: auto; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .3rem 1rem; background: white; padding: 1rem; }
 dt { font-weight: 600; } dd { margin: 0; }
 form.filters { display: flex; gap: .8rem; align-items: end; margin-bottom: .8rem; flex-wrap: wrap; }
 label { display: flex; flex-direction: column; font-size: .85rem; gap: .2rem; }
+input, select { font: inherit; padding: .25rem; max-width: 24rem; }
 ";
 
 fn time(at: DateTime<Utc>) -> String {
@@ -153,7 +164,8 @@ fn actions(delivery: &DeliverySummary, back: &str) -> Markup {
             " "
         }
         @if cancellable {
-            form.inline method="post" action={ "/deliveries/" (delivery.id) "/cancel" } {
+            form.inline method="post" action={ "/deliveries/" (delivery.id) "/cancel" }
+                onsubmit="return confirm('Cancel this delivery? It will not be sent again.')" {
                 input type="hidden" name="back" value=(back);
                 button type="submit" { "Cancel" }
             }
@@ -251,15 +263,15 @@ async fn overview(
             tbody {
                 @for delivery in &rows.deliveries {
                     tr data-delivery=(delivery.id) {
-                        td { a href={ "/deliveries/" (delivery.id) } { (time(delivery.created_at)) } }
+                        td.when { (time(delivery.created_at)) }
                         td { (delivery.partner.as_deref().unwrap_or("–")) }
                         td { (short_event_name(&delivery.event_name)) }
-                        td { (delivery.patient_id.as_deref().unwrap_or("–")) }
+                        td.nowrap { (delivery.patient_id.as_deref().unwrap_or("–")) }
                         td { (state_badge(delivery.state)) }
                         td.num { (delivery.attempt_count) }
                         td.num { @if let Some(status) = delivery.last_status { (status) } @else { "–" } }
                         td.error { (delivery.last_error.as_deref().unwrap_or("")) }
-                        td { (actions(delivery, &back)) }
+                        td.nowrap { a href={ "/deliveries/" (delivery.id) } { "Details" } " " (actions(delivery, &back)) }
                     }
                 }
                 @if rows.deliveries.is_empty() {
@@ -304,7 +316,7 @@ async fn delivery(
             dt { "State" } dd { (state_badge(summary.state)) }
             dt { "Created" } dd { (time(summary.created_at)) }
             @if let Some(next) = summary.next_attempt_at { dt { "Next attempt" } dd { (time(next)) } }
-            dt { "Last error" } dd.error { (summary.last_error.as_deref().unwrap_or("–")) }
+            @if let Some(error) = &summary.last_error { dt { "Last error" } dd.error { (error) } }
             dt { "Actions" } dd { (actions(&summary, &back)) }
         }
         h2 { "Attempts" }
@@ -314,7 +326,7 @@ async fn delivery(
                 @for attempt in &attempts {
                     tr {
                         td.num { (attempt.number) }
-                        td { (time(attempt.started_at)) }
+                        td.when { (time(attempt.started_at)) }
                         td.num { (attempt.duration_ms) " ms" }
                         td.num { @if let Some(status) = attempt.http_status { (status) } @else { "no answer" } }
                         td.error { (attempt.error.as_deref().unwrap_or("")) }
@@ -346,14 +358,16 @@ struct ActionForm {
 
 impl ActionForm {
     /// Where to go after the action: only a path on this server.
-    fn back(&self, notice: &str) -> Redirect {
+    fn back(&self, notice: &str, delivery: Uuid) -> Redirect {
         let back = self
             .back
             .as_deref()
             .filter(|back| back.starts_with('/') && !back.starts_with("//"))
             .unwrap_or("/");
         let separator = if back.contains('?') { '&' } else { '?' };
-        Redirect::to(&format!("{back}{separator}notice={notice}"))
+        Redirect::to(&format!(
+            "{back}{separator}notice={notice}&delivery={delivery}"
+        ))
     }
 }
 
@@ -364,8 +378,8 @@ async fn resend(
     Form(form): Form<ActionForm>,
 ) -> Result<Redirect, PageError> {
     match state.resend_one(id, &session.actor).await {
-        Ok(_) => Ok(form.back("resent")),
-        Err(ApiError::Conflict(_)) => Ok(form.back("not-resent")),
+        Ok(_) => Ok(form.back("resent", id)),
+        Err(ApiError::Conflict(_)) => Ok(form.back("not-resent", id)),
         Err(error) => Err(error.into()),
     }
 }
@@ -377,8 +391,8 @@ async fn cancel(
     Form(form): Form<ActionForm>,
 ) -> Result<Redirect, PageError> {
     match state.cancel_one(id, &session.actor).await {
-        Ok(()) => Ok(form.back("cancelled")),
-        Err(ApiError::Conflict(_)) => Ok(form.back("not-cancelled")),
+        Ok(()) => Ok(form.back("cancelled", id)),
+        Err(ApiError::Conflict(_)) => Ok(form.back("not-cancelled", id)),
         Err(error) => Err(error.into()),
     }
 }
