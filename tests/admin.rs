@@ -487,3 +487,59 @@ async fn the_openapi_document_describes_every_endpoint() {
     let (status, partners) = admin.get("/api/partners").await;
     assert_eq!(status, 200, "{partners}");
 }
+
+#[tokio::test]
+async fn prometheus_scrapes_what_the_daemon_did() {
+    let acme = partner_refusing("acme", &["p-refused"]).await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    for patient in ["p-1", "p-2", "p-refused"] {
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+    }
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_count(ENDED, 3).await;
+    let admin = AdminClient::of(&daemon, None).await;
+
+    let scrape = admin
+        .raw(admin.http().get(format!("{}/metrics", admin.base)))
+        .await;
+    assert_eq!(scrape.status().as_u16(), 200);
+    let text = scrape.text().await.expect("metrics text");
+    // One sample line: its name, the labels it must carry, and its value.
+    let sample = |name: &str, labels: &[&str]| -> Option<f64> {
+        text.lines()
+            .filter(|line| {
+                line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+            })
+            .find(|line| labels.iter().all(|label| line.contains(label)))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    };
+    let acme = "partner=\"acme\"";
+    assert_eq!(
+        sample(
+            "dispatcher_deliveries_ended_total",
+            &[acme, "outcome=\"delivered\""]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            "dispatcher_deliveries_ended_total",
+            &[acme, "outcome=\"rejected\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("dispatcher_attempts_total", &[acme, "status_class=\"4xx\""]),
+        Some(1.0)
+    );
+    assert_eq!(sample("dispatcher_deliveries_pending", &[acme]), Some(0.0));
+    assert_eq!(sample("dispatcher_database_up", &[]), Some(1.0));
+    assert!(
+        !text.contains("p-refused") && !text.contains("p-1"),
+        "a patient id in metrics"
+    );
+}
