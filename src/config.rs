@@ -1033,10 +1033,12 @@ mod tests {
             "ACME_API_KEY" => Some("key".into()),
             "GLOBEX_SIGNING_SECRET" => Some("whsec_Z2xvYmV4LXNlY3JldA==".into()),
             "GLOBEX_CLIENT_SECRET" => Some("client-secret".into()),
+            "DISPATCHER_ADMIN_TOKEN" => Some("a-token-of-at-least-24-characters".into()),
             _ => None,
         })
         .expect("the sample config is valid");
         assert_eq!(config.partners[0].name, "acme-crm");
+        assert!(config.admin.token.is_some());
         assert_eq!(config.log.format, LogFormat::Text);
         assert!(matches!(
             config.partners[1].auth,
@@ -1058,6 +1060,7 @@ mod tests {
                     "whsec_Z2xvYmV4LXNlY3JldA==".into()
                 }
                 "DISPATCHER_DATABASE_URL" => "postgres://dispatcher@127.0.0.1/dispatcher".into(),
+                "DISPATCHER_ADMIN_TOKEN" => "a-token-of-at-least-24-characters".into(),
                 _ => "value".into(),
             })
         })
