@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod deliveries;
 pub mod dispatch;
+pub mod logging;
 pub mod outbox;
 pub mod outcome;
 pub mod payload;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use dispatcher::config::Config;
 use dispatcher::dispatch::Dispatcher;
 use dispatcher::shutdown::Shutdown;
-use dispatcher::{db, schema, support};
+use dispatcher::{db, logging, schema, support};
 
 #[derive(Parser)]
 #[command(
@@ -72,13 +72,7 @@ enum DeliveriesCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
     let cli = Cli::parse();
     let config = Config::load(&cli.config)
         .with_context(|| format!("invalid configuration {}", cli.config.display()))?;

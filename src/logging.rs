@@ -1,0 +1,68 @@
+//! Logging to stderr, with health data kept out of it at every level.
+//!
+//! `RUST_LOG` chooses what is logged, but only the dispatcher's own code may log below
+//! `info`. Every dependency is capped at `info` whatever `RUST_LOG` says, because their
+//! debug and trace output carries data: tokio-postgres logs every statement's parameters
+//! at debug (partners' answers, which may echo a patient's name or phone number), and
+//! hyper, h2, reqwest and rustls log connections, headers and frames at trace. The cap is a
+//! filter of its own beside `RUST_LOG`'s, so no directive (`tokio_postgres::query=trace`
+//! included) can lift it.
+
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+/// The most any dependency may log.
+pub const DEPENDENCY_CAP: LevelFilter = LevelFilter::INFO;
+
+/// The dispatcher's own targets (library and binary alike are named `dispatcher`).
+const OWN_TARGET: &str = "dispatcher";
+
+/// What may be logged at all, whatever `RUST_LOG` asks for.
+pub fn caps() -> Targets {
+    Targets::new()
+        .with_default(DEPENDENCY_CAP)
+        .with_target(OWN_TARGET, LevelFilter::TRACE)
+}
+
+/// Installs the stderr logger: `RUST_LOG` (default `info`) within [`caps`]. Records of
+/// the `log` crate (tokio-postgres uses it) go through the same filters.
+pub fn init() {
+    let requested = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(requested.and(caps())),
+        )
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn dependencies_are_capped_at_info_and_our_code_is_not() {
+        let caps = caps();
+        for target in [
+            "tokio_postgres::query",
+            "tokio_postgres",
+            "postgres_protocol",
+            "hyper_util::client::legacy::pool",
+            "h2::codec::framed_write",
+            "reqwest::connect",
+            "rustls::client::hs",
+        ] {
+            assert!(caps.would_enable(target, &Level::INFO), "{target} at info");
+            assert!(
+                !caps.would_enable(target, &Level::DEBUG),
+                "{target} at debug"
+            );
+        }
+        assert!(caps.would_enable("dispatcher::dispatch", &Level::TRACE));
+        assert!(caps.would_enable("dispatcher", &Level::TRACE));
+    }
+}
