@@ -9,6 +9,7 @@ pub mod logging;
 pub mod outbox;
 pub mod outcome;
 pub mod payload;
+pub mod retention;
 pub mod retry;
 pub mod routing;
 pub mod schema;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use dispatcher::config::Config;
 use dispatcher::dispatch::Dispatcher;
 use dispatcher::shutdown::Shutdown;
-use dispatcher::{db, logging, schema, support};
+use dispatcher::{db, logging, retention, schema, support};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,9 @@ enum Command {
     Migrate,
     /// Run the daemon until SIGTERM or SIGINT.
     Run,
+    /// Erase event bodies and partners' answers past `[retention] payload_days`, delete
+    /// deliveries and events past `metadata_days` (the daemon does this by itself too).
+    Prune,
     /// Review and act on deliveries (for support).
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
@@ -113,6 +116,13 @@ async fn main() -> anyhow::Result<()> {
             Dispatcher::new(Arc::new(config), pool, shutdown)?
                 .run()
                 .await?;
+        }
+        Command::Prune => {
+            let client = pool.get().await.context("connecting to the database")?;
+            schema::ensure_current(&client).await?;
+            drop(client);
+            let report = retention::prune(&pool, &config.retention, &Shutdown::new()).await?;
+            println!("{report}");
         }
         Command::Deliveries(command) => {
             let mut client = pool.get().await.context("connecting to the database")?;

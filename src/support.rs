@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::deliveries::{self, DeliveryDetail, DeliveryState, DeliverySummary};
 use crate::outbox;
+use crate::retention;
 use crate::wakeup;
 
 /// A `--state` filter: one state, or a group support thinks of as one.
@@ -108,6 +109,20 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
     if let Some(error) = &d.last_error {
         writeln!(out, "last error   {error}")?;
     }
+    if let Some(erased) = detail.event_erased_at {
+        writeln!(
+            out,
+            "event body   erased on {} (retention); it cannot be sent again",
+            erased.to_rfc3339()
+        )?;
+    }
+    if let Some(erased) = detail.answers_erased_at {
+        writeln!(
+            out,
+            "answers      the partner's answers were erased on {} (retention)",
+            erased.to_rfc3339()
+        )?;
+    }
     for attempt in &detail.attempts {
         writeln!(
             out,
@@ -124,6 +139,12 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
         }
         if let Some(body) = &attempt.response_body {
             writeln!(out, "  answer: {body}")?;
+        } else if let Some(erased) = attempt.answer_erased_at {
+            writeln!(
+                out,
+                "  answer: erased on {} (retention)",
+                erased.to_rfc3339()
+            )?;
         }
     }
     Ok(())
@@ -137,6 +158,7 @@ pub async fn retry(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let transaction = client.transaction().await?;
+    let erased = retention::erased_bodies(&transaction, ids).await?;
     let resent = deliveries::resend(&transaction, ids).await?;
     let rerouted = deliveries::remove_placeholders(&transaction, ids).await?;
     let event_ids: Vec<i64> = rerouted.iter().map(|(_, event_id)| *event_id).collect();
@@ -152,18 +174,32 @@ pub async fn retry(
     for (id, event_id) in &rerouted {
         writeln!(out, "{id}: event {event_id} will be routed again")?;
     }
+    let done = |id: &Uuid| {
+        resent.contains(id) || rerouted.iter().any(|(placeholder, _)| placeholder == id)
+    };
+    let mut refusals: Vec<String> = erased
+        .iter()
+        .filter(|(id, _)| !done(id))
+        .map(|(id, erased_at)| {
+            format!(
+                "{id}: the event body was erased on {}; it cannot be sent again",
+                erased_at.format("%Y-%m-%d")
+            )
+        })
+        .collect();
     let untouched: Vec<String> = ids
         .iter()
-        .filter(|id| {
-            !resent.contains(id) && !rerouted.iter().any(|(placeholder, _)| placeholder == *id)
-        })
+        .filter(|id| !done(id) && !erased.iter().any(|(erased, _)| erased == *id))
         .map(Uuid::to_string)
         .collect();
     if !untouched.is_empty() {
-        bail!(
+        refusals.push(format!(
             "not resent (unknown, or still pending or in flight): {}",
             untouched.join(", ")
-        );
+        ));
+    }
+    if !refusals.is_empty() {
+        bail!("{}", refusals.join("\n"));
     }
     Ok(())
 }

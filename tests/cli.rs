@@ -171,7 +171,8 @@ async fn support_lists_failed_deliveries_and_resends_them() {
             "duration_ms",
             "http_status",
             "error",
-            "response_body"
+            "response_body",
+            "answer_erased_at"
         ]),
         "{attempt}"
     );
@@ -614,10 +615,11 @@ async fn migrate_is_idempotent() {
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
     let output = cli_ok(&path, &["migrate"]).await;
     assert!(output.stdout.contains("up to date"), "{output}");
+    let migrations = migration_files();
     assert_eq!(
         db.count("SELECT count(*) FROM dispatcher.schema_migrations")
             .await,
-        1
+        migrations
     );
     assert_eq!(
         db.count("SELECT count(*) FROM dispatcher.outbox").await,
@@ -639,7 +641,7 @@ async fn migrate_is_idempotent() {
         fresh
             .count("SELECT count(*) FROM dispatcher.schema_migrations")
             .await,
-        1
+        migrations
     );
 
     let _daemon = Daemon::start(&fresh_config, &fresh);
@@ -653,4 +655,17 @@ async fn migrate_is_idempotent() {
             1,
         )
         .await;
+}
+
+/// How many migrations the dispatcher ships (`migrations/*.sql`).
+fn migration_files() -> i64 {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    std::fs::read_dir(dir)
+        .expect("migrations/")
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|entry| entry.path().extension().is_some_and(|ext| ext == "sql"))
+        })
+        .count() as i64
 }

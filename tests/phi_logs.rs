@@ -273,6 +273,19 @@ async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait_exit().await.success(), "the daemon stopped");
 
+    // Retention, a month on: the pass, and support's view of what it erased.
+    db.client
+        .batch_execute(
+            "UPDATE dispatcher.outbox SET created_at = now() - interval '31 days';
+             UPDATE dispatcher.deliveries SET ended_at = now() - interval '31 days'",
+        )
+        .await
+        .expect("backdate everything");
+    let pruned = traced_cli(&path, &["prune"]).await;
+    assert!(pruned.stdout.contains("erased 8 event bodies"), "{pruned}");
+    printed.push(pruned);
+    printed.push(traced_cli(&path, &["deliveries", "show", &id_in("delivered")]).await);
+
     // The marker values did pass through the process: the partners got them.
     let enrollment = acme
         .received()
