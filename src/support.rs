@@ -116,7 +116,11 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
             erased.to_rfc3339()
         )?;
     }
-    if let Some(erased) = detail.answers_erased_at {
+    // (A delivery never sent had no answers to erase.)
+    if let Some(erased) = detail
+        .answers_erased_at
+        .filter(|_| !detail.attempts.is_empty())
+    {
         writeln!(
             out,
             "answers      the partner's answers were erased on {} (retention)",
