@@ -307,3 +307,51 @@ async fn a_database_from_before_retention_is_upgraded_with_its_events() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_whose_body_is_gone_is_never_claimed() {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let _daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-erased"))
+        .await;
+    acme.wait_for_requests(1).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    let [erased] = &delivery_ids(&db, "p-erased").await[..] else {
+        panic!("one delivery")
+    };
+
+    // What retention never does, forced: the body erased under a delivery made due again.
+    db.client
+        .batch_execute(&format!(
+            "UPDATE dispatcher.outbox SET event = NULL, event_erased_at = now();
+             UPDATE dispatcher.deliveries
+             SET state = 'pending', due_at = now() - interval '1 minute', ended_at = NULL
+             WHERE id = '{erased}'"
+        ))
+        .await
+        .expect("erase under a pending delivery");
+    // A later event is claimed and sent; the earlier-due one was passed over, not sent.
+    db.insert_event(ENROLLMENT, &enrollment_event("p-later"))
+        .await;
+    acme.wait_for_requests(2).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered' AND patient_id = 'p-later'",
+        1,
+    )
+    .await;
+    let counts = per_webhook_id(&acme.received());
+    assert_eq!(counts.get(erased.as_str()), Some(&1), "{counts:?}");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM dispatcher.deliveries WHERE id = '{erased}' AND state = 'pending'"
+        ))
+        .await,
+        1
+    );
+}
