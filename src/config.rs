@@ -59,6 +59,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub dispatch: DispatchConfig,
     pub retry: RetryPolicy,
+    pub retention: RetentionConfig,
     pub partners: Vec<Partner>,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -155,6 +156,21 @@ impl LogFormat {
     }
 }
 
+/// How long health data and delivery records are kept (see `retention`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionConfig {
+    /// Days after its deliveries end that an event's body and the partners' answers are
+    /// erased.
+    pub payload_days: u32,
+    /// Days after a delivery ends that it goes, attempts and all (and its event with the
+    /// last of them).
+    pub metadata_days: u32,
+    /// How often the daemon prunes.
+    pub prune_interval: Duration,
+    /// Rows per pruning transaction: short transactions, short locks.
+    pub batch_size: usize,
+}
+
 /// A partner CRM: where its webhooks go and how they are authenticated.
 #[derive(Debug, Clone)]
 pub struct Partner {
@@ -193,6 +209,8 @@ struct RawConfig {
     dispatch: RawDispatch,
     #[serde(default)]
     retry: RawRetry,
+    #[serde(default)]
+    retention: RawRetention,
     #[serde(default)]
     partners: Vec<RawPartner>,
     #[serde(default)]
@@ -286,6 +304,30 @@ impl Default for RawRetry {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRetention {
+    #[serde(default = "defaults::payload_days")]
+    payload_days: u32,
+    #[serde(default = "defaults::metadata_days")]
+    metadata_days: u32,
+    #[serde(default = "defaults::prune_interval")]
+    prune_interval: String,
+    #[serde(default = "defaults::prune_batch_size")]
+    batch_size: usize,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            payload_days: defaults::payload_days(),
+            metadata_days: defaults::metadata_days(),
+            prune_interval: defaults::prune_interval(),
+            batch_size: defaults::prune_batch_size(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPartner {
     name: String,
     support_programs: Vec<String>,
@@ -368,6 +410,18 @@ mod defaults {
     }
     pub fn client_auth() -> super::ClientAuthMethod {
         super::ClientAuthMethod::ClientSecretBasic
+    }
+    pub fn payload_days() -> u32 {
+        30
+    }
+    pub fn metadata_days() -> u32 {
+        400
+    }
+    pub fn prune_interval() -> String {
+        "10m".into()
+    }
+    pub fn prune_batch_size() -> usize {
+        1000
     }
 }
 
@@ -488,6 +542,26 @@ impl RawConfig {
             ));
         }
 
+        let retention = RetentionConfig {
+            payload_days: self.retention.payload_days,
+            metadata_days: self.retention.metadata_days,
+            prune_interval: duration("retention.prune_interval", &self.retention.prune_interval)?,
+            batch_size: positive("retention.batch_size", self.retention.batch_size)?,
+        };
+        if retention.payload_days == 0 {
+            return Err(ConfigError::key(
+                "retention.payload_days",
+                "must be at least 1",
+            ));
+        }
+        // Deleting a delivery deletes what it holds: bodies cannot outlive the metadata.
+        if retention.metadata_days < retention.payload_days {
+            return Err(ConfigError::key(
+                "retention.metadata_days",
+                "must not be shorter than retention.payload_days",
+            ));
+        }
+
         let mut names = HashSet::new();
         let mut partners = Vec::with_capacity(self.partners.len());
         for (index, raw) in self.partners.into_iter().enumerate() {
@@ -505,6 +579,7 @@ impl RawConfig {
             database,
             dispatch,
             retry,
+            retention,
             partners,
             admin: self.admin.validate()?,
             log: LogConfig {
@@ -972,6 +1047,12 @@ mod tests {
         let config = parse(MINIMAL).expect("valid config");
         assert_eq!(config.dispatch.batch_size, 100);
         assert_eq!(config.retry.max_attempts, 12);
+        assert_eq!(config.retention.payload_days, 30);
+        assert_eq!(config.retention.metadata_days, 400);
+        assert_eq!(
+            config.retention.prune_interval,
+            Duration::from_secs(10 * 60)
+        );
         assert_eq!(config.partners_of("prog-1").count(), 1);
         assert_eq!(config.partners_of("prog-2").count(), 0);
     }
@@ -1315,6 +1396,13 @@ mod tests {
         );
         let plain = Url::parse("https://crm.example/hook").expect("url");
         assert_eq!(redacted_url(&plain), "https://crm.example/hook");
+    }
+
+    #[test]
+    fn metadata_cannot_go_before_the_bodies() {
+        let text = format!("{MINIMAL}\n[retention]\npayload_days = 30\nmetadata_days = 7\n");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("retention.metadata_days"), "{error}");
     }
 
     #[test]

@@ -181,6 +181,9 @@ pub async fn claim_due(
                         ON known.partner = d.partner AND known.patient_id = d.patient_id
                  WHERE d.state IN ('pending', 'in_flight')
                    AND d.due_at <= now()
+                   -- Only ended deliveries' events are erased, and an erased one is never
+                   -- resent; this keeps a body that is not there from ever being claimed.
+                   AND o.event IS NOT NULL
                    AND NOT EXISTS (
                        SELECT 1 FROM dispatcher.deliveries earlier
                        WHERE earlier.partner = d.partner
@@ -586,6 +589,8 @@ pub struct AttemptSummary {
     pub error: Option<String>,
     /// What the partner answered, capped at 16 KiB.
     pub response_body: Option<String>,
+    /// When the partner's answer was erased (retention).
+    pub answer_erased_at: Option<DateTime<Utc>>,
 }
 
 /// A resend or cancel, and who asked for it.
@@ -600,6 +605,10 @@ pub struct SupportAction {
 pub struct DeliveryDetail {
     #[serde(flatten)]
     pub summary: DeliverySummary,
+    /// When the event's body was erased (retention); it cannot be sent again after that.
+    pub event_erased_at: Option<DateTime<Utc>>,
+    /// When the partners' answers to this delivery were erased (retention).
+    pub answers_erased_at: Option<DateTime<Utc>>,
     pub attempts: Vec<AttemptSummary>,
     pub support_actions: Vec<SupportAction>,
 }
@@ -610,7 +619,12 @@ pub async fn show(
 ) -> Result<Option<DeliveryDetail>, tokio_postgres::Error> {
     let Some(row) = client
         .query_opt(
-            &format!("SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries WHERE id = $1"),
+            &format!(
+                "SELECT {SUMMARY_COLUMNS},
+                        (SELECT event_erased_at FROM dispatcher.outbox WHERE id = event_id),
+                        answers_erased_at
+                 FROM dispatcher.deliveries WHERE id = $1"
+            ),
             &[&id],
         )
         .await?
@@ -620,8 +634,9 @@ pub async fn show(
     let attempts = client
         .query(
             "SELECT number, started_at, duration_ms, http_status,
-                    CASE WHEN error_kind IS NULL THEN error ELSE error_kind || ': ' || error END,
-                    response_body
+                    CASE WHEN error_kind IS NULL OR error IS NULL THEN coalesce(error, error_kind)
+                         ELSE error_kind || ': ' || error END,
+                    response_body, answer_erased_at
              FROM dispatcher.attempts WHERE delivery_id = $1 ORDER BY number",
             &[&id],
         )
@@ -635,6 +650,8 @@ pub async fn show(
         .await?;
     Ok(Some(DeliveryDetail {
         summary: DeliverySummary::from_row(&row),
+        event_erased_at: row.get(11),
+        answers_erased_at: row.get(12),
         attempts: attempts
             .iter()
             .map(|row| AttemptSummary {
@@ -644,6 +661,7 @@ pub async fn show(
                 http_status: row.get(3),
                 error: row.get(4),
                 response_body: row.get(5),
+                answer_erased_at: row.get(6),
             })
             .collect(),
         support_actions: actions
@@ -659,6 +677,10 @@ pub async fn show(
 
 /// Puts the selected ended deliveries back to `pending` now, with a fresh set of
 /// attempts, and records who asked; their history stays. Returns the ids moved.
+///
+/// A delivery whose event body was erased is left alone. The event row is locked
+/// (`FOR SHARE`) so that retention cannot erase the body between this check and the
+/// commit: it skips locked rows, and a resend that waited for it sees the body gone.
 pub async fn resend(
     client: &impl GenericClient,
     selection: &DeliveryFilter,
@@ -668,14 +690,25 @@ pub async fn resend(
     let rows = client
         .query(
             &format!(
-                "WITH resent AS (
-                     UPDATE dispatcher.deliveries
+                "WITH kept AS (
+                     SELECT d.id FROM dispatcher.deliveries d
+                     JOIN dispatcher.outbox o ON o.id = d.event_id
+                     WHERE d.id IN (
+                           SELECT id FROM dispatcher.deliveries
+                           WHERE {FILTER_CONDITIONS}
+                             AND partner IS NOT NULL
+                             AND state IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled'))
+                       AND o.event IS NOT NULL
+                     FOR SHARE OF o
+                 ),
+                 resent AS (
+                     UPDATE dispatcher.deliveries d
                      SET state = 'pending', due_at = now(), ended_at = NULL,
-                         attempts_before_resend = attempt_count
-                     WHERE {FILTER_CONDITIONS}
-                       AND partner IS NOT NULL
-                       AND state IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled')
-                     RETURNING id, event_id
+                         attempts_before_resend = attempt_count, answers_erased_at = NULL
+                     FROM kept
+                     WHERE d.id = kept.id
+                       AND d.state IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled')
+                     RETURNING d.id, d.event_id
                  ),
                  recorded AS (
                      INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
@@ -690,7 +723,8 @@ pub async fn resend(
 }
 
 /// Removes the selected placeholders of events that reached no partner, so they can be
-/// routed again, and records who asked. Returns (placeholder id, event id) pairs.
+/// routed again, and records who asked; not when the event's body was erased (see
+/// [`resend`]). Returns (placeholder id, event id) pairs.
 pub async fn remove_placeholders(
     client: &impl GenericClient,
     selection: &DeliveryFilter,
@@ -700,10 +734,20 @@ pub async fn remove_placeholders(
     let rows = client
         .query(
             &format!(
-                "WITH removed AS (
-                     DELETE FROM dispatcher.deliveries
-                     WHERE {FILTER_CONDITIONS} AND partner IS NULL
-                     RETURNING id, event_id
+                "WITH kept AS (
+                     SELECT d.id FROM dispatcher.deliveries d
+                     JOIN dispatcher.outbox o ON o.id = d.event_id
+                     WHERE d.id IN (
+                           SELECT id FROM dispatcher.deliveries
+                           WHERE {FILTER_CONDITIONS} AND partner IS NULL)
+                       AND o.event IS NOT NULL
+                     FOR SHARE OF o
+                 ),
+                 removed AS (
+                     DELETE FROM dispatcher.deliveries d
+                     USING kept
+                     WHERE d.id = kept.id
+                     RETURNING d.id, d.event_id
                  ),
                  recorded AS (
                      INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)

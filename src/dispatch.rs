@@ -5,6 +5,8 @@
 //! - the **claimer** claims due deliveries in batches and starts one attempt task each;
 //! - the **recorder** writes the attempts' resolutions back in batches.
 //!
+//! Beside them, the pruner (`retention`) erases and deletes what is past retention.
+//!
 //! A semaphore of `concurrency` permits bounds everything in between: a permit is taken
 //! per claimed delivery and given back only once its resolution is written, so memory
 //! stays bounded however far the outbox runs ahead. No database transaction is open while
@@ -34,7 +36,7 @@ use crate::retry::{self, RetryPolicy};
 use crate::send::LiveSender;
 use crate::shutdown::Shutdown;
 use crate::wakeup::{self, Wakeups};
-use crate::{db, outbox};
+use crate::{db, outbox, retention};
 
 /// Outbox events routed per transaction.
 const ROUTE_BATCH: usize = 1000;
@@ -113,6 +115,12 @@ impl Dispatcher {
             self.shutdown.clone(),
         ));
         let router = tokio::spawn(self.clone().route_events());
+        // Its own task, taking a pool connection per short batch: dispatch never waits on it.
+        let pruner = tokio::spawn(retention::run(
+            self.pool.clone(),
+            config.retention.clone(),
+            self.shutdown.clone(),
+        ));
         let (results, pending_results) = mpsc::channel(config.dispatch.concurrency);
         let recorder = tokio::spawn(self.clone().record_resolutions(pending_results));
 
@@ -122,6 +130,7 @@ impl Dispatcher {
         // drains what is left and stops.
         let _ = recorder.await;
         let _ = router.await;
+        let _ = pruner.await;
         listener.abort();
         tracing::info!("dispatcher stopped");
         Ok(())

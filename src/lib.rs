@@ -16,6 +16,7 @@ pub mod outcome;
 pub mod payload;
 pub mod reload;
 pub mod resend;
+pub mod retention;
 pub mod retry;
 pub mod routing;
 pub mod schema;

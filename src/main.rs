@@ -15,7 +15,7 @@ use dispatcher::dispatch::Dispatcher;
 use dispatcher::metrics::Metrics;
 use dispatcher::reload::LiveConfig;
 use dispatcher::shutdown::Shutdown;
-use dispatcher::{check, db, logging, resend, schema, support};
+use dispatcher::{check, db, logging, resend, retention, schema, support};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +39,9 @@ enum Command {
     Run,
     /// Validate the configuration and print each partner's routes (connects to nothing).
     Check,
+    /// Erase event bodies and partners' answers past `[retention] payload_days`, delete
+    /// deliveries and events past `metadata_days` (the daemon does this by itself too).
+    Prune,
     /// Review and act on deliveries (for support).
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
@@ -216,6 +219,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 .run()
                 .await?;
             admin.abort();
+        }
+        Command::Prune => {
+            let pool = db::pool(&config.database)?;
+            let client = pool.get().await.context("connecting to the database")?;
+            schema::ensure_current(&client).await?;
+            drop(client);
+            let report = retention::prune(&pool, &config.retention, &Shutdown::new()).await?;
+            println!("{report}");
         }
         Command::Deliveries(command) => {
             let pool = db::pool(&config.database)?;

@@ -118,6 +118,7 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
     );
     keep("log.format", running.log != new.log);
     keep("admin.listen", running.admin.listen != new.admin.listen);
+    keep("retention", running.retention != new.retention);
     keep(
         "admin.token",
         running
@@ -135,6 +136,7 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
     new.dispatch.shutdown_grace = was.shutdown_grace;
     new.log = running.log.clone();
     new.admin = running.admin.clone();
+    new.retention = running.retention.clone();
     changed
 }
 

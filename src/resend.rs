@@ -5,11 +5,12 @@
 //! their program since). Everything happens in one transaction and is recorded with who
 //! asked, so repeating a resend touches nothing twice.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::deliveries::{self, DeliveryFilter, DeliveryState};
-use crate::{outbox, wakeup};
+use crate::{outbox, retention, wakeup};
 
 /// What a resend touched.
 #[derive(Debug, Default, Serialize, utoipa::ToSchema)]
@@ -19,6 +20,15 @@ pub struct ResendReport {
     /// Placeholders of events that reached no partner, removed so that each event is
     /// routed again with the current configuration.
     pub rerouted: Vec<Uuid>,
+    /// Deliveries asked for by id that cannot be sent again: retention erased the event
+    /// body.
+    pub erased: Vec<ErasedBody>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErasedBody {
+    pub id: Uuid,
+    pub erased_at: DateTime<Utc>,
 }
 
 impl ResendReport {
@@ -34,6 +44,10 @@ pub async fn resend(
     actor: &str,
 ) -> Result<ResendReport, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
+    let erased = match &selection.ids {
+        Some(ids) => retention::erased_bodies(&transaction, ids).await?,
+        None => Vec::new(),
+    };
     let resent = deliveries::resend(&transaction, selection, actor).await?;
     let removed = deliveries::remove_placeholders(&transaction, selection, actor).await?;
     let event_ids: Vec<i64> = removed.iter().map(|(_, event_id)| *event_id).collect();
@@ -47,6 +61,10 @@ pub async fn resend(
     Ok(ResendReport {
         resent,
         rerouted: removed.into_iter().map(|(id, _)| id).collect(),
+        erased: erased
+            .into_iter()
+            .map(|(id, erased_at)| ErasedBody { id, erased_at })
+            .collect(),
     })
 }
 

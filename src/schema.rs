@@ -6,6 +6,7 @@ use deadpool_postgres::GenericClient;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_support_actions.sql")),
+    (3, include_str!("../migrations/0003_retention.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.
@@ -19,17 +20,18 @@ pub fn latest_version() -> i32 {
 pub enum SchemaError {
     #[error("the database has no dispatcher schema; run `dispatcher migrate` first")]
     NotMigrated,
-    #[error("the database schema is at version {found}, this dispatcher needs {expected}; run `dispatcher migrate`")]
-    Behind { found: i32, expected: i32 },
-    #[error("the database schema is at version {found}, newer than this dispatcher knows ({expected}); upgrade the dispatcher")]
-    Newer { found: i32, expected: i32 },
+    #[error("the database schema lacks migrations {missing:?} that this dispatcher needs; run `dispatcher migrate`")]
+    Behind { missing: Vec<i32> },
+    #[error("the database schema has migrations {unknown:?}, newer than this dispatcher knows (up to {expected}); upgrade the dispatcher")]
+    Newer { unknown: Vec<i32>, expected: i32 },
     #[error("database error: {0}")]
     Query(#[from] tokio_postgres::Error),
 }
 
-async fn current_version(
+/// The versions applied to the database; `None` when it has no dispatcher schema.
+async fn applied_versions(
     client: &impl GenericClient,
-) -> Result<Option<i32>, tokio_postgres::Error> {
+) -> Result<Option<Vec<i32>>, tokio_postgres::Error> {
     let exists: bool = client
         .query_one(
             "SELECT to_regclass('dispatcher.schema_migrations') IS NOT NULL",
@@ -40,20 +42,45 @@ async fn current_version(
     if !exists {
         return Ok(None);
     }
-    let row = client
-        .query_one("SELECT max(version) FROM dispatcher.schema_migrations", &[])
+    let rows = client
+        .query(
+            "SELECT version FROM dispatcher.schema_migrations ORDER BY version",
+            &[],
+        )
         .await?;
-    Ok(row.get(0))
+    Ok(Some(rows.iter().map(|row| row.get(0)).collect()))
+}
+
+/// Versions applied that this build does not know: a newer dispatcher migrated.
+fn unknown_versions(applied: &[i32]) -> Vec<i32> {
+    applied
+        .iter()
+        .copied()
+        .filter(|version| !MIGRATIONS.iter().any(|(known, _)| known == version))
+        .collect()
 }
 
 /// Refuses to run against a schema this build does not match.
 pub async fn ensure_current(client: &impl GenericClient) -> Result<(), SchemaError> {
-    let expected = latest_version();
-    match current_version(client).await? {
-        None => Err(SchemaError::NotMigrated),
-        Some(found) if found < expected => Err(SchemaError::Behind { found, expected }),
-        Some(found) if found > expected => Err(SchemaError::Newer { found, expected }),
-        Some(_) => Ok(()),
+    let Some(applied) = applied_versions(client).await? else {
+        return Err(SchemaError::NotMigrated);
+    };
+    let unknown = unknown_versions(&applied);
+    if !unknown.is_empty() {
+        return Err(SchemaError::Newer {
+            unknown,
+            expected: latest_version(),
+        });
+    }
+    let missing: Vec<i32> = MIGRATIONS
+        .iter()
+        .map(|(version, _)| *version)
+        .filter(|version| !applied.contains(version))
+        .collect();
+    match missing.len() {
+        0 => Ok(()),
+        _ if applied.is_empty() => Err(SchemaError::NotMigrated),
+        _ => Err(SchemaError::Behind { missing }),
     }
 }
 
@@ -64,15 +91,19 @@ pub async fn migrate(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>,
     transaction
         .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let found = current_version(&transaction).await?.unwrap_or(0);
-    if found > latest_version() {
+    let applied = applied_versions(&transaction).await?.unwrap_or_default();
+    let unknown = unknown_versions(&applied);
+    if !unknown.is_empty() {
         return Err(SchemaError::Newer {
-            found,
+            unknown,
             expected: latest_version(),
         });
     }
-    let mut applied = Vec::new();
-    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > found) {
+    let mut newly_applied = Vec::new();
+    for (version, sql) in MIGRATIONS
+        .iter()
+        .filter(|(version, _)| !applied.contains(version))
+    {
         transaction.batch_execute(sql).await?;
         transaction
             .execute(
@@ -80,8 +111,8 @@ pub async fn migrate(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>,
                 &[version],
             )
             .await?;
-        applied.push(*version);
+        newly_applied.push(*version);
     }
     transaction.commit().await?;
-    Ok(applied)
+    Ok(newly_applied)
 }

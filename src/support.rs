@@ -99,6 +99,24 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
     if let Some(error) = &d.last_error {
         writeln!(out, "last error   {error}")?;
     }
+    if let Some(erased) = detail.event_erased_at {
+        writeln!(
+            out,
+            "event body   erased on {} (retention); it cannot be sent again",
+            erased.to_rfc3339()
+        )?;
+    }
+    // (A delivery never sent had no answers to erase.)
+    if let Some(erased) = detail
+        .answers_erased_at
+        .filter(|_| !detail.attempts.is_empty())
+    {
+        writeln!(
+            out,
+            "answers      the partner's answers were erased on {} (retention)",
+            erased.to_rfc3339()
+        )?;
+    }
     for attempt in &detail.attempts {
         writeln!(
             out,
@@ -115,6 +133,12 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
         }
         if let Some(body) = &attempt.response_body {
             writeln!(out, "  answer: {body}")?;
+        } else if let Some(erased) = attempt.answer_erased_at {
+            writeln!(
+                out,
+                "  answer: erased on {} (retention)",
+                erased.to_rfc3339()
+            )?;
         }
     }
     for action in &detail.support_actions {
@@ -149,16 +173,34 @@ pub async fn retry(
         writeln!(out, "({} deliveries resent)", report.touched())?;
         return Ok(());
     };
+    let mut refusals: Vec<String> = report
+        .erased
+        .iter()
+        .map(|erased| {
+            format!(
+                "{}: the event body was erased on {}; it cannot be sent again",
+                erased.id,
+                erased.erased_at.format("%Y-%m-%d")
+            )
+        })
+        .collect();
     let untouched: Vec<String> = ids
         .iter()
-        .filter(|id| !report.resent.contains(id) && !report.rerouted.contains(id))
+        .filter(|id| {
+            !report.resent.contains(id)
+                && !report.rerouted.contains(id)
+                && !report.erased.iter().any(|erased| erased.id == **id)
+        })
         .map(Uuid::to_string)
         .collect();
     if !untouched.is_empty() {
-        bail!(
+        refusals.push(format!(
             "not resent (unknown, or still pending or in flight): {}",
             untouched.join(", ")
-        );
+        ));
+    }
+    if !refusals.is_empty() {
+        bail!("{}", refusals.join("\n"));
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::deliveries::{
     self, AttemptSummary, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
     PartnerSummary, SupportAction,
 };
-use crate::resend::{self, ResendReport};
+use crate::resend::{self, ErasedBody, ResendReport};
 
 /// Rows per page when the client does not say.
 const DEFAULT_PAGE: i64 = 100;
@@ -63,6 +63,7 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         DeliveryState,
         PartnerSummary,
         ResendReport,
+        ErasedBody,
         Cancelled,
         BulkRetry,
         BulkRetried,
@@ -280,6 +281,12 @@ impl AdminState {
         if report.touched() > 0 {
             tracing::info!(delivery_id = %id, %actor, "resent by support");
             return Ok(report);
+        }
+        if let Some(erased) = report.erased.first() {
+            return Err(ApiError::Conflict(format!(
+                "the event body was erased on {}; delivery {id} cannot be sent again",
+                erased.erased_at.format("%Y-%m-%d")
+            )));
         }
         Err(self.why_untouched(&client, id, "resent").await)
     }

@@ -304,6 +304,8 @@ async fn delivery(
         summary,
         attempts,
         support_actions,
+        event_erased_at,
+        answers_erased_at,
     } = state.detail(id).await?;
     let back = format!("/deliveries/{id}");
     let body = html! {
@@ -317,6 +319,8 @@ async fn delivery(
             dt { "Created" } dd { (time(summary.created_at)) }
             @if let Some(next) = summary.next_attempt_at { dt { "Next attempt" } dd { (time(next)) } }
             @if let Some(error) = &summary.last_error { dt { "Last error" } dd.error { (error) } }
+            @if let Some(at) = event_erased_at { dt { "Event body" } dd { "erased on " (time(at)) " (retention); it cannot be sent again" } }
+            @if let Some(at) = answers_erased_at { dt { "Partner's answers" } dd { "erased on " (time(at)) " (retention)" } }
             dt { "Actions" } dd { (actions(&summary, &back)) }
         }
         h2 { "Attempts" }
@@ -330,7 +334,10 @@ async fn delivery(
                         td.num { (attempt.duration_ms) " ms" }
                         td.num { @if let Some(status) = attempt.http_status { (status) } @else { "no answer" } }
                         td.error { (attempt.error.as_deref().unwrap_or("")) }
-                        td { @if let Some(body) = &attempt.response_body { pre { (body) } } }
+                        td {
+                            @if let Some(body) = &attempt.response_body { pre { (body) } }
+                            @else if let Some(at) = attempt.answer_erased_at { em { "erased on " (time(at)) } }
+                        }
                     }
                 }
                 @if attempts.is_empty() { tr { td colspan="6" { "No attempt yet." } } }

@@ -5,6 +5,7 @@
 pub mod tls;
 
 use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -461,6 +462,11 @@ impl Daemon {
     /// Starts the daemon on config text the test wrote itself (for keys [`TestConfig`]
     /// does not set), in its own file under `dir`.
     pub fn start_with_text(config_text: &str, dir: &std::path::Path) -> Daemon {
+        Daemon::start_logging(config_text, dir, "info,dispatcher=debug")
+    }
+
+    /// Starts the daemon with `RUST_LOG=rust_log`; stdout and stderr both go to `log`.
+    pub fn start_logging(config_text: &str, dir: &std::path::Path, rust_log: &str) -> Daemon {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let path = dir.join(format!("dispatcher-{name}.toml"));
         std::fs::write(&path, config_text).expect("write config");
@@ -468,8 +474,8 @@ impl Daemon {
         let log_file = std::fs::File::create(&log).expect("daemon log");
         let child = dispatcher(&path)
             .arg("run")
-            .env("RUST_LOG", "info,dispatcher=debug")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", rust_log)
+            .stdout(log_file.try_clone().expect("daemon log"))
             .stderr(log_file)
             .spawn()
             .expect("start dispatcher run");
@@ -722,4 +728,62 @@ pub fn partner_config(
     let path = dir.join("dispatcher.toml");
     dispatcher::config::Config::parse(&text, &path.display().to_string(), None, |_| None)
         .unwrap_or_else(|error| panic!("test config: {error}\n{text}"))
+}
+
+/// What one finished command printed.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs a command to its end (killing it after 60s) and collects what it printed.
+pub async fn finish(mut command: Command) -> Output {
+    let mut stdout = tempfile::tempfile().expect("stdout file");
+    let mut stderr = tempfile::tempfile().expect("stderr file");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(stdout.try_clone().expect("stdout handle"))
+        .stderr(stderr.try_clone().expect("stderr handle"))
+        .spawn()
+        .expect("start dispatcher");
+    let mut status = None;
+    for _ in 0..1200 {
+        status = child.try_wait().expect("wait for dispatcher");
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let timed_out = status.is_none();
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for dispatcher");
+    let read = |file: &mut std::fs::File| {
+        let mut text = String::new();
+        file.rewind().expect("rewind output");
+        file.read_to_string(&mut text).expect("read output");
+        text
+    };
+    let output = Output {
+        status,
+        stdout: read(&mut stdout),
+        stderr: read(&mut stderr),
+    };
+    assert!(
+        !timed_out,
+        "the command was still running after 60s:\n{output}"
+    );
+    output
 }

@@ -1,0 +1,305 @@
+//! Retention: health data is kept only as long as support needs it.
+//!
+//! `payload_days` after all of an event's deliveries have ended, its body (the patient's
+//! data) is erased; `payload_days` after a delivery ended, the partners' answers to it
+//! (which may echo patient data) are erased. `metadata_days` after a delivery ended it is
+//! deleted with its attempts, and an event goes with the last of its deliveries. The
+//! partners' patient ids (`partner_patients`) are kept: they are needed for the next event
+//! of the same patient.
+//!
+//! Erasing leaves a mark (`event_erased_at`, `answers_erased_at`, `answer_erased_at`), so
+//! support sees "erased on <date>" instead of a gap. Every step runs in batches of
+//! `batch_size` rows, one short statement (its own transaction) each, skipping rows other
+//! transactions hold, so dispatch never waits on pruning. Several daemons may prune at
+//! once.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use uuid::Uuid;
+
+use crate::config::RetentionConfig;
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// What one pruning pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PruneReport {
+    pub event_bodies_erased: u64,
+    pub answers_erased: u64,
+    pub deliveries_deleted: u64,
+    pub events_deleted: u64,
+}
+
+impl PruneReport {
+    pub fn is_empty(&self) -> bool {
+        *self == PruneReport::default()
+    }
+}
+
+impl std::fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "erased {} event bodies and the partners' answers to {} deliveries; \
+             deleted {} deliveries (with their attempts) and {} events",
+            self.event_bodies_erased,
+            self.answers_erased,
+            self.deliveries_deleted,
+            self.events_deleted
+        )
+    }
+}
+
+fn batch_limit(batch_size: usize) -> i64 {
+    i64::try_from(batch_size).unwrap_or(i64::MAX)
+}
+
+fn days(days: u32) -> i32 {
+    i32::try_from(days).unwrap_or(i32::MAX)
+}
+
+/// Erases the bodies of up to `limit` events whose deliveries have all ended more than
+/// `payload_days` ago.
+///
+/// The row lock (`FOR NO KEY UPDATE`) is what makes this safe beside a support resend:
+/// a resend locks the event row (`FOR SHARE`) before it moves a delivery back to pending,
+/// so either the resend waits and then sees the body erased, or this skips the row.
+pub async fn erase_event_bodies(
+    client: &impl GenericClient,
+    payload_days: u32,
+    limit: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "WITH expired AS (
+                 SELECT o.id FROM dispatcher.outbox o
+                 WHERE o.event IS NOT NULL
+                   AND o.routed_at IS NOT NULL
+                   -- An event cannot end before it was created: this bounds the scan.
+                   AND o.created_at < now() - make_interval(days => $1)
+                   AND EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM dispatcher.deliveries d
+                       WHERE d.event_id = o.id
+                         AND (d.state IN ('pending', 'in_flight')
+                              OR d.ended_at IS NULL
+                              OR d.ended_at >= now() - make_interval(days => $1)))
+                 ORDER BY o.created_at
+                 LIMIT $2
+                 FOR NO KEY UPDATE OF o SKIP LOCKED
+             )
+             UPDATE dispatcher.outbox o
+             SET event = NULL, event_erased_at = now()
+             FROM expired
+             WHERE o.id = expired.id",
+            &[&days(payload_days), &batch_limit(limit)],
+        )
+        .await
+}
+
+/// Erases the partners' answers to up to `limit` deliveries that ended more than
+/// `payload_days` ago: the attempts' response bodies, the error texts of attempts that got
+/// an answer (they quote it, e.g. an `errorMessage`), and the delivery's last error when
+/// it came from an answer. Our own texts (timeouts, connection errors) stay.
+pub async fn erase_answers(
+    client: &impl GenericClient,
+    payload_days: u32,
+    limit: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "WITH expired AS (
+                 SELECT id FROM dispatcher.deliveries
+                 WHERE answers_erased_at IS NULL
+                   AND ended_at < now() - make_interval(days => $1)
+                 ORDER BY ended_at
+                 LIMIT $2
+                 FOR NO KEY UPDATE SKIP LOCKED
+             ),
+             erased_attempts AS (
+                 UPDATE dispatcher.attempts a
+                 SET response_body = NULL,
+                     error = CASE WHEN a.http_status IS NULL THEN a.error END,
+                     answer_erased_at = now()
+                 FROM expired
+                 WHERE a.delivery_id = expired.id AND a.answer_erased_at IS NULL
+             )
+             UPDATE dispatcher.deliveries d
+             SET answers_erased_at = now(),
+                 last_error = CASE WHEN d.last_status IS NULL THEN d.last_error END
+             FROM expired
+             WHERE d.id = expired.id",
+            &[&days(payload_days), &batch_limit(limit)],
+        )
+        .await
+}
+
+/// Deletes up to `limit` deliveries that ended more than `metadata_days` ago; their
+/// attempts (`ON DELETE CASCADE`) and support actions go with them.
+pub async fn delete_ended_deliveries(
+    client: &impl GenericClient,
+    metadata_days: u32,
+    limit: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .query_one(
+            "WITH expired AS (
+                 SELECT id FROM dispatcher.deliveries
+                 WHERE ended_at < now() - make_interval(days => $1)
+                   AND state NOT IN ('pending', 'in_flight')
+                 ORDER BY ended_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             ),
+             gone AS (
+                 DELETE FROM dispatcher.deliveries d
+                 USING expired
+                 WHERE d.id = expired.id
+                 RETURNING d.id
+             ),
+             -- Who resent or cancelled them goes with them, and any support action older
+             -- than metadata_days (a resent placeholder's record has no row left to go with).
+             actions AS (
+                 DELETE FROM dispatcher.support_actions a
+                 WHERE a.delivery_id IN (SELECT id FROM gone)
+                    OR a.at < now() - make_interval(days => $1)
+             )
+             SELECT count(*) FROM gone",
+            &[&days(metadata_days), &batch_limit(limit)],
+        )
+        .await
+        .map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// Deletes up to `limit` routed events older than `metadata_days` that have no delivery
+/// left. An event not routed yet is never touched.
+pub async fn delete_events_without_deliveries(
+    client: &impl GenericClient,
+    metadata_days: u32,
+    limit: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "WITH expired AS (
+                 SELECT o.id FROM dispatcher.outbox o
+                 WHERE o.event IS NULL
+                   AND o.routed_at IS NOT NULL
+                   AND o.created_at < now() - make_interval(days => $1)
+                   AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
+                 ORDER BY o.created_at
+                 LIMIT $2
+                 FOR UPDATE OF o SKIP LOCKED
+             )
+             DELETE FROM dispatcher.outbox o
+             USING expired
+             WHERE o.id = expired.id",
+            &[&days(metadata_days), &batch_limit(limit)],
+        )
+        .await
+}
+
+/// Of these deliveries, the ones whose event body was erased, with when.
+pub async fn erased_bodies(
+    client: &impl GenericClient,
+    delivery_ids: &[Uuid],
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT d.id, o.event_erased_at
+             FROM dispatcher.deliveries d
+             JOIN dispatcher.outbox o ON o.id = d.event_id
+             WHERE d.id = ANY($1) AND o.event_erased_at IS NOT NULL",
+            &[&delivery_ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// One pruning pass: every step, batch after batch, until a batch comes back short.
+/// Each batch takes a connection of the pool only for its one statement. Stops between
+/// batches when `shutdown` begins.
+pub async fn prune(
+    pool: &Pool,
+    retention: &RetentionConfig,
+    shutdown: &Shutdown,
+) -> Result<PruneReport, PruneError> {
+    let batch = retention.batch_size;
+    let payload_days = retention.payload_days;
+    let metadata_days = retention.metadata_days;
+    let event_bodies_erased = in_batches(pool, batch, shutdown, |client| async move {
+        erase_event_bodies(&client, payload_days, batch).await
+    })
+    .await?;
+    let answers_erased = in_batches(pool, batch, shutdown, |client| async move {
+        erase_answers(&client, payload_days, batch).await
+    })
+    .await?;
+    let deliveries_deleted = in_batches(pool, batch, shutdown, |client| async move {
+        delete_ended_deliveries(&client, metadata_days, batch).await
+    })
+    .await?;
+    let events_deleted = in_batches(pool, batch, shutdown, |client| async move {
+        delete_events_without_deliveries(&client, metadata_days, batch).await
+    })
+    .await?;
+    Ok(PruneReport {
+        event_bodies_erased,
+        answers_erased,
+        deliveries_deleted,
+        events_deleted,
+    })
+}
+
+/// Runs `step` until it handles fewer than `batch` rows; returns the rows handled.
+async fn in_batches<F, Fut>(
+    pool: &Pool,
+    batch: usize,
+    shutdown: &Shutdown,
+    step: F,
+) -> Result<u64, PruneError>
+where
+    F: Fn(deadpool_postgres::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, tokio_postgres::Error>>,
+{
+    let mut total = 0;
+    while !shutdown.is_stopping() {
+        let handled = step(pool.get().await?).await?;
+        total += handled;
+        if handled < batch as u64 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// The daemon's pruner: a pass at start, then one every `prune_interval`, until shutdown.
+pub async fn run(pool: Pool, retention: RetentionConfig, shutdown: Shutdown) {
+    loop {
+        let started = std::time::Instant::now();
+        match prune(&pool, &retention, &shutdown).await {
+            Ok(report) if report.is_empty() => tracing::debug!("nothing to prune"),
+            Ok(report) => tracing::info!(
+                event_bodies_erased = report.event_bodies_erased,
+                answers_erased = report.answers_erased,
+                deliveries_deleted = report.deliveries_deleted,
+                events_deleted = report.events_deleted,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "pruned"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "pruning failed; trying again at the next interval")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retention.prune_interval) => {}
+            () = shutdown.stopping() => return,
+        }
+    }
+}
