@@ -543,3 +543,39 @@ async fn prometheus_scrapes_what_the_daemon_did() {
         "a patient id in metrics"
     );
 }
+
+#[tokio::test]
+async fn a_delivery_whose_body_retention_erased_cannot_be_resent_and_support_is_told_why() {
+    let acme = partner_refusing("acme", &["p-old"]).await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("p-old"))
+        .await;
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_count(ENDED, 1).await;
+    // What `dispatcher prune` does to a body past `payload_days`.
+    db.client
+        .execute(
+            "UPDATE dispatcher.outbox SET event = NULL, event_erased_at = now()",
+            &[],
+        )
+        .await
+        .expect("erase the body");
+    let admin = AdminClient::of(&daemon, None).await;
+    let (_, page) = admin.get("/api/deliveries").await;
+    let id = ids(&page).remove(0);
+
+    let (status, error) = admin
+        .post(&format!("/api/deliveries/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("erased"),
+        "{error}"
+    );
+    let (_, detail) = admin.get(&format!("/api/deliveries/{id}")).await;
+    assert!(detail["event_erased_at"].is_string(), "{detail}");
+}
