@@ -579,3 +579,23 @@ async fn a_delivery_whose_body_retention_erased_cannot_be_resent_and_support_is_
     let (_, detail) = admin.get(&format!("/api/deliveries/{id}")).await;
     assert!(detail["event_erased_at"].is_string(), "{detail}");
 }
+
+#[tokio::test]
+async fn without_a_token_the_admin_server_stays_on_loopback_and_says_so() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .admin("listen = \"0.0.0.0:0\"");
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let admin = AdminClient::of(&daemon, None).await;
+    assert!(
+        admin.base.starts_with("http://127.0.0.1:"),
+        "{}",
+        admin.base
+    );
+    assert!(daemon
+        .log_text()
+        .contains("no [admin] token is set: the admin server listens on loopback only"));
+    assert_eq!(admin.get("/healthz").await.0, 200);
+}
