@@ -369,7 +369,10 @@ impl ActionForm {
         let back = self
             .back
             .as_deref()
-            .filter(|back| back.starts_with('/') && !back.starts_with("//"))
+            // A path on this server: browsers read `//host` and `/\host` as another site.
+            .filter(|back| {
+                back.starts_with('/') && !back.starts_with("//") && !back.starts_with("/\\")
+            })
             .unwrap_or("/");
         let separator = if back.contains('?') { '&' } else { '?' };
         Redirect::to(&format!(
@@ -492,5 +495,36 @@ impl IntoResponse for PageError {
             html! { h1 { "Something is wrong" } p.notice.bad { (self.0.to_string()) } p { a href="/" { "Back to the overview" } } },
         );
         (status, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(back: &str) -> String {
+        let form = ActionForm {
+            back: Some(back.to_string()),
+        };
+        let response = form.back("resent", Uuid::nil()).into_response();
+        response.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string()
+    }
+
+    #[test]
+    fn after_an_action_the_page_only_goes_back_to_itself() {
+        assert!(location("/?state=failed").starts_with("/?state=failed&notice=resent"));
+        for elsewhere in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example/",
+        ] {
+            assert!(
+                location(elsewhere).starts_with("/?notice=resent"),
+                "{elsewhere}"
+            );
+        }
     }
 }
