@@ -394,16 +394,11 @@ pub async fn record(
 
 /// Which deliveries support means: by id, or by what they are. Every field narrows the
 /// selection; an empty filter selects everything.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
+#[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     /// Only these deliveries.
-    #[serde(skip)]
-    #[param(ignore)]
     pub ids: Option<Vec<Uuid>>,
     /// Only these states (named by support as in [`parse_states`]).
-    #[serde(skip)]
-    #[param(ignore)]
     pub states: Option<Vec<DeliveryState>>,
     pub partner: Option<String>,
     pub event_name: Option<String>,

@@ -156,48 +156,6 @@ impl Drop for ChromeDriver {
     }
 }
 
-/// The admin server's address, from the daemon's start-up log line. Like
-/// `Daemon::admin_url`, but it reads through the terminal colour codes the log may carry.
-async fn admin_url(daemon: &Daemon) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let log = strip_colours(&daemon.log_text());
-        if let Some(addr) = log
-            .lines()
-            .filter(|line| line.contains("admin server listening"))
-            .find_map(|line| line.split("addr=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-        {
-            return format!("http://{}", addr.trim_matches('"'));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the admin server did not start within {PATIENCE:?}; log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The text without ANSI escape sequences (`ESC [ … letter`).
-fn strip_colours(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 fn binary(variable: &str, default: &str) -> PathBuf {
     let path = PathBuf::from(std::env::var_os(variable).unwrap_or_else(|| default.into()));
     assert!(
@@ -331,7 +289,7 @@ async fn support_finds_why_a_delivery_failed_and_resends_it_from_the_page() {
         .as_str()
         .expect("delivery id")
         .to_string();
-    let admin = admin_url(&daemon).await;
+    let admin = daemon.admin_url().await;
 
     let chromedriver = ChromeDriver::start();
     let browser = chromedriver.browser().await;
@@ -447,7 +405,7 @@ async fn a_wrong_token_leaves_you_on_the_login_page_without_a_session() {
     let config = TestConfig::new().admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
-    let admin = admin_url(&daemon).await;
+    let admin = daemon.admin_url().await;
 
     let chromedriver = ChromeDriver::start();
     let browser = chromedriver.browser().await;

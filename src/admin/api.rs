@@ -264,6 +264,14 @@ impl AdminState {
         self.pool.get().await.map_err(DatabaseUnavailable::logged)
     }
 
+    /// Each partner at a glance; shared with the support page.
+    pub(crate) async fn partner_summaries(&self) -> Result<Vec<PartnerSummary>, ApiError> {
+        let client = self.client().await?;
+        Ok(deliveries::partner_summaries(&client)
+            .await
+            .map_err(DatabaseUnavailable::logged)?)
+    }
+
     pub(crate) async fn detail(&self, id: Uuid) -> Result<DeliveryDetail, ApiError> {
         let client = self.client().await?;
         deliveries::show(&client, id)
@@ -475,10 +483,5 @@ pub(crate) async fn retry_matching(
 pub(crate) async fn partner_summaries(
     State(state): State<AdminState>,
 ) -> Result<Json<Vec<PartnerSummary>>, ApiError> {
-    let client = state.client().await?;
-    Ok(Json(
-        deliveries::partner_summaries(&client)
-            .await
-            .map_err(DatabaseUnavailable::logged)?,
-    ))
+    Ok(Json(state.partner_summaries().await?))
 }

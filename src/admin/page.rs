@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::access::{self, SupportSession, SESSION_COOKIE};
 use super::api::{ApiError, Page, Selection};
 use super::AdminState;
-use crate::deliveries::{self, DeliveryDetail, DeliveryState, DeliverySummary};
+use crate::deliveries::{DeliveryDetail, DeliveryState, DeliverySummary};
 
 const PAGE_ROWS: i64 = 50;
 
@@ -185,12 +185,7 @@ async fn overview(
     selection.state = (shown_state != "all").then(|| shown_state.clone());
     let filter = selection.filter()?;
     let partner = filter.partner.clone();
-    let summaries = {
-        let client = state.client().await.map_err(ApiError::from)?;
-        deliveries::partner_summaries(&client)
-            .await
-            .map_err(|error| ApiError::from(super::api::DatabaseUnavailable::logged(error)))?
-    };
+    let summaries = state.partner_summaries().await?;
     let rows = state
         .page_of(
             &filter,

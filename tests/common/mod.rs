@@ -538,7 +538,7 @@ impl Daemon {
     /// The admin server's address, from its start-up log line.
     pub async fn admin_url(&self) -> String {
         for _ in 0..1200 {
-            let log = without_colours(&self.log_text());
+            let log = self.log_text();
             if let Some(addr) = log
                 .lines()
                 .filter(|line| line.contains("admin server listening"))
@@ -623,24 +623,6 @@ pub fn per_webhook_id(received: &[Received]) -> HashMap<String, usize> {
         *counts.entry(request.webhook_id()).or_insert(0) += 1;
     }
     counts
-}
-
-/// Log text without terminal colour codes.
-pub fn without_colours(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 /// The admin server of a running daemon, as a script or support tool talks to it.
