@@ -183,12 +183,22 @@ pub struct Partner {
     /// Extra request headers, typically the partner's API key.
     pub headers: Vec<(reqwest::header::HeaderName, SecretString)>,
     pub max_in_flight: usize,
+    /// When to stop sending to this partner for a while (see `breaker`).
+    pub circuit: CircuitConfig,
     /// Local testing only: http:// URLs, and any destination address.
     pub allow_insecure: bool,
     /// Non-global networks this partner may still be reached in (see `guard`).
     pub allow_networks: Vec<IpNet>,
     pub tls: PartnerTls,
     pub auth: Option<AuthConfig>,
+}
+
+/// A partner's circuit breaker: after `failures` failed attempts in a row its deliveries
+/// are held for `cool_down`, then one probe request tells whether it is back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitConfig {
+    pub failures: u32,
+    pub cool_down: Duration,
 }
 
 /// A partner's TLS settings beyond the public web PKI.
@@ -339,6 +349,10 @@ struct RawPartner {
     headers: BTreeMap<String, String>,
     #[serde(default = "defaults::max_in_flight")]
     max_in_flight: usize,
+    #[serde(default = "defaults::circuit_breaker_failures")]
+    circuit_breaker_failures: u32,
+    #[serde(default = "defaults::circuit_breaker_cool_down")]
+    circuit_breaker_cool_down: String,
     #[serde(default)]
     allow_insecure: bool,
     #[serde(default)]
@@ -404,6 +418,12 @@ mod defaults {
     }
     pub fn max_in_flight() -> usize {
         64
+    }
+    pub fn circuit_breaker_failures() -> u32 {
+        10
+    }
+    pub fn circuit_breaker_cool_down() -> String {
+        "30s".into()
     }
     pub fn admin_listen() -> String {
         "127.0.0.1:9187".into()
@@ -718,6 +738,20 @@ impl RawPartner {
                 "conflicts with [partners.auth]; keep one of them",
             ));
         }
+        if self.circuit_breaker_failures == 0 {
+            return Err(ConfigError::key(
+                key("circuit_breaker_failures"),
+                "must be at least 1: the failed attempts in a row after which the partner's \
+                 deliveries are held",
+            ));
+        }
+        let circuit = CircuitConfig {
+            failures: self.circuit_breaker_failures,
+            cool_down: duration(
+                &key("circuit_breaker_cool_down"),
+                &self.circuit_breaker_cool_down,
+            )?,
+        };
         Ok(Partner {
             name: self.name,
             support_programs: self.support_programs,
@@ -726,6 +760,7 @@ impl RawPartner {
             signing_secrets,
             headers,
             max_in_flight: positive(&key("max_in_flight"), self.max_in_flight)?,
+            circuit,
             allow_insecure: self.allow_insecure,
             allow_networks,
             tls,
@@ -1403,6 +1438,41 @@ mod tests {
         let text = format!("{MINIMAL}\n[retention]\npayload_days = 30\nmetadata_days = 7\n");
         let error = parse(&text).unwrap_err().to_string();
         assert!(error.contains("retention.metadata_days"), "{error}");
+    }
+
+    #[test]
+    fn the_circuit_breaker_has_defaults_and_its_keys_are_checked() {
+        let circuit = &parse(MINIMAL).expect("valid config").partners[0].circuit;
+        assert_eq!(circuit.failures, 10);
+        assert_eq!(circuit.cool_down, Duration::from_secs(30));
+
+        let tuned =
+            partner_with("circuit_breaker_failures = 3\ncircuit_breaker_cool_down = \"2m\"");
+        let circuit = &parse(&tuned).expect("valid config").partners[0].circuit;
+        assert_eq!(circuit.failures, 3);
+        assert_eq!(circuit.cool_down, Duration::from_secs(120));
+
+        for (keys, named) in [
+            (
+                "circuit_breaker_failures = 0",
+                "partners[0].circuit_breaker_failures",
+            ),
+            (
+                "circuit_breaker_failures = -1",
+                "partners[0].circuit_breaker_failures",
+            ),
+            (
+                "circuit_breaker_cool_down = \"0s\"",
+                "partners[0].circuit_breaker_cool_down",
+            ),
+            (
+                "circuit_breaker_cool_down = \"a while\"",
+                "partners[0].circuit_breaker_cool_down",
+            ),
+        ] {
+            let error = parse(&partner_with(keys)).unwrap_err().to_string();
+            assert!(error.contains(named), "{keys}: {error}");
+        }
     }
 
     #[test]

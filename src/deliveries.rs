@@ -159,7 +159,16 @@ pub struct ClaimedDelivery {
     pub external_id: Option<String>,
 }
 
-/// Claims up to `limit` due deliveries for `lease`.
+/// How many deliveries a partner can send now: its free `max_in_flight` slots, or fewer
+/// while its circuit breaker holds it.
+#[derive(Debug, Clone)]
+pub struct PartnerRoom {
+    pub partner: String,
+    pub free: usize,
+}
+
+/// Claims up to `limit` due deliveries for `lease`, and no more of a partner's than its
+/// `room` (a partner not listed takes any number).
 ///
 /// Due means pending and due, or in flight with an expired lease (its daemon died). A
 /// delivery waits while an earlier event for the same (partner, patient) is unfinished.
@@ -168,13 +177,29 @@ pub async fn claim_due(
     client: &impl GenericClient,
     limit: usize,
     lease: Duration,
+    room: &[PartnerRoom],
 ) -> Result<Vec<ClaimedDelivery>, tokio_postgres::Error> {
     let claim_token = Uuid::new_v4();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let full: Vec<&str> = room
+        .iter()
+        .filter(|r| r.free == 0)
+        .map(|r| r.partner.as_str())
+        .collect();
+    let (capped, caps): (Vec<&str>, Vec<i64>) = room
+        .iter()
+        .filter(|r| r.free > 0)
+        .map(|r| {
+            (
+                r.partner.as_str(),
+                i64::try_from(r.free).unwrap_or(i64::MAX),
+            )
+        })
+        .unzip();
     let rows = client
         .query(
-            "WITH due AS (
-                 SELECT d.id, o.event::text AS event, known.external_id
+            "WITH candidate AS (
+                 SELECT d.id, d.partner, d.due_at, o.event::text AS event, known.external_id
                  FROM dispatcher.deliveries d
                  JOIN dispatcher.outbox o ON o.id = d.event_id
                  LEFT JOIN dispatcher.partner_patients known
@@ -184,6 +209,9 @@ pub async fn claim_due(
                    -- Only ended deliveries' events are erased, and an erased one is never
                    -- resent; this keeps a body that is not there from ever being claimed.
                    AND o.event IS NOT NULL
+                   -- A partner that cannot send now is not claimed from: its deliveries
+                   -- stay pending, holding no lease and no capacity.
+                   AND d.partner <> ALL($4::text[])
                    AND NOT EXISTS (
                        SELECT 1 FROM dispatcher.deliveries earlier
                        WHERE earlier.partner = d.partner
@@ -193,6 +221,17 @@ pub async fn claim_due(
                  ORDER BY d.due_at
                  LIMIT $1
                  FOR UPDATE OF d SKIP LOCKED
+             ),
+             -- A partner with room for only a few gets no more than that; candidates past
+             -- its room stay pending (locked only until this statement ends).
+             due AS (
+                 SELECT c.id, c.event, c.external_id
+                 FROM (SELECT candidate.*,
+                              row_number() OVER (PARTITION BY partner ORDER BY due_at) AS nth
+                       FROM candidate) c
+                 LEFT JOIN unnest($5::text[], $6::int8[]) AS room(partner, free)
+                        ON room.partner = c.partner
+                 WHERE room.free IS NULL OR c.nth <= room.free
              )
              UPDATE dispatcher.deliveries d
              SET state = 'in_flight',
@@ -202,7 +241,14 @@ pub async fn claim_due(
              WHERE d.id = due.id
              RETURNING d.id, d.event_id, d.partner, d.event_name,
                        d.attempt_count - d.attempts_before_resend, due.event, due.external_id",
-            &[&limit, &lease.as_secs_f64(), &claim_token],
+            &[
+                &limit,
+                &lease.as_secs_f64(),
+                &claim_token,
+                &full,
+                &capped,
+                &caps,
+            ],
         )
         .await?;
     Ok(rows
@@ -543,6 +589,8 @@ pub struct PartnerSummary {
     /// Pending or in flight, however old.
     pub pending: i64,
     pub oldest_pending_since: Option<DateTime<Utc>>,
+    /// The partner's circuit breaker as last recorded; null if it never failed.
+    pub circuit: Option<crate::breaker::PartnerCircuit>,
 }
 
 pub async fn partner_summaries(
@@ -570,6 +618,7 @@ pub async fn partner_summaries(
             failed: row.get(2),
             pending: row.get(3),
             oldest_pending_since: row.get(4),
+            circuit: None,
         })
         .collect())
 }

@@ -12,6 +12,12 @@
 //! stays bounded however far the outbox runs ahead. No database transaction is open while
 //! a request is on the wire.
 //!
+//! A partner is only claimed from as far as it can send at once: each claim skips the
+//! partners whose `max_in_flight` slots are all taken or whose circuit breaker holds them
+//! (`breaker`), and takes no more of a partner's deliveries than it has room for. A
+//! claimed delivery therefore goes out at once; one that hangs or fails holds only its
+//! partner's slots, never capacity or leases the other partners need.
+//!
 //! Each routing batch and each attempt works on one snapshot of the live configuration,
 //! so a reload (SIGHUP) applies from the next one on.
 
@@ -26,8 +32,11 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::config::Partner;
-use crate::deliveries::{self, AttemptRecord, ClaimedDelivery, DeliveryState, Resolution};
+use crate::breaker::{Admission, Breakers};
+use crate::config::{Config, Partner};
+use crate::deliveries::{
+    self, AttemptRecord, ClaimedDelivery, DeliveryState, PartnerRoom, Resolution,
+};
 use crate::metrics::{DeliveryLabels, Metrics};
 use crate::outcome::Outcome;
 use crate::payload::{Event, EventKind};
@@ -65,6 +74,14 @@ struct PartnerSlots {
     slots: Arc<Semaphore>,
 }
 
+/// What lets a claimed delivery go out now: one of its partner's `max_in_flight` slots and
+/// its circuit breaker's admission. Taken as the delivery is claimed, so no claimed
+/// delivery waits for its partner.
+struct SendPermit {
+    _slot: OwnedSemaphorePermit,
+    admission: Admission,
+}
+
 /// What one turn of the claimer found.
 enum ClaimOutcome {
     Claimed,
@@ -80,6 +97,7 @@ pub struct Dispatcher {
     wakeups: Wakeups,
     /// Per-partner `max_in_flight`, by partner name.
     partner_slots: Mutex<HashMap<String, PartnerSlots>>,
+    breakers: Arc<Breakers>,
     capacity: Arc<Semaphore>,
     shutdown: Shutdown,
     metrics: Metrics,
@@ -100,6 +118,7 @@ impl Dispatcher {
             pool,
             wakeups: Wakeups::default(),
             partner_slots: Mutex::new(HashMap::new()),
+            breakers: Arc::new(Breakers::default()),
             shutdown,
             metrics,
         }))
@@ -108,6 +127,12 @@ impl Dispatcher {
     /// Runs until shutdown, then returns once every claim is recorded or handed back.
     pub async fn run(self: Arc<Self>) -> Result<(), DispatchError> {
         let config = self.live.snapshot();
+        self.load_circuits().await;
+        let circuits = tokio::spawn(
+            self.breakers
+                .clone()
+                .record_changes(self.pool.clone(), self.shutdown.clone()),
+        );
         let listen_config = db::connection_config(&config.database)?;
         let listener = tokio::spawn(wakeup::listen(
             listen_config,
@@ -131,9 +156,27 @@ impl Dispatcher {
         let _ = recorder.await;
         let _ = router.await;
         let _ = pruner.await;
+        let _ = circuits.await;
+        // What the last attempts did to the circuits; if the database is away, the
+        // states stay as last written.
+        if let Err(error) = self.breakers.write_changes(&self.pool).await {
+            tracing::warn!(%error, "cannot record the last circuit breaker states");
+        }
         listener.abort();
         tracing::info!("dispatcher stopped");
         Ok(())
+    }
+
+    /// Starts from the circuits as recorded, so a restart keeps holding a failing
+    /// partner. Without the database it starts with every circuit closed.
+    async fn load_circuits(&self) {
+        let loaded = match self.pool.get().await {
+            Ok(client) => self.breakers.load(&client).await,
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = loaded {
+            tracing::warn!(%error, "cannot read the recorded circuit breaker states; starting closed");
+        }
     }
 
     async fn route_events(self: Arc<Self>) {
@@ -203,10 +246,12 @@ impl Dispatcher {
             return Ok(ClaimOutcome::EmptyQueue);
         };
         let client = self.pool.get().await?;
+        let config = self.live.snapshot();
+        let room = self.partner_room(&config);
         // Taken before the query: the lease starts when the database runs it.
         let claimed_at = Instant::now();
-        let lease = self.live.snapshot().dispatch.lease;
-        let claimed = deliveries::claim_due(&client, permits.len(), lease).await?;
+        let claimed =
+            deliveries::claim_due(&client, permits.len(), config.dispatch.lease, &room).await?;
         drop(client);
         if claimed.is_empty() {
             return Ok(ClaimOutcome::EmptyQueue);
@@ -215,12 +260,15 @@ impl Dispatcher {
         self.metrics.claimed(claimed.len());
         for delivery in claimed {
             let Some(permit) = permits.pop() else { break };
+            let send_permit = config
+                .partner(&delivery.partner)
+                .and_then(|partner| self.send_permit(partner));
             let dispatcher = self.clone();
             let results = results.clone();
             attempts.spawn(async move {
                 let labels = DeliveryLabels::of(&delivery);
                 let resolution = dispatcher
-                    .attempt_delivery(&delivery, &labels, claimed_at)
+                    .attempt_delivery(&delivery, &labels, claimed_at, send_permit)
                     .await;
                 let _ = results
                     .send(Finished {
@@ -232,6 +280,35 @@ impl Dispatcher {
             });
         }
         Ok(ClaimOutcome::Claimed)
+    }
+
+    /// How many deliveries each configured partner can send now. (A partner no longer
+    /// configured is not listed: its deliveries are claimed to be postponed.)
+    fn partner_room(&self, config: &Config) -> Vec<PartnerRoom> {
+        let now = Utc::now();
+        config
+            .partners
+            .iter()
+            .map(|partner| PartnerRoom {
+                partner: partner.name.clone(),
+                free: self.breakers.room(
+                    &partner.name,
+                    self.partner_slots(partner).available_permits(),
+                    now,
+                ),
+            })
+            .collect()
+    }
+
+    /// A slot and the breaker's admission for a delivery just claimed; `None` when the partner
+    /// cannot send it after all (a reload shrank its slots, or its circuit just opened).
+    fn send_permit(&self, partner: &Partner) -> Option<SendPermit> {
+        let slot = self.partner_slots(partner).try_acquire_owned().ok()?;
+        let admission = self.breakers.admit(&partner.name, Utc::now())?;
+        Some(SendPermit {
+            _slot: slot,
+            admission,
+        })
     }
 
     /// Up to `batch_size` capacity permits; waits for at least one. `None` on shutdown.
@@ -251,7 +328,8 @@ impl Dispatcher {
         Some(permits)
     }
 
-    /// Sleeps until a notification, the next retry falling due, or the poll interval.
+    /// Sleeps until a notification, the next retry falling due, an open circuit's probe,
+    /// or the poll interval.
     async fn wait_for_due_deliveries(&self) {
         let poll = self.live.snapshot().dispatch.poll_interval;
         let next_due = match self.pool.get().await {
@@ -259,6 +337,9 @@ impl Dispatcher {
             Err(_) => None,
         };
         let wait = next_due
+            .into_iter()
+            .chain(self.breakers.next_probe_after(Utc::now()))
+            .min()
             .and_then(|due| (due - Utc::now()).to_std().ok())
             .map_or(poll, |until_due| until_due.min(poll));
         tokio::select! {
@@ -274,6 +355,7 @@ impl Dispatcher {
         delivery: &ClaimedDelivery,
         labels: &DeliveryLabels,
         claimed_at: Instant,
+        permit: Option<SendPermit>,
     ) -> Resolution {
         let span = tracing::info_span!(
             "attempt",
@@ -286,7 +368,7 @@ impl Dispatcher {
             duration_ms = tracing::field::Empty,
         );
         let resolution = self
-            .try_attempt(delivery, claimed_at)
+            .try_attempt(delivery, claimed_at, permit)
             .instrument(span.clone())
             .await;
         span.record("outcome", resolution.state.as_str());
@@ -309,7 +391,12 @@ impl Dispatcher {
         resolution
     }
 
-    async fn try_attempt(&self, delivery: &ClaimedDelivery, claimed_at: Instant) -> Resolution {
+    async fn try_attempt(
+        &self,
+        delivery: &ClaimedDelivery,
+        claimed_at: Instant,
+        permit: Option<SendPermit>,
+    ) -> Resolution {
         let now = Utc::now();
         let config = self.live.snapshot();
         let Some(partner) = config.partner(&delivery.partner) else {
@@ -342,10 +429,8 @@ impl Dispatcher {
             EventKind::ViewedTracker => &partner.user_action_url,
         };
 
-        let slots = self.partner_slots(partner);
-        let _slot = tokio::select! {
-            slot = slots.acquire() => match slot { Ok(slot) => slot, Err(_) => return hand_back(delivery) },
-            () = self.shutdown.stopping() => return hand_back(delivery),
+        let Some(permit) = permit else {
+            return hand_back(delivery);
         };
         // Sending this late could outlive the lease and race another daemon's claim.
         if self.shutdown.is_stopping() || claimed_at.elapsed() >= config.dispatch.latest_send() {
@@ -387,6 +472,7 @@ impl Dispatcher {
                 },
             ),
         };
+        permit.admission.settle(&outcome, &partner.circuit);
         self.resolve(delivery, &config.retry, outcome, attempt, Utc::now())
     }
 

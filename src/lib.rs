@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod breaker;
 pub mod check;
 pub mod config;
 pub mod db;

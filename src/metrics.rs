@@ -3,7 +3,8 @@
 //! Counters and histograms are fed by the dispatcher as it works. The queue gauges
 //! (pending, in flight, oldest due, per partner) are read from the database by one grouped
 //! query at each scrape, so they cost nothing per delivery and are right when several
-//! daemons share the database. The pool gauges are read from the pool at each scrape.
+//! daemons share the database; so are the circuit breakers' states, as last recorded. The
+//! pool gauges are read from the pool at each scrape.
 //!
 //! Labels are partner names, contract event names, outcomes and status classes: never a
 //! patient id or anything from a body.
@@ -22,6 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::breaker;
 use crate::db::DbError;
 use crate::deliveries::{self, AttemptRecord, ClaimedDelivery, DeliveryState};
 use crate::payload::EventKind;
@@ -61,6 +63,7 @@ struct Inner {
     pending: Family<PartnerLabels, Gauge>,
     in_flight: Family<PartnerLabels, Gauge>,
     oldest_due_age: Family<PartnerLabels, Gauge<f64, AtomicU64>>,
+    circuit_open: Family<PartnerLabels, Gauge>,
     database_up: Gauge,
     pool_size: Gauge,
     pool_available: Gauge,
@@ -157,6 +160,12 @@ impl Metrics {
             "How long the oldest due delivery has waited past its due time",
             oldest_due_age.clone(),
         );
+        let circuit_open = Family::default();
+        registry.register(
+            "partner_circuit_open",
+            "1 while the partner's circuit breaker holds its deliveries (open, or half-open with one probe out)",
+            circuit_open.clone(),
+        );
         let database_up = Gauge::default();
         registry.register(
             "database_up",
@@ -192,6 +201,7 @@ impl Metrics {
                 pending,
                 in_flight,
                 oldest_due_age,
+                circuit_open,
                 database_up,
                 pool_size,
                 pool_available,
@@ -268,16 +278,19 @@ impl Metrics {
 
     async fn read_queue(&self, pool: &Pool) {
         let inner = &self.inner;
-        let queue = tokio::time::timeout(QUEUE_READ_TIMEOUT, async {
+        let read = tokio::time::timeout(QUEUE_READ_TIMEOUT, async {
             let client = pool.get().await?;
-            Ok::<_, DbError>(deliveries::queue_by_partner(&client).await?)
+            let queue = deliveries::queue_by_partner(&client).await?;
+            let circuits = breaker::circuits(&client).await?;
+            Ok::<_, DbError>((queue, circuits))
         })
         .await;
         inner.pending.clear();
         inner.in_flight.clear();
         inner.oldest_due_age.clear();
-        let queue = match queue {
-            Ok(Ok(queue)) => queue,
+        inner.circuit_open.clear();
+        let (queue, circuits) = match read {
+            Ok(Ok(read)) => read,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "metrics: cannot read the delivery queue");
                 inner.database_up.set(0);
@@ -304,6 +317,21 @@ impl Metrics {
             inner.pending.get_or_create(&labels).set(0);
             inner.in_flight.get_or_create(&labels).set(0);
             inner.oldest_due_age.get_or_create(&labels).set(0.0);
+        }
+        for partner in &config.partners {
+            let labels = PartnerLabels {
+                partner: partner.name.clone(),
+            };
+            inner.circuit_open.get_or_create(&labels).set(0);
+        }
+        for circuit in circuits {
+            let labels = PartnerLabels {
+                partner: circuit.partner.clone(),
+            };
+            inner
+                .circuit_open
+                .get_or_create(&labels)
+                .set(i64::from(circuit.is_open()));
         }
         for partner in queue {
             let labels = PartnerLabels {

@@ -5,6 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
+use crate::breaker::{self, CircuitState, PartnerCircuit};
 use crate::deliveries::{self, DeliveryDetail, DeliveryFilter, DeliverySummary};
 use crate::resend;
 
@@ -30,6 +31,19 @@ pub async fn list(
         writeln!(out)?;
         return Ok(());
     }
+    // Why a partner's deliveries are not moving, before the deliveries themselves.
+    let circuits = breaker::circuits(client)
+        .await
+        .context("reading the partners' circuit breakers")?;
+    for circuit in circuits.iter().filter(|circuit| {
+        circuit.is_open()
+            && filter
+                .partner
+                .as_ref()
+                .is_none_or(|p| *p == circuit.partner)
+    }) {
+        writeln!(out, "{}", circuit_line(circuit))?;
+    }
     writeln!(
         out,
         "{:<36}  {:>8}  {:<16}  {:<44}  {:<18}  {:<10}  {:>3}  {:>6}  LAST ERROR",
@@ -43,6 +57,28 @@ pub async fn list(
         writeln!(out, "more: --after {}", last.id)?;
     }
     Ok(())
+}
+
+fn circuit_line(circuit: &PartnerCircuit) -> String {
+    let since = circuit
+        .opened_at
+        .map_or(String::new(), |at| format!(" since {}", at.to_rfc3339()));
+    let failures = circuit.consecutive_failures;
+    match (circuit.state, circuit.retry_at) {
+        (CircuitState::HalfOpen, _) => format!(
+            "circuit half-open for partner {}{since}: one probe request is out, its other deliveries wait for its answer",
+            circuit.partner
+        ),
+        (_, Some(retry_at)) => format!(
+            "circuit open for partner {}{since} after {failures} failed attempts in a row: its deliveries are held; one probe request goes out at {}",
+            circuit.partner,
+            retry_at.to_rfc3339()
+        ),
+        _ => format!(
+            "circuit open for partner {}{since} after {failures} failed attempts in a row: its deliveries are held",
+            circuit.partner
+        ),
+    }
 }
 
 fn table_line(row: &DeliverySummary) -> String {

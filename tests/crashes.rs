@@ -322,7 +322,7 @@ async fn sigterm_hands_back_unstarted_claims() {
         db.insert_event(ENROLLMENT, &enrollment_event(&format!("patient-{i}")))
             .await;
     }
-    // The partner takes two requests at a time: the rest wait, claimed, for a slot.
+    // The partner takes two requests at a time: the rest wait for a slot, unclaimed.
     let mut daemon = Daemon::start_with_text(
         &with_partner_keys(&config, &db, "max_in_flight = 2"),
         config.dir.path(),
@@ -330,7 +330,7 @@ async fn sigterm_hands_back_unstarted_claims() {
     partner.wait_for_requests(2).await;
     db.wait_for_count(
         "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'in_flight'",
-        EVENTS as i64,
+        2,
     )
     .await;
 

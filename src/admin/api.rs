@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::access::ApiActor;
 use super::AdminState;
+use crate::breaker::{self, CircuitState, PartnerCircuit};
 use crate::deliveries::{
     self, AttemptSummary, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
     PartnerSummary, SupportAction,
@@ -62,6 +63,8 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         SupportAction,
         DeliveryState,
         PartnerSummary,
+        PartnerCircuit,
+        CircuitState,
         ResendReport,
         ErasedBody,
         Cancelled,
@@ -264,12 +267,24 @@ impl AdminState {
         self.pool.get().await.map_err(DatabaseUnavailable::logged)
     }
 
-    /// Each partner at a glance; shared with the support page.
+    /// Each partner at a glance, with its circuit breaker; shared with the support page.
     pub(crate) async fn partner_summaries(&self) -> Result<Vec<PartnerSummary>, ApiError> {
         let client = self.client().await?;
-        Ok(deliveries::partner_summaries(&client)
+        let mut summaries = deliveries::partner_summaries(&client)
             .await
-            .map_err(DatabaseUnavailable::logged)?)
+            .map_err(DatabaseUnavailable::logged)?;
+        let circuits = breaker::circuits(&client)
+            .await
+            .map_err(DatabaseUnavailable::logged)?;
+        for circuit in circuits {
+            if let Some(summary) = summaries
+                .iter_mut()
+                .find(|summary| summary.partner.as_deref() == Some(circuit.partner.as_str()))
+            {
+                summary.circuit = Some(circuit);
+            }
+        }
+        Ok(summaries)
     }
 
     pub(crate) async fn detail(&self, id: Uuid) -> Result<DeliveryDetail, ApiError> {
@@ -474,7 +489,9 @@ pub(crate) async fn retry_matching(
     }))
 }
 
-/// Each partner's deliveries at a glance.
+/// Each partner's deliveries at a glance, and its circuit breaker: `circuit.state` is
+/// `open` while its deliveries are held after failures in a row (until `retry_at`, when
+/// one probe request goes out), `half_open` while that probe is out.
 #[utoipa::path(
     get,
     path = "/api/partners",

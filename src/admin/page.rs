@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::access::{self, SupportSession, SESSION_COOKIE};
 use super::api::{ApiError, Page, Selection};
 use super::AdminState;
+use crate::breaker::{CircuitState, PartnerCircuit};
 use crate::deliveries::{DeliveryDetail, DeliveryState, DeliverySummary};
 
 const PAGE_ROWS: i64 = 50;
@@ -209,7 +210,7 @@ async fn overview(
         table #partners {
             thead { tr {
                 th { "Partner" } th.num { "Delivered (24 h)" } th.num { "Failed (24 h)" }
-                th.num { "Pending" } th { "Oldest pending" }
+                th.num { "Pending" } th { "Oldest pending" } th { "Circuit breaker" }
             } }
             tbody {
                 @for summary in &summaries {
@@ -224,10 +225,11 @@ async fn overview(
                         td.num { (summary.failed) }
                         td.num { (summary.pending) }
                         td { @if let Some(since) = summary.oldest_pending_since { (age(since)) } @else { "–" } }
+                        td.circuit { (circuit(summary.circuit.as_ref())) }
                     }
                 }
                 @if summaries.is_empty() {
-                    tr { td colspan="5" { "No deliveries in the last 24 hours." } }
+                    tr { td colspan="6" { "No deliveries in the last 24 hours." } }
                 }
             }
         }
@@ -279,6 +281,22 @@ async fn overview(
         }
     };
     Ok(layout("Deliveries", Some(&session.actor), body))
+}
+
+/// Whether a partner's deliveries are held after failures in a row.
+fn circuit(circuit: Option<&PartnerCircuit>) -> Markup {
+    match circuit {
+        Some(circuit) if circuit.state == CircuitState::HalfOpen => html! {
+            span.error { "open: one probe request is out" }
+        },
+        Some(circuit) if circuit.is_open() => html! {
+            span.error {
+                "open after " (circuit.consecutive_failures) " failures in a row: deliveries held"
+                @if let Some(at) = circuit.retry_at { " until " (time(at)) }
+            }
+        },
+        _ => html! { "closed" },
+    }
 }
 
 fn short_event_name(name: &str) -> &str {

@@ -211,6 +211,33 @@ type Behaviour = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
 struct PartnerState {
     behaviour: Behaviour,
     received: Arc<Mutex<Vec<Received>>>,
+    open: Arc<OpenRequests>,
+}
+
+/// Requests a partner has received and not finished answering: the dispatcher's
+/// connections it is holding open. A request ends when its answer is sent or when the
+/// dispatcher gives up and closes the connection (the server then drops the handler).
+#[derive(Default)]
+struct OpenRequests {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+/// One open request, counted until dropped.
+struct OpenRequest(Arc<OpenRequests>);
+
+impl OpenRequest {
+    fn start(open: &Arc<OpenRequests>) -> OpenRequest {
+        let now = open.now.fetch_add(1, Ordering::SeqCst) + 1;
+        open.most.fetch_max(now, Ordering::SeqCst);
+        OpenRequest(open.clone())
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A partner CRM played by an HTTP server on 127.0.0.1.
@@ -219,6 +246,7 @@ pub struct TestPartner {
     pub base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
     failed_handshakes: Arc<AtomicUsize>,
+    open: Arc<OpenRequests>,
 }
 
 impl TestPartner {
@@ -246,9 +274,11 @@ impl TestPartner {
     ) -> TestPartner {
         let received = Arc::new(Mutex::new(Vec::new()));
         let failed_handshakes = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(OpenRequests::default());
         let state = PartnerState {
             behaviour: Arc::new(behaviour),
             received: received.clone(),
+            open: open.clone(),
         };
         let app = axum::Router::new().fallback(answer).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -271,7 +301,33 @@ impl TestPartner {
             base_url,
             received,
             failed_handshakes,
+            open,
         }
+    }
+
+    /// Requests received and not yet answered or given up by the dispatcher.
+    pub fn open_requests(&self) -> usize {
+        self.open.now.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were open at the same moment.
+    pub fn most_open_at_once(&self) -> usize {
+        self.open.most.load(Ordering::SeqCst)
+    }
+
+    /// Polls until `count` requests are open at once; fails after a generous deadline.
+    pub async fn wait_for_open_requests(&self, count: usize) {
+        for _ in 0..1200 {
+            if self.open_requests() == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "partner {} has {} requests open after 60s, expected {count}",
+            self.name,
+            self.open_requests()
+        );
     }
 
     /// TLS handshakes that failed (certificate not trusted, client certificate missing).
@@ -310,6 +366,7 @@ async fn answer(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
+    let _open = OpenRequest::start(&state.open);
     let request = {
         let mut received = state.received.lock().expect("partner log");
         let webhook_id = headers.get("webhook-id").cloned();

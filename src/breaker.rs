@@ -1,0 +1,580 @@
+//! Per-partner circuit breakers: a partner that keeps failing is left alone for a while.
+//!
+//! After `circuit_breaker_failures` failed attempts in a row (no answer, or an answer
+//! that is retried: see [`crate::outcome`]) a partner's circuit *opens*: the claimer takes
+//! none of its deliveries, so they stay pending without spending attempts, leases or
+//! capacity. Once `circuit_breaker_cool_down` has passed the circuit is *half-open*: one
+//! delivery goes out as a probe. Any answer but a retried one closes the circuit and the
+//! backlog drains; a failure opens it for another cool-down. A 400 that rejects one event
+//! is the partner answering, so it counts as the partner being up.
+//!
+//! Each daemon keeps its own breakers in memory and decides alone: no database round trip
+//! per attempt or claim, and a daemon that dies leaves nothing held. Changes are written
+//! to `dispatcher.partner_circuits` (the SQL for that table is here), which support, the
+//! API and the metrics read and which a daemon starts from after a restart. With several
+//! daemons a row holds the latest change any of them made, and a failing partner sees up
+//! to N failures and one probe per cool-down from each daemon.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::config::CircuitConfig;
+use crate::db::DbError;
+use crate::outcome::Outcome;
+use crate::shutdown::Shutdown;
+
+/// How long to wait before writing states again after the database refused them.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// Deliveries go out as usual.
+    Closed,
+    /// Deliveries are held until `retry_at`.
+    Open,
+    /// One probe request is out; the rest are held until it is answered.
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+
+    fn from_stored(text: &str) -> CircuitState {
+        match text {
+            "open" => CircuitState::Open,
+            "half_open" => CircuitState::HalfOpen,
+            // The CHECK constraint allows nothing else.
+            _ => CircuitState::Closed,
+        }
+    }
+}
+
+/// One partner's circuit breaker: the state machine, with no I/O, so that what it decides
+/// depends only on the outcomes it was told and the time.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Breaker {
+    state: CircuitState,
+    consecutive_failures: u32,
+    opened_at: Option<DateTime<Utc>>,
+    retry_at: Option<DateTime<Utc>>,
+}
+
+/// How many of a partner's deliveries its breaker lets out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allowance {
+    Any,
+    Probe,
+    Held,
+}
+
+impl Breaker {
+    fn closed() -> Breaker {
+        Breaker {
+            state: CircuitState::Closed,
+            consecutive_failures: 0,
+            opened_at: None,
+            retry_at: None,
+        }
+    }
+
+    fn allowance(&self, now: DateTime<Utc>) -> Allowance {
+        match self.state {
+            CircuitState::Closed => Allowance::Any,
+            CircuitState::Open if self.retry_at.is_none_or(|at| at <= now) => Allowance::Probe,
+            CircuitState::Open | CircuitState::HalfOpen => Allowance::Held,
+        }
+    }
+
+    /// Lets one delivery out: `Some(true)` when it is the probe, `None` when it is held.
+    fn admit(&mut self, now: DateTime<Utc>) -> Option<bool> {
+        match self.allowance(now) {
+            Allowance::Any => Some(false),
+            Allowance::Probe => {
+                self.state = CircuitState::HalfOpen;
+                Some(true)
+            }
+            Allowance::Held => None,
+        }
+    }
+
+    /// What an attempt's outcome does to the circuit. A failure of a request sent before
+    /// the circuit opened changes nothing but the count; an answer closes it whatever
+    /// request brought it.
+    fn settle(&mut self, failed: bool, probe: bool, config: &CircuitConfig, now: DateTime<Utc>) {
+        if !failed {
+            *self = Breaker::closed();
+            return;
+        }
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let opens = match self.state {
+            CircuitState::Closed => self.consecutive_failures >= config.failures,
+            CircuitState::HalfOpen => probe,
+            CircuitState::Open => false,
+        };
+        if opens {
+            self.state = CircuitState::Open;
+            self.opened_at.get_or_insert(now);
+            self.retry_at = Some(after(now, config.cool_down));
+        }
+    }
+
+    /// The probe was never sent (shutdown, an event that cannot be sent): the next claim
+    /// may probe with another delivery.
+    fn release_probe(&mut self) {
+        if self.state == CircuitState::HalfOpen {
+            self.state = CircuitState::Open;
+        }
+    }
+}
+
+fn after(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(wait)
+        .ok()
+        .and_then(|wait| now.checked_add_signed(wait))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Every partner's breaker in this daemon, and the changes not yet written to the
+/// database. Partners it has heard nothing of are closed.
+#[derive(Default)]
+pub(crate) struct Breakers {
+    inner: Mutex<Registry>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Registry {
+    breakers: HashMap<String, Breaker>,
+    unwritten: HashSet<String>,
+}
+
+impl Breakers {
+    /// How many of the partner's deliveries may be claimed now, given its free
+    /// `max_in_flight` slots: all of them while closed, one probe once the cool-down is
+    /// over, none otherwise.
+    pub(crate) fn room(&self, partner: &str, free_slots: usize, now: DateTime<Utc>) -> usize {
+        let allowance = self
+            .lock()
+            .breakers
+            .get(partner)
+            .map_or(Allowance::Any, |breaker| breaker.allowance(now));
+        match allowance {
+            Allowance::Any => free_slots,
+            Allowance::Probe => free_slots.min(1),
+            Allowance::Held => 0,
+        }
+    }
+
+    /// Lets one claimed delivery of the partner out, or `None` if it must wait.
+    pub(crate) fn admit(self: &Arc<Self>, partner: &str, now: DateTime<Utc>) -> Option<Admission> {
+        let mut probe = None;
+        self.update(partner, |breaker| probe = breaker.admit(now));
+        Some(Admission {
+            breakers: self.clone(),
+            partner: partner.to_string(),
+            probe: probe?,
+            settled: false,
+        })
+    }
+
+    /// The next time after `now` an open circuit may probe, so the claimer wakes for it.
+    pub(crate) fn next_probe_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.lock()
+            .breakers
+            .values()
+            .filter(|breaker| breaker.state == CircuitState::Open)
+            .filter_map(|breaker| breaker.retry_at)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    /// Starts from the states in the database, so a restart does not forget an open
+    /// circuit. A probe that was out when its daemon stopped is due again.
+    pub(crate) async fn load(&self, client: &impl GenericClient) -> Result<(), DbError> {
+        let stored = circuits(client).await?;
+        let mut registry = self.lock();
+        for circuit in stored {
+            let state = match circuit.state {
+                CircuitState::HalfOpen => CircuitState::Open,
+                state => state,
+            };
+            registry.breakers.insert(
+                circuit.partner,
+                Breaker {
+                    state,
+                    consecutive_failures: u32::try_from(circuit.consecutive_failures).unwrap_or(0),
+                    opened_at: circuit.opened_at,
+                    retry_at: circuit.retry_at,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes changes to `dispatcher.partner_circuits` as they happen, until shutdown
+    /// begins. While the database is away they wait, and the latest state is written.
+    pub(crate) async fn record_changes(self: Arc<Self>, pool: Pool, shutdown: Shutdown) {
+        while !shutdown.is_stopping() {
+            tokio::select! {
+                () = self.changed.notified() => {}
+                () = shutdown.stopping() => {}
+            }
+            if let Err(error) = self.write_changes(&pool).await {
+                tracing::warn!(%error, "cannot record circuit breaker states; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(WRITE_RETRY) => self.changed.notify_one(),
+                    () = shutdown.stopping() => {}
+                }
+            }
+        }
+    }
+
+    /// Writes the states changed since the last write.
+    pub(crate) async fn write_changes(&self, pool: &Pool) -> Result<(), DbError> {
+        let changes: Vec<(String, Breaker)> = {
+            let mut registry = self.lock();
+            let names: Vec<String> = registry.unwritten.drain().collect();
+            names
+                .into_iter()
+                .map(|name| {
+                    let breaker = registry
+                        .breakers
+                        .get(&name)
+                        .cloned()
+                        .unwrap_or_else(Breaker::closed);
+                    (name, breaker)
+                })
+                .collect()
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let written = async {
+            let client = pool.get().await?;
+            save(&client, &changes).await?;
+            Ok(())
+        }
+        .await;
+        if written.is_err() {
+            self.lock()
+                .unwritten
+                .extend(changes.into_iter().map(|(name, _)| name));
+        }
+        written
+    }
+
+    /// Applies `change` to the partner's breaker; logs and queues for writing what changed.
+    fn update(&self, partner: &str, change: impl FnOnce(&mut Breaker)) {
+        let mut registry = self.lock();
+        let breaker = registry
+            .breakers
+            .entry(partner.to_string())
+            .or_insert_with(Breaker::closed);
+        let before = breaker.clone();
+        change(breaker);
+        if *breaker == before {
+            return;
+        }
+        log_transition(partner, &before, breaker);
+        registry.unwritten.insert(partner.to_string());
+        drop(registry);
+        self.changed.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn log_transition(partner: &str, before: &Breaker, after: &Breaker) {
+    let failures = after.consecutive_failures;
+    let retry_at = after.retry_at.map(|at| at.to_rfc3339());
+    match (before.state, after.state) {
+        (CircuitState::Closed, CircuitState::Open) => tracing::warn!(
+            partner,
+            failures,
+            retry_at,
+            "circuit open: holding this partner's deliveries until the cool-down is over"
+        ),
+        (CircuitState::HalfOpen, CircuitState::Open) if failures > before.consecutive_failures => {
+            tracing::warn!(
+                partner,
+                failures,
+                retry_at,
+                "probe failed: circuit open again"
+            )
+        }
+        (CircuitState::Open, CircuitState::HalfOpen) => {
+            tracing::info!(partner, "circuit half-open: sending one probe request")
+        }
+        (state, CircuitState::Closed) if state != CircuitState::Closed => {
+            tracing::info!(partner, "circuit closed: the partner answers again")
+        }
+        _ => {}
+    }
+}
+
+/// A claimed delivery the breaker let out. Settle it with the attempt's outcome; dropped
+/// unsettled (no request was made), a probe is given back.
+pub(crate) struct Admission {
+    breakers: Arc<Breakers>,
+    partner: String,
+    probe: bool,
+    settled: bool,
+}
+
+impl Admission {
+    pub(crate) fn settle(mut self, outcome: &Outcome, config: &CircuitConfig) {
+        self.settled = true;
+        let failed = matches!(outcome, Outcome::Failed { .. });
+        let probe = self.probe;
+        self.breakers.update(&self.partner, |breaker| {
+            breaker.settle(failed, probe, config, Utc::now())
+        });
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            self.breakers.update(&self.partner, Breaker::release_probe);
+        }
+    }
+}
+
+/// A partner's circuit as last recorded, for support, the API and the metrics.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PartnerCircuit {
+    pub partner: String,
+    pub state: CircuitState,
+    /// Failed attempts in a row (no answer, or 5xx, 429, 408 and the like).
+    pub consecutive_failures: i32,
+    /// When the circuit opened; null while closed.
+    pub opened_at: Option<DateTime<Utc>>,
+    /// When one probe request may go out; null while closed.
+    pub retry_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PartnerCircuit {
+    /// Whether the partner's deliveries are being held.
+    pub fn is_open(&self) -> bool {
+        self.state != CircuitState::Closed
+    }
+}
+
+/// Every partner's recorded circuit, by partner name.
+pub async fn circuits(
+    client: &impl GenericClient,
+) -> Result<Vec<PartnerCircuit>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT partner, state, consecutive_failures, opened_at, retry_at, updated_at
+             FROM dispatcher.partner_circuits ORDER BY partner",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| PartnerCircuit {
+            partner: row.get(0),
+            state: CircuitState::from_stored(row.get(1)),
+            consecutive_failures: row.get(2),
+            opened_at: row.get(3),
+            retry_at: row.get(4),
+            updated_at: row.get(5),
+        })
+        .collect())
+}
+
+async fn save(
+    client: &impl GenericClient,
+    changes: &[(String, Breaker)],
+) -> Result<(), tokio_postgres::Error> {
+    let mut partners = Vec::with_capacity(changes.len());
+    let mut states = Vec::with_capacity(changes.len());
+    let mut failures = Vec::with_capacity(changes.len());
+    let mut opened = Vec::with_capacity(changes.len());
+    let mut retry = Vec::with_capacity(changes.len());
+    for (partner, breaker) in changes {
+        partners.push(partner.as_str());
+        states.push(breaker.state.as_str());
+        failures.push(i32::try_from(breaker.consecutive_failures).unwrap_or(i32::MAX));
+        opened.push(breaker.opened_at);
+        retry.push(breaker.retry_at);
+    }
+    client
+        .execute(
+            "INSERT INTO dispatcher.partner_circuits
+                 (partner, state, consecutive_failures, opened_at, retry_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[])
+             ON CONFLICT (partner) DO UPDATE
+             SET state = excluded.state,
+                 consecutive_failures = excluded.consecutive_failures,
+                 opened_at = excluded.opened_at,
+                 retry_at = excluded.retry_at,
+                 updated_at = now()",
+            &[&partners, &states, &failures, &opened, &retry],
+        )
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> CircuitConfig {
+        CircuitConfig {
+            failures: 3,
+            cool_down: Duration::from_secs(30),
+        }
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000 + seconds, 0).expect("valid time")
+    }
+
+    fn failed(breaker: &mut Breaker, probe: bool, now: DateTime<Utc>) {
+        breaker.settle(true, probe, &config(), now);
+    }
+
+    #[test]
+    fn opens_after_the_configured_failures_in_a_row_and_an_answer_resets_the_count() {
+        let mut breaker = Breaker::closed();
+        failed(&mut breaker, false, at(0));
+        failed(&mut breaker, false, at(1));
+        breaker.settle(false, false, &config(), at(2));
+        assert_eq!(
+            breaker,
+            Breaker::closed(),
+            "an answer between failures resets"
+        );
+        for second in 3..5 {
+            failed(&mut breaker, false, at(second));
+            assert_eq!(breaker.allowance(at(second)), Allowance::Any);
+        }
+        failed(&mut breaker, false, at(5));
+        assert_eq!(breaker.state, CircuitState::Open);
+        assert_eq!(breaker.consecutive_failures, 3);
+        assert_eq!(breaker.opened_at, Some(at(5)));
+        assert_eq!(breaker.retry_at, Some(at(35)));
+    }
+
+    #[test]
+    fn holds_for_the_cool_down_then_lets_one_probe_out() {
+        let mut breaker = Breaker::closed();
+        for second in 0..3 {
+            failed(&mut breaker, false, at(second));
+        }
+        assert_eq!(breaker.allowance(at(31)), Allowance::Held);
+        assert_eq!(breaker.admit(at(31)), None);
+        assert_eq!(breaker.allowance(at(32)), Allowance::Probe);
+        assert_eq!(breaker.admit(at(32)), Some(true));
+        assert_eq!(breaker.state, CircuitState::HalfOpen);
+        assert_eq!(breaker.admit(at(33)), None, "only one probe at a time");
+    }
+
+    #[test]
+    fn a_failed_probe_opens_for_another_cool_down_and_an_answered_one_closes() {
+        let mut breaker = Breaker::closed();
+        for second in 0..3 {
+            failed(&mut breaker, false, at(second));
+        }
+        assert_eq!(breaker.admit(at(40)), Some(true));
+        failed(&mut breaker, true, at(41));
+        assert_eq!(breaker.state, CircuitState::Open);
+        assert_eq!(
+            breaker.opened_at,
+            Some(at(2)),
+            "open since the first opening"
+        );
+        assert_eq!(breaker.retry_at, Some(at(71)));
+        assert_eq!(breaker.admit(at(70)), None);
+        assert_eq!(breaker.admit(at(71)), Some(true));
+        breaker.settle(false, true, &config(), at(72));
+        assert_eq!(breaker, Breaker::closed());
+    }
+
+    #[test]
+    fn late_failures_of_requests_sent_before_opening_do_not_extend_the_cool_down() {
+        let mut breaker = Breaker::closed();
+        for second in 0..3 {
+            failed(&mut breaker, false, at(second));
+        }
+        failed(&mut breaker, false, at(10));
+        assert_eq!(breaker.retry_at, Some(at(32)));
+        assert_eq!(breaker.admit(at(32)), Some(true));
+        failed(&mut breaker, false, at(33));
+        assert_eq!(
+            breaker.state,
+            CircuitState::HalfOpen,
+            "not the probe's answer"
+        );
+    }
+
+    #[test]
+    fn a_probe_never_sent_is_given_back() {
+        let breakers = Arc::new(Breakers::default());
+        for second in 0..3 {
+            let admission = breakers.admit("acme", at(second)).expect("closed");
+            admission.settle(
+                &Outcome::Failed {
+                    reason: "HTTP 500".into(),
+                    retry_after: None,
+                },
+                &config(),
+            );
+        }
+        let now = Utc::now() + chrono::Duration::seconds(31);
+        assert_eq!(breakers.room("acme", 5, now), 1);
+        let probe = breakers.admit("acme", now).expect("the probe");
+        assert_eq!(breakers.room("acme", 5, now), 0);
+        assert!(breakers.admit("acme", now).is_none());
+        drop(probe);
+        assert_eq!(breakers.room("acme", 5, now), 1, "the next claim may probe");
+        assert_eq!(breakers.room("other", 5, now), 5);
+    }
+
+    #[test]
+    fn a_rejected_event_is_the_partner_answering() {
+        let breakers = Arc::new(Breakers::default());
+        let now = Utc::now();
+        for _ in 0..2 {
+            breakers.admit("acme", now).expect("closed").settle(
+                &Outcome::Failed {
+                    reason: "timeout".into(),
+                    retry_after: None,
+                },
+                &config(),
+            );
+        }
+        breakers.admit("acme", now).expect("closed").settle(
+            &Outcome::Rejected {
+                reason: "HTTP 400".into(),
+            },
+            &config(),
+        );
+        breakers.admit("acme", now).expect("closed").settle(
+            &Outcome::Failed {
+                reason: "HTTP 503".into(),
+                retry_after: None,
+            },
+            &config(),
+        );
+        assert_eq!(breakers.room("acme", 5, now), 5, "still closed");
+    }
+}
