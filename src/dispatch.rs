@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -163,10 +163,7 @@ impl Dispatcher {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "routing new events failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(config.dispatch.poll_interval) => {}
-                        () = self.shutdown.stopping() => {}
-                    }
+                    self.wait_after_db_error(&self.wakeups.outbox).await;
                 }
             }
         }
@@ -182,10 +179,7 @@ impl Dispatcher {
                 Ok(ClaimOutcome::EmptyQueue) => self.wait_for_due_deliveries().await,
                 Err(error) => {
                     tracing::warn!(%error, "claiming deliveries failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(self.live.snapshot().dispatch.poll_interval) => {}
-                        () = self.shutdown.stopping() => {}
-                    }
+                    self.wait_after_db_error(&self.wakeups.deliveries).await;
                 }
             }
         }
@@ -232,6 +226,17 @@ impl Dispatcher {
             });
         }
         Ok(ClaimOutcome::Claimed)
+    }
+
+    /// Waits until `wakeup` (which the listener also sends once it is connected again
+    /// after an outage), the poll interval, or [`db::RETRY_AFTER_ERROR`], whichever is first.
+    async fn wait_after_db_error(&self, wakeup: &Notify) {
+        let poll = self.live.snapshot().dispatch.poll_interval;
+        tokio::select! {
+            () = wakeup.notified() => {}
+            () = tokio::time::sleep(poll.min(db::RETRY_AFTER_ERROR)) => {}
+            () = self.shutdown.stopping() => {}
+        }
     }
 
     /// Up to `batch_size` capacity permits; waits for at least one. `None` on shutdown.
