@@ -5,7 +5,8 @@
 //! - the **claimer** claims due deliveries in batches and starts one attempt task each;
 //! - the **recorder** writes the attempts' resolutions back in batches.
 //!
-//! Beside them, the pruner (`retention`) erases and deletes what is past retention.
+//! Beside them, the pruner (`retention`) erases and deletes what is past retention, and
+//! the rescuer (`rescue`) returns deliveries whose lease ran out.
 //!
 //! A semaphore of `concurrency` permits bounds everything in between: a permit is taken
 //! per claimed delivery and given back only once its resolution is written, so memory
@@ -36,7 +37,7 @@ use crate::retry::{self, RetryPolicy};
 use crate::send::LiveSender;
 use crate::shutdown::Shutdown;
 use crate::wakeup::{self, Wakeups};
-use crate::{db, outbox, retention};
+use crate::{db, outbox, rescue, retention};
 
 /// Outbox events routed per transaction.
 const ROUTE_BATCH: usize = 1000;
@@ -121,6 +122,13 @@ impl Dispatcher {
             config.retention.clone(),
             self.shutdown.clone(),
         ));
+        let rescuer = tokio::spawn(rescue::run(
+            self.pool.clone(),
+            self.live.clone(),
+            self.metrics.clone(),
+            self.wakeups.clone(),
+            self.shutdown.clone(),
+        ));
         let (results, pending_results) = mpsc::channel(config.dispatch.concurrency);
         let recorder = tokio::spawn(self.clone().record_resolutions(pending_results));
 
@@ -131,6 +139,7 @@ impl Dispatcher {
         let _ = recorder.await;
         let _ = router.await;
         let _ = pruner.await;
+        let _ = rescuer.await;
         listener.abort();
         tracing::info!("dispatcher stopped");
         Ok(())

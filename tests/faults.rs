@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster::Cluster;
@@ -220,4 +221,333 @@ async fn an_event_whose_notification_never_came_is_found_by_polling() {
         .await;
     db.wait_for_count(DELIVERED, 1).await;
     assert_eq!(partner.received()[0].patient_id(), "p-unnoticed");
+}
+
+/// The config for the result tests: a short lease (3s), so a lost result is sent again soon.
+fn short_lease(partner: &TestPartner) -> TestConfig {
+    TestConfig::new().partner(partner, &[PROGRAM]).dispatch(
+        "concurrency = 8\nbatch_size = 8\nlease = \"3s\"\npoll_interval = \"200ms\"\n\
+         request_timeout = \"1s\"\nshutdown_grace = \"1s\"",
+    )
+}
+
+/// A partner that, on its first request, takes the database down (`cluster`) before it
+/// answers 200: the dispatcher holds a 200 it cannot write. Later requests are answered
+/// by `later`.
+async fn partner_outliving_the_database(
+    cluster: &Arc<Cluster>,
+    later: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+) -> TestPartner {
+    let cluster = cluster.clone();
+    TestPartner::start("acme", move |request| {
+        if request.try_number == 1 {
+            cluster.stop_immediately();
+            Reply::accepted(request)
+        } else {
+            later(request)
+        }
+    })
+    .await
+}
+
+async fn single_delivery(db: &TestDb) -> Value {
+    let deliveries = db.deliveries().await;
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    deliveries[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_the_database_could_not_take_is_recorded_once_it_is_back_and_not_sent_twice() {
+    let cluster = Arc::new(Cluster::new());
+    let partner = partner_outliving_the_database(&cluster, Reply::accepted).await;
+    // The outage lasts seconds; the lease, a minute: the claim is still ours when the
+    // database returns.
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
+        "concurrency = 8\nbatch_size = 8\nlease = \"60s\"\npoll_interval = \"200ms\"\n\
+         request_timeout = \"2s\"\nshutdown_grace = \"2s\"",
+    );
+    let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    partner.wait_for_requests(1).await;
+    daemon
+        .wait_for_log("recording results failed; retrying", 1)
+        .await;
+
+    cluster.start();
+    db.reconnect().await;
+    db.wait_for_count(DELIVERED, 1).await;
+    let delivery = single_delivery(&db).await;
+    assert_eq!(partner.received().len(), 1, "sent once: {delivery}");
+    let id = delivery["id"].as_str().expect("id");
+    let attempts = db.attempts(id).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0]["http_status"], 200);
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatcher.partner_patients WHERE external_id = 'crm-p-1'")
+            .await,
+        1,
+        "the partner's id for the patient, from that 200, was kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_lost_with_its_daemon_is_sent_again_after_the_lease_with_the_same_webhook_id() {
+    let cluster = Arc::new(Cluster::new());
+    let partner = partner_outliving_the_database(&cluster, Reply::accepted).await;
+    let config = short_lease(&partner);
+    let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
+    let mut first = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    partner.wait_for_requests(1).await;
+    first
+        .wait_for_log("recording results failed; retrying", 1)
+        .await;
+
+    // Ops restart the daemon while the database is still down: the 200 it holds is lost.
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = first.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit {status}; log:\n{}",
+        first.log_text()
+    );
+    first
+        .wait_for_log("cannot record results before exiting", 1)
+        .await;
+
+    cluster.start();
+    db.reconnect().await;
+    let second = Daemon::start(&config, &db);
+    db.wait_for_count(DELIVERED, 1).await;
+
+    let delivery = single_delivery(&db).await;
+    let id = delivery["id"].as_str().expect("id");
+    let received = partner.received();
+    assert_eq!(received.len(), 2, "{delivery}");
+    assert!(
+        received.iter().all(|r| r.webhook_id() == id),
+        "both requests carry the delivery's webhook-id, so the partner can drop the second"
+    );
+    let attempts = db.attempts(id).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["error_kind"], "lease_expired", "{attempts:?}");
+    assert!(attempts[0]["http_status"].is_null());
+    assert_eq!(attempts[1]["http_status"], 200, "{attempts:?}");
+    assert!(delivery["claim_token"].is_null(), "{delivery}");
+    let log = second
+        .wait_for_log("lease expired with no result recorded; sending again", 1)
+        .await;
+    assert!(
+        log.lines()
+            .any(|line| line.contains("lease expired") && line.contains(id)),
+        "the rescue is logged with the delivery's id:\n{log}"
+    );
+    let (_, metrics) = {
+        let admin = AdminClient::of(&second, None).await;
+        let response = admin
+            .raw(admin.http().get(format!("{}/metrics", admin.base)))
+            .await;
+        (response.status(), response.text().await.expect("metrics"))
+    };
+    assert!(
+        metrics.contains("dispatcher_leases_expired_total{partner=\"acme\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Daemon A sends p-1, gets its 200 but cannot write it (the partner took the database
+/// down), and is frozen (SIGSTOP) with that 200 in memory; the database comes back and
+/// daemon B takes over. Returns A, frozen, and B.
+async fn a_frozen_daemon_holding_a_200(
+    cluster: &Cluster,
+    config: &TestConfig,
+    db: &mut TestDb,
+    partner: &TestPartner,
+) -> (Daemon, Daemon) {
+    let a = Daemon::start(config, db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    partner.wait_for_requests(1).await;
+    a.wait_for_log("recording results failed; retrying", 1)
+        .await;
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+    cluster.start();
+    db.reconnect().await;
+    let b = Daemon::start(config, db);
+    (a, b)
+}
+
+/// Waits until the thawed daemon has tried to write its late result: it logs that it was
+/// discarded, or the delivery changes. Returns the delivery as it is then.
+async fn wait_for_the_late_write(daemon: &Daemon, db: &TestDb, before: &Value) -> Value {
+    for _ in 0..600 {
+        let now = single_delivery(db).await;
+        if &now != before
+            || daemon
+                .log_text()
+                .contains("result discarded: the claim was no longer current")
+        {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the thawed daemon neither wrote nor discarded its result within 60s; log:\n{}",
+        daemon.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_200_from_a_frozen_daemon_does_not_overwrite_the_resend_that_delivered() {
+    let cluster = Arc::new(Cluster::new());
+    let partner = partner_outliving_the_database(&cluster, |request| {
+        Reply::accepted(request).header("x-answered", "resend")
+    })
+    .await;
+    let config = short_lease(&partner);
+    let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
+    let (a, _b) = a_frozen_daemon_holding_a_200(&cluster, &config, &mut db, &partner).await;
+    db.wait_for_count(DELIVERED, 1).await;
+    let delivery = single_delivery(&db).await;
+    let id = delivery["id"].as_str().expect("id");
+    let before = db.attempts(id).await;
+
+    // A wakes up and writes what it held: discarded, the claim it was for is gone.
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    let after = wait_for_the_late_write(&a, &db, &delivery).await;
+    assert_eq!(after, delivery, "the late 200 changed the delivery");
+    let attempts = db.attempts(id).await;
+    assert_eq!(attempts, before);
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["error_kind"], "lease_expired");
+    assert_eq!(attempts[1]["http_status"], 200);
+    let received = partner.received();
+    assert_eq!(received.len(), 2);
+    assert!(received.iter().all(|r| r.webhook_id() == id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_200_from_a_frozen_daemon_does_not_revive_a_delivery_support_cancelled() {
+    let cluster = Arc::new(Cluster::new());
+    // The resend fails, and its retry is far off: the delivery waits, pending.
+    let partner = partner_outliving_the_database(&cluster, |_| {
+        Reply::status(503, r#"{"success": false, "errorMessage": "maintenance"}"#)
+    })
+    .await;
+    let config =
+        short_lease(&partner).retry("max_attempts = 5\nbase_delay = \"1h\"\nmax_delay = \"1h\"");
+    let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
+    let (a, _b) = a_frozen_daemon_holding_a_200(&cluster, &config, &mut db, &partner).await;
+    partner.wait_for_requests(2).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND last_status = 503",
+        1,
+    )
+    .await;
+    let id = single_delivery(&db).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    // Support gives up on it.
+    let cancelled = finish({
+        let mut command = dispatcher(&config.write(&db));
+        command.args(["deliveries", "cancel", &id]);
+        command
+    })
+    .await;
+    assert!(cancelled.status.success(), "{cancelled}");
+
+    let delivery = single_delivery(&db).await;
+    assert_eq!(delivery["state"], "cancelled", "{delivery}");
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    let after = wait_for_the_late_write(&a, &db, &delivery).await;
+    assert_eq!(after, delivery, "the late 200 changed the delivery");
+    let attempts = db.attempts(&id).await;
+    let kinds: Vec<(Value, Value)> = attempts
+        .iter()
+        .map(|a| (a["error_kind"].clone(), a["http_status"].clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Value::from("lease_expired"), Value::Null),
+            (Value::Null, Value::from(503))
+        ],
+        "A's late 200 is not among them"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_that_takes_its_daemon_down_every_time_ends_dead_after_max_attempts() {
+    // Whenever this delivery is sent, its daemon dies (a crash it triggers, say) before
+    // the answer is recorded.
+    let running: Arc<Mutex<Option<nix::unistd::Pid>>> = Arc::default();
+    let partner = TestPartner::start("acme", {
+        let running = running.clone();
+        move |request| {
+            if let Some(pid) = *running.lock().expect("pid") {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            Reply::accepted(request)
+        }
+    })
+    .await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .dispatch(
+            "concurrency = 8\nbatch_size = 8\nlease = \"2s\"\npoll_interval = \"200ms\"\n\
+             request_timeout = \"500ms\"\nshutdown_grace = \"500ms\"",
+        )
+        .retry("max_attempts = 3\nbase_delay = \"100ms\"\nmax_delay = \"100ms\"");
+    let db = TestDb::migrated(&config).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+
+    // Ops (or systemd) restart it each time.
+    let mut restarts = 0;
+    loop {
+        let mut daemon = Daemon::start(&config, &db);
+        *running.lock().expect("pid") = Some(daemon.pid());
+        let mut ended = false;
+        for _ in 0..600 {
+            ended = db
+                .count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'dead'")
+                .await
+                == 1;
+            if ended || !daemon.is_running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if ended {
+            assert!(daemon.is_running(), "the daemon that ended it lives on");
+            break;
+        }
+        assert!(!daemon.is_running(), "neither dead nor crashed within 60s");
+        restarts += 1;
+        assert!(
+            restarts <= 6,
+            "sent {} times and still not ended: {}",
+            partner.received().len(),
+            single_delivery(&db).await
+        );
+    }
+
+    let delivery = single_delivery(&db).await;
+    let id = delivery["id"].as_str().expect("id");
+    assert!(
+        delivery["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gave up after 3 attempts")),
+        "{delivery}"
+    );
+    let attempts = db.attempts(id).await;
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert!(
+        attempts.iter().all(|a| a["error_kind"] == "lease_expired"),
+        "{attempts:?}"
+    );
+    let received = partner.received();
+    assert_eq!(received.len(), 3, "sent max_attempts times, no more");
+    assert!(received.iter().all(|r| r.webhook_id() == id));
 }
