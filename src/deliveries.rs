@@ -308,17 +308,21 @@ pub async fn rescue_expired(
         .collect())
 }
 
-/// When the earliest lease held now runs out.
-pub async fn next_lease_end(
+/// How long until the earliest lease held now runs out (zero if it has), by the
+/// database's clock, which is the one leases are measured by. `None` when none is held.
+pub async fn until_next_lease_end(
     client: &impl GenericClient,
-) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+) -> Result<Option<Duration>, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT min(due_at) FROM dispatcher.deliveries WHERE state = 'in_flight'",
+            "SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8
+             FROM dispatcher.deliveries WHERE state = 'in_flight'",
             &[],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row
+        .get::<_, Option<f64>>(0)
+        .map(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)))
 }
 
 /// When the next pending delivery falls due, if one is waiting for a later time.

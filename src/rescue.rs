@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use deadpool_postgres::Pool;
 
 use crate::db;
@@ -22,9 +21,12 @@ use crate::wakeup::Wakeups;
 
 /// Deliveries rescued per statement.
 const RESCUE_BATCH: usize = 1000;
+/// The shortest wait between looks, so a lease another rescuer is busy with is not
+/// polled in a tight loop.
+const SOON: Duration = Duration::from_millis(50);
 
-/// Runs until shutdown: rescues what has expired, then sleeps until the earliest lease held
-/// runs out (at most `poll_interval`, as another daemon may claim meanwhile).
+/// Runs until shutdown: rescues what has expired, then sleeps until the earliest lease
+/// held runs out.
 pub(crate) async fn run(
     pool: Pool,
     live: LiveConfig,
@@ -33,35 +35,45 @@ pub(crate) async fn run(
     shutdown: Shutdown,
 ) {
     while !shutdown.is_stopping() {
-        let config = live.snapshot();
-        let poll = config.dispatch.poll_interval;
         let wait = match rescue_once(&pool, &live, &metrics).await {
-            Ok(rescued) if rescued > 0 => {
-                wakeups.deliveries.notify_one();
+            Ok(rescued) => {
+                if rescued > 0 {
+                    wakeups.deliveries.notify_one();
+                }
                 if rescued == RESCUE_BATCH {
                     continue;
                 }
-                poll
+                until_next_lease_end(&pool, &live).await
             }
-            Ok(_) => match pool.get().await {
-                Ok(client) => deliveries::next_lease_end(&client)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|end| (end - Utc::now()).to_std().ok())
-                    .map_or(poll, |until_end| until_end.min(poll)),
-                Err(_) => poll,
-            },
             Err(error) => {
                 tracing::warn!(%error, "returning expired leases failed; retrying");
-                poll.min(db::RETRY_AFTER_ERROR)
+                live.snapshot()
+                    .dispatch
+                    .poll_interval
+                    .min(db::RETRY_AFTER_ERROR)
             }
         };
         tokio::select! {
-            // A little past the lease's end, so it has run out by the database's clock too.
-            () = tokio::time::sleep(wait + Duration::from_millis(10)) => {}
+            () = tokio::time::sleep(wait) => {}
             () = shutdown.stopping() => {}
         }
+    }
+}
+
+/// How long until the earliest lease held now runs out. At most `poll_interval`, and at
+/// most a lease: a claim made after this look (by any daemon) runs out no sooner.
+async fn until_next_lease_end(pool: &Pool, live: &LiveConfig) -> Duration {
+    let dispatch = live.snapshot().dispatch.clone();
+    let longest = dispatch.poll_interval.min(dispatch.lease);
+    let until_end = match pool.get().await {
+        Ok(client) => deliveries::until_next_lease_end(&client).await,
+        Err(_) => return longest.min(db::RETRY_AFTER_ERROR),
+    };
+    match until_end {
+        // Zero: it ran out since the rescue, or another daemon's rescuer holds it now.
+        Ok(Some(until_end)) => until_end.max(SOON).min(longest),
+        Ok(None) => longest,
+        Err(_) => longest.min(db::RETRY_AFTER_ERROR),
     }
 }
 
