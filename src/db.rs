@@ -23,6 +23,10 @@ pub enum DbError {
 /// loopback socket that connected to itself) fails after this and is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// After a failed database call, the longest wait before trying again, however long
+/// `poll_interval` is: an outage must not leave the daemon idle for a poll interval.
+pub(crate) const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
+
 /// No statement of the dispatcher's takes long; one that hangs is cut off and retried.
 const STATEMENT_TIMEOUT: &str = "-c statement_timeout=60s";
 

@@ -5,7 +5,8 @@
 //! - the **claimer** claims due deliveries in batches and starts one attempt task each;
 //! - the **recorder** writes the attempts' resolutions back in batches.
 //!
-//! Beside them, the pruner (`retention`) erases and deletes what is past retention.
+//! Beside them, the pruner (`retention`) erases and deletes what is past retention, and
+//! the rescuer (`rescue`) returns deliveries whose lease ran out.
 //!
 //! A semaphore of `concurrency` permits bounds everything in between: a permit is taken
 //! per claimed delivery and given back only once its resolution is written, so memory
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -45,7 +46,7 @@ use crate::retry::{self, RetryPolicy};
 use crate::send::LiveSender;
 use crate::shutdown::Shutdown;
 use crate::wakeup::{self, Wakeups};
-use crate::{db, outbox, retention};
+use crate::{db, outbox, rescue, retention};
 
 /// Outbox events routed per transaction.
 const ROUTE_BATCH: usize = 1000;
@@ -146,6 +147,13 @@ impl Dispatcher {
             config.retention.clone(),
             self.shutdown.clone(),
         ));
+        let rescuer = tokio::spawn(rescue::run(
+            self.pool.clone(),
+            self.live.clone(),
+            self.metrics.clone(),
+            self.wakeups.clone(),
+            self.shutdown.clone(),
+        ));
         let (results, pending_results) = mpsc::channel(config.dispatch.concurrency);
         let recorder = tokio::spawn(self.clone().record_resolutions(pending_results));
 
@@ -156,6 +164,7 @@ impl Dispatcher {
         let _ = recorder.await;
         let _ = router.await;
         let _ = pruner.await;
+        let _ = rescuer.await;
         let _ = circuits.await;
         // What the last attempts did to the circuits; if the database is away, the
         // states stay as last written.
@@ -206,10 +215,7 @@ impl Dispatcher {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "routing new events failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(config.dispatch.poll_interval) => {}
-                        () = self.shutdown.stopping() => {}
-                    }
+                    self.wait_after_db_error(&self.wakeups.outbox).await;
                 }
             }
         }
@@ -225,10 +231,7 @@ impl Dispatcher {
                 Ok(ClaimOutcome::EmptyQueue) => self.wait_for_due_deliveries().await,
                 Err(error) => {
                     tracing::warn!(%error, "claiming deliveries failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(self.live.snapshot().dispatch.poll_interval) => {}
-                        () = self.shutdown.stopping() => {}
-                    }
+                    self.wait_after_db_error(&self.wakeups.deliveries).await;
                 }
             }
         }
@@ -309,6 +312,17 @@ impl Dispatcher {
             _slot: slot,
             admission,
         })
+    }
+
+    /// Waits until `wakeup` (which the listener also sends once it is connected again
+    /// after an outage), the poll interval, or [`db::RETRY_AFTER_ERROR`], whichever is first.
+    async fn wait_after_db_error(&self, wakeup: &Notify) {
+        let poll = self.live.snapshot().dispatch.poll_interval;
+        tokio::select! {
+            () = wakeup.notified() => {}
+            () = tokio::time::sleep(poll.min(db::RETRY_AFTER_ERROR)) => {}
+            () = self.shutdown.stopping() => {}
+        }
     }
 
     /// Up to `batch_size` capacity permits; waits for at least one. `None` on shutdown.

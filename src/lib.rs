@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod outcome;
 pub mod payload;
 pub mod reload;
+mod rescue;
 pub mod resend;
 pub mod retention;
 pub mod retry;

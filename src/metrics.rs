@@ -60,6 +60,7 @@ struct Inner {
     attempts: Family<AttemptLabels, Counter>,
     attempt_duration: Family<PartnerLabels, Histogram, fn() -> Histogram>,
     claim_batch_size: Histogram,
+    leases_expired: Family<PartnerLabels, Counter>,
     pending: Family<PartnerLabels, Gauge>,
     in_flight: Family<PartnerLabels, Gauge>,
     oldest_due_age: Family<PartnerLabels, Gauge<f64, AtomicU64>>,
@@ -142,6 +143,12 @@ impl Metrics {
             "Deliveries taken per claim that found any",
             claim_batch_size.clone(),
         );
+        let leases_expired = Family::default();
+        registry.register(
+            "leases_expired",
+            "Claims whose lease ran out with no result recorded (a daemon died or lost the database); each delivery is sent again, or dead if that was its last attempt",
+            leases_expired.clone(),
+        );
         let pending = Family::default();
         registry.register(
             "deliveries_pending",
@@ -198,6 +205,7 @@ impl Metrics {
                 attempts,
                 attempt_duration,
                 claim_batch_size,
+                leases_expired,
                 pending,
                 in_flight,
                 oldest_due_age,
@@ -247,6 +255,26 @@ impl Metrics {
                 partner: delivery.partner.clone(),
             })
             .observe(attempt.duration.as_secs_f64());
+    }
+
+    /// The rescuer returned a delivery whose lease ran out; `state` is what it left.
+    pub(crate) fn lease_expired(&self, partner: &str, event_name: &str, state: DeliveryState) {
+        self.inner
+            .leases_expired
+            .get_or_create(&PartnerLabels {
+                partner: partner.to_string(),
+            })
+            .inc();
+        if state == DeliveryState::Dead {
+            self.inner
+                .deliveries_ended
+                .get_or_create(&EndedLabels {
+                    partner: partner.to_string(),
+                    event_name: EventKind::from_name(event_name).map_or("unknown", EventKind::name),
+                    outcome: state.as_str(),
+                })
+                .inc();
+        }
     }
 
     /// A resolution was written; counts it if it ended the delivery.

@@ -2,6 +2,7 @@
 //! servers on 127.0.0.1, and the real `dispatcher` binary run as a child process.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -36,7 +37,13 @@ impl TestDb {
         let admin_url = std::env::var("DISPATCHER_TEST_DATABASE_URL").expect(
             "DISPATCHER_TEST_DATABASE_URL is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL",
         );
-        let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls)
+        TestDb::unmigrated_on(&admin_url).await
+    }
+
+    /// A new database on the server `admin_url` points to (e.g. a test's own
+    /// [`cluster::Cluster`]).
+    pub async fn unmigrated_on(admin_url: &str) -> TestDb {
+        let (admin, connection) = tokio_postgres::connect(admin_url, NoTls)
             .await
             .expect("connect to the test cluster");
         tokio::spawn(connection);
@@ -57,7 +64,14 @@ impl TestDb {
     }
 
     pub async fn migrated(config: &TestConfig) -> TestDb {
-        let db = TestDb::unmigrated().await;
+        TestDb::migrate(config, TestDb::unmigrated().await)
+    }
+
+    pub async fn migrated_on(config: &TestConfig, admin_url: &str) -> TestDb {
+        TestDb::migrate(config, TestDb::unmigrated_on(admin_url).await)
+    }
+
+    fn migrate(config: &TestConfig, db: TestDb) -> TestDb {
         let output = dispatcher(&config.write(&db))
             .arg("migrate")
             .output()
@@ -68,6 +82,15 @@ impl TestDb {
             String::from_utf8_lossy(&output.stderr)
         );
         db
+    }
+
+    /// A new connection, after the server was restarted (the old one died with it).
+    pub async fn reconnect(&mut self) {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("reconnect to the test database");
+        tokio::spawn(connection);
+        self.client = client;
     }
 
     /// What the enrollment flow does: one plain INSERT.
@@ -562,6 +585,14 @@ impl Daemon {
             "the daemon did not log `{needle}` {count} time(s) within 60s; log:\n{}",
             self.log_text()
         );
+    }
+
+    /// Whether the process is still there (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("wait for dispatcher")
+            .is_none()
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {

@@ -1,0 +1,106 @@
+//! The rescuer: deliveries whose lease ran out go back to the queue.
+//!
+//! A claim ends with its result written, or handed back on shutdown. When neither happens
+//! (the daemon was killed, or lost the database until after the lease), the delivery would
+//! sit `in_flight` with nobody working on it. The rescuer, in every daemon, returns such
+//! deliveries to `pending` as their leases run out, counting the lost claim as an attempt
+//! (see [`deliveries::rescue_expired`]), logs each one and counts it in
+//! `dispatcher_leases_expired_total`. The claim only takes pending deliveries, so every
+//! lost claim passes through here and is counted.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::db;
+use crate::deliveries::{self, DeliveryState};
+use crate::metrics::Metrics;
+use crate::reload::LiveConfig;
+use crate::shutdown::Shutdown;
+use crate::wakeup::Wakeups;
+
+/// Deliveries rescued per statement.
+const RESCUE_BATCH: usize = 1000;
+/// The shortest wait between looks, so a lease another rescuer is busy with is not
+/// polled in a tight loop.
+const SOON: Duration = Duration::from_millis(50);
+
+/// Runs until shutdown: rescues what has expired, then sleeps until the earliest lease
+/// held runs out.
+pub(crate) async fn run(
+    pool: Pool,
+    live: LiveConfig,
+    metrics: Metrics,
+    wakeups: Wakeups,
+    shutdown: Shutdown,
+) {
+    while !shutdown.is_stopping() {
+        let wait = match rescue_once(&pool, &live, &metrics).await {
+            Ok(rescued) => {
+                if rescued > 0 {
+                    wakeups.deliveries.notify_one();
+                }
+                if rescued == RESCUE_BATCH {
+                    continue;
+                }
+                until_next_lease_end(&pool, &live).await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "returning expired leases failed; retrying");
+                live.snapshot()
+                    .dispatch
+                    .poll_interval
+                    .min(db::RETRY_AFTER_ERROR)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.stopping() => {}
+        }
+    }
+}
+
+/// How long until the earliest lease held now runs out. At most `poll_interval`, and at
+/// most a lease: a claim made after this look (by any daemon) runs out no sooner.
+async fn until_next_lease_end(pool: &Pool, live: &LiveConfig) -> Duration {
+    let dispatch = live.snapshot().dispatch.clone();
+    let longest = dispatch.poll_interval.min(dispatch.lease);
+    let until_end = match pool.get().await {
+        Ok(client) => deliveries::until_next_lease_end(&client).await,
+        Err(_) => return longest.min(db::RETRY_AFTER_ERROR),
+    };
+    match until_end {
+        // Zero: it ran out since the rescue, or another daemon's rescuer holds it now.
+        Ok(Some(until_end)) => until_end.max(SOON).min(longest),
+        Ok(None) => longest,
+        Err(_) => longest.min(db::RETRY_AFTER_ERROR),
+    }
+}
+
+async fn rescue_once(
+    pool: &Pool,
+    live: &LiveConfig,
+    metrics: &Metrics,
+) -> Result<usize, db::DbError> {
+    let config = live.snapshot();
+    let client = pool.get().await?;
+    let rescued = deliveries::rescue_expired(
+        &client,
+        config.dispatch.lease,
+        config.retry.max_attempts,
+        RESCUE_BATCH,
+    )
+    .await?;
+    for delivery in &rescued {
+        match delivery.state {
+            DeliveryState::Dead => {
+                tracing::warn!(delivery_id = %delivery.id, event_id = delivery.event_id,
+                partner = %delivery.partner, "lease expired with no result recorded; that was the last attempt")
+            }
+            _ => tracing::warn!(delivery_id = %delivery.id, event_id = delivery.event_id,
+                partner = %delivery.partner, "lease expired with no result recorded; sending again"),
+        }
+        metrics.lease_expired(&delivery.partner, &delivery.event_name, delivery.state);
+    }
+    Ok(rescued.len())
+}

@@ -1,0 +1,180 @@
+//! A PostgreSQL cluster of a test's own, which the test may stop and start again: the
+//! database outage ops know. (The shared cluster from `scripts/with-postgres` serves every
+//! other test and must never be stopped.)
+//!
+//! It needs `DISPATCHER_TEST_PG_BINDIR` (where `initdb` and `pg_ctl` are) and, when the
+//! tests run as root, `DISPATCHER_TEST_PG_USER` (PostgreSQL refuses to run as root):
+//! `scripts/with-postgres` exports both.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Cluster {
+    bindir: PathBuf,
+    /// The user the server runs as, when the tests run as root.
+    run_as: Option<String>,
+    /// Holds `data/` (the cluster, and its unix socket) and `server.log`.
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// A new cluster listening on 127.0.0.1, on a free port.
+    pub fn new() -> Cluster {
+        let bindir = std::env::var_os("DISPATCHER_TEST_PG_BINDIR").map(PathBuf::from).expect(
+            "DISPATCHER_TEST_PG_BINDIR is not set: run the tests with scripts/test, which exports it",
+        );
+        let run_as = std::env::var("DISPATCHER_TEST_PG_USER").ok();
+        let dir = tempfile::Builder::new()
+            .prefix("dispatcher-cluster.")
+            .tempdir()
+            .expect("cluster directory");
+        if let Some(user) = &run_as {
+            run(Command::new("chown").arg(user).arg(dir.path()));
+        }
+        let mut cluster = Cluster {
+            bindir,
+            run_as,
+            dir,
+            port: 0,
+        };
+        let initdb = cluster.pg("initdb", |command| {
+            command
+                .arg("-D")
+                .arg(cluster.data())
+                .args(["--auth=trust", "-U", "postgres", "--encoding=UTF8"])
+                .args(["--no-locale", "--no-sync"]);
+        });
+        assert!(initdb.status.success(), "initdb failed:\n{}", text(&initdb));
+        // A port that was free a moment ago may be taken before the server binds it (other
+        // tests start clusters too): then try another.
+        for _ in 0..20 {
+            cluster.port = free_port();
+            if cluster.try_start() {
+                return cluster;
+            }
+            assert!(
+                cluster.server_log().contains("could not bind"),
+                "PostgreSQL did not start; its log:\n{}",
+                cluster.server_log()
+            );
+        }
+        panic!("PostgreSQL found no free port to listen on");
+    }
+
+    /// The URL of the cluster's `postgres` database, as the superuser.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `pg_ctl stop -m immediate`: every backend is killed at once, as in a crash; the
+    /// next start runs crash recovery.
+    pub fn stop_immediately(&self) {
+        let stopped = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        assert!(
+            stopped.status.success(),
+            "pg_ctl stop failed:\n{}",
+            text(&stopped)
+        );
+    }
+
+    /// Starts the stopped cluster again on the same port, and waits until it accepts
+    /// connections.
+    pub fn start(&self) {
+        assert!(
+            self.try_start(),
+            "PostgreSQL did not start again on port {}; its log:\n{}",
+            self.port,
+            self.server_log()
+        );
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn try_start(&self) -> bool {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -k '{}'",
+            self.port,
+            self.data().display()
+        );
+        let log = self.dir.path().join("server.log");
+        self.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            &log.display().to_string(),
+            "-o",
+            &options,
+        ])
+        .status
+        .success()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Output {
+        self.pg("pg_ctl", |command| {
+            command.arg("-D").arg(self.data()).args(args);
+        })
+    }
+
+    /// Runs one of PostgreSQL's programs, as the server's user when we are root.
+    fn pg(&self, program: &str, args: impl FnOnce(&mut Command)) -> Output {
+        let program = self.bindir.join(program);
+        let mut command = match &self.run_as {
+            Some(user) => {
+                let mut command = Command::new(runuser());
+                command.args(["-u", user, "--"]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        args(&mut command);
+        // The server user may not be able to read the test's working directory.
+        command.current_dir("/");
+        command.output().expect("run a PostgreSQL program")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.data().join("postmaster.pid").exists() {
+            let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        }
+    }
+}
+
+/// A port nothing listens on at the moment.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+fn runuser() -> &'static Path {
+    ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"]
+        .into_iter()
+        .map(Path::new)
+        .find(|path| path.exists())
+        .unwrap_or(Path::new("runuser"))
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("run command");
+    assert!(output.status.success(), "{command:?}:\n{}", text(&output));
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
