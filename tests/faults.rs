@@ -710,6 +710,14 @@ async fn after_mixed_faults_every_delivery_reaches_a_final_state() {
     config
         .partners
         .push(("resetting".into(), reset_url, vec![RESET_PROGRAM.into()]));
+    // Circuits open too (after 3 failures in a row): held deliveries must still end,
+    // probe by probe.
+    for partner in ["flaky", "strict", "slow", "resetting"] {
+        config = config.partner_keys(
+            partner,
+            "circuit_breaker_failures = 3\ncircuit_breaker_cool_down = \"50ms\"",
+        );
+    }
     let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
 
     // Each partner's patients enrol, and some view their tracker; a few events break the
