@@ -369,8 +369,8 @@ impl Dispatcher {
                     started_at: sent_at,
                     duration,
                     http_status: Some(answer.status),
-                    error_kind: None,
-                    error: None,
+                    error_kind: answer.body_error.as_ref().map(|_| "response_body"),
+                    error: answer.body_error.clone(),
                     response_body: (!answer.body.is_empty())
                         .then(|| String::from_utf8_lossy(&answer.body).into_owned()),
                 },

@@ -2,6 +2,7 @@
 //! servers on 127.0.0.1, and the real `dispatcher` binary run as a child process.
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -371,10 +372,15 @@ impl TestConfig {
         }
     }
 
-    pub fn partner(mut self, partner: &TestPartner, programs: &[&str]) -> TestConfig {
+    pub fn partner(self, partner: &TestPartner, programs: &[&str]) -> TestConfig {
+        self.partner_at(&partner.name, &partner.base_url, programs)
+    }
+
+    /// A partner served at `base_url` by something other than a [`TestPartner`].
+    pub fn partner_at(mut self, name: &str, base_url: &str, programs: &[&str]) -> TestConfig {
         self.partners.push((
-            partner.name.clone(),
-            partner.base_url.clone(),
+            name.to_string(),
+            base_url.to_string(),
             programs.iter().map(|p| p.to_string()).collect(),
         ));
         self
@@ -509,6 +515,19 @@ impl Daemon {
 
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// The daemon's peak resident memory so far (`VmHWM`), in bytes: what ops would see
+    /// the process take from the machine.
+    pub fn peak_memory(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the daemon's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status");
+        kib * 1024
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
