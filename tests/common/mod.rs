@@ -83,6 +83,23 @@ impl TestDb {
             .get(0)
     }
 
+    /// Inserts an event given as JSON text, as the enrollment flow would with a string it
+    /// built itself; PostgreSQL may refuse it (jsonb holds no `\u0000` and no lone
+    /// surrogate), which the enrollment flow would see as an error.
+    pub async fn insert_event_text(
+        &self,
+        event_name: &str,
+        json: &str,
+    ) -> Result<i64, tokio_postgres::Error> {
+        self.client
+            .query_one(
+                "INSERT INTO dispatcher.outbox (event_name, event) VALUES ($1, $2::text::jsonb) RETURNING id",
+                &[&event_name, &json],
+            )
+            .await
+            .map(|row| row.get(0))
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.client
             .query_one(sql, &[])
