@@ -159,21 +159,8 @@ pub struct ClaimedDelivery {
     pub external_id: Option<String>,
 }
 
-/// Claims up to `limit` due deliveries for `lease`.
-///
-/// Due means pending and due, or in flight with an expired lease (its daemon died). A
-/// delivery waits while an earlier event for the same (partner, patient) is unfinished.
-/// `SKIP LOCKED` lets several daemons claim side by side without waiting on each other.
-pub async fn claim_due(
-    client: &impl GenericClient,
-    limit: usize,
-    lease: Duration,
-) -> Result<Vec<ClaimedDelivery>, tokio_postgres::Error> {
-    let claim_token = Uuid::new_v4();
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = client
-        .query(
-            "WITH due AS (
+/// The claim: parameters `$1` limit, `$2` lease in seconds, `$3` claim token.
+const CLAIM_DUE: &str = "WITH due AS (
                  SELECT d.id, o.event::text AS event, known.external_id
                  FROM dispatcher.deliveries d
                  JOIN dispatcher.outbox o ON o.id = d.event_id
@@ -201,9 +188,22 @@ pub async fn claim_due(
              FROM due
              WHERE d.id = due.id
              RETURNING d.id, d.event_id, d.partner, d.event_name,
-                       d.attempt_count - d.attempts_before_resend, due.event, due.external_id",
-            &[&limit, &lease.as_secs_f64(), &claim_token],
-        )
+                       d.attempt_count - d.attempts_before_resend, due.event, due.external_id";
+
+/// Claims up to `limit` due deliveries for `lease`.
+///
+/// Due means pending and due, or in flight with an expired lease (its daemon died). A
+/// delivery waits while an earlier event for the same (partner, patient) is unfinished.
+/// `SKIP LOCKED` lets several daemons claim side by side without waiting on each other.
+pub async fn claim_due(
+    client: &impl GenericClient,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedDelivery>, tokio_postgres::Error> {
+    let claim_token = Uuid::new_v4();
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(CLAIM_DUE, &[&limit, &lease.as_secs_f64(), &claim_token])
         .await?;
     Ok(rows
         .iter()
@@ -218,6 +218,32 @@ pub async fn claim_due(
             external_id: row.get(6),
         })
         .collect())
+}
+
+/// The plan PostgreSQL would run [`claim_due`] with now, one line per row of `EXPLAIN`:
+/// for checking that a claim walks an index, not the whole backlog.
+pub async fn explain_claim_due(
+    client: &impl GenericClient,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            &format!("EXPLAIN {CLAIM_DUE}"),
+            &[&limit, &lease.as_secs_f64(), &Uuid::new_v4()],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Brings PostgreSQL's statistics of the deliveries up to date. A burst of events outruns
+/// autovacuum, which looks once a minute; planned on statistics from before the burst,
+/// the claim sorts and hashes every unfinished delivery instead of reading the first due
+/// ones by index (0.3 s per claim at 30,000 unfinished instead of 5 ms, and growing with
+/// the backlog). ANALYZE reads a fixed-size sample, so this costs the same at any size.
+pub async fn refresh_statistics(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("ANALYZE dispatcher.deliveries").await
 }
 
 /// When the next pending delivery falls due, if one is waiting for a later time.
