@@ -247,14 +247,19 @@ impl Sender {
             at: tokio::time::Instant::now() + self.request_timeout,
             timeout: self.request_timeout,
         };
-        let attempt = client.post(partner, url, webhook_id, body, now, deadline);
-        match tokio::time::timeout_at(deadline.at, attempt).await {
-            Ok(answer) => answer,
-            Err(_) => Err(TransportError {
-                kind: TransportErrorKind::Timeout,
-                message: format!("no answer within request_timeout ({deadline})"),
-            }),
-        }
+        // Up to the answer's head, then its body: each against the same deadline, one
+        // after the other (timers nested on one deadline would race).
+        let head = client.post(partner, url, webhook_id, body, now);
+        let response = match tokio::time::timeout_at(deadline.at, head).await {
+            Ok(response) => response?,
+            Err(_) => {
+                return Err(TransportError {
+                    kind: TransportErrorKind::Timeout,
+                    message: format!("no answer within request_timeout ({deadline})"),
+                })
+            }
+        };
+        Ok(read_answer(response, now, deadline).await)
     }
 }
 
@@ -320,8 +325,7 @@ impl PartnerClient {
         webhook_id: &str,
         body: Vec<u8>,
         now: DateTime<Utc>,
-        deadline: Deadline,
-    ) -> Result<Answer, TransportError> {
+    ) -> Result<reqwest::Response, TransportError> {
         self.policy.check_url(url)?;
         let credential = match &self.auth {
             Some(auth) => Some(
@@ -370,7 +374,7 @@ impl PartnerClient {
                 response = request(Some(&renewed), body).await?;
             }
         }
-        Ok(read_answer(response, now, deadline).await)
+        Ok(response)
     }
 }
 

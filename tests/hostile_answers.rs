@@ -29,6 +29,8 @@ struct Scene {
     db: TestDb,
     daemon: Daemon,
     hostile: RawPartner,
+    /// Holds the directory of the daemon's config file and log.
+    _config: TestConfig,
 }
 
 impl Scene {
@@ -51,21 +53,33 @@ impl Scene {
             db,
             daemon,
             hostile,
+            _config: config,
         }
     }
 
-    /// Waits for every hostile delivery to end `state`, and returns them with their
-    /// attempts (as `attempts`).
+    /// Waits for every hostile delivery to end `state`, and returns them.
     async fn hostile_deliveries_end(&self, state: &str) -> Vec<Value> {
-        self.db
-            .wait_for_count(
-                &format!(
-                    "SELECT count(*) FROM dispatcher.deliveries
-                     WHERE partner = 'hostile' AND state = '{state}'"
-                ),
-                EVENTS as i64,
-            )
-            .await;
+        let ended = format!(
+            "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'hostile' AND state = '{state}'"
+        );
+        for _ in 0..1200 {
+            if self.db.count(&ended).await == EVENTS as i64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deliveries = self.hostile_deliveries().await;
+        assert!(
+            deliveries.len() == EVENTS
+                && deliveries.iter().all(|delivery| delivery["state"] == state),
+            "not all {state} within 60s: {deliveries:#?}\ndaemon log:\n{}",
+            self.daemon.log_text()
+        );
+        deliveries
+    }
+
+    /// The hostile partner's deliveries, each with its attempts (as `attempts`).
+    async fn hostile_deliveries(&self) -> Vec<Value> {
         let mut deliveries = Vec::new();
         for mut delivery in self.db.deliveries().await {
             if delivery["partner"] != "hostile" {
