@@ -52,6 +52,9 @@ use crate::{db, outbox, rescue, retention};
 const ROUTE_BATCH: usize = 1000;
 /// Resolutions written per statement.
 const RECORD_BATCH: usize = 1000;
+/// In a burst of routing, the deliveries' statistics are refreshed once this many events
+/// are routed, then each time the burst doubles (see `deliveries::refresh_statistics`).
+const STATISTICS_AFTER: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -189,6 +192,7 @@ impl Dispatcher {
     }
 
     async fn route_events(self: Arc<Self>) {
+        let (mut burst, mut refresh_at) = (0, STATISTICS_AFTER);
         while !self.shutdown.is_stopping() {
             let config = self.live.snapshot();
             let routed = match self.pool.get().await {
@@ -197,6 +201,16 @@ impl Dispatcher {
                     .map_err(|error| error.to_string()),
                 Err(error) => Err(error.to_string()),
             };
+            if let Ok(count) = routed {
+                burst += count;
+                if burst >= refresh_at {
+                    self.refresh_statistics().await;
+                    refresh_at = burst * 2;
+                }
+                if count < ROUTE_BATCH {
+                    (burst, refresh_at) = (0, STATISTICS_AFTER);
+                }
+            }
             match routed {
                 Ok(count) if count == ROUTE_BATCH => {
                     self.wakeups.deliveries.notify_one();
@@ -218,6 +232,18 @@ impl Dispatcher {
                     self.wait_after_db_error(&self.wakeups.outbox).await;
                 }
             }
+        }
+    }
+
+    async fn refresh_statistics(&self) {
+        let refreshed = match self.pool.get().await {
+            Ok(client) => deliveries::refresh_statistics(&client)
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = refreshed {
+            tracing::warn!(%error, "refreshing the statistics of the deliveries failed");
         }
     }
 
@@ -468,8 +494,8 @@ impl Dispatcher {
                     started_at: sent_at,
                     duration,
                     http_status: Some(answer.status),
-                    error_kind: None,
-                    error: None,
+                    error_kind: answer.body_error.as_ref().map(|_| "response_body"),
+                    error: answer.body_error.clone(),
                     response_body: (!answer.body.is_empty())
                         .then(|| String::from_utf8_lossy(&answer.body).into_owned()),
                 },

@@ -8,6 +8,7 @@
 //! | 3xx | retried: redirects are never followed |
 //! | other 4xx (401, 403, 404, 409, …) | retried: usually the partner's deployment or our credentials, which someone can fix before the attempts run out |
 //! | timeout, connection, TLS errors | retried |
+//! | a status, then a body that breaks off or does not arrive in time | as the status says (the error is kept with the attempt) |
 //!
 //! A retried delivery whose attempts run out is `dead`.
 
@@ -62,7 +63,9 @@ impl Outcome {
                     .filter(|id| !id.is_empty()),
             },
             400 | 413 | 415 | 422 => {
-                let message = serde_json::from_slice::<Refused>(&answer.body)
+                // Invalid UTF-8 in the answer must not cost support the partner's message.
+                let body = String::from_utf8_lossy(&answer.body);
+                let message = serde_json::from_str::<Refused>(&body)
                     .ok()
                     .and_then(|refused| refused.error_message);
                 Outcome::Rejected {
@@ -102,6 +105,7 @@ mod tests {
             status,
             retry_after: Some(Duration::from_secs(30)),
             body: body.as_bytes().to_vec(),
+            body_error: None,
         }
     }
 
@@ -133,6 +137,20 @@ mod tests {
             Outcome::of_answer(&answer(400, "<html>")),
             Outcome::Rejected { .. }
         ));
+    }
+
+    #[test]
+    fn a_400_with_invalid_utf8_keeps_the_partner_message() {
+        let answer = Answer {
+            body: b"{\"errorMessage\": \"bad \xff byte\"}".to_vec(),
+            ..answer(400, "")
+        };
+        assert_eq!(
+            Outcome::of_answer(&answer),
+            Outcome::Rejected {
+                reason: "HTTP 400: bad \u{FFFD} byte".into()
+            }
+        );
     }
 
     #[test]

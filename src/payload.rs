@@ -134,6 +134,7 @@ pub struct Enrollment {
     #[serde(rename = "supportProgramId")]
     pub support_program_id: NonEmpty,
     pub status: Option<String>,
+    #[serde(deserialize_with = "object::required")]
     pub patient: EnrolledPatient,
     #[serde(rename = "sendDate", default, skip_serializing)]
     _send_date: Option<IgnoredAny>,
@@ -160,12 +161,21 @@ pub struct EnrolledPatient {
     pub pref_language: Option<String>,
     pub email: Option<String>,
     pub call_time: Option<String>,
+    #[serde(default, deserialize_with = "object::optional")]
     pub caregiver: Option<Caregiver>,
+    #[serde(default, deserialize_with = "object::optional")]
     pub address: Option<Address>,
+    #[serde(default, deserialize_with = "object::optional")]
     pub insurance: Option<Insurance>,
+    #[serde(default, deserialize_with = "object::optional")]
     pub signature: Option<Signature>,
+    #[serde(default, deserialize_with = "object::optional_list")]
     pub consents: Option<Vec<Consent>>,
-    #[serde(rename = "externalIds")]
+    #[serde(
+        rename = "externalIds",
+        default,
+        deserialize_with = "object::optional_list"
+    )]
     pub external_ids: Option<Vec<ExternalId>>,
 }
 
@@ -195,9 +205,17 @@ pub struct Address {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Insurance {
-    #[serde(rename = "primaryInsurance")]
+    #[serde(
+        rename = "primaryInsurance",
+        default,
+        deserialize_with = "object::optional"
+    )]
     pub primary: Option<InsuranceCard>,
-    #[serde(rename = "secondaryInsurance")]
+    #[serde(
+        rename = "secondaryInsurance",
+        default,
+        deserialize_with = "object::optional"
+    )]
     pub secondary: Option<InsuranceCard>,
 }
 
@@ -251,8 +269,14 @@ pub struct ViewedTracker {
     pub support_program_id: NonEmpty,
     pub status: Option<String>,
     /// Always `{key: userAction, value: viewedTracker}`; the dispatcher fills it in.
-    #[serde(rename = "data", default, skip_serializing)]
+    #[serde(
+        rename = "data",
+        default,
+        skip_serializing,
+        deserialize_with = "object::optional"
+    )]
     _data: Option<TrackerData>,
+    #[serde(deserialize_with = "object::required")]
     pub patient: TrackerPatient,
     #[serde(rename = "sendDate", default, skip_serializing)]
     _send_date: Option<IgnoredAny>,
@@ -269,7 +293,11 @@ pub struct TrackerPatient {
     pub id: NonEmpty,
     #[serde(rename = "phoneNumber")]
     pub phone_number: Phone,
-    #[serde(rename = "externalIds")]
+    #[serde(
+        rename = "externalIds",
+        default,
+        deserialize_with = "object::optional_list"
+    )]
     pub external_ids: Option<Vec<ExternalId>>,
 }
 
@@ -354,35 +382,105 @@ impl<'de> Deserialize<'de> for Millis {
     }
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(json: &str) -> Result<T, InvalidEvent> {
-    // serde would also take a struct written as an array of its fields; the contract does not.
-    if !json.trim_start().starts_with('{') {
-        return Err(InvalidEvent("event must be an object".into()));
+/// serde takes a struct written as an array of its fields (`["p1", "+1202…"]`); the
+/// contract has objects only, so every struct of it is read through here.
+mod object {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::value::MapAccessDeserializer;
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde::Deserialize;
+
+    /// A `T` that was written as a JSON object.
+    pub(super) struct Object<T>(pub(super) T);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer
+                .deserialize_map(ObjectVisitor(PhantomData))
+                .map(Object)
+        }
     }
+
+    struct ObjectVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("an object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map))
+        }
+    }
+
+    pub(super) fn required<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Object::deserialize(deserializer).map(|Object(value)| value)
+    }
+
+    pub(super) fn optional<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<Object<T>>::deserialize(deserializer).map(|value| value.map(|Object(value)| value))
+    }
+
+    pub(super) fn optional_list<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<Vec<Object<T>>>::deserialize(deserializer)
+            .map(|list| list.map(|list| list.into_iter().map(|Object(value)| value).collect()))
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(json: &str) -> Result<T, InvalidEvent> {
     let mut deserializer = serde_json::Deserializer::from_str(json);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        InvalidEvent(describe(&path, &error.into_inner()))
-    })?;
+    let object::Object(value): object::Object<T> =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            InvalidEvent(describe(&path, &error.into_inner()))
+        })?;
     deserializer
         .end()
         .map_err(|_| InvalidEvent("event is not a single JSON object".into()))?;
     Ok(value)
 }
 
+/// The most characters of a field name or path a refusal repeats. Every name in the
+/// contract is far shorter; an unknown field's name may be anything, and the refusal is
+/// stored with the delivery.
+const NAME_CAP: usize = 100;
+
+fn capped(name: &str) -> String {
+    match name.char_indices().nth(NAME_CAP) {
+        Some((end, _)) => format!("{}…", &name[..end]),
+        None => name.to_string(),
+    }
+}
+
 /// Turns a serde error into `<field> <problem>`, dropping the value serde quotes.
 fn describe(path: &str, error: &serde_json::Error) -> String {
     let field = if path == "." { "" } else { path };
     let joined = |name: &str| {
-        if field.is_empty() {
+        capped(&if field.is_empty() {
             name.to_string()
         } else if field.ends_with(name) {
             field.to_string()
         } else {
             format!("{field}.{name}")
-        }
+        })
     };
-    let subject = if field.is_empty() { "event" } else { field };
+    let subject = capped(if field.is_empty() { "event" } else { field });
     // serde_json appends " at line L column C"; the position is of no use to support.
     let message = error.to_string();
     let message = message
@@ -400,7 +498,9 @@ fn describe(path: &str, error: &serde_json::Error) -> String {
     if message.starts_with("must ") {
         return format!("{subject} {message}");
     }
-    if let Some((_, expected)) = message.rsplit_once("expected ") {
+    // serde's "invalid type: X, expected Y"; not serde_json's syntax errors ("expected value",
+    // "unexpected end of hex escape"), which are malformed JSON.
+    if let Some((_, expected)) = message.rsplit_once(", expected ") {
         return format!("{subject} must be {}", plain_expectation(expected));
     }
     if message.contains("recursion limit") {
@@ -552,6 +652,44 @@ mod tests {
             "patient": {"id": "p1", "phoneNumber": "+12027953213"}});
         let message = problem(EventKind::ViewedTracker, stored);
         assert_eq!(message, "data.value must be `viewedTracker`");
+    }
+
+    #[test]
+    fn an_object_written_as_an_array_of_its_fields_is_refused() {
+        let mut event = enrollment();
+        event["patient"] = json!(["p1", "+12027953213", "Ann", "Lee"]);
+        assert_eq!(
+            problem(EventKind::Enrollment, event),
+            "patient must be an object"
+        );
+        let mut event = enrollment();
+        event["patient"]["consents"] = json!([["sharePHI", true]]);
+        assert_eq!(
+            problem(EventKind::Enrollment, event),
+            "patient.consents[0] must be an object"
+        );
+    }
+
+    #[test]
+    fn broken_json_is_malformed_and_names_where() {
+        let text = r#"{"supportProgramId": "p", "patient": {"id": "p1", "firstName": "\ud800"}}"#;
+        assert_eq!(
+            Event::parse(EventKind::Enrollment, text).unwrap_err().0,
+            "patient.firstName is malformed"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_within_bounds() {
+        let mut event = enrollment();
+        event["patient"]["x".repeat(10_000)] = json!(1);
+        let message = problem(EventKind::Enrollment, event);
+        assert!(message.starts_with("patient.xxx"), "{message}");
+        assert!(
+            message.ends_with("… is not a field of the contract"),
+            "{message}"
+        );
+        assert!(message.len() < 200, "{message}");
     }
 
     #[test]

@@ -22,6 +22,11 @@ use crate::signing;
 /// error page, and a hostile partner cannot make us hold more.
 pub const RESPONSE_BODY_CAP: usize = 16 * 1024;
 
+/// The most header bytes taken from a partner over HTTP/2 (hyper's default, stated here so
+/// it cannot change under us). Over HTTP/1 hyper allows 100 header lines and ~400 KiB of
+/// head, which reqwest does not let us lower; both end a head without end in an error.
+const HTTP2_HEADER_LIST_CAP: u32 = 16 * 1024;
+
 pub const USER_AGENT: &str = concat!("HelpAround-Dispatcher/", env!("CARGO_PKG_VERSION"));
 
 /// What the partner answered, when it answered at all.
@@ -31,6 +36,10 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
     /// At most [`RESPONSE_BODY_CAP`] bytes.
     pub body: Vec<u8>,
+    /// Why the body stopped short (it broke off, or did not arrive within
+    /// `request_timeout`). The status still stands: the partner decided when it sent it,
+    /// and the body only informs. Kept with the attempt for support.
+    pub body_error: Option<String>,
 }
 
 /// Why no answer came.
@@ -217,8 +226,9 @@ impl Sender {
 
     /// One attempt: POST `body` to `url` with the partner's headers, credentials and,
     /// when it has signing secrets, Standard Webhooks headers. `request_timeout` bounds
-    /// the whole attempt, token fetch and the one retry after a 401 included, so an
-    /// attempt still ends within its claim's lease.
+    /// the whole attempt, token fetch, the one retry after a 401 and the reading of the
+    /// answer included, so an attempt still ends within its claim's lease however slowly
+    /// the partner drips its answer.
     pub async fn post(
         &self,
         partner: &Partner,
@@ -233,17 +243,36 @@ impl Sender {
                 message: format!("partner `{}` has no HTTP client", partner.name),
             });
         };
-        let attempt = client.post(partner, url, webhook_id, body, now);
-        match tokio::time::timeout(self.request_timeout, attempt).await {
-            Ok(answer) => answer,
-            Err(_) => Err(TransportError {
-                kind: TransportErrorKind::Timeout,
-                message: format!(
-                    "no answer within request_timeout ({})",
-                    humantime::format_duration(self.request_timeout)
-                ),
-            }),
-        }
+        let deadline = Deadline {
+            at: tokio::time::Instant::now() + self.request_timeout,
+            timeout: self.request_timeout,
+        };
+        // Up to the answer's head, then its body: each against the same deadline, one
+        // after the other (timers nested on one deadline would race).
+        let head = client.post(partner, url, webhook_id, body, now);
+        let response = match tokio::time::timeout_at(deadline.at, head).await {
+            Ok(response) => response?,
+            Err(_) => {
+                return Err(TransportError {
+                    kind: TransportErrorKind::Timeout,
+                    message: format!("no answer within request_timeout ({deadline})"),
+                })
+            }
+        };
+        Ok(read_answer(response, now, deadline).await)
+    }
+}
+
+/// When an attempt's `request_timeout` runs out.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl std::fmt::Display for Deadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.timeout))
     }
 }
 
@@ -267,6 +296,7 @@ impl PartnerClient {
             .min_tls_version(reqwest::tls::Version::TLS_1_2)
             .dns_resolver(Arc::new(GuardedResolver::new(policy.clone(), dns)))
             .pool_max_idle_per_host(partner.max_in_flight)
+            .http2_max_header_list_size(HTTP2_HEADER_LIST_CAP)
             .tcp_nodelay(true)
             .use_rustls_tls();
         for root in &partner.tls.extra_roots {
@@ -295,7 +325,7 @@ impl PartnerClient {
         webhook_id: &str,
         body: Vec<u8>,
         now: DateTime<Utc>,
-    ) -> Result<Answer, TransportError> {
+    ) -> Result<reqwest::Response, TransportError> {
         self.policy.check_url(url)?;
         let credential = match &self.auth {
             Some(auth) => Some(
@@ -344,33 +374,54 @@ impl PartnerClient {
                 response = request(Some(&renewed), body).await?;
             }
         }
-        read_answer(response, now).await
+        Ok(response)
     }
 }
 
+/// Reads the partner's answer: its status and headers (capped: see
+/// [`HTTP2_HEADER_LIST_CAP`]), then at most [`RESPONSE_BODY_CAP`] bytes of body, until
+/// `deadline`. The rest of a longer body is never read: dropping the response closes the
+/// connection.
 async fn read_answer(
     mut response: reqwest::Response,
     now: DateTime<Utc>,
-) -> Result<Answer, TransportError> {
+    deadline: Deadline,
+) -> Answer {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, now));
-    let mut answer = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = RESPONSE_BODY_CAP - answer.len();
-        answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if answer.len() == RESPONSE_BODY_CAP {
-            break;
+    let mut body = Vec::new();
+    let mut body_error = None;
+    while body.len() < RESPONSE_BODY_CAP {
+        match tokio::time::timeout_at(deadline.at, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                let room = RESPONSE_BODY_CAP - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(Ok(None)) => break,
+            // The client's own timeout is request_timeout too, and may fire first.
+            Ok(Err(error)) if !error.is_timeout() => {
+                let error = TransportError::from(error);
+                body_error = Some(format!("the answer broke off: {error}"));
+                break;
+            }
+            Ok(Err(_)) | Err(_) => {
+                body_error = Some(format!(
+                    "the answer's body did not arrive within request_timeout ({deadline})"
+                ));
+                break;
+            }
         }
     }
-    Ok(Answer {
+    Answer {
         status,
         retry_after,
-        body: answer,
-    })
+        body,
+        body_error,
+    }
 }
 
 /// `Retry-After` is either delay-seconds or an HTTP date.

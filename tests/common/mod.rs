@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod raw;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -105,6 +106,23 @@ impl TestDb {
             .get(0)
     }
 
+    /// Inserts an event given as JSON text, as the enrollment flow would with a string it
+    /// built itself; PostgreSQL may refuse it (jsonb holds no `\u0000` and no lone
+    /// surrogate), which the enrollment flow would see as an error.
+    pub async fn insert_event_text(
+        &self,
+        event_name: &str,
+        json: &str,
+    ) -> Result<i64, tokio_postgres::Error> {
+        self.client
+            .query_one(
+                "INSERT INTO dispatcher.outbox (event_name, event) VALUES ($1, $2::text::jsonb) RETURNING id",
+                &[&event_name, &json],
+            )
+            .await
+            .map(|row| row.get(0))
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.client
             .query_one(sql, &[])
@@ -115,15 +133,23 @@ impl TestDb {
 
     /// Polls until `sql` (a count) reaches `expected`; fails after a generous deadline.
     pub async fn wait_for_count(&self, sql: &str, expected: i64) {
+        self.wait_for_count_within(sql, expected, Duration::from_secs(60))
+            .await
+    }
+
+    /// [`TestDb::wait_for_count`] with another deadline, for work that takes long however
+    /// well it goes (a backlog of a million events).
+    pub async fn wait_for_count_within(&self, sql: &str, expected: i64, deadline: Duration) {
+        let started = std::time::Instant::now();
         let mut last = -1;
-        for _ in 0..1200 {
+        while started.elapsed() < deadline {
             last = self.count(sql).await;
             if last == expected {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("waited 60s for `{sql}` to be {expected}; it is {last}");
+        panic!("waited {deadline:?} for `{sql}` to be {expected}; it is {last}");
     }
 
     pub async fn deliveries(&self) -> Vec<Value> {
@@ -235,6 +261,9 @@ struct PartnerState {
     behaviour: Behaviour,
     received: Arc<Mutex<Vec<Received>>>,
     open: Arc<OpenRequests>,
+    /// Whether each request is kept in `received`; when not, only counted.
+    remember: bool,
+    count: Arc<AtomicUsize>,
 }
 
 /// Requests a partner has received and not finished answering: the dispatcher's
@@ -270,6 +299,7 @@ pub struct TestPartner {
     received: Arc<Mutex<Vec<Received>>>,
     failed_handshakes: Arc<AtomicUsize>,
     open: Arc<OpenRequests>,
+    count: Arc<AtomicUsize>,
 }
 
 impl TestPartner {
@@ -277,7 +307,16 @@ impl TestPartner {
         name: &str,
         behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> TestPartner {
-        TestPartner::serve(name, None, behaviour).await
+        TestPartner::serve(name, None, true, behaviour).await
+    }
+
+    /// A partner that only counts what it receives ([`TestPartner::request_count`]), for
+    /// hundreds of thousands of requests; `try_number` is not kept.
+    pub async fn counting(
+        name: &str,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> TestPartner {
+        TestPartner::serve(name, None, false, behaviour).await
     }
 
     /// A partner serving HTTPS with `tls` (see [`tls::server_config`]) at
@@ -287,21 +326,25 @@ impl TestPartner {
         tls: tokio_rustls::rustls::ServerConfig,
         behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> TestPartner {
-        TestPartner::serve(name, Some(tls), behaviour).await
+        TestPartner::serve(name, Some(tls), true, behaviour).await
     }
 
     async fn serve(
         name: &str,
         tls: Option<tokio_rustls::rustls::ServerConfig>,
+        remember: bool,
         behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> TestPartner {
         let received = Arc::new(Mutex::new(Vec::new()));
         let failed_handshakes = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(OpenRequests::default());
+        let count = Arc::new(AtomicUsize::new(0));
         let state = PartnerState {
             behaviour: Arc::new(behaviour),
             received: received.clone(),
             open: open.clone(),
+            remember,
+            count: count.clone(),
         };
         let app = axum::Router::new().fallback(answer).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -325,7 +368,13 @@ impl TestPartner {
             received,
             failed_handshakes,
             open,
+            count,
         }
+    }
+
+    /// Requests received so far, kept or not.
+    pub fn request_count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Requests received and not yet answered or given up by the dispatcher.
@@ -390,13 +439,18 @@ async fn answer(
     body: Bytes,
 ) -> impl IntoResponse {
     let _open = OpenRequest::start(&state.open);
+    state.count.fetch_add(1, Ordering::SeqCst);
     let request = {
         let mut received = state.received.lock().expect("partner log");
         let webhook_id = headers.get("webhook-id").cloned();
-        let try_number = 1 + received
-            .iter()
-            .filter(|r| r.headers.get("webhook-id") == webhook_id.as_ref())
-            .count();
+        let try_number = if state.remember {
+            1 + received
+                .iter()
+                .filter(|r| r.headers.get("webhook-id") == webhook_id.as_ref())
+                .count()
+        } else {
+            0
+        };
         let request = Received {
             path: uri.path().to_string(),
             headers: headers.clone(),
@@ -405,7 +459,9 @@ async fn answer(
             received_at: chrono::Utc::now(),
             try_number,
         };
-        received.push(request.clone());
+        if state.remember {
+            received.push(request.clone());
+        }
         request
     };
     let reply = (state.behaviour)(&request);
@@ -451,10 +507,15 @@ impl TestConfig {
         }
     }
 
-    pub fn partner(mut self, partner: &TestPartner, programs: &[&str]) -> TestConfig {
+    pub fn partner(self, partner: &TestPartner, programs: &[&str]) -> TestConfig {
+        self.partner_at(&partner.name, &partner.base_url, programs)
+    }
+
+    /// A partner served at `base_url` by something other than a [`TestPartner`].
+    pub fn partner_at(mut self, name: &str, base_url: &str, programs: &[&str]) -> TestConfig {
         self.partners.push((
-            partner.name.clone(),
-            partner.base_url.clone(),
+            name.to_string(),
+            base_url.to_string(),
             programs.iter().map(|p| p.to_string()).collect(),
         ));
         self
@@ -597,6 +658,19 @@ impl Daemon {
 
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// The daemon's peak resident memory so far (`VmHWM`), in bytes: what ops would see
+    /// the process take from the machine.
+    pub fn peak_memory(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the daemon's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status");
+        kib * 1024
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {

@@ -1,0 +1,167 @@
+//! Overload: the outbox grows far faster than the partner takes events (it refuses the
+//! first thousands with 503). The daemon's memory stays bounded whatever the backlog,
+//! each claim walks an index rather than the backlog, and once the partner recovers the
+//! backlog drains until every event is delivered.
+//!
+//! 30,000 events by default (well under a minute in CI); `DISPATCHER_SOAK=1` makes it
+//! 1,000,000 (run by hand: it takes many minutes). Both print what they measured (see
+//! `--nocapture`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use dispatcher::config::Config;
+use dispatcher::{db, deliveries};
+use serde_json::Value;
+
+const MIB: u64 = 1024 * 1024;
+/// Generous: the daemon idles at ~20 MiB. Memory that grew with the backlog would pass
+/// it long before a million events.
+const MEMORY_BOUND: u64 = 150 * MIB;
+/// Requests the partner refuses (503) before it recovers.
+const REFUSED: usize = 2_000;
+
+fn soak() -> bool {
+    std::env::var("DISPATCHER_SOAK").is_ok_and(|value| value == "1")
+}
+
+/// The plan of the claim as the daemon would run it now; fails if it reads the backlog
+/// tables whole. Returns the plan.
+async fn claim_plan(client: &deadpool_postgres::Client, when: &str) -> String {
+    let plan = deliveries::explain_claim_due(client, 100, Duration::from_secs(60))
+        .await
+        .expect("explain the claim")
+        .join("\n");
+    eprintln!("claim plan {when}:\n{plan}");
+    for table in ["deliveries", "outbox"] {
+        assert!(
+            !plan.contains(&format!("Seq Scan on {table}")),
+            "{when}: the claim reads all of {table}:\n{plan}"
+        );
+    }
+    assert!(
+        plan.contains("Index Scan using deliveries_due")
+            || plan.contains("Bitmap Index Scan on deliveries_due"),
+        "{when}: the claim does not find due deliveries by their index:\n{plan}"
+    );
+    plan
+}
+
+/// A claim of 100 against the backlog, in a transaction rolled back so the daemon's work
+/// is untouched. How long it took, for the record (not asserted: speed is for benchmarks).
+async fn timed_claim(client: &mut deadpool_postgres::Client) -> (usize, Duration) {
+    let transaction = client.transaction().await.expect("begin");
+    let started = Instant::now();
+    let claimed = deliveries::claim_due(&transaction, 100, Duration::from_secs(60), &[])
+        .await
+        .expect("claim");
+    let took = started.elapsed();
+    transaction.rollback().await.expect("roll back");
+    (claimed.len(), took)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() {
+    let backlog: i64 = if soak() { 1_000_000 } else { 30_000 };
+    let drain_deadline = Duration::from_secs(if soak() { 3600 } else { 300 });
+
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let partner = TestPartner::counting("acme", move |request| {
+        if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < REFUSED {
+            Reply::status(503, "")
+        } else {
+            Reply::accepted(request)
+        }
+    })
+    .await;
+    // The shipped defaults for concurrency, batches, lease and timeouts; quick retries
+    // that never run out, so every event can end delivered.
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .dispatch("poll_interval = \"200ms\"")
+        .retry("max_attempts = 100\nbase_delay = \"100ms\"\nmax_delay = \"1s\"");
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    // The daemon's own way to the database, for its claim's SQL.
+    let loaded = Config::parse(&config.text(&db), "overload", None, |_| None).expect("config");
+    let mut client = db::pool(&loaded.database)
+        .expect("pool")
+        .get()
+        .await
+        .expect("a pooled connection");
+
+    // What a burst of enrollments would leave: one statement, `backlog` realistic events.
+    let started = Instant::now();
+    let template: Value = enrollment_event("template");
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.outbox (event_name, event)
+             SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('overload-' || g))
+             FROM generate_series(1, $3::int8) AS g",
+            &[&ENROLLMENT, &template, &backlog],
+        )
+        .await
+        .expect("insert the backlog");
+    let inserted_in = started.elapsed();
+
+    claim_plan(&client, "as the backlog is routed").await;
+    db.wait_for_count_within(
+        "SELECT count(*) FROM dispatcher.outbox WHERE routed_at IS NULL",
+        0,
+        drain_deadline,
+    )
+    .await;
+    let routed_in = started.elapsed();
+    let pending = db
+        .count("SELECT count(*) FROM dispatcher.deliveries WHERE state IN ('pending', 'in_flight')")
+        .await;
+    // A claim reads the due deliveries in order and stops at its limit: no sort or hash
+    // of the whole backlog, even right after a burst, before autovacuum has looked.
+    let plan = claim_plan(&client, &format!("with {pending} deliveries unfinished")).await;
+    for reads_everything in ["Sort", "Hash"] {
+        assert!(
+            !plan.contains(reads_everything),
+            "the claim reads the whole backlog ({reads_everything}):\n{plan}"
+        );
+    }
+    let (claimed, claim_took) = timed_claim(&mut client).await;
+    assert_eq!(
+        claimed, 100,
+        "a claim takes its whole batch from the backlog"
+    );
+
+    db.wait_for_count_within(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        backlog,
+        drain_deadline,
+    )
+    .await;
+    let drained_in = started.elapsed();
+
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatcher.deliveries WHERE state <> 'delivered'")
+            .await,
+        0
+    );
+    let requests = partner.request_count();
+    assert!(
+        requests >= backlog as usize + REFUSED,
+        "the partner saw {requests} requests"
+    );
+    let peak = daemon.peak_memory();
+    eprintln!(
+        "overload: {backlog} events inserted in {inserted_in:.1?}, routed by {routed_in:.1?} \
+         ({pending} unfinished then; a claim of 100 took {claim_took:.1?}), all delivered by \
+         {drained_in:.1?} \
+         ({:.0} events/s overall); {requests} requests; daemon peak RSS {} MiB",
+        backlog as f64 / drained_in.as_secs_f64(),
+        peak / MIB
+    );
+    assert!(
+        peak < MEMORY_BOUND,
+        "the daemon's peak memory reached {} MiB",
+        peak / MIB
+    );
+}
