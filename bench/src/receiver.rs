@@ -31,7 +31,13 @@ pub struct Arrival {
 
 #[derive(Default)]
 struct Log {
-    arrivals: Mutex<Vec<Arrival>>,
+    arrivals: Mutex<Arrivals>,
+}
+
+#[derive(Default)]
+struct Arrivals {
+    all: Vec<Arrival>,
+    distinct: HashSet<String>,
 }
 
 pub struct Receiver {
@@ -56,23 +62,23 @@ impl Receiver {
         })
     }
 
-    pub fn count(&self) -> usize {
-        self.lock().len()
+    /// Deliveries received: requests with distinct webhook-ids.
+    pub fn distinct(&self) -> usize {
+        self.lock().distinct.len()
     }
 
     /// Every request so far, in arrival order.
     pub fn arrivals(&self) -> Vec<Arrival> {
-        self.lock().clone()
+        self.lock().all.clone()
     }
 
     /// Requests that carried a webhook-id already seen: deliveries sent twice.
     pub fn duplicates(&self) -> usize {
         let arrivals = self.lock();
-        let distinct: HashSet<&str> = arrivals.iter().map(|a| a.webhook_id.as_str()).collect();
-        arrivals.len() - distinct.len()
+        arrivals.all.len() - arrivals.distinct.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arrival>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arrivals> {
         self.log
             .arrivals
             .lock()
@@ -120,10 +126,11 @@ async fn answer(
         .to_string();
     // Read the body, as a partner does.
     let _ = request.into_body().collect().await;
-    log.arrivals
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(Arrival { webhook_id, at });
+    {
+        let mut arrivals = log.arrivals.lock().unwrap_or_else(PoisonError::into_inner);
+        arrivals.distinct.insert(webhook_id.clone());
+        arrivals.all.push(Arrival { webhook_id, at });
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

@@ -155,7 +155,7 @@ impl<'a> ArrivalCounter<'a> {
     async fn start(bench: &Bench, arrivals: Arrivals<'a>) -> Result<ArrivalCounter<'a>> {
         let start = match arrivals {
             Arrivals::Nginx => bench.nginx.requests().await?,
-            Arrivals::Receiver(receiver) => receiver.count() as u64,
+            Arrivals::Receiver(receiver) => receiver.distinct() as u64,
         };
         Ok(ArrivalCounter {
             arrivals,
@@ -171,7 +171,7 @@ impl<'a> ArrivalCounter<'a> {
                 let requests = bench.nginx.requests().await?;
                 requests.saturating_sub(self.start + self.polls)
             }
-            Arrivals::Receiver(receiver) => (receiver.count() as u64).saturating_sub(self.start),
+            Arrivals::Receiver(receiver) => (receiver.distinct() as u64).saturating_sub(self.start),
         })
     }
 }
@@ -550,12 +550,12 @@ impl Bench {
             )
             .await?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while receiver.count() < produced.commits.len() {
+        while receiver.distinct() < produced.commits.len() {
             daemons[0].check_running()?;
             if Instant::now() > deadline {
                 bail!(
                     "stream: {} of {} events reached the partner within 60 s of the last commit",
-                    receiver.count(),
+                    receiver.distinct(),
                     produced.commits.len()
                 );
             }
@@ -818,7 +818,7 @@ impl Bench {
                 .await?;
             self.finish(setup).await?;
             let duplicates = receiver.duplicates();
-            let distinct = receiver.count() - duplicates;
+            let distinct = receiver.distinct();
             if distinct as u64 != events {
                 bail!(
                     "two-daemons ({label}): the partner received {distinct} of {events} deliveries"
