@@ -23,6 +23,8 @@ pub struct PartnerSite {
     pub name: String,
     /// `http://127.0.0.1:PORT`; the contract's two paths are added.
     pub base_url: String,
+    /// `max_in_flight` for a partner known to take more than the default 64 at once.
+    pub max_in_flight: Option<usize>,
 }
 
 /// The configuration every benchmark daemon runs with: the shipped defaults for
@@ -45,10 +47,14 @@ pub fn config_text(
              user_action_url = \"{base}/webhook/user-action\"\n\
              signing_secret = \"{SIGNING_SECRET}\"\n\
              # A partner on 127.0.0.1 over plain HTTP: local benchmarking only.\n\
-             allow_insecure = true\n\n",
+             allow_insecure = true\n",
             name = partner.name,
             base = partner.base_url,
         ));
+        if let Some(limit) = partner.max_in_flight {
+            text.push_str(&format!("max_in_flight = {limit}\n"));
+        }
+        text.push('\n');
     }
     text
 }
