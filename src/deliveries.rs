@@ -415,7 +415,7 @@ pub async fn next_due_at(
     let row = client
         .query_one(
             "SELECT min(due_at) FROM dispatcher.deliveries
-             WHERE state IN ('pending', 'in_flight') AND due_at > now()",
+             WHERE state = 'pending' AND due_at > now()",
             &[],
         )
         .await?;

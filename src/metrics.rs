@@ -101,11 +101,14 @@ pub(crate) struct DeliveryLabels {
 
 impl DeliveryLabels {
     pub(crate) fn of(delivery: &ClaimedDelivery) -> DeliveryLabels {
+        DeliveryLabels::new(&delivery.partner, &delivery.event_name)
+    }
+
+    pub(crate) fn new(partner: &str, event_name: &str) -> DeliveryLabels {
         DeliveryLabels {
-            partner: delivery.partner.clone(),
+            partner: partner.to_string(),
             // The outbox column is free text; only the contract's names become labels.
-            event_name: EventKind::from_name(&delivery.event_name)
-                .map_or("unknown", EventKind::name),
+            event_name: EventKind::from_name(event_name).map_or("unknown", EventKind::name),
         }
     }
 }
@@ -258,23 +261,14 @@ impl Metrics {
     }
 
     /// The rescuer returned a delivery whose lease ran out; `state` is what it left.
-    pub(crate) fn lease_expired(&self, partner: &str, event_name: &str, state: DeliveryState) {
+    pub(crate) fn lease_expired(&self, delivery: &DeliveryLabels, state: DeliveryState) {
         self.inner
             .leases_expired
             .get_or_create(&PartnerLabels {
-                partner: partner.to_string(),
+                partner: delivery.partner.clone(),
             })
             .inc();
-        if state == DeliveryState::Dead {
-            self.inner
-                .deliveries_ended
-                .get_or_create(&EndedLabels {
-                    partner: partner.to_string(),
-                    event_name: EventKind::from_name(event_name).map_or("unknown", EventKind::name),
-                    outcome: state.as_str(),
-                })
-                .inc();
-        }
+        self.resolution_recorded(delivery, state);
     }
 
     /// A resolution was written; counts it if it ended the delivery.

@@ -14,7 +14,7 @@ use deadpool_postgres::Pool;
 
 use crate::db;
 use crate::deliveries::{self, DeliveryState};
-use crate::metrics::Metrics;
+use crate::metrics::{DeliveryLabels, Metrics};
 use crate::reload::LiveConfig;
 use crate::shutdown::Shutdown;
 use crate::wakeup::Wakeups;
@@ -100,7 +100,10 @@ async fn rescue_once(
             _ => tracing::warn!(delivery_id = %delivery.id, event_id = delivery.event_id,
                 partner = %delivery.partner, "lease expired with no result recorded; sending again"),
         }
-        metrics.lease_expired(&delivery.partner, &delivery.event_name, delivery.state);
+        metrics.lease_expired(
+            &DeliveryLabels::new(&delivery.partner, &delivery.event_name),
+            delivery.state,
+        );
     }
     Ok(rescued.len())
 }
