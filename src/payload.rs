@@ -155,7 +155,7 @@ pub struct EnrolledPatient {
     pub first_name: NonEmpty,
     #[serde(rename = "lastName")]
     pub last_name: NonEmpty,
-    pub dob: Option<Millis>,
+    pub dob: Option<BirthMillis>,
     pub gender: Option<String>,
     pub contact_method: Option<String>,
     pub pref_language: Option<String>,
@@ -228,8 +228,8 @@ pub struct InsuranceCard {
     pub member_id: Option<String>,
     pub group_num: Option<String>,
     pub cardname: Option<String>,
-    /// A number for both cards (ruling R4).
-    pub card_dob: Option<Millis>,
+    /// A number for both cards (ruling R4), and a birth date (R12).
+    pub card_dob: Option<BirthMillis>,
     pub front_picture_image: Option<String>,
     pub back_picture_image: Option<String>,
 }
@@ -377,6 +377,32 @@ impl<'de> Deserialize<'de> for Millis {
             Some(millis) => Ok(Millis(millis)),
             None => Err(serde::de::Error::custom(
                 "must be a whole, non-negative number of milliseconds since the Unix epoch",
+            )),
+        }
+    }
+}
+
+/// A date of birth in milliseconds since the Unix epoch (ruling R12): negative before
+/// 1970, as most patients of a support program were born; none before 1900-01-01.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct BirthMillis(i64);
+
+impl BirthMillis {
+    /// 1900-01-01T00:00:00Z, the earliest birth the contract accepts.
+    pub const EARLIEST: i64 = -2_208_988_800_000;
+}
+
+impl<'de> Deserialize<'de> for BirthMillis {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_json::Number::deserialize(deserializer)
+            .ok()
+            .and_then(|number| number.as_i64())
+        {
+            Some(millis) if millis >= BirthMillis::EARLIEST => Ok(BirthMillis(millis)),
+            _ => Err(serde::de::Error::custom(
+                "must be a whole number of milliseconds since the Unix epoch, \
+                 from 1900-01-01 (-2208988800000) on",
             )),
         }
     }
@@ -554,6 +580,45 @@ mod tests {
         assert_eq!(
             problem(EventKind::Enrollment, event),
             "supportProgramId is required"
+        );
+    }
+
+    #[test]
+    fn patients_born_before_1970_are_sent_with_negative_birth_dates() {
+        // 1950-03-14 and 1900-01-01, the earliest birth the contract accepts (R12).
+        for dob in [-624_240_000_000_i64, BirthMillis::EARLIEST] {
+            let mut event = enrollment();
+            event["patient"]["dob"] = json!(dob);
+            event["patient"]["insurance"] = json!({"primaryInsurance": {"card_dob": dob}});
+            let event = Event::parse(EventKind::Enrollment, &event.to_string()).unwrap();
+            let body: serde_json::Value =
+                serde_json::from_slice(&event.to_body(DateTime::UNIX_EPOCH)).unwrap();
+            assert_eq!(body["event"]["patient"]["dob"], json!(dob));
+            assert_eq!(
+                body["event"]["patient"]["insurance"]["primaryInsurance"]["card_dob"],
+                json!(dob)
+            );
+        }
+    }
+
+    #[test]
+    fn births_before_1900_and_negative_event_times_are_refused() {
+        let mut event = enrollment();
+        event["patient"]["dob"] = json!(BirthMillis::EARLIEST - 1);
+        let message = problem(EventKind::Enrollment, event);
+        assert!(
+            message.starts_with("patient.dob must be a whole"),
+            "{message}"
+        );
+        assert!(message.contains("from 1900-01-01"), "{message}");
+
+        let mut event = enrollment();
+        event["patient"]["consents"] =
+            json!([{"name": "sharePHI", "value": true, "timestamp": -1}]);
+        let message = problem(EventKind::Enrollment, event);
+        assert!(
+            message.starts_with("patient.consents[0].timestamp must be a whole, non-negative"),
+            "{message}"
         );
     }
 

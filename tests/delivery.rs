@@ -138,6 +138,38 @@ async fn partners_receive_contract_valid_signed_bodies() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_patient_born_in_1950_is_enrolled_with_the_partner() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let _daemon = Daemon::start(&config, &db);
+
+    // 1950-03-14: before 1970, so a negative number of milliseconds (ruling R12).
+    let born_1950 = -624_240_000_000_i64;
+    let mut event = enrollment_event("p-1950");
+    event["patient"]["dob"] = json!(born_1950);
+    event["patient"]["insurance"]["primaryInsurance"]["card_dob"] = json!(born_1950);
+    db.insert_event(ENROLLMENT, &event).await;
+
+    let received = partner.wait_for_requests(1).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    let body = &received[0].json;
+    assert_eq!(body["event"]["patient"]["dob"], json!(born_1950));
+    assert_eq!(
+        body["event"]["patient"]["insurance"]["primaryInsurance"]["card_dob"],
+        json!(born_1950)
+    );
+    assert_eq!(
+        schema_errors("enrollment.schema.json", body),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_partner_rotating_its_signing_secret_can_verify_with_either_secret() {
     const NEXT_SECRET: &str = "whsec_bmV4dC1zZWNyZXQtZm9yLWFjbWUtcm90YXRpb24=";
     let partner = TestPartner::accepting("acme").await;

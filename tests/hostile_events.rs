@@ -75,6 +75,19 @@ fn millis() -> BoxedStrategy<u64> {
     prop_oneof![any::<u64>(), Just(0), Just(u64::MAX)].boxed()
 }
 
+/// Dates of birth the contract allows: before 1970 they are negative, down to 1900-01-01
+/// (R12).
+fn birth_millis() -> BoxedStrategy<i64> {
+    const EARLIEST: i64 = -2_208_988_800_000;
+    prop_oneof![
+        EARLIEST..=0_i64,
+        EARLIEST..=i64::MAX,
+        Just(EARLIEST),
+        Just(-1),
+    ]
+    .boxed()
+}
+
 /// An optional field: absent, or present with a value of the strategy.
 fn opt<S>(strategy: S) -> impl Strategy<Value = Option<Value>>
 where
@@ -109,7 +122,7 @@ fn insurance_card() -> BoxedStrategy<Option<Value>> {
         opt(text()),
         opt(text()),
         opt(text()),
-        opt(millis()),
+        opt(birth_millis()),
         opt(text()),
         opt(text()),
     )
@@ -154,7 +167,7 @@ fn valid_enrollment() -> BoxedStrategy<Value> {
         phone(),
         non_empty(),
         non_empty(),
-        opt(millis()),
+        opt(birth_millis()),
         opt(text()),
         opt(text()),
         opt(text()),
