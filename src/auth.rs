@@ -6,6 +6,7 @@
 //! requests need one at the same moment (they share the fetch), and fetched again once
 //! when the partner answers 401 to a token it no longer accepts.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -25,6 +26,10 @@ use crate::send::{TransportError, TransportErrorKind};
 const TOKEN_ANSWER_CAP: usize = 64 * 1024;
 /// Lifetime assumed when the token endpoint does not say (`expires_in` is optional).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// The longest a token is kept, whatever lifetime the endpoint claims: a day-long token
+/// is fetched again daily, and a claim of centuries can neither overflow the clock nor
+/// keep a token the partner has since revoked.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// A token is replaced this long before it expires (at most a tenth of its lifetime), so
 /// it does not expire on the way to the partner.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
@@ -107,6 +112,8 @@ pub enum AuthError {
     Refused { status: u16, error: Option<String> },
     #[error("cannot get an OAuth token: the token endpoint's answer {0}")]
     Malformed(&'static str),
+    #[error("cannot get an OAuth token: internal error in the dispatcher (see its log)")]
+    Internal,
 }
 
 impl AuthError {
@@ -243,7 +250,13 @@ impl TokenSource {
             match &state.fetching {
                 Some(fetch) => fetch.clone(),
                 None => {
-                    let fetch = self.clone().fetch().boxed().shared();
+                    // A bug in the fetch must not leave a panicked future here for every
+                    // later request to poll: it ends as an error like any failed fetch.
+                    let fetch = AssertUnwindSafe(self.clone().fetch())
+                        .catch_unwind()
+                        .map(|fetched| fetched.unwrap_or(Err(AuthError::Internal)))
+                        .boxed()
+                        .shared();
                     state.fetching = Some(fetch.clone());
                     fetch
                 }
@@ -339,7 +352,9 @@ impl TokenSource {
         Ok(Token {
             access_token,
             generation,
-            refresh_at: started + lifetime - refresh_margin(lifetime),
+            refresh_at: started
+                .checked_add(lifetime.saturating_sub(refresh_margin(lifetime)))
+                .unwrap_or(started),
         })
     }
 }
@@ -396,7 +411,7 @@ fn parse_token_answer(body: &[u8]) -> Result<(SecretString, Duration), AuthError
                 .ok_or(AuthError::Malformed(
                     "has an expires_in that is not a number",
                 ))?;
-            Duration::from_secs(seconds)
+            Duration::from_secs(seconds).min(MAX_TOKEN_LIFETIME)
         }
     };
     Ok((SecretString::from(token), lifetime))
@@ -434,6 +449,10 @@ mod tests {
         assert_eq!(lifetime, Duration::from_secs(599));
         let (_, lifetime) = parse_token_answer(br#"{"access_token":"t-1"}"#).expect("minimal");
         assert_eq!(lifetime, DEFAULT_TOKEN_LIFETIME);
+        let (_, lifetime) =
+            parse_token_answer(br#"{"access_token":"t-1","expires_in":18446744073709551615}"#)
+                .expect("a lifetime of centuries");
+        assert_eq!(lifetime, MAX_TOKEN_LIFETIME, "kept a day at most");
         for bad in [
             &br#"{"token_type":"Bearer"}"#[..],
             br#"{"access_token":"t-1","token_type":"mac"}"#,

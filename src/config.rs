@@ -537,13 +537,27 @@ impl RawConfig {
         };
         // A claim must outlive the request made under it, or another daemon could send the
         // same delivery while we still wait for the answer.
-        if dispatch.lease - dispatch.lease / 10
-            <= dispatch.request_timeout + dispatch.shutdown_grace
-        {
+        let in_use = dispatch
+            .request_timeout
+            .saturating_add(dispatch.shutdown_grace);
+        if dispatch.lease - dispatch.lease / 10 <= in_use {
+            // Nine tenths of the lease must exceed `in_use`; whole seconds read best.
+            let shortest = in_use.saturating_mul(10).as_secs() / 9 + 1;
+            let default = if self.dispatch.shutdown_grace == defaults::shutdown_grace() {
+                ", the default"
+            } else {
+                ""
+            };
             return Err(ConfigError::key(
                 "dispatch.lease",
-                "must be longer than (dispatch.request_timeout + dispatch.shutdown_grace) plus a tenth \
-                 of the lease, left for writing the result",
+                format!(
+                    "{lease} is too short: a claim must outlast request_timeout ({timeout}) plus \
+                     shutdown_grace ({grace}{default}), plus a tenth of the lease for recording \
+                     the result; make lease at least \"{shortest}s\", or shorten the other two",
+                    lease = humantime::format_duration(dispatch.lease),
+                    timeout = humantime::format_duration(dispatch.request_timeout),
+                    grace = humantime::format_duration(dispatch.shutdown_grace),
+                ),
             ));
         }
 
@@ -1473,6 +1487,20 @@ mod tests {
             let error = parse(&partner_with(keys)).unwrap_err().to_string();
             assert!(error.contains(named), "{keys}: {error}");
         }
+    }
+
+    #[test]
+    fn a_lease_too_short_gives_the_numbers_that_fix_it() {
+        let text = format!("{MINIMAL}\n[dispatch]\nlease = \"20s\"\n");
+        let error = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "config key `dispatch.lease`: 20s is too short: a claim must outlast request_timeout \
+             (10s) plus shutdown_grace (15s, the default), plus a tenth of the lease for recording the \
+             result; make lease at least \"28s\", or shorten the other two"
+        );
+        let text = text.replace("lease = \"20s\"", "lease = \"28s\"");
+        assert!(parse(&text).is_ok(), "the lease it suggests is long enough");
     }
 
     #[test]

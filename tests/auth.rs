@@ -110,6 +110,29 @@ async fn one_oauth_token_is_fetched_for_many_concurrent_requests_and_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_token_endpoint_promising_a_token_for_ever_does_not_stop_deliveries() {
+    // u64::MAX seconds: added to the clock unchecked, this once panicked inside the shared
+    // fetch and every later request to the partner with it.
+    let idp = TestPartner::start("identity-provider", |_| {
+        Reply::status(
+            200,
+            r#"{"access_token": "token-1", "token_type": "Bearer", "expires_in": 18446744073709551615}"#,
+        )
+    })
+    .await;
+    let partner = partner_accepting(&["Bearer token-1"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = partner_config(dir.path(), "acme", &partner.base_url, &oauth_keys(&idp, ""));
+    let sender = Sender::new(&config.dispatch, &config.partners).expect("partner clients");
+
+    for _ in 0..2 {
+        let answer = post_enrollment(&sender, &config).await.expect("answered");
+        assert_eq!(answer.status, 200);
+    }
+    assert_eq!(idp.received().len(), 1, "the token is reused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_partner_that_stops_accepting_a_token_gets_a_new_one_within_the_same_attempt() {
     let idp = token_endpoint().await;
     // token-1 was revoked on the partner's side; token-2 is good.
