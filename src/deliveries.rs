@@ -370,9 +370,12 @@ pub async fn until_next_lease_end(
             &[],
         )
         .await?;
-    Ok(row
-        .get::<_, Option<f64>>(0)
-        .map(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)))
+    Ok(wait_from_seconds(row.get(0)))
+}
+
+/// A wait the database measured in seconds (negative when already past), as a Duration.
+fn wait_from_seconds(seconds: Option<f64>) -> Option<Duration> {
+    seconds.map(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX))
 }
 
 /// The plan PostgreSQL would run [`claim_due`] with now, one line per row of `EXPLAIN`:
@@ -408,18 +411,20 @@ pub async fn refresh_statistics(client: &impl GenericClient) -> Result<(), tokio
     client.batch_execute("ANALYZE dispatcher.deliveries").await
 }
 
-/// When the next pending delivery falls due, if one is waiting for a later time.
-pub async fn next_due_at(
+/// How long until the next pending delivery falls due, if one is waiting for a later
+/// time, by the database's clock (the one the claim compares `due_at` with).
+pub async fn until_next_due(
     client: &impl GenericClient,
-) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+) -> Result<Option<Duration>, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT min(due_at) FROM dispatcher.deliveries
+            "SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8
+             FROM dispatcher.deliveries
              WHERE state = 'pending' AND due_at > now()",
             &[],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(wait_from_seconds(row.get(0)))
 }
 
 /// One partner's unfinished deliveries, as the metrics report them.
@@ -478,8 +483,9 @@ pub struct Resolution {
     pub delivery_id: Uuid,
     pub claim_token: Uuid,
     pub state: DeliveryState,
-    /// For `pending`: when to try again.
-    pub due_at: Option<DateTime<Utc>>,
+    /// For `pending`: how long after the result is recorded to try again. A delay, not a
+    /// time, so the database's clock sets `due_at` (see `dispatch::resolve`).
+    pub due_in: Option<Duration>,
     pub last_error: Option<String>,
     pub attempt: Option<AttemptRecord>,
     /// The partner's own id for the patient, from a 200 answer (R10).
@@ -518,7 +524,7 @@ pub async fn record(
         ids.push(resolution.delivery_id);
         tokens.push(resolution.claim_token);
         states.push(resolution.state.as_str());
-        due.push(resolution.due_at);
+        due.push(resolution.due_in.map(|wait| wait.as_secs_f64()));
         errors.push(storable(resolution.last_error.as_deref()));
         let attempt = resolution.attempt.as_ref();
         attempted.push(attempt.is_some());
@@ -533,17 +539,17 @@ pub async fn record(
     let rows = client
         .query(
             "WITH result AS (
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[],
                                       $5::text[], $6::bool[], $7::int4[], $8::timestamptz[],
                                       $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[])
-                     AS r(id, claim_token, state, due_at, error, attempted, http_status,
+                     AS r(id, claim_token, state, due_in, error, attempted, http_status,
                           started_at, duration_ms, error_kind, attempt_error, response_body,
                           learned_external_id)
              ),
              updated AS (
                  UPDATE dispatcher.deliveries d
                  SET state = r.state,
-                     due_at = r.due_at,
+                     due_at = now() + make_interval(secs => r.due_in),
                      claim_token = NULL,
                      attempt_count = d.attempt_count + r.attempted::int,
                      last_status = CASE WHEN r.attempted THEN r.http_status ELSE d.last_status END,

@@ -23,13 +23,16 @@
 //! so a reload (SIGHUP) applies from the next one on.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -372,16 +375,21 @@ impl Dispatcher {
     /// or the poll interval.
     async fn wait_for_due_deliveries(&self) {
         let poll = self.live.snapshot().dispatch.poll_interval;
-        let next_due = match self.pool.get().await {
-            Ok(client) => deliveries::next_due_at(&client).await.ok().flatten(),
+        let until_due = match self.pool.get().await {
+            Ok(client) => deliveries::until_next_due(&client).await.ok().flatten(),
             Err(_) => None,
         };
-        let wait = next_due
+        // The breakers keep their own (the daemon's) time.
+        let now = Utc::now();
+        let until_probe = self
+            .breakers
+            .next_probe_after(now)
+            .and_then(|probe| (probe - now).to_std().ok());
+        let wait = until_due
             .into_iter()
-            .chain(self.breakers.next_probe_after(Utc::now()))
+            .chain(until_probe)
             .min()
-            .and_then(|due| (due - Utc::now()).to_std().ok())
-            .map_or(poll, |until_due| until_due.min(poll));
+            .map_or(poll, |wait| wait.min(poll));
         tokio::select! {
             () = self.wakeups.deliveries.notified() => {}
             () = tokio::time::sleep(wait) => {}
@@ -395,7 +403,7 @@ impl Dispatcher {
         delivery: &ClaimedDelivery,
         labels: &DeliveryLabels,
         claimed_at: Instant,
-        permit: Option<SendPermit>,
+        mut permit: Option<SendPermit>,
     ) -> Resolution {
         let span = tracing::info_span!(
             "attempt",
@@ -407,10 +415,18 @@ impl Dispatcher {
             http_status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
-        let resolution = self
-            .try_attempt(delivery, claimed_at, permit)
+        let (started_at, started) = (Utc::now(), Instant::now());
+        // Unwind safety: after a panic only `permit` is used again, and settling it is
+        // what the panic path is for.
+        let attempt = AssertUnwindSafe(self.try_attempt(delivery, claimed_at, &mut permit))
+            .catch_unwind()
             .instrument(span.clone())
             .await;
+        let resolution = attempt.unwrap_or_else(|_| {
+            span.in_scope(|| {
+                self.internal_failure(delivery, permit.take(), started_at, started.elapsed())
+            })
+        });
         span.record("outcome", resolution.state.as_str());
         if let Some(attempt) = &resolution.attempt {
             span.record("duration_ms", attempt.duration.as_millis() as u64);
@@ -431,20 +447,21 @@ impl Dispatcher {
         resolution
     }
 
+    /// `permit` is taken (and its breaker admission settled) once the partner has
+    /// answered or the request failed; while it is still there, nothing was settled.
     async fn try_attempt(
         &self,
         delivery: &ClaimedDelivery,
         claimed_at: Instant,
-        permit: Option<SendPermit>,
+        permit: &mut Option<SendPermit>,
     ) -> Resolution {
-        let now = Utc::now();
         let config = self.live.snapshot();
         let Some(partner) = config.partner(&delivery.partner) else {
             // Removed from dispatcher.toml while deliveries were pending: keep them until
             // ops restore the partner or support cancels them.
-            return self.postpone(
+            return postpone(
                 delivery,
-                now + config.retry.max_delay,
+                config.retry.max_delay,
                 format!("partner `{}` is not in the configuration", delivery.partner),
             );
         };
@@ -469,13 +486,16 @@ impl Dispatcher {
             EventKind::ViewedTracker => &partner.user_action_url,
         };
 
-        let Some(permit) = permit else {
+        if permit.is_none() {
             return hand_back(delivery);
-        };
+        }
         // Sending this late could outlive the lease and race another daemon's claim.
         if self.shutdown.is_stopping() || claimed_at.elapsed() >= config.dispatch.latest_send() {
             return hand_back(delivery);
         }
+        // Where the tests make an attempt panic (`--features failpoints`, FAILPOINTS=attempt=panic).
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("attempt");
 
         let sent_at = Utc::now();
         let body = event.to_body(sent_at);
@@ -512,8 +532,41 @@ impl Dispatcher {
                 },
             ),
         };
-        permit.admission.settle(&outcome, &partner.circuit);
-        self.resolve(delivery, &config.retry, outcome, attempt, Utc::now())
+        if let Some(permit) = permit.take() {
+            permit.admission.settle(&outcome, &partner.circuit);
+        }
+        resolve(delivery, &config.retry, outcome, attempt)
+    }
+
+    /// A panic in an attempt is a bug of ours, yet the request may have gone out: it costs
+    /// the delivery an attempt (error kind `internal`) and counts against the partner's
+    /// circuit like any failure. So a bug that hits every attempt ends deliveries `dead`
+    /// and holds the partner, visibly, instead of losing them to expired leases.
+    fn internal_failure(
+        &self,
+        delivery: &ClaimedDelivery,
+        permit: Option<SendPermit>,
+        started_at: DateTime<Utc>,
+        duration: Duration,
+    ) -> Resolution {
+        tracing::error!("internal error in the attempt (a panic); recorded as a failed attempt");
+        let config = self.live.snapshot();
+        let outcome = Outcome::Failed {
+            reason: "internal error in the dispatcher (see its log)".to_string(),
+            retry_after: None,
+        };
+        if let (Some(permit), Some(partner)) = (permit, config.partner(&delivery.partner)) {
+            permit.admission.settle(&outcome, &partner.circuit);
+        }
+        let attempt = AttemptRecord {
+            started_at,
+            duration,
+            http_status: None,
+            error_kind: Some("internal"),
+            error: None,
+            response_body: None,
+        };
+        resolve(delivery, &config.retry, outcome, attempt)
     }
 
     /// The partner's `max_in_flight` semaphore, new if a reload changed the limit.
@@ -535,70 +588,6 @@ impl Dispatcher {
                 );
                 slots
             }
-        }
-    }
-
-    /// The delivery's next state after an attempt.
-    fn resolve(
-        &self,
-        delivery: &ClaimedDelivery,
-        policy: &RetryPolicy,
-        outcome: Outcome,
-        mut attempt: AttemptRecord,
-        now: DateTime<Utc>,
-    ) -> Resolution {
-        let attempts_used = delivery.attempts_used + 1;
-        let mut resolution = Resolution {
-            delivery_id: delivery.id,
-            claim_token: delivery.claim_token,
-            state: DeliveryState::Delivered,
-            due_at: None,
-            last_error: None,
-            attempt: None,
-            learned_external_id: None,
-        };
-        match outcome {
-            Outcome::Delivered { external_id } => {
-                resolution.learned_external_id = external_id;
-            }
-            Outcome::Rejected { reason } => {
-                resolution.state = DeliveryState::Rejected;
-                attempt.error.get_or_insert_with(|| reason.clone());
-                resolution.last_error = Some(reason);
-            }
-            Outcome::Failed {
-                reason,
-                retry_after,
-            } => {
-                attempt.error.get_or_insert_with(|| reason.clone());
-                if policy.is_exhausted(attempts_used) {
-                    resolution.state = DeliveryState::Dead;
-                    resolution.last_error =
-                        Some(format!("{reason} (gave up after {attempts_used} attempts)"));
-                } else {
-                    let scheduled = policy.delay_after(attempts_used, retry::draw_jitter());
-                    let asked =
-                        retry_after.map_or(Duration::ZERO, |asked| asked.min(policy.max_delay));
-                    resolution.state = DeliveryState::Pending;
-                    resolution.due_at = Some(now + scheduled.max(asked));
-                    resolution.last_error = Some(reason);
-                }
-            }
-        }
-        resolution.attempt = Some(attempt);
-        resolution
-    }
-
-    fn postpone(
-        &self,
-        delivery: &ClaimedDelivery,
-        due_at: DateTime<Utc>,
-        reason: String,
-    ) -> Resolution {
-        Resolution {
-            due_at: Some(due_at),
-            last_error: Some(reason),
-            ..hand_back(delivery)
         }
     }
 
@@ -672,13 +661,13 @@ impl Dispatcher {
                         return Ok(ids);
                     }
                     Err(error) => match error.as_db_error() {
-                        Some(refused) => {
+                        Some(refused) if !is_transient(refused.code()) => {
                             return Err(RefusedWrite {
                                 code: refused.code().code().to_string(),
                                 message: refused.message().to_string(),
                             })
                         }
-                        None => error.to_string(),
+                        _ => error.to_string(),
                     },
                 },
             };
@@ -697,17 +686,100 @@ impl Dispatcher {
     }
 }
 
-/// The database refused a statement (as opposed to being unreachable).
+/// The database refused a statement for what it holds (as opposed to being unreachable,
+/// or failing it for a reason that passes: see [`is_transient`]).
 struct RefusedWrite {
     code: String,
     message: String,
+}
+
+/// Errors that say nothing about the statement: the same write may well succeed when
+/// tried again, so a result is never given up for one of them. Everything else (a value
+/// PostgreSQL cannot store, a broken constraint) is a refusal of the rows themselves.
+fn is_transient(code: &SqlState) -> bool {
+    const TRANSIENT_CLASSES: [&str; 5] = [
+        "08", // connection exception
+        "40", // transaction rollback: serialization failure, deadlock
+        "53", // insufficient resources: disk full, out of memory, too many connections
+        "57", // operator intervention: statement timeout, cancel, admin shutdown
+        "58", // system error: I/O
+    ];
+    let transient_codes = [
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::OBJECT_IN_USE,
+        // A failover left the pool on a standby for a moment.
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+    ];
+    TRANSIENT_CLASSES
+        .iter()
+        .any(|class| code.code().starts_with(class))
+        || transient_codes.contains(code)
+}
+
+/// The delivery's next state after an attempt. A retry's time is a delay, counted by
+/// the database's clock when the result is recorded: the claim compares `due_at` with
+/// the database's `now()`, and the daemon's clock may differ from it.
+fn resolve(
+    delivery: &ClaimedDelivery,
+    policy: &RetryPolicy,
+    outcome: Outcome,
+    mut attempt: AttemptRecord,
+) -> Resolution {
+    let attempts_used = delivery.attempts_used + 1;
+    let mut resolution = Resolution {
+        delivery_id: delivery.id,
+        claim_token: delivery.claim_token,
+        state: DeliveryState::Delivered,
+        due_in: None,
+        last_error: None,
+        attempt: None,
+        learned_external_id: None,
+    };
+    match outcome {
+        Outcome::Delivered { external_id } => {
+            resolution.learned_external_id = external_id;
+        }
+        Outcome::Rejected { reason } => {
+            resolution.state = DeliveryState::Rejected;
+            attempt.error.get_or_insert_with(|| reason.clone());
+            resolution.last_error = Some(reason);
+        }
+        Outcome::Failed {
+            reason,
+            retry_after,
+        } => {
+            attempt.error.get_or_insert_with(|| reason.clone());
+            if policy.is_exhausted(attempts_used) {
+                resolution.state = DeliveryState::Dead;
+                resolution.last_error =
+                    Some(format!("{reason} (gave up after {attempts_used} attempts)"));
+            } else {
+                let scheduled = policy.delay_after(attempts_used, retry::draw_jitter());
+                let asked = retry_after.map_or(Duration::ZERO, |asked| asked.min(policy.max_delay));
+                resolution.state = DeliveryState::Pending;
+                resolution.due_in = Some(scheduled.max(asked));
+                resolution.last_error = Some(reason);
+            }
+        }
+    }
+    resolution.attempt = Some(attempt);
+    resolution
+}
+
+/// Gives the claim back unattempted, due again after `wait`.
+fn postpone(delivery: &ClaimedDelivery, wait: Duration, reason: String) -> Resolution {
+    Resolution {
+        due_in: Some(wait),
+        last_error: Some(reason),
+        ..hand_back(delivery)
+    }
 }
 
 /// The stored event breaks the contract: it is never sent.
 fn invalid(delivery: &ClaimedDelivery, reason: String) -> Resolution {
     Resolution {
         state: DeliveryState::Invalid,
-        due_at: None,
+        due_in: None,
         last_error: Some(reason),
         ..hand_back(delivery)
     }
@@ -719,9 +791,42 @@ fn hand_back(delivery: &ClaimedDelivery) -> Resolution {
         delivery_id: delivery.id,
         claim_token: delivery.claim_token,
         state: DeliveryState::Pending,
-        due_at: Some(Utc::now()),
+        due_in: Some(Duration::ZERO),
         last_error: None,
         attempt: None,
         learned_external_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_is_retried_through_errors_that_pass_and_given_up_only_for_its_content() {
+        for passing in [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::QUERY_CANCELED, // statement_timeout
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ] {
+            assert!(is_transient(&passing), "{} is retried", passing.code());
+        }
+        for refusal in [
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::UNTRANSLATABLE_CHARACTER,
+            SqlState::STRING_DATA_RIGHT_TRUNCATION,
+            SqlState::CHECK_VIOLATION,
+            SqlState::FOREIGN_KEY_VIOLATION,
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+        ] {
+            assert!(!is_transient(&refusal), "{} is a refusal", refusal.code());
+        }
     }
 }

@@ -133,6 +133,9 @@ impl FilterArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Test builds only: reads the fail points to trigger from FAILPOINTS.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     // The log format is in the file, so logging starts once it is read.
     let config = Config::load(&cli.config)

@@ -394,6 +394,28 @@ async fn a_400_is_rejected_with_the_partner_message_and_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_retry_is_timed_by_the_database_clock_when_the_daemon_clock_runs_ahead() {
+    let partner = TestPartner::start("acme", |request| match request.try_number {
+        1 => Reply::status(503, ""),
+        _ => Reply::accepted(request),
+    })
+    .await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    // An hour ahead: a retry timed by the daemon's clock would be an hour late by the
+    // database's, which is the clock the claim goes by.
+    let _daemon = Daemon::start_with_clock_ahead(&config, &db, "+1h");
+
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    assert_eq!(partner.received().len(), 2, "a 503, then the retry");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn server_errors_and_timeouts_are_retried_with_growing_spacing() {
     // First try: a 500; second: no answer within the request timeout; third: a 502; then accepted.
     let partner = TestPartner::start("acme", |request| match request.try_number {

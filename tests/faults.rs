@@ -863,3 +863,113 @@ async fn after_mixed_faults_every_delivery_reaches_a_final_state() {
         resets.load(Ordering::SeqCst)
     );
 }
+
+/// The dispatcher's recording statement as PostgreSQL shows it, waiting on a lock in this
+/// test's database, started after `since`. Returns its backend's pid and start.
+async fn wait_for_the_blocked_recorder(
+    db: &TestDb,
+    since: chrono::DateTime<chrono::Utc>,
+) -> (i32, chrono::DateTime<chrono::Utc>) {
+    for _ in 0..1200 {
+        let blocked = db
+            .client
+            .query_opt(
+                "SELECT pid, query_start FROM pg_stat_activity
+                 WHERE datname = current_database()
+                   AND application_name = 'helparound-dispatcher'
+                   AND wait_event_type = 'Lock'
+                   -- The recording statement's opening (the text shown is cut at 1 kB).
+                   AND query LIKE 'WITH result AS%'
+                   AND query_start > $1",
+                &[&since],
+            )
+            .await
+            .expect("read pg_stat_activity");
+        if let Some(row) = blocked {
+            return (row.get(0), row.get(1));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the dispatcher did not try to record the result (again) within 60s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_is_recorded_through_a_cancelled_statement_and_a_killed_connection() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    // Something ops run holds up the recorder: a long report, a migration.
+    let (report, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    report
+        .batch_execute("BEGIN; LOCK TABLE dispatcher.attempts IN EXCLUSIVE MODE")
+        .await
+        .expect("lock the attempts");
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    partner.wait_for_requests(1).await;
+
+    // What a statement_timeout does (57014), then what a server shutting down does (57P01).
+    let (recorder, started) =
+        wait_for_the_blocked_recorder(&db, chrono::DateTime::UNIX_EPOCH).await;
+    db.client
+        .execute("SELECT pg_cancel_backend($1)", &[&recorder])
+        .await
+        .expect("cancel");
+    let (recorder, started) = wait_for_the_blocked_recorder(&db, started).await;
+    db.client
+        .execute("SELECT pg_terminate_backend($1)", &[&recorder])
+        .await
+        .expect("terminate");
+    wait_for_the_blocked_recorder(&db, started).await;
+    report.batch_execute("COMMIT").await.expect("unlock");
+
+    db.wait_for_count(DELIVERED, 1).await;
+    let delivery = single_delivery(&db).await;
+    assert_eq!(partner.received().len(), 1, "sent once: {delivery}");
+    let attempts = db.attempts(delivery["id"].as_str().expect("id")).await;
+    assert_eq!(attempt_summary(&attempts), ["200"]);
+    assert!(
+        !daemon.log_text().contains("refused this result"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs `--features failpoints` (scripts/test sets it)"
+)]
+async fn a_panic_in_an_attempt_costs_an_attempt_and_counts_against_the_partner_circuit() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .partner_keys(
+            "acme",
+            "circuit_breaker_failures = 1\ncircuit_breaker_cool_down = \"1s\"",
+        );
+    let db = TestDb::migrated(&config).await;
+    // A bug meets the first attempt, and no other.
+    let daemon = Daemon::start_with_env(&config, &db, &[("FAILPOINTS", "attempt=1*panic->off")]);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+
+    db.wait_for_count(DELIVERED, 1).await;
+    let delivery = single_delivery(&db).await;
+    let id = delivery["id"].as_str().expect("id");
+    let attempts = db.attempts(id).await;
+    assert_eq!(attempt_summary(&attempts), ["internal", "200"]);
+    assert_eq!(partner.received().len(), 1);
+    let log = daemon.log_text();
+    let panic_line = log
+        .lines()
+        .find(|line| line.contains("internal error in the attempt"))
+        .unwrap_or_else(|| panic!("the panic was not logged:\n{log}"));
+    assert!(panic_line.contains(id), "logged with its ids: {panic_line}");
+    assert!(
+        log.contains("circuit open"),
+        "the breaker counted it as a failure:\n{log}"
+    );
+}

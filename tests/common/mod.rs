@@ -608,6 +608,45 @@ impl Daemon {
 
     /// Starts the daemon with `RUST_LOG=rust_log`; stdout and stderr both go to `log`.
     pub fn start_logging(config_text: &str, dir: &std::path::Path, rust_log: &str) -> Daemon {
+        Daemon::start_in(config_text, dir, rust_log, &[])
+    }
+
+    /// Starts the daemon with more environment variables (fail points, a fake clock).
+    pub fn start_with_env(config: &TestConfig, db: &TestDb, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_in(
+            &config.text(db),
+            config.dir.path(),
+            "info,dispatcher=debug",
+            env,
+        )
+    }
+
+    /// Starts the daemon with its clock (wall clock only) `offset` ahead of the
+    /// database's, e.g. "+1h", through Debian's libfaketime (scripts/test installs it).
+    pub fn start_with_clock_ahead(config: &TestConfig, db: &TestDb, offset: &str) -> Daemon {
+        let library = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+            .iter()
+            .map(|arch| format!("/usr/lib/{arch}/faketime/libfaketime.so.1"))
+            .find(|path| std::path::Path::new(path).exists())
+            .expect("libfaketime: install Debian's faketime package (scripts/test does)");
+        Daemon::start_with_env(
+            config,
+            db,
+            &[
+                ("LD_PRELOAD", &library),
+                ("FAKETIME", offset),
+                // Timers and timeouts keep real time; only the dates are off.
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        )
+    }
+
+    fn start_in(
+        config_text: &str,
+        dir: &std::path::Path,
+        rust_log: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let path = dir.join(format!("dispatcher-{name}.toml"));
         std::fs::write(&path, config_text).expect("write config");
@@ -616,6 +655,7 @@ impl Daemon {
         let child = dispatcher(&path)
             .arg("run")
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdout(log_file.try_clone().expect("daemon log"))
             .stderr(log_file)
             .spawn()
