@@ -866,7 +866,9 @@ pub async fn show(
 ///
 /// A delivery whose event body was erased is left alone. The event row is locked
 /// (`FOR SHARE`) so that retention cannot erase the body between this check and the
-/// commit: it skips locked rows, and a resend that waited for it sees the body gone.
+/// commit: retention skips rows locked so, checks the deliveries again once it holds the
+/// row (seeing a resend that committed before), and a resend that waited for retention's
+/// lock sees the body gone (see [`crate::retention::erase_event_bodies`]).
 pub async fn resend(
     client: &impl GenericClient,
     selection: &DeliveryFilter,
