@@ -313,11 +313,12 @@ async fn a_database_from_before_retention_is_upgraded_with_its_events() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_delivery_whose_body_is_gone_is_never_claimed() {
+async fn a_pending_delivery_whose_body_is_gone_ends_dead_and_the_patients_next_event_goes_out() {
     let acme = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    let _daemon = Daemon::start(&config, &db);
+    let path = config.write(&db);
+    let daemon = Daemon::start(&config, &db);
     db.insert_event(ENROLLMENT, &enrollment_event("p-erased"))
         .await;
     acme.wait_for_requests(1).await;
@@ -330,7 +331,9 @@ async fn a_delivery_whose_body_is_gone_is_never_claimed() {
         panic!("one delivery")
     };
 
-    // What retention never does, forced: the body erased under a delivery made due again.
+    // What retention must never leave, forced: the body erased under a delivery made due
+    // again. It is the patient's earliest unfinished event for acme, so it holds back
+    // every later one until it ends.
     db.client
         .batch_execute(&format!(
             "UPDATE dispatcher.outbox SET event = NULL, event_erased_at = now();
@@ -340,24 +343,43 @@ async fn a_delivery_whose_body_is_gone_is_never_claimed() {
         ))
         .await
         .expect("erase under a pending delivery");
-    // A later event is claimed and sent; the earlier-due one was passed over, not sent.
-    db.insert_event(ENROLLMENT, &enrollment_event("p-later"))
+    let later = db
+        .insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-erased"))
         .await;
-    acme.wait_for_requests(2).await;
+
+    // The patient's next event goes out; the one without a body ends, never sent again.
     db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered' AND patient_id = 'p-later'",
+        &format!(
+            "SELECT count(*) FROM dispatcher.deliveries
+             WHERE event_id = {later} AND state = 'delivered'"
+        ),
         1,
     )
     .await;
     let counts = per_webhook_id(&acme.received());
     assert_eq!(counts.get(erased.as_str()), Some(&1), "{counts:?}");
-    assert_eq!(
-        db.count(&format!(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE id = '{erased}' AND state = 'pending'"
-        ))
-        .await,
-        1
+    assert_eq!(acme.request_count(), 2, "{counts:?}");
+
+    // Support sees why it ended.
+    let shown = ok(&path, &["deliveries", "show", erased]).await.stdout;
+    assert!(
+        shown.contains("state        dead")
+            && shown.contains(
+                "last error   ended without sending: the event body was erased by retention \
+                 while this delivery waited to be sent; it cannot be sent again"
+            )
+            && shown.contains("attempts     1")
+            && shown.contains("event body   erased on"),
+        "{shown}"
     );
+    let log = daemon
+        .wait_for_log("the event body was erased while it waited", 1)
+        .await;
+    let line = log
+        .lines()
+        .find(|line| line.contains("the event body was erased while it waited"))
+        .unwrap_or_default();
+    assert!(line.contains(erased.as_str()), "{line}");
 }
 
 /// The advisory lock a test holds to keep the pruner's erase waiting (see
