@@ -4,7 +4,8 @@
 //! A delivery is one event for one partner. Its life:
 //! `pending` → (claimed) `in_flight` → `delivered` | `rejected` | `dead` | `invalid`, or back
 //! to `pending` with a later `due_at` when an attempt failed and may be retried, or when
-//! its lease ran out with no result recorded (see [`rescue_expired`]). Support can
+//! its lease ran out with no result recorded (see [`rescue_expired`]), or straight from
+//! `pending` to `dead` if its event's body is gone (see [`claim_due`]). Support can
 //! move an ended delivery back to `pending` (resend) or end any unfinished one (`cancelled`).
 
 use std::fmt;
@@ -168,8 +169,16 @@ pub struct PartnerRoom {
     pub free: usize,
 }
 
+/// Why a delivery ended without being sent: its event's body was erased while it was
+/// pending. Retention erases only events whose deliveries all ended, and a resend checks
+/// the body under a lock, so this should never happen; if it does, the delivery must not
+/// wait for ever, holding back every later event of its (partner, patient).
+pub const BODY_ERASED: &str = "ended without sending: the event body was erased by retention \
+     while this delivery waited to be sent; it cannot be sent again";
+
 /// The claim: `$1` limit, `$2` lease in seconds, `$3` claim token, `$4` partners to skip,
-/// `$5`/`$6` partners and how many each can take.
+/// `$5`/`$6` partners and how many each can take, `$7` the error of a delivery whose body
+/// is gone ([`BODY_ERASED`]).
 const CLAIM_DUE: &str = "WITH candidate AS (
                  SELECT d.id, d.partner, d.due_at, o.event::text AS event, known.external_id
                  FROM dispatcher.deliveries d
@@ -178,9 +187,6 @@ const CLAIM_DUE: &str = "WITH candidate AS (
                         ON known.partner = d.partner AND known.patient_id = d.patient_id
                  WHERE d.state = 'pending'
                    AND d.due_at <= now()
-                   -- Only ended deliveries' events are erased, and an erased one is never
-                   -- resent; this keeps a body that is not there from ever being claimed.
-                   AND o.event IS NOT NULL
                    -- A partner that cannot send now is not claimed from: its deliveries
                    -- stay pending, holding no lease and no capacity.
                    AND d.partner <> ALL($4::text[])
@@ -195,20 +201,25 @@ const CLAIM_DUE: &str = "WITH candidate AS (
                  FOR UPDATE OF d SKIP LOCKED
              ),
              -- A partner with room for only a few gets no more than that; candidates past
-             -- its room stay pending (locked only until this statement ends).
+             -- its room stay pending (locked only until this statement ends). A candidate
+             -- whose body is gone takes no room: it is ended, not sent.
              due AS (
                  SELECT c.id, c.event, c.external_id
                  FROM (SELECT candidate.*,
-                              row_number() OVER (PARTITION BY partner ORDER BY due_at) AS nth
+                              row_number() OVER (PARTITION BY partner, event IS NULL
+                                                 ORDER BY due_at) AS nth
                        FROM candidate) c
                  LEFT JOIN unnest($5::text[], $6::int8[]) AS room(partner, free)
                         ON room.partner = c.partner
-                 WHERE room.free IS NULL OR c.nth <= room.free
+                 WHERE c.event IS NULL OR room.free IS NULL OR c.nth <= room.free
              )
              UPDATE dispatcher.deliveries d
-             SET state = 'in_flight',
-                 due_at = now() + make_interval(secs => $2),
-                 claim_token = $3
+             SET state = CASE WHEN due.event IS NULL THEN 'dead' ELSE 'in_flight' END,
+                 due_at = CASE WHEN due.event IS NULL THEN NULL
+                               ELSE now() + make_interval(secs => $2) END,
+                 claim_token = CASE WHEN due.event IS NULL THEN NULL ELSE $3::uuid END,
+                 ended_at = CASE WHEN due.event IS NULL THEN now() END,
+                 last_error = CASE WHEN due.event IS NULL THEN $7::text ELSE d.last_error END
              FROM due
              WHERE d.id = due.id
              RETURNING d.id, d.event_id, d.partner, d.event_name,
@@ -221,6 +232,10 @@ const CLAIM_DUE: &str = "WITH candidate AS (
 /// [`rescue_expired`] first. A delivery waits while an earlier event for the same
 /// (partner, patient) is unfinished.
 /// `SKIP LOCKED` lets several daemons claim side by side without waiting on each other.
+///
+/// A due delivery whose event body is gone cannot be sent, so it is not claimed but ended
+/// `dead` with [`BODY_ERASED`] (and logged), which lets the next claim take the later
+/// events of its (partner, patient).
 pub async fn claim_due(
     client: &impl GenericClient,
     limit: usize,
@@ -254,22 +269,32 @@ pub async fn claim_due(
                 &full,
                 &capped,
                 &caps,
+                &BODY_ERASED,
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| ClaimedDelivery {
-            id: row.get(0),
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.get(0);
+        let event_id: i64 = row.get(1);
+        let partner: String = row.get(2);
+        let Some(event) = row.get::<_, Option<String>>(5) else {
+            tracing::warn!(delivery_id = %id, event_id, %partner,
+                "the event body was erased while it waited to be sent; ended the delivery dead");
+            continue;
+        };
+        claimed.push(ClaimedDelivery {
+            id,
             claim_token,
-            event_id: row.get(1),
-            partner: row.get(2),
+            event_id,
+            partner,
             event_name: row.get(3),
             attempts_used: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
-            event: row.get(5),
+            event,
             external_id: row.get(6),
-        })
-        .collect())
+        });
+    }
+    Ok(claimed)
 }
 
 /// A delivery whose lease ran out with no result recorded, as [`rescue_expired`] left it.
@@ -396,6 +421,7 @@ pub async fn explain_claim_due(
                 &Vec::<&str>::new(),
                 &Vec::<&str>::new(),
                 &Vec::<i64>::new(),
+                &BODY_ERASED,
             ],
         )
         .await?;
@@ -872,7 +898,9 @@ pub async fn show(
 ///
 /// A delivery whose event body was erased is left alone. The event row is locked
 /// (`FOR SHARE`) so that retention cannot erase the body between this check and the
-/// commit: it skips locked rows, and a resend that waited for it sees the body gone.
+/// commit: retention skips rows locked so, checks the deliveries again once it holds the
+/// row (seeing a resend that committed before), and a resend that waited for retention's
+/// lock sees the body gone (see [`crate::retention::erase_event_bodies`]).
 pub async fn resend(
     client: &impl GenericClient,
     selection: &DeliveryFilter,

@@ -9,9 +9,9 @@
 //!
 //! Erasing leaves a mark (`event_erased_at`, `answers_erased_at`, `answer_erased_at`), so
 //! support sees "erased on <date>" instead of a gap. Every step runs in batches of
-//! `batch_size` rows, one short statement (its own transaction) each, skipping rows other
-//! transactions hold, so dispatch never waits on pruning. Several daemons may prune at
-//! once.
+//! `batch_size` rows, one short transaction each (one statement, or two for the bodies),
+//! skipping rows other transactions hold, so dispatch never waits on pruning. Several
+//! daemons may prune at once.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
@@ -65,43 +65,70 @@ fn days(days: u32) -> i32 {
     i32::try_from(days).unwrap_or(i32::MAX)
 }
 
+/// An event whose body may be erased: routed, with deliveries, all of them ended more
+/// than `$1` days ago. (`o` is the outbox row.)
+const BODY_EXPIRED: &str = "o.event IS NOT NULL
+     AND o.routed_at IS NOT NULL
+     AND EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
+     AND NOT EXISTS (
+         SELECT 1 FROM dispatcher.deliveries d
+         WHERE d.event_id = o.id
+           AND (d.state IN ('pending', 'in_flight')
+                OR d.ended_at IS NULL
+                OR d.ended_at >= now() - make_interval(days => $1)))";
+
 /// Erases the bodies of up to `limit` events whose deliveries have all ended more than
 /// `payload_days` ago.
 ///
-/// The row lock (`FOR NO KEY UPDATE`) is what makes this safe beside a support resend:
-/// a resend locks the event row (`FOR SHARE`) before it moves a delivery back to pending,
-/// so either the resend waits and then sees the body erased, or this skips the row.
+/// Two statements in one transaction, so that a support resend (which locks the event
+/// row `FOR SHARE` before it makes a delivery pending) can never leave a pending delivery
+/// without its body. The first locks the candidates (`FOR NO KEY UPDATE`, skipping rows a
+/// resend holds); the second checks them again and erases. The check cannot be left to
+/// the first statement: under READ COMMITTED its look at the deliveries is as old as the
+/// statement, and a resend that committed before the lock creates no new version of the
+/// event row for PostgreSQL to re-check. The second statement's look is newer than the
+/// lock, so it sees such a resend; a resend that comes later waits for the lock and then
+/// finds the body gone.
 pub async fn erase_event_bodies(
-    client: &impl GenericClient,
+    client: &mut impl GenericClient,
     payload_days: u32,
     limit: usize,
 ) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute(
-            "WITH expired AS (
-                 SELECT o.id FROM dispatcher.outbox o
-                 WHERE o.event IS NOT NULL
-                   AND o.routed_at IS NOT NULL
+    let payload_days = days(payload_days);
+    let transaction = client.transaction().await?;
+    let locked: Vec<i64> = transaction
+        .query(
+            &format!(
+                "SELECT o.id FROM dispatcher.outbox o
+                 WHERE {BODY_EXPIRED}
                    -- An event cannot end before it was created: this bounds the scan.
                    AND o.created_at < now() - make_interval(days => $1)
-                   AND EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
-                   AND NOT EXISTS (
-                       SELECT 1 FROM dispatcher.deliveries d
-                       WHERE d.event_id = o.id
-                         AND (d.state IN ('pending', 'in_flight')
-                              OR d.ended_at IS NULL
-                              OR d.ended_at >= now() - make_interval(days => $1)))
                  ORDER BY o.created_at
                  LIMIT $2
-                 FOR NO KEY UPDATE OF o SKIP LOCKED
-             )
-             UPDATE dispatcher.outbox o
-             SET event = NULL, event_erased_at = now()
-             FROM expired
-             WHERE o.id = expired.id",
-            &[&days(payload_days), &batch_limit(limit)],
+                 FOR NO KEY UPDATE OF o SKIP LOCKED"
+            ),
+            &[&payload_days, &batch_limit(limit)],
         )
-        .await
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let erased = if locked.is_empty() {
+        0
+    } else {
+        transaction
+            .execute(
+                &format!(
+                    "UPDATE dispatcher.outbox o
+                     SET event = NULL, event_erased_at = now()
+                     WHERE o.id = ANY($2) AND {BODY_EXPIRED}"
+                ),
+                &[&payload_days, &locked],
+            )
+            .await?
+    };
+    transaction.commit().await?;
+    Ok(erased)
 }
 
 /// Erases the partners' answers to up to `limit` deliveries that ended more than
@@ -233,8 +260,8 @@ pub async fn prune(
     let batch = retention.batch_size;
     let payload_days = retention.payload_days;
     let metadata_days = retention.metadata_days;
-    let event_bodies_erased = in_batches(pool, batch, shutdown, |client| async move {
-        erase_event_bodies(&client, payload_days, batch).await
+    let event_bodies_erased = in_batches(pool, batch, shutdown, |mut client| async move {
+        erase_event_bodies(&mut client, payload_days, batch).await
     })
     .await?;
     let answers_erased = in_batches(pool, batch, shutdown, |client| async move {

@@ -5,8 +5,12 @@
 mod common;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
+use dispatcher::config::Config;
+use dispatcher::deliveries::DeliveryFilter;
+use dispatcher::{db, resend, retention};
 use serde_json::Value;
 
 /// Moves everything of this patient `days` into the past, as if it had happened then:
@@ -309,11 +313,12 @@ async fn a_database_from_before_retention_is_upgraded_with_its_events() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_delivery_whose_body_is_gone_is_never_claimed() {
+async fn a_pending_delivery_whose_body_is_gone_ends_dead_and_the_patients_next_event_goes_out() {
     let acme = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    let _daemon = Daemon::start(&config, &db);
+    let path = config.write(&db);
+    let daemon = Daemon::start(&config, &db);
     db.insert_event(ENROLLMENT, &enrollment_event("p-erased"))
         .await;
     acme.wait_for_requests(1).await;
@@ -326,7 +331,9 @@ async fn a_delivery_whose_body_is_gone_is_never_claimed() {
         panic!("one delivery")
     };
 
-    // What retention never does, forced: the body erased under a delivery made due again.
+    // What retention must never leave, forced: the body erased under a delivery made due
+    // again. It is the patient's earliest unfinished event for acme, so it holds back
+    // every later one until it ends.
     db.client
         .batch_execute(&format!(
             "UPDATE dispatcher.outbox SET event = NULL, event_erased_at = now();
@@ -336,22 +343,217 @@ async fn a_delivery_whose_body_is_gone_is_never_claimed() {
         ))
         .await
         .expect("erase under a pending delivery");
-    // A later event is claimed and sent; the earlier-due one was passed over, not sent.
-    db.insert_event(ENROLLMENT, &enrollment_event("p-later"))
+    let later = db
+        .insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-erased"))
         .await;
-    acme.wait_for_requests(2).await;
+
+    // The patient's next event goes out; the one without a body ends, never sent again.
     db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered' AND patient_id = 'p-later'",
+        &format!(
+            "SELECT count(*) FROM dispatcher.deliveries
+             WHERE event_id = {later} AND state = 'delivered'"
+        ),
         1,
     )
     .await;
     let counts = per_webhook_id(&acme.received());
     assert_eq!(counts.get(erased.as_str()), Some(&1), "{counts:?}");
-    assert_eq!(
-        db.count(&format!(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE id = '{erased}' AND state = 'pending'"
-        ))
-        .await,
-        1
+    assert_eq!(acme.request_count(), 2, "{counts:?}");
+
+    // Support sees why it ended.
+    let shown = ok(&path, &["deliveries", "show", erased]).await.stdout;
+    assert!(
+        shown.contains("state        dead")
+            && shown.contains(
+                "last error   ended without sending: the event body was erased by retention \
+                 while this delivery waited to be sent; it cannot be sent again"
+            )
+            && shown.contains("attempts     1")
+            && shown.contains("event body   erased on"),
+        "{shown}"
     );
+    let log = daemon
+        .wait_for_log("the event body was erased while it waited", 1)
+        .await;
+    let line = log
+        .lines()
+        .find(|line| line.contains("the event body was erased while it waited"))
+        .unwrap_or_default();
+    assert!(line.contains(erased.as_str()), "{line}");
+}
+
+/// The advisory lock a test holds to keep the pruner's erase waiting (see
+/// [`hold_outbox_updates`]).
+const ERASE_HELD: i64 = 7305;
+
+/// Holds every UPDATE of the outbox at its start (PostgreSQL has taken the statement's
+/// snapshot; no row is read or locked yet) until [`release_outbox_updates`]: a
+/// statement-level BEFORE trigger waits for an advisory lock the test holds. This is how
+/// a test puts another transaction's commit inside the pruner's statement, where a real
+/// one only lands by bad luck.
+async fn hold_outbox_updates(db: &TestDb) {
+    db.client
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.wait_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pg_advisory_xact_lock_shared({ERASE_HELD});
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER held_by_the_test BEFORE UPDATE ON dispatcher.outbox
+                 FOR EACH STATEMENT EXECUTE FUNCTION public.wait_for_the_test();
+             SELECT pg_advisory_lock({ERASE_HELD});"
+        ))
+        .await
+        .expect("hold updates of the outbox");
+}
+
+/// Waits until an UPDATE of the outbox is held by [`hold_outbox_updates`].
+async fn wait_for_held_update(db: &TestDb) {
+    db.wait_for_count(
+        &format!(
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND objid = {ERASE_HELD} AND NOT granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+        1,
+    )
+    .await;
+}
+
+async fn release_outbox_updates(db: &TestDb) {
+    db.client
+        .batch_execute(&format!("SELECT pg_advisory_unlock({ERASE_HELD})"))
+        .await
+        .expect("release updates of the outbox");
+}
+
+async fn remove_hold(db: &TestDb) {
+    db.client
+        .batch_execute(
+            "DROP TRIGGER held_by_the_test ON dispatcher.outbox;
+             DROP FUNCTION public.wait_for_the_test();",
+        )
+        .await
+        .expect("remove the hold");
+}
+
+/// Waits until `task` has finished (`false`), or the backend `pid` waits for a lock
+/// another transaction holds (`true`).
+async fn blocked_before_done<T>(db: &TestDb, pid: i32, task: &tokio::task::JoinHandle<T>) -> bool {
+    let started = Instant::now();
+    while !task.is_finished() {
+        let blocked = db
+            .count(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+            ))
+            .await;
+        if blocked == 1 {
+            return true;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "backend {pid} neither finished nor waited for a lock within 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn support_resending_while_retention_erases_the_body_never_strands_the_patient() {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-race"))
+        .await;
+    acme.wait_for_requests(1).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    // No daemon while the two race: it would claim the resent delivery at once.
+    drop(daemon);
+    let [delivery] = &delivery_ids(&db, "p-race").await[..] else {
+        panic!("one delivery")
+    };
+    let delivery_id: uuid::Uuid = delivery.parse().expect("a delivery id");
+    // Delivered a month ago: past retention, its body is due to be erased.
+    backdate(&db, "p-race", 31).await;
+
+    let loaded = Config::parse(&config.text(&db), "retention", None, |_| None).expect("config");
+    let pool = db::pool(&loaded.database).expect("pool");
+    let mut pruner = pool.get().await.expect("the pruner's connection");
+    let mut support = pool.get().await.expect("support's connection");
+    let support_pid: i32 = support
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("support's backend")
+        .get(0);
+
+    // The pruner starts erasing and is held inside its UPDATE of the outbox...
+    hold_outbox_updates(&db).await;
+    let erase =
+        tokio::spawn(async move { retention::erase_event_bodies(&mut pruner, 30, 1000).await });
+    wait_for_held_update(&db).await;
+    // ...while support resends the delivery: it either commits, or waits for a row the
+    // pruner locked.
+    let resend = tokio::spawn(async move {
+        resend::resend(
+            &mut support,
+            &DeliveryFilter::ids(&[delivery_id]),
+            "support@helparound.test",
+        )
+        .await
+    });
+    let resend_waited = blocked_before_done(&db, support_pid, &resend).await;
+    release_outbox_updates(&db).await;
+    let erased = erase.await.expect("erase task").expect("erase");
+    let resent = resend.await.expect("resend task").expect("resend").resent;
+    remove_hold(&db).await;
+
+    let state = db
+        .client
+        .query_one(
+            "SELECT d.state, o.event IS NULL
+             FROM dispatcher.deliveries d JOIN dispatcher.outbox o ON o.id = d.event_id
+             WHERE d.id = $1",
+            &[&delivery_id],
+        )
+        .await
+        .expect("the delivery");
+    let (state, body_erased): (String, bool) = (state.get(0), state.get(1));
+    let outcome = format!(
+        "erased {erased} bodies, resent {resent:?}; the delivery is {state} with its body {}",
+        if body_erased { "erased" } else { "kept" }
+    );
+    if resend_waited {
+        // The pruner held the event first: the resend found the body gone and left the
+        // delivery as it was.
+        assert!(
+            erased == 1 && resent.is_empty() && state == "delivered" && body_erased,
+            "the resend waited for the pruner, yet {outcome}"
+        );
+    } else {
+        // The resend committed first: the body stays for the delivery to be sent.
+        assert!(
+            erased == 0 && resent == [delivery_id] && state == "pending" && !body_erased,
+            "the resend committed while the pruner was erasing, yet {outcome}"
+        );
+    }
+
+    // The patient's next event still reaches acme.
+    let _daemon = Daemon::start(&config, &db);
+    let next = db
+        .insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-race"))
+        .await;
+    db.wait_for_count(
+        &format!(
+            "SELECT count(*) FROM dispatcher.deliveries
+             WHERE event_id = {next} AND state = 'delivered'"
+        ),
+        1,
+    )
+    .await;
 }
