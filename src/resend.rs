@@ -44,12 +44,13 @@ pub async fn resend(
     actor: &str,
 ) -> Result<ResendReport, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
+    let resent = deliveries::resend(&transaction, selection, actor).await?;
+    let removed = deliveries::remove_placeholders(&transaction, selection, actor).await?;
+    // After the resend: one that waited for retention to erase a body sees it erased here.
     let erased = match &selection.ids {
         Some(ids) => retention::erased_bodies(&transaction, ids).await?,
         None => Vec::new(),
     };
-    let resent = deliveries::resend(&transaction, selection, actor).await?;
-    let removed = deliveries::remove_placeholders(&transaction, selection, actor).await?;
     let event_ids: Vec<i64> = removed.iter().map(|(_, event_id)| *event_id).collect();
     if !event_ids.is_empty() {
         outbox::route_again(&transaction, &event_ids).await?;
