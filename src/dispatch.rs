@@ -100,7 +100,7 @@ pub struct Dispatcher {
     /// the restart-only settings in it never change (see `reload`).
     live: LiveConfig,
     pool: Pool,
-    sender: LiveSender,
+    sender: Arc<LiveSender>,
     wakeups: Wakeups,
     /// Per-partner `max_in_flight`, by partner name.
     partner_slots: Mutex<HashMap<String, PartnerSlots>>,
@@ -118,8 +118,13 @@ impl Dispatcher {
         metrics: Metrics,
     ) -> Result<Arc<Dispatcher>, DispatchError> {
         let config = live.snapshot();
+        let sender = Arc::new(LiveSender::new(config.clone())?);
+        live.prepare_reloads_with(Box::new({
+            let sender = sender.clone();
+            move |config| sender.prepare(config).map_err(|error| error.to_string())
+        }));
         Ok(Arc::new(Dispatcher {
-            sender: LiveSender::new(config.clone())?,
+            sender,
             capacity: Arc::new(Semaphore::new(config.dispatch.concurrency)),
             live,
             pool,

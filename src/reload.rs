@@ -5,13 +5,16 @@
 //! routing batch, claim and attempt on. The rest is built into the running daemon (the
 //! connection pool, the capacity, the lease arithmetic, the log
 //! writer): a change there is logged as needing a restart and the running value kept.
-//! A file that does not validate is refused whole, and the running configuration kept.
+//! A file that does not validate is refused whole, and the running configuration kept;
+//! so is one that validates but cannot be put to use (a partner's HTTP client cannot be
+//! built from it): what uses the configuration prepares for it first (see
+//! [`LiveConfig::prepare_reloads_with`]).
 //!
 //! Readers take a [`LiveConfig::snapshot`] and use it for one unit of work, so a reload
 //! never changes a partner under a request that is being made.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
@@ -23,6 +26,21 @@ use crate::config::{Config, ConfigError};
 pub struct LiveConfig {
     current: Arc<ArcSwap<Config>>,
     path: Arc<PathBuf>,
+    preparers: Arc<Mutex<Vec<Preparer>>>,
+}
+
+/// Builds what a new configuration needs before it is put in force (the partners' HTTP
+/// clients), or says why it cannot be used. Keeps the configuration free of what is
+/// built from it, while a reload that could only half apply is refused whole.
+pub type Preparer = Box<dyn Fn(&Arc<Config>) -> Result<(), String> + Send + Sync>;
+
+/// Why a reload was refused; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// What a successful reload did.
@@ -38,7 +56,16 @@ impl LiveConfig {
         LiveConfig {
             current: Arc::new(ArcSwap::from_pointee(config)),
             path: Arc::new(path.to_path_buf()),
+            preparers: Arc::default(),
         }
+    }
+
+    /// Every reload from now on is first handed to `preparer`, and refused if it fails.
+    pub fn prepare_reloads_with(&self, preparer: Preparer) {
+        self.preparers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(preparer);
     }
 
     /// The configuration in force now; hold it for one unit of work.
@@ -47,11 +74,20 @@ impl LiveConfig {
     }
 
     /// Re-reads and validates the file; puts it in force, keeping restart-only settings.
-    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
         let mut new = Config::load(&self.path)?;
         let running = self.current.load();
         let needs_restart = keep_restart_only_settings(&running, &mut new);
-        self.current.store(Arc::new(new));
+        let new = Arc::new(new);
+        for prepare in self
+            .preparers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            prepare(&new).map_err(ReloadError::Unusable)?;
+        }
+        self.current.store(new);
         Ok(Reloaded { needs_restart })
     }
 
@@ -205,6 +241,29 @@ mod tests {
             "https://crm.example/enroll",
             "a snapshot taken earlier is not changed under its holder"
         );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_put_to_use_is_refused_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let live = live(&dir);
+        live.prepare_reloads_with(Box::new(|config| match config.partners.len() {
+            1 => Ok(()),
+            _ => Err("partner `beta`: cannot build its HTTP client".to_string()),
+        }));
+        let beta = FILE.replace("name = \"acme\"", "name = \"beta\"");
+        write(
+            &dir,
+            &format!(
+                "{FILE}\n{}",
+                &beta[beta.find("[[partners]]").unwrap_or(0)..]
+            ),
+        );
+
+        let error = live.reload().unwrap_err().to_string();
+
+        assert_eq!(error, "partner `beta`: cannot build its HTTP client");
+        assert_eq!(live.snapshot().partners.len(), 1, "the running one is kept");
     }
 
     #[test]

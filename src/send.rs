@@ -129,12 +129,12 @@ pub struct SenderError {
     message: String,
 }
 
-/// The [`Sender`] of the configuration in force. A SIGHUP reload swaps the configuration;
-/// the first attempt after it builds the clients anew, so an added partner gets one and a
-/// changed partner its new TLS, guard and auth settings. Later attempts reuse them.
+/// The [`Sender`] of the configuration in force. A SIGHUP reload builds the clients of
+/// the new configuration before it is put in force ([`LiveSender::prepare`]), so an added
+/// partner gets one, a changed partner its new TLS, guard and auth settings, and a
+/// configuration whose clients cannot be built is refused at reload.
 pub struct LiveSender {
     built: ArcSwap<BuiltSender>,
-    rebuilding: std::sync::Mutex<()>,
 }
 
 struct BuiltSender {
@@ -147,8 +147,18 @@ impl LiveSender {
         let sender = Sender::new(&config.dispatch, &config.partners)?;
         Ok(LiveSender {
             built: ArcSwap::from_pointee(BuiltSender { config, sender }),
-            rebuilding: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Builds the clients of a reloaded configuration before it is put in force (see
+    /// [`crate::reload::Preparer`]).
+    pub fn prepare(&self, config: &Arc<Config>) -> Result<(), SenderError> {
+        let sender = Sender::new(&config.dispatch, &config.partners)?;
+        self.built.store(Arc::new(BuiltSender {
+            config: config.clone(),
+            sender,
+        }));
+        Ok(())
     }
 
     /// The sender for `config` (a snapshot of the live configuration).
@@ -157,28 +167,16 @@ impl LiveSender {
         if Arc::ptr_eq(&built.config, config) {
             return built.sender.clone();
         }
-        // One rebuild per reload, however many attempts notice it at once.
-        let _one_at_a_time = self
-            .rebuilding
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let built = self.built.load();
-        if Arc::ptr_eq(&built.config, config) {
-            return built.sender.clone();
-        }
-        let sender = match Sender::new(&config.dispatch, &config.partners) {
+        // A snapshot taken just before a reload: its few attempts get clients of their
+        // own rather than replace the new configuration's.
+        match Sender::new(&config.dispatch, &config.partners) {
             Ok(sender) => sender,
             Err(error) => {
-                // Remembered against this configuration, so it is not tried per attempt.
-                tracing::error!(%error, "cannot build the HTTP clients of the reloaded configuration; keeping the previous ones");
+                // It was built once already, so this is not expected.
+                tracing::error!(%error, "cannot build the HTTP clients of the previous configuration; using the current ones");
                 built.sender.clone()
             }
-        };
-        self.built.store(Arc::new(BuiltSender {
-            config: config.clone(),
-            sender: sender.clone(),
-        }));
-        sender
+        }
     }
 }
 

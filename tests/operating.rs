@@ -85,6 +85,45 @@ async fn an_invalid_file_on_sighup_is_refused_naming_the_key_and_delivery_goes_o
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_file_whose_partner_client_cannot_be_built_is_refused_at_reload_naming_it() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    daemon.wait_for_log("dispatcher running", 1).await;
+
+    // A client certificate with another certificate's key: each file reads well, and
+    // only building the TLS client finds that they do not belong together.
+    let ca = tls::TestCa::new("HelpAround test CA");
+    let (ours, other) = (
+        ca.client_certificate("dispatcher.helparound"),
+        ca.client_certificate("someone.else"),
+    );
+    let dir = config.dir.path();
+    write_file(dir, "client.pem", &ours.cert_pem);
+    write_file(dir, "other.key", &other.key_pem);
+    let mismatched = config.clone().partner_keys(
+        "acme",
+        "client_cert = \"client.pem\"\nclient_key = \"other.key\"",
+    );
+    daemon.reload_with(&mismatched.text(&db));
+    let log = daemon.wait_for_log("configuration reload refused", 1).await;
+    let refusal = log
+        .lines()
+        .find(|line| line.contains("configuration reload refused"))
+        .unwrap_or_default();
+    assert!(
+        refusal.contains("ERROR") && refusal.contains("partner `acme`"),
+        "the refusal does not name the partner: {refusal}"
+    );
+
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    partner.wait_for_requests(1).await;
+    db.wait_for_count(DELIVERED, 1).await;
+    assert!(!daemon.log_text().contains("configuration reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn json_logs_are_one_object_a_line_and_attempt_lines_carry_ids_never_the_event() {
     // The first try fails, so the log has a retry line and a delivered line.
     let partner = TestPartner::start("acme", |request| {
