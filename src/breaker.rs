@@ -70,7 +70,14 @@ pub(crate) struct Breaker {
     consecutive_failures: u32,
     opened_at: Option<DateTime<Utc>>,
     retry_at: Option<DateTime<Utc>>,
+    /// Probes let out so far; while half-open, the number of the one out. A probe from an
+    /// earlier half-open period that settles or is given back late is told apart by it,
+    /// so it cannot open a second probe slot or re-open the circuit of the current one.
+    probes: u64,
 }
+
+/// Which probe an admission is, by its breaker's count.
+type ProbeNumber = u64;
 
 /// How many of a partner's deliveries its breaker lets out now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +94,7 @@ impl Breaker {
             consecutive_failures: 0,
             opened_at: None,
             retry_at: None,
+            probes: 0,
         }
     }
 
@@ -98,30 +106,46 @@ impl Breaker {
         }
     }
 
-    /// Lets one delivery out: `Some(true)` when it is the probe, `None` when it is held.
-    fn admit(&mut self, now: DateTime<Utc>) -> Option<bool> {
+    /// Lets one delivery out: `Some(Some(n))` when it is probe number `n`, `Some(None)`
+    /// when the circuit is closed, `None` when it is held.
+    fn admit(&mut self, now: DateTime<Utc>) -> Option<Option<ProbeNumber>> {
         match self.allowance(now) {
-            Allowance::Any => Some(false),
+            Allowance::Any => Some(None),
             Allowance::Probe => {
                 self.state = CircuitState::HalfOpen;
-                Some(true)
+                self.probes = self.probes.wrapping_add(1);
+                Some(Some(self.probes))
             }
             Allowance::Held => None,
         }
     }
 
+    /// Whether `probe` is the one out now.
+    fn is_current_probe(&self, probe: Option<ProbeNumber>) -> bool {
+        self.state == CircuitState::HalfOpen && probe == Some(self.probes)
+    }
+
     /// What an attempt's outcome does to the circuit. A failure of a request sent before
-    /// the circuit opened changes nothing but the count; an answer closes it whatever
-    /// request brought it.
-    fn settle(&mut self, failed: bool, probe: bool, config: &CircuitConfig, now: DateTime<Utc>) {
+    /// the circuit opened, or of an earlier probe, changes nothing but the count; an
+    /// answer closes it whatever request brought it.
+    fn settle(
+        &mut self,
+        failed: bool,
+        probe: Option<ProbeNumber>,
+        config: &CircuitConfig,
+        now: DateTime<Utc>,
+    ) {
         if !failed {
-            *self = Breaker::closed();
+            *self = Breaker {
+                probes: self.probes,
+                ..Breaker::closed()
+            };
             return;
         }
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let opens = match self.state {
             CircuitState::Closed => self.consecutive_failures >= config.failures,
-            CircuitState::HalfOpen => probe,
+            CircuitState::HalfOpen => self.is_current_probe(probe),
             CircuitState::Open => false,
         };
         if opens {
@@ -132,9 +156,9 @@ impl Breaker {
     }
 
     /// The probe was never sent (shutdown, an event that cannot be sent): the next claim
-    /// may probe with another delivery.
-    fn release_probe(&mut self) {
-        if self.state == CircuitState::HalfOpen {
+    /// may probe with another delivery. An earlier period's probe gives back nothing.
+    fn release_probe(&mut self, probe: ProbeNumber) {
+        if self.is_current_probe(Some(probe)) {
             self.state = CircuitState::Open;
         }
     }
@@ -218,6 +242,7 @@ impl Breakers {
                     consecutive_failures: u32::try_from(circuit.consecutive_failures).unwrap_or(0),
                     opened_at: circuit.opened_at,
                     retry_at: circuit.retry_at,
+                    probes: 0,
                 },
             );
         }
@@ -332,7 +357,8 @@ fn log_transition(partner: &str, before: &Breaker, after: &Breaker) {
 pub(crate) struct Admission {
     breakers: Arc<Breakers>,
     partner: String,
-    probe: bool,
+    /// Its number when it is a half-open circuit's probe.
+    probe: Option<ProbeNumber>,
     settled: bool,
 }
 
@@ -349,8 +375,9 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.probe && !self.settled {
-            self.breakers.update(&self.partner, Breaker::release_probe);
+        if let (Some(probe), false) = (self.probe, self.settled) {
+            self.breakers
+                .update(&self.partner, |breaker| breaker.release_probe(probe));
         }
     }
 }
@@ -448,26 +475,26 @@ mod tests {
         DateTime::<Utc>::from_timestamp(1_800_000_000 + seconds, 0).expect("valid time")
     }
 
-    fn failed(breaker: &mut Breaker, probe: bool, now: DateTime<Utc>) {
+    fn failed(breaker: &mut Breaker, probe: Option<ProbeNumber>, now: DateTime<Utc>) {
         breaker.settle(true, probe, &config(), now);
     }
 
     #[test]
     fn opens_after_the_configured_failures_in_a_row_and_an_answer_resets_the_count() {
         let mut breaker = Breaker::closed();
-        failed(&mut breaker, false, at(0));
-        failed(&mut breaker, false, at(1));
-        breaker.settle(false, false, &config(), at(2));
+        failed(&mut breaker, None, at(0));
+        failed(&mut breaker, None, at(1));
+        breaker.settle(false, None, &config(), at(2));
         assert_eq!(
             breaker,
             Breaker::closed(),
             "an answer between failures resets"
         );
         for second in 3..5 {
-            failed(&mut breaker, false, at(second));
+            failed(&mut breaker, None, at(second));
             assert_eq!(breaker.allowance(at(second)), Allowance::Any);
         }
-        failed(&mut breaker, false, at(5));
+        failed(&mut breaker, None, at(5));
         assert_eq!(breaker.state, CircuitState::Open);
         assert_eq!(breaker.consecutive_failures, 3);
         assert_eq!(breaker.opened_at, Some(at(5)));
@@ -478,12 +505,12 @@ mod tests {
     fn holds_for_the_cool_down_then_lets_one_probe_out() {
         let mut breaker = Breaker::closed();
         for second in 0..3 {
-            failed(&mut breaker, false, at(second));
+            failed(&mut breaker, None, at(second));
         }
         assert_eq!(breaker.allowance(at(31)), Allowance::Held);
         assert_eq!(breaker.admit(at(31)), None);
         assert_eq!(breaker.allowance(at(32)), Allowance::Probe);
-        assert_eq!(breaker.admit(at(32)), Some(true));
+        assert_eq!(breaker.admit(at(32)), Some(Some(1)));
         assert_eq!(breaker.state, CircuitState::HalfOpen);
         assert_eq!(breaker.admit(at(33)), None, "only one probe at a time");
     }
@@ -492,10 +519,10 @@ mod tests {
     fn a_failed_probe_opens_for_another_cool_down_and_an_answered_one_closes() {
         let mut breaker = Breaker::closed();
         for second in 0..3 {
-            failed(&mut breaker, false, at(second));
+            failed(&mut breaker, None, at(second));
         }
-        assert_eq!(breaker.admit(at(40)), Some(true));
-        failed(&mut breaker, true, at(41));
+        assert_eq!(breaker.admit(at(40)), Some(Some(1)));
+        failed(&mut breaker, Some(1), at(41));
         assert_eq!(breaker.state, CircuitState::Open);
         assert_eq!(
             breaker.opened_at,
@@ -504,21 +531,27 @@ mod tests {
         );
         assert_eq!(breaker.retry_at, Some(at(71)));
         assert_eq!(breaker.admit(at(70)), None);
-        assert_eq!(breaker.admit(at(71)), Some(true));
-        breaker.settle(false, true, &config(), at(72));
-        assert_eq!(breaker, Breaker::closed());
+        assert_eq!(breaker.admit(at(71)), Some(Some(2)));
+        breaker.settle(false, Some(2), &config(), at(72));
+        assert_eq!(
+            breaker,
+            Breaker {
+                probes: 2,
+                ..Breaker::closed()
+            }
+        );
     }
 
     #[test]
     fn late_failures_of_requests_sent_before_opening_do_not_extend_the_cool_down() {
         let mut breaker = Breaker::closed();
         for second in 0..3 {
-            failed(&mut breaker, false, at(second));
+            failed(&mut breaker, None, at(second));
         }
-        failed(&mut breaker, false, at(10));
+        failed(&mut breaker, None, at(10));
         assert_eq!(breaker.retry_at, Some(at(32)));
-        assert_eq!(breaker.admit(at(32)), Some(true));
-        failed(&mut breaker, false, at(33));
+        assert_eq!(breaker.admit(at(32)), Some(Some(1)));
+        failed(&mut breaker, None, at(33));
         assert_eq!(
             breaker.state,
             CircuitState::HalfOpen,
@@ -547,6 +580,60 @@ mod tests {
         drop(probe);
         assert_eq!(breakers.room("acme", 5, now), 1, "the next claim may probe");
         assert_eq!(breakers.room("other", 5, now), 5);
+    }
+
+    fn failure() -> Outcome {
+        Outcome::Failed {
+            reason: "HTTP 503".into(),
+            retry_after: None,
+        }
+    }
+
+    /// A probe goes out; a request sent before the circuit opened answers late, closing
+    /// it; the partner fails again and a second probe goes out. Returns both probes and
+    /// a time when the second is out.
+    fn a_second_half_open_period(
+        breakers: &Arc<Breakers>,
+    ) -> (Admission, Admission, DateTime<Utc>) {
+        let early = breakers.admit("acme", Utc::now()).expect("closed");
+        for _ in 0..3 {
+            let admission = breakers.admit("acme", Utc::now()).expect("closed");
+            admission.settle(&failure(), &config());
+        }
+        let first = breakers
+            .admit("acme", Utc::now() + chrono::Duration::seconds(31))
+            .expect("the first probe");
+        early.settle(&Outcome::Delivered { external_id: None }, &config());
+        for _ in 0..3 {
+            let admission = breakers.admit("acme", Utc::now()).expect("closed again");
+            admission.settle(&failure(), &config());
+        }
+        let later = Utc::now() + chrono::Duration::seconds(31);
+        let second = breakers.admit("acme", later).expect("the second probe");
+        (first, second, later)
+    }
+
+    fn state(breakers: &Breakers) -> CircuitState {
+        breakers.lock().breakers["acme"].state
+    }
+
+    #[test]
+    fn an_earlier_probe_given_back_late_does_not_open_a_second_probe_slot() {
+        let breakers = Arc::new(Breakers::default());
+        let (first, _second, later) = a_second_half_open_period(&breakers);
+        drop(first);
+        assert_eq!(breakers.room("acme", 5, later), 0, "one probe at a time");
+        assert_eq!(state(&breakers), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn an_earlier_probe_failing_late_leaves_the_current_probe_to_decide() {
+        let breakers = Arc::new(Breakers::default());
+        let (first, second, _) = a_second_half_open_period(&breakers);
+        first.settle(&failure(), &config());
+        assert_eq!(state(&breakers), CircuitState::HalfOpen, "not re-opened");
+        second.settle(&failure(), &config());
+        assert_eq!(state(&breakers), CircuitState::Open);
     }
 
     #[test]
