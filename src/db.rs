@@ -251,6 +251,22 @@ fn take_key_value_params(text: &str) -> Option<(String, Params)> {
     Some((kept.join(" "), taken))
 }
 
+/// An error and its causes, for a log line: tokio-postgres leaves the cause out of its
+/// message ("error performing TLS handshake"), and the cause is what ops need.
+pub struct WithCauses<'a>(pub &'a dyn std::error::Error);
+
+impl fmt::Display for WithCauses<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// Nothing may wait on the database for ever: a connect that hangs (a dead host, or a
 /// loopback socket that connected to itself) fails after this and is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -10,7 +10,7 @@ use futures_util::future::poll_fn;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 
-use crate::db::ConnectionConfig;
+use crate::db::{ConnectionConfig, WithCauses};
 use crate::shutdown::Shutdown;
 
 /// Sent by the outbox trigger on every insert.
@@ -53,7 +53,7 @@ pub async fn listen(database: ConnectionConfig, wakeups: Wakeups, shutdown: Shut
         let connected = tokio::select! {
             connected = connect
                 .retry(reconnect)
-                .notify(|error, delay| tracing::warn!(%error, ?delay, "cannot reach the database to listen for new events; retrying")) => connected,
+                .notify(|error, delay| tracing::warn!(error = %WithCauses(error), ?delay, "cannot reach the database to listen for new events; retrying")) => connected,
             () = shutdown.stopping() => return,
         };
         let Ok((client, mut connection)) = connected else {
