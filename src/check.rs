@@ -1,13 +1,17 @@
 //! `dispatcher check`: what a configuration file will do, before it is deployed.
 //!
-//! Validates like `run` does, then prints where each partner's events go, without
-//! connecting to the database or to any partner. URLs are printed with their credentials
+//! Validates like `run` does, warns about a database link an attacker could read, then
+//! prints where each partner's events go, without connecting to the database or to any
+//! partner. URLs are printed with their credentials
 //! and query (where API keys hide) redacted; secrets and header values never.
 
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::config::{redacted_url, Config, Partner};
+use secrecy::ExposeSecret;
+
+use crate::config::{redacted_url, Config, DatabaseConfig, Partner};
+use crate::db::ConnectionUrl;
 use crate::guard;
 
 /// Prints every partner's routes: support programs, then where each event kind goes, and
@@ -20,6 +24,7 @@ pub async fn describe(config: &Config, path: &Path, out: &mut impl Write) -> io:
         path.display(),
         config.partners.len()
     )?;
+    describe_database(&config.database, out)?;
     if config.partners.is_empty() {
         writeln!(
             out,
@@ -31,6 +36,28 @@ pub async fn describe(config: &Config, path: &Path, out: &mut impl Write) -> io:
         if let Err(error) = guard::check_destination(partner).await {
             writeln!(out, "  warning: {error}")?;
         }
+    }
+    Ok(())
+}
+
+/// Patient events cross the network to a database on another host: without verify-full
+/// (or verify-ca) anyone in the path can read them, or pose as the database.
+fn describe_database(database: &DatabaseConfig, out: &mut impl Write) -> io::Result<()> {
+    if database.ssl_mode.verifies() {
+        return Ok(());
+    }
+    // Validated with the rest of the file, so it parses.
+    let Ok(url) = ConnectionUrl::parse(database.url.expose_secret()) else {
+        return Ok(());
+    };
+    for host in url.remote_hosts() {
+        writeln!(
+            out,
+            "warning: the database at {host} is reached without verifying its certificate \
+             (sslmode={}): patient data can be read or altered on the way; set \
+             sslmode=verify-full in database.url (and database.ca_file for a private CA)",
+            database.ssl_mode
+        )?;
     }
     Ok(())
 }

@@ -13,11 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
 use crate::auth::{AuthConfig, ClientAuthMethod, OAuthClientCredentials};
+use crate::db::{ConnectionUrl, DatabaseCa, SslMode};
 use crate::retry::RetryPolicy;
 use crate::signing::SigningSecret;
 
@@ -88,6 +91,10 @@ pub struct DatabaseConfig {
     /// Holds the database password, so it is never printed.
     pub url: SecretString,
     pub pool_size: usize,
+    /// The URL's `sslmode` (libpq's `prefer` when it says none).
+    pub ssl_mode: SslMode,
+    /// `ca_file`: what `verify-ca`/`verify-full` trust instead of the web PKI roots.
+    pub ca: Option<DatabaseCa>,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -95,6 +102,8 @@ impl std::fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &"[redacted]")
             .field("pool_size", &self.pool_size)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ca_file", &self.ca.as_ref().map(|ca| &ca.path))
             .finish()
     }
 }
@@ -259,6 +268,7 @@ struct RawDatabase {
     url: Option<String>,
     #[serde(default = "defaults::pool_size")]
     pool_size: usize,
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -516,15 +526,18 @@ impl RawConfig {
                 format!("missing; set it in the file or in {DATABASE_URL_ENV}"),
             )
         })?;
-        if url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(ConfigError::key(
-                "database.url",
-                "not a valid PostgreSQL connection URL",
-            ));
-        }
+        let ssl_mode = ConnectionUrl::parse(&url)
+            .map_err(|error| ConfigError::key("database.url", error.to_string()))?
+            .ssl_mode;
+        let ca = match self.database.ca_file {
+            None => None,
+            Some(file) => Some(database_ca(&file, ssl_mode, base_dir)?),
+        };
         let database = DatabaseConfig {
             url: SecretString::from(url),
             pool_size: positive("database.pool_size", self.database.pool_size)?,
+            ssl_mode,
+            ca,
         };
 
         let dispatch = DispatchConfig {
@@ -879,6 +892,45 @@ fn read_pem(key: &str, file: &str, base_dir: &Path) -> Result<Vec<u8>, ConfigErr
     let path = beside_config(base_dir, file);
     std::fs::read(&path)
         .map_err(|error| ConfigError::key(key, format!("cannot read {}: {error}", path.display())))
+}
+
+/// `database.ca_file`: only where the certificate is verified, lest ops believe a CA
+/// protects a link that `require` leaves open to anyone's certificate.
+fn database_ca(file: &str, ssl_mode: SslMode, base_dir: &Path) -> Result<DatabaseCa, ConfigError> {
+    const KEY: &str = "database.ca_file";
+    if !ssl_mode.verifies() {
+        return Err(ConfigError::key(
+            KEY,
+            format!(
+                "is only used with sslmode=verify-full or verify-ca, and database.url has \
+                 sslmode={ssl_mode}{}",
+                if ssl_mode == SslMode::default() {
+                    " (the default)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let pem = read_pem(KEY, file, base_dir)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        let certificate = certificate
+            .map_err(|error| ConfigError::key(KEY, format!("is not valid PEM: {error}")))?;
+        roots.add(certificate).map_err(|error| {
+            ConfigError::key(
+                KEY,
+                format!("holds a certificate that cannot be a CA: {error}"),
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(ConfigError::key(KEY, "holds no PEM certificate"));
+    }
+    Ok(DatabaseCa {
+        path: beside_config(base_dir, file),
+        roots,
+    })
 }
 
 fn partner_tls(
@@ -1409,6 +1461,81 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains(named), "{keys}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_database_sslmode_and_ca_file_are_checked_and_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("dispatcher.toml").display().to_string();
+        let ca = rcgen::generate_simple_self_signed(vec!["db.internal".to_string()])
+            .expect("CA certificate");
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("not-a-cert.pem"), "hello").expect("write");
+        let database = |url: &str, keys: &str| {
+            let text = format!("[database]\nurl = \"{url}\"\n{keys}\n");
+            Config::parse(&text, &path, None, |_| None).map(|config| config.database)
+        };
+        let remote = "postgres://dispatcher:hunter2@db.internal/dispatcher";
+
+        let verified = database(
+            &format!("{remote}?sslmode=verify-full"),
+            "ca_file = \"ca.pem\"",
+        )
+        .expect("valid");
+        assert_eq!(verified.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(
+            verified.ca.map(|ca| ca.path),
+            Some(dir.path().join("ca.pem"))
+        );
+        let default = database(remote, "").expect("valid");
+        assert_eq!(default.ssl_mode, SslMode::Prefer);
+        assert!(default.ca.is_none());
+
+        for (url, keys, named, says) in [
+            (
+                format!("{remote}?sslmode=verify-full"),
+                "ca_file = \"missing.pem\"",
+                "database.ca_file",
+                "cannot read",
+            ),
+            (
+                format!("{remote}?sslmode=verify-ca"),
+                "ca_file = \"not-a-cert.pem\"",
+                "database.ca_file",
+                "holds no PEM certificate",
+            ),
+            (
+                remote.to_string(),
+                "ca_file = \"ca.pem\"",
+                "database.ca_file",
+                "sslmode=prefer (the default)",
+            ),
+            (
+                format!("{remote}?sslmode=require"),
+                "ca_file = \"ca.pem\"",
+                "database.ca_file",
+                "only used with sslmode=verify-full or verify-ca",
+            ),
+            (
+                format!("{remote}?sslmode=verify_full"),
+                "",
+                "database.url",
+                "sslmode must be one of",
+            ),
+            (
+                format!("{remote}?sslmode=verify-full&sslrootcert=ca.pem"),
+                "",
+                "database.url",
+                "database.ca_file",
+            ),
+        ] {
+            let error = database(&url, keys).unwrap_err().to_string();
+            assert!(
+                error.contains(named) && error.contains(says),
+                "{url} {keys}: {error}"
+            );
+            assert!(!error.contains("hunter2"), "{error}");
         }
     }
 

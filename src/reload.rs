@@ -137,6 +137,7 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
         "database.url",
         running.database.url.expose_secret() != new.database.url.expose_secret(),
     );
+    keep("database.ca_file", running.database.ca != new.database.ca);
     keep(
         "database.pool_size",
         running.database.pool_size != new.database.pool_size,

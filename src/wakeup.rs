@@ -10,6 +10,7 @@ use futures_util::future::poll_fn;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 
+use crate::db::{ConnectionConfig, WithCauses};
 use crate::shutdown::Shutdown;
 
 /// Sent by the outbox trigger on every insert.
@@ -40,18 +41,19 @@ impl Wakeups {
     }
 }
 
-/// Keeps a LISTEN connection open until shutdown, reconnecting with backoff.
-pub async fn listen(database: tokio_postgres::Config, wakeups: Wakeups, shutdown: Shutdown) {
+/// Keeps a LISTEN connection open until shutdown, reconnecting with backoff. It goes over
+/// the same TLS as the pool's connections.
+pub async fn listen(database: ConnectionConfig, wakeups: Wakeups, shutdown: Shutdown) {
     let reconnect = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))
         .without_max_times();
     loop {
-        let connect = || async { database.connect(tokio_postgres::NoTls).await };
+        let connect = || database.connect();
         let connected = tokio::select! {
             connected = connect
                 .retry(reconnect)
-                .notify(|error, delay| tracing::warn!(%error, ?delay, "cannot reach the database to listen for new events; retrying")) => connected,
+                .notify(|error, delay| tracing::warn!(error = %WithCauses(error), ?delay, "cannot reach the database to listen for new events; retrying")) => connected,
             () = shutdown.stopping() => return,
         };
         let Ok((client, mut connection)) = connected else {

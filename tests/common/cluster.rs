@@ -6,8 +6,20 @@
 //! tests run as root, `DISPATCHER_TEST_PG_USER` (PostgreSQL refuses to run as root):
 //! `scripts/with-postgres` exports both.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use super::tls::Issued;
+
+/// What a cluster that only takes TLS over TCP accepts, as a production server would be
+/// set up: encrypted connections from 127.0.0.1, no plain-text TCP at all. The unix
+/// socket stays open to the test itself ([`Cluster::socket_url`]).
+const TLS_ONLY_HBA: &str = "\
+local     all all              trust
+hostssl   all all 127.0.0.1/32 trust
+hostnossl all all 0.0.0.0/0    reject
+";
 
 pub struct Cluster {
     bindir: PathBuf,
@@ -21,6 +33,16 @@ pub struct Cluster {
 impl Cluster {
     /// A new cluster listening on 127.0.0.1, on a free port.
     pub fn new() -> Cluster {
+        Cluster::start_new(None)
+    }
+
+    /// A new cluster with `ssl = on`, serving `certificate`, whose `pg_hba.conf` rejects
+    /// every TCP connection that is not TLS.
+    pub fn tls_only(certificate: &Issued) -> Cluster {
+        Cluster::start_new(Some(certificate))
+    }
+
+    fn start_new(tls: Option<&Issued>) -> Cluster {
         let bindir = std::env::var_os("DISPATCHER_TEST_PG_BINDIR").map(PathBuf::from).expect(
             "DISPATCHER_TEST_PG_BINDIR is not set: run the tests with scripts/test, which exports it",
         );
@@ -46,6 +68,9 @@ impl Cluster {
                 .args(["--no-locale", "--no-sync"]);
         });
         assert!(initdb.status.success(), "initdb failed:\n{}", text(&initdb));
+        if let Some(certificate) = tls {
+            cluster.serve_tls_only(certificate);
+        }
         // A port that was free a moment ago may be taken before the server binds it (other
         // tests start clusters too): then try another.
         for _ in 0..20 {
@@ -65,6 +90,42 @@ impl Cluster {
     /// The URL of the cluster's `postgres` database, as the superuser.
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL of the cluster's `postgres` database over its unix socket: how a test
+    /// reaches a [`Cluster::tls_only`] cluster without TLS of its own.
+    pub fn socket_url(&self) -> String {
+        let socket_dir = self.data().display().to_string().replace('/', "%2F");
+        format!("postgres://postgres@{socket_dir}:{}/postgres", self.port)
+    }
+
+    /// Installs the server certificate and key (the key readable by the server's user
+    /// only, or PostgreSQL refuses it), turns TLS on and only lets TLS in over TCP.
+    fn serve_tls_only(&self, certificate: &Issued) {
+        let data = self.data();
+        let files = [
+            ("server.crt", &certificate.cert_pem),
+            ("server.key", &certificate.key_pem),
+        ];
+        for (name, content) in files {
+            let path = data.join(name);
+            std::fs::write(&path, content).expect("write the server's TLS file");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("restrict the server's TLS file");
+            if let Some(user) = &self.run_as {
+                run(Command::new("chown").arg(user).arg(&path));
+            }
+        }
+        std::fs::write(data.join("pg_hba.conf"), TLS_ONLY_HBA).expect("write pg_hba.conf");
+        let mut settings = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(
+            &mut settings,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .expect("turn TLS on in postgresql.conf");
     }
 
     /// `pg_ctl stop -m immediate`: every backend is killed at once, as in a crash; the
