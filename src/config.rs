@@ -119,7 +119,18 @@ impl HostAuthority {
 
 /// The admin server's TLS: a rustls server configuration with its certificate and key.
 #[derive(Clone)]
-pub struct AdminTls(pub std::sync::Arc<tokio_rustls::rustls::ServerConfig>);
+pub struct AdminTls {
+    pub server: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    /// SHA-256 of the certificate chain, so a reload can tell a new certificate (which
+    /// takes a restart) from the running one.
+    pub fingerprint: [u8; 32],
+}
+
+impl PartialEq for AdminTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
 
 #[derive(Clone)]
 pub struct DatabaseConfig {
@@ -727,6 +738,7 @@ fn admin_tls(
     key_file: Option<String>,
     base_dir: &Path,
 ) -> Result<Option<AdminTls>, ConfigError> {
+    use sha2::Digest;
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -753,6 +765,13 @@ fn admin_tls(
         .ok()
         .filter(|chain| !chain.is_empty())
         .ok_or_else(|| ConfigError::key("admin.tls_cert", "holds no PEM certificate"))?;
+    let fingerprint = chain
+        .iter()
+        .fold(sha2::Sha256::new(), |digest, cert| {
+            digest.chain_update(cert)
+        })
+        .finalize()
+        .into();
     let mut pem = read_pem("admin.tls_key", &key_file, base_dir)?;
     let key = PrivateKeyDer::from_pem_slice(&pem);
     // The key's bytes are not kept beyond the server configuration.
@@ -775,7 +794,10 @@ fn admin_tls(
         })?;
     // The admin server speaks HTTP/1.1 only.
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(AdminTls(std::sync::Arc::new(server))))
+    Ok(Some(AdminTls {
+        server: std::sync::Arc::new(server),
+        fingerprint,
+    }))
 }
 
 impl RawPartner {
@@ -1313,7 +1335,8 @@ mod tests {
                 "# [partners.auth]\n# kind = \"bearer\"\n# token = ",
                 "[partners.auth]\nkind = \"bearer\"\ntoken = ",
             )
-            .replace("# audience = ", "audience = ");
+            .replace("# audience = ", "audience = ")
+            .replace("# allowed_hosts = ", "allowed_hosts = ");
         let config = Config::parse(&uncommented, "dispatcher.sample.toml", None, |name| {
             Some(match name {
                 "ACME_SIGNING_SECRET" | "ACME_NEXT_SIGNING_SECRET" | "GLOBEX_SIGNING_SECRET" => {

@@ -30,7 +30,7 @@ impl TlsListener {
     pub(crate) fn new(tcp: TcpListener, tls: &AdminTls) -> TlsListener {
         TlsListener {
             tcp,
-            acceptor: TlsAcceptor::from(tls.0.clone()),
+            acceptor: TlsAcceptor::from(tls.server.clone()),
             handshakes: JoinSet::new(),
         }
     }
