@@ -995,3 +995,52 @@ async fn over_plain_http_the_session_cookie_is_not_marked_secure() {
         "{cookie}"
     );
 }
+
+#[tokio::test]
+async fn ops_who_change_the_published_names_or_the_certificate_are_told_it_takes_a_restart() {
+    let ca = tls::TestCa::new("HelpAround ops test CA");
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let first = ca.server_certificate();
+    write_file(config.dir.path(), "admin-cert.pem", &first.cert_pem);
+    write_file(config.dir.path(), "admin-key.pem", &first.key_pem);
+    let admin = |name: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nallowed_hosts = [\"{name}\"]\n\
+             tls_cert = \"admin-cert.pem\"\ntls_key = \"admin-key.pem\""
+        )
+    };
+    let config = config.admin(&admin("published.example.org"));
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let base = daemon.admin_url().await.replacen("http://", "https://", 1);
+    // Before its handlers are installed, a SIGHUP would end the process.
+    daemon.wait_for_log("dispatcher running", 1).await;
+
+    // A renewed certificate, and a name someone typed over the published one.
+    let renewed = ca.server_certificate();
+    write_file(config.dir.path(), "admin-cert.pem", &renewed.cert_pem);
+    write_file(config.dir.path(), "admin-key.pem", &renewed.key_pem);
+    let changed = config.clone().admin(&admin("typo.example.org"));
+    daemon.reload_with(&changed.text(&db));
+    let log = daemon.wait_for_log("configuration reloaded", 1).await;
+    for key in ["admin.allowed_hosts", "admin.tls_cert"] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(key) && line.contains("restart")),
+            "{key} is not reported as needing a restart:\n{log}"
+        );
+    }
+
+    // Until the restart, the server answers as it did.
+    let https = trusting(&ca);
+    let status = |host: &'static str| {
+        let request = https
+            .get(format!("{base}/api/deliveries"))
+            .bearer_auth(TOKEN)
+            .header("host", host);
+        async move { request.send().await.expect("answer").status().as_u16() }
+    };
+    assert_eq!(status("published.example.org").await, 200);
+    assert_eq!(status("typo.example.org").await, 421);
+}
