@@ -134,7 +134,7 @@ fn router(state: AdminState) -> Router {
     // What holds patient ids, partners' answers and the resend and cancel buttons
     // answers only to the names it is published under (against DNS rebinding). The
     // probes do not: load balancers and Prometheus reach them by address or service
-    // name, and they show counts and partner names only and change nothing.
+    // name, and they show counts, partner and event names only and change nothing.
     let support = Router::new()
         .route("/api/openapi.json", get(api::openapi))
         .nest("/api", api)
