@@ -73,8 +73,13 @@ pub struct Config {
 pub struct AdminConfig {
     pub listen: std::net::SocketAddr,
     /// Required by the API (bearer) and the support page (login). Without one, the
-    /// server only listens on loopback.
+    /// server only listens on loopback, and answers to loopback names only.
     pub token: Option<SecretString>,
+    /// The names (with a port, or any port) the API and the support page answer to, as
+    /// ops publish the server; empty: any name. Only with a token.
+    pub allowed_hosts: Vec<HostAuthority>,
+    /// Serve HTTPS with this certificate and key (`tls_cert`, `tls_key`).
+    pub tls: Option<AdminTls>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -82,7 +87,51 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("tls", &self.tls.as_ref().map(|_| "[certificate]"))
             .finish()
+    }
+}
+
+/// A host name or IP address (IPv6 in brackets), lower case, with an optional port: what
+/// a `Host` header holds, and an entry of `[admin] allowed_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAuthority {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl HostAuthority {
+    /// `None` for anything but `host[:port]` (no user, no path, no empty port).
+    pub fn parse(text: &str) -> Option<HostAuthority> {
+        if text.contains(['@', '/', '\\', '?', '#']) {
+            return None;
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            // An IPv6 address without a port has colons only inside its brackets.
+            Some((host, port)) if !port.contains(']') => (host, Some(port.parse().ok()?)),
+            _ => (text, None),
+        };
+        let host = match url::Host::parse(host).ok()? {
+            url::Host::Domain(name) => name.to_ascii_lowercase(),
+            ip => ip.to_string(),
+        };
+        Some(HostAuthority { host, port })
+    }
+}
+
+/// The admin server's TLS: a rustls server configuration with its certificate and key.
+#[derive(Clone)]
+pub struct AdminTls {
+    pub server: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    /// SHA-256 of the certificate chain, so a reload can tell a new certificate (which
+    /// takes a restart) from the running one.
+    pub fingerprint: [u8; 32],
+}
+
+impl PartialEq for AdminTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
     }
 }
 
@@ -251,6 +300,10 @@ struct RawAdmin {
     #[serde(default = "defaults::admin_listen")]
     listen: String,
     token: Option<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 impl Default for RawAdmin {
@@ -258,6 +311,9 @@ impl Default for RawAdmin {
         RawAdmin {
             listen: defaults::admin_listen(),
             token: None,
+            allowed_hosts: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -628,7 +684,7 @@ impl RawConfig {
             retry,
             retention,
             partners,
-            admin: self.admin.validate()?,
+            admin: self.admin.validate(base_dir)?,
             log: LogConfig {
                 format: self.log.format,
             },
@@ -640,7 +696,7 @@ impl RawConfig {
 const MIN_ADMIN_TOKEN_LEN: usize = 24;
 
 impl RawAdmin {
-    fn validate(self) -> Result<AdminConfig, ConfigError> {
+    fn validate(self, base_dir: &Path) -> Result<AdminConfig, ConfigError> {
         let listen = self.listen.parse().map_err(|_| {
             ConfigError::key(
                 "admin.listen",
@@ -657,8 +713,104 @@ impl RawAdmin {
             }
             Some(token) => Some(SecretString::from(token)),
         };
-        Ok(AdminConfig { listen, token })
+        let mut allowed_hosts = Vec::with_capacity(self.allowed_hosts.len());
+        for (index, entry) in self.allowed_hosts.iter().enumerate() {
+            let host = HostAuthority::parse(entry).ok_or_else(|| {
+                ConfigError::key(
+                    format!("admin.allowed_hosts[{index}]"),
+                    format!(
+                        "`{entry}` is not a host name or IP address with an optional port, \
+                         e.g. dispatcher-admin.example.org or dispatcher-admin.example.org:9187"
+                    ),
+                )
+            })?;
+            allowed_hosts.push(host);
+        }
+        if !allowed_hosts.is_empty() && token.is_none() {
+            return Err(ConfigError::key(
+                "admin.allowed_hosts",
+                "needs admin.token: without a token the admin server answers to loopback \
+                 names only (127.0.0.1, [::1], localhost)",
+            ));
+        }
+        let tls = admin_tls(self.tls_cert, self.tls_key, base_dir)?;
+        Ok(AdminConfig {
+            listen,
+            token,
+            allowed_hosts,
+            tls,
+        })
     }
+}
+
+/// The admin server's certificate chain and key, read like a partner's client
+/// certificate (PEM files beside the config) and checked to belong together now, so
+/// `dispatcher check` finds a wrong pair rather than the first browser.
+fn admin_tls(
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    base_dir: &Path,
+) -> Result<Option<AdminTls>, ConfigError> {
+    use sha2::Digest;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let (cert_file, key_file) = match (cert_file, key_file) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::key(
+                "admin.tls_key",
+                "missing: tls_cert needs its private key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::key(
+                "admin.tls_cert",
+                "missing: tls_key needs its certificate",
+            ))
+        }
+        (Some(cert), Some(key)) => (cert, key),
+    };
+    let pem = read_pem("admin.tls_cert", &cert_file, base_dir)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|chain| !chain.is_empty())
+        .ok_or_else(|| ConfigError::key("admin.tls_cert", "holds no PEM certificate"))?;
+    let fingerprint = chain
+        .iter()
+        .fold(sha2::Sha256::new(), |digest, cert| {
+            digest.chain_update(cert)
+        })
+        .finalize()
+        .into();
+    let mut pem = read_pem("admin.tls_key", &key_file, base_dir)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem);
+    // The key's bytes are not kept beyond the server configuration.
+    pem.fill(0);
+    let key = key.map_err(|_| {
+        ConfigError::key(
+            "admin.tls_key",
+            "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+        )
+    })?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|error| {
+            ConfigError::key(
+                "admin.tls_key",
+                format!("cannot serve with this certificate and key: {error}"),
+            )
+        })?;
+    // The admin server speaks HTTP/1.1 only.
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(AdminTls {
+        server: std::sync::Arc::new(server),
+        fingerprint,
+    }))
 }
 
 impl RawPartner {
@@ -1235,7 +1387,8 @@ mod tests {
                 "# [partners.auth]\n# kind = \"bearer\"\n# token = ",
                 "[partners.auth]\nkind = \"bearer\"\ntoken = ",
             )
-            .replace("# audience = ", "audience = ");
+            .replace("# audience = ", "audience = ")
+            .replace("# allowed_hosts = ", "allowed_hosts = ");
         let config = Config::parse(&uncommented, "dispatcher.sample.toml", None, |name| {
             Some(match name {
                 "ACME_SIGNING_SECRET" | "ACME_NEXT_SIGNING_SECRET" | "GLOBEX_SIGNING_SECRET" => {
@@ -1536,6 +1689,126 @@ mod tests {
                 "{url} {keys}: {error}"
             );
             assert!(!error.contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn admin_host_names_are_checked_and_need_a_token() {
+        let with_admin = |keys: &str| format!("{MINIMAL}\n[admin]\n{keys}\n");
+        let token = "token = \"a-token-of-at-least-24-characters\"";
+        let config = parse(&with_admin(&format!(
+            "{token}\nallowed_hosts = [\"Admin.Example.org\", \"10.1.2.3:9187\", \"[fd00::1]:443\"]"
+        )))
+        .expect("valid allowed_hosts");
+        let hosts: Vec<(&str, Option<u16>)> = config
+            .admin
+            .allowed_hosts
+            .iter()
+            .map(|host| (host.host.as_str(), host.port))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("admin.example.org", None),
+                ("10.1.2.3", Some(9187)),
+                ("[fd00::1]", Some(443))
+            ]
+        );
+
+        let error = parse(&with_admin("allowed_hosts = [\"admin.example.org\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("admin.allowed_hosts") && error.contains("admin.token"),
+            "{error}"
+        );
+        for bad in [
+            "https://admin.example.org",
+            "admin.example.org:",
+            "a b",
+            "",
+            "::1",
+        ] {
+            let error = parse(&with_admin(&format!(
+                "{token}\nallowed_hosts = [\"admin.example.org\", \"{bad}\"]"
+            )))
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("admin.allowed_hosts[1]"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_admin_certificate_and_key_are_checked_and_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("dispatcher.toml").display().to_string();
+        let write = |name: &str, content: &str| {
+            std::fs::write(dir.path().join(name), content).expect("write");
+        };
+        let issue = || {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (cert, key) = issue();
+        let (_, other_key) = issue();
+        write("admin.pem", &cert);
+        write("admin-key.pem", &key);
+        write("other-key.pem", &other_key);
+        write("not-pem.pem", "hello");
+        let admin = |keys: &str| {
+            Config::parse(
+                &format!("{MINIMAL}\n[admin]\n{keys}\n"),
+                &path,
+                None,
+                |_| None,
+            )
+        };
+
+        let config = admin("tls_cert = \"admin.pem\"\ntls_key = \"admin-key.pem\"")
+            .expect("a matching pair");
+        assert!(config.admin.tls.is_some());
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("PRIVATE KEY") && printed.contains("[certificate]"));
+
+        for (keys, named, says) in [
+            ("tls_cert = \"admin.pem\"", "admin.tls_key", "missing"),
+            ("tls_key = \"admin-key.pem\"", "admin.tls_cert", "missing"),
+            (
+                "tls_cert = \"gone.pem\"\ntls_key = \"admin-key.pem\"",
+                "admin.tls_cert",
+                "cannot read",
+            ),
+            (
+                "tls_cert = \"not-pem.pem\"\ntls_key = \"admin-key.pem\"",
+                "admin.tls_cert",
+                "no PEM certificate",
+            ),
+            (
+                "tls_cert = \"admin.pem\"\ntls_key = \"not-pem.pem\"",
+                "admin.tls_key",
+                "no PEM private key",
+            ),
+            (
+                "tls_cert = \"admin.pem\"\ntls_key = \"admin.pem\"",
+                "admin.tls_key",
+                "no PEM private key",
+            ),
+            (
+                "tls_cert = \"admin.pem\"\ntls_key = \"other-key.pem\"",
+                "admin.tls_key",
+                "cannot serve",
+            ),
+        ] {
+            let error = admin(keys).unwrap_err().to_string();
+            assert!(
+                error.contains(named) && error.contains(says),
+                "{keys}: {error}"
+            );
+            assert!(!error.contains("BEGIN"), "{error}");
         }
     }
 

@@ -155,6 +155,11 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
     );
     keep("log.format", running.log != new.log);
     keep("admin.listen", running.admin.listen != new.admin.listen);
+    keep(
+        "admin.allowed_hosts",
+        running.admin.allowed_hosts != new.admin.allowed_hosts,
+    );
+    keep("admin.tls_cert", running.admin.tls != new.admin.tls);
     keep("retention", running.retention != new.retention);
     keep(
         "admin.token",

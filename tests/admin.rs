@@ -381,7 +381,7 @@ async fn the_api_and_the_page_want_the_token_and_health_does_not() {
 }
 
 #[tokio::test]
-async fn the_support_page_shows_why_a_delivery_failed_but_no_health_data() {
+async fn the_support_page_shows_why_a_delivery_failed_but_not_the_event_it_sent() {
     let acme = partner_refusing("acme", &["p-refused"]).await;
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
@@ -419,6 +419,8 @@ async fn the_support_page_shows_why_a_delivery_failed_but_no_health_data() {
         "the partner's whole answer"
     );
 
+    // The page never reads the event body (a partner's answer, shown verbatim, may still
+    // repeat what it was sent: this partner's does not).
     let patient = &event["patient"];
     for field in ["firstName", "lastName", "phoneNumber", "email"] {
         if let Some(value) = patient[field].as_str() {
@@ -598,4 +600,447 @@ async fn without_a_token_the_admin_server_stays_on_loopback_and_says_so() {
         .log_text()
         .contains("no [admin] token is set: the admin server listens on loopback only"));
     assert_eq!(admin.get("/healthz").await.0, 200);
+}
+
+/// The admin server's port, from its base URL.
+fn port_of(admin: &AdminClient) -> u16 {
+    admin
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("the admin server's port")
+}
+
+/// What a browser sends to our address once a web page's name was rebound to it: the
+/// connection goes to 127.0.0.1, the `Host` header names the other site.
+async fn status_for_host(admin: &AdminClient, request: reqwest::RequestBuilder, host: &str) -> u16 {
+    admin
+        .raw(request.header("host", host))
+        .await
+        .status()
+        .as_u16()
+}
+
+/// Sends a hand-written request to the admin server on 127.0.0.1; returns the status.
+async fn raw_status(port: u16, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the admin server");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}
+
+/// A rejected delivery nobody has touched yet, and its id.
+async fn one_rejected_delivery(config: &TestConfig, db: &TestDb) -> (Daemon, String) {
+    db.insert_event(ENROLLMENT, &enrollment_event("p-refused"))
+        .await;
+    let daemon = Daemon::start(config, db);
+    db.wait_for_count(ENDED, 1).await;
+    let id = db.deliveries().await[0]["id"]
+        .as_str()
+        .expect("delivery id")
+        .to_string();
+    (daemon, id)
+}
+
+const SUPPORT_ACTIONS: &str = "SELECT count(*) FROM dispatcher.support_actions";
+const STILL_REJECTED: &str =
+    "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected' AND attempt_count = 1";
+
+#[tokio::test]
+async fn a_web_page_whose_name_was_rebound_to_loopback_can_neither_read_nor_resend() {
+    let acme = partner_refusing("acme", &["p-refused"]).await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let (daemon, id) = one_rejected_delivery(&config, &db).await;
+    let admin = AdminClient::of(&daemon, None).await;
+    let port = port_of(&admin);
+    let http = admin.http();
+    let evil = format!("evil.example:{port}");
+
+    let list = || http.get(format!("{}/api/deliveries", admin.base));
+    assert_eq!(status_for_host(&admin, list(), &evil).await, 421);
+    let resend = http
+        .post(format!("{}/api/deliveries/{id}/retry", admin.base))
+        .header("content-type", "application/json")
+        .body("{}");
+    assert_eq!(status_for_host(&admin, resend, &evil).await, 421);
+    let page = http.get(format!("{}/deliveries/{id}", admin.base));
+    assert_eq!(status_for_host(&admin, page, &evil).await, 421);
+    let page_resend = http
+        .post(format!("{}/deliveries/{id}/resend", admin.base))
+        .form(&[("back", "/")]);
+    assert_eq!(status_for_host(&admin, page_resend, &evil).await, 421);
+    // HTTP lets a request name its host in the request line too, and then that wins; and
+    // an HTTP/1.0 request may name none.
+    let absolute = format!(
+        "POST http://evil.example:{port}/api/deliveries/{id}/retry HTTP/1.1\r\n\
+         Host: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    assert_eq!(raw_status(port, &absolute).await, 421);
+    let nameless = format!("GET /api/deliveries/{id} HTTP/1.0\r\n\r\n");
+    assert_eq!(raw_status(port, &nameless).await, 421);
+    assert_eq!(db.count(SUPPORT_ACTIONS).await, 0, "something was resent");
+    assert_eq!(db.count(STILL_REJECTED).await, 1);
+
+    // Load balancers and Prometheus reach the probes by address or service name.
+    let healthz = http.get(format!("{}/healthz", admin.base));
+    assert_eq!(status_for_host(&admin, healthz, &evil).await, 200);
+    let metrics = http.get(format!("{}/metrics", admin.base));
+    assert_eq!(
+        status_for_host(&admin, metrics, "dispatcher-metrics:9187").await,
+        200
+    );
+
+    // Ops on the machine itself, by any loopback name with the port.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(status_for_host(&admin, list(), &host).await, 200, "{host}");
+    }
+    for host in [
+        "127.0.0.1".to_string(),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        format!("localhost.evil.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+    ] {
+        assert_eq!(status_for_host(&admin, list(), &host).await, 421, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_token_the_admin_server_answers_only_to_the_names_ops_published() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .admin(&format!(
+            "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+         allowed_hosts = [\"dispatcher-admin.example.org\", \"10.1.2.3:9187\"]"
+        ));
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let support = AdminClient::of(&daemon, Some(TOKEN)).await;
+    let port = port_of(&support);
+    let list = || {
+        support
+            .http()
+            .get(format!("{}/api/deliveries", support.base))
+            .bearer_auth(TOKEN)
+    };
+    let login = || support.http().get(format!("{}/login", support.base));
+
+    for host in [
+        "dispatcher-admin.example.org".to_string(),
+        format!("dispatcher-admin.example.org:{port}"),
+        "DISPATCHER-ADMIN.example.org:443".to_string(),
+        "10.1.2.3:9187".to_string(),
+    ] {
+        assert_eq!(
+            status_for_host(&support, list(), &host).await,
+            200,
+            "{host}"
+        );
+        assert_eq!(
+            status_for_host(&support, login(), &host).await,
+            200,
+            "{host}"
+        );
+    }
+    for host in [
+        format!("evil.example:{port}"),
+        format!("127.0.0.1:{port}"),
+        "10.1.2.3:80".to_string(),
+        "dispatcher-admin.example.org.evil.example".to_string(),
+    ] {
+        assert_eq!(
+            status_for_host(&support, list(), &host).await,
+            421,
+            "{host}"
+        );
+        assert_eq!(
+            status_for_host(&support, login(), &host).await,
+            421,
+            "{host}"
+        );
+    }
+    let readyz = support.http().get(format!("{}/readyz", support.base));
+    assert_eq!(
+        status_for_host(&support, readyz, "10.0.0.7:9187").await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_api_takes_only_json_posts_and_none_from_another_site() {
+    let acme = partner_refusing("acme", &["p-refused"]).await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let (daemon, id) = one_rejected_delivery(&config, &db).await;
+    let admin = AdminClient::of(&daemon, None).await;
+    let retry = || {
+        admin
+            .http()
+            .post(format!("{}/api/deliveries/{id}/retry", admin.base))
+    };
+
+    // What another site's page can send without the browser asking first.
+    let text = admin
+        .send(retry().header("content-type", "text/plain").body("{}"))
+        .await;
+    assert_eq!(text.0, 415, "{}", text.1);
+    assert!(
+        text.1["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("application/json")),
+        "{}",
+        text.1
+    );
+    let form = admin.send(retry().form(&[("state", "failed")])).await;
+    assert_eq!(form.0, 415, "{}", form.1);
+    let bare = admin.send(retry()).await;
+    assert_eq!(bare.0, 415, "{}", bare.1);
+    let foreign = admin
+        .send(
+            retry()
+                .header("content-type", "application/json")
+                .header("origin", "https://evil.example")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(foreign.0, 403, "{}", foreign.1);
+    let cancel = admin
+        .send(
+            admin
+                .http()
+                .post(format!("{}/api/deliveries/{id}/cancel", admin.base))
+                .header("content-type", "text/plain"),
+        )
+        .await;
+    assert_eq!(cancel.0, 415, "{}", cancel.1);
+    assert_eq!(db.count(SUPPORT_ACTIONS).await, 0, "something was changed");
+    assert_eq!(db.count(STILL_REJECTED).await, 1);
+
+    // A script's JSON post, or one from the admin server's own origin, goes through.
+    let ours = admin
+        .send(
+            retry()
+                .header("content-type", "application/json; charset=utf-8")
+                .header("origin", &admin.base)
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(ours.0, 200, "{}", ours.1);
+    assert_eq!(db.count(SUPPORT_ACTIONS).await, 1);
+}
+
+#[tokio::test]
+async fn after_a_button_press_the_page_goes_back_only_to_itself() {
+    let acme = partner_refusing("acme", &["p-refused"]).await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let (daemon, id) = one_rejected_delivery(&config, &db).await;
+    let admin = AdminClient::of(&daemon, None).await;
+
+    // Browsers drop tabs and line breaks from a URL, so `/\t/evil.example` is
+    // `//evil.example`: another site.
+    for back in [
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\r\n/evil.example",
+        "/\u{1}",
+        "/deliveries\u{7f}",
+        "/\\evil.example",
+    ] {
+        let pressed = admin
+            .raw(
+                admin
+                    .http()
+                    .post(format!("{}/deliveries/{id}/cancel", admin.base))
+                    .form(&[("back", back)]),
+            )
+            .await;
+        assert_eq!(pressed.status().as_u16(), 303, "{back:?}");
+        let location = pressed.headers()["location"].to_str().expect("location");
+        assert!(
+            location.starts_with("/?notice="),
+            "{back:?} went to {location:?}"
+        );
+    }
+    let pressed = admin
+        .raw(
+            admin
+                .http()
+                .post(format!("{}/deliveries/{id}/resend", admin.base))
+                .form(&[("back", format!("/deliveries/{id}"))]),
+        )
+        .await;
+    assert_eq!(
+        pressed.headers()["location"],
+        format!("/deliveries/{id}?notice=resent&delivery={id}").as_str()
+    );
+}
+
+/// A client that trusts only the test's CA.
+fn trusting(ca: &tls::TestCa) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).expect("CA certificate"),
+        )
+        .build()
+        .expect("https client")
+}
+
+/// The session cookie a sign-in sets, whole (with its attributes).
+async fn sign_in_cookie(http: &reqwest::Client, base: &str) -> String {
+    let signed_in = http
+        .post(format!("{base}/login"))
+        .form(&[("name", "Dana"), ("token", TOKEN)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed_in.status().as_u16(), 303);
+    signed_in.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_string()
+}
+
+#[tokio::test]
+async fn over_tls_the_admin_server_answers_on_https_and_the_session_cookie_is_secure() {
+    let ca = tls::TestCa::new("HelpAround ops test CA");
+    let certificate = ca.server_certificate();
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    write_file(config.dir.path(), "admin-cert.pem", &certificate.cert_pem);
+    write_file(config.dir.path(), "admin-key.pem", &certificate.key_pem);
+    let config = config.admin(&format!(
+        "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+         tls_cert = \"admin-cert.pem\"\ntls_key = \"admin-key.pem\""
+    ));
+    let db = TestDb::migrated(&config).await;
+    let mut daemon = Daemon::start(&config, &db);
+    let address = daemon.admin_url().await;
+    let base = address.replacen("http://", "https://", 1);
+    let https = trusting(&ca);
+
+    let answer = https
+        .get(format!("{base}/api/deliveries"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("the API answers over https");
+    assert_eq!(answer.status().as_u16(), 200);
+    let cookie = sign_in_cookie(&https, &base).await;
+    assert!(
+        cookie.split(';').any(|part| part.trim() == "Secure"),
+        "{cookie}"
+    );
+    let signed_out = https
+        .post(format!("{base}/logout"))
+        .send()
+        .await
+        .expect("sign out");
+    let cleared = signed_out.headers()["set-cookie"].to_str().expect("cookie");
+    assert!(cleared.contains("Secure"), "{cleared}");
+    // Plain HTTP on the TLS port gets no page.
+    assert!(admin_plain_http_fails(&address).await);
+
+    // The daemon still stops gracefully, TLS listener and all.
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait_exit().await.success(), "{}", daemon.log_text());
+}
+
+async fn admin_plain_http_fails(address: &str) -> bool {
+    let plain = reqwest::Client::new();
+    match plain.get(format!("{address}/login")).send().await {
+        Err(_) => true,
+        Ok(response) => !response.status().is_success(),
+    }
+}
+
+#[tokio::test]
+async fn over_plain_http_the_session_cookie_is_not_marked_secure() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let admin = AdminClient::of(&daemon, None).await;
+    // A Secure cookie is never sent back over http: support could not stay signed in.
+    let cookie = sign_in_cookie(admin.http(), &admin.base).await;
+    assert!(
+        !cookie.split(';').any(|part| part.trim() == "Secure"),
+        "{cookie}"
+    );
+}
+
+#[tokio::test]
+async fn ops_who_change_the_published_names_or_the_certificate_are_told_it_takes_a_restart() {
+    let ca = tls::TestCa::new("HelpAround ops test CA");
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let first = ca.server_certificate();
+    write_file(config.dir.path(), "admin-cert.pem", &first.cert_pem);
+    write_file(config.dir.path(), "admin-key.pem", &first.key_pem);
+    let admin = |name: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nallowed_hosts = [\"{name}\"]\n\
+             tls_cert = \"admin-cert.pem\"\ntls_key = \"admin-key.pem\""
+        )
+    };
+    let config = config.admin(&admin("published.example.org"));
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let base = daemon.admin_url().await.replacen("http://", "https://", 1);
+    // Before its handlers are installed, a SIGHUP would end the process.
+    daemon.wait_for_log("dispatcher running", 1).await;
+
+    // A renewed certificate, and a name someone typed over the published one.
+    let renewed = ca.server_certificate();
+    write_file(config.dir.path(), "admin-cert.pem", &renewed.cert_pem);
+    write_file(config.dir.path(), "admin-key.pem", &renewed.key_pem);
+    let changed = config.clone().admin(&admin("typo.example.org"));
+    daemon.reload_with(&changed.text(&db));
+    let log = daemon.wait_for_log("configuration reloaded", 1).await;
+    for key in ["admin.allowed_hosts", "admin.tls_cert"] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(key) && line.contains("restart")),
+            "{key} is not reported as needing a restart:\n{log}"
+        );
+    }
+
+    // Until the restart, the server answers as it did.
+    let https = trusting(&ca);
+    let status = |host: &'static str| {
+        let request = https
+            .get(format!("{base}/api/deliveries"))
+            .bearer_auth(TOKEN)
+            .header("host", host);
+        async move { request.send().await.expect("answer").status().as_u16() }
+    };
+    assert_eq!(status("published.example.org").await, 200);
+    assert_eq!(status("typo.example.org").await, 421);
 }

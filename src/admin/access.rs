@@ -3,8 +3,18 @@
 //! With `[admin] token` set, the API wants `Authorization: Bearer <token>` and the
 //! support page a session cookie, which its login form sets after checking the token and
 //! asking for the support person's name. The cookie is signed with the token, so changing
-//! the token logs everyone out. Without a token the server listens on loopback only (see
-//! [`super::AdminServer::bind`]) and every request is let in.
+//! the token logs everyone out (and is `Secure` when the page is served over https).
+//! Without a token the server listens on loopback only (see [`super::AdminServer::bind`])
+//! and lets in every request that names it by a loopback name.
+//!
+//! Listening on loopback is not enough by itself: a web page whose name its owner points
+//! at 127.0.0.1 (DNS rebinding) is, to the browser, the same site as the admin server, so
+//! it could read the API and press the buttons. Its requests still carry its own name in
+//! `Host`, so the API and the page answer only to the names they are published under
+//! ([`known_hosts_only`]). The API takes posts only as JSON, which another site's page
+//! cannot send without the browser asking us first (we never say yes), and refuses any
+//! naming another origin ([`json_posts`]); the page's forms refuse other sites' posts
+//! ([`same_origin_posts`]).
 //!
 //! The name recorded with a resend or cancel is the session's name on the page, and the
 //! `X-Actor` header (default `api`) on the API.
@@ -12,9 +22,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -25,20 +35,52 @@ use sha2::{Digest, Sha256};
 
 use super::api::ApiError;
 use super::AdminState;
+use crate::config::HostAuthority;
 
 pub(crate) const SESSION_COOKIE: &str = "dispatcher_session";
 /// A support session lasts a working day.
 const SESSION_SECONDS: u64 = 12 * 60 * 60;
 const MAX_ACTOR_LEN: usize = 64;
 
-/// The admin token, if one is configured.
+/// The host names the API and the support page answer to.
+pub(crate) enum HostRule {
+    /// Without a token: `127.0.0.1`, `[::1]` and `localhost`, with this server's port
+    /// (which a browser leaves out only when it is the scheme's default).
+    Loopback { port: u16, https: bool },
+    /// `[admin] allowed_hosts`: each entry's name, with its port or with any.
+    Listed(Vec<HostAuthority>),
+    /// With a token and no `allowed_hosts`: any name (the token keeps strangers out).
+    Any,
+}
+
+const LOOPBACK_NAMES: [&str; 3] = ["127.0.0.1", "[::1]", "localhost"];
+
+impl HostRule {
+    fn admits(&self, asked: &HostAuthority) -> bool {
+        match self {
+            HostRule::Loopback { port, https } => {
+                let default_port = if *https { 443 } else { 80 };
+                LOOPBACK_NAMES.contains(&asked.host.as_str())
+                    && asked.port.unwrap_or(default_port) == *port
+            }
+            HostRule::Listed(allowed) => allowed.iter().any(|allowed| {
+                allowed.host == asked.host
+                    && allowed.port.is_none_or(|port| asked.port == Some(port))
+            }),
+            HostRule::Any => true,
+        }
+    }
+}
+
+/// The admin token, if one is configured, and the names the server answers to.
 pub(crate) struct Access {
     token: Option<SecretString>,
+    hosts: HostRule,
 }
 
 impl Access {
-    pub(crate) fn new(token: Option<SecretString>) -> Access {
-        Access { token }
+    pub(crate) fn new(token: Option<SecretString>, hosts: HostRule) -> Access {
+        Access { token, hosts }
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -122,6 +164,80 @@ pub(crate) async fn require_bearer(
     }
 }
 
+/// Lets a request through only if it names this server as it is published: the `Host`
+/// header, and the authority of an absolute request target (`GET http://host/…`), which
+/// HTTP says wins over `Host`. A request naming no host at all is refused too.
+pub(crate) async fn known_hosts_only(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let in_target = request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str());
+    let in_header = match request.headers().get(HOST).map(|value| value.to_str()) {
+        None => None,
+        Some(Ok(host)) => Some(host),
+        Some(Err(_)) => return misdirected(),
+    };
+    let named: Vec<&str> = in_target.into_iter().chain(in_header).collect();
+    let admitted = !named.is_empty()
+        && named.iter().all(|name| {
+            HostAuthority::parse(name).is_some_and(|asked| state.access.hosts.admits(&asked))
+        });
+    if !admitted {
+        return misdirected();
+    }
+    next.run(request).await
+}
+
+/// 421 Misdirected Request: this server is not the one the request was meant for. The
+/// name asked for is not logged or echoed; it is the caller's.
+fn misdirected() -> Response {
+    tracing::warn!("admin server: refused a request for a host name it does not answer to");
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "refused: the admin server does not answer to this host name \
+         (without [admin] token: 127.0.0.1, [::1] or localhost with its port; \
+         with a token: [admin] allowed_hosts)\n",
+    )
+        .into_response()
+}
+
+/// Lets an API post (or any request that changes something) through only with a JSON
+/// body, and not from another site's page. A page can post `text/plain` or a form to any
+/// site without the browser asking first; JSON it cannot, so the browser asks with a
+/// preflight `OPTIONS`, which the API never allows.
+pub(crate) async fn json_posts(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    if !is_json(request.headers()) {
+        return ApiError::NotJson.into_response();
+    }
+    if !is_same_origin(request.headers(), state.scheme()) {
+        return ApiError::ForeignOrigin.into_response();
+    }
+    next.run(request).await
+}
+
+/// `Content-Type: application/json`, with or without parameters such as `charset`.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// Who made an API request, from `X-Actor`.
 pub(crate) struct ApiActor(pub String);
 
@@ -179,8 +295,12 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Refuses a form post sent by another site's page (cross-site request forgery): the
 /// browser names the page's origin, which must be this server.
-pub(crate) async fn same_origin_posts(request: Request, next: Next) -> Response {
-    if request.method() == axum::http::Method::POST && !is_same_origin(request.headers()) {
+pub(crate) async fn same_origin_posts(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == Method::POST && !is_same_origin(request.headers(), state.scheme()) {
         return (
             StatusCode::FORBIDDEN,
             "refused: this form was posted from another site",
@@ -190,7 +310,9 @@ pub(crate) async fn same_origin_posts(request: Request, next: Next) -> Response 
     next.run(request).await
 }
 
-fn is_same_origin(headers: &HeaderMap) -> bool {
+/// Whether a request comes from this server's own pages, or from no page at all: its
+/// `Origin`, when a browser sent one, is `scheme://host` of the request itself.
+fn is_same_origin(headers: &HeaderMap, scheme: &str) -> bool {
     if headers
         .get("sec-fetch-site")
         .and_then(|value| value.to_str().ok())
@@ -204,8 +326,8 @@ fn is_same_origin(headers: &HeaderMap) -> bool {
     };
     let host = headers.get(HOST).and_then(|value| value.to_str().ok());
     let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
+        .strip_prefix(scheme)
+        .and_then(|rest| rest.strip_prefix("://"));
     origin_host.is_some() && origin_host == host
 }
 
@@ -214,7 +336,10 @@ mod tests {
     use super::*;
 
     fn access() -> Access {
-        Access::new(Some(SecretString::from("a-token-long-enough-for-tests")))
+        Access::new(
+            Some(SecretString::from("a-token-long-enough-for-tests")),
+            HostRule::Any,
+        )
     }
 
     #[test]
@@ -231,7 +356,10 @@ mod tests {
         );
         assert_eq!(access.session_actor(&forged), None);
 
-        let other = Access::new(Some(SecretString::from("another-token-long-enough-here")));
+        let other = Access::new(
+            Some(SecretString::from("another-token-long-enough-here")),
+            HostRule::Any,
+        );
         assert_eq!(other.session_actor(&session), None);
     }
 
@@ -248,8 +376,92 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, "127.0.0.1:9187".parse().expect("header"));
         headers.insert(ORIGIN, "http://127.0.0.1:9187".parse().expect("header"));
-        assert!(is_same_origin(&headers));
+        assert!(is_same_origin(&headers, "http"));
+        assert!(!is_same_origin(&headers, "https"));
         headers.insert(ORIGIN, "https://evil.example".parse().expect("header"));
-        assert!(!is_same_origin(&headers));
+        assert!(!is_same_origin(&headers, "https"));
+        headers.insert(ORIGIN, "null".parse().expect("header"));
+        assert!(!is_same_origin(&headers, "http"));
+    }
+
+    fn admits(rule: &HostRule, host: &str) -> bool {
+        HostAuthority::parse(host).is_some_and(|asked| rule.admits(&asked))
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_names_with_the_port_are_answered() {
+        let rule = HostRule::Loopback {
+            port: 9187,
+            https: false,
+        };
+        for host in [
+            "127.0.0.1:9187",
+            "localhost:9187",
+            "LOCALHOST:9187",
+            "[::1]:9187",
+        ] {
+            assert!(admits(&rule, host), "{host}");
+        }
+        for host in [
+            "evil.example:9187",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "localhost.:9187",
+            "127.0.0.1.nip.io:9187",
+            "user@127.0.0.1:9187",
+            "127.0.0.1:9187/",
+            "",
+        ] {
+            assert!(!admits(&rule, host), "{host}");
+        }
+        let on_443 = HostRule::Loopback {
+            port: 443,
+            https: true,
+        };
+        assert!(admits(&on_443, "localhost"));
+        assert!(admits(&on_443, "localhost:443"));
+    }
+
+    #[test]
+    fn listed_names_are_answered_on_their_port_or_any() {
+        let rule = HostRule::Listed(
+            ["admin.example.org", "10.1.2.3:9187", "[fd00::1]:9187"]
+                .into_iter()
+                .map(|entry| HostAuthority::parse(entry).expect("entry"))
+                .collect(),
+        );
+        for host in [
+            "admin.example.org",
+            "Admin.Example.org:8443",
+            "10.1.2.3:9187",
+            "[fd00::1]:9187",
+        ] {
+            assert!(admits(&rule, host), "{host}");
+        }
+        for host in [
+            "10.1.2.3",
+            "10.1.2.3:80",
+            "admin.example.org.evil.example",
+            "[fd00::1]",
+        ] {
+            assert!(!admits(&rule, host), "{host}");
+        }
+    }
+
+    #[test]
+    fn the_api_takes_json_only() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_json(&headers));
+        for (content_type, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+            ("multipart/form-data; boundary=x", false),
+            ("application/jsonx", false),
+        ] {
+            headers.insert(CONTENT_TYPE, content_type.parse().expect("header"));
+            assert_eq!(is_json(&headers), json, "{content_type}");
+        }
     }
 }

@@ -45,7 +45,9 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[openapi(
     info(
         title = "HelpAround dispatcher admin API",
-        description = "Review deliveries to partners, see what each partner answered, and resend or cancel."
+        description = "Review deliveries to partners, see what each partner answered, and resend or cancel. \
+            Every POST must be sent with `Content-Type: application/json` (415 otherwise), even one without a body, \
+            and is refused (403) if it carries an `Origin` other than the admin server's own."
     ),
     paths(
         list_deliveries,
@@ -112,6 +114,10 @@ pub(crate) enum ApiError {
     Conflict(String),
     #[error("the database is unavailable; try again")]
     Database(#[from] DatabaseUnavailable),
+    #[error("send this request with Content-Type: application/json")]
+    NotJson,
+    #[error("refused: this request was sent from another site's page")]
+    ForeignOrigin,
 }
 
 /// The database failed a request; the cause is logged, not sent.
@@ -134,6 +140,8 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::ForeignOrigin => StatusCode::FORBIDDEN,
         };
         let mut response = (
             status,

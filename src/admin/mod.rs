@@ -4,29 +4,33 @@
 //! |---|---|---|
 //! | `/healthz`, `/readyz` | load balancers, orchestrators | open |
 //! | `/metrics` | Prometheus | open (ids and counts only) |
-//! | `/api/…` | scripts, other tools (OpenAPI at `/api/openapi.json`) | bearer token |
+//! | `/api/…` | scripts, other tools (OpenAPI at `/api/openapi.json`) | bearer token; JSON posts only |
 //! | `/` and below | support staff in a browser | login form, then a cookie |
 //!
-//! It runs inside the daemon on `[admin] listen` and stops with it.
+//! The API and the page also answer only to the host names the server is published
+//! under (see [`access::known_hosts_only`]). It runs inside the daemon on `[admin]
+//! listen`, over HTTPS when `[admin] tls_cert`/`tls_key` are set, and stops with it.
 
 mod access;
 mod api;
 mod health;
 mod metrics;
 mod page;
+mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
 use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, AdminTls};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use access::Access;
+use access::{Access, HostRule};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -34,11 +38,24 @@ pub(crate) struct AdminState {
     pool: Pool,
     access: Arc<Access>,
     metrics: Metrics,
+    /// Whether the server speaks HTTPS: origins and cookies depend on it.
+    https: bool,
+}
+
+impl AdminState {
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// The bound admin server, ready to serve.
 pub struct AdminServer {
     listener: TcpListener,
+    tls: Option<AdminTls>,
     router: Router,
 }
 
@@ -63,14 +80,26 @@ impl AdminServer {
             }
         }
         let listener = TcpListener::bind(listen).await?;
-        tracing::info!(addr = %listener.local_addr()?, "admin server listening");
+        let local = listener.local_addr()?;
+        let https = config.tls.is_some();
+        tracing::info!(addr = %local, https, "admin server listening");
+        let hosts = match (&config.token, config.allowed_hosts.is_empty()) {
+            (None, _) => HostRule::Loopback {
+                port: local.port(),
+                https,
+            },
+            (Some(_), false) => HostRule::Listed(config.allowed_hosts.clone()),
+            (Some(_), true) => HostRule::Any,
+        };
         let state = AdminState {
             pool,
-            access: Arc::new(Access::new(config.token.clone())),
+            access: Arc::new(Access::new(config.token.clone(), hosts)),
             metrics,
+            https,
         };
         Ok(AdminServer {
             listener,
+            tls: config.tls.clone(),
             router: router(state),
         })
     }
@@ -81,23 +110,40 @@ impl AdminServer {
 
     /// Serves until the daemon starts stopping.
     pub async fn serve(self, shutdown: Shutdown) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.stopping().await })
-            .await
+        let stopping = async move { shutdown.stopping().await };
+        match &self.tls {
+            None => {
+                axum::serve(self.listener, self.router)
+                    .with_graceful_shutdown(stopping)
+                    .await
+            }
+            Some(tls) => {
+                axum::serve(tls::TlsListener::new(self.listener, tls), self.router)
+                    .with_graceful_shutdown(stopping)
+                    .await
+            }
+        }
     }
 }
 
 fn router(state: AdminState) -> Router {
-    let api = api::routes().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        access::require_bearer,
-    ));
+    // The bearer check comes first, so a stranger learns nothing about what a post needs.
+    let api = api::routes()
+        .route_layer(from_fn_with_state(state.clone(), access::json_posts))
+        .route_layer(from_fn_with_state(state.clone(), access::require_bearer));
+    // What holds patient ids, partners' answers and the resend and cancel buttons
+    // answers only to the names it is published under (against DNS rebinding). The
+    // probes do not: load balancers and Prometheus reach them by address or service
+    // name, and they show counts, partner and event names only and change nothing.
+    let support = Router::new()
+        .route("/api/openapi.json", get(api::openapi))
+        .nest("/api", api)
+        .merge(page::routes(&state))
+        .layer(from_fn_with_state(state.clone(), access::known_hosts_only));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
-        .route("/api/openapi.json", get(api::openapi))
-        .nest("/api", api)
-        .merge(page::routes())
+        .merge(support)
         .with_state(state)
 }

@@ -2,8 +2,11 @@
 //!
 //! `/` shows each partner at a glance and the deliveries that failed, with the partner's
 //! answer and buttons to resend or cancel; `/deliveries/{id}` shows every attempt with the
-//! partner's full answer and who resent or cancelled it. It shows patient ids, never a
-//! name, phone number or other health data: the event body is not read here at all.
+//! partner's full answer and who resent or cancelled it. The event body (the patient's
+//! name, birth date, insurance) is not read here at all: the page names patients by id.
+//! The partners' answers are shown verbatim, though, and a partner may repeat in its
+//! answer what it was sent (a name, a birth date): so the page can show health data, and
+//! is for staff allowed to see it. Retention erases those answers with the bodies.
 
 use axum::extract::{Path, Query, State};
 use axum::http::header::SET_COOKIE;
@@ -24,7 +27,7 @@ use crate::deliveries::{DeliveryDetail, DeliveryState, DeliverySummary};
 
 const PAGE_ROWS: i64 = 50;
 
-pub(crate) fn routes() -> Router<AdminState> {
+pub(crate) fn routes(state: &AdminState) -> Router<AdminState> {
     Router::new()
         .route("/", get(overview))
         .route("/deliveries/{id}", get(delivery))
@@ -32,7 +35,10 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/deliveries/{id}/cancel", post(cancel))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
-        .layer(axum::middleware::from_fn(access::same_origin_posts))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::same_origin_posts,
+        ))
 }
 
 /// What the last button press did, shown at the top of the next page.
@@ -382,16 +388,23 @@ impl ActionForm {
         let back = self
             .back
             .as_deref()
-            // A path on this server: browsers read `//host` and `/\host` as another site.
-            .filter(|back| {
-                back.starts_with('/') && !back.starts_with("//") && !back.starts_with("/\\")
-            })
+            .filter(|back| is_path_on_this_server(back))
             .unwrap_or("/");
         let separator = if back.contains('?') { '&' } else { '?' };
         Redirect::to(&format!(
             "{back}{separator}notice={notice}&delivery={delivery}"
         ))
     }
+}
+
+/// Browsers read `//host` and `/\host` as another site, and drop tabs and line breaks
+/// from a URL before reading it (`/<tab>/host` is `//host`). A control character has no
+/// place in a path of ours anyway, and cannot go in a `Location` header.
+fn is_path_on_this_server(back: &str) -> bool {
+    back.starts_with('/')
+        && !back.starts_with("//")
+        && !back.contains('\\')
+        && !back.chars().any(char::is_control)
 }
 
 async fn resend(
@@ -455,6 +468,16 @@ struct LoginForm {
     token: String,
 }
 
+/// The session cookie's attributes: script cannot read it, other sites' requests do not
+/// carry it, and once served over https it is never sent over plain http.
+fn cookie_attributes(state: &AdminState) -> &'static str {
+    if state.https {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
+}
+
 async fn login(State(state): State<AdminState>, Form(form): Form<LoginForm>) -> Response {
     let name = access::clean_actor(&form.name);
     let session = name
@@ -467,18 +490,21 @@ async fn login(State(state): State<AdminState>, Form(form): Form<LoginForm>) -> 
     (
         [(
             SET_COOKIE,
-            format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict"),
+            format!("{SESSION_COOKIE}={session}; {}", cookie_attributes(&state)),
         )],
         Redirect::to("/"),
     )
         .into_response()
 }
 
-async fn logout() -> Response {
+async fn logout(State(state): State<AdminState>) -> Response {
     (
         [(
             SET_COOKIE,
-            format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+            format!(
+                "{SESSION_COOKIE}=; {}; Max-Age=0",
+                cookie_attributes(&state)
+            ),
         )],
         Redirect::to("/login"),
     )
@@ -533,6 +559,13 @@ mod tests {
             "https://evil.example/",
             "//evil.example/",
             "/\\evil.example/",
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "/\r/evil.example/",
+            "/deliveries/\\/evil.example",
+            "/\u{0}",
+            "/\u{7f}",
+            "/\u{85}",
         ] {
             assert!(
                 location(elsewhere).starts_with("/?notice=resent"),
