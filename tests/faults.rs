@@ -651,7 +651,13 @@ const NOT_SETTLED: &str = "
                        THEN 'rejected, but the last answer recorded is not the 400'
                    WHEN d.state = 'dead' AND d.attempt_count - d.attempts_before_resend <> $1
                        THEN 'dead before max_attempts'
-                   WHEN d.state = 'invalid' AND d.attempt_count <> 0 THEN 'invalid, yet sent'
+                   -- A claim lost with a killed daemon counts as an attempt (`lease_expired`)
+                   -- even for an event that was never going to be sent.
+                   WHEN d.state = 'invalid' AND EXISTS (
+                            SELECT 1 FROM dispatcher.attempts a
+                            WHERE a.delivery_id = d.id
+                              AND a.error_kind IS DISTINCT FROM 'lease_expired')
+                       THEN 'invalid, yet sent'
                END AS wrong
         FROM dispatcher.deliveries d
         LEFT JOIN LATERAL (
