@@ -241,7 +241,7 @@ pub async fn claim_due(
     limit: usize,
     lease: Duration,
     room: &[PartnerRoom],
-) -> Result<Vec<ClaimedDelivery>, tokio_postgres::Error> {
+) -> Result<Claim, tokio_postgres::Error> {
     let claim_token = Uuid::new_v4();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let full: Vec<&str> = room
@@ -273,7 +273,10 @@ pub async fn claim_due(
             ],
         )
         .await?;
-    let mut claimed = Vec::with_capacity(rows.len());
+    let mut claim = Claim {
+        deliveries: Vec::with_capacity(rows.len()),
+        ended_without_body: 0,
+    };
     for row in &rows {
         let id: Uuid = row.get(0);
         let event_id: i64 = row.get(1);
@@ -281,9 +284,10 @@ pub async fn claim_due(
         let Some(event) = row.get::<_, Option<String>>(5) else {
             tracing::warn!(delivery_id = %id, event_id, %partner,
                 "the event body was erased while it waited to be sent; ended the delivery dead");
+            claim.ended_without_body += 1;
             continue;
         };
-        claimed.push(ClaimedDelivery {
+        claim.deliveries.push(ClaimedDelivery {
             id,
             claim_token,
             event_id,
@@ -294,7 +298,17 @@ pub async fn claim_due(
             external_id: row.get(6),
         });
     }
-    Ok(claimed)
+    Ok(claim)
+}
+
+/// What one [`claim_due`] did.
+#[derive(Debug)]
+pub struct Claim {
+    /// Claimed under the lease: to be sent now.
+    pub deliveries: Vec<ClaimedDelivery>,
+    /// Due deliveries ended `dead` because their event body was gone; each may have
+    /// freed a later event of its (partner, patient), due at once.
+    pub ended_without_body: usize,
 }
 
 /// A delivery whose lease ran out with no result recorded, as [`rescue_expired`] left it.

@@ -44,7 +44,7 @@ use crate::deliveries::{
 use crate::metrics::{DeliveryLabels, Metrics};
 use crate::outcome::Outcome;
 use crate::payload::{Event, EventKind};
-use crate::reload::LiveConfig;
+use crate::reload::{LiveConfig, Prepared};
 use crate::retry::{self, RetryPolicy};
 use crate::send::LiveSender;
 use crate::shutdown::Shutdown;
@@ -121,7 +121,10 @@ impl Dispatcher {
         let sender = Arc::new(LiveSender::new(config.clone())?);
         live.prepare_reloads_with(Box::new({
             let sender = sender.clone();
-            move |config| sender.prepare(config).map_err(|error| error.to_string())
+            move |config| match sender.prepare(config) {
+                Ok(put_in_use) => Ok(Box::new(put_in_use) as Prepared),
+                Err(error) => Err(error.to_string()),
+            }
         }));
         Ok(Arc::new(Dispatcher {
             sender,
@@ -287,11 +290,16 @@ impl Dispatcher {
         let room = self.partner_room(&config);
         // Taken before the query: the lease starts when the database runs it.
         let claimed_at = Instant::now();
-        let claimed =
+        let claim =
             deliveries::claim_due(&client, permits.len(), config.dispatch.lease, &room).await?;
         drop(client);
+        let claimed = claim.deliveries;
         if claimed.is_empty() {
-            return Ok(ClaimOutcome::EmptyQueue);
+            // Ending a delivery whose body was gone may have let a later one fall due.
+            return Ok(match claim.ended_without_body {
+                0 => ClaimOutcome::EmptyQueue,
+                _ => ClaimOutcome::Claimed,
+            });
         }
         tracing::debug!(count = claimed.len(), "claimed deliveries");
         self.metrics.claimed(claimed.len());
@@ -615,13 +623,14 @@ impl Dispatcher {
             batch.iter().map(|finished| &finished.resolution).collect();
         let mut written = HashSet::new();
         let mut refused = Vec::new();
-        match self.write_until_stored(&resolutions).await {
+        let give_up_at = Instant::now() + self.live.snapshot().dispatch.lease;
+        match self.write_until_stored(&resolutions, give_up_at).await {
             Ok(ids) => written.extend(ids),
             Err(error) if resolutions.len() == 1 => refused.push((resolutions[0], error)),
             Err(_) => {
                 for resolution in &resolutions {
                     match self
-                        .write_until_stored(std::slice::from_ref(resolution))
+                        .write_until_stored(std::slice::from_ref(resolution), give_up_at)
                         .await
                     {
                         Ok(ids) => written.extend(ids),
@@ -643,13 +652,16 @@ impl Dispatcher {
         }
     }
 
-    /// Writes resolutions, retrying while the database is unreachable. If it stays away
-    /// past the shutdown grace period the results are dropped: the leases run out and the
-    /// deliveries are sent again, never lost. Returns the ids written; Err when the
-    /// database refuses the statement.
+    /// Writes resolutions, retrying while the database is unreachable, and while it fails
+    /// the statement for a passing reason ([`is_transient`]) until `give_up_at` (the
+    /// lease: a result written later would be stale anyway). If the database stays away
+    /// past the shutdown grace period the results are dropped: the leases run out and
+    /// the deliveries are sent again, never lost. Returns the ids written; Err when the
+    /// database refuses the statement, or keeps failing it past `give_up_at`.
     async fn write_until_stored(
         &self,
         resolutions: &[&Resolution],
+        give_up_at: Instant,
     ) -> Result<Vec<Uuid>, RefusedWrite> {
         let mut delay = Duration::from_millis(50);
         loop {
@@ -666,7 +678,9 @@ impl Dispatcher {
                         return Ok(ids);
                     }
                     Err(error) => match error.as_db_error() {
-                        Some(refused) if !is_transient(refused.code()) => {
+                        Some(refused)
+                            if !is_transient(refused.code()) || Instant::now() >= give_up_at =>
+                        {
                             return Err(RefusedWrite {
                                 code: refused.code().code().to_string(),
                                 message: refused.message().to_string(),
@@ -698,27 +712,31 @@ struct RefusedWrite {
     message: String,
 }
 
-/// Errors that say nothing about the statement: the same write may well succeed when
-/// tried again, so a result is never given up for one of them. Everything else (a value
-/// PostgreSQL cannot store, a broken constraint) is a refusal of the rows themselves.
+/// Errors that say nothing about the rows: the same write may well succeed when tried
+/// again, so a result is not given up for one of them while its lease lasts. Everything
+/// else (a value PostgreSQL cannot store, a broken constraint) is a refusal of the rows.
 fn is_transient(code: &SqlState) -> bool {
-    const TRANSIENT_CLASSES: [&str; 5] = [
-        "08", // connection exception
-        "40", // transaction rollback: serialization failure, deadlock
-        "53", // insufficient resources: disk full, out of memory, too many connections
-        "57", // operator intervention: statement timeout, cancel, admin shutdown
-        "58", // system error: I/O
-    ];
-    let transient_codes = [
+    const PASSING: [SqlState; 16] = [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        // statement_timeout, or a cancel by ops
+        SqlState::QUERY_CANCELED,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::CONNECTION_EXCEPTION,
+        SqlState::CONNECTION_DOES_NOT_EXIST,
+        SqlState::CONNECTION_FAILURE,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::DISK_FULL,
+        SqlState::OUT_OF_MEMORY,
         SqlState::LOCK_NOT_AVAILABLE,
         SqlState::OBJECT_IN_USE,
         // A failover left the pool on a standby for a moment.
         SqlState::READ_ONLY_SQL_TRANSACTION,
+        SqlState::IO_ERROR,
     ];
-    TRANSIENT_CLASSES
-        .iter()
-        .any(|class| code.code().starts_with(class))
-        || transient_codes.contains(code)
+    PASSING.contains(code)
 }
 
 /// The delivery's next state after an attempt. A retry's time is a delay, counted by

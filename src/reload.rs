@@ -29,10 +29,14 @@ pub struct LiveConfig {
     preparers: Arc<Mutex<Vec<Preparer>>>,
 }
 
-/// Builds what a new configuration needs before it is put in force (the partners' HTTP
-/// clients), or says why it cannot be used. Keeps the configuration free of what is
-/// built from it, while a reload that could only half apply is refused whole.
-pub type Preparer = Box<dyn Fn(&Arc<Config>) -> Result<(), String> + Send + Sync>;
+/// Builds what a new configuration needs (the partners' HTTP clients) and returns how to
+/// put that in use, or says why the configuration cannot be used. Every preparer builds
+/// before any puts in use, so a reload that one refuses changes nothing anywhere. Keeps
+/// the configuration free of what is built from it.
+pub type Preparer = Box<dyn Fn(&Arc<Config>) -> Result<Prepared, String> + Send + Sync>;
+
+/// What a [`Preparer`] built, put in use once every preparer has accepted the reload.
+pub type Prepared = Box<dyn FnOnce() + Send>;
 
 /// Why a reload was refused; the running configuration stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +83,16 @@ impl LiveConfig {
         let running = self.current.load();
         let needs_restart = keep_restart_only_settings(&running, &mut new);
         let new = Arc::new(new);
-        for prepare in self
+        let prepared = self
             .preparers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-        {
-            prepare(&new).map_err(ReloadError::Unusable)?;
+            .map(|prepare| prepare(&new))
+            .collect::<Result<Vec<Prepared>, String>>()
+            .map_err(ReloadError::Unusable)?;
+        for put_in_use in prepared {
+            put_in_use();
         }
         self.current.store(new);
         Ok(Reloaded { needs_restart })
@@ -185,6 +192,7 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     const FILE: &str = r#"
         [database]
@@ -253,8 +261,16 @@ mod tests {
     fn a_file_that_cannot_be_put_to_use_is_refused_whole() {
         let dir = tempfile::tempdir().expect("temp dir");
         let live = live(&dir);
+        let put_in_use = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        live.prepare_reloads_with(Box::new({
+            let put_in_use = put_in_use.clone();
+            move |_| {
+                let put_in_use = put_in_use.clone();
+                Ok(Box::new(move || put_in_use.store(true, Ordering::Relaxed)))
+            }
+        }));
         live.prepare_reloads_with(Box::new(|config| match config.partners.len() {
-            1 => Ok(()),
+            1 => Ok(Box::new(|| ())),
             _ => Err("partner `beta`: cannot build its HTTP client".to_string()),
         }));
         let beta = FILE.replace("name = \"acme\"", "name = \"beta\"");
@@ -270,6 +286,10 @@ mod tests {
 
         assert_eq!(error, "partner `beta`: cannot build its HTTP client");
         assert_eq!(live.snapshot().partners.len(), 1, "the running one is kept");
+        assert!(
+            !put_in_use.load(Ordering::Relaxed),
+            "what another preparer built is not put in use"
+        );
     }
 
     #[test]

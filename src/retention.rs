@@ -250,8 +250,8 @@ pub async fn erased_bodies(
 }
 
 /// One pruning pass: every step, batch after batch, until a batch comes back short.
-/// Each batch takes a connection of the pool only for its one statement. Stops between
-/// batches when `shutdown` begins.
+/// Each batch takes a connection of the pool only for its short transaction (one
+/// statement, or two for erasing bodies). Stops between batches when `shutdown` begins.
 pub async fn prune(
     pool: &Pool,
     retention: &RetentionConfig,

@@ -150,15 +150,18 @@ impl LiveSender {
         })
     }
 
-    /// Builds the clients of a reloaded configuration before it is put in force (see
-    /// [`crate::reload::Preparer`]).
-    pub fn prepare(&self, config: &Arc<Config>) -> Result<(), SenderError> {
-        let sender = Sender::new(&config.dispatch, &config.partners)?;
-        self.built.store(Arc::new(BuiltSender {
+    /// Builds the clients of a reloaded configuration before it is put in force; the
+    /// returned step puts them in use (see [`crate::reload::Preparer`]).
+    pub fn prepare(
+        self: &Arc<Self>,
+        config: &Arc<Config>,
+    ) -> Result<impl FnOnce() + Send + 'static, SenderError> {
+        let built = BuiltSender {
+            sender: Sender::new(&config.dispatch, &config.partners)?,
             config: config.clone(),
-            sender,
-        }));
-        Ok(())
+        };
+        let live = self.clone();
+        Ok(move || live.built.store(Arc::new(built)))
     }
 
     /// The sender for `config` (a snapshot of the live configuration).

@@ -943,12 +943,24 @@ async fn over_tls_the_admin_server_answers_on_https_and_the_session_cookie_is_se
     let address = daemon.admin_url().await;
     let base = address.replacen("http://", "https://", 1);
     let https = trusting(&ca);
+    // Connections that never begin their handshake hold up no one else.
+    let host = address.trim_start_matches("http://").to_string();
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(
+            tokio::net::TcpStream::connect(&host)
+                .await
+                .expect("connect"),
+        );
+    }
 
-    let answer = https
+    let request = https
         .get(format!("{base}/api/deliveries"))
         .bearer_auth(TOKEN)
-        .send()
+        .send();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), request)
         .await
+        .expect("answered while ten other connections stay silent")
         .expect("the API answers over https");
     assert_eq!(answer.status().as_u16(), 200);
     let cookie = sign_in_cookie(&https, &base).await;
@@ -965,6 +977,8 @@ async fn over_tls_the_admin_server_answers_on_https_and_the_session_cookie_is_se
     assert!(cleared.contains("Secure"), "{cleared}");
     // Plain HTTP on the TLS port gets no page.
     assert!(admin_plain_http_fails(&address).await);
+
+    drop(silent);
 
     // The daemon still stops gracefully, TLS listener and all.
     daemon.signal(nix::sys::signal::Signal::SIGTERM);

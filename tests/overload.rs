@@ -75,7 +75,7 @@ async fn timed_claim(client: &mut deadpool_postgres::Client) -> (usize, Duration
         .expect("claim");
     let took = started.elapsed();
     transaction.rollback().await.expect("roll back");
-    (claimed.len(), took)
+    (claimed.deliveries.len(), took)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -557,3 +557,59 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-late"))
+        .await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+        1,
+    )
+    .await;
+    drop(daemon);
+    backdate(&db, "p-late", 31).await;
+    let loaded = Config::parse(&config.text(&db), "retention", None, |_| None).expect("config");
+    let pool = db::pool(&loaded.database).expect("pool");
+    let mut pruner = pool.get().await.expect("the pruner's connection");
+
+    // Ops hold the outbox against writes (SHARE): the pruner picks and locks its events,
+    // then waits to erase them.
+    let ops = pool.get().await.expect("ops' connection");
+    ops.batch_execute("BEGIN; LOCK TABLE dispatcher.outbox IN SHARE MODE")
+        .await
+        .expect("hold the outbox");
+    let erase =
+        tokio::spawn(async move { retention::erase_event_bodies(&mut pruner, 30, 1000).await });
+    db.wait_for_count(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE '%UPDATE dispatcher.outbox%'",
+        1,
+    )
+    .await;
+    // Meanwhile the delivery is pending again, as a resend that committed just after the
+    // pruner had looked at the deliveries would have left it.
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET state = 'pending', due_at = now(), ended_at = NULL
+             WHERE patient_id = 'p-late'",
+            &[],
+        )
+        .await
+        .expect("resend");
+    ops.batch_execute("COMMIT")
+        .await
+        .expect("release the outbox");
+
+    let erased = erase.await.expect("erase task").expect("erase");
+    assert_eq!(erased, 0, "the pruner looked at the deliveries again");
+    assert!(
+        body_kept(&db, "p-late").await,
+        "the pending delivery has its body"
+    );
+}

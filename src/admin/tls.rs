@@ -16,6 +16,10 @@ use crate::config::AdminTls;
 /// A client that connects and never finishes its handshake is dropped after this, so
 /// idle sockets cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once. Past it, new connections wait in the kernel's backlog,
+/// holding no file descriptor of ours: clients that open connections and never speak
+/// cannot take the descriptors the database pool and the partners' connections need.
+const MAX_HANDSHAKES: usize = 64;
 
 /// Accepts TCP connections and hands axum those whose TLS handshake succeeded.
 /// Handshakes run side by side, so a slow client does not hold up the others; those
@@ -64,7 +68,9 @@ impl Listener for TlsListener {
         loop {
             tokio::select! {
                 // axum's own accept: it rides out errors such as too many open files.
-                (stream, peer) = Listener::accept(&mut self.tcp) => {
+                (stream, peer) = Listener::accept(&mut self.tcp),
+                    if self.handshakes.len() < MAX_HANDSHAKES =>
+                {
                     self.handshakes
                         .spawn(handshake(self.acceptor.clone(), stream, peer));
                 }
