@@ -2,8 +2,9 @@
 //! (rustls) as the URL's `sslmode` and `[database] ca_file` say.
 //!
 //! `sslmode` takes libpq's values. tokio-postgres knows only `disable`, `prefer` and
-//! `require` (and refuses the URL otherwise), so it is taken out of the URL here and
-//! carried out by the certificate verifier given to rustls:
+//! `require` (and refuses the URL otherwise), so it is read here, tokio-postgres is told
+//! only whether to insist on TLS, and the rest is carried out by the certificate verifier
+//! given to rustls:
 //!
 //! | sslmode | TLS | the server's certificate |
 //! | --- | --- | --- |
@@ -58,6 +59,13 @@ pub enum UrlError {
     UnknownSslMode,
     #[error("sslrootcert is not read: give the CA's certificate in database.ca_file")]
     SslRootCert,
+    #[error("sslmode is given more than once; give it once")]
+    SslModeTwice,
+    #[error(
+        "the sslmode cannot be read for certain (the PostgreSQL driver reads another one); \
+         write it once, plainly, as sslmode=verify-full"
+    )]
+    SslModeUnclear,
 }
 
 /// libpq's `sslmode`, see the module's table.
@@ -72,13 +80,13 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    fn parse(value: &str) -> Result<SslMode, UrlError> {
+    fn parse(value: &[u8]) -> Result<SslMode, UrlError> {
         match value {
-            "disable" => Ok(SslMode::Disable),
-            "prefer" => Ok(SslMode::Prefer),
-            "require" => Ok(SslMode::Require),
-            "verify-ca" => Ok(SslMode::VerifyCa),
-            "verify-full" => Ok(SslMode::VerifyFull),
+            b"disable" => Ok(SslMode::Disable),
+            b"prefer" => Ok(SslMode::Prefer),
+            b"require" => Ok(SslMode::Require),
+            b"verify-ca" => Ok(SslMode::VerifyCa),
+            b"verify-full" => Ok(SslMode::VerifyFull),
             _ => Err(UrlError::UnknownSslMode),
         }
     }
@@ -122,20 +130,17 @@ pub struct ConnectionUrl {
 impl ConnectionUrl {
     /// Reads a `postgres://` URL or a `key=value` connection string.
     pub fn parse(url: &str) -> Result<ConnectionUrl, UrlError> {
-        let (rest, params) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            take_url_params(url)
+        // The same test tokio-postgres makes to tell the two forms apart.
+        let Translated {
+            for_driver,
+            ssl_mode,
+        } = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            translate_url(url)?
         } else {
-            take_key_value_params(url).ok_or(UrlError::Invalid)?
+            translate_key_value(url)?
         };
-        let mut ssl_mode = SslMode::default();
-        for (key, value) in params {
-            match key.as_str() {
-                "sslmode" => ssl_mode = SslMode::parse(&value)?,
-                _ => return Err(UrlError::SslRootCert),
-            }
-        }
-        let mut postgres: tokio_postgres::Config = rest.parse().map_err(|_| UrlError::Invalid)?;
-        postgres.ssl_mode(ssl_mode.negotiation());
+        let postgres: tokio_postgres::Config = for_driver.parse().map_err(|_| UrlError::Invalid)?;
+        driver_agrees(ssl_mode, &postgres)?;
         Ok(ConnectionUrl { postgres, ssl_mode })
     }
 
@@ -177,40 +182,113 @@ fn is_loopback_name(name: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The URL parameters this module reads itself.
-const OWN_PARAMS: [&str; 2] = ["sslmode", "sslrootcert"];
-
-type Params = Vec<(String, String)>;
-
-/// Takes [`OWN_PARAMS`] out of a URL's query.
-fn take_url_params(url: &str) -> (String, Params) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_string(), Vec::new());
-    };
-    let mut taken = Vec::new();
-    let mut kept = Vec::new();
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if OWN_PARAMS.contains(&key) {
-            taken.push((key.to_string(), value.to_string()));
-        } else {
-            kept.push(pair);
-        }
-    }
-    let rest = if kept.is_empty() {
-        base.to_string()
+/// Defence in depth: the driver read the text it was given, sslmode included, and must
+/// negotiate what `ssl_mode` says. Should it read an sslmode that was missed here (a
+/// spelling this module does not know), the URL is refused rather than left to one reading
+/// or the other, which could be a downgrade to plain text.
+fn driver_agrees(ssl_mode: SslMode, postgres: &tokio_postgres::Config) -> Result<(), UrlError> {
+    if postgres.get_ssl_mode() == ssl_mode.negotiation() {
+        Ok(())
     } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    (rest, taken)
+        Err(UrlError::SslModeUnclear)
+    }
 }
 
-/// Takes [`OWN_PARAMS`] out of a `key=value key='quoted value'` string, read as
-/// tokio-postgres reads it; None when it is not of that form.
-fn take_key_value_params(text: &str) -> Option<(String, Params)> {
+/// A connection string made fit for tokio-postgres: every `sslmode` in it says only what
+/// to negotiate (`require` for the verifying modes), in place, so that the driver reads it
+/// where it was written and [`driver_agrees`] can compare.
+struct Translated {
+    for_driver: String,
+    ssl_mode: SslMode,
+}
+
+/// Reads one parameter, its key and value decoded: an `sslmode` is recorded (only one may
+/// be given) and the value the driver gets in its place returned; `sslrootcert` is
+/// refused; anything else is the driver's, None.
+fn own_param(
+    key: &[u8],
+    value: &[u8],
+    ssl_mode: &mut Option<SslMode>,
+) -> Result<Option<&'static str>, UrlError> {
+    match key {
+        b"sslmode" => {
+            if ssl_mode.is_some() {
+                return Err(UrlError::SslModeTwice);
+            }
+            let mode = SslMode::parse(value)?;
+            *ssl_mode = Some(mode);
+            Ok(Some(match mode.negotiation() {
+                tokio_postgres::config::SslMode::Disable => "disable",
+                tokio_postgres::config::SslMode::Prefer => "prefer",
+                _ => "require",
+            }))
+        }
+        b"sslrootcert" => Err(UrlError::SslRootCert),
+        _ => Ok(None),
+    }
+}
+
+/// A `postgres://` URL's query, split as tokio-postgres splits it (so that a `?`, `&` or
+/// `=` in the password does not move it): the login part runs to the first `@` anywhere,
+/// the query starts at the first `?` after it, a key runs to the next `=` and its value to
+/// the next `&`; keys and values are percent-decoded.
+fn translate_url(url: &str) -> Result<Translated, UrlError> {
+    let after_login = url.split_once('@').map_or(url, |(_, rest)| rest);
+    let Some((_, query)) = after_login.split_once('?') else {
+        return Ok(Translated {
+            for_driver: url.to_string(),
+            ssl_mode: SslMode::default(),
+        });
+    };
+    let head = url.strip_suffix(query).ok_or(UrlError::Invalid)?;
+    let mut ssl_mode = None;
+    let mut params = Vec::new();
+    let mut rest = query;
+    while !rest.is_empty() {
+        let (key, after_key) = rest.split_once('=').ok_or(UrlError::Invalid)?;
+        let (value, after_value) = after_key.split_once('&').unwrap_or((after_key, ""));
+        rest = after_value;
+        match own_param(&percent_decode(key), &percent_decode(value), &mut ssl_mode)? {
+            Some(for_driver) => params.push(format!("{key}={for_driver}")),
+            None => params.push(format!("{key}={value}")),
+        }
+    }
+    Ok(Translated {
+        for_driver: format!("{head}{}", params.join("&")),
+        ssl_mode: ssl_mode.unwrap_or_default(),
+    })
+}
+
+/// `%XX` as its byte, anything else as it is: percent_encoding's decoding, which
+/// tokio-postgres uses.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let hex_digit = |byte: u8| {
+        char::from(byte)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut decoded = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, after)) = rest.split_first() {
+        if let (b'%', [high, low, after_escape @ ..]) = (byte, after) {
+            if let (Some(high), Some(low)) = (hex_digit(*high), hex_digit(*low)) {
+                decoded.push((high << 4) | low);
+                rest = after_escape;
+                continue;
+            }
+        }
+        decoded.push(byte);
+        rest = after;
+    }
+    decoded
+}
+
+/// A `key=value key='quoted value'` string, read as tokio-postgres reads it: whitespace
+/// around `=`, `'` quotes, `\` escaping the next character in or out of them.
+fn translate_key_value(text: &str) -> Result<Translated, UrlError> {
     let mut chars = text.char_indices().peekable();
-    let mut kept = Vec::new();
-    let mut taken = Vec::new();
+    let mut ssl_mode = None;
+    let mut params = Vec::new();
     loop {
         while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
         let Some(&(start, _)) = chars.peek() else {
@@ -220,35 +298,45 @@ fn take_key_value_params(text: &str) -> Option<(String, Params)> {
         while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace() && *c != '=') {
             key.push(c);
         }
+        // tokio-postgres stops reading at an `=` with no key and ignores what follows,
+        // an `sslmode` included: refused instead.
+        if key.is_empty() {
+            return Err(UrlError::Invalid);
+        }
         while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-        chars.next_if(|(_, c)| *c == '=')?;
+        chars.next_if(|(_, c)| *c == '=').ok_or(UrlError::Invalid)?;
         while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
         let mut value = String::new();
         if chars.next_if(|(_, c)| *c == '\'').is_some() {
             loop {
-                match chars.next()? {
+                match chars.next().ok_or(UrlError::Invalid)? {
                     (_, '\'') => break,
-                    (_, '\\') => value.push(chars.next()?.1),
+                    (_, '\\') => value.push(chars.next().ok_or(UrlError::Invalid)?.1),
                     (_, c) => value.push(c),
                 }
             }
         } else {
             while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.push(chars.next()?.1);
-                } else {
-                    value.push(c);
+                match c {
+                    // A trailing `\` escapes nothing, and the driver drops it.
+                    '\\' => value.extend(chars.next().map(|(_, escaped)| escaped)),
+                    c => value.push(c),
                 }
+            }
+            if value.is_empty() {
+                return Err(UrlError::Invalid);
             }
         }
         let end = chars.peek().map_or(text.len(), |&(index, _)| index);
-        if OWN_PARAMS.contains(&key.as_str()) {
-            taken.push((key, value));
-        } else {
-            kept.push(text.get(start..end)?);
+        match own_param(key.as_bytes(), value.as_bytes(), &mut ssl_mode)? {
+            Some(for_driver) => params.push(format!("{key}={for_driver}")),
+            None => params.push(text.get(start..end).ok_or(UrlError::Invalid)?.to_string()),
         }
     }
-    Some((kept.join(" "), taken))
+    Ok(Translated {
+        for_driver: params.join(" "),
+        ssl_mode: ssl_mode.unwrap_or_default(),
+    })
 }
 
 /// An error and its causes, for a log line: tokio-postgres leaves the cause out of its
@@ -622,7 +710,7 @@ mod tests {
     }
 
     #[test]
-    fn sslmode_is_read_from_the_url_and_left_out_of_what_tokio_postgres_sees() {
+    fn sslmode_is_read_from_the_url_and_tokio_postgres_is_told_whether_to_insist() {
         for (url, mode) in [
             ("postgres://u@db.example/x", SslMode::Prefer),
             (
@@ -675,6 +763,162 @@ mod tests {
             ("host='db", UrlError::Invalid),
         ] {
             assert_eq!(ConnectionUrl::parse(url).err(), Some(error), "{url}");
+        }
+    }
+
+    /// Asserts that `url` is read as `mode`, and that the driver is told the same.
+    fn assert_reads(url: &str, mode: SslMode) {
+        let read = parsed(url);
+        assert_eq!(read.ssl_mode, mode, "{url}");
+        assert_eq!(
+            read.postgres.get_ssl_mode(),
+            mode.negotiation(),
+            "{url}: the driver negotiates otherwise"
+        );
+    }
+
+    /// The reviewer's downgrade: the driver reads the login part up to the `@`, so a `?`
+    /// in the password is not the start of the query, and `require` must stay `require`.
+    #[test]
+    fn a_question_mark_in_the_password_does_not_hide_the_sslmode() {
+        for (url, mode) in [
+            (
+                "postgres://u:pa%3Fss@db/x?sslmode=require",
+                SslMode::Require,
+            ),
+            ("postgres://u:pa?ss@db/x?sslmode=require", SslMode::Require),
+            ("postgres://u:pa?ss@db/x?sslmode=disable", SslMode::Disable),
+            (
+                "postgres://u:pa?ss@db/x?sslmode=verify-full",
+                SslMode::VerifyFull,
+            ),
+            (
+                "postgres://u:pa?s=s&t@db/x?sslmode=verify-ca",
+                SslMode::VerifyCa,
+            ),
+            ("postgres://u:pa?ss@db/x", SslMode::Prefer),
+        ] {
+            assert_reads(url, mode);
+        }
+        let literal = parsed("postgres://u:pa?ss@db/x?sslmode=require");
+        assert_eq!(literal.postgres.get_password(), Some(&b"pa?ss"[..]));
+        assert_eq!(literal.postgres.get_dbname(), Some("x"));
+    }
+
+    /// The driver percent-decodes the query's keys and values, so every spelling of an
+    /// sslmode it would read is ours to carry out.
+    #[test]
+    fn a_percent_encoded_sslmode_is_read_as_written() {
+        for (url, mode) in [
+            ("postgres://u@db/x?ssl%6Dode=require", SslMode::Require),
+            ("postgres://u@db/x?ssl%6dode=disable", SslMode::Disable),
+            (
+                "postgres://u@db/x?sslmode=verify%2Dfull",
+                SslMode::VerifyFull,
+            ),
+            ("postgres://u@db/x?%73slmode=verify%2dca", SslMode::VerifyCa),
+            (
+                "postgres://u@db/x?application_name=a%26b&ssl%6Dode=require",
+                SslMode::Require,
+            ),
+        ] {
+            assert_reads(url, mode);
+        }
+        assert_eq!(percent_decode("%6D%6dz%zz%4%"), b"mmz%zz%4%");
+        assert_eq!(
+            ConnectionUrl::parse("postgres://u@db/x?sslroot%63ert=/ca.pem").err(),
+            Some(UrlError::SslRootCert)
+        );
+    }
+
+    /// A `key=value` string is read as the driver reads it: quotes and backslashes
+    /// included, and an `sslmode=` inside a quoted or escaped password is the password.
+    #[test]
+    fn a_quoted_or_escaped_sslmode_in_a_key_value_string_is_read_as_written() {
+        for (text, mode) in [
+            ("host=db sslmode='require'", SslMode::Require),
+            ("host=db sslmode='verify-full'", SslMode::VerifyFull),
+            ("host=db sslmode=verify\\-ca", SslMode::VerifyCa),
+            (
+                "host=db password='x sslmode=disable' sslmode=require",
+                SslMode::Require,
+            ),
+            ("host=db password=x\\ sslmode=disable", SslMode::Prefer),
+            (
+                "host=db password='a\\' sslmode=disable' dbname=x",
+                SslMode::Prefer,
+            ),
+            ("host=db sslmode='disable'dbname=x", SslMode::Disable),
+        ] {
+            assert_reads(text, mode);
+        }
+        let escaped = parsed("host=db password=x\\ sslmode=disable");
+        assert_eq!(
+            escaped.postgres.get_password(),
+            Some(&b"x sslmode=disable"[..])
+        );
+    }
+
+    /// Two sslmodes, or text the driver would stop reading before an sslmode, leave it
+    /// unclear which mode holds: refused, and the password is never in the message.
+    #[test]
+    fn an_sslmode_given_twice_or_hidden_from_the_driver_is_refused() {
+        for (url, error) in [
+            (
+                "postgres://u:s3cret@db/x?sslmode=verify-full&ssl%6Dode=disable",
+                UrlError::SslModeTwice,
+            ),
+            (
+                "host=db password=s3cret sslmode=require sslmode='disable'",
+                UrlError::SslModeTwice,
+            ),
+            (
+                "host=db password=s3cret = sslmode=require",
+                UrlError::Invalid,
+            ),
+            (
+                "host=db password='s3cret sslmode=require",
+                UrlError::Invalid,
+            ),
+            ("postgres://u:s3cret@db/x?sslmode", UrlError::Invalid),
+        ] {
+            let refused = ConnectionUrl::parse(url).err();
+            assert_eq!(refused, Some(error), "{url}");
+            assert!(!format!("{refused:?}").contains("s3cret"), "{url}");
+        }
+    }
+
+    /// Should the driver ever read an sslmode this module did not (a spelling nobody
+    /// thought of), the URL is refused rather than connected with either reading.
+    #[test]
+    fn a_driver_that_would_negotiate_another_sslmode_is_refused() {
+        let driver_reads = |url: &str| {
+            url.parse::<tokio_postgres::Config>()
+                .unwrap_or_else(|error| panic!("{url}: {error}"))
+        };
+        let disable = driver_reads("postgres://u@db/x?sslmode=disable");
+        let require = driver_reads("postgres://u@db/x?sslmode=require");
+        let unsaid = driver_reads("postgres://u@db/x");
+
+        for (ssl_mode, driver) in [
+            (SslMode::Require, &disable),
+            (SslMode::VerifyFull, &unsaid),
+            (SslMode::Prefer, &require),
+            (SslMode::Disable, &unsaid),
+        ] {
+            assert_eq!(
+                driver_agrees(ssl_mode, driver),
+                Err(UrlError::SslModeUnclear),
+                "{ssl_mode}"
+            );
+        }
+        for (ssl_mode, driver) in [
+            (SslMode::VerifyFull, &require),
+            (SslMode::VerifyCa, &require),
+            (SslMode::Prefer, &unsaid),
+            (SslMode::Disable, &disable),
+        ] {
+            assert_eq!(driver_agrees(ssl_mode, driver), Ok(()), "{ssl_mode}");
         }
     }
 

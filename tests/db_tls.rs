@@ -267,3 +267,42 @@ async fn check_warns_about_a_remote_database_whose_certificate_is_not_verified()
         "unexpected warning:\n{local}"
     );
 }
+
+/// An attacker in the path answers the dispatcher as a server without TLS, hoping it
+/// falls back to plain text. With sslmode=require it must not, however the URL spells it:
+/// after a password holding a `?`, with a percent-encoded key, or quoted in a `key=value`
+/// string. (The first two were once read as `prefer`, and connected.)
+#[tokio::test]
+async fn require_refuses_a_server_without_tls_however_the_url_spells_it() {
+    let plain_text = Cluster::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = plain_text.port;
+    let migrate = |url: String| {
+        let text = format!("[database]\nurl = \"{url}\"\n");
+        let name = format!("dispatcher-{}.toml", uuid::Uuid::new_v4().simple());
+        let mut command = dispatcher(&write_file(dir.path(), &name, &text));
+        command.arg("migrate");
+        finish(command)
+    };
+
+    for url in [
+        format!("postgres://postgres:pa?ss@127.0.0.1:{port}/postgres?sslmode=require"),
+        format!("postgres://postgres@127.0.0.1:{port}/postgres?ssl%6Dode=require"),
+        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode='require'"),
+    ] {
+        let migrated = migrate(url.clone()).await;
+        assert!(
+            !migrated.status.success(),
+            "{url}: migrated in plain text:\n{migrated}"
+        );
+        assert!(
+            migrated.stderr.contains("server does not support TLS"),
+            "{url}: expected the missing TLS to be named:\n{migrated}"
+        );
+    }
+
+    // The control: the server is there, and takes a URL that allows plain text.
+    let allowed = format!("postgres://postgres:pa?ss@127.0.0.1:{port}/postgres?sslmode=prefer");
+    let migrated = migrate(allowed).await;
+    assert!(migrated.status.success(), "migrate failed:\n{migrated}");
+}
