@@ -131,14 +131,24 @@ impl ConnectionUrl {
     /// Reads a `postgres://` URL or a `key=value` connection string.
     pub fn parse(url: &str) -> Result<ConnectionUrl, UrlError> {
         // The same test tokio-postgres makes to tell the two forms apart.
+        let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
         let Translated {
             for_driver,
             ssl_mode,
-        } = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        } = if is_url {
             translate_url(url)?
         } else {
             translate_key_value(url)?
         };
+        // An `sslmode` written in a URL where neither reading finds it (in a query hidden
+        // by an `@` the driver takes for the end of the login) would be silently ignored.
+        if is_url
+            && ssl_mode.is_none()
+            && String::from_utf8_lossy(&percent_decode(url)).contains("sslmode")
+        {
+            return Err(UrlError::SslModeUnclear);
+        }
+        let ssl_mode = ssl_mode.unwrap_or_default();
         let postgres: tokio_postgres::Config = for_driver.parse().map_err(|_| UrlError::Invalid)?;
         driver_agrees(ssl_mode, &postgres)?;
         Ok(ConnectionUrl { postgres, ssl_mode })
@@ -199,7 +209,8 @@ fn driver_agrees(ssl_mode: SslMode, postgres: &tokio_postgres::Config) -> Result
 /// where it was written and [`driver_agrees`] can compare.
 struct Translated {
     for_driver: String,
-    ssl_mode: SslMode,
+    /// None when the string gives none.
+    ssl_mode: Option<SslMode>,
 }
 
 /// Reads one parameter, its key and value decoded: an `sslmode` is recorded (only one may
@@ -237,7 +248,7 @@ fn translate_url(url: &str) -> Result<Translated, UrlError> {
     let Some((_, query)) = after_login.split_once('?') else {
         return Ok(Translated {
             for_driver: url.to_string(),
-            ssl_mode: SslMode::default(),
+            ssl_mode: None,
         });
     };
     let head = url.strip_suffix(query).ok_or(UrlError::Invalid)?;
@@ -255,7 +266,7 @@ fn translate_url(url: &str) -> Result<Translated, UrlError> {
     }
     Ok(Translated {
         for_driver: format!("{head}{}", params.join("&")),
-        ssl_mode: ssl_mode.unwrap_or_default(),
+        ssl_mode,
     })
 }
 
@@ -335,7 +346,7 @@ fn translate_key_value(text: &str) -> Result<Translated, UrlError> {
     }
     Ok(Translated {
         for_driver: params.join(" "),
-        ssl_mode: ssl_mode.unwrap_or_default(),
+        ssl_mode,
     })
 }
 
@@ -881,6 +892,12 @@ mod tests {
                 UrlError::Invalid,
             ),
             ("postgres://u:s3cret@db/x?sslmode", UrlError::Invalid),
+            // Without a login, the `@` in the query is where the driver ends the login:
+            // the sslmode written would be ignored by both readings.
+            (
+                "postgres://db/x?sslmode=verify-full&user=svc@db",
+                UrlError::SslModeUnclear,
+            ),
         ] {
             let refused = ConnectionUrl::parse(url).err();
             assert_eq!(refused, Some(error), "{url}");

@@ -626,18 +626,23 @@ impl Dispatcher {
         let give_up_at = Instant::now() + self.live.snapshot().dispatch.lease;
         match self.write_until_stored(&resolutions, give_up_at).await {
             Ok(ids) => written.extend(ids),
-            Err(error) if resolutions.len() == 1 => refused.push((resolutions[0], error)),
-            Err(_) => {
+            // A row refused for what it holds refuses its whole batch: one by one, the
+            // others are written; none is tried past the lease (it would be stale).
+            Err(error) if resolutions.len() > 1 && !error.passing => {
                 for resolution in &resolutions {
-                    match self
-                        .write_until_stored(std::slice::from_ref(resolution), give_up_at)
-                        .await
-                    {
+                    let result = if Instant::now() < give_up_at {
+                        self.write_until_stored(std::slice::from_ref(resolution), give_up_at)
+                            .await
+                    } else {
+                        Err(RefusedWrite::lease_over())
+                    };
+                    match result {
                         Ok(ids) => written.extend(ids),
                         Err(error) => refused.push((*resolution, error)),
                     }
                 }
             }
+            Err(error) => refused.extend(resolutions.iter().map(|r| (*r, error.clone()))),
         }
         for (resolution, error) in refused {
             tracing::error!(delivery_id = %resolution.delivery_id, code = %error.code, reason = %error.message,
@@ -684,6 +689,7 @@ impl Dispatcher {
                             return Err(RefusedWrite {
                                 code: refused.code().code().to_string(),
                                 message: refused.message().to_string(),
+                                passing: is_transient(refused.code()),
                             })
                         }
                         _ => error.to_string(),
@@ -705,11 +711,25 @@ impl Dispatcher {
     }
 }
 
-/// The database refused a statement for what it holds (as opposed to being unreachable,
-/// or failing it for a reason that passes: see [`is_transient`]).
+/// Why results were not written: the database refused the statement for what it holds,
+/// or failed it for a reason that passes ([`is_transient`]) until the lease ran out.
+/// (While it is unreachable, results are held instead: see `write_until_stored`.)
+#[derive(Clone)]
 struct RefusedWrite {
     code: String,
     message: String,
+    /// The error would pass, but the lease ran out while it lasted.
+    passing: bool,
+}
+
+impl RefusedWrite {
+    fn lease_over() -> RefusedWrite {
+        RefusedWrite {
+            code: "-".to_string(),
+            message: "the lease ran out before the result could be written".to_string(),
+            passing: true,
+        }
+    }
 }
 
 /// Errors that say nothing about the rows: the same write may well succeed when tried

@@ -558,6 +558,11 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
     .await;
 }
 
+/// The erase's second look at the deliveries, made after it locked the event. The resend
+/// is simulated (a real one would wait for the pruner's row lock): the delivery is made
+/// pending while the pruner waits between its two statements. A single-statement erase
+/// would pass this too (it takes its look after the table lock); the race test above is
+/// the one that catches that.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
     let acme = TestPartner::accepting("acme").await;
