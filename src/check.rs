@@ -8,10 +8,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use secrecy::ExposeSecret;
-
 use crate::config::{redacted_url, Config, DatabaseConfig, Partner};
-use crate::db::ConnectionUrl;
 use crate::guard;
 
 /// Prints every partner's routes: support programs, then where each event kind goes, and
@@ -43,20 +40,13 @@ pub async fn describe(config: &Config, path: &Path, out: &mut impl Write) -> io:
 /// Patient events cross the network to a database on another host: without verify-full
 /// (or verify-ca) anyone in the path can read them, or pose as the database.
 fn describe_database(database: &DatabaseConfig, out: &mut impl Write) -> io::Result<()> {
-    if database.ssl_mode.verifies() {
-        return Ok(());
-    }
-    // Validated with the rest of the file, so it parses.
-    let Ok(url) = ConnectionUrl::parse(database.url.expose_secret()) else {
-        return Ok(());
-    };
-    for host in url.remote_hosts() {
+    for host in database.connection.unverified_remote_hosts() {
         writeln!(
             out,
             "warning: the database at {host} is reached without verifying its certificate \
              (sslmode={}): patient data can be read or altered on the way; set \
              sslmode=verify-full in database.url (and database.ca_file for a private CA)",
-            database.ssl_mode
+            database.connection.ssl_mode
         )?;
     }
     Ok(())

@@ -140,8 +140,8 @@ pub struct DatabaseConfig {
     /// Holds the database password, so it is never printed.
     pub url: SecretString,
     pub pool_size: usize,
-    /// The URL's `sslmode` (libpq's `prefer` when it says none).
-    pub ssl_mode: SslMode,
+    /// `url`, read: its settings, and its `sslmode` (libpq's `prefer` when it says none).
+    pub connection: ConnectionUrl,
     /// `ca_file`: what `verify-ca`/`verify-full` trust instead of the web PKI roots.
     pub ca: Option<DatabaseCa>,
 }
@@ -151,7 +151,7 @@ impl std::fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &"[redacted]")
             .field("pool_size", &self.pool_size)
-            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_mode", &self.connection.ssl_mode)
             .field("ca_file", &self.ca.as_ref().map(|ca| &ca.path))
             .finish()
     }
@@ -582,17 +582,16 @@ impl RawConfig {
                 format!("missing; set it in the file or in {DATABASE_URL_ENV}"),
             )
         })?;
-        let ssl_mode = ConnectionUrl::parse(&url)
-            .map_err(|error| ConfigError::key("database.url", error.to_string()))?
-            .ssl_mode;
+        let connection = ConnectionUrl::parse(&url)
+            .map_err(|error| ConfigError::key("database.url", error.to_string()))?;
         let ca = match self.database.ca_file {
             None => None,
-            Some(file) => Some(database_ca(&file, ssl_mode, base_dir)?),
+            Some(file) => Some(database_ca(&file, connection.ssl_mode, base_dir)?),
         };
         let database = DatabaseConfig {
             url: SecretString::from(url),
             pool_size: positive("database.pool_size", self.database.pool_size)?,
-            ssl_mode,
+            connection,
             ca,
         };
 
@@ -1636,13 +1635,13 @@ mod tests {
             "ca_file = \"ca.pem\"",
         )
         .expect("valid");
-        assert_eq!(verified.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(verified.connection.ssl_mode, SslMode::VerifyFull);
         assert_eq!(
             verified.ca.map(|ca| ca.path),
             Some(dir.path().join("ca.pem"))
         );
         let default = database(remote, "").expect("valid");
-        assert_eq!(default.ssl_mode, SslMode::Prefer);
+        assert_eq!(default.connection.ssl_mode, SslMode::Prefer);
         assert!(default.ca.is_none());
 
         for (url, keys, named, says) in [

@@ -28,7 +28,6 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
-use secrecy::ExposeSecret;
 use tokio_postgres::config::Host;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::Socket;
@@ -38,8 +37,6 @@ use crate::config::DatabaseConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("database.url: {0}")]
-    BadUrl(#[from] UrlError),
     #[error("cannot set up TLS to the database: {0}")]
     TlsSetup(String),
     #[error("cannot create the connection pool: {0}")]
@@ -122,6 +119,8 @@ impl fmt::Display for SslMode {
 }
 
 /// `database.url`, read: tokio-postgres's settings, and the `sslmode` it cannot hold.
+/// Read once, when the configuration is validated.
+#[derive(Clone)]
 pub struct ConnectionUrl {
     pub postgres: tokio_postgres::Config,
     pub ssl_mode: SslMode,
@@ -157,6 +156,16 @@ impl ConnectionUrl {
     /// The TCP hosts this URL reaches on another machine.
     pub fn remote_hosts(&self) -> Vec<String> {
         remote_hosts(&self.postgres)
+    }
+
+    /// The hosts on another machine whose certificate is not verified: anyone in the path
+    /// to them can read the patient data, or pose as the database. What `check` and the
+    /// start-up warn about.
+    pub fn unverified_remote_hosts(&self) -> Vec<String> {
+        if self.ssl_mode.verifies() {
+            return Vec::new();
+        }
+        self.remote_hosts()
     }
 }
 
@@ -399,10 +408,7 @@ impl ConnectionConfig {
 }
 
 pub fn connection_config(database: &DatabaseConfig) -> Result<ConnectionConfig, DbError> {
-    let ConnectionUrl {
-        postgres: mut config,
-        ssl_mode,
-    } = ConnectionUrl::parse(database.url.expose_secret())?;
+    let mut config = database.connection.postgres.clone();
     // Kept beside any options the URL sets.
     let options = match config.get_options() {
         Some(options) => format!("{options} {STATEMENT_TIMEOUT}"),
@@ -418,16 +424,16 @@ pub fn connection_config(database: &DatabaseConfig) -> Result<ConnectionConfig, 
         .application_name("helparound-dispatcher");
     Ok(ConnectionConfig {
         postgres: config,
-        tls: DatabaseTls::new(ssl_mode, database.ca.as_ref())?,
+        tls: DatabaseTls::new(database.connection.ssl_mode, database.ca.as_ref())?,
     })
 }
 
 /// The pool every statement but LISTEN goes through.
 pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
     let ConnectionConfig { postgres, tls } = connection_config(database)?;
-    if !tls.ssl_mode.verifies() && !remote_hosts(&postgres).is_empty() {
+    if !database.connection.unverified_remote_hosts().is_empty() {
         tracing::warn!(
-            sslmode = %tls.ssl_mode,
+            sslmode = %database.connection.ssl_mode,
             "the database is on another host and its certificate is not verified; set sslmode=verify-full"
         );
     }
@@ -486,7 +492,6 @@ impl fmt::Display for Trust {
 #[derive(Clone)]
 pub struct DatabaseTls {
     rustls: MakeRustlsConnect,
-    ssl_mode: SslMode,
     trust: Trust,
 }
 
@@ -515,7 +520,6 @@ impl DatabaseTls {
             .with_no_client_auth();
         Ok(DatabaseTls {
             rustls: MakeRustlsConnect::new(config),
-            ssl_mode,
             trust,
         })
     }
