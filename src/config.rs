@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
@@ -123,7 +123,7 @@ impl HostAuthority {
 /// The admin server's TLS: a rustls server configuration with its certificate and key.
 #[derive(Clone)]
 pub struct AdminTls {
-    pub server: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    pub server: std::sync::Arc<rustls::ServerConfig>,
     /// SHA-256 of the certificate chain, so a reload can tell a new certificate (which
     /// takes a restart) from the running one.
     pub fingerprint: [u8; 32],
@@ -751,9 +751,6 @@ fn admin_tls(
     base_dir: &Path,
 ) -> Result<Option<AdminTls>, ConfigError> {
     use sha2::Digest;
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let (cert_file, key_file) = match (cert_file, key_file) {
         (None, None) => return Ok(None),
@@ -771,12 +768,7 @@ fn admin_tls(
         }
         (Some(cert), Some(key)) => (cert, key),
     };
-    let pem = read_pem("admin.tls_cert", &cert_file, base_dir)?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .ok()
-        .filter(|chain| !chain.is_empty())
-        .ok_or_else(|| ConfigError::key("admin.tls_cert", "holds no PEM certificate"))?;
+    let chain = read_certificates("admin.tls_cert", &cert_file, base_dir)?;
     let fingerprint = chain
         .iter()
         .fold(sha2::Sha256::new(), |digest, cert| {
@@ -1045,6 +1037,22 @@ fn read_pem(key: &str, file: &str, base_dir: &Path) -> Result<Vec<u8>, ConfigErr
         .map_err(|error| ConfigError::key(key, format!("cannot read {}: {error}", path.display())))
 }
 
+/// The certificates of a PEM file beside the config (at least one), for rustls.
+fn read_certificates(
+    key: &str,
+    file: &str,
+    base_dir: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = read_pem(key, file, base_dir)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| ConfigError::key(key, format!("is not valid PEM: {error}")))?;
+    if certificates.is_empty() {
+        return Err(ConfigError::key(key, "holds no PEM certificate"));
+    }
+    Ok(certificates)
+}
+
 /// `database.ca_file`: only where the certificate is verified, lest ops believe a CA
 /// protects a link that `require` leaves open to anyone's certificate.
 fn database_ca(file: &str, ssl_mode: SslMode, base_dir: &Path) -> Result<DatabaseCa, ConfigError> {
@@ -1063,20 +1071,14 @@ fn database_ca(file: &str, ssl_mode: SslMode, base_dir: &Path) -> Result<Databas
             ),
         ));
     }
-    let pem = read_pem(KEY, file, base_dir)?;
     let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(&pem) {
-        let certificate = certificate
-            .map_err(|error| ConfigError::key(KEY, format!("is not valid PEM: {error}")))?;
+    for certificate in read_certificates(KEY, file, base_dir)? {
         roots.add(certificate).map_err(|error| {
             ConfigError::key(
                 KEY,
                 format!("holds a certificate that cannot be a CA: {error}"),
             )
         })?;
-    }
-    if roots.is_empty() {
-        return Err(ConfigError::key(KEY, "holds no PEM certificate"));
     }
     Ok(DatabaseCa {
         path: beside_config(base_dir, file),
