@@ -1,29 +1,16 @@
 //! The HelpAround webhook dispatcher: delivers events from a PostgreSQL outbox to the
 //! partners of each support program, per the partner contract in `contract/`.
+//!
+//! The modules are layers, listed here from the bottom up; each imports only the ones
+//! above it in this list. ARCHITECTURE.md says what lives where and why.
 
 pub mod admin;
-pub mod auth;
-pub mod breaker;
-pub mod check;
+pub mod cli;
 pub mod config;
-pub mod db;
-pub mod deliveries;
-pub mod dispatch;
-pub mod guard;
-pub mod logging;
-pub mod metrics;
-pub mod outbox;
-pub mod outcome;
-pub mod payload;
-pub mod reload;
-mod rescue;
-pub mod resend;
-pub mod retention;
-pub mod retry;
-pub mod routing;
-pub mod schema;
-pub mod send;
+pub mod contract;
+pub mod daemon;
+pub mod delivery;
+pub mod http;
+pub mod observe;
 pub mod shutdown;
-pub mod signing;
-pub mod support;
-pub mod wakeup;
+pub mod store;

@@ -9,13 +9,16 @@ use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
 use dispatcher::admin::AdminServer;
+use dispatcher::cli::{check, deliveries as support};
+use dispatcher::config::live::LiveConfig;
 use dispatcher::config::{Config, LogFormat, LOG_FORMAT_ENV};
-use dispatcher::deliveries::{self, DeliveryFilter};
-use dispatcher::dispatch::Dispatcher;
-use dispatcher::metrics::Metrics;
-use dispatcher::reload::LiveConfig;
+use dispatcher::daemon::Dispatcher;
+use dispatcher::delivery::state;
+use dispatcher::observe::logging;
+use dispatcher::observe::metrics::Metrics;
 use dispatcher::shutdown::Shutdown;
-use dispatcher::{check, db, logging, resend, retention, schema, support};
+use dispatcher::store::support::DeliveryFilter;
+use dispatcher::store::{db, resend, retention, schema};
 
 #[derive(Parser)]
 #[command(
@@ -119,7 +122,7 @@ impl FilterArgs {
             states: self
                 .state
                 .as_deref()
-                .map(deliveries::parse_states)
+                .map(state::parse_states)
                 .transpose()
                 .context("--state")?,
             partner: self.partner,

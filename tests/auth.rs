@@ -10,7 +10,7 @@ use base64::Engine;
 use chrono::Utc;
 use common::*;
 use dispatcher::config::Config;
-use dispatcher::send::{Answer, Sender, TransportError};
+use dispatcher::http::client::{Answer, Sender, TransportError};
 use serde_json::json;
 
 async fn post_enrollment(sender: &Sender, config: &Config) -> Result<Answer, TransportError> {

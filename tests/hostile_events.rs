@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use common::*;
-use dispatcher::payload::{Event, EventKind};
+use dispatcher::contract::payload::{Event, EventKind};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{json, Map, Value};

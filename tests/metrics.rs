@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
+use dispatcher::config::live::LiveConfig;
 use dispatcher::config::Config;
-use dispatcher::dispatch::Dispatcher;
-use dispatcher::metrics::Metrics;
-use dispatcher::reload::LiveConfig;
+use dispatcher::daemon::Dispatcher;
+use dispatcher::observe::metrics::Metrics;
 use dispatcher::shutdown::Shutdown;
-use dispatcher::{db, outbox};
+use dispatcher::store::{db, outbox};
 
 const OTHER_PROGRAM: &str = "0b6c1a35-7f55-4c63-9a64-3c1d2f1e9b10";
 /// Patient ids of this test share a prefix the metrics must never show.

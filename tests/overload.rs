@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dispatcher::config::Config;
-use dispatcher::{db, deliveries};
+use dispatcher::store::{db, queue};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
@@ -30,7 +30,7 @@ fn soak() -> bool {
 /// The plan of the claim as the daemon would run it now; fails if it reads the backlog
 /// tables whole. Returns the plan.
 async fn claim_plan(client: &deadpool_postgres::Client, when: &str) -> String {
-    let plan = deliveries::explain_claim_due(client, 100, Duration::from_secs(60))
+    let plan = queue::explain_claim_due(client, 100, Duration::from_secs(60))
         .await
         .expect("explain the claim")
         .join("\n");
@@ -70,7 +70,7 @@ fn candidates_plan(plan: &str) -> String {
 async fn timed_claim(client: &mut deadpool_postgres::Client) -> (usize, Duration) {
     let transaction = client.transaction().await.expect("begin");
     let started = Instant::now();
-    let claimed = deliveries::claim_due(&transaction, 100, Duration::from_secs(60), &[])
+    let claimed = queue::claim_due(&transaction, 100, Duration::from_secs(60), &[])
         .await
         .expect("claim");
     let took = started.elapsed();

@@ -7,7 +7,7 @@ use chrono::Utc;
 use common::tls::{server_config, TestCa};
 use common::*;
 use dispatcher::config::Config;
-use dispatcher::send::{Answer, Sender, TransportError};
+use dispatcher::http::client::{Answer, Sender, TransportError};
 
 async fn post_enrollment(config: &Config) -> Result<Answer, TransportError> {
     let sender = Sender::new(&config.dispatch, &config.partners).expect("partner clients");

@@ -15,12 +15,13 @@ use uuid::Uuid;
 
 use super::access::ApiActor;
 use super::AdminState;
-use crate::breaker::{self, CircuitState, PartnerCircuit};
-use crate::deliveries::{
-    self, AttemptSummary, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
-    PartnerSummary, SupportAction,
+use crate::delivery::breaker::{self, CircuitState, PartnerCircuit};
+use crate::delivery::state::{self, DeliveryState};
+use crate::store::resend::{self, ErasedBody, ResendReport};
+use crate::store::support::{
+    self, AttemptSummary, DeliveryDetail, DeliveryFilter, DeliverySummary, PartnerSummary,
+    SupportAction,
 };
-use crate::resend::{self, ErasedBody, ResendReport};
 
 /// Rows per page when the client does not say.
 const DEFAULT_PAGE: i64 = 100;
@@ -183,7 +184,7 @@ impl Selection {
             states: self
                 .state
                 .as_deref()
-                .map(deliveries::parse_states)
+                .map(state::parse_states)
                 .transpose()
                 .map_err(|error| ApiError::BadRequest(format!("state: {error}")))?,
             partner: self.partner,
@@ -258,7 +259,7 @@ impl AdminState {
             )));
         }
         let client = self.client().await?;
-        let deliveries = deliveries::list(&client, filter, page.after, limit)
+        let deliveries = support::list(&client, filter, page.after, limit)
             .await
             .map_err(DatabaseUnavailable::logged)?;
         let next_after = deliveries
@@ -278,7 +279,7 @@ impl AdminState {
     /// Each partner at a glance, with its circuit breaker; shared with the support page.
     pub(crate) async fn partner_summaries(&self) -> Result<Vec<PartnerSummary>, ApiError> {
         let client = self.client().await?;
-        let mut summaries = deliveries::partner_summaries(&client)
+        let mut summaries = support::partner_summaries(&client)
             .await
             .map_err(DatabaseUnavailable::logged)?;
         let circuits = breaker::circuits(&client)
@@ -297,7 +298,7 @@ impl AdminState {
 
     pub(crate) async fn detail(&self, id: Uuid) -> Result<DeliveryDetail, ApiError> {
         let client = self.client().await?;
-        deliveries::show(&client, id)
+        support::show(&client, id)
             .await
             .map_err(DatabaseUnavailable::logged)?
             .ok_or(ApiError::NotFound(id))
@@ -325,7 +326,7 @@ impl AdminState {
     /// Cancels one delivery; a conflict if it is delivered, cancelled or in flight.
     pub(crate) async fn cancel_one(&self, id: Uuid, actor: &str) -> Result<(), ApiError> {
         let client = self.client().await?;
-        let cancelled = deliveries::cancel(&client, &[id], actor)
+        let cancelled = support::cancel(&client, &[id], actor)
             .await
             .map_err(DatabaseUnavailable::logged)?;
         if !cancelled.is_empty() {
@@ -341,7 +342,7 @@ impl AdminState {
         id: Uuid,
         action: &str,
     ) -> ApiError {
-        match deliveries::show(client, id).await {
+        match support::show(client, id).await {
             Ok(Some(detail)) => ApiError::Conflict(format!(
                 "delivery {id} is {} and cannot be {action} now",
                 detail.summary.state

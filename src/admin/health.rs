@@ -8,7 +8,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::AdminState;
-use crate::schema;
+use crate::store::schema;
 
 /// A probe must answer quickly even when the database hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,4 +1,4 @@
-//! `/metrics`: the Prometheus scrape (see [`crate::metrics`] for what is measured).
+//! `/metrics`: the Prometheus scrape (see [`crate::observe::metrics`] for what is measured).
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::AdminState;
-use crate::metrics;
+use crate::observe::metrics;
 
 pub(crate) async fn scrape(State(state): State<AdminState>) -> Response {
     match state.metrics.render(&state.pool).await {

@@ -28,7 +28,7 @@ use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
 use crate::config::{AdminConfig, AdminTls};
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use access::{Access, HostRule};
 

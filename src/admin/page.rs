@@ -22,8 +22,9 @@ use uuid::Uuid;
 use super::access::{self, SupportSession, SESSION_COOKIE};
 use super::api::{ApiError, Page, Selection};
 use super::AdminState;
-use crate::breaker::{CircuitState, PartnerCircuit};
-use crate::deliveries::{DeliveryDetail, DeliveryState, DeliverySummary};
+use crate::delivery::breaker::{CircuitState, PartnerCircuit};
+use crate::delivery::state::DeliveryState;
+use crate::store::support::{DeliveryDetail, DeliverySummary};
 
 const PAGE_ROWS: i64 = 50;
 

@@ -3,9 +3,9 @@
 use deadpool_postgres::GenericClient;
 
 use crate::config::Config;
-use crate::deliveries;
-use crate::routing::{self, UnroutedEvent};
-use crate::wakeup;
+use crate::daemon::wakeup;
+use crate::delivery::routing::{self, UnroutedEvent};
+use crate::store::queue;
 
 /// Only one daemon routes at a time, in outbox order, so per-patient ordering holds
 /// across daemons. Routing is one short transaction per batch, so this costs little.
@@ -58,7 +58,7 @@ pub async fn route_new_events(
         event_ids.push(event.id);
         planned.extend(routing::route(config, &event));
     }
-    deliveries::insert(&transaction, &planned).await?;
+    queue::insert(&transaction, &planned).await?;
     transaction
         .execute(
             "UPDATE dispatcher.outbox SET routed_at = now() WHERE id = ANY($1)",

@@ -19,8 +19,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use crate::guard::DestinationPolicy;
-use crate::send::{TransportError, TransportErrorKind};
+use crate::http::client::{TransportError, TransportErrorKind};
+use crate::http::guard::DestinationPolicy;
 
 /// A token endpoint's answer is small; a hostile one cannot make us hold more.
 const TOKEN_ANSWER_CAP: usize = 64 * 1024;

@@ -9,8 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::deliveries::{self, DeliveryFilter, DeliveryState};
-use crate::{outbox, retention, wakeup};
+use crate::daemon::wakeup;
+use crate::delivery::state::DeliveryState;
+use crate::store::support::{self, DeliveryFilter};
+use crate::store::{outbox, retention};
 
 /// What a resend touched.
 #[derive(Debug, Default, Serialize, utoipa::ToSchema)]
@@ -44,8 +46,8 @@ pub async fn resend(
     actor: &str,
 ) -> Result<ResendReport, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
-    let resent = deliveries::resend(&transaction, selection, actor).await?;
-    let removed = deliveries::remove_placeholders(&transaction, selection, actor).await?;
+    let resent = support::resend(&transaction, selection, actor).await?;
+    let removed = support::remove_placeholders(&transaction, selection, actor).await?;
     // After the resend: one that waited for retention to erase a body sees it erased here.
     let erased = match &selection.ids {
         Some(ids) => retention::erased_bodies(&transaction, ids).await?,

@@ -5,9 +5,9 @@ use std::io::Write;
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
-use crate::breaker::{self, CircuitState, PartnerCircuit};
-use crate::deliveries::{self, DeliveryDetail, DeliveryFilter, DeliverySummary};
-use crate::resend;
+use crate::delivery::breaker::{self, CircuitState, PartnerCircuit};
+use crate::store::resend;
+use crate::store::support::{self, DeliveryDetail, DeliveryFilter, DeliverySummary};
 
 /// Who is acting from the command line, for the record of support actions.
 pub fn cli_actor() -> String {
@@ -23,7 +23,7 @@ pub async fn list(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let rows = deliveries::list(client, filter, after, limit)
+    let rows = support::list(client, filter, after, limit)
         .await
         .context("listing deliveries")?;
     if json {
@@ -102,7 +102,7 @@ pub async fn show(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let Some(detail) = deliveries::show(client, id)
+    let Some(detail) = support::show(client, id)
         .await
         .context("reading the delivery")?
     else {
@@ -246,7 +246,7 @@ pub async fn cancel(
     ids: &[Uuid],
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let cancelled = deliveries::cancel(client, ids, &cli_actor())
+    let cancelled = support::cancel(client, ids, &cli_actor())
         .await
         .context("cancelling")?;
     for id in &cancelled {

@@ -1,7 +1,7 @@
 //! Per-partner circuit breakers: a partner that keeps failing is left alone for a while.
 //!
 //! After `circuit_breaker_failures` failed attempts in a row (no answer, or an answer
-//! that is retried: see [`crate::outcome`]) a partner's circuit *opens*: the claimer takes
+//! that is retried: see [`crate::delivery::outcome`]) a partner's circuit *opens*: the claimer takes
 //! none of its deliveries, so they stay pending without spending attempts, leases or
 //! capacity. Once `circuit_breaker_cool_down` has passed the circuit is *half-open*: one
 //! delivery goes out as a probe. Any answer but a retried one closes the circuit and the
@@ -25,9 +25,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::config::CircuitConfig;
-use crate::db::DbError;
-use crate::outcome::Outcome;
+use crate::delivery::outcome::Outcome;
 use crate::shutdown::Shutdown;
+use crate::store::db::DbError;
 
 /// How long to wait before writing states again after the database refused them.
 const WRITE_RETRY: Duration = Duration::from_secs(1);

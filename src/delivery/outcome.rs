@@ -14,9 +14,12 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use uuid::Uuid;
 
-use crate::send::{Answer, TransportError};
+use crate::delivery::state::DeliveryState;
+use crate::http::client::{Answer, TransportError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -94,6 +97,32 @@ impl Outcome {
             retry_after: None,
         }
     }
+}
+
+/// One request made, as recorded in `dispatcher.attempts`.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub started_at: DateTime<Utc>,
+    pub duration: Duration,
+    pub http_status: Option<u16>,
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// How a claim ends: the delivery's new state, and the attempt made, if any.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub delivery_id: Uuid,
+    pub claim_token: Uuid,
+    pub state: DeliveryState,
+    /// For `pending`: how long after the result is recorded to try again. A delay, not a
+    /// time, so the database's clock sets `due_at` (see `dispatch::resolve`).
+    pub due_in: Option<Duration>,
+    pub last_error: Option<String>,
+    pub attempt: Option<AttemptRecord>,
+    /// The partner's own id for the patient, from a 200 answer (R10).
+    pub learned_external_id: Option<String>,
 }
 
 #[cfg(test)]

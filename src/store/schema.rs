@@ -4,10 +4,13 @@ use deadpool_postgres::GenericClient;
 
 /// Every migration, in order. A version is never edited once released; add a new one.
 const MIGRATIONS: &[(i32, &str)] = &[
-    (1, include_str!("../migrations/0001_initial.sql")),
-    (2, include_str!("../migrations/0002_support_actions.sql")),
-    (3, include_str!("../migrations/0003_retention.sql")),
-    (4, include_str!("../migrations/0004_partner_circuits.sql")),
+    (1, include_str!("../../migrations/0001_initial.sql")),
+    (2, include_str!("../../migrations/0002_support_actions.sql")),
+    (3, include_str!("../../migrations/0003_retention.sql")),
+    (
+        4,
+        include_str!("../../migrations/0004_partner_circuits.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.

@@ -4,7 +4,7 @@
 //! (the daemon was killed, or lost the database until after the lease), the delivery would
 //! sit `in_flight` with nobody working on it. The rescuer, in every daemon, returns such
 //! deliveries to `pending` as their leases run out, counting the lost claim as an attempt
-//! (see [`deliveries::rescue_expired`]), logs each one and counts it in
+//! (see [`queue::rescue_expired`]), logs each one and counts it in
 //! `dispatcher_leases_expired_total`. The claim only takes pending deliveries, so every
 //! lost claim passes through here and is counted.
 
@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use crate::db;
-use crate::deliveries::{self, DeliveryState};
-use crate::metrics::{DeliveryLabels, Metrics};
-use crate::reload::LiveConfig;
+use crate::config::live::LiveConfig;
+use crate::daemon::wakeup::Wakeups;
+use crate::delivery::state::DeliveryState;
+use crate::observe::metrics::{DeliveryLabels, Metrics};
 use crate::shutdown::Shutdown;
-use crate::wakeup::Wakeups;
+use crate::store::db;
+use crate::store::queue;
 
 /// Deliveries rescued per statement.
 const RESCUE_BATCH: usize = 1000;
@@ -66,7 +67,7 @@ async fn until_next_lease_end(pool: &Pool, live: &LiveConfig) -> Duration {
     let dispatch = live.snapshot().dispatch.clone();
     let longest = dispatch.poll_interval.min(dispatch.lease);
     let until_end = match pool.get().await {
-        Ok(client) => deliveries::until_next_lease_end(&client).await,
+        Ok(client) => queue::until_next_lease_end(&client).await,
         Err(_) => return longest.min(db::RETRY_AFTER_ERROR),
     };
     match until_end {
@@ -84,7 +85,7 @@ async fn rescue_once(
 ) -> Result<usize, db::DbError> {
     let config = live.snapshot();
     let client = pool.get().await?;
-    let rescued = deliveries::rescue_expired(
+    let rescued = queue::rescue_expired(
         &client,
         config.dispatch.lease,
         config.retry.max_attempts,

@@ -23,11 +23,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::breaker;
-use crate::db::DbError;
-use crate::deliveries::{self, AttemptRecord, ClaimedDelivery, DeliveryState};
-use crate::payload::EventKind;
-use crate::reload::LiveConfig;
+use crate::config::live::LiveConfig;
+use crate::contract::payload::EventKind;
+use crate::delivery::breaker;
+use crate::delivery::outcome::AttemptRecord;
+use crate::delivery::state::DeliveryState;
+use crate::delivery::ClaimedDelivery;
+use crate::store::db::DbError;
+use crate::store::queue;
 
 /// The `Content-Type` of [`Metrics::render`]'s text (OpenMetrics, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -302,7 +305,7 @@ impl Metrics {
         let inner = &self.inner;
         let read = tokio::time::timeout(QUEUE_READ_TIMEOUT, async {
             let client = pool.get().await?;
-            let queue = deliveries::queue_by_partner(&client).await?;
+            let queue = queue::queue_by_partner(&client).await?;
             let circuits = breaker::circuits(&client).await?;
             Ok::<_, DbError>((queue, circuits))
         })

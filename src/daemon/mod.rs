@@ -22,6 +22,9 @@
 //! Each routing batch and each attempt works on one snapshot of the live configuration,
 //! so a reload (SIGHUP) applies from the next one on.
 
+pub(crate) mod rescuer;
+pub mod wakeup;
+
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,33 +39,34 @@ use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::breaker::{Admission, Breakers};
+use crate::config::live::{LiveConfig, Prepared};
 use crate::config::{Config, Partner};
-use crate::deliveries::{
-    self, AttemptRecord, ClaimedDelivery, DeliveryState, PartnerRoom, Resolution,
-};
-use crate::metrics::{DeliveryLabels, Metrics};
-use crate::outcome::Outcome;
-use crate::payload::{Event, EventKind};
-use crate::reload::{LiveConfig, Prepared};
-use crate::retry::{self, RetryPolicy};
-use crate::send::LiveSender;
+use crate::contract::payload::{Event, EventKind};
+use crate::delivery::breaker::{Admission, Breakers};
+use crate::delivery::outcome::Outcome;
+use crate::delivery::outcome::{AttemptRecord, Resolution};
+use crate::delivery::retry::{self, RetryPolicy};
+use crate::delivery::state::DeliveryState;
+use crate::delivery::ClaimedDelivery;
+use crate::http::client::LiveSender;
+use crate::observe::metrics::{DeliveryLabels, Metrics};
 use crate::shutdown::Shutdown;
-use crate::wakeup::{self, Wakeups};
-use crate::{db, outbox, rescue, retention};
+use crate::store::queue::{self, PartnerRoom};
+use crate::store::{db, outbox, retention};
+use wakeup::Wakeups;
 
 /// Outbox events routed per transaction.
 const ROUTE_BATCH: usize = 1000;
 /// Resolutions written per statement.
 const RECORD_BATCH: usize = 1000;
 /// In a burst of routing, the deliveries' statistics are refreshed once this many events
-/// are routed, then each time the burst doubles (see `deliveries::refresh_statistics`).
+/// are routed, then each time the burst doubles (see `queue::refresh_statistics`).
 const STATISTICS_AFTER: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     #[error(transparent)]
-    HttpClient(#[from] crate::send::SenderError),
+    HttpClient(#[from] crate::http::client::SenderError),
     #[error(transparent)]
     Db(#[from] db::DbError),
 }
@@ -161,7 +165,7 @@ impl Dispatcher {
             config.retention.clone(),
             self.shutdown.clone(),
         ));
-        let rescuer = tokio::spawn(rescue::run(
+        let rescuer = tokio::spawn(rescuer::run(
             self.pool.clone(),
             self.live.clone(),
             self.metrics.clone(),
@@ -248,7 +252,7 @@ impl Dispatcher {
 
     async fn refresh_statistics(&self) {
         let refreshed = match self.pool.get().await {
-            Ok(client) => deliveries::refresh_statistics(&client)
+            Ok(client) => queue::refresh_statistics(&client)
                 .await
                 .map_err(|error| error.to_string()),
             Err(error) => Err(error.to_string()),
@@ -290,8 +294,7 @@ impl Dispatcher {
         let room = self.partner_room(&config);
         // Taken before the query: the lease starts when the database runs it.
         let claimed_at = Instant::now();
-        let claim =
-            deliveries::claim_due(&client, permits.len(), config.dispatch.lease, &room).await?;
+        let claim = queue::claim_due(&client, permits.len(), config.dispatch.lease, &room).await?;
         drop(client);
         let claimed = claim.deliveries;
         if claimed.is_empty() {
@@ -389,7 +392,7 @@ impl Dispatcher {
     async fn wait_for_due_deliveries(&self) {
         let poll = self.live.snapshot().dispatch.poll_interval;
         let until_due = match self.pool.get().await {
-            Ok(client) => deliveries::until_next_due(&client).await.ok().flatten(),
+            Ok(client) => queue::until_next_due(&client).await.ok().flatten(),
             Err(_) => None,
         };
         // The breakers keep their own (the daemon's) time.
@@ -672,7 +675,7 @@ impl Dispatcher {
         loop {
             let error = match self.pool.get().await {
                 Err(error) => error.to_string(),
-                Ok(client) => match deliveries::record(&client, resolutions).await {
+                Ok(client) => match queue::record(&client, resolutions).await {
                     Ok(ids) => {
                         for resolution in
                             resolutions.iter().filter(|r| !ids.contains(&r.delivery_id))

@@ -10,8 +10,8 @@ use futures_util::future::poll_fn;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 
-use crate::db::{ConnectionConfig, WithCauses};
 use crate::shutdown::Shutdown;
+use crate::store::db::{ConnectionConfig, WithCauses};
 
 /// Sent by the outbox trigger on every insert.
 pub const OUTBOX_CHANNEL: &str = "dispatcher_outbox";

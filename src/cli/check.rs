@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use crate::config::{redacted_url, Config, DatabaseConfig, Partner};
-use crate::guard;
+use crate::http::guard;
 
 /// Prints every partner's routes: support programs, then where each event kind goes, and
 /// warns about partner URLs whose addresses the destination guard would refuse (the one

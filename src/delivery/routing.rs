@@ -6,8 +6,9 @@
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::deliveries::{DeliveryState, NewDelivery};
-use crate::payload::EventKind;
+use crate::contract::payload::EventKind;
+use crate::delivery::state::DeliveryState;
+use crate::delivery::NewDelivery;
 
 /// The parts of an outbox row that routing looks at.
 #[derive(Debug, Clone)]
@@ -106,7 +107,7 @@ mod tests {
     fn event(program: &str) -> UnroutedEvent {
         UnroutedEvent {
             id: 7,
-            event_name: crate::payload::ENROLLMENT.into(),
+            event_name: crate::contract::payload::ENROLLMENT.into(),
             is_object: true,
             support_program_id: Some(program.into()),
             patient_id: Some("p1".into()),

@@ -8,6 +8,8 @@
 //! from the database, and are kept in types whose `Debug` does not print them. Error
 //! messages name the key, never its value.
 
+pub mod live;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,10 +21,10 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-use crate::auth::{AuthConfig, ClientAuthMethod, OAuthClientCredentials};
-use crate::db::{ConnectionUrl, DatabaseCa, SslMode};
-use crate::retry::RetryPolicy;
-use crate::signing::SigningSecret;
+use crate::contract::signing::SigningSecret;
+use crate::delivery::retry::RetryPolicy;
+use crate::http::auth::{AuthConfig, ClientAuthMethod, OAuthClientCredentials};
+use crate::store::db::{ConnectionUrl, DatabaseCa, SslMode};
 
 /// A secret value of this form is read from the file it names (relative paths from the
 /// config file's directory), without its trailing line break.
@@ -1361,7 +1363,7 @@ mod tests {
 
     #[test]
     fn the_documented_sample_parses() {
-        let text = include_str!("../dispatcher.sample.toml");
+        let text = include_str!("../../dispatcher.sample.toml");
         let config = Config::parse(text, "dispatcher.sample.toml", None, |name| match name {
             "DISPATCHER_DATABASE_URL" => Some("postgres://dispatcher@127.0.0.1/dispatcher".into()),
             "ACME_SIGNING_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),

@@ -13,10 +13,10 @@ use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use url::Url;
 
-use crate::auth::{Authenticator, Credential};
 use crate::config::{Config, DispatchConfig, Partner};
-use crate::guard::{DestinationPolicy, GuardError, GuardedResolver, SystemResolver};
-use crate::signing;
+use crate::contract::signing;
+use crate::http::auth::{Authenticator, Credential};
+use crate::http::guard::{DestinationPolicy, GuardError, GuardedResolver, SystemResolver};
 
 /// How much of a partner's answer is kept: enough for any contract answer and a useful
 /// error page, and a hostile partner cannot make us hold more.
@@ -151,7 +151,7 @@ impl LiveSender {
     }
 
     /// Builds the clients of a reloaded configuration before it is put in force; the
-    /// returned step puts them in use (see [`crate::reload::Preparer`]).
+    /// returned step puts them in use (see [`crate::config::live::Preparer`]).
     pub fn prepare(
         self: &Arc<Self>,
         config: &Arc<Config>,

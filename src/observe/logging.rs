@@ -77,7 +77,7 @@ mod tests {
                 "{target} at debug"
             );
         }
-        assert!(caps.would_enable("dispatcher::dispatch", &Level::TRACE));
+        assert!(caps.would_enable("dispatcher::daemon", &Level::TRACE));
         assert!(caps.would_enable("dispatcher", &Level::TRACE));
     }
 }

@@ -1,0 +1,4 @@
+//! What the command-line subcommands print.
+
+pub mod check;
+pub mod deliveries;

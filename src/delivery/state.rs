@@ -1,0 +1,90 @@
+//! The states a delivery moves through, as stored in `dispatcher.deliveries.state`.
+//!
+//! `pending` → (claimed) `in_flight` → `delivered` | `rejected` | `dead` | `invalid`, or back
+//! to `pending` with a later `due_at` when an attempt failed and may be retried, or when
+//! its lease ran out with no result recorded, or straight from `pending` to `dead` if its
+//! event's body is gone. Support can move an ended delivery back to `pending` (resend) or
+//! end any unfinished one (`cancelled`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    InFlight,
+    Delivered,
+    Rejected,
+    Dead,
+    Invalid,
+    Cancelled,
+    /// The event's support program has no partner: kept for support, never sent.
+    Unrouted,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 8] = [
+        DeliveryState::Pending,
+        DeliveryState::InFlight,
+        DeliveryState::Delivered,
+        DeliveryState::Rejected,
+        DeliveryState::Dead,
+        DeliveryState::Invalid,
+        DeliveryState::Cancelled,
+        DeliveryState::Unrouted,
+    ];
+
+    /// Ended without reaching the partner, or never routed: what support looks at.
+    pub const FAILED: [DeliveryState; 4] = [
+        DeliveryState::Rejected,
+        DeliveryState::Dead,
+        DeliveryState::Invalid,
+        DeliveryState::Unrouted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::InFlight => "in_flight",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Rejected => "rejected",
+            DeliveryState::Dead => "dead",
+            DeliveryState::Invalid => "invalid",
+            DeliveryState::Cancelled => "cancelled",
+            DeliveryState::Unrouted => "unrouted",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown delivery state `{0}`: use pending, in_flight, delivered, rejected, dead, invalid, cancelled, unrouted or failed")]
+pub struct UnknownState(String);
+
+impl FromStr for DeliveryState {
+    type Err = UnknownState;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        DeliveryState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| UnknownState(text.to_string()))
+    }
+}
+
+/// States as support names them: one state, `failed` (rejected, dead, invalid or
+/// unrouted), or `pending` (which includes in flight).
+pub fn parse_states(text: &str) -> Result<Vec<DeliveryState>, UnknownState> {
+    Ok(match text {
+        "failed" => DeliveryState::FAILED.to_vec(),
+        "pending" => vec![DeliveryState::Pending, DeliveryState::InFlight],
+        other => vec![other.parse()?],
+    })
+}

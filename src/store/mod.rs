@@ -1,0 +1,9 @@
+//! Every SQL statement the dispatcher runs, one module per table or concern.
+
+pub mod db;
+pub mod outbox;
+pub mod queue;
+pub mod resend;
+pub mod retention;
+pub mod schema;
+pub mod support;
