@@ -8,6 +8,7 @@
 //! from the database, and are kept in types whose `Debug` does not print them. Error
 //! messages name the key, never its value.
 
+pub mod auth;
 pub mod live;
 
 use std::collections::{BTreeMap, HashSet};
@@ -21,9 +22,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::config::auth::{AuthConfig, ClientAuthMethod, OAuthClientCredentials};
 use crate::contract::signing::SigningSecret;
 use crate::delivery::retry::RetryPolicy;
-use crate::http::auth::{AuthConfig, ClientAuthMethod, OAuthClientCredentials};
 use crate::store::db::{ConnectionUrl, DatabaseCa, SslMode};
 
 /// A secret value of this form is read from the file it names (relative paths from the

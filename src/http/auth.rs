@@ -5,20 +5,21 @@
 //! OAuth tokens are cached until shortly before they expire, fetched once however many
 //! requests need one at the same moment (they share the fetch), and fetched again once
 //! when the partner answers 401 to a token it no longer accepts.
+//!
+//! The settings themselves ([`AuthConfig`]) are plain configuration, in `config::auth`;
+//! this module is the runtime that acts on them.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use reqwest::header::{HeaderValue, ACCEPT};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use url::Url;
 
+use crate::config::auth::{sensitive_header, AuthConfig, ClientAuthMethod, OAuthClientCredentials};
 use crate::http::client::{TransportError, TransportErrorKind};
 use crate::http::guard::DestinationPolicy;
 
@@ -33,74 +34,6 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// A token is replaced this long before it expires (at most a tenth of its lifetime), so
 /// it does not expire on the way to the partner.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
-
-/// `[partners.auth]`, validated.
-#[derive(Debug, Clone)]
-pub enum AuthConfig {
-    /// `Authorization: Bearer <token>`.
-    Bearer { token: SecretString },
-    /// `Authorization: Basic base64(username:password)`.
-    Basic {
-        username: String,
-        password: SecretString,
-    },
-    /// `Authorization: Bearer <access token from token_url>`.
-    OAuth2ClientCredentials(OAuthClientCredentials),
-}
-
-#[derive(Debug, Clone)]
-pub struct OAuthClientCredentials {
-    pub token_url: Url,
-    pub client_id: String,
-    pub client_secret: SecretString,
-    pub scope: Option<String>,
-    pub audience: Option<String>,
-    pub client_auth: ClientAuthMethod,
-}
-
-/// How the client id and secret travel to the token endpoint (RFC 6749 section 2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuthMethod {
-    /// HTTP Basic authentication (the default the RFC asks servers to support).
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the form body.
-    ClientSecretPost,
-}
-
-impl AuthConfig {
-    pub fn token_url(&self) -> Option<&Url> {
-        match self {
-            AuthConfig::OAuth2ClientCredentials(oauth) => Some(&oauth.token_url),
-            _ => None,
-        }
-    }
-
-    /// The `Authorization` value of the static kinds; `None` for OAuth. Err when the
-    /// credentials cannot be sent in a header (checked when the config is loaded).
-    pub(crate) fn static_header(&self) -> Result<Option<HeaderValue>, &'static str> {
-        let text = match self {
-            AuthConfig::Bearer { token } => format!("Bearer {}", token.expose_secret()),
-            AuthConfig::Basic { username, password } => {
-                if username.contains(':') {
-                    return Err("username must not contain `:` (HTTP Basic, RFC 7617)");
-                }
-                let pair = format!("{username}:{}", password.expose_secret());
-                format!("Basic {}", BASE64.encode(pair))
-            }
-            AuthConfig::OAuth2ClientCredentials(_) => return Ok(None),
-        };
-        sensitive_header(&text)
-            .map(Some)
-            .ok_or("contains characters that cannot be sent in an HTTP header")
-    }
-}
-
-fn sensitive_header(text: &str) -> Option<HeaderValue> {
-    let mut value = HeaderValue::from_str(text).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
 
 /// Why no credential could be had. Never carries a secret or the token endpoint's body.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -475,24 +408,5 @@ mod tests {
         );
         assert!(!is_error_code("secret was \"abc\""));
         assert_eq!(error.into_transport_error().kind, TransportErrorKind::Auth);
-    }
-
-    #[test]
-    fn basic_credentials_are_encoded_and_a_colon_in_the_username_refused() {
-        let basic = AuthConfig::Basic {
-            username: "helparound".into(),
-            password: SecretString::from("s3cret"),
-        };
-        let header = basic.static_header().expect("valid").expect("static");
-        assert_eq!(
-            header.to_str().expect("ascii"),
-            format!("Basic {}", BASE64.encode("helparound:s3cret"))
-        );
-        assert!(header.is_sensitive());
-        let colon = AuthConfig::Basic {
-            username: "a:b".into(),
-            password: SecretString::from("x"),
-        };
-        assert!(colon.static_header().is_err());
     }
 }
