@@ -9,6 +9,7 @@
 //! messages name the key, never its value.
 
 pub mod auth;
+pub mod database;
 pub mod live;
 
 use std::collections::{BTreeMap, HashSet};
@@ -23,9 +24,9 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::auth::{AuthConfig, ClientAuthMethod, OAuthClientCredentials};
+use crate::config::database::{ConnectionUrl, DatabaseCa, SslMode};
 use crate::contract::signing::SigningSecret;
 use crate::delivery::retry::RetryPolicy;
-use crate::store::db::{ConnectionUrl, DatabaseCa, SslMode};
 
 /// A secret value of this form is read from the file it names (relative paths from the
 /// config file's directory), without its trailing line break.
