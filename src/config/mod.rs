@@ -26,7 +26,6 @@ use url::Url;
 use crate::config::auth::{AuthConfig, ClientAuthMethod, OAuthClientCredentials};
 use crate::config::database::{ConnectionUrl, DatabaseCa, SslMode};
 use crate::contract::signing::SigningSecret;
-use crate::delivery::retry::RetryPolicy;
 
 /// A secret value of this form is read from the file it names (relative paths from the
 /// config file's directory), without its trailing line break.
@@ -185,6 +184,16 @@ impl DispatchConfig {
             .saturating_sub(self.request_timeout)
             .saturating_sub(self.lease / 10)
     }
+}
+
+/// `[retry]`: how many times, and how far apart, a failed delivery is tried. The
+/// schedule these settings give is the rule of `delivery::retry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts per delivery before it is `dead` (a resend by support starts a new count).
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

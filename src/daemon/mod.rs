@@ -40,12 +40,12 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::live::{LiveConfig, Prepared};
-use crate::config::{Config, Partner};
+use crate::config::{Config, Partner, RetryPolicy};
 use crate::contract::payload::{Event, EventKind};
 use crate::delivery::breaker::{Admission, Breakers};
 use crate::delivery::outcome::Outcome;
 use crate::delivery::outcome::{AttemptRecord, Resolution};
-use crate::delivery::retry::{self, RetryPolicy};
+use crate::delivery::retry;
 use crate::delivery::state::DeliveryState;
 use crate::delivery::ClaimedDelivery;
 use crate::http::client::LiveSender;

@@ -2,20 +2,18 @@
 //!
 //! The schedule is a pure function of the attempt number (plus the jitter drawn by the
 //! caller), so it can be recomputed after a restart from what the database holds.
+//!
+//! [`RetryPolicy`] is `[retry]`'s settings, plain data in `config`; the rule that reads
+//! them is an `impl` block here, so `policy.delay_after(..)` reads as the domain while
+//! the configuration knows nothing of the schedule.
 
 use std::time::Duration;
+
+use crate::config::RetryPolicy;
 
 /// Jitter adds up to this fraction of the delay; it never subtracts, so no retry comes
 /// earlier than the schedule a partner was told about.
 pub const MAX_JITTER: f64 = 0.2;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts per delivery before it is `dead` (a resend by support starts a new count).
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
 
 impl RetryPolicy {
     /// The delay after failed attempt number `attempt` (1-based): `base_delay * 2^(attempt-1)`,
