@@ -10,7 +10,8 @@ use base64::Engine;
 use chrono::Utc;
 use common::*;
 use dispatcher::config::Config;
-use dispatcher::http::client::{Answer, Sender, TransportError};
+use dispatcher::http::client::{Answer, Sender};
+use dispatcher::http::error::TransportError;
 use serde_json::json;
 
 async fn post_enrollment(sender: &Sender, config: &Config) -> Result<Answer, TransportError> {

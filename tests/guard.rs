@@ -12,7 +12,8 @@ use chrono::Utc;
 use common::tls::{server_config, TestCa};
 use common::*;
 use dispatcher::config::Config;
-use dispatcher::http::client::{Answer, Sender, TransportError};
+use dispatcher::http::client::{Answer, Sender};
+use dispatcher::http::error::TransportError;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::json;
 

@@ -7,7 +7,8 @@ use chrono::Utc;
 use common::tls::{server_config, TestCa};
 use common::*;
 use dispatcher::config::Config;
-use dispatcher::http::client::{Answer, Sender, TransportError};
+use dispatcher::http::client::{Answer, Sender};
+use dispatcher::http::error::TransportError;
 
 async fn post_enrollment(config: &Config) -> Result<Answer, TransportError> {
     let sender = Sender::new(&config.dispatch, &config.partners).expect("partner clients");

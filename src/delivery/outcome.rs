@@ -19,7 +19,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::delivery::state::DeliveryState;
-use crate::http::client::{Answer, TransportError};
+use crate::http::client::Answer;
+use crate::http::error::TransportError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

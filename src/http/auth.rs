@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::config::auth::{sensitive_header, AuthConfig, ClientAuthMethod, OAuthClientCredentials};
-use crate::http::client::{TransportError, TransportErrorKind};
+use crate::http::error::{TransportError, TransportErrorKind};
 use crate::http::guard::DestinationPolicy;
 
 /// A token endpoint's answer is small; a hostile one cannot make us hold more.
