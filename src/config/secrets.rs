@@ -121,8 +121,6 @@ pub(super) fn read_certificates(
     Ok(certificates)
 }
 
-/// `database.ca_file`: only where the certificate is verified, lest ops believe a CA
-
 #[cfg(test)]
 mod tests {
     use crate::config::testing::{parse, partner_with, MINIMAL};
