@@ -12,17 +12,15 @@ use crate::shutdown::Shutdown;
 use crate::store::circuits;
 use crate::store::db::DbError;
 
+use super::on_client;
+
 /// How long to wait before writing states again after the database refused them.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 
 /// Starts from the circuits as recorded, so a restart keeps holding a failing
 /// partner. Without the database it starts with every circuit closed.
 pub(super) async fn load(breakers: &Breakers, pool: &Pool) {
-    let loaded = async {
-        let client = pool.get().await?;
-        Ok::<_, DbError>(circuits::recorded(&client).await?)
-    }
-    .await;
+    let loaded = on_client(pool, async |client| circuits::recorded(client).await).await;
     match loaded {
         Ok(recorded) => breakers.restore(recorded),
         Err(error) => {
@@ -55,11 +53,7 @@ pub(super) async fn write_changes(breakers: &Breakers, pool: &Pool) -> Result<()
     if changes.is_empty() {
         return Ok(());
     }
-    let written = async {
-        let client = pool.get().await?;
-        Ok::<_, DbError>(circuits::save(&client, &changes).await?)
-    }
-    .await;
+    let written = on_client(pool, async |client| circuits::save(client, &changes).await).await;
     if written.is_err() {
         breakers.unwritten(changes);
     }

@@ -137,13 +137,11 @@ impl Dispatcher {
     /// or the poll interval.
     async fn wait_for_due_deliveries(&self) {
         let poll = self.live.snapshot().dispatch.poll_interval;
-        let until_due = async {
-            let client = self.pool.get().await?;
-            Ok::<_, DbError>(queue::until_next_due(&client).await?)
-        }
-        .await
-        .ok()
-        .flatten();
+        let until_due = self
+            .on_client(async |client| queue::until_next_due(client).await)
+            .await
+            .ok()
+            .flatten();
         // The breakers keep their own (the daemon's) time.
         let now = Utc::now();
         let until_probe = self

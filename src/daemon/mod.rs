@@ -1,14 +1,16 @@
 //! The daemon: the one place that spawns tasks. [`run`] wires what `dispatcher run`
 //! needs (signals, SIGHUP reload, the pool, the schema check, metrics, the admin server)
-//! and hands over to the [`Dispatcher`], which runs the loops that do the work:
-//! - the **router** ([`router`]) fans new outbox events out into deliveries;
-//! - the **claimer** ([`claimer`]) claims due deliveries in batches and starts one
-//!   attempt task each ([`attempt`]);
-//! - the **recorder** ([`recorder`]) writes the attempts' resolutions back in batches.
+//! and hands over to the [`Dispatcher`], which runs the loops that do the work, one room
+//! each:
+//! - `router`: fans new outbox events out into deliveries;
+//! - `claimer`: claims due deliveries in batches and starts one `attempt` task each;
+//! - `recorder`: writes the attempts' resolutions back in batches;
+//! - beside them, `pruner` erases and deletes what is past retention, `rescuer` returns
+//!   deliveries whose lease ran out, `circuits` records the circuit breakers' changes, and
+//!   `wakeup` listens for NOTIFY to wake the router and the claimer.
 //!
-//! Beside them, the pruner ([`pruner`]) erases and deletes what is past retention, the
-//! rescuer ([`rescuer`]) returns deliveries whose lease ran out, [`circuits`] records the
-//! circuit breakers' changes and the listener ([`wakeup`]) wakes the loops on NOTIFY.
+//! The rules these loops apply are `delivery`'s, the SQL they run is `store`'s; what
+//! lives here is what waits, spawns and shuts down.
 //!
 //! A semaphore of `concurrency` permits bounds everything in between: a permit is taken
 //! per claimed delivery and given back only once its resolution is written, so memory
@@ -16,7 +18,7 @@
 //! a request is on the wire.
 //!
 //! A partner is only claimed from as far as it can send at once: each claim skips the
-//! partners whose `max_in_flight` slots ([`slots`]) are all taken or whose circuit breaker
+//! partners whose `max_in_flight` slots (`slots`) are all taken or whose circuit breaker
 //! holds them, and takes no more of a partner's deliveries than it has room for. A
 //! claimed delivery therefore goes out at once; one that hangs or fails holds only its
 //! partner's slots, never capacity or leases the other partners need.
@@ -32,13 +34,13 @@ mod recorder;
 mod rescuer;
 mod router;
 mod slots;
-pub mod wakeup;
+mod wakeup;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Client, Pool};
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::admin::AdminServer;
@@ -197,6 +199,15 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Runs `query` on a pooled connection: how the loops reach the database, both ways
+    /// it can fail (no connection, a failed statement) told apart in a [`db::DbError`].
+    async fn on_client<T>(
+        &self,
+        query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, db::DbError> {
+        on_client(&self.pool, query).await
+    }
+
     /// Waits until `wakeup` (which the listener also sends once it is connected again
     /// after an outage), the poll interval, or [`db::RETRY_AFTER_ERROR`], whichever is first.
     async fn wait_after_db_error(&self, wakeup: &Notify) {
@@ -207,4 +218,13 @@ impl Dispatcher {
             () = self.shutdown.stopping() => {}
         }
     }
+}
+
+/// [`Dispatcher::on_client`], for the loops that hold only the pool.
+async fn on_client<T>(
+    pool: &Pool,
+    query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, db::DbError> {
+    let client = pool.get().await?;
+    Ok(query(&client).await?)
 }

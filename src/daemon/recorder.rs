@@ -95,11 +95,9 @@ impl Dispatcher {
     ) -> Result<Vec<Uuid>, RefusedWrite> {
         let mut delay = Duration::from_millis(50);
         loop {
-            let recorded = async {
-                let client = self.pool.get().await?;
-                Ok::<_, DbError>(queue::record(&client, resolutions).await?)
-            }
-            .await;
+            let recorded = self
+                .on_client(async |client| queue::record(client, resolutions).await)
+                .await;
             let error = match recorded {
                 Ok(ids) => {
                     for resolution in resolutions.iter().filter(|r| !ids.contains(&r.delivery_id)) {

@@ -20,6 +20,8 @@ use crate::shutdown::Shutdown;
 use crate::store::db;
 use crate::store::queue;
 
+use super::on_client;
+
 /// Deliveries rescued per statement.
 const RESCUE_BATCH: usize = 1000;
 /// The shortest wait between looks, so a lease another rescuer is busy with is not
@@ -66,10 +68,9 @@ pub(super) async fn run(
 async fn until_next_lease_end(pool: &Pool, live: &LiveConfig) -> Duration {
     let dispatch = live.snapshot().dispatch.clone();
     let longest = dispatch.poll_interval.min(dispatch.lease);
-    let until_end = async {
-        let client = pool.get().await?;
-        Ok::<_, db::DbError>(queue::until_next_lease_end(&client).await?)
-    }
+    let until_end = on_client(pool, async |client| {
+        queue::until_next_lease_end(client).await
+    })
     .await;
     match until_end {
         // Zero: it ran out since the rescue, or another daemon's rescuer holds it now.

@@ -65,11 +65,9 @@ impl Dispatcher {
     }
 
     async fn refresh_statistics(&self) {
-        let refreshed = async {
-            let client = self.pool.get().await?;
-            Ok::<_, DbError>(queue::refresh_statistics(&client).await?)
-        }
-        .await;
+        let refreshed = self
+            .on_client(async |client| queue::refresh_statistics(client).await)
+            .await;
         if let Err(error) = refreshed {
             tracing::warn!(%error, "refreshing the statistics of the deliveries failed");
         }

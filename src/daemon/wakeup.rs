@@ -1,5 +1,6 @@
 //! Waking the daemon when there is work: PostgreSQL LISTEN/NOTIFY, with polling as the
 //! fallback for anything a notification misses (e.g. while the listener reconnects).
+//! The channels, and the statements that send on them, are `store::notify`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
