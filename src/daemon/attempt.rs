@@ -94,6 +94,8 @@ impl Dispatcher {
             Ok(request) => request,
             Err(unsendable) => return unsendable.resolution(delivery, &config),
         };
+        // No slot or admission after all (a reload shrank the slots, the circuit just
+        // opened), or too late to send: the claim goes back unattempted.
         if permit.is_none() || !self.may_still_send(&config, claimed_at) {
             return Resolution::hand_back(delivery);
         }

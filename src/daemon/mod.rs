@@ -54,6 +54,8 @@ use crate::store::{db, schema};
 use slots::PartnerSlots;
 use wakeup::Wakeups;
 
+/// Why the dispatcher could not start: its HTTP clients or its listen connection's
+/// settings could not be built. Once running, it rides out every error until shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     #[error(transparent)]
