@@ -8,14 +8,11 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
-use dispatcher::admin::AdminServer;
 use dispatcher::cli::{check, deliveries as support};
-use dispatcher::config::live::LiveConfig;
 use dispatcher::config::{Config, LogFormat, LOG_FORMAT_ENV};
-use dispatcher::daemon::Dispatcher;
+use dispatcher::daemon;
 use dispatcher::delivery::state;
 use dispatcher::observe::logging;
-use dispatcher::observe::metrics::Metrics;
 use dispatcher::shutdown::Shutdown;
 use dispatcher::store::support::DeliveryFilter;
 use dispatcher::store::{db, resend, retention, schema};
@@ -188,44 +185,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Run => {
-            // Signals first, so a SIGTERM or SIGHUP during start-up is handled too.
-            let shutdown = Shutdown::new();
-            let grace = config.dispatch.shutdown_grace;
-            tokio::spawn(
-                shutdown
-                    .clone()
-                    .on_signals(grace)
-                    .context("installing signal handlers")?,
-            );
-            let live = LiveConfig::new(config, &cli.config);
-            tokio::spawn(
-                live.clone()
-                    .on_reload_signal()
-                    .context("installing the SIGHUP handler")?,
-            );
-            let pool = db::pool(&live.snapshot().database)?;
-            let client = tokio::select! {
-                client = pool.get() => client.context("connecting to the database")?,
-                () = shutdown.stopping() => return Ok(()),
-            };
-            schema::ensure_current(&client).await?;
-            drop(client);
-            let metrics = Metrics::new(live.clone());
-            let admin = &live.snapshot().admin;
-            let admin = AdminServer::bind(admin, pool.clone(), metrics.clone())
-                .await
-                .with_context(|| format!("starting the admin server on {}", admin.listen))?;
-            let admin = tokio::spawn(admin.serve(shutdown.clone()));
-            tracing::info!(
-                partners = live.snapshot().partners.len(),
-                "dispatcher running"
-            );
-            Dispatcher::new(live, pool, shutdown, metrics)?
-                .run()
-                .await?;
-            admin.abort();
-        }
+        Command::Run => daemon::run(config, &cli.config).await?,
         Command::Prune => {
             let pool = db::pool(&config.database)?;
             let client = pool.get().await.context("connecting to the database")?;

@@ -15,8 +15,9 @@ use uuid::Uuid;
 
 use super::access::ApiActor;
 use super::AdminState;
-use crate::delivery::breaker::{self, CircuitState, PartnerCircuit};
+use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::{self, DeliveryState};
+use crate::store::circuits;
 use crate::store::resend::{self, ErasedBody, ResendReport};
 use crate::store::support::{
     self, AttemptSummary, DeliveryDetail, DeliveryFilter, DeliverySummary, PartnerSummary,
@@ -282,7 +283,7 @@ impl AdminState {
         let mut summaries = support::partner_summaries(&client)
             .await
             .map_err(DatabaseUnavailable::logged)?;
-        let circuits = breaker::circuits(&client)
+        let circuits = circuits::recorded(&client)
             .await
             .map_err(DatabaseUnavailable::logged)?;
         for circuit in circuits {

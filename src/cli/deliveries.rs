@@ -5,7 +5,8 @@ use std::io::Write;
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
-use crate::delivery::breaker::{self, CircuitState, PartnerCircuit};
+use crate::delivery::breaker::{CircuitState, PartnerCircuit};
+use crate::store::circuits;
 use crate::store::resend;
 use crate::store::support::{self, DeliveryDetail, DeliveryFilter, DeliverySummary};
 
@@ -32,7 +33,7 @@ pub async fn list(
         return Ok(());
     }
     // Why a partner's deliveries are not moving, before the deliveries themselves.
-    let circuits = breaker::circuits(client)
+    let circuits = circuits::recorded(client)
         .await
         .context("reading the partners' circuit breakers")?;
     for circuit in circuits.iter().filter(|circuit| {

@@ -22,11 +22,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub fn from_name(event_name: &str) -> Option<EventKind> {
+    /// The event a stored `event_name` stands for; any other name is not in the contract.
+    pub fn from_name(event_name: &str) -> Result<EventKind, InvalidEvent> {
         match event_name {
-            ENROLLMENT => Some(EventKind::Enrollment),
-            VIEWED_TRACKER => Some(EventKind::ViewedTracker),
-            _ => None,
+            ENROLLMENT => Ok(EventKind::Enrollment),
+            VIEWED_TRACKER => Ok(EventKind::ViewedTracker),
+            _ => Err(InvalidEvent(format!(
+                "event_name `{event_name}` is not an event of the contract"
+            ))),
         }
     }
 
@@ -39,7 +42,8 @@ impl EventKind {
     }
 }
 
-/// Why a stored event cannot be sent. The text names a field, never its value.
+/// Why a stored event cannot be sent. The text names a field, never its value (an unknown
+/// `event_name` aside: it is ours, not the patient's).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidEvent(pub String);

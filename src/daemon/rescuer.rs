@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
+use super::wakeup::Wakeups;
 use crate::config::live::LiveConfig;
-use crate::daemon::wakeup::Wakeups;
 use crate::delivery::state::DeliveryState;
 use crate::observe::metrics::{DeliveryLabels, Metrics};
 use crate::shutdown::Shutdown;
 use crate::store::db;
 use crate::store::queue;
+
+use super::on_client;
 
 /// Deliveries rescued per statement.
 const RESCUE_BATCH: usize = 1000;
@@ -28,7 +30,7 @@ const SOON: Duration = Duration::from_millis(50);
 
 /// Runs until shutdown: rescues what has expired, then sleeps until the earliest lease
 /// held runs out.
-pub(crate) async fn run(
+pub(super) async fn run(
     pool: Pool,
     live: LiveConfig,
     metrics: Metrics,
@@ -66,10 +68,10 @@ pub(crate) async fn run(
 async fn until_next_lease_end(pool: &Pool, live: &LiveConfig) -> Duration {
     let dispatch = live.snapshot().dispatch.clone();
     let longest = dispatch.poll_interval.min(dispatch.lease);
-    let until_end = match pool.get().await {
-        Ok(client) => queue::until_next_lease_end(&client).await,
-        Err(_) => return longest.min(db::RETRY_AFTER_ERROR),
-    };
+    let until_end = on_client(pool, async |client| {
+        queue::until_next_lease_end(client).await
+    })
+    .await;
     match until_end {
         // Zero: it ran out since the rescue, or another daemon's rescuer holds it now.
         Ok(Some(until_end)) => until_end.max(SOON).min(longest),

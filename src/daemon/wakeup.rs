@@ -1,29 +1,18 @@
 //! Waking the daemon when there is work: PostgreSQL LISTEN/NOTIFY, with polling as the
 //! fallback for anything a notification misses (e.g. while the listener reconnects).
+//! The channels, and the statements that send on them, are `store::notify`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use deadpool_postgres::GenericClient;
 use futures_util::future::poll_fn;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 
 use crate::shutdown::Shutdown;
 use crate::store::db::{ConnectionConfig, WithCauses};
-
-/// Sent by the outbox trigger on every insert.
-pub const OUTBOX_CHANNEL: &str = "dispatcher_outbox";
-/// Sent when deliveries become due: routed, resent by support.
-pub const DELIVERIES_CHANNEL: &str = "dispatcher_deliveries";
-
-pub async fn notify_deliveries(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute("SELECT pg_notify($1, '')", &[&DELIVERIES_CHANNEL])
-        .await
-        .map(drop)
-}
+use crate::store::notify::{DELIVERIES_CHANNEL, OUTBOX_CHANNEL};
 
 /// The two things the daemon waits for: new outbox events (the router) and deliveries
 /// that became due (the claimer). A wake-up sent while nobody waits is kept for the next

@@ -10,8 +10,9 @@
 //!
 //! Each daemon keeps its own breakers in memory and decides alone: no database round trip
 //! per attempt or claim, and a daemon that dies leaves nothing held. Changes are written
-//! to `dispatcher.partner_circuits` (the SQL for that table is here), which support, the
-//! API and the metrics read and which a daemon starts from after a restart. With several
+//! to `dispatcher.partner_circuits` (by `daemon::circuits`, through `store::circuits`),
+//! which support, the API and the metrics read and which a daemon starts from after a
+//! restart. With several
 //! daemons a row holds the latest change any of them made, and a failing partner sees up
 //! to N failures and one probe per cool-down from each daemon.
 
@@ -20,17 +21,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Pool};
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::config::CircuitConfig;
 use crate::delivery::outcome::Outcome;
-use crate::shutdown::Shutdown;
-use crate::store::db::DbError;
-
-/// How long to wait before writing states again after the database refused them.
-const WRITE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -52,7 +47,8 @@ impl CircuitState {
         }
     }
 
-    fn from_stored(text: &str) -> CircuitState {
+    /// The state [`CircuitState::as_str`] wrote.
+    pub fn from_stored(text: &str) -> CircuitState {
         match text {
             "open" => CircuitState::Open,
             "half_open" => CircuitState::HalfOpen,
@@ -225,12 +221,11 @@ impl Breakers {
             .min()
     }
 
-    /// Starts from the states in the database, so a restart does not forget an open
+    /// Starts from the circuits as recorded, so a restart does not forget an open
     /// circuit. A probe that was out when its daemon stopped is due again.
-    pub(crate) async fn load(&self, client: &impl GenericClient) -> Result<(), DbError> {
-        let stored = circuits(client).await?;
+    pub(crate) fn restore(&self, recorded: Vec<PartnerCircuit>) {
         let mut registry = self.lock();
-        for circuit in stored {
+        for circuit in recorded {
             let state = match circuit.state {
                 CircuitState::HalfOpen => CircuitState::Open,
                 state => state,
@@ -246,59 +241,43 @@ impl Breakers {
                 },
             );
         }
-        Ok(())
     }
 
-    /// Writes changes to `dispatcher.partner_circuits` as they happen, until shutdown
-    /// begins. While the database is away they wait, and the latest state is written.
-    pub(crate) async fn record_changes(self: Arc<Self>, pool: Pool, shutdown: Shutdown) {
-        while !shutdown.is_stopping() {
-            tokio::select! {
-                () = self.changed.notified() => {}
-                () = shutdown.stopping() => {}
-            }
-            if let Err(error) = self.write_changes(&pool).await {
-                tracing::warn!(%error, "cannot record circuit breaker states; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(WRITE_RETRY) => self.changed.notify_one(),
-                    () = shutdown.stopping() => {}
+    /// Resolves once a circuit changed since the last [`Breakers::take_changes`] (or at
+    /// once if one changed while nobody waited).
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The circuits changed since the last call, to be recorded. Those that could not be
+    /// written go back with [`Breakers::unwritten`].
+    pub(crate) fn take_changes(&self) -> Vec<CircuitChange> {
+        let mut registry = self.lock();
+        let names: Vec<String> = registry.unwritten.drain().collect();
+        names
+            .into_iter()
+            .map(|partner| {
+                let breaker = registry
+                    .breakers
+                    .get(&partner)
+                    .cloned()
+                    .unwrap_or_else(Breaker::closed);
+                CircuitChange {
+                    partner,
+                    state: breaker.state,
+                    consecutive_failures: breaker.consecutive_failures,
+                    opened_at: breaker.opened_at,
+                    retry_at: breaker.retry_at,
                 }
-            }
-        }
+            })
+            .collect()
     }
 
-    /// Writes the states changed since the last write.
-    pub(crate) async fn write_changes(&self, pool: &Pool) -> Result<(), DbError> {
-        let changes: Vec<(String, Breaker)> = {
-            let mut registry = self.lock();
-            let names: Vec<String> = registry.unwritten.drain().collect();
-            names
-                .into_iter()
-                .map(|name| {
-                    let breaker = registry
-                        .breakers
-                        .get(&name)
-                        .cloned()
-                        .unwrap_or_else(Breaker::closed);
-                    (name, breaker)
-                })
-                .collect()
-        };
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let written = async {
-            let client = pool.get().await?;
-            save(&client, &changes).await?;
-            Ok(())
-        }
-        .await;
-        if written.is_err() {
-            self.lock()
-                .unwritten
-                .extend(changes.into_iter().map(|(name, _)| name));
-        }
-        written
+    /// Changes that were not written: the next write takes their latest state.
+    pub(crate) fn unwritten(&self, changes: Vec<CircuitChange>) {
+        self.lock()
+            .unwritten
+            .extend(changes.into_iter().map(|change| change.partner));
     }
 
     /// Applies `change` to the partner's breaker; logs and queues for writing what changed.
@@ -382,6 +361,16 @@ impl Drop for Admission {
     }
 }
 
+/// A partner's circuit as this daemon changed it, to be recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitChange {
+    pub partner: String,
+    pub state: CircuitState,
+    pub consecutive_failures: u32,
+    pub opened_at: Option<DateTime<Utc>>,
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
 /// A partner's circuit as last recorded, for support, the API and the metrics.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PartnerCircuit {
@@ -401,63 +390,6 @@ impl PartnerCircuit {
     pub fn is_open(&self) -> bool {
         self.state != CircuitState::Closed
     }
-}
-
-/// Every partner's recorded circuit, by partner name.
-pub async fn circuits(
-    client: &impl GenericClient,
-) -> Result<Vec<PartnerCircuit>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT partner, state, consecutive_failures, opened_at, retry_at, updated_at
-             FROM dispatcher.partner_circuits ORDER BY partner",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| PartnerCircuit {
-            partner: row.get(0),
-            state: CircuitState::from_stored(row.get(1)),
-            consecutive_failures: row.get(2),
-            opened_at: row.get(3),
-            retry_at: row.get(4),
-            updated_at: row.get(5),
-        })
-        .collect())
-}
-
-async fn save(
-    client: &impl GenericClient,
-    changes: &[(String, Breaker)],
-) -> Result<(), tokio_postgres::Error> {
-    let mut partners = Vec::with_capacity(changes.len());
-    let mut states = Vec::with_capacity(changes.len());
-    let mut failures = Vec::with_capacity(changes.len());
-    let mut opened = Vec::with_capacity(changes.len());
-    let mut retry = Vec::with_capacity(changes.len());
-    for (partner, breaker) in changes {
-        partners.push(partner.as_str());
-        states.push(breaker.state.as_str());
-        failures.push(i32::try_from(breaker.consecutive_failures).unwrap_or(i32::MAX));
-        opened.push(breaker.opened_at);
-        retry.push(breaker.retry_at);
-    }
-    client
-        .execute(
-            "INSERT INTO dispatcher.partner_circuits
-                 (partner, state, consecutive_failures, opened_at, retry_at)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[])
-             ON CONFLICT (partner) DO UPDATE
-             SET state = excluded.state,
-                 consecutive_failures = excluded.consecutive_failures,
-                 opened_at = excluded.opened_at,
-                 retry_at = excluded.retry_at,
-                 updated_at = now()",
-            &[&partners, &states, &failures, &opened, &retry],
-        )
-        .await
-        .map(drop)
 }
 
 #[cfg(test)]

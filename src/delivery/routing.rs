@@ -38,11 +38,8 @@ pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
             last_error: reason,
         }]
     };
-    let unroutable = if EventKind::from_name(&event.event_name).is_none() {
-        Some(format!(
-            "event_name `{}` is not an event of the contract",
-            event.event_name
-        ))
+    let unroutable = if let Err(unknown) = EventKind::from_name(&event.event_name) {
+        Some(unknown.0)
     } else if !event.is_object {
         Some("event must be an object".to_string())
     } else if event.support_program_id.as_deref().unwrap_or("").is_empty() {

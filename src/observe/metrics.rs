@@ -25,10 +25,11 @@ use prometheus_client::registry::Registry;
 
 use crate::config::live::LiveConfig;
 use crate::contract::payload::EventKind;
-use crate::delivery::breaker;
+
 use crate::delivery::outcome::AttemptRecord;
 use crate::delivery::state::DeliveryState;
 use crate::delivery::ClaimedDelivery;
+use crate::store::circuits;
 use crate::store::db::DbError;
 use crate::store::queue;
 
@@ -306,7 +307,7 @@ impl Metrics {
         let read = tokio::time::timeout(QUEUE_READ_TIMEOUT, async {
             let client = pool.get().await?;
             let queue = queue::queue_by_partner(&client).await?;
-            let circuits = breaker::circuits(&client).await?;
+            let circuits = circuits::recorded(&client).await?;
             Ok::<_, DbError>((queue, circuits))
         })
         .await;

@@ -1,6 +1,8 @@
 //! Every SQL statement the dispatcher runs, one module per table or concern.
 
+pub mod circuits;
 pub mod db;
+pub mod notify;
 pub mod outbox;
 pub mod queue;
 pub mod resend;

@@ -3,9 +3,8 @@
 use deadpool_postgres::GenericClient;
 
 use crate::config::Config;
-use crate::daemon::wakeup;
 use crate::delivery::routing::{self, UnroutedEvent};
-use crate::store::queue;
+use crate::store::{notify, queue};
 
 /// Only one daemon routes at a time, in outbox order, so per-patient ordering holds
 /// across daemons. Routing is one short transaction per batch, so this costs little.
@@ -65,7 +64,7 @@ pub async fn route_new_events(
             &[&event_ids],
         )
         .await?;
-    wakeup::notify_deliveries(&transaction).await?;
+    notify::notify_deliveries(&transaction).await?;
     transaction.commit().await?;
     Ok(rows.len())
 }
@@ -81,8 +80,5 @@ pub async fn route_again(
             &[&event_ids],
         )
         .await?;
-    client
-        .execute("SELECT pg_notify('dispatcher_outbox', '')", &[])
-        .await?;
-    Ok(())
+    notify::notify_outbox(client).await
 }

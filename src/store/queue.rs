@@ -304,8 +304,11 @@ fn wait_from_seconds(seconds: Option<f64>) -> Option<Duration> {
     seconds.map(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX))
 }
 
-/// The plan PostgreSQL would run [`claim_due`] with now, one line per row of `EXPLAIN`:
-/// for checking that a claim walks an index, not the whole backlog.
+/// The diagnostic for the claim's plan: the plan PostgreSQL would run [`claim_due`] with
+/// now, one line per row of `EXPLAIN`, built from the very statement the claimer runs. It
+/// answers whether a claim walks an index or the whole backlog (tests/overload.rs pins
+/// that; an operator can ask the same of a live database). Public for that question
+/// only: nothing in the daemon calls it.
 pub async fn explain_claim_due(
     client: &impl GenericClient,
     limit: usize,

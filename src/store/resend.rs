@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::daemon::wakeup;
 use crate::delivery::state::DeliveryState;
+use crate::store::notify as wakeup;
 use crate::store::support::{self, DeliveryFilter};
 use crate::store::{outbox, retention};
 

@@ -305,28 +305,3 @@ where
     }
     Ok(total)
 }
-
-/// The daemon's pruner: a pass at start, then one every `prune_interval`, until shutdown.
-pub async fn run(pool: Pool, retention: RetentionConfig, shutdown: Shutdown) {
-    loop {
-        let started = std::time::Instant::now();
-        match prune(&pool, &retention, &shutdown).await {
-            Ok(report) if report.is_empty() => tracing::debug!("nothing to prune"),
-            Ok(report) => tracing::info!(
-                event_bodies_erased = report.event_bodies_erased,
-                answers_erased = report.answers_erased,
-                deliveries_deleted = report.deliveries_deleted,
-                events_deleted = report.events_deleted,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "pruned"
-            ),
-            Err(error) => {
-                tracing::warn!(%error, "pruning failed; trying again at the next interval")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(retention.prune_interval) => {}
-            () = shutdown.stopping() => return,
-        }
-    }
-}
