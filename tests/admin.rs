@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -228,14 +229,11 @@ async fn support_resends_everything_that_failed_for_a_partner_and_can_repeat_it_
         "repeating touched deliveries twice: {again}"
     );
 
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'acme' AND state = 'delivered'",
-        5,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::of("acme").in_state("delivered"), 5)
+        .await;
     // Globex's refusal was not part of the selection.
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'globex' AND state = 'rejected'")
+        db.count_deliveries(&Deliveries::of("globex").in_state("rejected"))
             .await,
         1
     );
@@ -260,15 +258,16 @@ async fn support_cancels_and_resends_one_delivery_and_is_told_when_it_cannot() {
     let partner = TestPartner::start("acme", |_| Reply::status(503, "")).await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .retry("max_attempts = 5\nbase_delay = \"1h\"\nmax_delay = \"2h\"");
+        .max_attempts(5)
+        .retry_delays(
+            Duration::from_secs(60 * 60),
+            Duration::from_secs(2 * 60 * 60),
+        );
     let db = TestDb::migrated(&config).await;
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND attempt_count = 1",
-        1,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::all().in_state("pending").with_attempts(1), 1)
+        .await;
     let admin = AdminClient::of(&daemon, None).await;
     let (_, page) = admin.get("/api/deliveries").await;
     let id = ids(&page).remove(0);
@@ -659,8 +658,10 @@ async fn one_rejected_delivery(config: &TestConfig, db: &TestDb) -> (Daemon, Str
 }
 
 const SUPPORT_ACTIONS: &str = "SELECT count(*) FROM dispatcher.support_actions";
-const STILL_REJECTED: &str =
-    "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected' AND attempt_count = 1";
+/// The rejected delivery, untouched: no resend spent a second attempt on it.
+fn still_rejected() -> Deliveries {
+    Deliveries::all().in_state("rejected").with_attempts(1)
+}
 
 #[tokio::test]
 async fn a_web_page_whose_name_was_rebound_to_loopback_can_neither_read_nor_resend() {
@@ -697,7 +698,7 @@ async fn a_web_page_whose_name_was_rebound_to_loopback_can_neither_read_nor_rese
     let nameless = format!("GET /api/deliveries/{id} HTTP/1.0\r\n\r\n");
     assert_eq!(raw_status(port, &nameless).await, 421);
     assert_eq!(db.count(SUPPORT_ACTIONS).await, 0, "something was resent");
-    assert_eq!(db.count(STILL_REJECTED).await, 1);
+    assert_eq!(db.count_deliveries(&still_rejected()).await, 1);
 
     // Load balancers and Prometheus reach the probes by address or service name.
     let healthz = http.get(format!("{}/healthz", admin.base));
@@ -837,7 +838,7 @@ async fn the_api_takes_only_json_posts_and_none_from_another_site() {
         .await;
     assert_eq!(cancel.0, 415, "{}", cancel.1);
     assert_eq!(db.count(SUPPORT_ACTIONS).await, 0, "something was changed");
-    assert_eq!(db.count(STILL_REJECTED).await, 1);
+    assert_eq!(db.count_deliveries(&still_rejected()).await, 1);
 
     // A script's JSON post, or one from the admin server's own origin, goes through.
     let ours = admin

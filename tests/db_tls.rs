@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::tls::TestCa;
@@ -76,7 +77,8 @@ async fn the_daemon_migrates_listens_and_delivers_over_verified_tls() {
     let partner = TestPartner::accepting("crm").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .dispatch("poll_interval = \"1h\"");
+        .dispatch(Dispatch::default())
+        .poll_interval(Duration::from_secs(60 * 60));
     let database = TlsDatabase::start(config).await;
     let text = database.config_text("127.0.0.1", "sslmode=verify-full", "ca_file = \"ca.pem\"");
 
@@ -91,13 +93,7 @@ async fn the_daemon_migrates_listens_and_delivers_over_verified_tls() {
         .await;
     let received = partner.wait_for_requests(1).await;
     assert_eq!(received[0].patient_id(), "ha-tls-1");
-    database
-        .db
-        .wait_for_count(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-            1,
-        )
-        .await;
+    database.db.wait_for_state("delivered", 1).await;
 
     let plain = database
         .db
