@@ -28,8 +28,6 @@ async fn partner_refusing(name: &str, refused: &'static [&'static str]) -> TestP
     .await
 }
 
-const ENDED: &str = "SELECT count(*) FROM dispatcher.deliveries WHERE ended_at IS NOT NULL";
-
 fn ids(page: &Value) -> Vec<String> {
     page["deliveries"]
         .as_array()
@@ -86,7 +84,7 @@ async fn support_finds_failed_deliveries_by_partner_patient_event_and_time() {
     db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-refused-1"))
         .await;
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 10).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 10).await;
     let admin = AdminClient::of(&daemon, None).await;
 
     let (status, failed) = admin.get("/api/deliveries?state=failed&partner=acme").await;
@@ -144,7 +142,7 @@ async fn pages_neither_repeat_nor_skip_while_new_events_arrive() {
             .await;
     }
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 40).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 40).await;
     let admin = AdminClient::of(&daemon, None).await;
     let existing: HashSet<String> = {
         let (_, all) = admin.get("/api/deliveries?limit=1000").await;
@@ -203,7 +201,7 @@ async fn support_resends_everything_that_failed_for_a_partner_and_can_repeat_it_
             .await;
     }
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 10).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 10).await;
     let admin = AdminClient::of(&daemon, None).await;
 
     let (status, error) = admin.post("/api/deliveries/retry", &json!({})).await;
@@ -389,7 +387,7 @@ async fn the_support_page_shows_why_a_delivery_failed_but_not_the_event_it_sent(
     db.insert_event(ENROLLMENT, &enrollment_event("p-fine"))
         .await;
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 2).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 2).await;
     let admin = AdminClient::of(&daemon, None).await;
 
     let overview = admin
@@ -499,7 +497,7 @@ async fn prometheus_scrapes_what_the_daemon_did() {
             .await;
     }
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 3).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 3).await;
     let admin = AdminClient::of(&daemon, None).await;
 
     let scrape = admin
@@ -553,7 +551,7 @@ async fn a_delivery_whose_body_retention_erased_cannot_be_resent_and_support_is_
     db.insert_event(ENROLLMENT, &enrollment_event("p-old"))
         .await;
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 1).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 1).await;
     // What `dispatcher prune` does to a body past `payload_days`.
     db.client
         .execute(
@@ -649,7 +647,7 @@ async fn one_rejected_delivery(config: &TestConfig, db: &TestDb) -> (Daemon, Str
     db.insert_event(ENROLLMENT, &enrollment_event("p-refused"))
         .await;
     let daemon = Daemon::start(config, db);
-    db.wait_for_count(ENDED, 1).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 1).await;
     let id = db.deliveries().await[0]["id"]
         .as_str()
         .expect("delivery id")

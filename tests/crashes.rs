@@ -260,7 +260,7 @@ async fn two_daemons_share_the_work_without_sending_twice() {
     );
     assert_eq!(received.len(), EVENTS);
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.attempts").await,
+        db.count_attempts().await,
         EVENTS as i64,
         "one attempt recorded per delivery"
     );

@@ -321,7 +321,7 @@ async fn an_event_that_breaks_the_contract_is_never_sent_and_holds_nothing_up() 
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].patient_id(), "p-ok");
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.attempts").await,
+        db.count_attempts().await,
         1,
         "invalid events make no attempt"
     );

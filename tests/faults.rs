@@ -859,9 +859,7 @@ async fn after_mixed_faults_every_delivery_reaches_a_final_state() {
         .iter()
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-    let lost_claims = db
-        .count("SELECT count(*) FROM dispatcher.attempts WHERE error_kind = 'lease_expired'")
-        .await;
+    let lost_claims = db.count_attempts_failed_with("lease_expired").await;
     println!(
         "mixed faults: {event_count} events; database stopped after {at_db_stop} requests, \
          daemon killed after {at_crash}; {} requests in all ({} resets); \

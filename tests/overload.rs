@@ -159,8 +159,8 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
     );
 
     recovered.store(true, Ordering::SeqCst);
-    db.wait_for_count_within(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+    db.wait_for_deliveries_within(
+        &Deliveries::all().in_state("delivered"),
         backlog,
         drain_deadline,
     )

@@ -202,14 +202,10 @@ async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
             db.deliveries().await
         );
     }
-    let timed_out = db
-        .count("SELECT count(*) FROM dispatcher.attempts WHERE error_kind = 'timeout'")
-        .await;
+    let timed_out = db.count_attempts_failed_with("timeout").await;
     assert_eq!(timed_out, 1, "one attempt timed out");
     assert!(
-        db.count("SELECT count(*) FROM dispatcher.partner_patients")
-            .await
-            > 0,
+        db.count_partner_patients().await > 0,
         "a 200 answer gave an externalId"
     );
 

@@ -112,9 +112,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     let half_done = delivery_ids(&db, "p-half-done").await;
     let last_year = delivery_ids(&db, "p-last-year").await;
     let today = delivery_ids(&db, "p-today").await;
-    let known_patients = db
-        .count("SELECT count(*) FROM dispatcher.partner_patients")
-        .await;
+    let known_patients = db.count_partner_patients().await;
     assert_eq!(known_patients, 7, "each 200 answer gave an externalId");
 
     backdate(&db, "p-last-month", 31).await;
@@ -165,8 +163,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
         assert_eq!(answers_kept(&db, id).await, 1, "{id}");
     }
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.partner_patients")
-            .await,
+        db.count_partner_patients().await,
         known_patients,
         "the partners' patient ids are kept"
     );
@@ -332,14 +329,8 @@ async fn a_pending_delivery_whose_body_is_gone_ends_dead_and_the_patients_next_e
         .await;
 
     // The patient's next event goes out; the one without a body ends, never sent again.
-    db.wait_for_count(
-        &format!(
-            "SELECT count(*) FROM dispatcher.deliveries
-             WHERE event_id = {later} AND state = 'delivered'"
-        ),
-        1,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::all().of_event(later).in_state("delivered"), 1)
+        .await;
     let counts = per_webhook_id(&acme.received());
     assert_eq!(counts.get(erased.as_str()), Some(&1), "{counts:?}");
     assert_eq!(acme.request_count(), 2, "{counts:?}");
@@ -528,14 +519,8 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
     let next = db
         .insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-race"))
         .await;
-    db.wait_for_count(
-        &format!(
-            "SELECT count(*) FROM dispatcher.deliveries
-             WHERE event_id = {next} AND state = 'delivered'"
-        ),
-        1,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::all().of_event(next).in_state("delivered"), 1)
+        .await;
 }
 
 /// The erase's second look at the deliveries, made after it locked the event. The resend

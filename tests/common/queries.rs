@@ -38,6 +38,11 @@ impl Deliveries {
         self.and(format!("state NOT IN {UNFINISHED}"))
     }
 
+    /// Ended: given its final state at some time (`ended_at` set).
+    pub fn ended(self) -> Deliveries {
+        self.and("ended_at IS NOT NULL".to_string())
+    }
+
     /// Due: to be claimed at once, not after a delay or a lease.
     pub fn due(self) -> Deliveries {
         self.and("due_at <= now()".to_string())
@@ -85,6 +90,8 @@ fn literal(value: &str) -> String {
 
 /// Events in the outbox, routed or not.
 const EVENT_COUNT: &str = "SELECT count(*) FROM dispatcher.outbox";
+/// Attempts recorded, of every delivery.
+const ATTEMPT_COUNT: &str = "SELECT count(*) FROM dispatcher.attempts";
 
 impl TestDb {
     /// How many deliveries `selection` matches.
@@ -96,6 +103,18 @@ impl TestDb {
     /// deadline.
     pub async fn wait_for_deliveries(&self, selection: &Deliveries, expected: i64) {
         self.wait_for_count(&selection.count_sql(), expected).await
+    }
+
+    /// [`TestDb::wait_for_deliveries`] with another deadline, for work that takes long
+    /// however well it goes.
+    pub async fn wait_for_deliveries_within(
+        &self,
+        selection: &Deliveries,
+        expected: i64,
+        deadline: std::time::Duration,
+    ) {
+        self.wait_for_count_within(&selection.count_sql(), expected, deadline)
+            .await
     }
 
     /// How many deliveries are in `state`.
@@ -128,6 +147,26 @@ impl TestDb {
             .iter()
             .map(|row| row.get(0))
             .collect()
+    }
+
+    /// How many attempts were recorded, of every delivery.
+    pub async fn count_attempts(&self) -> i64 {
+        self.count(ATTEMPT_COUNT).await
+    }
+
+    /// How many recorded attempts failed with `error_kind` (e.g. `timeout`).
+    pub async fn count_attempts_failed_with(&self, error_kind: &str) -> i64 {
+        self.count(&format!(
+            "{ATTEMPT_COUNT} WHERE error_kind = {}",
+            literal(error_kind)
+        ))
+        .await
+    }
+
+    /// How many partners' ids for patients the dispatcher keeps (from their 200 answers).
+    pub async fn count_partner_patients(&self) -> i64 {
+        self.count("SELECT count(*) FROM dispatcher.partner_patients")
+            .await
     }
 
     /// How many events the outbox holds.
