@@ -202,7 +202,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
         "{refused}"
     );
     assert_eq!(
-        db.count_deliveries(&Deliveries::all().with_id(&id).in_state("delivered"))
+        db.count_deliveries(&Deliveries::all().with_id(id).in_state("delivered"))
             .await,
         1,
         "the refused delivery is unchanged"
