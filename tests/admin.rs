@@ -311,7 +311,7 @@ async fn the_api_and_the_page_want_the_token_and_health_does_not() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
+        .admin_token(TOKEN);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let anonymous = AdminClient::of(&daemon, None).await;
@@ -584,7 +584,7 @@ async fn without_a_token_the_admin_server_stays_on_loopback_and_says_so() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin("listen = \"0.0.0.0:0\"");
+        .admin_listen("0.0.0.0:0");
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let admin = AdminClient::of(&daemon, None).await;
@@ -731,10 +731,8 @@ async fn with_a_token_the_admin_server_answers_only_to_the_names_ops_published()
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin(&format!(
-            "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-         allowed_hosts = [\"dispatcher-admin.example.org\", \"10.1.2.3:9187\"]"
-        ));
+        .admin_token(TOKEN)
+        .admin_allowed_hosts(&["dispatcher-admin.example.org", "10.1.2.3:9187"]);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let support = AdminClient::of(&daemon, Some(TOKEN)).await;
@@ -933,10 +931,9 @@ async fn over_tls_the_admin_server_answers_on_https_and_the_session_cookie_is_se
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     write_file(config.dir.path(), "admin-cert.pem", &certificate.cert_pem);
     write_file(config.dir.path(), "admin-key.pem", &certificate.key_pem);
-    let config = config.admin(&format!(
-        "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-         tls_cert = \"admin-cert.pem\"\ntls_key = \"admin-key.pem\""
-    ));
+    let config = config
+        .admin_token(TOKEN)
+        .admin_tls("admin-cert.pem", "admin-key.pem");
     let db = TestDb::migrated(&config).await;
     let mut daemon = Daemon::start(&config, &db);
     let address = daemon.admin_url().await;
@@ -997,7 +994,7 @@ async fn over_plain_http_the_session_cookie_is_not_marked_secure() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
+        .admin_token(TOKEN);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let admin = AdminClient::of(&daemon, None).await;
@@ -1017,13 +1014,10 @@ async fn ops_who_change_the_published_names_or_the_certificate_are_told_it_takes
     let first = ca.server_certificate();
     write_file(config.dir.path(), "admin-cert.pem", &first.cert_pem);
     write_file(config.dir.path(), "admin-key.pem", &first.key_pem);
-    let admin = |name: &str| {
-        format!(
-            "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nallowed_hosts = [\"{name}\"]\n\
-             tls_cert = \"admin-cert.pem\"\ntls_key = \"admin-key.pem\""
-        )
-    };
-    let config = config.admin(&admin("published.example.org"));
+    let config = config
+        .admin_token(TOKEN)
+        .admin_tls("admin-cert.pem", "admin-key.pem")
+        .admin_allowed_hosts(&["published.example.org"]);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let base = daemon.admin_url().await.replacen("http://", "https://", 1);
@@ -1034,7 +1028,7 @@ async fn ops_who_change_the_published_names_or_the_certificate_are_told_it_takes
     let renewed = ca.server_certificate();
     write_file(config.dir.path(), "admin-cert.pem", &renewed.cert_pem);
     write_file(config.dir.path(), "admin-key.pem", &renewed.key_pem);
-    let changed = config.clone().admin(&admin("typo.example.org"));
+    let changed = config.clone().admin_allowed_hosts(&["typo.example.org"]);
     daemon.reload_with(&changed.text(&db));
     let log = daemon.wait_for_log("configuration reloaded", 1).await;
     for key in ["admin.allowed_hosts", "admin.tls_cert"] {

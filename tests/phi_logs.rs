@@ -162,8 +162,9 @@ async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
     let db = TestDb::migrated(&config).await;
     let password_url = url_with_password(&db).await;
     let text = config
+        .clone()
+        .database_url(&password_url)
         .text(&db)
-        .replace(&db.url, &password_url)
         .replace("\"key-", &format!("\"{API_KEY_PREFIX}"));
     assert!(text.contains(DB_PASSWORD) && text.contains(API_KEY_PREFIX));
     let path = config.dir.path().join("traced.toml");

@@ -22,8 +22,9 @@ pub struct TestConfig {
     pub retry: Retry,
     /// `[retention]`, when the test sets it; else the daemon's defaults.
     pub retention: Option<Retention>,
-    /// The `[admin]` section: by default a free loopback port, no token.
-    pub admin: String,
+    pub admin: Admin,
+    /// `[database]`: by default the test database's URL, no CA file.
+    pub database: Database,
     pub dir: Arc<tempfile::TempDir>,
 }
 
@@ -50,6 +51,23 @@ impl Dispatch {
             shutdown_grace: Some(Duration::from_secs(5)),
         }
     }
+}
+
+/// `[database]`, when a test reaches its database another way than [`TestDb::url`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Database {
+    pub url: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admin {
+    pub listen: String,
+    pub token: Option<String>,
+    pub allowed_hosts: Vec<String>,
+    /// The certificate and key files, when it serves HTTPS.
+    pub tls: Option<(String, String)>,
 }
 
 /// `[retry]`.
@@ -97,7 +115,13 @@ impl TestConfig {
                 max_delay: Duration::from_secs(2),
             },
             retention: None,
-            admin: "listen = \"127.0.0.1:0\"".into(),
+            database: Database::default(),
+            admin: Admin {
+                listen: "127.0.0.1:0".into(),
+                token: None,
+                allowed_hosts: Vec::new(),
+                tls: None,
+            },
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
         }
     }
@@ -222,13 +246,49 @@ impl TestConfig {
         self
     }
 
-    pub fn admin(mut self, admin: &str) -> TestConfig {
-        self.admin = admin.into();
+    /// The database URL the daemon is given instead of the test database's own.
+    pub fn database_url(mut self, url: &str) -> TestConfig {
+        self.database.url = Some(url.into());
+        self
+    }
+
+    /// The CA file the daemon checks the database's certificate with.
+    pub fn database_ca_file(mut self, file: &str) -> TestConfig {
+        self.database.ca_file = Some(file.into());
+        self
+    }
+
+    /// Where the admin server listens (by default a free loopback port).
+    pub fn admin_listen(mut self, address: &str) -> TestConfig {
+        self.admin.listen = address.into();
+        self
+    }
+
+    /// The admin server's bearer token (by default none).
+    pub fn admin_token(mut self, token: &str) -> TestConfig {
+        self.admin.token = Some(token.into());
+        self
+    }
+
+    /// The names the admin server answers to besides its own address.
+    pub fn admin_allowed_hosts(mut self, hosts: &[&str]) -> TestConfig {
+        self.admin.allowed_hosts = hosts.iter().map(|host| host.to_string()).collect();
+        self
+    }
+
+    /// Serve the admin server over HTTPS with these files (relative to the config's dir).
+    pub fn admin_tls(mut self, cert_file: &str, key_file: &str) -> TestConfig {
+        self.admin.tls = Some((cert_file.into(), key_file.into()));
         self
     }
 
     pub fn text(&self, db: &TestDb) -> String {
-        let mut text = format!("[database]\nurl = \"{}\"\n\n[dispatch]\n", db.url);
+        let url = self.database.url.as_ref().unwrap_or(&db.url);
+        let mut text = format!("[database]\nurl = \"{url}\"\n");
+        if let Some(ca_file) = &self.database.ca_file {
+            text.push_str(&format!("ca_file = \"{ca_file}\"\n"));
+        }
+        text.push_str("\n[dispatch]\n");
         let Dispatch {
             concurrency,
             batch_size,
@@ -264,7 +324,24 @@ impl TestConfig {
             toml_duration(*base_delay),
             toml_duration(*max_delay)
         ));
-        text.push_str(&format!("\n[admin]\n{}\n", self.admin));
+        let Admin {
+            listen,
+            token,
+            allowed_hosts,
+            tls,
+        } = &self.admin;
+        text.push_str(&format!("\n[admin]\nlisten = \"{listen}\"\n"));
+        if let Some(token) = token {
+            text.push_str(&format!("token = \"{token}\"\n"));
+        }
+        if !allowed_hosts.is_empty() {
+            text.push_str(&format!("allowed_hosts = {allowed_hosts:?}\n"));
+        }
+        if let Some((cert_file, key_file)) = tls {
+            text.push_str(&format!(
+                "tls_cert = \"{cert_file}\"\ntls_key = \"{key_file}\"\n"
+            ));
+        }
         if let Some(Retention {
             payload_days,
             metadata_days,

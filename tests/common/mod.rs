@@ -25,7 +25,9 @@ use serde_json::{json, Value};
 #[allow(unused_imports)]
 pub use admin::AdminClient;
 #[allow(unused_imports)]
-pub use config::{partner_config, Dispatch, PartnerSettings, Retention, Retry, TestConfig};
+pub use config::{
+    partner_config, Admin, Database, Dispatch, PartnerSettings, Retention, Retry, TestConfig,
+};
 #[allow(unused_imports)]
 pub use daemon::{dispatcher, finish, Daemon, Output};
 #[allow(unused_imports)]
