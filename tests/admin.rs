@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -26,8 +27,6 @@ async fn partner_refusing(name: &str, refused: &'static [&'static str]) -> TestP
     })
     .await
 }
-
-const ENDED: &str = "SELECT count(*) FROM dispatcher.deliveries WHERE ended_at IS NOT NULL";
 
 fn ids(page: &Value) -> Vec<String> {
     page["deliveries"]
@@ -85,7 +84,7 @@ async fn support_finds_failed_deliveries_by_partner_patient_event_and_time() {
     db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-refused-1"))
         .await;
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 10).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 10).await;
     let admin = AdminClient::of(&daemon, None).await;
 
     let (status, failed) = admin.get("/api/deliveries?state=failed&partner=acme").await;
@@ -143,7 +142,7 @@ async fn pages_neither_repeat_nor_skip_while_new_events_arrive() {
             .await;
     }
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 40).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 40).await;
     let admin = AdminClient::of(&daemon, None).await;
     let existing: HashSet<String> = {
         let (_, all) = admin.get("/api/deliveries?limit=1000").await;
@@ -202,7 +201,7 @@ async fn support_resends_everything_that_failed_for_a_partner_and_can_repeat_it_
             .await;
     }
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 10).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 10).await;
     let admin = AdminClient::of(&daemon, None).await;
 
     let (status, error) = admin.post("/api/deliveries/retry", &json!({})).await;
@@ -228,14 +227,11 @@ async fn support_resends_everything_that_failed_for_a_partner_and_can_repeat_it_
         "repeating touched deliveries twice: {again}"
     );
 
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'acme' AND state = 'delivered'",
-        5,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::of("acme").in_state("delivered"), 5)
+        .await;
     // Globex's refusal was not part of the selection.
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'globex' AND state = 'rejected'")
+        db.count_deliveries(&Deliveries::of("globex").in_state("rejected"))
             .await,
         1
     );
@@ -260,15 +256,16 @@ async fn support_cancels_and_resends_one_delivery_and_is_told_when_it_cannot() {
     let partner = TestPartner::start("acme", |_| Reply::status(503, "")).await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .retry("max_attempts = 5\nbase_delay = \"1h\"\nmax_delay = \"2h\"");
+        .max_attempts(5)
+        .retry_delays(
+            Duration::from_secs(60 * 60),
+            Duration::from_secs(2 * 60 * 60),
+        );
     let db = TestDb::migrated(&config).await;
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND attempt_count = 1",
-        1,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::all().in_state("pending").with_attempts(1), 1)
+        .await;
     let admin = AdminClient::of(&daemon, None).await;
     let (_, page) = admin.get("/api/deliveries").await;
     let id = ids(&page).remove(0);
@@ -314,7 +311,7 @@ async fn the_api_and_the_page_want_the_token_and_health_does_not() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
+        .admin_token(TOKEN);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let anonymous = AdminClient::of(&daemon, None).await;
@@ -390,7 +387,7 @@ async fn the_support_page_shows_why_a_delivery_failed_but_not_the_event_it_sent(
     db.insert_event(ENROLLMENT, &enrollment_event("p-fine"))
         .await;
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 2).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 2).await;
     let admin = AdminClient::of(&daemon, None).await;
 
     let overview = admin
@@ -500,7 +497,7 @@ async fn prometheus_scrapes_what_the_daemon_did() {
             .await;
     }
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 3).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 3).await;
     let admin = AdminClient::of(&daemon, None).await;
 
     let scrape = admin
@@ -554,7 +551,7 @@ async fn a_delivery_whose_body_retention_erased_cannot_be_resent_and_support_is_
     db.insert_event(ENROLLMENT, &enrollment_event("p-old"))
         .await;
     let daemon = Daemon::start(&config, &db);
-    db.wait_for_count(ENDED, 1).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 1).await;
     // What `dispatcher prune` does to a body past `payload_days`.
     db.client
         .execute(
@@ -587,7 +584,7 @@ async fn without_a_token_the_admin_server_stays_on_loopback_and_says_so() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin("listen = \"0.0.0.0:0\"");
+        .admin_listen("0.0.0.0:0");
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let admin = AdminClient::of(&daemon, None).await;
@@ -650,7 +647,7 @@ async fn one_rejected_delivery(config: &TestConfig, db: &TestDb) -> (Daemon, Str
     db.insert_event(ENROLLMENT, &enrollment_event("p-refused"))
         .await;
     let daemon = Daemon::start(config, db);
-    db.wait_for_count(ENDED, 1).await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 1).await;
     let id = db.deliveries().await[0]["id"]
         .as_str()
         .expect("delivery id")
@@ -659,8 +656,10 @@ async fn one_rejected_delivery(config: &TestConfig, db: &TestDb) -> (Daemon, Str
 }
 
 const SUPPORT_ACTIONS: &str = "SELECT count(*) FROM dispatcher.support_actions";
-const STILL_REJECTED: &str =
-    "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected' AND attempt_count = 1";
+/// The rejected delivery, untouched: no resend spent a second attempt on it.
+fn still_rejected() -> Deliveries {
+    Deliveries::all().in_state("rejected").with_attempts(1)
+}
 
 #[tokio::test]
 async fn a_web_page_whose_name_was_rebound_to_loopback_can_neither_read_nor_resend() {
@@ -697,7 +696,7 @@ async fn a_web_page_whose_name_was_rebound_to_loopback_can_neither_read_nor_rese
     let nameless = format!("GET /api/deliveries/{id} HTTP/1.0\r\n\r\n");
     assert_eq!(raw_status(port, &nameless).await, 421);
     assert_eq!(db.count(SUPPORT_ACTIONS).await, 0, "something was resent");
-    assert_eq!(db.count(STILL_REJECTED).await, 1);
+    assert_eq!(db.count_deliveries(&still_rejected()).await, 1);
 
     // Load balancers and Prometheus reach the probes by address or service name.
     let healthz = http.get(format!("{}/healthz", admin.base));
@@ -732,10 +731,8 @@ async fn with_a_token_the_admin_server_answers_only_to_the_names_ops_published()
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin(&format!(
-            "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-         allowed_hosts = [\"dispatcher-admin.example.org\", \"10.1.2.3:9187\"]"
-        ));
+        .admin_token(TOKEN)
+        .admin_allowed_hosts(&["dispatcher-admin.example.org", "10.1.2.3:9187"]);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let support = AdminClient::of(&daemon, Some(TOKEN)).await;
@@ -837,7 +834,7 @@ async fn the_api_takes_only_json_posts_and_none_from_another_site() {
         .await;
     assert_eq!(cancel.0, 415, "{}", cancel.1);
     assert_eq!(db.count(SUPPORT_ACTIONS).await, 0, "something was changed");
-    assert_eq!(db.count(STILL_REJECTED).await, 1);
+    assert_eq!(db.count_deliveries(&still_rejected()).await, 1);
 
     // A script's JSON post, or one from the admin server's own origin, goes through.
     let ours = admin
@@ -934,10 +931,9 @@ async fn over_tls_the_admin_server_answers_on_https_and_the_session_cookie_is_se
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     write_file(config.dir.path(), "admin-cert.pem", &certificate.cert_pem);
     write_file(config.dir.path(), "admin-key.pem", &certificate.key_pem);
-    let config = config.admin(&format!(
-        "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-         tls_cert = \"admin-cert.pem\"\ntls_key = \"admin-key.pem\""
-    ));
+    let config = config
+        .admin_token(TOKEN)
+        .admin_tls("admin-cert.pem", "admin-key.pem");
     let db = TestDb::migrated(&config).await;
     let mut daemon = Daemon::start(&config, &db);
     let address = daemon.admin_url().await;
@@ -998,7 +994,7 @@ async fn over_plain_http_the_session_cookie_is_not_marked_secure() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
+        .admin_token(TOKEN);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let admin = AdminClient::of(&daemon, None).await;
@@ -1018,13 +1014,10 @@ async fn ops_who_change_the_published_names_or_the_certificate_are_told_it_takes
     let first = ca.server_certificate();
     write_file(config.dir.path(), "admin-cert.pem", &first.cert_pem);
     write_file(config.dir.path(), "admin-key.pem", &first.key_pem);
-    let admin = |name: &str| {
-        format!(
-            "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nallowed_hosts = [\"{name}\"]\n\
-             tls_cert = \"admin-cert.pem\"\ntls_key = \"admin-key.pem\""
-        )
-    };
-    let config = config.admin(&admin("published.example.org"));
+    let config = config
+        .admin_token(TOKEN)
+        .admin_tls("admin-cert.pem", "admin-key.pem")
+        .admin_allowed_hosts(&["published.example.org"]);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let base = daemon.admin_url().await.replacen("http://", "https://", 1);
@@ -1035,7 +1028,7 @@ async fn ops_who_change_the_published_names_or_the_certificate_are_told_it_takes
     let renewed = ca.server_certificate();
     write_file(config.dir.path(), "admin-cert.pem", &renewed.cert_pem);
     write_file(config.dir.path(), "admin-key.pem", &renewed.key_pem);
-    let changed = config.clone().admin(&admin("typo.example.org"));
+    let changed = config.clone().admin_allowed_hosts(&["typo.example.org"]);
     daemon.reload_with(&changed.text(&db));
     let log = daemon.wait_for_log("configuration reloaded", 1).await;
     for key in ["admin.allowed_hosts", "admin.tls_cert"] {

@@ -264,11 +264,7 @@ async fn a_token_endpoint_failure_is_a_failed_attempt_retried_on_schedule() {
     let daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
     let delivery = &db.deliveries().await[0];
     let attempts = db.attempts(delivery["id"].as_str().expect("id")).await;
     assert_eq!(attempts.len(), 3);

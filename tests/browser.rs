@@ -262,7 +262,7 @@ async fn support_finds_why_a_delivery_failed_and_resends_it_from_the_page() {
     .await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
+        .admin_token(TOKEN);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let mut event = enrollment_event("ha-browser-1");
@@ -280,11 +280,7 @@ async fn support_finds_why_a_delivery_failed_and_resends_it_from_the_page() {
         })
         .collect();
     db.insert_event(ENROLLMENT, &event).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected'",
-        1,
-    )
-    .await;
+    db.wait_for_state("rejected", 1).await;
     let delivery_id = db.deliveries().await[0]["id"]
         .as_str()
         .expect("delivery id")
@@ -357,13 +353,7 @@ async fn support_finds_why_a_delivery_failed_and_resends_it_from_the_page() {
         notice.contains("Resent"),
         "the page confirms the resend: {notice}"
     );
-    db.wait_for_count(
-        &format!(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE id = '{delivery_id}' AND state = 'delivered'"
-        ),
-        1,
-    )
-    .await;
+    db.wait_for_delivery_state(&delivery_id, "delivered").await;
 
     browser
         .goto(&format!("{admin}/deliveries/{delivery_id}"))
@@ -402,7 +392,7 @@ async fn support_finds_why_a_delivery_failed_and_resends_it_from_the_page() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_token_leaves_you_on_the_login_page_without_a_session() {
-    let config = TestConfig::new().admin(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""));
+    let config = TestConfig::new().admin_token(TOKEN);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let admin = daemon.admin_url().await;

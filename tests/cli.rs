@@ -112,16 +112,8 @@ async fn support_lists_failed_deliveries_and_resends_them() {
     let event_id = db
         .insert_event(ENROLLMENT, &enrollment_event("p-refused"))
         .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected'",
-        1,
-    )
-    .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("rejected", 1).await;
+    db.wait_for_state("delivered", 1).await;
     let id = delivery_id_of_patient(&db, "p-refused").await;
 
     let failed = cli_json(
@@ -206,11 +198,7 @@ async fn support_lists_failed_deliveries_and_resends_them() {
 
     let resent = cli_ok(&path, &["deliveries", "retry", &id]).await;
     assert!(resent.stdout.contains(&id), "{resent}");
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        2,
-    )
-    .await;
+    db.wait_for_state("delivered", 2).await;
 
     let detail = cli_json(&path, &["deliveries", "show", &id, "--json"]).await;
     assert_eq!(detail["state"], "delivered");
@@ -271,17 +259,18 @@ async fn support_cancels_a_pending_delivery() {
     // The next try would only come in an hour: long enough to stay pending during the test.
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .retry("max_attempts = 5\nbase_delay = \"1h\"\nmax_delay = \"2h\"");
+        .max_attempts(5)
+        .retry_delays(
+            Duration::from_secs(60 * 60),
+            Duration::from_secs(2 * 60 * 60),
+        );
     let db = TestDb::migrated(&config).await;
     let path = config.write(&db);
     let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND attempt_count = 1",
-        1,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::all().in_state("pending").with_attempts(1), 1)
+        .await;
     let stuck = delivery_id_of_patient(&db, "p-1").await;
 
     let pending = cli_json(
@@ -320,11 +309,7 @@ async fn support_cancels_a_pending_delivery() {
     // pending, it would go first (and hold this one back).
     down.store(false, Ordering::SeqCst);
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
 
     let counts = per_webhook_id(&partner.received());
     assert_eq!(
@@ -362,11 +347,7 @@ async fn a_delivery_in_flight_cannot_be_cancelled_so_its_answer_is_never_lost() 
         "{stderr}"
     );
 
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
     let detail = cli_json(&path, &["deliveries", "show", &id, "--json"]).await;
     let attempts = detail["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 1, "{detail}");
@@ -375,7 +356,6 @@ async fn a_delivery_in_flight_cannot_be_cancelled_so_its_answer_is_never_lost() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unrouted_events_are_listed_for_support() {
-    const NEW_PROGRAM: &str = "0c5b6a4e-6f0e-4d8a-9d7e-3f2a1b0c9d8e";
     let acme = TestPartner::accepting("acme").await;
     let globex = TestPartner::accepting("globex").await;
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
@@ -386,18 +366,10 @@ async fn unrouted_events_are_listed_for_support() {
     db.insert_event(ENROLLMENT, &enrollment_event("p-routed"))
         .await;
     let mut orphan = enrollment_event("p-orphan");
-    orphan["supportProgramId"] = json!(NEW_PROGRAM);
+    orphan["supportProgramId"] = json!(UNSERVED_PROGRAM);
     let orphan_event = db.insert_event(ENROLLMENT, &orphan).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'unrouted'",
-        1,
-    )
-    .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("unrouted", 1).await;
+    db.wait_for_state("delivered", 1).await;
 
     let unrouted = cli_json(
         &path,
@@ -447,7 +419,7 @@ async fn unrouted_events_are_listed_for_support() {
     );
     let config = TestConfig::new()
         .partner(&acme, &[PROGRAM])
-        .partner(&globex, &[NEW_PROGRAM]);
+        .partner(&globex, &[UNSERVED_PROGRAM]);
     let path = config.write(&db);
     let _daemon = Daemon::start(&config, &db);
     let output = cli_ok(&path, &["deliveries", "retry", &placeholder]).await;
@@ -455,10 +427,10 @@ async fn unrouted_events_are_listed_for_support() {
 
     let received = globex.wait_for_requests(1).await;
     assert_eq!(received[0].patient_id(), "p-orphan");
-    db.wait_for_count(
-        &format!(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE event_id = {orphan_event} AND partner = 'globex' AND state = 'delivered'"
-        ),
+    db.wait_for_deliveries(
+        &Deliveries::of("globex")
+            .of_event(orphan_event)
+            .in_state("delivered"),
         1,
     )
     .await;
@@ -525,10 +497,7 @@ async fn run_refuses_a_newer_schema() {
     );
     assert!(output.stderr.contains("newer"), "{output}");
     assert!(partner.received().is_empty(), "nothing was sent");
-    assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.deliveries").await,
-        0
-    );
+    assert_eq!(db.count_deliveries(&Deliveries::all()).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -574,7 +543,7 @@ async fn a_malformed_config_stops_the_program_naming_the_key() {
         ),
         (
             "lease shorter than a request plus the grace period",
-            good.replace("lease = \"10s\"", "lease = \"3s\""),
+            config.clone().lease(Duration::from_secs(3)).text(&db),
             vec!["dispatch.lease"],
         ),
     ];
@@ -621,11 +590,7 @@ async fn migrate_is_idempotent() {
             .await,
         migrations
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.outbox").await,
-        1,
-        "data survives a second migrate"
-    );
+    assert_eq!(db.count_events().await, 1, "data survives a second migrate");
 
     // Two deployments migrating a fresh database at once.
     let fresh = TestDb::unmigrated().await;
@@ -649,12 +614,7 @@ async fn migrate_is_idempotent() {
         .insert_event(ENROLLMENT, &enrollment_event("p-2"))
         .await;
     partner.wait_for_requests(1).await;
-    fresh
-        .wait_for_count(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-            1,
-        )
-        .await;
+    fresh.wait_for_state("delivered", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,30 +11,6 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 
-/// The config text with extra keys added to the (single, last) `[[partners]]` table.
-fn with_partner_keys(config: &TestConfig, db: &TestDb, extra: &str) -> String {
-    let text = config.text(db);
-    assert!(
-        text.trim_end().ends_with("allow_insecure = true")
-            && text.matches("[[partners]]").count() == 1,
-        "expected exactly one partner table at the end of the config:\n{text}"
-    );
-    format!("{text}{extra}\n")
-}
-
-async fn ids_in_state(db: &TestDb, state: &str) -> HashSet<String> {
-    db.client
-        .query(
-            "SELECT id::text FROM dispatcher.deliveries WHERE state = $1",
-            &[&state],
-        )
-        .await
-        .expect("read delivery ids")
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
-
 async fn all_delivery_ids(db: &TestDb) -> Vec<String> {
     db.deliveries()
         .await
@@ -56,9 +32,6 @@ fn assert_sent_at_most_once(received: &[Received]) {
     );
 }
 
-const UNFINISHED: &str =
-    "SELECT count(*) FROM dispatcher.deliveries WHERE state IN ('pending', 'in_flight')";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_mid_batch_loses_nothing() {
     const EVENTS: usize = 300;
@@ -67,10 +40,13 @@ async fn a_crash_mid_batch_loses_nothing() {
     })
     .await;
     // A short lease, so the claims the crashed daemon held are taken back soon after.
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
-        "concurrency = 32\nbatch_size = 16\nlease = \"3s\"\npoll_interval = \"200ms\"\n\
-         request_timeout = \"1s\"\nshutdown_grace = \"1s\"",
-    );
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .concurrency(32)
+        .batch_size(16)
+        .lease(Duration::from_secs(3))
+        .request_timeout(Duration::from_secs(1))
+        .shutdown_grace(Duration::from_secs(1));
     let db = TestDb::migrated(&config).await;
     for i in 0..EVENTS {
         db.insert_event(ENROLLMENT, &enrollment_event(&format!("patient-{i}")))
@@ -81,10 +57,8 @@ async fn a_crash_mid_batch_loses_nothing() {
     partner.wait_for_requests(50).await;
     first.crash();
 
-    let confirmed_before_crash = ids_in_state(&db, "delivered").await;
-    let claimed_at_crash = db
-        .count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'in_flight'")
-        .await;
+    let confirmed_before_crash = db.ids_in_state("delivered").await;
+    let claimed_at_crash = db.count_in_state("in_flight").await;
     assert!(
         claimed_at_crash > 0 && confirmed_before_crash.len() < EVENTS,
         "the crash should leave claimed work behind ({claimed_at_crash} in flight, {} delivered)",
@@ -92,11 +66,7 @@ async fn a_crash_mid_batch_loses_nothing() {
     );
 
     let second = Daemon::start(&config, &db);
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        EVENTS as i64,
-    )
-    .await;
+    db.wait_for_state("delivered", EVENTS as i64).await;
 
     let received = partner.received();
     let counts = per_webhook_id(&received);
@@ -125,7 +95,10 @@ async fn a_crash_mid_batch_loses_nothing() {
         resent_after_confirmation.is_empty(),
         "deliveries confirmed before the crash were sent again after it: {resent_after_confirmation:?}"
     );
-    assert_eq!(db.count(UNFINISHED).await, 0);
+    assert_eq!(
+        db.count_deliveries(&Deliveries::all().unfinished()).await,
+        0
+    );
     assert_eq!(
         db.count(
             "SELECT count(*) FROM dispatcher.deliveries WHERE last_status IS DISTINCT FROM 200"
@@ -142,10 +115,13 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
         Reply::accepted(request).after(Duration::from_secs(2))
     })
     .await;
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
-        "concurrency = 8\nbatch_size = 8\nlease = \"30s\"\npoll_interval = \"200ms\"\n\
-         request_timeout = \"10s\"\nshutdown_grace = \"10s\"",
-    );
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .concurrency(8)
+        .batch_size(8)
+        .lease(Duration::from_secs(30))
+        .request_timeout(Duration::from_secs(10))
+        .shutdown_grace(Duration::from_secs(10));
     let db = TestDb::migrated(&config).await;
     let mut daemon = Daemon::start(&config, &db);
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
@@ -191,10 +167,13 @@ async fn sigterm_does_not_wait_forever_for_a_hung_partner_and_the_delivery_is_se
         }
     })
     .await;
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
-        "concurrency = 8\nbatch_size = 8\nlease = \"600s\"\npoll_interval = \"200ms\"\n\
-         request_timeout = \"400s\"\nshutdown_grace = \"1s\"",
-    );
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .concurrency(8)
+        .batch_size(8)
+        .lease(Duration::from_secs(600))
+        .request_timeout(Duration::from_secs(400))
+        .shutdown_grace(Duration::from_secs(1));
     let db = TestDb::migrated(&config).await;
     let mut daemon = Daemon::start(&config, &db);
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
@@ -215,17 +194,14 @@ async fn sigterm_does_not_wait_forever_for_a_hung_partner_and_the_delivery_is_se
         deliveries[0]
     );
     assert_eq!(
-        db.count(&format!("{UNFINISHED} AND due_at <= now()")).await,
+        db.count_deliveries(&Deliveries::all().unfinished().due())
+            .await,
         1,
         "and is due again at once"
     );
 
     let _next = Daemon::start(&config, &db);
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
     let received = partner.received();
     assert_eq!(received.len(), 2);
     assert_eq!(
@@ -242,36 +218,32 @@ async fn two_daemons_share_the_work_without_sending_twice() {
         Reply::accepted(request).after(Duration::from_millis(5))
     })
     .await;
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
-        "concurrency = 32\nbatch_size = 10\nlease = \"30s\"\npoll_interval = \"200ms\"\n\
-         request_timeout = \"2s\"\nshutdown_grace = \"2s\"",
-    );
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .concurrency(32)
+        .batch_size(10)
+        .lease(Duration::from_secs(30))
+        .shutdown_grace(Duration::from_secs(2));
     let db = TestDb::migrated(&config).await;
     // Each daemon labels its requests, so the partner can tell who sent what.
-    let _a = Daemon::start_with_text(
-        &with_partner_keys(&config, &db, "").replace(
-            "headers = { \"x-api-key\" = \"key-acme\" }",
-            "headers = { \"x-api-key\" = \"key-acme\", \"x-sent-by\" = \"daemon-a\" }",
-        ),
-        config.dir.path(),
+    let _a = Daemon::start(
+        &config
+            .clone()
+            .partner_header("acme", "x-sent-by", "daemon-a"),
+        &db,
     );
-    let _b = Daemon::start_with_text(
-        &with_partner_keys(&config, &db, "").replace(
-            "headers = { \"x-api-key\" = \"key-acme\" }",
-            "headers = { \"x-api-key\" = \"key-acme\", \"x-sent-by\" = \"daemon-b\" }",
-        ),
-        config.dir.path(),
+    let _b = Daemon::start(
+        &config
+            .clone()
+            .partner_header("acme", "x-sent-by", "daemon-b"),
+        &db,
     );
 
     for i in 0..EVENTS {
         db.insert_event(ENROLLMENT, &enrollment_event(&format!("patient-{i}")))
             .await;
     }
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        EVENTS as i64,
-    )
-    .await;
+    db.wait_for_state("delivered", EVENTS as i64).await;
 
     let received = partner.received();
     let counts = per_webhook_id(&received);
@@ -288,7 +260,7 @@ async fn two_daemons_share_the_work_without_sending_twice() {
     );
     assert_eq!(received.len(), EVENTS);
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.attempts").await,
+        db.count_attempts().await,
         EVENTS as i64,
         "one attempt recorded per delivery"
     );
@@ -313,26 +285,20 @@ async fn sigterm_hands_back_unstarted_claims() {
         }
     })
     .await;
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
-        "concurrency = 64\nbatch_size = 50\nlease = \"30s\"\npoll_interval = \"200ms\"\n\
-         request_timeout = \"10s\"\nshutdown_grace = \"10s\"",
-    );
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .lease(Duration::from_secs(30))
+        .request_timeout(Duration::from_secs(10))
+        .shutdown_grace(Duration::from_secs(10));
     let db = TestDb::migrated(&config).await;
     for i in 0..EVENTS {
         db.insert_event(ENROLLMENT, &enrollment_event(&format!("patient-{i}")))
             .await;
     }
     // The partner takes two requests at a time: the rest wait for a slot, unclaimed.
-    let mut daemon = Daemon::start_with_text(
-        &with_partner_keys(&config, &db, "max_in_flight = 2"),
-        config.dir.path(),
-    );
+    let mut daemon = Daemon::start(&config.clone().max_in_flight("acme", 2), &db);
     partner.wait_for_requests(2).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'in_flight'",
-        2,
-    )
-    .await;
+    db.wait_for_state("in_flight", 2).await;
 
     daemon.signal(Signal::SIGTERM);
     let status = daemon.wait_exit().await;
@@ -371,7 +337,7 @@ async fn sigterm_hands_back_unstarted_claims() {
         }
     }
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND due_at <= now()")
+        db.count_deliveries(&Deliveries::all().in_state("pending").due())
             .await,
         (EVENTS - 2) as i64,
         "handed-back deliveries are due at once, not after the lease"
@@ -379,11 +345,7 @@ async fn sigterm_hands_back_unstarted_claims() {
 
     slow.store(false, Ordering::SeqCst);
     let _next = Daemon::start(&config, &db);
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        EVENTS as i64,
-    )
-    .await;
+    db.wait_for_state("delivered", EVENTS as i64).await;
     let received = partner.received();
     assert_eq!(per_webhook_id(&received).len(), EVENTS);
     assert_sent_at_most_once(&received);

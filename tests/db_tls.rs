@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::tls::TestCa;
@@ -37,18 +38,19 @@ impl TlsDatabase {
     }
 
     /// dispatcher.toml reaching the database over TCP as `host` (127.0.0.1, or a name
-    /// given with `hostaddr=127.0.0.1`), with `url_query` and the `[database]` keys given.
-    fn config_text(&self, host: &str, url_query: &str, database_keys: &str) -> String {
+    /// given with `hostaddr=127.0.0.1`), with `url_query` and, if given, a CA file.
+    fn config_text(&self, host: &str, url_query: &str, ca_file: Option<&str>) -> String {
         let url = format!(
             "postgres://postgres@{host}:{}/{}?{url_query}",
             self.cluster.port,
             self.database()
         );
-        self.config.text(&self.db).replacen(
-            &format!("[database]\nurl = \"{}\"\n", self.db.url),
-            &format!("[database]\nurl = \"{url}\"\n{database_keys}\n"),
-            1,
-        )
+        let config = self.config.clone().database_url(&url);
+        match ca_file {
+            Some(file) => config.database_ca_file(file),
+            None => config,
+        }
+        .text(&self.db)
     }
 
     fn dispatcher(&self, config_text: &str) -> std::process::Command {
@@ -76,9 +78,10 @@ async fn the_daemon_migrates_listens_and_delivers_over_verified_tls() {
     let partner = TestPartner::accepting("crm").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .dispatch("poll_interval = \"1h\"");
+        .dispatch(Dispatch::default())
+        .poll_interval(Duration::from_secs(60 * 60));
     let database = TlsDatabase::start(config).await;
-    let text = database.config_text("127.0.0.1", "sslmode=verify-full", "ca_file = \"ca.pem\"");
+    let text = database.config_text("127.0.0.1", "sslmode=verify-full", Some("ca.pem"));
 
     let migrated = database.migrate(&text).await;
     assert!(migrated.status.success(), "migrate failed:\n{migrated}");
@@ -91,13 +94,7 @@ async fn the_daemon_migrates_listens_and_delivers_over_verified_tls() {
         .await;
     let received = partner.wait_for_requests(1).await;
     assert_eq!(received[0].patient_id(), "ha-tls-1");
-    database
-        .db
-        .wait_for_count(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-            1,
-        )
-        .await;
+    database.db.wait_for_state("delivered", 1).await;
 
     let plain = database
         .db
@@ -126,7 +123,7 @@ async fn the_daemon_migrates_listens_and_delivers_over_verified_tls() {
 #[tokio::test]
 async fn the_server_turns_away_a_plain_text_connection() {
     let database = TlsDatabase::start(TestConfig::new()).await;
-    let text = database.config_text("127.0.0.1", "sslmode=disable", "");
+    let text = database.config_text("127.0.0.1", "sslmode=disable", None);
 
     let migrated = database.migrate(&text).await;
 
@@ -149,7 +146,7 @@ async fn a_certificate_the_ca_file_does_not_trust_is_refused_with_a_clear_error(
         let text = database.config_text(
             "127.0.0.1",
             &format!("sslmode={mode}"),
-            "ca_file = \"other-ca.pem\"",
+            Some("other-ca.pem"),
         );
         let migrated = database.migrate(&text).await;
         assert!(
@@ -175,7 +172,7 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     let full = database.config_text(
         alias,
         "hostaddr=127.0.0.1&sslmode=verify-full",
-        "ca_file = \"ca.pem\"",
+        Some("ca.pem"),
     );
     let refused = database.migrate(&full).await;
     assert!(
@@ -192,7 +189,7 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     let ca_only = database.config_text(
         alias,
         "hostaddr=127.0.0.1&sslmode=verify-ca",
-        "ca_file = \"ca.pem\"",
+        Some("ca.pem"),
     );
     let migrated = database.migrate(&ca_only).await;
     assert!(migrated.status.success(), "verify-ca failed:\n{migrated}");
@@ -203,7 +200,7 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
 #[tokio::test]
 async fn require_encrypts_without_checking_the_certificate() {
     let database = TlsDatabase::start(TestConfig::new()).await;
-    let text = database.config_text("127.0.0.1", "sslmode=require", "");
+    let text = database.config_text("127.0.0.1", "sslmode=require", None);
 
     let migrated = database.migrate(&text).await;
 

@@ -67,11 +67,7 @@ async fn partners_receive_contract_valid_signed_bodies() {
     db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("ha61236024160af"))
         .await;
     let received = partner.wait_for_requests(3).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        3,
-    )
-    .await;
+    db.wait_for_state("delivered", 3).await;
 
     let deliveries = db.deliveries().await;
     for request in &received {
@@ -152,11 +148,7 @@ async fn a_patient_born_in_1950_is_enrolled_with_the_partner() {
     db.insert_event(ENROLLMENT, &event).await;
 
     let received = partner.wait_for_requests(1).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
     let body = &received[0].json;
     assert_eq!(body["event"]["patient"]["dob"], json!(born_1950));
     assert_eq!(
@@ -253,11 +245,7 @@ async fn an_event_goes_to_every_partner_of_its_program_and_unrouted_ones_are_kep
         to_globex[0].webhook_id(),
         "each delivery has its own id"
     );
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        2,
-    )
-    .await;
+    db.wait_for_state("delivered", 2).await;
     db.wait_for_count(
         &format!("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'unrouted' AND event_id = {orphan_id} AND partner IS NULL"),
         1,
@@ -302,16 +290,8 @@ async fn an_event_that_breaks_the_contract_is_never_sent_and_holds_nothing_up() 
     .await;
     db.insert_event(ENROLLMENT, &enrollment_event("p-ok")).await;
 
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'invalid'",
-        4,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
+    db.wait_for_state("invalid", 4).await;
     let errors: Vec<String> = db
         .client
         .query("SELECT last_error FROM dispatcher.deliveries WHERE state = 'invalid' ORDER BY event_id", &[])
@@ -341,7 +321,7 @@ async fn an_event_that_breaks_the_contract_is_never_sent_and_holds_nothing_up() 
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].patient_id(), "p-ok");
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.attempts").await,
+        db.count_attempts().await,
         1,
         "invalid events make no attempt"
     );
@@ -364,11 +344,7 @@ async fn a_400_is_rejected_with_the_partner_message_and_not_retried() {
     db.insert_event(ENROLLMENT, &enrollment_event("p-after"))
         .await;
     // Both end; the second one's end means the daemon has moved on past the first.
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected'",
-        2,
-    )
-    .await;
+    db.wait_for_state("rejected", 2).await;
     let delivery = &db.deliveries().await[0];
     assert_eq!(delivery["last_status"], json!(400));
     assert_eq!(
@@ -407,11 +383,7 @@ async fn a_retry_is_timed_by_the_database_clock_when_the_daemon_clock_runs_ahead
     let _daemon = Daemon::start_with_clock_ahead(&config, &db, "+1h");
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
     assert_eq!(partner.received().len(), 2, "a 503, then the retry");
 }
 
@@ -427,16 +399,16 @@ async fn server_errors_and_timeouts_are_retried_with_growing_spacing() {
     .await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .dispatch("lease = \"10s\"\npoll_interval = \"100ms\"\nrequest_timeout = \"1s\"\nshutdown_grace = \"1s\"");
+        .dispatch(Dispatch::default())
+        .lease(Duration::from_secs(10))
+        .poll_interval(Duration::from_millis(100))
+        .request_timeout(Duration::from_secs(1))
+        .shutdown_grace(Duration::from_secs(1));
     let db = TestDb::migrated(&config).await;
     let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
 
     let delivery = &db.deliveries().await[0];
     let attempts = db.attempts(delivery["id"].as_str().expect("id")).await;
@@ -474,16 +446,13 @@ async fn a_partner_that_keeps_failing_makes_the_delivery_dead_after_max_attempts
     let partner = TestPartner::start("acme", |_| Reply::status(503, "down for maintenance")).await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .retry("max_attempts = 3\nbase_delay = \"100ms\"\nmax_delay = \"200ms\"");
+        .max_attempts(3)
+        .retry_delays(Duration::from_millis(100), Duration::from_millis(200));
     let db = TestDb::migrated(&config).await;
     let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'dead'",
-        1,
-    )
-    .await;
+    db.wait_for_state("dead", 1).await;
     let delivery = &db.deliveries().await[0];
     assert_eq!(delivery["attempt_count"], json!(3));
     assert_eq!(partner.received().len(), 3);
@@ -513,11 +482,7 @@ async fn retry_after_is_honoured_and_redirects_are_not_followed() {
         .await;
     db.insert_event(ENROLLMENT, &enrollment_event("moved"))
         .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        2,
-    )
-    .await;
+    db.wait_for_state("delivered", 2).await;
 
     let received = partner.received();
     let throttled: Vec<&Received> = received
@@ -562,11 +527,7 @@ async fn a_viewed_tracker_never_reaches_the_partner_before_the_enrollment_is_acc
         db.insert_event(VIEWED_TRACKER, &viewed_tracker_event(patient))
             .await;
     }
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        6,
-    )
-    .await;
+    db.wait_for_state("delivered", 6).await;
 
     let received = partner.received();
     for patient in ["p-1", "p-2", "p-3"] {
@@ -631,16 +592,8 @@ async fn an_answer_with_nul_bytes_is_recorded_and_holds_nothing_up() {
     db.insert_event(ENROLLMENT, &enrollment_event("p-nul-raw"))
         .await;
     db.insert_event(ENROLLMENT, &enrollment_event("p-ok")).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'rejected'",
-        2,
-    )
-    .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("rejected", 2).await;
+    db.wait_for_state("delivered", 1).await;
     let deliveries = db.deliveries().await;
     assert_eq!(
         deliveries[0]["last_error"],

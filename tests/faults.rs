@@ -16,8 +16,6 @@ use common::*;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
-const DELIVERED: &str = "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'";
-
 /// Polls `/readyz` until it answers `status`; returns its body.
 async fn wait_for_readiness(admin: &AdminClient, status: u16) -> Value {
     let mut last = (0, Value::Null);
@@ -109,10 +107,11 @@ async fn a_database_outage_under_load_loses_nothing_and_delivery_resumes_by_itse
     // An hour between polls: after the outage, only the daemon's own reconnection (and
     // the notifications of a re-established LISTEN) can bring delivery back within the
     // test's deadlines.
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
-        "concurrency = 64\nbatch_size = 8\nlease = \"10s\"\npoll_interval = \"1h\"\n\
-         request_timeout = \"2s\"\nshutdown_grace = \"2s\"",
-    );
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .batch_size(8)
+        .poll_interval(Duration::from_secs(60 * 60))
+        .shutdown_grace(Duration::from_secs(2));
     let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
     let mut daemon = Daemon::start(&config, &db);
     let admin = AdminClient::of(&daemon, None).await;
@@ -148,7 +147,7 @@ async fn a_database_outage_under_load_loses_nothing_and_delivery_resumes_by_itse
     wait_for_readiness(&admin, 200).await;
     db.reconnect().await;
     flow.await.expect("the enrollment flow");
-    db.wait_for_count(DELIVERED, EVENTS as i64).await;
+    db.wait_for_state("delivered", EVENTS as i64).await;
     assert!(daemon.is_running(), "log:\n{}", daemon.log_text());
 
     // None lost, none marked wrongly: what the database says was delivered is what the
@@ -210,7 +209,7 @@ async fn a_database_outage_under_load_loses_nothing_and_delivery_resumes_by_itse
     daemon.wait_for_log("listening for new events", 2).await;
     db.insert_event(ENROLLMENT, &enrollment_event("after-the-outage"))
         .await;
-    db.wait_for_count(DELIVERED, EVENTS as i64 + 1).await;
+    db.wait_for_state("delivered", EVENTS as i64 + 1).await;
     assert!(partner
         .received()
         .iter()
@@ -220,10 +219,12 @@ async fn a_database_outage_under_load_loses_nothing_and_delivery_resumes_by_itse
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_whose_notification_never_came_is_found_by_polling() {
     let partner = TestPartner::accepting("acme").await;
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
-        "concurrency = 8\nbatch_size = 8\nlease = \"10s\"\npoll_interval = \"300ms\"\n\
-         request_timeout = \"2s\"\nshutdown_grace = \"2s\"",
-    );
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .concurrency(8)
+        .batch_size(8)
+        .poll_interval(Duration::from_millis(300))
+        .shutdown_grace(Duration::from_secs(2));
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     daemon.wait_for_log("listening for new events", 1).await;
@@ -234,16 +235,19 @@ async fn an_event_whose_notification_never_came_is_found_by_polling() {
         .expect("disable the notification");
     db.insert_event(ENROLLMENT, &enrollment_event("p-unnoticed"))
         .await;
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
     assert_eq!(partner.received()[0].patient_id(), "p-unnoticed");
 }
 
 /// The config for the result tests: a short lease (3s), so a lost result is sent again soon.
 fn short_lease(partner: &TestPartner) -> TestConfig {
-    TestConfig::new().partner(partner, &[PROGRAM]).dispatch(
-        "concurrency = 8\nbatch_size = 8\nlease = \"3s\"\npoll_interval = \"200ms\"\n\
-         request_timeout = \"1s\"\nshutdown_grace = \"1s\"",
-    )
+    TestConfig::new()
+        .partner(partner, &[PROGRAM])
+        .concurrency(8)
+        .batch_size(8)
+        .lease(Duration::from_secs(3))
+        .request_timeout(Duration::from_secs(1))
+        .shutdown_grace(Duration::from_secs(1))
 }
 
 /// A partner that, on its first request, takes the database down (`cluster`) before it
@@ -289,10 +293,12 @@ async fn a_200_the_database_could_not_take_is_recorded_once_it_is_back_and_not_s
     let partner = partner_outliving_the_database(&cluster, Reply::accepted).await;
     // The outage lasts seconds; the lease, a minute: the claim is still ours when the
     // database returns.
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]).dispatch(
-        "concurrency = 8\nbatch_size = 8\nlease = \"60s\"\npoll_interval = \"200ms\"\n\
-         request_timeout = \"2s\"\nshutdown_grace = \"2s\"",
-    );
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .concurrency(8)
+        .batch_size(8)
+        .lease(Duration::from_secs(60))
+        .shutdown_grace(Duration::from_secs(2));
     let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
     let daemon = Daemon::start(&config, &db);
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
@@ -303,7 +309,7 @@ async fn a_200_the_database_could_not_take_is_recorded_once_it_is_back_and_not_s
 
     cluster.start();
     db.reconnect().await;
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
     let delivery = single_delivery(&db).await;
     assert_eq!(partner.received().len(), 1, "sent once: {delivery}");
     let id = delivery["id"].as_str().expect("id");
@@ -350,7 +356,7 @@ async fn a_200_lost_with_its_daemon_is_sent_again_after_the_lease_with_the_same_
     cluster.start();
     db.reconnect().await;
     let second = Daemon::start(&config, &db);
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
 
     let delivery = single_delivery(&db).await;
     let id = delivery["id"].as_str().expect("id");
@@ -443,7 +449,7 @@ async fn a_late_200_from_a_frozen_daemon_does_not_overwrite_the_resend_that_deli
     let config = short_lease(&partner);
     let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
     let (a, _b) = a_frozen_daemon_holding_a_200(&cluster, &config, &mut db, &partner).await;
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
     let delivery = single_delivery(&db).await;
     let id = delivery["id"].as_str().expect("id");
     let before = db.attempts(id).await;
@@ -474,8 +480,9 @@ async fn a_late_200_from_a_frozen_daemon_does_not_revive_a_delivery_support_canc
         Reply::status(503, r#"{"success": false, "errorMessage": "maintenance"}"#)
     })
     .await;
-    let config =
-        short_lease(&partner).retry("max_attempts = 5\nbase_delay = \"1h\"\nmax_delay = \"1h\"");
+    let config = short_lease(&partner)
+        .max_attempts(5)
+        .retry_delays(Duration::from_secs(60 * 60), Duration::from_secs(60 * 60));
     let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
     let (a, _b) = a_frozen_daemon_holding_a_200(&cluster, &config, &mut db, &partner).await;
     partner.wait_for_requests(2).await;
@@ -539,11 +546,13 @@ async fn a_delivery_that_takes_its_daemon_down_every_time_ends_dead_after_max_at
     .await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .dispatch(
-            "concurrency = 8\nbatch_size = 8\nlease = \"2s\"\npoll_interval = \"200ms\"\n\
-             request_timeout = \"500ms\"\nshutdown_grace = \"500ms\"",
-        )
-        .retry("max_attempts = 3\nbase_delay = \"100ms\"\nmax_delay = \"100ms\"");
+        .concurrency(8)
+        .batch_size(8)
+        .lease(Duration::from_secs(2))
+        .request_timeout(Duration::from_millis(500))
+        .shutdown_grace(Duration::from_millis(500))
+        .max_attempts(3)
+        .retry_delays(Duration::from_millis(100), Duration::from_millis(100));
     let db = TestDb::migrated(&config).await;
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
 
@@ -554,10 +563,7 @@ async fn a_delivery_that_takes_its_daemon_down_every_time_ends_dead_after_max_at
         *running.lock().expect("pid") = Some(daemon.pid());
         let mut ended = false;
         for _ in 0..600 {
-            ended = db
-                .count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'dead'")
-                .await
-                == 1;
+            ended = db.count_in_state("dead").await == 1;
             if ended || !daemon.is_running() {
                 break;
             }
@@ -706,23 +712,20 @@ async fn after_mixed_faults_every_delivery_reaches_a_final_state() {
         .partner(&flaky, &[FLAKY_PROGRAM])
         .partner(&strict, &[STRICT_PROGRAM])
         .partner(&slow, &[SLOW_PROGRAM])
-        .dispatch(
-            "concurrency = 32\nbatch_size = 8\nlease = \"2s\"\npoll_interval = \"200ms\"\n\
-             request_timeout = \"500ms\"\nshutdown_grace = \"500ms\"",
-        )
-        .retry(&format!(
-            "max_attempts = {MAX_ATTEMPTS}\nbase_delay = \"50ms\"\nmax_delay = \"200ms\""
-        ));
+        .concurrency(32)
+        .batch_size(8)
+        .lease(Duration::from_secs(2))
+        .request_timeout(Duration::from_millis(500))
+        .shutdown_grace(Duration::from_millis(500))
+        .max_attempts(MAX_ATTEMPTS as u32)
+        .retry_delays(Duration::from_millis(50), Duration::from_millis(200));
     config
         .partners
         .push(("resetting".into(), reset_url, vec![RESET_PROGRAM.into()]));
     // Circuits open too (after 3 failures in a row): held deliveries must still end,
     // probe by probe.
     for partner in ["flaky", "strict", "slow", "resetting"] {
-        config = config.partner_keys(
-            partner,
-            "circuit_breaker_failures = 3\ncircuit_breaker_cool_down = \"50ms\"",
-        );
+        config = config.circuit_breaker(partner, 3, Duration::from_millis(50));
     }
     let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
 
@@ -796,9 +799,7 @@ async fn after_mixed_faults_every_delivery_reaches_a_final_state() {
     // Settled: nothing left to do (with 4 attempts, 50-200ms apart, everything ends).
     let mut unfinished = -1;
     for _ in 0..600 {
-        unfinished = db
-            .count("SELECT count(*) FROM dispatcher.deliveries WHERE state IN ('pending', 'in_flight')")
-            .await;
+        unfinished = db.count_deliveries(&Deliveries::all().unfinished()).await;
         if unfinished == 0 {
             break;
         }
@@ -858,9 +859,7 @@ async fn after_mixed_faults_every_delivery_reaches_a_final_state() {
         .iter()
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-    let lost_claims = db
-        .count("SELECT count(*) FROM dispatcher.attempts WHERE error_kind = 'lease_expired'")
-        .await;
+    let lost_claims = db.count_attempts_failed_with("lease_expired").await;
     println!(
         "mixed faults: {event_count} events; database stopped after {at_db_stop} requests, \
          daemon killed after {at_crash}; {} requests in all ({} resets); \
@@ -932,7 +931,7 @@ async fn a_200_is_recorded_through_a_cancelled_statement_and_a_killed_connection
     wait_for_the_blocked_recorder(&db, started).await;
     report.batch_execute("COMMIT").await.expect("unlock");
 
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
     let delivery = single_delivery(&db).await;
     assert_eq!(partner.received().len(), 1, "sent once: {delivery}");
     let attempts = db.attempts(delivery["id"].as_str().expect("id")).await;
@@ -953,16 +952,13 @@ async fn a_panic_in_an_attempt_costs_an_attempt_and_counts_against_the_partner_c
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .partner_keys(
-            "acme",
-            "circuit_breaker_failures = 1\ncircuit_breaker_cool_down = \"1s\"",
-        );
+        .circuit_breaker("acme", 1, Duration::from_secs(1));
     let db = TestDb::migrated(&config).await;
     // A bug meets the first attempt, and no other.
     let daemon = Daemon::start_with_env(&config, &db, &[("FAILPOINTS", "attempt=1*panic->off")]);
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
 
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
     let delivery = single_delivery(&db).await;
     let id = delivery["id"].as_str().expect("id");
     let attempts = db.attempts(id).await;

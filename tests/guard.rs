@@ -7,6 +7,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use common::tls::{server_config, TestCa};
@@ -142,8 +143,9 @@ async fn a_refused_destination_is_a_failed_attempt_retried_on_schedule() {
     let port = partner.base_url.rsplit(':').next().expect("port");
     // "localhost" goes through the system resolver; 127.0.0.1 is a literal IP. Neither
     // is a partner's address; "trusted" has allow_networks for this test.
-    let mut config =
-        TestConfig::new().retry("max_attempts = 2\nbase_delay = \"300ms\"\nmax_delay = \"1s\"");
+    let mut config = TestConfig::new()
+        .max_attempts(2)
+        .retry_delays(Duration::from_millis(300), Duration::from_secs(1));
     for (name, base_url, keys) in [
         (
             "by-name",
@@ -169,16 +171,9 @@ async fn a_refused_destination_is_a_failed_attempt_retried_on_schedule() {
     let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'dead'",
-        2,
-    )
-    .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered' AND partner = 'trusted'",
-        1,
-    )
-    .await;
+    db.wait_for_state("dead", 2).await;
+    db.wait_for_deliveries(&Deliveries::of("trusted").in_state("delivered"), 1)
+        .await;
 
     for delivery in db.deliveries().await {
         if delivery["partner"] == json!("trusted") {

@@ -15,7 +15,6 @@ use common::raw::{RawAnswer, RawPartner};
 use common::*;
 use serde_json::Value;
 
-const MIB: u64 = 1024 * 1024;
 /// The daemon needs a few tens of MiB; a 2 GB answer held in memory, or headers
 /// collected without end, would take far more.
 const MEMORY_BOUND: u64 = 100 * MIB;
@@ -40,9 +39,8 @@ impl Scene {
         let config = TestConfig::new()
             .partner_at(&hostile.name, &hostile.base_url, &[PROGRAM])
             .partner(&steady, &[PROGRAM])
-            .retry(&format!(
-                "max_attempts = {MAX_ATTEMPTS}\nbase_delay = \"300ms\"\nmax_delay = \"1s\""
-            ));
+            .max_attempts(MAX_ATTEMPTS as u32)
+            .retry_delays(Duration::from_millis(300), Duration::from_secs(1));
         let db = TestDb::migrated(&config).await;
         let daemon = Daemon::start(&config, &db);
         for patient in 0..EVENTS {
@@ -59,11 +57,9 @@ impl Scene {
 
     /// Waits for every hostile delivery to end `state`, and returns them.
     async fn hostile_deliveries_end(&self, state: &str) -> Vec<Value> {
-        let ended = format!(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'hostile' AND state = '{state}'"
-        );
+        let ended = Deliveries::of("hostile").in_state(state);
         for _ in 0..1200 {
-            if self.db.count(&ended).await == EVENTS as i64 {
+            if self.db.count_deliveries(&ended).await == EVENTS as i64 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -116,8 +112,8 @@ impl Scene {
         assert_eq!(requests.len(), EVENTS * attempts(&hostile[0]).len());
 
         self.db
-            .wait_for_count(
-                "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'steady' AND state = 'delivered'",
+            .wait_for_deliveries(
+                &Deliveries::of("steady").in_state("delivered"),
                 EVENTS as i64,
             )
             .await;
@@ -126,8 +122,8 @@ impl Scene {
             .insert_event(ENROLLMENT, &enrollment_event("patient-after"))
             .await;
         self.db
-            .wait_for_count(
-                "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'steady' AND state = 'delivered'",
+            .wait_for_deliveries(
+                &Deliveries::of("steady").in_state("delivered"),
                 EVENTS as i64 + 1,
             )
             .await;

@@ -987,16 +987,8 @@ async fn hostile_events_in_the_outbox_end_invalid_and_the_events_around_them_are
         .expect("stored");
 
     let valid = 2 * hostile.len() as i64 + 2;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        valid,
-    )
-    .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'invalid'",
-        hostile.len() as i64,
-    )
-    .await;
+    db.wait_for_state("delivered", valid).await;
+    db.wait_for_state("invalid", hostile.len() as i64).await;
     for (event_id, reason) in expected {
         let row = db
             .client

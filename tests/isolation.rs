@@ -16,10 +16,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// The support program whose events go to the misbehaving partner only.
-const OTHER_PROGRAM: &str = "0b6c1a35-7f55-4c63-9a64-3c1d2f1e9b10";
-
-/// An enrollment of `patient` in [`OTHER_PROGRAM`].
+/// An enrollment of `patient` in [`OTHER_PROGRAM`], whose events go to the misbehaving
+/// partner only.
 fn other_program_event(patient: &str) -> Value {
     let mut event = enrollment_event(patient);
     event["supportProgramId"] = OTHER_PROGRAM.into();
@@ -47,11 +45,11 @@ async fn a_hanging_partner_holds_only_its_own_slots_and_the_other_partner_is_del
     let config = TestConfig::new()
         .partner(&hanging, &[OTHER_PROGRAM])
         .partner(&healthy, &[PROGRAM])
-        .partner_keys("hanging", "max_in_flight = 2")
-        .dispatch(
-            "concurrency = 3\nbatch_size = 50\nlease = \"2h\"\npoll_interval = \"200ms\"\n\
-             request_timeout = \"1h\"\nshutdown_grace = \"2s\"",
-        );
+        .max_in_flight("hanging", 2)
+        .concurrency(3)
+        .lease(Duration::from_secs(2 * 60 * 60))
+        .request_timeout(Duration::from_secs(60 * 60))
+        .shutdown_grace(Duration::from_secs(2));
     let db = TestDb::migrated(&config).await;
     let _daemon = Daemon::start(&config, &db);
 
@@ -62,17 +60,16 @@ async fn a_hanging_partner_holds_only_its_own_slots_and_the_other_partner_is_del
     hanging.wait_for_open_requests(2).await;
     // Claimed only what it can send: the rest wait unclaimed, with no attempt spent
     // (waited for: the router may still be routing the last events).
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries
-         WHERE partner = 'hanging' AND state = 'pending' AND attempt_count = 0",
+    db.wait_for_deliveries(
+        &Deliveries::of("hanging")
+            .in_state("pending")
+            .with_attempts(0),
         (HANGING_EVENTS - 2) as i64,
     )
     .await;
     assert_eq!(
-        db.count(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'hanging' AND state = 'in_flight'"
-        )
-        .await,
+        db.count_deliveries(&Deliveries::of("hanging").in_state("in_flight"))
+            .await,
         2
     );
 
@@ -80,9 +77,10 @@ async fn a_hanging_partner_holds_only_its_own_slots_and_the_other_partner_is_del
         db.insert_event(ENROLLMENT, &enrollment_event(&format!("ok-{n}")))
             .await;
     }
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries
-         WHERE partner = 'healthy' AND state = 'delivered' AND attempt_count = 1",
+    db.wait_for_deliveries(
+        &Deliveries::of("healthy")
+            .in_state("delivered")
+            .with_attempts(1),
         HEALTHY_EVENTS as i64,
     )
     .await;
@@ -93,10 +91,8 @@ async fn a_hanging_partner_holds_only_its_own_slots_and_the_other_partner_is_del
     assert_eq!(hanging.most_open_at_once(), 2);
     assert_eq!(hanging.received().len(), 2);
     assert_eq!(
-        db.count(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'hanging' AND state = 'in_flight'"
-        )
-        .await,
+        db.count_deliveries(&Deliveries::of("hanging").in_state("in_flight"))
+            .await,
         2
     );
 }
@@ -111,15 +107,13 @@ async fn a_partner_that_times_out_never_has_more_than_max_in_flight_requests_ope
     let config = TestConfig::new()
         .partner(&hanging, &[OTHER_PROGRAM])
         .partner(&healthy, &[PROGRAM])
-        .partner_keys(
-            "hanging",
-            "max_in_flight = 2\ncircuit_breaker_failures = 1000",
-        )
-        .dispatch(
-            "concurrency = 8\nbatch_size = 50\nlease = \"10s\"\npoll_interval = \"200ms\"\n\
-             request_timeout = \"1s\"\nshutdown_grace = \"2s\"",
-        )
-        .retry("max_attempts = 100\nbase_delay = \"100ms\"\nmax_delay = \"200ms\"");
+        .max_in_flight("hanging", 2)
+        .circuit_breaker_failures("hanging", 1000)
+        .concurrency(8)
+        .request_timeout(Duration::from_secs(1))
+        .shutdown_grace(Duration::from_secs(2))
+        .max_attempts(100)
+        .retry_delays(Duration::from_millis(100), Duration::from_millis(200));
     let db = TestDb::migrated(&config).await;
     let _daemon = Daemon::start(&config, &db);
     for n in 0..EVENTS {
@@ -152,8 +146,8 @@ async fn a_partner_that_times_out_never_has_more_than_max_in_flight_requests_ope
         timeouts >= EVENTS as i64,
         "each attempt recorded as a timeout: {timeouts}"
     );
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'healthy' AND state = 'delivered'",
+    db.wait_for_deliveries(
+        &Deliveries::of("healthy").in_state("delivered"),
         EVENTS as i64,
     )
     .await;
@@ -212,11 +206,10 @@ async fn a_partner_failing_everything_is_held_after_n_failures_then_probed_until
     // Room for eight requests at once: only the breaker keeps the probe alone.
     let config = TestConfig::new()
         .partner(&failing, &[PROGRAM])
-        .partner_keys(
-            "failing",
-            "max_in_flight = 8\ncircuit_breaker_failures = 3\ncircuit_breaker_cool_down = \"2s\"",
-        )
-        .retry("max_attempts = 20\nbase_delay = \"100ms\"\nmax_delay = \"500ms\"");
+        .max_in_flight("failing", 8)
+        .circuit_breaker("failing", 3, Duration::from_secs(2))
+        .max_attempts(20)
+        .retry_delays(Duration::from_millis(100), Duration::from_millis(500));
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     let admin = AdminClient::of(&daemon, None).await;
@@ -237,11 +230,7 @@ async fn a_partner_failing_everything_is_held_after_n_failures_then_probed_until
         db.insert_event(ENROLLMENT, &enrollment_event(&format!("p-{n}")))
             .await;
     }
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'failing'",
-        5,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::of("failing"), 5).await;
 
     // Support, ops and scripts see the partner held. (A probe may be out by now; it
     // is held all the same.)
@@ -272,11 +261,8 @@ async fn a_partner_failing_everything_is_held_after_n_failures_then_probed_until
     // partner recovers and the next probe closes the circuit.
     failing.wait_for_requests(FAILURES + 2).await;
     recovered.store(true, Ordering::SeqCst);
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'failing' AND state = 'delivered'",
-        5,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::of("failing").in_state("delivered"), 5)
+        .await;
     let received = failing.received();
     let gaps: Vec<Duration> = received
         .windows(2)

@@ -14,7 +14,6 @@ use dispatcher::observe::metrics::Metrics;
 use dispatcher::shutdown::Shutdown;
 use dispatcher::store::{db, outbox};
 
-const OTHER_PROGRAM: &str = "0b6c1a35-7f55-4c63-9a64-3c1d2f1e9b10";
 /// Patient ids of this test share a prefix the metrics must never show.
 const PATIENT: &str = "pid-7f3a";
 
@@ -82,7 +81,8 @@ async fn metrics_count_known_traffic_exactly_and_never_show_a_patient() {
     let config = TestConfig::new()
         .partner(&acme, &[PROGRAM])
         .partner(&beta, &[OTHER_PROGRAM])
-        .retry("max_attempts = 2\nbase_delay = \"100ms\"\nmax_delay = \"1s\"");
+        .max_attempts(2)
+        .retry_delays(Duration::from_millis(100), Duration::from_secs(1));
     let db = TestDb::migrated(&config).await;
     let path = config.write(&db);
     let loaded = Config::parse(&config.text(&db), "test", None, |_| None).expect("valid config");

@@ -6,8 +6,6 @@ use common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const DELIVERED: &str = "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn after_sighup_new_events_go_to_the_partner_url_ops_just_configured() {
     let old_crm = TestPartner::accepting("acme").await;
@@ -24,11 +22,7 @@ async fn after_sighup_new_events_go_to_the_partner_url_ops_just_configured() {
     let changed = TestConfig::new()
         .partner(&moved_crm, &[PROGRAM])
         .partner(&newcomer, &[PROGRAM])
-        .dispatch(
-            &config
-                .dispatch
-                .replace("concurrency = 64", "concurrency = 8"),
-        );
+        .concurrency(8);
     assert_ne!(changed.dispatch, config.dispatch);
     daemon.reload_with(&changed.text(&db));
     let log = daemon.wait_for_log("configuration reloaded", 1).await;
@@ -41,7 +35,7 @@ async fn after_sighup_new_events_go_to_the_partner_url_ops_just_configured() {
     db.insert_event(ENROLLMENT, &enrollment_event("p-2")).await;
     let at_moved = moved_crm.wait_for_requests(1).await;
     let at_newcomer = newcomer.wait_for_requests(1).await;
-    db.wait_for_count(DELIVERED, 3).await;
+    db.wait_for_state("delivered", 3).await;
     assert_eq!(at_moved[0].patient_id(), "p-2");
     assert_eq!(at_newcomer[0].patient_id(), "p-2");
     assert_eq!(
@@ -79,7 +73,7 @@ async fn an_invalid_file_on_sighup_is_refused_naming_the_key_and_delivery_goes_o
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
     let received = partner.wait_for_requests(1).await;
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
     assert_eq!(received[0].header("x-api-key"), "key-acme");
     assert!(!daemon.log_text().contains("configuration reloaded"));
 }
@@ -119,7 +113,7 @@ async fn a_file_whose_partner_client_cannot_be_built_is_refused_at_reload_naming
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
     partner.wait_for_requests(1).await;
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
     assert!(!daemon.log_text().contains("configuration reloaded"));
 }
 
@@ -142,7 +136,7 @@ async fn json_logs_are_one_object_a_line_and_attempt_lines_carry_ids_never_the_e
     db.insert_event(ENROLLMENT, &enrollment_event("ha61236024160af"))
         .await;
     partner.wait_for_requests(2).await;
-    db.wait_for_count(DELIVERED, 1).await;
+    db.wait_for_state("delivered", 1).await;
     daemon.signal(Signal::SIGTERM);
     assert!(daemon.wait_exit().await.success());
 

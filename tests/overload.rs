@@ -18,7 +18,6 @@ use dispatcher::config::Config;
 use dispatcher::store::{db, queue};
 use serde_json::Value;
 
-const MIB: u64 = 1024 * 1024;
 /// Generous: the daemon idles at ~20 MiB. Memory that grew with the backlog would pass
 /// it long before a million events.
 const MEMORY_BOUND: u64 = 150 * MIB;
@@ -103,9 +102,11 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
     // partner is down; a short cool-down lets its probe find the recovery soon.
     let config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
-        .partner_keys("acme", "circuit_breaker_cool_down = \"500ms\"")
-        .dispatch("poll_interval = \"200ms\"")
-        .retry("max_attempts = 100\nbase_delay = \"100ms\"\nmax_delay = \"1s\"");
+        .circuit_breaker_cool_down("acme", Duration::from_millis(500))
+        .dispatch(Dispatch::default())
+        .poll_interval(Duration::from_millis(200))
+        .max_attempts(100)
+        .retry_delays(Duration::from_millis(100), Duration::from_secs(1));
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
     // The daemon's own way to the database, for its claim's SQL.
@@ -138,9 +139,7 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
     )
     .await;
     let routed_in = started.elapsed();
-    let pending = db
-        .count("SELECT count(*) FROM dispatcher.deliveries WHERE state IN ('pending', 'in_flight')")
-        .await;
+    let pending = db.count_deliveries(&Deliveries::all().unfinished()).await;
     // A claim reads the due deliveries in order and stops at its limit: no sort or hash
     // of the whole backlog, even right after a burst, before autovacuum has looked.
     let plan = claim_plan(&client, &format!("with {pending} deliveries unfinished")).await;
@@ -160,8 +159,8 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
     );
 
     recovered.store(true, Ordering::SeqCst);
-    db.wait_for_count_within(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
+    db.wait_for_deliveries_within(
+        &Deliveries::all().in_state("delivered"),
         backlog,
         drain_deadline,
     )

@@ -134,7 +134,6 @@ async fn traced_cli(config: &Path, args: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
-    const OTHER_PROGRAM: &str = "0c5b6a4e-6f0e-4d8a-9d7e-3f2a1b0c9d8e";
     // acme plays every outcome, by patient; globex takes everything too (fan-out).
     let acme = TestPartner::start("acme", |request| {
         let first_try = request.try_number == 1;
@@ -158,12 +157,14 @@ async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
     let config = TestConfig::new()
         .partner(&acme, &[PROGRAM])
         .partner(&globex, &[PROGRAM])
-        .retry("max_attempts = 3\nbase_delay = \"300ms\"\nmax_delay = \"1s\"");
+        .max_attempts(3)
+        .retry_delays(Duration::from_millis(300), Duration::from_secs(1));
     let db = TestDb::migrated(&config).await;
     let password_url = url_with_password(&db).await;
     let text = config
+        .clone()
+        .database_url(&password_url)
         .text(&db)
-        .replace(&db.url, &password_url)
         .replace("\"key-", &format!("\"{API_KEY_PREFIX}"));
     assert!(text.contains(DB_PASSWORD) && text.contains(API_KEY_PREFIX));
     let path = config.dir.path().join("traced.toml");
@@ -182,15 +183,12 @@ async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
     malformed["patient"]["dob"] = json!(BIRTH_DATE);
     db.insert_event(ENROLLMENT, &malformed).await;
     let mut unrouted = enrollment_of("p-unrouted");
-    unrouted["supportProgramId"] = json!(OTHER_PROGRAM);
+    unrouted["supportProgramId"] = json!(UNSERVED_PROGRAM);
     db.insert_event(ENROLLMENT, &unrouted).await;
 
     // 6 events × 2 partners, the malformed one's 2 and the unrouted one's placeholder.
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state NOT IN ('pending', 'in_flight')",
-        15,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::all().finished(), 15)
+        .await;
     for (state, count) in [
         ("delivered", 10),
         ("rejected", 1),
@@ -199,23 +197,16 @@ async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
         ("unrouted", 1),
     ] {
         assert_eq!(
-            db.count(&format!(
-                "SELECT count(*) FROM dispatcher.deliveries WHERE state = '{state}'"
-            ))
-            .await,
+            db.count_in_state(state).await,
             count,
             "{state}: {:#?}",
             db.deliveries().await
         );
     }
-    let timed_out = db
-        .count("SELECT count(*) FROM dispatcher.attempts WHERE error_kind = 'timeout'")
-        .await;
+    let timed_out = db.count_attempts_failed_with("timeout").await;
     assert_eq!(timed_out, 1, "one attempt timed out");
     assert!(
-        db.count("SELECT count(*) FROM dispatcher.partner_patients")
-            .await
-            > 0,
+        db.count_partner_patients().await > 0,
         "a 200 answer gave an externalId"
     );
 
@@ -264,11 +255,7 @@ async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
     let cancelled = traced_cli(&path, &["deliveries", "cancel", &id_in("dead")]).await;
     assert!(cancelled.status.success(), "{cancelled}");
     printed.push(cancelled);
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        11,
-    )
-    .await;
+    db.wait_for_state("delivered", 11).await;
 
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait_exit().await.success(), "the daemon stopped");

@@ -91,7 +91,11 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     let config = TestConfig::new()
         .partner(&acme, &[PROGRAM])
         .partner(&globex, &[PROGRAM])
-        .retry("max_attempts = 5\nbase_delay = \"1h\"\nmax_delay = \"2h\"");
+        .max_attempts(5)
+        .retry_delays(
+            Duration::from_secs(60 * 60),
+            Duration::from_secs(2 * 60 * 60),
+        );
     let db = TestDb::migrated(&config).await;
     let path = config.write(&db);
     let daemon = Daemon::start(&config, &db);
@@ -100,24 +104,15 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
         db.insert_event(ENROLLMENT, &enrollment_event(patient))
             .await;
     }
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        7,
-    )
-    .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND attempt_count = 1",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 7).await;
+    db.wait_for_deliveries(&Deliveries::all().in_state("pending").with_attempts(1), 1)
+        .await;
     drop(daemon);
     let last_month = delivery_ids(&db, "p-last-month").await;
     let half_done = delivery_ids(&db, "p-half-done").await;
     let last_year = delivery_ids(&db, "p-last-year").await;
     let today = delivery_ids(&db, "p-today").await;
-    let known_patients = db
-        .count("SELECT count(*) FROM dispatcher.partner_patients")
-        .await;
+    let known_patients = db.count_partner_patients().await;
     assert_eq!(known_patients, 7, "each 200 answer gave an externalId");
 
     backdate(&db, "p-last-month", 31).await;
@@ -153,12 +148,12 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
         assert!(db.attempts(id).await.is_empty(), "{id}");
     }
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.deliveries WHERE patient_id = 'p-last-year'")
+        db.count_deliveries(&Deliveries::all().of_patient("p-last-year"))
             .await,
         0
     );
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.outbox").await,
+        db.count_events().await,
         3,
         "the event of last year is deleted"
     );
@@ -168,8 +163,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
         assert_eq!(answers_kept(&db, id).await, 1, "{id}");
     }
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.partner_patients")
-            .await,
+        db.count_partner_patients().await,
         known_patients,
         "the partners' patient ids are kept"
     );
@@ -208,10 +202,8 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
         "{refused}"
     );
     assert_eq!(
-        db.count(&format!(
-            "SELECT count(*) FROM dispatcher.deliveries WHERE id = '{id}' AND state = 'delivered'"
-        ))
-        .await,
+        db.count_deliveries(&Deliveries::all().with_id(id).in_state("delivered"))
+            .await,
         1,
         "the refused delivery is unchanged"
     );
@@ -228,23 +220,21 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_running_daemon_prunes_by_itself() {
     let acme = TestPartner::accepting("acme").await;
-    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .retention(Retention {
+            payload_days: 30,
+            metadata_days: 400,
+            prune_interval: Duration::from_millis(200),
+        });
     let db = TestDb::migrated(&config).await;
-    let text = format!(
-        "{}\n[retention]\npayload_days = 30\nmetadata_days = 400\nprune_interval = \"200ms\"\n",
-        config.text(&db)
-    );
-    let _daemon = Daemon::start_with_text(&text, config.dir.path());
+    let _daemon = Daemon::start(&config, &db);
 
     db.insert_event(ENROLLMENT, &enrollment_event("p-old"))
         .await;
     db.insert_event(ENROLLMENT, &enrollment_event("p-new"))
         .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        2,
-    )
-    .await;
+    db.wait_for_state("delivered", 2).await;
     backdate(&db, "p-old", 31).await;
 
     db.wait_for_count(
@@ -262,10 +252,9 @@ async fn the_running_daemon_prunes_by_itself() {
 
     // Later, the daemon deletes the records too.
     backdate(&db, "p-old", 401).await;
-    db.wait_for_count("SELECT count(*) FROM dispatcher.outbox", 1)
-        .await;
+    db.wait_for_events(1).await;
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.deliveries WHERE patient_id = 'p-old'")
+        db.count_deliveries(&Deliveries::all().of_patient("p-old"))
             .await,
         0
     );
@@ -305,11 +294,7 @@ async fn a_database_from_before_retention_is_upgraded_with_its_events() {
 
     let _daemon = Daemon::start(&config, &db);
     acme.wait_for_requests(1).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -322,11 +307,7 @@ async fn a_pending_delivery_whose_body_is_gone_ends_dead_and_the_patients_next_e
     db.insert_event(ENROLLMENT, &enrollment_event("p-erased"))
         .await;
     acme.wait_for_requests(1).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
     let [erased] = &delivery_ids(&db, "p-erased").await[..] else {
         panic!("one delivery")
     };
@@ -348,14 +329,8 @@ async fn a_pending_delivery_whose_body_is_gone_ends_dead_and_the_patients_next_e
         .await;
 
     // The patient's next event goes out; the one without a body ends, never sent again.
-    db.wait_for_count(
-        &format!(
-            "SELECT count(*) FROM dispatcher.deliveries
-             WHERE event_id = {later} AND state = 'delivered'"
-        ),
-        1,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::all().of_event(later).in_state("delivered"), 1)
+        .await;
     let counts = per_webhook_id(&acme.received());
     assert_eq!(counts.get(erased.as_str()), Some(&1), "{counts:?}");
     assert_eq!(acme.request_count(), 2, "{counts:?}");
@@ -468,11 +443,7 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
     db.insert_event(ENROLLMENT, &enrollment_event("p-race"))
         .await;
     acme.wait_for_requests(1).await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
     // No daemon while the two race: it would claim the resent delivery at once.
     drop(daemon);
     let [delivery] = &delivery_ids(&db, "p-race").await[..] else {
@@ -548,14 +519,8 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
     let next = db
         .insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-race"))
         .await;
-    db.wait_for_count(
-        &format!(
-            "SELECT count(*) FROM dispatcher.deliveries
-             WHERE event_id = {next} AND state = 'delivered'"
-        ),
-        1,
-    )
-    .await;
+    db.wait_for_deliveries(&Deliveries::all().of_event(next).in_state("delivered"), 1)
+        .await;
 }
 
 /// The erase's second look at the deliveries, made after it locked the event. The resend
@@ -571,11 +536,7 @@ async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
     let daemon = Daemon::start(&config, &db);
     db.insert_event(ENROLLMENT, &enrollment_event("p-late"))
         .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'delivered'",
-        1,
-    )
-    .await;
+    db.wait_for_state("delivered", 1).await;
     drop(daemon);
     backdate(&db, "p-late", 31).await;
     let loaded = Config::parse(&config.text(&db), "retention", None, |_| None).expect("config");

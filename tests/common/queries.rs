@@ -1,0 +1,181 @@
+//! The questions tests keep asking the database ("how many deliveries are delivered?",
+//! "wait until this one is"), each written once, so a scenario reads as its steps and a
+//! change of schema is one edit here.
+
+use super::TestDb;
+
+/// The states of a delivery the dispatcher still has work to do with.
+const UNFINISHED: &str = "('pending', 'in_flight')";
+
+/// Which deliveries a test asks about: every condition named must hold.
+#[derive(Clone, Debug, Default)]
+pub struct Deliveries {
+    conditions: Vec<String>,
+}
+
+impl Deliveries {
+    /// Every delivery.
+    pub fn all() -> Deliveries {
+        Deliveries::default()
+    }
+
+    /// The deliveries of one partner.
+    pub fn of(partner: &str) -> Deliveries {
+        Deliveries::all().and(format!("partner = {}", literal(partner)))
+    }
+
+    pub fn in_state(self, state: &str) -> Deliveries {
+        self.and(format!("state = {}", literal(state)))
+    }
+
+    /// Still `pending` or `in_flight`: the dispatcher has more to do with them.
+    pub fn unfinished(self) -> Deliveries {
+        self.and(format!("state IN {UNFINISHED}"))
+    }
+
+    /// In a final state (delivered, rejected, dead, invalid, unrouted, cancelled).
+    pub fn finished(self) -> Deliveries {
+        self.and(format!("state NOT IN {UNFINISHED}"))
+    }
+
+    /// Ended: given its final state at some time (`ended_at` set).
+    pub fn ended(self) -> Deliveries {
+        self.and("ended_at IS NOT NULL".to_string())
+    }
+
+    /// Due: to be claimed at once, not after a delay or a lease.
+    pub fn due(self) -> Deliveries {
+        self.and("due_at <= now()".to_string())
+    }
+
+    /// With exactly `attempts` attempts spent.
+    pub fn with_attempts(self, attempts: i32) -> Deliveries {
+        self.and(format!("attempt_count = {attempts}"))
+    }
+
+    /// The one delivery with this id.
+    pub fn with_id(self, id: &str) -> Deliveries {
+        self.and(format!("id = {}", literal(id)))
+    }
+
+    /// The deliveries of one outbox event.
+    pub fn of_event(self, event_id: i64) -> Deliveries {
+        self.and(format!("event_id = {event_id}"))
+    }
+
+    pub fn of_patient(self, patient_id: &str) -> Deliveries {
+        self.and(format!("patient_id = {}", literal(patient_id)))
+    }
+
+    fn and(mut self, condition: String) -> Deliveries {
+        self.conditions.push(condition);
+        self
+    }
+
+    /// The count, as SQL (also what a failed wait prints).
+    fn count_sql(&self) -> String {
+        let mut sql = "SELECT count(*) FROM dispatcher.deliveries".to_string();
+        if !self.conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&self.conditions.join(" AND "));
+        }
+        sql
+    }
+}
+
+/// A text value as an SQL literal (test names and states: no user input).
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Events in the outbox, routed or not.
+const EVENT_COUNT: &str = "SELECT count(*) FROM dispatcher.outbox";
+/// Attempts recorded, of every delivery.
+const ATTEMPT_COUNT: &str = "SELECT count(*) FROM dispatcher.attempts";
+
+impl TestDb {
+    /// How many deliveries `selection` matches.
+    pub async fn count_deliveries(&self, selection: &Deliveries) -> i64 {
+        self.count(&selection.count_sql()).await
+    }
+
+    /// Polls until `selection` matches `expected` deliveries; fails after a generous
+    /// deadline.
+    pub async fn wait_for_deliveries(&self, selection: &Deliveries, expected: i64) {
+        self.wait_for_count(&selection.count_sql(), expected).await
+    }
+
+    /// [`TestDb::wait_for_deliveries`] with another deadline, for work that takes long
+    /// however well it goes.
+    pub async fn wait_for_deliveries_within(
+        &self,
+        selection: &Deliveries,
+        expected: i64,
+        deadline: std::time::Duration,
+    ) {
+        self.wait_for_count_within(&selection.count_sql(), expected, deadline)
+            .await
+    }
+
+    /// How many deliveries are in `state`.
+    pub async fn count_in_state(&self, state: &str) -> i64 {
+        self.count_deliveries(&Deliveries::all().in_state(state))
+            .await
+    }
+
+    /// Polls until `expected` deliveries are in `state`.
+    pub async fn wait_for_state(&self, state: &str, expected: i64) {
+        self.wait_for_deliveries(&Deliveries::all().in_state(state), expected)
+            .await
+    }
+
+    /// Polls until the delivery `id` is in `state`.
+    pub async fn wait_for_delivery_state(&self, id: &str, state: &str) {
+        self.wait_for_deliveries(&Deliveries::all().with_id(id).in_state(state), 1)
+            .await
+    }
+
+    /// The ids of the deliveries in `state`, in no particular order.
+    pub async fn ids_in_state(&self, state: &str) -> Vec<String> {
+        self.client
+            .query(
+                "SELECT id::text FROM dispatcher.deliveries WHERE state = $1",
+                &[&state],
+            )
+            .await
+            .expect("read delivery ids")
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    /// How many attempts were recorded, of every delivery.
+    pub async fn count_attempts(&self) -> i64 {
+        self.count(ATTEMPT_COUNT).await
+    }
+
+    /// How many recorded attempts failed with `error_kind` (e.g. `timeout`).
+    pub async fn count_attempts_failed_with(&self, error_kind: &str) -> i64 {
+        self.count(&format!(
+            "{ATTEMPT_COUNT} WHERE error_kind = {}",
+            literal(error_kind)
+        ))
+        .await
+    }
+
+    /// How many partners' ids for patients the dispatcher keeps (from their 200 answers).
+    pub async fn count_partner_patients(&self) -> i64 {
+        self.count("SELECT count(*) FROM dispatcher.partner_patients")
+            .await
+    }
+
+    /// How many events the outbox holds.
+    pub async fn count_events(&self) -> i64 {
+        self.count(EVENT_COUNT).await
+    }
+
+    /// Polls until the outbox holds `expected` events.
+    pub async fn wait_for_events(&self, expected: i64) {
+        self.wait_for_count(EVENT_COUNT, expected).await
+    }
+}
