@@ -1,6 +1,7 @@
--- Retention (see src/retention.rs): an event's body and the partners' answers are erased
--- `payload_days` after the deliveries end; the rows themselves go after `metadata_days`.
--- (Version 3: version 2 is kept for a change developed beside this one.)
+-- Retention (see src/store/retention.rs): an event's body and the partners' answers are
+-- erased `payload_days` after the deliveries end; the rows themselves go after
+-- `metadata_days`. (Version 3: version 2, 0002_support_actions.sql, was developed beside
+-- this one; neither touches the other's tables.)
 
 -- An erased body is NULL, with the time it was erased; the enrollment flow still cannot
 -- insert a NULL body.

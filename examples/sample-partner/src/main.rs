@@ -1,7 +1,8 @@
 //! A sample partner CRM for trying the dispatcher locally: answers every webhook with the
 //! contract's 200 answer, giving each patient a partner-side id.
 //!
-//! `cargo run --example sample_partner -- 127.0.0.1:8088`
+//! `cargo run -p sample-partner -- 127.0.0.1:8088`; `scripts/demo` runs it. Only the
+//! daemon's own dependencies, so building it compiles no test-only crate.
 
 use axum::http::StatusCode;
 use axum::Json;
