@@ -16,6 +16,7 @@ use dispatcher::daemon::Dispatcher;
 use dispatcher::delivery::state;
 use dispatcher::observe::logging;
 use dispatcher::observe::metrics::Metrics;
+use dispatcher::observe::systemd;
 use dispatcher::shutdown::Shutdown;
 use dispatcher::store::support::DeliveryFilter;
 use dispatcher::store::{db, resend, retention, schema};
@@ -217,6 +218,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("starting the admin server on {}", admin.listen))?;
             let admin = tokio::spawn(admin.serve(shutdown.clone()));
+            tokio::spawn(systemd::report_lifecycle(shutdown.clone()));
             tracing::info!(
                 partners = live.snapshot().partners.len(),
                 "dispatcher running"
