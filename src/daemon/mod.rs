@@ -49,6 +49,7 @@ use crate::config::Config;
 use crate::delivery::breaker::Breakers;
 use crate::http::client::LiveSender;
 use crate::observe::metrics::Metrics;
+use crate::observe::systemd;
 use crate::shutdown::Shutdown;
 use crate::store::{db, schema};
 use slots::PartnerSlots;
@@ -95,6 +96,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting the admin server on {}", admin.listen))?;
     let admin = tokio::spawn(admin.serve(shutdown.clone()));
+    // Ready for systemd (Type=notify): the schema is current and the admin server listens.
+    tokio::spawn(systemd::report_lifecycle(shutdown.clone()));
     tracing::info!(
         partners = live.snapshot().partners.len(),
         "dispatcher running"
