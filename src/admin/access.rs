@@ -33,8 +33,8 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::api::ApiError;
-use super::AdminState;
+use super::error::ApiError;
+use super::state::AdminState;
 use crate::config::HostAuthority;
 
 pub(crate) const SESSION_COOKIE: &str = "dispatcher_session";

@@ -10,7 +10,6 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::header::SET_COOKIE;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -20,11 +19,12 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::access::{self, SupportSession, SESSION_COOKIE};
-use super::api::{ApiError, Page, Selection};
-use super::AdminState;
+use super::api::Among;
+use super::error::ApiError;
+use super::state::{AdminState, Page};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::DeliveryState;
-use crate::store::support::{DeliveryDetail, DeliverySummary};
+use crate::store::support::{DeliveryDetail, DeliverySummary, Selection};
 
 const PAGE_ROWS: i64 = 50;
 
@@ -146,32 +146,15 @@ fn state_badge(state: DeliveryState) -> Markup {
 
 /// Resend and cancel buttons for the states where they can work.
 fn actions(delivery: &DeliverySummary, back: &str) -> Markup {
-    let resendable = matches!(
-        delivery.state,
-        DeliveryState::Delivered
-            | DeliveryState::Rejected
-            | DeliveryState::Dead
-            | DeliveryState::Invalid
-            | DeliveryState::Cancelled
-            | DeliveryState::Unrouted
-    );
-    let cancellable = matches!(
-        delivery.state,
-        DeliveryState::Pending
-            | DeliveryState::Rejected
-            | DeliveryState::Dead
-            | DeliveryState::Invalid
-            | DeliveryState::Unrouted
-    );
     html! {
-        @if resendable {
+        @if delivery.state.can_resend() {
             form.inline method="post" action={ "/deliveries/" (delivery.id) "/resend" } {
                 input type="hidden" name="back" value=(back);
                 button.primary type="submit" { "Resend" }
             }
             " "
         }
-        @if cancellable {
+        @if delivery.state.can_cancel() {
             form.inline method="post" action={ "/deliveries/" (delivery.id) "/cancel" }
                 onsubmit="return confirm('Cancel this delivery? It will not be sent again.')" {
                 input type="hidden" name="back" value=(back);
@@ -186,23 +169,24 @@ async fn overview(
     session: SupportSession,
     State(state): State<AdminState>,
     Query(notice): Query<Notice>,
-    Query(mut selection): Query<Selection>,
+    Query(selection): Query<Among<Selection>>,
     Query(page): Query<Page>,
 ) -> Result<Markup, PageError> {
+    let mut selection = selection.value;
     let shown_state = selection.state.clone().unwrap_or_else(|| "failed".into());
     selection.state = (shown_state != "all").then(|| shown_state.clone());
-    let filter = selection.filter()?;
-    let partner = filter.partner.clone();
-    let summaries = state.partner_summaries().await?;
+    let partner = selection.partner.clone();
+    // The rows first: they refuse a wrong state before the database is asked anything.
     let rows = state
         .page_of(
-            &filter,
+            &selection,
             Page {
                 after: page.after,
                 limit: Some(PAGE_ROWS),
             },
         )
         .await?;
+    let summaries = state.partner_summaries().await?;
     let mut next = format!("/?state={shown_state}");
     if let Some(partner) = &partner {
         next.push_str(&format!("&partner={}", url_encode(partner)));
@@ -523,12 +507,7 @@ impl From<ApiError> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let status = match &self.0 {
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::CONFLICT,
-        };
+        let status = self.0.status();
         let body = layout(
             "Error",
             None,
@@ -541,6 +520,15 @@ impl IntoResponse for PageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_page_carries_the_status_the_api_would() {
+        let status = |error| PageError(error).into_response().status().as_u16();
+        assert_eq!(status(ApiError::Unauthorized), 401);
+        assert_eq!(status(ApiError::ForeignOrigin), 403);
+        assert_eq!(status(ApiError::NotFound(Uuid::nil())), 404);
+        assert_eq!(status(ApiError::Conflict("ended".into())), 409);
+    }
 
     fn location(back: &str) -> String {
         let form = ActionForm {

@@ -3,7 +3,6 @@
 pub mod db;
 pub mod outbox;
 pub mod queue;
-pub mod resend;
 pub mod retention;
 pub mod schema;
 pub mod support;
