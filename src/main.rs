@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use dispatcher::admin::AdminServer;
-use dispatcher::cli::{check, deliveries, Cli, Command};
+use dispatcher::cli::{self, check, deliveries, Cli, Command};
 use dispatcher::config::live::LiveConfig;
 use dispatcher::config::{Config, LogFormat, LOG_FORMAT_ENV};
 use dispatcher::daemon::Dispatcher;
@@ -57,17 +57,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let pool = db::pool(&config.database)?;
             let mut client = pool.get().await.context("connecting to the database")?;
             let applied = schema::migrate(&mut client).await?;
-            if applied.is_empty() {
-                println!(
-                    "database schema is up to date (version {})",
-                    schema::latest_version()
-                );
-            } else {
-                println!(
-                    "applied migrations {applied:?}; schema is at version {}",
-                    schema::latest_version()
-                );
-            }
+            cli::migrated(&applied, &mut std::io::stdout().lock())?;
         }
         Command::Run => {
             // Signals first, so a SIGTERM or SIGHUP during start-up is handled too.

@@ -5,14 +5,14 @@
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::access::ApiActor;
 use super::error::{ApiError, ErrorBody};
-use super::state::{AdminState, DeliveryPage, Page};
+use super::state::{AdminState, Among, DeliveryPage, Page};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::DeliveryState;
 use crate::store::support::{
@@ -88,15 +88,6 @@ impl utoipa::Modify for BearerToken {
             ),
         );
     }
-}
-
-/// A value read from a query string that carries other parameters beside it (a page, a
-/// notice): only its own fields are read, so a [`Selection`], which refuses an unknown
-/// field as a body, takes its share of the query.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Among<T> {
-    #[serde(flatten)]
-    pub(crate) value: T,
 }
 
 /// Lists deliveries, newest first, a page at a time.
@@ -248,33 +239,4 @@ pub(crate) async fn partner_summaries(
     State(state): State<AdminState>,
 ) -> Result<Json<Vec<PartnerSummary>>, ApiError> {
     Ok(Json(state.partner_summaries().await?))
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn selection(query: &str) -> Result<Selection, String> {
-        let uri: axum::http::Uri = format!("/api/deliveries?{query}").parse().expect("uri");
-        Query::<Among<Selection>>::try_from_uri(&uri)
-            .map(|Query(among)| among.value)
-            .map_err(|error| error.body_text())
-    }
-
-    #[test]
-    fn a_query_selects_beside_the_page_and_a_body_refuses_a_stranger() {
-        let beside_the_page = selection("state=failed&partner=acme&after=x&limit=3&notice=resent")
-            .expect("a selection among other parameters");
-        assert_eq!(beside_the_page.state.as_deref(), Some("failed"));
-        assert_eq!(beside_the_page.partner.as_deref(), Some("acme"));
-        assert!(selection("since=yesterday").is_err(), "a time is RFC 3339");
-        let typo = serde_json::from_str::<Selection>(r#"{"partnr": "acme"}"#);
-        assert!(typo.is_err_and(|error| error.to_string().contains("unknown field `partnr`")));
-        let ids = serde_json::from_str::<Selection>(
-            r#"{"ids": ["00000000-0000-0000-0000-000000000000"]}"#,
-        );
-        assert!(
-            ids.is_err(),
-            "a bulk resend selects by what deliveries are, not by id"
-        );
-    }
 }

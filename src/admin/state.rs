@@ -1,6 +1,7 @@
 //! The service layer of the admin server: what the API and the support page both ask of
 //! the store (a page of deliveries, one delivery, each partner at a glance, resend and
-//! cancel one), with the same checks and the same answers, whichever of them asks.
+//! cancel one), with the same checks and the same answers whichever of them asks, and
+//! the shapes both read a request into.
 
 use std::sync::Arc;
 
@@ -38,6 +39,15 @@ pub(crate) struct Page {
     pub after: Option<Uuid>,
     /// Rows per page, 1 to 1000 (default 100).
     pub limit: Option<i64>,
+}
+
+/// A value read from a query string that carries other parameters beside it (a page, a
+/// notice): only its own fields are read, so a [`Selection`], which refuses an unknown
+/// field as a body, takes its share of the query.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Among<T> {
+    #[serde(flatten)]
+    pub(crate) value: T,
 }
 
 /// Deliveries newest first, and where the next page starts.
@@ -156,5 +166,37 @@ impl AdminState {
             Ok(None) => ApiError::NotFound(id),
             Err(error) => DatabaseUnavailable::logged(error).into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::Query;
+
+    use super::*;
+
+    fn selection(query: &str) -> Result<Selection, String> {
+        let uri: axum::http::Uri = format!("/api/deliveries?{query}").parse().expect("uri");
+        Query::<Among<Selection>>::try_from_uri(&uri)
+            .map(|Query(among)| among.value)
+            .map_err(|error| error.body_text())
+    }
+
+    #[test]
+    fn a_query_selects_beside_the_page_and_a_body_refuses_a_stranger() {
+        let beside_the_page = selection("state=failed&partner=acme&after=x&limit=3&notice=resent")
+            .expect("a selection among other parameters");
+        assert_eq!(beside_the_page.state.as_deref(), Some("failed"));
+        assert_eq!(beside_the_page.partner.as_deref(), Some("acme"));
+        assert!(selection("since=yesterday").is_err(), "a time is RFC 3339");
+        let typo = serde_json::from_str::<Selection>(r#"{"partnr": "acme"}"#);
+        assert!(typo.is_err_and(|error| error.to_string().contains("unknown field `partnr`")));
+        let ids = serde_json::from_str::<Selection>(
+            r#"{"ids": ["00000000-0000-0000-0000-000000000000"]}"#,
+        );
+        assert!(
+            ids.is_err(),
+            "a bulk resend selects by what deliveries are, not by id"
+        );
     }
 }

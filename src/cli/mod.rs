@@ -5,9 +5,12 @@
 pub mod check;
 pub mod deliveries;
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::store::schema;
 
 pub use deliveries::DeliveriesCommand;
 
@@ -39,4 +42,17 @@ pub enum Command {
     /// Review and act on deliveries (for support).
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+}
+
+/// What `dispatcher migrate` did: the migrations it applied, and the version now.
+pub fn migrated(applied: &[i32], out: &mut impl Write) -> io::Result<()> {
+    let version = schema::latest_version();
+    if applied.is_empty() {
+        writeln!(out, "database schema is up to date (version {version})")
+    } else {
+        writeln!(
+            out,
+            "applied migrations {applied:?}; schema is at version {version}"
+        )
+    }
 }

@@ -20,9 +20,8 @@ use uuid::Uuid;
 mod views;
 
 use super::access::{self, SupportSession, SESSION_COOKIE};
-use super::api::Among;
 use super::error::ApiError;
-use super::state::{AdminState, Page};
+use super::state::{AdminState, Among, Page};
 use crate::store::support::Selection;
 use views::{layout, login_page, Notice};
 
