@@ -76,9 +76,8 @@ impl AdminServer {
         };
         let state = AdminState {
             pool,
-            access: Arc::new(Access::new(config.token.clone(), hosts)),
+            access: Arc::new(Access::new(config.token.clone(), hosts, https)),
             metrics,
-            https,
         };
         Ok(AdminServer {
             listener,

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -28,8 +29,13 @@ pub(crate) struct AdminState {
     pub(super) pool: Pool,
     pub(super) access: Arc<Access>,
     pub(super) metrics: Metrics,
-    /// Whether the server speaks HTTPS: origins and cookies depend on it.
-    pub(super) https: bool,
+}
+
+/// What the access checks take from the shared state.
+impl FromRef<AdminState> for Arc<Access> {
+    fn from_ref(state: &AdminState) -> Arc<Access> {
+        state.access.clone()
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -59,14 +65,6 @@ pub(crate) struct DeliveryPage {
 }
 
 impl AdminState {
-    pub(crate) fn scheme(&self) -> &'static str {
-        if self.https {
-            "https"
-        } else {
-            "http"
-        }
-    }
-
     /// One page of deliveries; a wrong state or page length is refused before the
     /// database is asked.
     pub(crate) async fn page_of(

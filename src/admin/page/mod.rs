@@ -159,7 +159,7 @@ struct LoginForm {
 /// The session cookie's attributes: script cannot read it, other sites' requests do not
 /// carry it, and once served over https it is never sent over plain http.
 fn cookie_attributes(state: &AdminState) -> &'static str {
-    if state.https {
+    if state.access.https() {
         "Path=/; HttpOnly; SameSite=Strict; Secure"
     } else {
         "Path=/; HttpOnly; SameSite=Strict"
