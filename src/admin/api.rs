@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::access::ApiActor;
 use super::error::{ApiError, ErrorBody};
-use super::state::{AdminState, Among, DeliveryPage, Page};
+use super::state::{AdminState, DeliveryPage, Page, QuerySelection};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::DeliveryState;
 use crate::store::support::{
@@ -106,10 +106,10 @@ impl utoipa::Modify for BearerToken {
 )]
 pub(crate) async fn list_deliveries(
     State(state): State<AdminState>,
-    Query(selection): Query<Among<Selection>>,
+    QuerySelection(selection): QuerySelection,
     Query(page): Query<Page>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
-    Ok(Json(state.page_of(&selection.value, page).await?))
+    Ok(Json(state.page_of(&selection, page).await?))
 }
 
 /// One delivery with every attempt, the partner's answers and support's actions.

@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRef;
+use axum::extract::{FromRef, FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -47,13 +50,30 @@ pub(crate) struct Page {
     pub limit: Option<i64>,
 }
 
-/// A value read from a query string that carries other parameters beside it (a page, a
-/// notice): only its own fields are read, so a [`Selection`], which refuses an unknown
-/// field as a body, takes its share of the query.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Among<T> {
-    #[serde(flatten)]
-    pub(crate) value: T,
+/// A [`Selection`] read from a query string that carries other parameters beside it (a
+/// page, a notice). As a body a selection refuses an unknown field, so here its own
+/// parameters are picked out first, then read as `Query` reads them (same errors).
+pub(crate) struct QuerySelection(pub(crate) Selection);
+
+impl<S: Send + Sync> FromRequestParts<S> for QuerySelection {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        let query = parts.uri.query().unwrap_or_default();
+        let own = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                url::form_urlencoded::parse(query.as_bytes())
+                    .filter(|(name, _)| Selection::FIELDS.contains(&name.as_ref())),
+            )
+            .finish();
+        // Re-encoded pairs always make a valid URI; refuse rather than widen if not.
+        let uri: Uri = format!("/?{own}")
+            .parse()
+            .map_err(|_| StatusCode::BAD_REQUEST.into_response())?;
+        Query::<Selection>::try_from_uri(&uri)
+            .map(|Query(selection)| QuerySelection(selection))
+            .map_err(IntoResponse::into_response)
+    }
 }
 
 /// Deliveries newest first, and where the next page starts.
@@ -169,15 +189,20 @@ impl AdminState {
 
 #[cfg(test)]
 mod tests {
-    use axum::extract::Query;
-
     use super::*;
 
     fn selection(query: &str) -> Result<Selection, String> {
         let uri: axum::http::Uri = format!("/api/deliveries?{query}").parse().expect("uri");
-        Query::<Among<Selection>>::try_from_uri(&uri)
-            .map(|Query(among)| among.value)
-            .map_err(|error| error.body_text())
+        let (mut parts, ()) = axum::http::Request::builder()
+            .uri(uri)
+            .body(())
+            .expect("request")
+            .into_parts();
+        let read = QuerySelection::from_request_parts(&mut parts, &());
+        match futures_util::FutureExt::now_or_never(read).expect("ready") {
+            Ok(QuerySelection(selection)) => Ok(selection),
+            Err(response) => Err(response.status().to_string()),
+        }
     }
 
     #[test]
@@ -187,6 +212,8 @@ mod tests {
         assert_eq!(beside_the_page.state.as_deref(), Some("failed"));
         assert_eq!(beside_the_page.partner.as_deref(), Some("acme"));
         assert!(selection("since=yesterday").is_err(), "a time is RFC 3339");
+        let odd = selection("state=%zz&notice=%").expect("odd bytes are passed on as they are");
+        assert_eq!(odd.state.as_deref(), Some("%zz"));
         let typo = serde_json::from_str::<Selection>(r#"{"partnr": "acme"}"#);
         assert!(typo.is_err_and(|error| error.to_string().contains("unknown field `partnr`")));
         let ids = serde_json::from_str::<Selection>(

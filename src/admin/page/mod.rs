@@ -21,8 +21,7 @@ mod views;
 
 use super::access::{self, SupportSession, SESSION_COOKIE};
 use super::error::ApiError;
-use super::state::{AdminState, Among, Page};
-use crate::store::support::Selection;
+use super::state::{AdminState, Page, QuerySelection};
 use views::{layout, login_page, Notice};
 
 const PAGE_ROWS: i64 = 50;
@@ -46,10 +45,9 @@ async fn overview(
     session: SupportSession,
     State(state): State<AdminState>,
     Query(notice): Query<Notice>,
-    Query(selection): Query<Among<Selection>>,
+    QuerySelection(mut selection): QuerySelection,
     Query(page): Query<Page>,
 ) -> Result<Markup, PageError> {
-    let mut selection = selection.value;
     let shown_state = selection.state.clone().unwrap_or_else(|| "failed".into());
     selection.state = (shown_state != "all").then(|| shown_state.clone());
     // The rows first: they refuse a wrong state before the database is asked anything.

@@ -53,6 +53,17 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The names it is given by in a query string or a body (a test holds them to the
+    /// fields).
+    pub const FIELDS: [&'static str; 6] = [
+        "state",
+        "partner",
+        "event_name",
+        "patient_id",
+        "since",
+        "until",
+    ];
+
     /// Exactly these deliveries.
     pub fn ids(ids: &[Uuid]) -> Selection {
         Selection {
@@ -134,6 +145,18 @@ impl<'a> Params<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn its_names_are_its_fields() {
+        let stranger = serde_json::from_str::<Selection>(r#"{"stranger": 1}"#)
+            .expect_err("an unknown field is refused");
+        let names: Vec<String> = Selection::FIELDS
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect();
+        let expected = format!("expected one of {}", names.join(", "));
+        assert!(stranger.to_string().contains(&expected), "{stranger}");
+    }
 
     #[test]
     fn a_bulk_resend_without_a_state_means_the_failed_ones() {
