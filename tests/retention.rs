@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dispatcher::config::Config;
-use dispatcher::store::support::DeliveryFilter;
-use dispatcher::store::{db, resend, retention};
+use dispatcher::store::support::{resend, Selection as DeliveryFilter};
+use dispatcher::store::{db, retention};
 use serde_json::Value;
 
 /// Moves everything of this patient `days` into the past, as if it had happened then:

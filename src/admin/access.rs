@@ -19,9 +19,10 @@
 //! The name recorded with a resend or cancel is the session's name on the page, and the
 //! `X-Actor` header (default `api`) on the API.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRef, FromRequestParts, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -33,8 +34,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::api::ApiError;
-use super::AdminState;
+use super::error::ApiError;
 use crate::config::HostAuthority;
 
 pub(crate) const SESSION_COOKIE: &str = "dispatcher_session";
@@ -72,15 +72,35 @@ impl HostRule {
     }
 }
 
-/// The admin token, if one is configured, and the names the server answers to.
+/// The admin token, if one is configured, the names the server answers to, and whether
+/// it speaks HTTPS. The checks below take it from whatever state the server shares
+/// (`Arc<Access>: FromRef<S>`), so they know nothing of the rest of that state.
 pub(crate) struct Access {
     token: Option<SecretString>,
     hosts: HostRule,
+    /// Whether the server speaks HTTPS: origins and cookies depend on it.
+    https: bool,
 }
 
 impl Access {
-    pub(crate) fn new(token: Option<SecretString>, hosts: HostRule) -> Access {
-        Access { token, hosts }
+    pub(crate) fn new(token: Option<SecretString>, hosts: HostRule, https: bool) -> Access {
+        Access {
+            token,
+            hosts,
+            https,
+        }
+    }
+
+    pub(crate) fn https(&self) -> bool {
+        self.https
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -148,7 +168,7 @@ pub(crate) fn clean_actor(name: &str) -> Option<String> {
 
 /// Lets an API request through only with the bearer token.
 pub(crate) async fn require_bearer(
-    State(state): State<AdminState>,
+    State(access): State<Arc<Access>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -158,8 +178,8 @@ pub(crate) async fn require_bearer(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     match given {
-        _ if state.access.is_open() => next.run(request).await,
-        Some(given) if state.access.token_matches(given) => next.run(request).await,
+        _ if access.is_open() => next.run(request).await,
+        Some(given) if access.token_matches(given) => next.run(request).await,
         _ => ApiError::Unauthorized.into_response(),
     }
 }
@@ -168,7 +188,7 @@ pub(crate) async fn require_bearer(
 /// header, and the authority of an absolute request target (`GET http://host/…`), which
 /// HTTP says wins over `Host`. A request naming no host at all is refused too.
 pub(crate) async fn known_hosts_only(
-    State(state): State<AdminState>,
+    State(access): State<Arc<Access>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -184,7 +204,7 @@ pub(crate) async fn known_hosts_only(
     let named: Vec<&str> = in_target.into_iter().chain(in_header).collect();
     let admitted = !named.is_empty()
         && named.iter().all(|name| {
-            HostAuthority::parse(name).is_some_and(|asked| state.access.hosts.admits(&asked))
+            HostAuthority::parse(name).is_some_and(|asked| access.hosts.admits(&asked))
         });
     if !admitted {
         return misdirected();
@@ -210,7 +230,7 @@ fn misdirected() -> Response {
 /// site without the browser asking first; JSON it cannot, so the browser asks with a
 /// preflight `OPTIONS`, which the API never allows.
 pub(crate) async fn json_posts(
-    State(state): State<AdminState>,
+    State(access): State<Arc<Access>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -223,7 +243,7 @@ pub(crate) async fn json_posts(
     if !is_json(request.headers()) {
         return ApiError::NotJson.into_response();
     }
-    if !is_same_origin(request.headers(), state.scheme()) {
+    if !is_same_origin(request.headers(), access.scheme()) {
         return ApiError::ForeignOrigin.into_response();
     }
     next.run(request).await
@@ -261,20 +281,21 @@ pub(crate) struct SupportSession {
     pub actor: String,
 }
 
-impl FromRequestParts<AdminState> for SupportSession {
+impl<S: Send + Sync> FromRequestParts<S> for SupportSession
+where
+    Arc<Access>: FromRef<S>,
+{
     type Rejection = Redirect;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AdminState,
-    ) -> Result<Self, Self::Rejection> {
-        if state.access.is_open() {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let access = Arc::<Access>::from_ref(state);
+        if access.is_open() {
             return Ok(SupportSession {
                 actor: "page:loopback".to_string(),
             });
         }
         cookie(&parts.headers, SESSION_COOKIE)
-            .and_then(|value| state.access.session_actor(value))
+            .and_then(|value| access.session_actor(value))
             .map(|actor| SupportSession {
                 actor: format!("page:{actor}"),
             })
@@ -296,11 +317,11 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Refuses a form post sent by another site's page (cross-site request forgery): the
 /// browser names the page's origin, which must be this server.
 pub(crate) async fn same_origin_posts(
-    State(state): State<AdminState>,
+    State(access): State<Arc<Access>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() == Method::POST && !is_same_origin(request.headers(), state.scheme()) {
+    if request.method() == Method::POST && !is_same_origin(request.headers(), access.scheme()) {
         return (
             StatusCode::FORBIDDEN,
             "refused: this form was posted from another site",
@@ -339,6 +360,7 @@ mod tests {
         Access::new(
             Some(SecretString::from("a-token-long-enough-for-tests")),
             HostRule::Any,
+            false,
         )
     }
 
@@ -359,6 +381,7 @@ mod tests {
         let other = Access::new(
             Some(SecretString::from("another-token-long-enough-here")),
             HostRule::Any,
+            false,
         );
         assert_eq!(other.session_actor(&session), None);
     }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::AdminState;
+use super::state::AdminState;
 use crate::store::schema;
 
 /// A probe must answer quickly even when the database hangs.

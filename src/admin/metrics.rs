@@ -5,7 +5,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::AdminState;
+use super::state::AdminState;
 use crate::observe::metrics;
 
 pub(crate) async fn scrape(State(state): State<AdminState>) -> Response {

@@ -13,9 +13,11 @@
 
 mod access;
 mod api;
+mod error;
 mod health;
 mod metrics;
 mod page;
+mod state;
 mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,26 +33,7 @@ use crate::config::{AdminConfig, AdminTls};
 use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use access::{Access, HostRule};
-
-/// What every handler shares.
-#[derive(Clone)]
-pub(crate) struct AdminState {
-    pool: Pool,
-    access: Arc<Access>,
-    metrics: Metrics,
-    /// Whether the server speaks HTTPS: origins and cookies depend on it.
-    https: bool,
-}
-
-impl AdminState {
-    pub(crate) fn scheme(&self) -> &'static str {
-        if self.https {
-            "https"
-        } else {
-            "http"
-        }
-    }
-}
+use state::AdminState;
 
 /// The bound admin server, ready to serve.
 pub struct AdminServer {
@@ -93,9 +76,8 @@ impl AdminServer {
         };
         let state = AdminState {
             pool,
-            access: Arc::new(Access::new(config.token.clone(), hosts)),
+            access: Arc::new(Access::new(config.token.clone(), hosts, https)),
             metrics,
-            https,
         };
         Ok(AdminServer {
             listener,

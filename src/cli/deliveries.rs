@@ -1,32 +1,108 @@
-//! `dispatcher deliveries …`: what support uses to see failures and resend.
+//! `dispatcher deliveries …`: what support uses to see failures and resend, and what
+//! each of its subcommands prints.
 
 use std::io::Write;
 
 use anyhow::{bail, Context};
+use clap::Subcommand;
 use uuid::Uuid;
 
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::store::circuits;
-use crate::store::resend;
-use crate::store::support::{self, DeliveryDetail, DeliveryFilter, DeliverySummary};
+use crate::store::support::{self, DeliveryDetail, DeliverySummary, Selection, SupportError};
+
+#[derive(Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        #[command(flatten)]
+        selection: Selection,
+        /// Continue after this delivery id (the last of the previous page).
+        #[arg(long)]
+        after: Option<Uuid>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one delivery with every attempt and the partner's answers.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send deliveries again (back to pending, with a fresh set of attempts): the ids
+    /// given, or every delivery the filter selects (failed ones unless --state says
+    /// otherwise).
+    Retry {
+        ids: Vec<Uuid>,
+        #[command(flatten)]
+        selection: Selection,
+    },
+    /// Stop deliveries for good.
+    Cancel {
+        #[arg(required = true)]
+        ids: Vec<Uuid>,
+    },
+}
+
+/// Runs one `dispatcher deliveries` subcommand on a database whose schema is current.
+pub async fn run(
+    command: DeliveriesCommand,
+    client: &mut deadpool_postgres::Client,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        DeliveriesCommand::List {
+            selection,
+            after,
+            limit,
+            json,
+        } => list(&*client, &selection, after, limit, json, out).await,
+        DeliveriesCommand::Show { id, json } => show(&*client, id, json, out).await,
+        DeliveriesCommand::Retry { ids, selection } => {
+            if ids.is_empty() && selection.names_nothing() {
+                bail!("name the deliveries to resend by id, or select them with --state, --partner, --event-name, --patient, --since or --until");
+            }
+            let selection = if ids.is_empty() {
+                selection.failed_unless_stated()
+            } else {
+                Selection {
+                    ids: Some(ids),
+                    ..selection
+                }
+            };
+            retry(client, &selection, out).await
+        }
+        DeliveriesCommand::Cancel { ids } => cancel(&*client, &ids, out).await,
+    }
+}
+
+/// A failed statement in the command line's words: a wrong state is named by its flag.
+fn failed(error: SupportError, doing: &'static str) -> anyhow::Error {
+    match error {
+        SupportError::UnknownState(error) => anyhow::Error::new(error).context("--state"),
+        SupportError::Database(error) => anyhow::Error::new(error).context(doing),
+    }
+}
 
 /// Who is acting from the command line, for the record of support actions.
-pub fn cli_actor() -> String {
+fn cli_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_string());
     format!("cli:{user}")
 }
 
-pub async fn list(
+async fn list(
     client: &impl deadpool_postgres::GenericClient,
-    filter: &DeliveryFilter,
+    selection: &Selection,
     after: Option<Uuid>,
     limit: i64,
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let rows = support::list(client, filter, after, limit)
+    let rows = support::list(client, selection, after, limit)
         .await
-        .context("listing deliveries")?;
+        .map_err(|error| failed(error, "listing deliveries"))?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &rows)?;
         writeln!(out)?;
@@ -38,7 +114,7 @@ pub async fn list(
         .context("reading the partners' circuit breakers")?;
     for circuit in circuits.iter().filter(|circuit| {
         circuit.is_open()
-            && filter
+            && selection
                 .partner
                 .as_ref()
                 .is_none_or(|p| *p == circuit.partner)
@@ -97,7 +173,7 @@ fn table_line(row: &DeliverySummary) -> String {
     )
 }
 
-pub async fn show(
+async fn show(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     json: bool,
@@ -192,57 +268,26 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
 
 /// Resends deliveries; for an event that reached no partner, routes it again with the
 /// current configuration. With ids, fails naming the ids that could not be resent.
-pub async fn retry(
+async fn retry(
     client: &mut deadpool_postgres::Client,
-    selection: &DeliveryFilter,
+    selection: &Selection,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let report = resend::resend(client, selection, &cli_actor())
+    let report = support::resend(client, selection, &cli_actor())
         .await
-        .context("resending")?;
-    for id in &report.resent {
-        writeln!(out, "{id}: pending again")?;
-    }
-    for id in &report.rerouted {
-        writeln!(out, "{id}: its event will be routed again")?;
-    }
+        .map_err(|error| failed(error, "resending"))?;
+    write!(out, "{report}")?;
     let Some(ids) = &selection.ids else {
         writeln!(out, "({} deliveries resent)", report.touched())?;
         return Ok(());
     };
-    let mut refusals: Vec<String> = report
-        .erased
-        .iter()
-        .map(|erased| {
-            format!(
-                "{}: the event body was erased on {}; it cannot be sent again",
-                erased.id,
-                erased.erased_at.format("%Y-%m-%d")
-            )
-        })
-        .collect();
-    let untouched: Vec<String> = ids
-        .iter()
-        .filter(|id| {
-            !report.resent.contains(id)
-                && !report.rerouted.contains(id)
-                && !report.erased.iter().any(|erased| erased.id == **id)
-        })
-        .map(Uuid::to_string)
-        .collect();
-    if !untouched.is_empty() {
-        refusals.push(format!(
-            "not resent (unknown, or still pending or in flight): {}",
-            untouched.join(", ")
-        ));
-    }
-    if !refusals.is_empty() {
-        bail!("{}", refusals.join("\n"));
+    if let Some(refusals) = report.refusals(ids) {
+        bail!("{refusals}");
     }
     Ok(())
 }
 
-pub async fn cancel(
+async fn cancel(
     client: &impl deadpool_postgres::GenericClient,
     ids: &[Uuid],
     out: &mut impl Write,

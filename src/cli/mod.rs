@@ -1,4 +1,58 @@
-//! What the command-line subcommands print.
+//! The command line: what `dispatcher` accepts (the clap definitions) and what each
+//! subcommand prints. `main.rs` parses, loads the configuration, opens the database and
+//! hands over to the subcommand here; the daemon itself is in `daemon/`.
 
 pub mod check;
 pub mod deliveries;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::store::schema;
+
+pub use deliveries::DeliveriesCommand;
+
+#[derive(Parser)]
+#[command(
+    name = "dispatcher",
+    version,
+    about = "Delivers HelpAround outbox events to partner webhooks"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "dispatcher.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create or upgrade the `dispatcher` schema in the database.
+    Migrate,
+    /// Run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the configuration.
+    Run,
+    /// Validate the configuration and print each partner's routes (connects to nothing).
+    Check,
+    /// Erase event bodies and partners' answers past `[retention] payload_days`, delete
+    /// deliveries and events past `metadata_days` (the daemon does this by itself too).
+    Prune,
+    /// Review and act on deliveries (for support).
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+}
+
+/// What `dispatcher migrate` did: the migrations it applied, and the version now.
+pub fn migrated(applied: &[i32], out: &mut impl Write) -> io::Result<()> {
+    let version = schema::latest_version();
+    if applied.is_empty() {
+        writeln!(out, "database schema is up to date (version {version})")
+    } else {
+        writeln!(
+            out,
+            "applied migrations {applied:?}; schema is at version {version}"
+        )
+    }
+}

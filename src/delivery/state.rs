@@ -4,7 +4,8 @@
 //! to `pending` with a later `due_at` when an attempt failed and may be retried, or when
 //! its lease ran out with no result recorded, or straight from `pending` to `dead` if its
 //! event's body is gone. Support can move an ended delivery back to `pending` (resend) or
-//! end any unfinished one (`cancelled`).
+//! end one that waits or failed (`cancelled`): [`DeliveryState::can_resend`] and
+//! [`DeliveryState::can_cancel`] say which, for the page and the store's SQL alike.
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,7 +46,33 @@ impl DeliveryState {
         DeliveryState::Unrouted,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    /// Support can send it again: it has ended (an unrouted event is routed again).
+    pub const fn can_resend(self) -> bool {
+        matches!(
+            self,
+            DeliveryState::Delivered
+                | DeliveryState::Rejected
+                | DeliveryState::Dead
+                | DeliveryState::Invalid
+                | DeliveryState::Cancelled
+                | DeliveryState::Unrouted
+        )
+    }
+
+    /// Support can end it for good: it is waiting, or failed. Not one in flight (its
+    /// request is on the wire, and its answer would be lost) nor one that is delivered.
+    pub const fn can_cancel(self) -> bool {
+        matches!(
+            self,
+            DeliveryState::Pending
+                | DeliveryState::Rejected
+                | DeliveryState::Dead
+                | DeliveryState::Invalid
+                | DeliveryState::Unrouted
+        )
+    }
+
+    pub const fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
             DeliveryState::InFlight => "in_flight",

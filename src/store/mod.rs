@@ -5,7 +5,6 @@ pub mod db;
 pub mod notify;
 pub mod outbox;
 pub mod queue;
-pub mod resend;
 pub mod retention;
 pub mod schema;
 pub mod support;

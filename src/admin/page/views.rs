@@ -1,50 +1,19 @@
-//! The support page: server-rendered HTML a support person can read without training.
-//!
-//! `/` shows each partner at a glance and the deliveries that failed, with the partner's
-//! answer and buttons to resend or cancel; `/deliveries/{id}` shows every attempt with the
-//! partner's full answer and who resent or cancelled it. The event body (the patient's
-//! name, birth date, insurance) is not read here at all: the page names patients by id.
-//! The partners' answers are shown verbatim, though, and a partner may repeat in its
-//! answer what it was sent (a name, a birth date): so the page can show health data, and
-//! is for staff allowed to see it. Retention erases those answers with the bodies.
+//! What the support page looks like: HTML from plain data, nothing read or changed here.
+//! The handlers in [`super`] fetch what to show and call these.
 
-use axum::extract::{Path, Query, State};
-use axum::http::header::SET_COOKIE;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::access::{self, SupportSession, SESSION_COOKIE};
-use super::api::{ApiError, Page, Selection};
-use super::AdminState;
+use crate::admin::state::DeliveryPage;
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::DeliveryState;
-use crate::store::support::{DeliveryDetail, DeliverySummary};
-
-const PAGE_ROWS: i64 = 50;
-
-pub(crate) fn routes(state: &AdminState) -> Router<AdminState> {
-    Router::new()
-        .route("/", get(overview))
-        .route("/deliveries/{id}", get(delivery))
-        .route("/deliveries/{id}/resend", post(resend))
-        .route("/deliveries/{id}/cancel", post(cancel))
-        .route("/login", get(login_form).post(login))
-        .route("/logout", post(logout))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            access::same_origin_posts,
-        ))
-}
+use crate::store::support::{DeliveryDetail, DeliverySummary, PartnerSummary};
 
 /// What the last button press did, shown at the top of the next page.
 #[derive(Deserialize)]
-struct Notice {
+pub(super) struct Notice {
     notice: Option<String>,
     /// The delivery acted on, to follow it from the overview.
     delivery: Option<Uuid>,
@@ -76,7 +45,7 @@ impl Notice {
     }
 }
 
-fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -146,32 +115,15 @@ fn state_badge(state: DeliveryState) -> Markup {
 
 /// Resend and cancel buttons for the states where they can work.
 fn actions(delivery: &DeliverySummary, back: &str) -> Markup {
-    let resendable = matches!(
-        delivery.state,
-        DeliveryState::Delivered
-            | DeliveryState::Rejected
-            | DeliveryState::Dead
-            | DeliveryState::Invalid
-            | DeliveryState::Cancelled
-            | DeliveryState::Unrouted
-    );
-    let cancellable = matches!(
-        delivery.state,
-        DeliveryState::Pending
-            | DeliveryState::Rejected
-            | DeliveryState::Dead
-            | DeliveryState::Invalid
-            | DeliveryState::Unrouted
-    );
     html! {
-        @if resendable {
+        @if delivery.state.can_resend() {
             form.inline method="post" action={ "/deliveries/" (delivery.id) "/resend" } {
                 input type="hidden" name="back" value=(back);
                 button.primary type="submit" { "Resend" }
             }
             " "
         }
-        @if cancellable {
+        @if delivery.state.can_cancel() {
             form.inline method="post" action={ "/deliveries/" (delivery.id) "/cancel" }
                 onsubmit="return confirm('Cancel this delivery? It will not be sent again.')" {
                 input type="hidden" name="back" value=(back);
@@ -181,37 +133,68 @@ fn actions(delivery: &DeliverySummary, back: &str) -> Markup {
     }
 }
 
-/// The overview: partners at a glance, then the selected deliveries (failed by default).
-async fn overview(
-    session: SupportSession,
-    State(state): State<AdminState>,
-    Query(notice): Query<Notice>,
-    Query(mut selection): Query<Selection>,
-    Query(page): Query<Page>,
-) -> Result<Markup, PageError> {
-    let shown_state = selection.state.clone().unwrap_or_else(|| "failed".into());
-    selection.state = (shown_state != "all").then(|| shown_state.clone());
-    let filter = selection.filter()?;
-    let partner = filter.partner.clone();
-    let summaries = state.partner_summaries().await?;
-    let rows = state
-        .page_of(
-            &filter,
-            Page {
-                after: page.after,
-                limit: Some(PAGE_ROWS),
-            },
-        )
-        .await?;
+/// Whether a partner's deliveries are held after failures in a row.
+fn circuit(circuit: Option<&PartnerCircuit>) -> Markup {
+    match circuit {
+        Some(circuit) if circuit.state == CircuitState::HalfOpen => html! {
+            span.error { "open: one probe request is out" }
+        },
+        Some(circuit) if circuit.is_open() => html! {
+            span.error {
+                "open after " (circuit.consecutive_failures) " failures in a row: deliveries held"
+                @if let Some(at) = circuit.retry_at { " until " (time(at)) }
+            }
+        },
+        _ => html! { "closed" },
+    }
+}
+
+fn short_event_name(name: &str) -> &str {
+    name.strip_prefix("HelpAround.Patient.").unwrap_or(name)
+}
+
+fn url_encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+pub(super) fn login_page(failed: bool) -> Markup {
+    layout(
+        "Sign in",
+        None,
+        html! {
+            h1 { "Sign in" }
+            @if failed { p.notice.bad role="alert" { "That token is not right, or no name was given." } }
+            form method="post" action="/login" {
+                p { label { "Your name (recorded with what you resend or cancel)"
+                    input type="text" name="name" required autocomplete="name";
+                } }
+                p { label { "Admin token"
+                    input type="password" name="token" required autocomplete="current-password";
+                } }
+                button.primary type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+/// The overview's body: partners at a glance, then a page of the selected deliveries.
+pub(super) fn overview(
+    notice: &Notice,
+    summaries: &[PartnerSummary],
+    rows: &DeliveryPage,
+    shown_state: &str,
+    partner: Option<&str>,
+    after: Option<Uuid>,
+) -> Markup {
     let mut next = format!("/?state={shown_state}");
-    if let Some(partner) = &partner {
+    if let Some(partner) = partner {
         next.push_str(&format!("&partner={}", url_encode(partner)));
     }
-    let back = match page.after {
+    let back = match after {
         Some(after) => format!("{next}&after={after}"),
         None => next.clone(),
     };
-    let body = html! {
+    html! {
         (notice.render())
         h1 { "Partners" }
         table #partners {
@@ -220,7 +203,7 @@ async fn overview(
                 th.num { "Pending" } th { "Oldest pending" } th { "Circuit breaker" }
             } }
             tbody {
-                @for summary in &summaries {
+                @for summary in summaries {
                     tr {
                         td {
                             @match &summary.partner {
@@ -253,7 +236,7 @@ async fn overview(
                 select name="partner" {
                     option value="" { "all partners" }
                     @for name in summaries.iter().filter_map(|s| s.partner.as_deref()) {
-                        option value=(name) selected[partner.as_deref() == Some(name)] { (name) }
+                        option value=(name) selected[partner == Some(name)] { (name) }
                     }
                 }
             }
@@ -286,49 +269,22 @@ async fn overview(
         @if let Some(after) = rows.next_after {
             p { a href={ (next) "&after=" (after) } { "Older deliveries →" } }
         }
-    };
-    Ok(layout("Deliveries", Some(&session.actor), body))
-}
-
-/// Whether a partner's deliveries are held after failures in a row.
-fn circuit(circuit: Option<&PartnerCircuit>) -> Markup {
-    match circuit {
-        Some(circuit) if circuit.state == CircuitState::HalfOpen => html! {
-            span.error { "open: one probe request is out" }
-        },
-        Some(circuit) if circuit.is_open() => html! {
-            span.error {
-                "open after " (circuit.consecutive_failures) " failures in a row: deliveries held"
-                @if let Some(at) = circuit.retry_at { " until " (time(at)) }
-            }
-        },
-        _ => html! { "closed" },
     }
 }
 
-fn short_event_name(name: &str) -> &str {
-    name.strip_prefix("HelpAround.Patient.").unwrap_or(name)
-}
-
-fn url_encode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
-
-async fn delivery(
-    session: SupportSession,
-    State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
-    Query(notice): Query<Notice>,
-) -> Result<Markup, PageError> {
+/// One delivery's body: what it is, every attempt with the partner's answer, and who
+/// resent or cancelled it.
+pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail) -> Markup {
+    let id = detail.summary.id;
     let DeliveryDetail {
         summary,
         attempts,
         support_actions,
         event_erased_at,
         answers_erased_at,
-    } = state.detail(id).await?;
+    } = detail;
     let back = format!("/deliveries/{id}");
-    let body = html! {
+    html! {
         (notice.render())
         h1 { "Delivery " (summary.id) }
         dl {
@@ -339,15 +295,15 @@ async fn delivery(
             dt { "Created" } dd { (time(summary.created_at)) }
             @if let Some(next) = summary.next_attempt_at { dt { "Next attempt" } dd { (time(next)) } }
             @if let Some(error) = &summary.last_error { dt { "Last error" } dd.error { (error) } }
-            @if let Some(at) = event_erased_at { dt { "Event body" } dd { "erased on " (time(at)) " (retention); it cannot be sent again" } }
-            @if let Some(at) = answers_erased_at { dt { "Partner's answers" } dd { "erased on " (time(at)) " (retention)" } }
-            dt { "Actions" } dd { (actions(&summary, &back)) }
+            @if let Some(at) = *event_erased_at { dt { "Event body" } dd { "erased on " (time(at)) " (retention); it cannot be sent again" } }
+            @if let Some(at) = *answers_erased_at { dt { "Partner's answers" } dd { "erased on " (time(at)) " (retention)" } }
+            dt { "Actions" } dd { (actions(summary, &back)) }
         }
         h2 { "Attempts" }
         table #attempts {
             thead { tr { th.num { "#" } th { "Sent" } th.num { "Took" } th.num { "Status" } th { "Error" } th { "Partner's answer" } } }
             tbody {
-                @for attempt in &attempts {
+                @for attempt in attempts {
                     tr {
                         td.num { (attempt.number) }
                         td.when { (time(attempt.started_at)) }
@@ -368,210 +324,11 @@ async fn delivery(
             table #support-actions {
                 thead { tr { th { "When" } th { "What" } th { "Who" } } }
                 tbody {
-                    @for action in &support_actions {
+                    @for action in support_actions {
                         tr { td { (time(action.at)) } td { (action.action) } td { (action.actor) } }
                     }
                 }
             }
-        }
-    };
-    Ok(layout("Delivery", Some(&session.actor), body))
-}
-
-#[derive(Deserialize)]
-struct ActionForm {
-    back: Option<String>,
-}
-
-impl ActionForm {
-    /// Where to go after the action: only a path on this server.
-    fn back(&self, notice: &str, delivery: Uuid) -> Redirect {
-        let back = self
-            .back
-            .as_deref()
-            .filter(|back| is_path_on_this_server(back))
-            .unwrap_or("/");
-        let separator = if back.contains('?') { '&' } else { '?' };
-        Redirect::to(&format!(
-            "{back}{separator}notice={notice}&delivery={delivery}"
-        ))
-    }
-}
-
-/// Browsers read `//host` and `/\host` as another site, and drop tabs and line breaks
-/// from a URL before reading it (`/<tab>/host` is `//host`). A control character has no
-/// place in a path of ours anyway, and cannot go in a `Location` header.
-fn is_path_on_this_server(back: &str) -> bool {
-    back.starts_with('/')
-        && !back.starts_with("//")
-        && !back.contains('\\')
-        && !back.chars().any(char::is_control)
-}
-
-async fn resend(
-    session: SupportSession,
-    State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
-    Form(form): Form<ActionForm>,
-) -> Result<Redirect, PageError> {
-    match state.resend_one(id, &session.actor).await {
-        Ok(_) => Ok(form.back("resent", id)),
-        Err(ApiError::Conflict(_)) => Ok(form.back("not-resent", id)),
-        Err(error) => Err(error.into()),
-    }
-}
-
-async fn cancel(
-    session: SupportSession,
-    State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
-    Form(form): Form<ActionForm>,
-) -> Result<Redirect, PageError> {
-    match state.cancel_one(id, &session.actor).await {
-        Ok(()) => Ok(form.back("cancelled", id)),
-        Err(ApiError::Conflict(_)) => Ok(form.back("not-cancelled", id)),
-        Err(error) => Err(error.into()),
-    }
-}
-
-#[derive(Deserialize)]
-struct LoginQuery {
-    failed: Option<String>,
-}
-
-async fn login_form(Query(query): Query<LoginQuery>) -> Markup {
-    login_page(query.failed.is_some())
-}
-
-fn login_page(failed: bool) -> Markup {
-    layout(
-        "Sign in",
-        None,
-        html! {
-            h1 { "Sign in" }
-            @if failed { p.notice.bad role="alert" { "That token is not right, or no name was given." } }
-            form method="post" action="/login" {
-                p { label { "Your name (recorded with what you resend or cancel)"
-                    input type="text" name="name" required autocomplete="name";
-                } }
-                p { label { "Admin token"
-                    input type="password" name="token" required autocomplete="current-password";
-                } }
-                button.primary type="submit" { "Sign in" }
-            }
-        },
-    )
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    name: String,
-    token: String,
-}
-
-/// The session cookie's attributes: script cannot read it, other sites' requests do not
-/// carry it, and once served over https it is never sent over plain http.
-fn cookie_attributes(state: &AdminState) -> &'static str {
-    if state.https {
-        "Path=/; HttpOnly; SameSite=Strict; Secure"
-    } else {
-        "Path=/; HttpOnly; SameSite=Strict"
-    }
-}
-
-async fn login(State(state): State<AdminState>, Form(form): Form<LoginForm>) -> Response {
-    let name = access::clean_actor(&form.name);
-    let session = name
-        .filter(|_| state.access.token_matches(&form.token))
-        .and_then(|name| state.access.session_for(&name));
-    let Some(session) = session else {
-        tracing::warn!("support page: sign-in refused");
-        return Redirect::to("/login?failed=1").into_response();
-    };
-    (
-        [(
-            SET_COOKIE,
-            format!("{SESSION_COOKIE}={session}; {}", cookie_attributes(&state)),
-        )],
-        Redirect::to("/"),
-    )
-        .into_response()
-}
-
-async fn logout(State(state): State<AdminState>) -> Response {
-    (
-        [(
-            SET_COOKIE,
-            format!(
-                "{SESSION_COOKIE}=; {}; Max-Age=0",
-                cookie_attributes(&state)
-            ),
-        )],
-        Redirect::to("/login"),
-    )
-        .into_response()
-}
-
-/// An API error shown as a page.
-struct PageError(ApiError);
-
-impl From<ApiError> for PageError {
-    fn from(error: ApiError) -> Self {
-        PageError(error)
-    }
-}
-
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
-        let status = match &self.0 {
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::CONFLICT,
-        };
-        let body = layout(
-            "Error",
-            None,
-            html! { h1 { "Something is wrong" } p.notice.bad { (self.0.to_string()) } p { a href="/" { "Back to the overview" } } },
-        );
-        (status, body).into_response()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn location(back: &str) -> String {
-        let form = ActionForm {
-            back: Some(back.to_string()),
-        };
-        let response = form.back("resent", Uuid::nil()).into_response();
-        response.headers()["location"]
-            .to_str()
-            .expect("location")
-            .to_string()
-    }
-
-    #[test]
-    fn after_an_action_the_page_only_goes_back_to_itself() {
-        assert!(location("/?state=failed").starts_with("/?state=failed&notice=resent"));
-        for elsewhere in [
-            "https://evil.example/",
-            "//evil.example/",
-            "/\\evil.example/",
-            "/\t/evil.example/",
-            "/\n/evil.example/",
-            "/\r/evil.example/",
-            "/deliveries/\\/evil.example",
-            "/\u{0}",
-            "/\u{7f}",
-            "/\u{85}",
-        ] {
-            assert!(
-                location(elsewhere).starts_with("/?notice=resent"),
-                "{elsewhere}"
-            );
         }
     }
 }

@@ -1,81 +1,30 @@
-//! What support sees and does: one selection of deliveries, their list and detail,
-//! resend and cancel. Statements on `dispatcher.deliveries`, `dispatcher.attempts` and
-//! `dispatcher.support_actions` that the admin API, the page and the CLI run.
+//! What support sees and does, for the admin API, the support page and the CLI alike:
+//! one [`Selection`] of deliveries, their list and detail, [`resend`] and [`cancel`].
+//! Statements on `dispatcher.deliveries`, `dispatcher.attempts` and
+//! `dispatcher.support_actions`; the words for what they did are here too, so the three
+//! say the same thing.
+
+pub mod resend;
+mod selection;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::delivery::state::DeliveryState;
+use crate::delivery::state::{DeliveryState, UnknownState};
+pub use resend::{resend, ErasedBody, ResendReport};
+pub use selection::Selection;
+use selection::{Params, CONDITIONS};
 
-/// Which deliveries support means: by id, or by what they are. Every field narrows the
-/// selection; an empty filter selects everything.
-#[derive(Debug, Clone, Default)]
-pub struct DeliveryFilter {
-    /// Only these deliveries.
-    pub ids: Option<Vec<Uuid>>,
-    /// Only these states (named by support as in [`parse_states`]).
-    pub states: Option<Vec<DeliveryState>>,
-    pub partner: Option<String>,
-    pub event_name: Option<String>,
-    pub patient_id: Option<String>,
-    /// Created at or after this time.
-    pub since: Option<DateTime<Utc>>,
-    /// Created before this time.
-    pub until: Option<DateTime<Utc>>,
-}
-
-impl DeliveryFilter {
-    pub fn ids(ids: &[Uuid]) -> DeliveryFilter {
-        DeliveryFilter {
-            ids: Some(ids.to_vec()),
-            ..DeliveryFilter::default()
-        }
-    }
-}
-
-/// The conditions of a [`DeliveryFilter`], as parameters `$1` to `$7`.
-const FILTER_CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
-     AND ($2::text[] IS NULL OR state = ANY($2))
-     AND ($3::text IS NULL OR partner = $3)
-     AND ($4::text IS NULL OR event_name = $4)
-     AND ($5::text IS NULL OR patient_id = $5)
-     AND ($6::timestamptz IS NULL OR created_at >= $6)
-     AND ($7::timestamptz IS NULL OR created_at < $7)";
-
-/// A filter's values in the order of [`FILTER_CONDITIONS`].
-struct FilterParams<'a> {
-    filter: &'a DeliveryFilter,
-    states: Option<Vec<&'static str>>,
-}
-
-impl<'a> FilterParams<'a> {
-    fn new(filter: &'a DeliveryFilter) -> Self {
-        FilterParams {
-            filter,
-            states: filter
-                .states
-                .as_ref()
-                .map(|states| states.iter().map(|state| state.as_str()).collect()),
-        }
-    }
-
-    /// The seven filter parameters followed by `extra`.
-    fn with<'b>(&'b self, extra: &[&'b (dyn ToSql + Sync)]) -> Vec<&'b (dyn ToSql + Sync)> {
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &self.filter.ids,
-            &self.states,
-            &self.filter.partner,
-            &self.filter.event_name,
-            &self.filter.patient_id,
-            &self.filter.since,
-            &self.filter.until,
-        ];
-        params.extend_from_slice(extra);
-        params
-    }
+/// Why a statement on a selection failed: support named a state that does not exist, or
+/// the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupportError {
+    #[error(transparent)]
+    UnknownState(#[from] UnknownState),
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
 }
 
 /// One line of `dispatcher deliveries list`.
@@ -129,16 +78,16 @@ impl DeliverySummary {
 /// while others are inserted or change state.
 pub async fn list(
     client: &impl GenericClient,
-    filter: &DeliveryFilter,
+    selection: &Selection,
     after: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<DeliverySummary>, tokio_postgres::Error> {
-    let params = FilterParams::new(filter);
+) -> Result<Vec<DeliverySummary>, SupportError> {
+    let params = Params::new(selection)?;
     let rows = client
         .query(
             &format!(
                 "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
-                 WHERE {FILTER_CONDITIONS}
+                 WHERE {CONDITIONS}
                    AND ($8::uuid IS NULL OR id < $8)
                  ORDER BY id DESC
                  LIMIT $9"
@@ -291,93 +240,9 @@ pub async fn show(
     }))
 }
 
-/// Puts the selected ended deliveries back to `pending` now, with a fresh set of
-/// attempts, and records who asked; their history stays. Returns the ids moved.
-///
-/// A delivery whose event body was erased is left alone. The event row is locked
-/// (`FOR SHARE`) so that retention cannot erase the body between this check and the
-/// commit: retention skips rows locked so, checks the deliveries again once it holds the
-/// row (seeing a resend that committed before), and a resend that waited for retention's
-/// lock sees the body gone (see [`crate::store::retention::erase_event_bodies`]).
-pub async fn resend(
-    client: &impl GenericClient,
-    selection: &DeliveryFilter,
-    actor: &str,
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let params = FilterParams::new(selection);
-    let rows = client
-        .query(
-            &format!(
-                "WITH kept AS (
-                     SELECT d.id FROM dispatcher.deliveries d
-                     JOIN dispatcher.outbox o ON o.id = d.event_id
-                     WHERE d.id IN (
-                           SELECT id FROM dispatcher.deliveries
-                           WHERE {FILTER_CONDITIONS}
-                             AND partner IS NOT NULL
-                             AND state IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled'))
-                       AND o.event IS NOT NULL
-                     FOR SHARE OF o
-                 ),
-                 resent AS (
-                     UPDATE dispatcher.deliveries d
-                     SET state = 'pending', due_at = now(), ended_at = NULL,
-                         attempts_before_resend = attempt_count, answers_erased_at = NULL
-                     FROM kept
-                     WHERE d.id = kept.id
-                       AND d.state IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled')
-                     RETURNING d.id, d.event_id
-                 ),
-                 recorded AS (
-                     INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
-                     SELECT id, event_id, 'resend', $8 FROM resent
-                 )
-                 SELECT id FROM resent"
-            ),
-            &params.with(&[&actor]),
-        )
-        .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
-}
-
-/// Removes the selected placeholders of events that reached no partner, so they can be
-/// routed again, and records who asked; not when the event's body was erased (see
-/// [`resend`]). Returns (placeholder id, event id) pairs.
-pub async fn remove_placeholders(
-    client: &impl GenericClient,
-    selection: &DeliveryFilter,
-    actor: &str,
-) -> Result<Vec<(Uuid, i64)>, tokio_postgres::Error> {
-    let params = FilterParams::new(selection);
-    let rows = client
-        .query(
-            &format!(
-                "WITH kept AS (
-                     SELECT d.id FROM dispatcher.deliveries d
-                     JOIN dispatcher.outbox o ON o.id = d.event_id
-                     WHERE d.id IN (
-                           SELECT id FROM dispatcher.deliveries
-                           WHERE {FILTER_CONDITIONS} AND partner IS NULL)
-                       AND o.event IS NOT NULL
-                     FOR SHARE OF o
-                 ),
-                 removed AS (
-                     DELETE FROM dispatcher.deliveries d
-                     USING kept
-                     WHERE d.id = kept.id
-                     RETURNING d.id, d.event_id
-                 ),
-                 recorded AS (
-                     INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
-                     SELECT id, event_id, 'resend', $8 FROM removed
-                 )
-                 SELECT id, event_id FROM removed"
-            ),
-            &params.with(&[&actor]),
-        )
-        .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-}
+/// The states [`cancel`] ends: those support can cancel
+/// ([`DeliveryState::can_cancel`]; a test holds the two together).
+const CANCELLABLE: &str = "('pending', 'rejected', 'dead', 'invalid', 'unrouted')";
 
 /// Ends pending or failed deliveries for good, and records who asked. Returns the ids
 /// cancelled.
@@ -391,20 +256,51 @@ pub async fn cancel(
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "WITH cancelled AS (
+            &format!(
+                "WITH cancelled AS (
                  UPDATE dispatcher.deliveries
                  SET state = 'cancelled', due_at = NULL, claim_token = NULL, ended_at = now()
                  WHERE id = ANY($1)
-                   AND state IN ('pending', 'rejected', 'dead', 'invalid', 'unrouted')
+                   AND state IN {CANCELLABLE}
                  RETURNING id, event_id
              ),
              recorded AS (
                  INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
                  SELECT id, event_id, 'cancel', $2 FROM cancelled
              )
-             SELECT id FROM cancelled",
+             SELECT id FROM cancelled"
+            ),
             &[&ids, &actor],
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// The states whose `can` holds, as an SQL list in the order of [`DeliveryState::ALL`].
+#[cfg(test)]
+fn sql_list(can: impl Fn(DeliveryState) -> bool) -> String {
+    let states: Vec<String> = DeliveryState::ALL
+        .into_iter()
+        .filter(|state| can(*state))
+        .map(|state| format!("'{state}'"))
+        .collect();
+    format!("({})", states.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn support_cancels_in_sql_what_the_page_offers_to_cancel() {
+        assert_eq!(CANCELLABLE, sql_list(DeliveryState::can_cancel));
+    }
+
+    #[test]
+    fn support_resends_in_sql_what_the_page_offers_to_resend() {
+        // Placeholders of events that reached no partner are routed again instead.
+        let put_back =
+            |state: DeliveryState| state.can_resend() && state != DeliveryState::Unrouted;
+        assert_eq!(resend::RESENDABLE, sql_list(put_back));
+    }
 }

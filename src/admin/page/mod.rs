@@ -1,0 +1,266 @@
+//! The support page: server-rendered HTML a support person can read without training.
+//!
+//! `/` shows each partner at a glance and the deliveries that failed, with the partner's
+//! answer and buttons to resend or cancel; `/deliveries/{id}` shows every attempt with the
+//! partner's full answer and who resent or cancelled it. The event body (the patient's
+//! name, birth date, insurance) is not read here at all: the page names patients by id.
+//! The partners' answers are shown verbatim, though, and a partner may repeat in its
+//! answer what it was sent (a name, a birth date): so the page can show health data, and
+//! is for staff allowed to see it. Retention erases those answers with the bodies.
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::SET_COOKIE;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::{html, Markup};
+use serde::Deserialize;
+use uuid::Uuid;
+
+mod views;
+
+use super::access::{self, SupportSession, SESSION_COOKIE};
+use super::error::ApiError;
+use super::state::{AdminState, Page, QuerySelection};
+use views::{layout, login_page, Notice};
+
+const PAGE_ROWS: i64 = 50;
+
+pub(crate) fn routes(state: &AdminState) -> Router<AdminState> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/deliveries/{id}", get(delivery))
+        .route("/deliveries/{id}/resend", post(resend))
+        .route("/deliveries/{id}/cancel", post(cancel))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::same_origin_posts,
+        ))
+}
+
+/// The overview: partners at a glance, then the selected deliveries (failed by default).
+async fn overview(
+    session: SupportSession,
+    State(state): State<AdminState>,
+    Query(notice): Query<Notice>,
+    QuerySelection(mut selection): QuerySelection,
+    Query(page): Query<Page>,
+) -> Result<Markup, PageError> {
+    let shown_state = selection.state.clone().unwrap_or_else(|| "failed".into());
+    selection.state = (shown_state != "all").then(|| shown_state.clone());
+    // The rows first: they refuse a wrong state before the database is asked anything.
+    let rows = state
+        .page_of(
+            &selection,
+            Page {
+                after: page.after,
+                limit: Some(PAGE_ROWS),
+            },
+        )
+        .await?;
+    let summaries = state.partner_summaries().await?;
+    let body = views::overview(
+        &notice,
+        &summaries,
+        &rows,
+        &shown_state,
+        selection.partner.as_deref(),
+        page.after,
+    );
+    Ok(layout("Deliveries", Some(&session.actor), body))
+}
+
+async fn delivery(
+    session: SupportSession,
+    State(state): State<AdminState>,
+    Path(id): Path<Uuid>,
+    Query(notice): Query<Notice>,
+) -> Result<Markup, PageError> {
+    let detail = state.detail(id).await?;
+    let body = views::delivery(&notice, &detail);
+    Ok(layout("Delivery", Some(&session.actor), body))
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    back: Option<String>,
+}
+
+impl ActionForm {
+    /// Where to go after the action: only a path on this server.
+    fn back(&self, notice: &str, delivery: Uuid) -> Redirect {
+        let back = self
+            .back
+            .as_deref()
+            .filter(|back| is_path_on_this_server(back))
+            .unwrap_or("/");
+        let separator = if back.contains('?') { '&' } else { '?' };
+        Redirect::to(&format!(
+            "{back}{separator}notice={notice}&delivery={delivery}"
+        ))
+    }
+}
+
+/// Browsers read `//host` and `/\host` as another site, and drop tabs and line breaks
+/// from a URL before reading it (`/<tab>/host` is `//host`). A control character has no
+/// place in a path of ours anyway, and cannot go in a `Location` header.
+fn is_path_on_this_server(back: &str) -> bool {
+    back.starts_with('/')
+        && !back.starts_with("//")
+        && !back.contains('\\')
+        && !back.chars().any(char::is_control)
+}
+
+async fn resend(
+    session: SupportSession,
+    State(state): State<AdminState>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<ActionForm>,
+) -> Result<Redirect, PageError> {
+    match state.resend_one(id, &session.actor).await {
+        Ok(_) => Ok(form.back("resent", id)),
+        Err(ApiError::Conflict(_)) => Ok(form.back("not-resent", id)),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn cancel(
+    session: SupportSession,
+    State(state): State<AdminState>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<ActionForm>,
+) -> Result<Redirect, PageError> {
+    match state.cancel_one(id, &session.actor).await {
+        Ok(()) => Ok(form.back("cancelled", id)),
+        Err(ApiError::Conflict(_)) => Ok(form.back("not-cancelled", id)),
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    failed: Option<String>,
+}
+
+async fn login_form(Query(query): Query<LoginQuery>) -> Markup {
+    login_page(query.failed.is_some())
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+    token: String,
+}
+
+/// The session cookie's attributes: script cannot read it, other sites' requests do not
+/// carry it, and once served over https it is never sent over plain http.
+fn cookie_attributes(state: &AdminState) -> &'static str {
+    if state.access.https() {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
+}
+
+async fn login(State(state): State<AdminState>, Form(form): Form<LoginForm>) -> Response {
+    let name = access::clean_actor(&form.name);
+    let session = name
+        .filter(|_| state.access.token_matches(&form.token))
+        .and_then(|name| state.access.session_for(&name));
+    let Some(session) = session else {
+        tracing::warn!("support page: sign-in refused");
+        return Redirect::to("/login?failed=1").into_response();
+    };
+    (
+        [(
+            SET_COOKIE,
+            format!("{SESSION_COOKIE}={session}; {}", cookie_attributes(&state)),
+        )],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+async fn logout(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            SET_COOKIE,
+            format!(
+                "{SESSION_COOKIE}=; {}; Max-Age=0",
+                cookie_attributes(&state)
+            ),
+        )],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+/// An API error shown as a page.
+struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(error: ApiError) -> Self {
+        PageError(error)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let body = layout(
+            "Error",
+            None,
+            html! { h1 { "Something is wrong" } p.notice.bad { (self.0.to_string()) } p { a href="/" { "Back to the overview" } } },
+        );
+        (status, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_page_carries_the_status_the_api_would() {
+        let status = |error| PageError(error).into_response().status().as_u16();
+        assert_eq!(status(ApiError::Unauthorized), 401);
+        assert_eq!(status(ApiError::ForeignOrigin), 403);
+        assert_eq!(status(ApiError::NotFound(Uuid::nil())), 404);
+        assert_eq!(status(ApiError::Conflict("ended".into())), 409);
+    }
+
+    fn location(back: &str) -> String {
+        let form = ActionForm {
+            back: Some(back.to_string()),
+        };
+        let response = form.back("resent", Uuid::nil()).into_response();
+        response.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string()
+    }
+
+    #[test]
+    fn after_an_action_the_page_only_goes_back_to_itself() {
+        assert!(location("/?state=failed").starts_with("/?state=failed&notice=resent"));
+        for elsewhere in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example/",
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "/\r/evil.example/",
+            "/deliveries/\\/evil.example",
+            "/\u{0}",
+            "/\u{7f}",
+            "/\u{85}",
+        ] {
+            assert!(
+                location(elsewhere).starts_with("/?notice=resent"),
+                "{elsewhere}"
+            );
+        }
+    }
+}

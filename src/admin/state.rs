@@ -1,0 +1,227 @@
+//! The service layer of the admin server: what the API and the support page both ask of
+//! the store (a page of deliveries, one delivery, each partner at a glance, resend and
+//! cancel one), with the same checks and the same answers whichever of them asks, and
+//! the shapes both read a request into.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::access::Access;
+use super::error::{ApiError, DatabaseUnavailable};
+use crate::store::circuits;
+use crate::observe::metrics::Metrics;
+use crate::store::support::{
+    self, DeliveryDetail, DeliverySummary, PartnerSummary, ResendReport, Selection, SupportError,
+};
+
+/// Rows per page when the client does not say.
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub(super) pool: Pool,
+    pub(super) access: Arc<Access>,
+    pub(super) metrics: Metrics,
+}
+
+/// What the access checks take from the shared state.
+impl FromRef<AdminState> for Arc<Access> {
+    fn from_ref(state: &AdminState) -> Arc<Access> {
+        state.access.clone()
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Page {
+    /// The `next_after` of the previous page.
+    pub after: Option<Uuid>,
+    /// Rows per page, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A [`Selection`] read from a query string that carries other parameters beside it (a
+/// page, a notice). As a body a selection refuses an unknown field, so here its own
+/// parameters are picked out first, then read as `Query` reads them (same errors).
+pub(crate) struct QuerySelection(pub(crate) Selection);
+
+impl<S: Send + Sync> FromRequestParts<S> for QuerySelection {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        let query = parts.uri.query().unwrap_or_default();
+        let own = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                url::form_urlencoded::parse(query.as_bytes())
+                    .filter(|(name, _)| Selection::FIELDS.contains(&name.as_ref())),
+            )
+            .finish();
+        // Re-encoded pairs always make a valid URI; refuse rather than widen if not.
+        let uri: Uri = format!("/?{own}")
+            .parse()
+            .map_err(|_| StatusCode::BAD_REQUEST.into_response())?;
+        Query::<Selection>::try_from_uri(&uri)
+            .map(|Query(selection)| QuerySelection(selection))
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+/// Deliveries newest first, and where the next page starts.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeliveryPage {
+    pub deliveries: Vec<DeliverySummary>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<Uuid>,
+}
+
+impl AdminState {
+    /// One page of deliveries; a wrong state or page length is refused before the
+    /// database is asked.
+    pub(crate) async fn page_of(
+        &self,
+        selection: &Selection,
+        page: Page,
+    ) -> Result<DeliveryPage, ApiError> {
+        selection.states().map_err(SupportError::from)?;
+        let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            )));
+        }
+        let client = self.client().await?;
+        let deliveries = support::list(&client, selection, page.after, limit).await?;
+        let next_after = deliveries
+            .last()
+            .filter(|_| deliveries.len() as i64 == limit)
+            .map(|last| last.id);
+        Ok(DeliveryPage {
+            deliveries,
+            next_after,
+        })
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, DatabaseUnavailable> {
+        self.pool.get().await.map_err(DatabaseUnavailable::logged)
+    }
+
+    /// Each partner at a glance, with its circuit breaker.
+    pub(crate) async fn partner_summaries(&self) -> Result<Vec<PartnerSummary>, ApiError> {
+        let client = self.client().await?;
+        let mut summaries = support::partner_summaries(&client)
+            .await
+            .map_err(DatabaseUnavailable::logged)?;
+        let circuits = circuits::recorded(&client)
+            .await
+            .map_err(DatabaseUnavailable::logged)?;
+        for circuit in circuits {
+            if let Some(summary) = summaries
+                .iter_mut()
+                .find(|summary| summary.partner.as_deref() == Some(circuit.partner.as_str()))
+            {
+                summary.circuit = Some(circuit);
+            }
+        }
+        Ok(summaries)
+    }
+
+    pub(crate) async fn detail(&self, id: Uuid) -> Result<DeliveryDetail, ApiError> {
+        let client = self.client().await?;
+        support::show(&client, id)
+            .await
+            .map_err(DatabaseUnavailable::logged)?
+            .ok_or(ApiError::NotFound(id))
+    }
+
+    /// Resends one delivery; a conflict if it has not ended.
+    pub(crate) async fn resend_one(&self, id: Uuid, actor: &str) -> Result<ResendReport, ApiError> {
+        let mut client = self.client().await?;
+        let report = support::resend(&mut client, &Selection::ids(&[id]), actor).await?;
+        if report.touched() > 0 {
+            tracing::info!(delivery_id = %id, %actor, "resent by support");
+            return Ok(report);
+        }
+        if let Some(erased) = report.erased.first() {
+            return Err(ApiError::Conflict(erased.to_string()));
+        }
+        Err(self.why_untouched(&client, id, "resent").await)
+    }
+
+    /// Cancels one delivery; a conflict if it is delivered, cancelled or in flight.
+    pub(crate) async fn cancel_one(&self, id: Uuid, actor: &str) -> Result<(), ApiError> {
+        let client = self.client().await?;
+        let cancelled = support::cancel(&client, &[id], actor)
+            .await
+            .map_err(DatabaseUnavailable::logged)?;
+        if !cancelled.is_empty() {
+            tracing::info!(delivery_id = %id, %actor, "cancelled by support");
+            return Ok(());
+        }
+        Err(self.why_untouched(&client, id, "cancelled").await)
+    }
+
+    async fn why_untouched(
+        &self,
+        client: &deadpool_postgres::Client,
+        id: Uuid,
+        action: &str,
+    ) -> ApiError {
+        match support::show(client, id).await {
+            Ok(Some(detail)) => ApiError::Conflict(format!(
+                "delivery {id} is {} and cannot be {action} now",
+                detail.summary.state
+            )),
+            Ok(None) => ApiError::NotFound(id),
+            Err(error) => DatabaseUnavailable::logged(error).into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection(query: &str) -> Result<Selection, String> {
+        let uri: axum::http::Uri = format!("/api/deliveries?{query}").parse().expect("uri");
+        let (mut parts, ()) = axum::http::Request::builder()
+            .uri(uri)
+            .body(())
+            .expect("request")
+            .into_parts();
+        let read = QuerySelection::from_request_parts(&mut parts, &());
+        match futures_util::FutureExt::now_or_never(read).expect("ready") {
+            Ok(QuerySelection(selection)) => Ok(selection),
+            Err(response) => Err(response.status().to_string()),
+        }
+    }
+
+    #[test]
+    fn a_query_selects_beside_the_page_and_a_body_refuses_a_stranger() {
+        let beside_the_page = selection("state=failed&partner=acme&after=x&limit=3&notice=resent")
+            .expect("a selection among other parameters");
+        assert_eq!(beside_the_page.state.as_deref(), Some("failed"));
+        assert_eq!(beside_the_page.partner.as_deref(), Some("acme"));
+        assert!(selection("since=yesterday").is_err(), "a time is RFC 3339");
+        let odd = selection("state=%zz&notice=%").expect("odd bytes are passed on as they are");
+        assert_eq!(odd.state.as_deref(), Some("%zz"));
+        let typo = serde_json::from_str::<Selection>(r#"{"partnr": "acme"}"#);
+        assert!(typo.is_err_and(|error| error.to_string().contains("unknown field `partnr`")));
+        let ids = serde_json::from_str::<Selection>(
+            r#"{"ids": ["00000000-0000-0000-0000-000000000000"]}"#,
+        );
+        assert!(
+            ids.is_err(),
+            "a bulk resend selects by what deliveries are, not by id"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Which deliveries support means, said once for all three ways of asking: the CLI's
+//! flags (`dispatcher deliveries list|retry`), the API's query and bulk-resend body, and
+//! the support page's filters, and turned into SQL conditions in one place.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::delivery::state::{self, DeliveryState, UnknownState};
+
+/// Which deliveries: by id, or by what they are. Every field narrows the selection; an
+/// empty one selects everything. The state is kept as support typed it, and read
+/// ([`Selection::states`]) where it is used, so a wrong name is refused in the asker's
+/// words: `--state` on the command line, `state` in the API.
+///
+/// As the API's body an unknown field is refused rather than ignored, so a typo cannot
+/// widen the selection; in a query string other parameters (the page, a notice) sit
+/// beside it, so the API reads it from there through a wrapper that takes only its own.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+#[schema(
+    as = BulkRetry,
+    description = "The deliveries to resend in bulk: the fields of the list's filter, at least one of\nthem. An unknown field is refused rather than ignored, so a typo cannot widen the\nselection."
+)]
+pub struct Selection {
+    /// Only these deliveries: named by a command, never by a filter.
+    #[arg(skip)]
+    #[serde(skip)]
+    #[param(ignore)]
+    #[schema(ignore)]
+    pub ids: Option<Vec<Uuid>>,
+    /// pending (with in_flight), in_flight, delivered, rejected, dead, invalid,
+    /// cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub partner: Option<String>,
+    #[arg(long)]
+    pub event_name: Option<String>,
+    #[arg(long = "patient")]
+    pub patient_id: Option<String>,
+    /// Created at or after this time (RFC 3339).
+    #[arg(
+        long,
+        help = "Created at or after this time (RFC 3339, e.g. 2026-11-25T09:00:00Z)"
+    )]
+    pub since: Option<DateTime<Utc>>,
+    /// Created before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Selection {
+    /// The names it is given by in a query string or a body (a test holds them to the
+    /// fields).
+    pub const FIELDS: [&'static str; 6] = [
+        "state",
+        "partner",
+        "event_name",
+        "patient_id",
+        "since",
+        "until",
+    ];
+
+    /// Exactly these deliveries.
+    pub fn ids(ids: &[Uuid]) -> Selection {
+        Selection {
+            ids: Some(ids.to_vec()),
+            ..Selection::default()
+        }
+    }
+
+    /// Whether it selects by nothing but (perhaps) ids: a bulk resend of that would
+    /// resend everything.
+    pub fn names_nothing(&self) -> bool {
+        self.state.is_none()
+            && self.partner.is_none()
+            && self.event_name.is_none()
+            && self.patient_id.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
+    /// The states named, as support names them (see [`state::parse_states`]).
+    pub fn states(&self) -> Result<Option<Vec<DeliveryState>>, UnknownState> {
+        self.state.as_deref().map(state::parse_states).transpose()
+    }
+
+    /// A bulk resend without a state means "everything that failed"; delivered or
+    /// cancelled deliveries are only resent when asked for by state or by id.
+    pub fn failed_unless_stated(mut self) -> Selection {
+        if self.state.is_none() && self.ids.is_none() {
+            self.state = Some("failed".to_string());
+        }
+        self
+    }
+}
+
+/// The conditions of a [`Selection`], as parameters `$1` to `$7`.
+pub(super) const CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
+     AND ($2::text[] IS NULL OR state = ANY($2))
+     AND ($3::text IS NULL OR partner = $3)
+     AND ($4::text IS NULL OR event_name = $4)
+     AND ($5::text IS NULL OR patient_id = $5)
+     AND ($6::timestamptz IS NULL OR created_at >= $6)
+     AND ($7::timestamptz IS NULL OR created_at < $7)";
+
+/// A selection's values in the order of [`CONDITIONS`].
+pub(super) struct Params<'a> {
+    selection: &'a Selection,
+    states: Option<Vec<&'static str>>,
+}
+
+impl<'a> Params<'a> {
+    pub(super) fn new(selection: &'a Selection) -> Result<Self, UnknownState> {
+        Ok(Params {
+            selection,
+            states: selection
+                .states()?
+                .map(|states| states.into_iter().map(DeliveryState::as_str).collect()),
+        })
+    }
+
+    /// The seven selection parameters followed by `extra`.
+    pub(super) fn with<'b>(
+        &'b self,
+        extra: &[&'b (dyn ToSql + Sync)],
+    ) -> Vec<&'b (dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.selection.ids,
+            &self.states,
+            &self.selection.partner,
+            &self.selection.event_name,
+            &self.selection.patient_id,
+            &self.selection.since,
+            &self.selection.until,
+        ];
+        params.extend_from_slice(extra);
+        params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn its_names_are_its_fields() {
+        let stranger = serde_json::from_str::<Selection>(r#"{"stranger": 1}"#)
+            .expect_err("an unknown field is refused");
+        let names: Vec<String> = Selection::FIELDS
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect();
+        let expected = format!("expected one of {}", names.join(", "));
+        assert!(stranger.to_string().contains(&expected), "{stranger}");
+    }
+
+    #[test]
+    fn a_bulk_resend_without_a_state_means_the_failed_ones() {
+        let partner = Selection {
+            partner: Some("acme".into()),
+            ..Selection::default()
+        };
+        let states = partner.failed_unless_stated().states().expect("states");
+        assert_eq!(states, Some(DeliveryState::FAILED.to_vec()));
+        let named = Selection::ids(&[Uuid::nil()]).failed_unless_stated();
+        assert_eq!(named.state, None, "ids say which deliveries by themselves");
+    }
+}
