@@ -88,10 +88,15 @@ pub enum ProbeError {
     /// The guard's own words name the host, its address and the address class.
     #[error("{0}")]
     Refused(GuardError),
-    #[error("connection refused by {authority}: nothing listens there, or a firewall turns us away")]
+    #[error(
+        "connection refused by {authority}: nothing listens there, or a firewall turns us away"
+    )]
     ConnectionRefused { authority: String },
     #[error("no answer from {authority} within request_timeout ({}): a firewall may drop our packets, or the partner is down", humantime::format_duration(*.timeout))]
-    TimedOut { authority: String, timeout: Duration },
+    TimedOut {
+        authority: String,
+        timeout: Duration,
+    },
     #[error("TLS: the partner's certificate is not trusted (unknown issuer): if the partner uses a private CA, set ca_bundle to that CA's certificate")]
     Untrusted,
     #[error("TLS: the partner's certificate has expired{}", .not_after.map(|at| format!(" (on {})", at.format("%Y-%m-%d %H:%M:%S UTC"))).unwrap_or_default())]
@@ -99,7 +104,10 @@ pub enum ProbeError {
     #[error("TLS: the partner's certificate is not valid yet (is this machine's clock right?)")]
     NotValidYet,
     #[error("TLS: the partner's certificate is not valid for {host}{}", if .presented.is_empty() { String::new() } else { format!(" (it names {})", .presented.join(", ")) })]
-    WrongName { host: String, presented: Vec<String> },
+    WrongName {
+        host: String,
+        presented: Vec<String>,
+    },
     #[error("TLS: the partner's certificate is refused: {0}")]
     BadCertificate(String),
     #[error("TLS: the partner asks for a client certificate and none is configured: set client_cert and client_key")]
@@ -229,48 +237,37 @@ async fn resolve(
 
 impl ProbeError {
     /// Why the `OPTIONS` request got no answer: the first cause in its chain that says
-    /// more than "error sending request".
+    /// more than "error sending request" (the guard, rustls, or the socket).
     fn of_connection(
         error: reqwest::Error,
         url: &Url,
         partner: &Partner,
         timeout: Duration,
     ) -> ProbeError {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-        while let Some(current) = cause {
-            // An io::Error's source() skips the error it wraps (rustls puts its own there).
-            let wrapped = current
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .map(|inner| inner as &(dyn std::error::Error + 'static));
-            for candidate in [Some(current), wrapped].into_iter().flatten() {
-                if let Some(guard) = candidate.downcast_ref::<GuardError>() {
-                    return match guard.is_refused() {
-                        true => ProbeError::Refused(guard.clone()),
-                        false => ProbeError::Dns(guard.clone()),
-                    };
-                }
-                if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                    return ProbeError::of_tls(tls, url, partner);
-                }
+        for cause in causes(&error) {
+            if let Some(guard) = cause.downcast_ref::<GuardError>() {
+                return match guard.is_refused() {
+                    true => ProbeError::Refused(guard.clone()),
+                    false => ProbeError::Dns(guard.clone()),
+                };
             }
-            if let Some(io) = current.downcast_ref::<std::io::Error>() {
-                match io.kind() {
-                    std::io::ErrorKind::ConnectionRefused => {
-                        return ProbeError::ConnectionRefused {
-                            authority: authority(url),
-                        }
-                    }
-                    std::io::ErrorKind::TimedOut => {
-                        return ProbeError::TimedOut {
-                            authority: authority(url),
-                            timeout,
-                        }
-                    }
-                    _ => {}
-                }
+            if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+                return ProbeError::of_tls(tls, url, partner);
             }
-            cause = current.source();
+            match cause.downcast_ref::<std::io::Error>().map(|io| io.kind()) {
+                Some(std::io::ErrorKind::ConnectionRefused) => {
+                    return ProbeError::ConnectionRefused {
+                        authority: authority(url),
+                    }
+                }
+                Some(std::io::ErrorKind::TimedOut) => {
+                    return ProbeError::TimedOut {
+                        authority: authority(url),
+                        timeout,
+                    }
+                }
+                _ => {}
+            }
         }
         if error.is_timeout() {
             return ProbeError::TimedOut {
@@ -318,6 +315,22 @@ impl ProbeError {
     }
 }
 
+/// `error` and its causes, outermost first. An io::Error's `source()` skips the error it
+/// wraps (where rustls puts its own, inside another io::Error), so those are opened too.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |&cause| {
+        match cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => cause.source(),
+        }
+    })
+}
+
 /// The alerts a server sends about the client's certificate (RFC 8446 section 6.2).
 fn refuses_our_certificate(alert: AlertDescription) -> bool {
     matches!(
@@ -352,7 +365,9 @@ mod tests {
 
     #[test]
     fn failures_are_worded_for_ops_without_the_url() {
-        let url: Url = "https://crm.partner.test:8443/hooks?api_key=k".parse().expect("url");
+        let url: Url = "https://crm.partner.test:8443/hooks?api_key=k"
+            .parse()
+            .expect("url");
         assert_eq!(
             ProbeError::ConnectionRefused {
                 authority: authority(&url)
