@@ -8,12 +8,13 @@
 //! guard, its TLS roots and client certificate, its timeouts), and words each failure
 //! the way ops can act on it ([`ProbeError`]).
 //!
-//! The probe is an `OPTIONS` request with no body: no event, none of the partner's
-//! headers, no signature. A bare TLS handshake would not do: under TLS 1.3 a partner
-//! that refuses our client certificate says so only after the handshake, on the first
-//! read, so a handshake alone would pass a partner that refuses every delivery. Whatever
-//! status the partner answers, the connection works. For a token URL the partner's
-//! token source then fetches a token, which is dropped unseen.
+//! The probe is an `OPTIONS` request to the URL as configured, with no body: no event,
+//! none of the partner's headers, no signature, no `[partners.auth]` credential. A bare
+//! TLS handshake would not do: under TLS 1.3 a partner that refuses our client
+//! certificate says so only after the handshake, on the first read, so a handshake alone
+//! would pass a partner that refuses every delivery. Whatever status the partner
+//! answers, the connection works. For a token URL the partner's token source then
+//! fetches a token, which is dropped unseen.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
