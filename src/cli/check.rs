@@ -143,9 +143,10 @@ fn timings(reached: &Reached) -> String {
     if let Some(resolved_in) = reached.resolved_in {
         steps.push(format!("resolved in {}", ms(resolved_in)));
     }
-    let connection = match reached.tls {
-        true => "TLS connection",
-        false => "plain http connection (allow_insecure)",
+    let connection = if reached.tls {
+        "TLS connection"
+    } else {
+        "plain http connection (allow_insecure)"
     };
     steps.push(format!(
         "{connection} and OPTIONS answered (HTTP {}) in {}",

@@ -247,9 +247,10 @@ impl ProbeError {
     ) -> ProbeError {
         for cause in causes(&error) {
             if let Some(guard) = cause.downcast_ref::<GuardError>() {
-                return match guard.is_refused() {
-                    true => ProbeError::Refused(guard.clone()),
-                    false => ProbeError::Dns(guard.clone()),
+                return if guard.is_refused() {
+                    ProbeError::Refused(guard.clone())
+                } else {
+                    ProbeError::Dns(guard.clone())
                 };
             }
             if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
