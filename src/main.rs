@@ -47,8 +47,11 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
-        Command::Check => {
+        Command::Check { connect } => {
             check::describe(&config, &cli.config, &mut std::io::stdout().lock()).await?;
+            if connect {
+                check::connect(&config, &mut std::io::stdout().lock()).await?;
+            }
         }
         Command::Migrate => {
             let pool = db::pool(&config.database)?;

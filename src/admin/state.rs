@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::access::Access;
 use super::error::{ApiError, DatabaseUnavailable};
-use crate::store::circuits;
 use crate::observe::metrics::Metrics;
+use crate::store::circuits;
 use crate::store::support::{
     self, DeliveryDetail, DeliverySummary, PartnerSummary, ResendReport, Selection, SupportError,
 };

@@ -2,14 +2,18 @@
 //!
 //! Validates like `run` does, warns about a database link an attacker could read, then
 //! prints where each partner's events go, without connecting to the database or to any
-//! partner. URLs are printed with their credentials
-//! and query (where API keys hide) redacted; secrets and header values never.
+//! partner (it only looks up their host names). With `--connect` it then connects to
+//! every partner URL and token endpoint, sending no event ([`connect`]). URLs are printed
+//! with their credentials and query (where API keys hide) redacted; secrets, tokens and
+//! header values never.
 
 use std::io::{self, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use crate::config::{redacted_url, Config, DatabaseConfig, Partner};
 use crate::http::guard;
+use crate::http::probe::{self, Probe, Reached};
 
 /// Prints every partner's routes: support programs, then where each event kind goes, and
 /// warns about partner URLs whose addresses the destination guard would refuse (the one
@@ -91,4 +95,66 @@ fn describe_partner(partner: &Partner, out: &mut impl Write) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `check --connect`: probes every partner's URLs at once (see [`probe`]) and prints one
+/// line per partner and URL, in the configuration's order. Err when any failed, so the
+/// command exits 1.
+pub async fn connect(config: &Config, out: &mut impl Write) -> anyhow::Result<()> {
+    let probes = futures_util::future::join_all(
+        config
+            .partners
+            .iter()
+            .map(|partner| probe::probe_partner(&config.dispatch, partner)),
+    )
+    .await;
+    writeln!(out)?;
+    writeln!(out, "connecting to each partner (no event is sent):")?;
+    let (mut total, mut failed) = (0, 0);
+    for (partner, probes) in config.partners.iter().zip(&probes) {
+        for probe in probes {
+            total += 1;
+            failed += usize::from(probe.outcome.is_err());
+            writeln!(out, "{}", probe_line(&partner.name, probe))?;
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {total} partner connection checks failed (see above)");
+    }
+    Ok(())
+}
+
+fn probe_line(partner: &str, probe: &Probe) -> String {
+    let outcome = match &probe.outcome {
+        Ok(reached) => format!("ok  {}", timings(reached)),
+        Err(error) => format!("FAILED: {error}"),
+    };
+    format!(
+        "partner {partner}  {}  {}  {outcome}",
+        probe.endpoint,
+        redacted_url(&probe.url)
+    )
+}
+
+/// e.g. `resolved in 1 ms, TLS connection and OPTIONS answered (HTTP 405) in 12 ms`.
+fn timings(reached: &Reached) -> String {
+    let ms = |duration: Duration| format!("{} ms", duration.as_millis());
+    let mut steps = Vec::new();
+    if let Some(resolved_in) = reached.resolved_in {
+        steps.push(format!("resolved in {}", ms(resolved_in)));
+    }
+    let connection = if reached.tls {
+        "TLS connection"
+    } else {
+        "plain http connection (allow_insecure)"
+    };
+    steps.push(format!(
+        "{connection} and OPTIONS answered (HTTP {}) in {}",
+        reached.status,
+        ms(reached.answered_in)
+    ));
+    if let Some(token_in) = reached.token_in {
+        steps.push(format!("token fetched in {}", ms(token_in)));
+    }
+    steps.join(", ")
 }

@@ -34,8 +34,15 @@ pub enum Command {
     Migrate,
     /// Run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the configuration.
     Run,
-    /// Validate the configuration and print each partner's routes (connects to nothing).
-    Check,
+    /// Validate the configuration and print each partner's routes. Looks up partners' host
+    /// names to warn about addresses the destination guard refuses; connects to nothing
+    /// unless --connect.
+    Check {
+        /// Also connect to every partner URL and token endpoint as a delivery would (DNS,
+        /// destination guard, TCP, TLS, OAuth token), sending no event; exit 1 if any fails.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Erase event bodies and partners' answers past `[retention] payload_days`, delete
     /// deliveries and events past `metadata_days` (the daemon does this by itself too).
     Prune,

@@ -112,10 +112,11 @@ pub struct Sender {
     request_timeout: Duration,
 }
 
-struct PartnerClient {
-    http: reqwest::Client,
-    policy: Arc<DestinationPolicy>,
-    auth: Option<Authenticator>,
+/// One partner's client, as its deliveries use it and `check --connect` probes it.
+pub(crate) struct PartnerClient {
+    pub(crate) http: reqwest::Client,
+    pub(crate) policy: Arc<DestinationPolicy>,
+    pub(crate) auth: Option<Authenticator>,
 }
 
 impl Sender {
@@ -199,7 +200,7 @@ impl std::fmt::Display for Deadline {
 }
 
 impl PartnerClient {
-    fn new(
+    pub(crate) fn new(
         dispatch: &DispatchConfig,
         partner: &Partner,
         dns: Arc<dyn Resolve>,

@@ -1,9 +1,11 @@
 //! Talking to partners over HTTP: the client, the destination guard that keeps requests
 //! off internal networks (with the address classes it refuses), partner authentication,
-//! and the transport errors they share. Bottom up: address, guard, error, auth, client.
+//! the transport errors they share, and the probe `check --connect` runs. Bottom up:
+//! address, guard, error, auth, client, probe.
 
 pub mod address;
 pub mod auth;
 pub mod client;
 pub mod error;
 pub mod guard;
+pub mod probe;
