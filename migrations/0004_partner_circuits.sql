@@ -1,4 +1,4 @@
--- Each partner's circuit breaker (see src/breaker.rs) as the daemons last reported it:
+-- Each partner's circuit breaker (see src/delivery/breaker.rs; its SQL is in src/store/circuits.rs) as the daemons last reported it:
 -- what `dispatcher deliveries list`, the API and the metrics show, and what a daemon
 -- starts from after a restart. Each daemon decides on its own copy in memory and writes
 -- its changes here, so with several daemons a row holds the latest change any of them

@@ -262,7 +262,7 @@ pub struct Partner {
     pub circuit: CircuitConfig,
     /// Local testing only: http:// URLs, and any destination address.
     pub allow_insecure: bool,
-    /// Non-global networks this partner may still be reached in (see `guard`).
+    /// Non-global networks this partner may still be reached in (see `http::guard`).
     pub allow_networks: Vec<IpNet>,
     pub tls: PartnerTls,
     pub auth: Option<AuthConfig>,

@@ -10,9 +10,7 @@ use deadpool_postgres::Pool;
 use crate::delivery::breaker::Breakers;
 use crate::shutdown::Shutdown;
 use crate::store::circuits;
-use crate::store::db::DbError;
-
-use super::on_client;
+use crate::store::db::{self, DbError};
 
 /// How long to wait before writing states again after the database refused them.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
@@ -20,7 +18,7 @@ const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// Starts from the circuits as recorded, so a restart keeps holding a failing
 /// partner. Without the database it starts with every circuit closed.
 pub(super) async fn load(breakers: &Breakers, pool: &Pool) {
-    let loaded = on_client(pool, async |client| circuits::recorded(client).await).await;
+    let loaded = db::on_client(pool, async |client| circuits::recorded(client).await).await;
     match loaded {
         Ok(recorded) => breakers.restore(recorded),
         Err(error) => {
@@ -53,7 +51,7 @@ pub(super) async fn write_changes(breakers: &Breakers, pool: &Pool) -> Result<()
     if changes.is_empty() {
         return Ok(());
     }
-    let written = on_client(pool, async |client| circuits::save(client, &changes).await).await;
+    let written = db::on_client(pool, async |client| circuits::save(client, &changes).await).await;
     if written.is_err() {
         breakers.unwritten(changes);
     }

@@ -112,7 +112,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 /// What the daemon's loops share.
 pub struct Dispatcher {
     /// Partners, retries, batch size and poll interval are read from it as they are used;
-    /// the restart-only settings in it never change (see `reload`).
+    /// the restart-only settings in it never change (see `config::live`).
     live: LiveConfig,
     pool: Pool,
     sender: Arc<LiveSender>,
@@ -204,13 +204,12 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Runs `query` on a pooled connection: how the loops reach the database, both ways
-    /// it can fail (no connection, a failed statement) told apart in a [`db::DbError`].
+    /// [`db::on_client`] on the daemon's pool.
     async fn on_client<T>(
         &self,
         query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, db::DbError> {
-        on_client(&self.pool, query).await
+        db::on_client(&self.pool, query).await
     }
 
     /// Waits until `wakeup` (which the listener also sends once it is connected again
@@ -223,13 +222,4 @@ impl Dispatcher {
             () = self.shutdown.stopping() => {}
         }
     }
-}
-
-/// [`Dispatcher::on_client`], for the loops that hold only the pool.
-async fn on_client<T>(
-    pool: &Pool,
-    query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
-) -> Result<T, db::DbError> {
-    let client = pool.get().await?;
-    Ok(query(&client).await?)
 }

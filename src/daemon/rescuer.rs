@@ -20,8 +20,6 @@ use crate::shutdown::Shutdown;
 use crate::store::db;
 use crate::store::queue;
 
-use super::on_client;
-
 /// Deliveries rescued per statement.
 const RESCUE_BATCH: usize = 1000;
 /// The shortest wait between looks, so a lease another rescuer is busy with is not
@@ -68,7 +66,7 @@ pub(super) async fn run(
 async fn until_next_lease_end(pool: &Pool, live: &LiveConfig) -> Duration {
     let dispatch = live.snapshot().dispatch.clone();
     let longest = dispatch.poll_interval.min(dispatch.lease);
-    let until_end = on_client(pool, async |client| {
+    let until_end = db::on_client(pool, async |client| {
         queue::until_next_lease_end(client).await
     })
     .await;

@@ -115,6 +115,16 @@ pub fn connection_config(database: &DatabaseConfig) -> Result<ConnectionConfig, 
     })
 }
 
+/// Runs `query` on a pooled connection: how the daemon's loops reach the database, with
+/// both ways it can fail (no connection, a failed statement) told apart in a [`DbError`].
+pub async fn on_client<T>(
+    pool: &Pool,
+    query: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, DbError> {
+    let client = pool.get().await?;
+    Ok(query(&client).await?)
+}
+
 /// The pool every statement but LISTEN goes through.
 pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
     let ConnectionConfig { postgres, tls } = connection_config(database)?;
