@@ -122,9 +122,10 @@ impl LiveConfig {
                 }
                 tracing::info!(%path, partners = self.snapshot().partners.len(), "configuration reloaded");
             }
+            // `{:#}`: several problems on the one line, as a log line must be.
             Err(error) => tracing::error!(
                 %path,
-                %error,
+                error = format_args!("{error:#}"),
                 "configuration reload refused; keeping the running configuration"
             ),
         }
