@@ -747,6 +747,84 @@ user_action_url = "https://acme.example/action"
     assert!(output.stdout.is_empty(), "{output}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_every_problem_of_a_file_in_one_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The sample copied as the README says, before any of its variables is set.
+    let path = dir.path().join("dispatcher.toml");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("dispatcher.sample.toml");
+    std::fs::copy(sample, &path).expect("copy the sample");
+    let variables = [
+        ("admin.token", "DISPATCHER_ADMIN_TOKEN"),
+        ("database.url", "DISPATCHER_DATABASE_URL"),
+        ("partners[0].headers.x-api-key", "ACME_API_KEY"),
+        ("partners[0].signing_secret", "ACME_SIGNING_SECRET"),
+        ("partners[1].auth.client_secret", "GLOBEX_CLIENT_SECRET"),
+        ("partners[1].signing_secret", "GLOBEX_SIGNING_SECRET"),
+    ];
+    let mut command = dispatcher(&path);
+    command.arg("check");
+    for (_, variable) in variables {
+        command.env_remove(variable);
+    }
+
+    let output = finish(command).await;
+
+    assert_eq!(output.status.code(), Some(1), "{output}");
+    assert!(
+        output
+            .stderr
+            .contains(&format!("6 problems in {}:", path.display())),
+        "{output}"
+    );
+    for (key, variable) in variables {
+        assert!(
+            output.stderr.contains(&format!(
+                "config key `{key}`: environment variable {variable} is not set"
+            )),
+            "`{variable}` in `{key}` is not named:\n{output}"
+        );
+    }
+
+    // Two partners wrong, each in its own way: both named.
+    std::fs::write(
+        &path,
+        r#"
+[database]
+url = "postgres://dispatcher@127.0.0.1:1/nowhere"
+
+[[partners]]
+name = "acme"
+support_programs = ["prog-1"]
+enrollment_url = "http://acme.example/enroll"
+user_action_url = "https://acme.example/action"
+
+[[partners]]
+name = "beta"
+support_programs = ["prog-1"]
+enrollment_url = "https://beta.example/enroll"
+user_action_url = "https://beta.example/action"
+allow_networks = ["localhost"]
+"#,
+    )
+    .expect("write config");
+
+    let output = cli(&path, &["check"]).await;
+
+    assert_eq!(output.status.code(), Some(1), "{output}");
+    for expected in [
+        &format!("2 problems in {}:", path.display()),
+        "config key `partners[0].enrollment_url`: must be https://",
+        "config key `partners[1].allow_networks`: `localhost` is not a network",
+    ] {
+        assert!(
+            output.stderr.contains(expected),
+            "missing `{expected}`:\n{output}"
+        );
+    }
+    assert!(output.stdout.is_empty(), "{output}");
+}
+
 /// How many migrations the dispatcher ships (`migrations/*.sql`).
 fn migration_files() -> i64 {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");

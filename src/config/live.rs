@@ -122,9 +122,10 @@ impl LiveConfig {
                 }
                 tracing::info!(%path, partners = self.snapshot().partners.len(), "configuration reloaded");
             }
+            // `{:#}`: several problems on the one line, as a log line must be.
             Err(error) => tracing::error!(
                 %path,
-                %error,
+                error = format_args!("{error:#}"),
                 "configuration reload refused; keeping the running configuration"
             ),
         }
@@ -307,6 +308,29 @@ mod tests {
         assert_eq!(
             live.snapshot().partners[0].user_action_url.as_str(),
             "https://crm.example/action"
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_every_problem_on_the_one_log_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let live = live(&dir);
+        write(
+            &dir,
+            &FILE
+                .replace("https://crm.example/action", "ftp://crm.example/action")
+                .replace("pool_size = 8", "pool_size = 0"),
+        );
+
+        let error = live.reload().unwrap_err();
+
+        let line = format!("{error:#}");
+        assert!(
+            line.starts_with("2 problems in ")
+                && line.contains("database.pool_size")
+                && line.contains("partners[0].user_action_url")
+                && !line.contains('\n'),
+            "{line}"
         );
     }
 }

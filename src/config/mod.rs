@@ -3,8 +3,11 @@
 //! The file is read in steps so that every error names the key at fault: TOML syntax,
 //! then `"${ENV_VAR}"` expansion (`secrets`), then the serde mirror of the file (`file`:
 //! unknown and missing keys), then the values themselves (`validate`: URLs, durations,
-//! secrets, TLS files). This module holds the typed result, plain data that every layer
-//! above reads; it imports nothing of the dispatcher's but the contract's signing secret.
+//! secrets, TLS files). One run reports every problem it finds (`problems`): every unset
+//! variable with the first unknown or missing key, or, once those are sound, the values'
+//! problems, a table's or a partner's first each. This module holds the typed result,
+//! plain data that every layer above reads; it imports nothing of the dispatcher's but
+//! the contract's signing secret.
 //!
 //! Secrets come from the environment (`"${VAR}"`) or from files (`"file:/path"`), never
 //! from the database, and are kept in types whose `Debug` does not print them. Error
@@ -14,6 +17,7 @@ pub mod auth;
 pub mod database;
 mod file;
 pub mod live;
+mod problems;
 mod secrets;
 #[cfg(test)]
 mod testing;
@@ -29,6 +33,7 @@ use url::Url;
 
 use crate::config::auth::AuthConfig;
 use crate::config::database::{ConnectionUrl, DatabaseCa};
+use crate::config::problems::Problems;
 use crate::contract::signing::SigningSecret;
 
 /// A secret value of this form is read from the file it names (relative paths from the
@@ -52,6 +57,12 @@ pub enum ConfigError {
     Syntax { path: String, message: String },
     #[error("config key `{key}`: {message}")]
     Key { key: String, message: String },
+    /// Every problem one run found (see `problems`), each a `Key` error.
+    #[error(fmt = problems::list)]
+    Many {
+        path: String,
+        problems: Vec<ConfigError>,
+    },
 }
 
 impl ConfigError {
@@ -314,14 +325,27 @@ impl Config {
                 path: path.to_string(),
                 message: error.message().to_string(),
             })?;
-        secrets::expand_env(&mut document, &mut String::new(), &lookup_env)?;
-        let raw = file::read(document)?;
+        let mut problems = Problems::default();
+        secrets::expand_env(
+            &mut document,
+            &mut String::new(),
+            &lookup_env,
+            &mut problems,
+        );
+        // The file's keys do not hang on the variables' values: an unknown one is named too.
+        let raw = problems.check(file::read(document));
         // Relative file names (TLS files, secret files) are read from beside the config.
         let base_dir = Path::new(path)
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        raw.validate(env_database_url, &base_dir)
+        match raw {
+            // Values are checked once every variable is set: an unset one is named already.
+            Some(raw) if problems.is_empty() => raw
+                .validate(env_database_url, &base_dir)
+                .map_err(|problems| problems.into_error(path)),
+            _ => Err(problems.into_error(path)),
+        }
     }
 
     /// The partners that take events of this support program.

@@ -7,23 +7,29 @@ use std::path::{Path, PathBuf};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+use crate::config::problems::Problems;
 use crate::config::{ConfigError, SECRET_FILE_PREFIX};
 
 /// Replaces `${VAR}` inside every string value, so secrets can stay in the environment.
+/// Every unset variable is noted in `problems`, each with its key; its string is left as
+/// it was.
 pub(super) fn expand_env(
     value: &mut toml::Value,
     key: &mut String,
     lookup_env: &impl Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+    problems: &mut Problems,
+) {
     match value {
         toml::Value::String(text) if text.contains("${") => {
-            *text = expand_string(text, key, lookup_env)?;
+            if let Some(expanded) = expand_string(text, key, lookup_env, problems) {
+                *text = expanded;
+            }
         }
         toml::Value::Array(items) => {
             for (index, item) in items.iter_mut().enumerate() {
                 let len = key.len();
                 key.push_str(&format!("[{index}]"));
-                expand_env(item, key, lookup_env)?;
+                expand_env(item, key, lookup_env, problems);
                 key.truncate(len);
             }
         }
@@ -34,37 +40,46 @@ pub(super) fn expand_env(
                     key.push('.');
                 }
                 key.push_str(name);
-                expand_env(item, key, lookup_env)?;
+                expand_env(item, key, lookup_env, problems);
                 key.truncate(len);
             }
         }
         _ => {}
     }
-    Ok(())
 }
 
+/// `text` with its variables' values; `None` when one is unset, each such noted.
 fn expand_string(
     text: &str,
     key: &str,
     lookup_env: &impl Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
+    problems: &mut Problems,
+) -> Option<String> {
     let mut expanded = String::with_capacity(text.len());
+    let mut complete = true;
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         expanded.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| ConfigError::key(key, "has `${` without a closing `}`"))?;
+        let Some(end) = after.find('}') else {
+            problems.note(ConfigError::key(key, "has `${` without a closing `}`"));
+            return None;
+        };
         let name = &after[..end];
-        let value = lookup_env(name).ok_or_else(|| {
-            ConfigError::key(key, format!("environment variable {name} is not set"))
-        })?;
-        expanded.push_str(&value);
+        match lookup_env(name) {
+            Some(value) => expanded.push_str(&value),
+            None => {
+                problems.note(ConfigError::key(
+                    key,
+                    format!("environment variable {name} is not set"),
+                ));
+                complete = false;
+            }
+        }
         rest = &after[end + 1..];
     }
     expanded.push_str(rest);
-    Ok(expanded)
+    complete.then_some(expanded)
 }
 
 /// A secret's value: as written (after `${VAR}` expansion), or the content of the file

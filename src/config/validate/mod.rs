@@ -1,7 +1,8 @@
 //! Turning the file's serde mirror (`file::Raw*`) into the typed configuration: every
 //! value checked (URLs, durations, secrets, TLS files) and every error naming its key.
 //! One step per table, in the order of the file; a partner's steps are in `partner`,
-//! the admin server's in `admin`.
+//! the admin server's in `admin`. Each table and each partner reports its first problem,
+//! and all of them are reported together.
 
 mod admin;
 mod partner;
@@ -16,6 +17,7 @@ use crate::config::database::{ConnectionUrl, DatabaseCa, SslMode};
 use crate::config::file::{
     defaults, RawConfig, RawDatabase, RawDispatch, RawPartner, RawRetention, RawRetry,
 };
+use crate::config::problems::Problems;
 use crate::config::secrets::{beside_config, read_certificates};
 use crate::config::{
     Config, ConfigError, DatabaseConfig, DispatchConfig, LogConfig, Partner, RetentionConfig,
@@ -29,14 +31,33 @@ impl RawConfig {
         self,
         env_database_url: Option<String>,
         base_dir: &Path,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Config, Problems> {
+        // No table reads another: each is checked, its problem noted, whatever the others hold.
+        let mut problems = Problems::default();
+        let database = problems.check(self.database.validate(env_database_url, base_dir));
+        let dispatch = problems.check(self.dispatch.validate());
+        let retry = problems.check(self.retry.validate());
+        let retention = problems.check(self.retention.validate());
+        let partners = validate_partners(self.partners, base_dir, &mut problems);
+        let admin = problems.check(self.admin.validate(base_dir));
+        let (
+            Some(database),
+            Some(dispatch),
+            Some(retry),
+            Some(retention),
+            Some(partners),
+            Some(admin),
+        ) = (database, dispatch, retry, retention, partners, admin)
+        else {
+            return Err(problems);
+        };
         Ok(Config {
-            database: self.database.validate(env_database_url, base_dir)?,
-            dispatch: self.dispatch.validate()?,
-            retry: self.retry.validate()?,
-            retention: self.retention.validate()?,
-            partners: validate_partners(self.partners, base_dir)?,
-            admin: self.admin.validate(base_dir)?,
+            database,
+            dispatch,
+            retry,
+            retention,
+            partners,
+            admin,
             log: LogConfig {
                 format: self.log.format,
             },
@@ -197,21 +218,26 @@ impl RawRetention {
     }
 }
 
-/// Each partner validated, and named once.
-fn validate_partners(raw: Vec<RawPartner>, base_dir: &Path) -> Result<Vec<Partner>, ConfigError> {
+/// Each partner validated, and named once; `None` when one is not, its problems noted.
+fn validate_partners(
+    raw: Vec<RawPartner>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<Vec<Partner>> {
+    let count = raw.len();
     let mut names = HashSet::new();
-    let mut partners = Vec::with_capacity(raw.len());
+    let mut partners = Vec::with_capacity(count);
     for (index, raw) in raw.into_iter().enumerate() {
-        let partner = raw.validate(index, base_dir)?;
-        if !names.insert(partner.name.clone()) {
-            return Err(ConfigError::key(
+        let name = raw.name.clone();
+        partners.extend(problems.check(raw.validate(index, base_dir)));
+        if !names.insert(name.clone()) {
+            problems.note(ConfigError::key(
                 format!("partners[{index}].name"),
-                format!("partner `{}` is configured twice", partner.name),
+                format!("partner `{name}` is configured twice"),
             ));
         }
-        partners.push(partner);
     }
-    Ok(partners)
+    (partners.len() == count && names.len() == count).then_some(partners)
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
