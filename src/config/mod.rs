@@ -15,15 +15,15 @@
 
 pub mod auth;
 pub mod database;
+mod error;
 mod file;
 pub mod live;
-mod problems;
+mod load;
 mod secrets;
 #[cfg(test)]
 mod testing;
 mod validate;
 
-use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -33,7 +33,6 @@ use url::Url;
 
 use crate::config::auth::AuthConfig;
 use crate::config::database::{ConnectionUrl, DatabaseCa};
-use crate::config::problems::Problems;
 use crate::contract::signing::SigningSecret;
 
 /// A secret value of this form is read from the file it names (relative paths from the
@@ -46,33 +45,7 @@ pub const DATABASE_URL_ENV: &str = "DISPATCHER_DATABASE_URL";
 /// Overrides `[log] format`, so a deployment can pick JSON without editing the file.
 pub const LOG_FORMAT_ENV: &str = "DISPATCHER_LOG_FORMAT";
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: String, message: String },
-    #[error("config key `{key}`: {message}")]
-    Key { key: String, message: String },
-    /// Every problem one run found (see `problems`), each a `Key` error.
-    #[error(fmt = problems::list)]
-    Many {
-        path: String,
-        problems: Vec<ConfigError>,
-    },
-}
-
-impl ConfigError {
-    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Key {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use error::ConfigError;
 
 /// The validated configuration the daemon and the CLI run with.
 #[derive(Debug, Clone)]
@@ -298,56 +271,6 @@ pub struct PartnerTls {
 }
 
 impl Config {
-    /// Reads and validates the config file; `DISPATCHER_DATABASE_URL` overrides `[database] url`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let env_database_url = std::env::var(DATABASE_URL_ENV).ok();
-        Config::parse(
-            &text,
-            &path.display().to_string(),
-            env_database_url,
-            |name| std::env::var(name).ok(),
-        )
-    }
-
-    /// Parses config text; `lookup_env` resolves `${VAR}` references.
-    pub fn parse(
-        text: &str,
-        path: &str,
-        env_database_url: Option<String>,
-        lookup_env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let mut document: toml::Value =
-            toml::from_str(text).map_err(|error| ConfigError::Syntax {
-                path: path.to_string(),
-                message: error.message().to_string(),
-            })?;
-        let mut problems = Problems::default();
-        secrets::expand_env(
-            &mut document,
-            &mut String::new(),
-            &lookup_env,
-            &mut problems,
-        );
-        // The file's keys do not hang on the variables' values: an unknown one is named too.
-        let raw = problems.check(file::read(document));
-        // Relative file names (TLS files, secret files) are read from beside the config.
-        let base_dir = Path::new(path)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        match raw {
-            // Values are checked once every variable is set: an unset one is named already.
-            Some(raw) if problems.is_empty() => raw
-                .validate(env_database_url, &base_dir)
-                .map_err(|problems| problems.into_error(path)),
-            _ => Err(problems.into_error(path)),
-        }
-    }
-
     /// The partners that take events of this support program.
     pub fn partners_of<'a>(
         &'a self,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use crate::config::problems::Problems;
+use crate::config::error::Problems;
 use crate::config::{ConfigError, SECRET_FILE_PREFIX};
 
 /// Replaces `${VAR}` inside every string value, so secrets can stay in the environment.

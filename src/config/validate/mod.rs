@@ -14,10 +14,10 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::config::database::{ConnectionUrl, DatabaseCa, SslMode};
+use crate::config::error::Problems;
 use crate::config::file::{
     defaults, RawConfig, RawDatabase, RawDispatch, RawPartner, RawRetention, RawRetry,
 };
-use crate::config::problems::Problems;
 use crate::config::secrets::{beside_config, read_certificates};
 use crate::config::{
     Config, ConfigError, DatabaseConfig, DispatchConfig, LogConfig, Partner, RetentionConfig,

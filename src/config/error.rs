@@ -1,11 +1,38 @@
-//! Every problem of a file, found in one run: a newcomer with six unset variables, or ops
-//! with two partners wrong, fix them in one round instead of one per run. A step that
-//! does not read another's result notes its problem in [`Problems`], and the next step
-//! runs all the same; a step that does read one waits until it is sound.
+//! What is wrong with a configuration file, and every problem of it found in one run: a
+//! newcomer with six unset variables, or ops with two partners wrong, fix them in one
+//! round instead of one per run. A step that does not read another's result notes its
+//! problem in [`Problems`], and the next step runs all the same; a step that does read
+//! one waits until it is sound.
 
 use std::fmt;
 
-use crate::config::ConfigError;
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    /// Every problem one run found (see [`Problems`]), each a `Key` error.
+    #[error(fmt = list)]
+    Many {
+        path: String,
+        problems: Vec<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    pub(super) fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// The problems found so far, in the order the steps ran.
 #[derive(Debug, Default)]
