@@ -98,8 +98,9 @@ fn token_or_no_content(request: &Received) -> Reply {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_partner_reached_over_mtls_with_a_token_passes_and_receives_no_event() {
+/// Acme's CRM over HTTPS with its own CA, asking for a client certificate from ours,
+/// with a token endpoint: the partner of the mTLS scenarios.
+async fn mtls_partner() -> (TestPartner, TestCa, TestCa) {
     let partner_ca = TestCa::new("Acme CRM private CA");
     let our_ca = TestCa::new("HelpAround client CA");
     let acme = TestPartner::start_https(
@@ -108,6 +109,12 @@ async fn a_partner_reached_over_mtls_with_a_token_passes_and_receives_no_event()
         token_or_no_content,
     )
     .await;
+    (acme, partner_ca, our_ca)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_reached_over_mtls_with_a_token_passes_and_receives_no_event() {
+    let (acme, partner_ca, our_ca) = mtls_partner().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let tls = write_tls_files(dir.path(), &partner_ca, &our_ca);
     // By name, so that DNS and the guard's look at its answer are part of it.
@@ -260,14 +267,7 @@ async fn an_expired_certificate_is_named_with_its_date() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_certificate_missing_or_unknown_to_the_partner_is_named() {
-    let partner_ca = TestCa::new("Acme CRM private CA");
-    let our_ca = TestCa::new("HelpAround client CA");
-    let acme = TestPartner::start_https(
-        "acme",
-        server_config(&partner_ca.server_certificate(), Some(&our_ca)),
-        token_or_no_content,
-    )
-    .await;
+    let (acme, partner_ca, _our_ca) = mtls_partner().await;
     let dir = tempfile::tempdir().expect("temp dir");
     // Our files, but a client certificate from a CA the partner never heard of.
     let tls = write_tls_files(dir.path(), &partner_ca, &TestCa::new("Someone else's CA"));
