@@ -1,0 +1,170 @@
+//! Each partner's last 24 hours, hour by hour, for the support page's chart: how many
+//! deliveries ended delivered, rejected or dead, and how many attempts failed and were
+//! tried again. One statement, so the chart costs the overview one round trip.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+
+/// The hours a [`PartnerDay`] covers: the current hour and the 23 before it.
+pub const HOURS: usize = 24;
+
+/// What happened to one partner's deliveries in one hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HourCounts {
+    /// Deliveries that ended delivered in this hour.
+    pub delivered: i64,
+    /// Deliveries the partner refused for good (the contract's 400) in this hour.
+    pub rejected: i64,
+    /// Attempts started in this hour that failed and were tried again.
+    pub retried: i64,
+    /// Deliveries that ran out of attempts in this hour.
+    pub dead: i64,
+}
+
+/// One partner's last 24 hours: `hours[0]` began 23 hours before the current hour,
+/// `hours[23]` is the current hour (UTC), `current_hour` its start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartnerDay {
+    pub partner: String,
+    pub current_hour: DateTime<Utc>,
+    pub hours: [HourCounts; HOURS],
+}
+
+impl PartnerDay {
+    /// The sum over the 24 hours.
+    pub fn total(&self) -> HourCounts {
+        self.hours
+            .iter()
+            .fold(HourCounts::default(), |sum, hour| HourCounts {
+                delivered: sum.delivered + hour.delivered,
+                rejected: sum.rejected + hour.rejected,
+                retried: sum.retried + hour.retried,
+                dead: sum.dead + hour.dead,
+            })
+    }
+
+    /// When the hour at `index` began (`HOURS` is the next hour, where the last ends).
+    pub fn hour_start(&self, index: usize) -> DateTime<Utc> {
+        let before = (HOURS as i64 - 1) - index as i64;
+        self.current_hour - chrono::Duration::hours(before)
+    }
+}
+
+/// Each partner with something in its last 24 hours, by name.
+///
+/// It walks only the recent work: the deliveries that ended since the first hour
+/// (`deliveries_ended`) or have not ended (`deliveries_due`), and their attempts by
+/// primary key. An attempt in the window belongs to one of those: a delivery's
+/// `ended_at` is never before its last attempt. An attempt counts as retried when a
+/// later one followed, or is scheduled or on the wire; the attempt before a support
+/// resend is not a retry, so it is left out.
+pub async fn last_day(
+    client: &impl GenericClient,
+) -> Result<Vec<PartnerDay>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH window_start AS (
+                 SELECT date_trunc('hour', now(), 'UTC') AS current_hour,
+                        date_trunc('hour', now(), 'UTC') - interval '23 hours' AS first_hour
+             ),
+             recent AS (
+                 SELECT d.id, d.partner, d.state, d.ended_at, d.attempt_count,
+                        d.attempts_before_resend
+                 FROM dispatcher.deliveries d, window_start w
+                 WHERE d.partner IS NOT NULL
+                   AND (d.ended_at >= w.first_hour OR d.state IN ('pending', 'in_flight'))
+             ),
+             counted AS (
+                 SELECT partner, date_trunc('hour', ended_at, 'UTC') AS hour,
+                        (state = 'delivered')::int AS delivered,
+                        (state = 'rejected')::int AS rejected,
+                        0 AS retried,
+                        (state = 'dead')::int AS dead
+                 FROM recent, window_start w
+                 WHERE ended_at >= w.first_hour AND state IN ('delivered', 'rejected', 'dead')
+                 UNION ALL
+                 SELECT r.partner, date_trunc('hour', a.started_at, 'UTC'), 0, 0, 1, 0
+                 FROM recent r
+                 JOIN dispatcher.attempts a ON a.delivery_id = r.id
+                 CROSS JOIN window_start w
+                 WHERE a.started_at >= w.first_hour
+                   AND a.number <> r.attempts_before_resend
+                   AND (a.number < r.attempt_count OR r.state IN ('pending', 'in_flight'))
+             )
+             SELECT partner,
+                    (extract(epoch FROM (SELECT current_hour FROM window_start) - hour) / 3600)::int,
+                    (SELECT current_hour FROM window_start),
+                    sum(delivered)::bigint, sum(rejected)::bigint, sum(retried)::bigint,
+                    sum(dead)::bigint
+             FROM counted
+             GROUP BY partner, hour
+             ORDER BY partner, hour",
+            &[],
+        )
+        .await?;
+    let mut days: Vec<PartnerDay> = Vec::new();
+    for row in &rows {
+        let partner: String = row.get(0);
+        let hours_ago: i32 = row.get(1);
+        let current_hour: DateTime<Utc> = row.get(2);
+        // An attempt stamped a little ahead of the database's clock lands in no hour.
+        let Some(index) = usize::try_from(hours_ago)
+            .ok()
+            .and_then(|ago| (HOURS - 1).checked_sub(ago))
+        else {
+            continue;
+        };
+        if days.last().is_none_or(|day| day.partner != partner) {
+            days.push(PartnerDay {
+                partner,
+                current_hour,
+                hours: [HourCounts::default(); HOURS],
+            });
+        }
+        if let Some(day) = days.last_mut() {
+            day.hours[index] = HourCounts {
+                delivered: row.get(3),
+                rejected: row.get(4),
+                retried: row.get(5),
+                dead: row.get(6),
+            };
+        }
+    }
+    Ok(days)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_slot_is_the_current_hour_and_the_total_adds_every_hour() {
+        let current_hour = "2026-12-01T14:00:00Z".parse().expect("time");
+        let mut day = PartnerDay {
+            partner: "acme".into(),
+            current_hour,
+            hours: [HourCounts::default(); HOURS],
+        };
+        day.hours[0].delivered = 2;
+        day.hours[23].delivered = 1;
+        day.hours[23].retried = 4;
+        day.hours[5].dead = 1;
+        assert_eq!(day.hour_start(23), current_hour);
+        assert_eq!(
+            day.hour_start(0),
+            "2026-11-30T15:00:00Z"
+                .parse::<DateTime<Utc>>()
+                .expect("time")
+        );
+        assert_eq!(
+            day.total(),
+            HourCounts {
+                delivered: 3,
+                rejected: 0,
+                retried: 4,
+                dead: 1
+            }
+        );
+    }
+}
