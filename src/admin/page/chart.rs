@@ -120,13 +120,14 @@ fn bar(below: i64, count: i64, highest: i64) -> (i64, i64) {
     (bottom - height, height)
 }
 
-/// The baseline, the highest count on the y axis, and every sixth hour below.
+/// The baseline, the highest count on the y axis, and every sixth hour below. SVG
+/// elements are closed (`{}`): in HTML an unclosed `<line>` would swallow what follows.
 fn axes(day: &PartnerDay, highest: i64) -> Markup {
     let baseline = TOP + PLOT_HEIGHT;
     html! {
         g.axes fill="#5b6475" font-size="10" {
-            line x1=(LEFT) y1=(baseline) x2=(WIDTH - 4) y2=(baseline) stroke="#8c96a8";
-            line x1=(LEFT) y1=(TOP) x2=(WIDTH - 4) y2=(TOP) stroke="#e1e4ea";
+            line x1=(LEFT) y1=(baseline) x2=(WIDTH - 4) y2=(baseline) stroke="#8c96a8" {}
+            line x1=(LEFT) y1=(TOP) x2=(WIDTH - 4) y2=(TOP) stroke="#e1e4ea" {}
             text x=(LEFT - 4) y=(TOP + 4) text-anchor="end" { (highest) }
             text x=(LEFT - 4) y=(baseline) text-anchor="end" { "0" }
             @for slot in (0..HOURS).step_by(6) {
@@ -138,7 +139,7 @@ fn axes(day: &PartnerDay, highest: i64) -> Markup {
 
 fn swatch(series: &Series) -> Markup {
     html! {
-        svg width="10" height="10" aria-hidden="true" { rect width="10" height="10" fill=(series.fill); }
+        svg width="10" height="10" aria-hidden="true" { rect width="10" height="10" fill=(series.fill) {} }
     }
 }
 
@@ -181,5 +182,9 @@ mod tests {
         assert!(html.contains("<td class=\"num\" data-series=\"delivered\">3</td>"));
         assert!(html.contains("<title>14:00–15:00 UTC: 1 rejected</title>"));
         assert!(!html.contains("style=") && !html.contains("<script"));
+        assert!(
+            html.contains("stroke=\"#8c96a8\"></line><line"),
+            "an unclosed line would hide the axis labels: {html}"
+        );
     }
 }

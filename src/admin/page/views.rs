@@ -60,6 +60,15 @@ pub(super) fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Mark
             body {
                 header {
                     a.brand href="/" { "HelpAround dispatcher" }
+                    @if signed_in.is_some() {
+                        // On every page: support starts from what the patient or partner quoted.
+                        form.search role="search" method="get" action="/search" {
+                            input type="search" name="q" required
+                                aria-label="Patient id, delivery id or event id"
+                                placeholder="Patient id, delivery id or event id";
+                            button type="submit" { "Search" }
+                        }
+                    }
                     @if let Some(actor) = signed_in {
                         form.logout method="post" action="/logout" {
                             span { "Signed in as " (actor.trim_start_matches("page:")) }
@@ -100,8 +109,7 @@ dt { font-weight: 600; } dd { margin: 0; }
 form.filters { display: flex; gap: .8rem; align-items: end; margin-bottom: .8rem; flex-wrap: wrap; }
 label { display: flex; flex-direction: column; font-size: .85rem; gap: .2rem; }
 input, select { font: inherit; padding: .25rem; max-width: 24rem; }
-form.search { display: flex; gap: .6rem; align-items: end; margin: .4rem 0 1rem; }
-form.search input { width: 24rem; }
+header form.search input { width: 22rem; }
 .muted { color: #5b6475; font-size: .8rem; }
 nav.pages { display: flex; gap: 1.5rem; margin-top: .8rem; }
 section.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(36rem, 1fr)); gap: 1rem; }
@@ -268,8 +276,8 @@ impl Listing<'_> {
     }
 }
 
-/// The overview's body: partners at a glance and over their last day, a search box, then
-/// a page of the selected deliveries.
+/// The overview's body: partners at a glance and over their last day, then a page of the
+/// selected deliveries.
 pub(super) fn overview(
     notice: &Notice,
     summaries: &[PartnerSummary],
@@ -283,12 +291,6 @@ pub(super) fn overview(
     let back = listing.here();
     html! {
         (notice.render())
-        form.search role="search" method="get" action="/search" {
-            label { "Patient id, delivery id or event id"
-                input type="search" name="q" required value=[listing.selection.patient_id.as_deref()];
-            }
-            button.primary type="submit" { "Search" }
-        }
         h1 { "Partners" }
         table #partners {
             thead { tr {
