@@ -51,55 +51,57 @@ impl PartnerDay {
     }
 }
 
+/// The start of the current hour, and of the first hour shown, on the database's clock.
+const CURRENT_HOUR: &str = "date_trunc('hour', now(), 'UTC')";
+const FIRST_HOUR: &str = "(date_trunc('hour', now(), 'UTC') - interval '23 hours')";
+
 /// Each partner with something in its last 24 hours, by name.
 ///
-/// It walks only the recent work: the deliveries that ended since the first hour
-/// (`deliveries_ended`) or have not ended (`deliveries_due`), and their attempts by
-/// primary key. An attempt in the window belongs to one of those: a delivery's
-/// `ended_at` is never before its last attempt. An attempt counts as retried when a
-/// later one followed, or is scheduled or on the wire; the attempt before a support
-/// resend is not a retry, so it is left out.
+/// It walks only the recent work, whatever the history kept: the deliveries that ended
+/// since the first hour (index `deliveries_ended`) or have not ended (`deliveries_due`),
+/// and the attempts of those by primary key. An attempt in the window belongs to one of
+/// them, as a delivery's `ended_at` is never before its last attempt. `OFFSET 0` keeps
+/// the attempts a lookup per delivery: joined freely, the planner would rather scan every
+/// attempt ever kept. An attempt counts as retried when a later one followed, or one is
+/// scheduled or on the wire; the attempt before a support resend is not a retry.
 pub async fn last_day(
     client: &impl GenericClient,
 ) -> Result<Vec<PartnerDay>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "WITH window_start AS (
-                 SELECT date_trunc('hour', now(), 'UTC') AS current_hour,
-                        date_trunc('hour', now(), 'UTC') - interval '23 hours' AS first_hour
-             ),
-             recent AS (
-                 SELECT d.id, d.partner, d.state, d.ended_at, d.attempt_count,
-                        d.attempts_before_resend
-                 FROM dispatcher.deliveries d, window_start w
-                 WHERE d.partner IS NOT NULL
-                   AND (d.ended_at >= w.first_hour OR d.state IN ('pending', 'in_flight'))
-             ),
-             counted AS (
-                 SELECT partner, date_trunc('hour', ended_at, 'UTC') AS hour,
-                        (state = 'delivered')::int AS delivered,
-                        (state = 'rejected')::int AS rejected,
-                        0 AS retried,
-                        (state = 'dead')::int AS dead
-                 FROM recent, window_start w
-                 WHERE ended_at >= w.first_hour AND state IN ('delivered', 'rejected', 'dead')
-                 UNION ALL
-                 SELECT r.partner, date_trunc('hour', a.started_at, 'UTC'), 0, 0, 1, 0
-                 FROM recent r
-                 JOIN dispatcher.attempts a ON a.delivery_id = r.id
-                 CROSS JOIN window_start w
-                 WHERE a.started_at >= w.first_hour
-                   AND a.number <> r.attempts_before_resend
-                   AND (a.number < r.attempt_count OR r.state IN ('pending', 'in_flight'))
-             )
-             SELECT partner,
-                    (extract(epoch FROM (SELECT current_hour FROM window_start) - hour) / 3600)::int,
-                    (SELECT current_hour FROM window_start),
-                    sum(delivered)::bigint, sum(rejected)::bigint, sum(retried)::bigint,
-                    sum(dead)::bigint
-             FROM counted
-             GROUP BY partner, hour
-             ORDER BY partner, hour",
+            &format!(
+                "SELECT partner,
+                        (extract(epoch FROM {CURRENT_HOUR} - hour) / 3600)::int,
+                        {CURRENT_HOUR},
+                        sum(delivered)::bigint, sum(rejected)::bigint, sum(retried)::bigint,
+                        sum(dead)::bigint
+                 FROM (
+                     SELECT partner, date_trunc('hour', ended_at, 'UTC') AS hour,
+                            (state = 'delivered')::int AS delivered,
+                            (state = 'rejected')::int AS rejected,
+                            0 AS retried,
+                            (state = 'dead')::int AS dead
+                     FROM dispatcher.deliveries
+                     WHERE partner IS NOT NULL
+                       AND ended_at >= {FIRST_HOUR}
+                       AND state IN ('delivered', 'rejected', 'dead')
+                     UNION ALL
+                     SELECT d.partner, date_trunc('hour', a.started_at, 'UTC'), 0, 0, 1, 0
+                     FROM dispatcher.deliveries d
+                     CROSS JOIN LATERAL (
+                         SELECT started_at FROM dispatcher.attempts
+                         WHERE delivery_id = d.id
+                           AND number <> d.attempts_before_resend
+                           AND (number < d.attempt_count OR d.state IN ('pending', 'in_flight'))
+                         OFFSET 0
+                     ) a
+                     WHERE d.partner IS NOT NULL
+                       AND (d.ended_at >= {FIRST_HOUR} OR d.state IN ('pending', 'in_flight'))
+                       AND a.started_at >= {FIRST_HOUR}
+                 ) counted
+                 GROUP BY partner, hour
+                 ORDER BY partner, hour"
+            ),
             &[],
         )
         .await?;
