@@ -110,8 +110,9 @@ pub async fn last_day(
         let partner: String = row.get(0);
         let hours_ago: i32 = row.get(1);
         let current_hour: DateTime<Utc> = row.get(2);
-        // An attempt stamped a little ahead of the database's clock lands in no hour.
-        let Some(index) = usize::try_from(hours_ago)
+        // A daemon's clock a little ahead of the database's stamps an attempt in the
+        // next hour: it happened now.
+        let Some(index) = usize::try_from(hours_ago.max(0))
             .ok()
             .and_then(|ago| (HOURS - 1).checked_sub(ago))
         else {
