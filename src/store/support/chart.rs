@@ -126,12 +126,12 @@ pub async fn last_day(
             });
         }
         if let Some(day) = days.last_mut() {
-            day.hours[index] = HourCounts {
-                delivered: row.get(3),
-                rejected: row.get(4),
-                retried: row.get(5),
-                dead: row.get(6),
-            };
+            // Added, not set: the next hour's row lands on the current hour's.
+            let hour = &mut day.hours[index];
+            hour.delivered += row.get::<_, i64>(3);
+            hour.rejected += row.get::<_, i64>(4);
+            hour.retried += row.get::<_, i64>(5);
+            hour.dead += row.get::<_, i64>(6);
         }
     }
     Ok(days)
