@@ -1051,3 +1051,194 @@ async fn ops_who_change_the_published_names_or_the_certificate_are_told_it_takes
     assert_eq!(status("published.example.org").await, 200);
     assert_eq!(status("typo.example.org").await, 421);
 }
+
+/// The numbers of one partner's chart on the overview, by series.
+fn chart_totals(overview: &str, partner: &str) -> Vec<(String, i64)> {
+    let start = overview
+        .find(&format!(
+            "<figure class=\"chart\" data-partner=\"{partner}\">"
+        ))
+        .unwrap_or_else(|| panic!("no chart for {partner}: {overview}"));
+    let figure = &overview[start..];
+    let figure = &figure[..figure.find("</figure>").expect("the chart ends")];
+    ["delivered", "rejected", "retried", "dead"]
+        .into_iter()
+        .map(|series| {
+            let cell = format!("data-series=\"{series}\">");
+            let at = figure
+                .find(&cell)
+                .unwrap_or_else(|| panic!("no {series} total: {figure}"));
+            let number = &figure[at + cell.len()..];
+            let number = &number[..number.find('<').expect("the cell ends")];
+            (series.to_string(), number.parse().expect("a count"))
+        })
+        .collect()
+}
+
+fn totals(delivered: i64, rejected: i64, retried: i64, dead: i64) -> Vec<(String, i64)> {
+    [
+        ("delivered", delivered),
+        ("rejected", rejected),
+        ("retried", retried),
+        ("dead", dead),
+    ]
+    .into_iter()
+    .map(|(series, count)| (series.to_string(), count))
+    .collect()
+}
+
+#[tokio::test]
+async fn the_overview_charts_each_partners_day_counting_retries_but_not_resends() {
+    let acme = TestPartner::start("acme", |request| match request.patient_id().as_str() {
+        "p-refused" => Reply::status(400, r#"{"success": false, "errorMessage": "no"}"#),
+        "p-flaky" if request.try_number == 1 => Reply::status(503, ""),
+        _ => Reply::accepted(request),
+    })
+    .await;
+    let down = TestPartner::start("down", |_| Reply::status(503, "")).await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&down, &[PROGRAM])
+        .circuit_breaker_failures("down", 100)
+        .max_attempts(2);
+    let db = TestDb::migrated(&config).await;
+    for patient in ["p-ok", "p-refused", "p-flaky"] {
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+    }
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_deliveries(&Deliveries::all().ended(), 6).await;
+    let admin = AdminClient::of(&daemon, None).await;
+    // A resend is support's, not a retry: the rejected first try is not counted as one.
+    let (_, refused) = admin
+        .get("/api/deliveries?patient_id=p-refused&partner=acme")
+        .await;
+    let refused = ids(&refused).remove(0);
+    let (status, _) = admin
+        .post(&format!("/api/deliveries/{refused}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    db.wait_for_deliveries(
+        &Deliveries::all()
+            .with_id(&refused)
+            .with_attempts(2)
+            .in_state("rejected"),
+        1,
+    )
+    .await;
+
+    let overview = admin
+        .raw(admin.http().get(format!("{}/?state=all", admin.base)))
+        .await
+        .text()
+        .await
+        .expect("overview");
+    assert_eq!(chart_totals(&overview, "acme"), totals(2, 1, 1, 0));
+    assert_eq!(
+        chart_totals(&overview, "down"),
+        totals(0, 0, 3, 3),
+        "each first try was retried, each second one was the last"
+    );
+    assert!(
+        overview.contains("<svg class=\"bars\""),
+        "drawn on the server"
+    );
+    assert!(!overview.contains("<script"), "no script on the page");
+}
+
+#[tokio::test]
+async fn support_finds_by_event_patient_or_delivery_id_and_pages_back_to_where_it_was() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut events = Vec::new();
+    for i in 0..9 {
+        let event = enrollment_event(&format!("p-{i}"));
+        events.push((db.insert_event(ENROLLMENT, &event).await, event));
+    }
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_deliveries(&Deliveries::all().ended(), 9).await;
+    let admin = AdminClient::of(&daemon, None).await;
+
+    let (event_id, event) = &events[4];
+    let (status, of_event) = admin
+        .get(&format!("/api/deliveries?event_id={event_id}"))
+        .await;
+    assert_eq!(status, 200, "{of_event}");
+    assert_eq!(of_event["deliveries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(of_event["deliveries"][0]["event_id"], json!(event_id));
+    let delivery = ids(&of_event).remove(0);
+
+    let redirect = |query: &str| {
+        let admin = &admin;
+        let query = query.to_string();
+        async move {
+            let answer = admin
+                .raw(admin.http().get(format!("{}/search?q={query}", admin.base)))
+                .await;
+            assert_eq!(answer.status().as_u16(), 303, "{query}");
+            answer.headers()["location"]
+                .to_str()
+                .expect("location")
+                .to_string()
+        }
+    };
+    assert_eq!(redirect(&delivery).await, format!("/deliveries/{delivery}"));
+    assert_eq!(
+        redirect(&event_id.to_string()).await,
+        format!("/?state=all&event_id={event_id}")
+    );
+    assert_eq!(redirect("p-4").await, "/?state=all&patient_id=p-4");
+    let found = admin
+        .raw(
+            admin
+                .http()
+                .get(format!("{}/?state=all&patient_id=p-4", admin.base)),
+        )
+        .await
+        .text()
+        .await
+        .expect("search results");
+    assert!(found.contains(&format!("data-delivery=\"{delivery}\"")));
+    assert_eq!(found.matches("data-delivery=").count(), 1, "{found}");
+    let patient = &event["patient"];
+    for field in ["firstName", "lastName", "phoneNumber", "email"] {
+        if let Some(value) = patient[field].as_str() {
+            assert!(!found.contains(value), "{field} in the search results");
+        }
+    }
+
+    // Forward in fours, then back: each page back is the page that was shown before.
+    let mut forward = Vec::new();
+    let mut path = "/api/deliveries?limit=4".to_string();
+    loop {
+        let (status, page) = admin.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        forward.push((ids(&page), page["previous_before"].clone()));
+        match page["next_after"].as_str() {
+            Some(after) => path = format!("/api/deliveries?limit=4&after={after}"),
+            None => break,
+        }
+    }
+    let sizes: Vec<usize> = forward.iter().map(|(ids, _)| ids.len()).collect();
+    assert_eq!(sizes, [4, 4, 1]);
+    assert_eq!(
+        forward[0].1,
+        Value::Null,
+        "the first page has none before it"
+    );
+    for back in (0..2).rev() {
+        let before = forward[back + 1].1.as_str().expect("a page before");
+        let (_, page) = admin
+            .get(&format!("/api/deliveries?limit=4&before={before}"))
+            .await;
+        assert_eq!(ids(&page), forward[back].0, "page {back} again");
+        assert_eq!(page["previous_before"], forward[back].1);
+    }
+    let (status, _) = admin
+        .get(&format!(
+            "/api/deliveries?after={delivery}&before={delivery}"
+        ))
+        .await;
+    assert_eq!(status, 400, "one direction at a time");
+}

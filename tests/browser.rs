@@ -4,7 +4,8 @@
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/test installs them when
 //! missing); `CHROMIUM` and `CHROMEDRIVER` name other binaries. Set
-//! `SUPPORT_PAGE_SCREENSHOT=path.png` to keep the overview's screenshot.
+//! `SUPPORT_PAGE_SCREENSHOTS=docs` to keep the screenshots of the overview and of a
+//! delivery (`support-page-overview.png`, `support-page-delivery.png`) the README shows.
 
 mod common;
 
@@ -265,20 +266,7 @@ async fn support_finds_why_a_delivery_failed_and_resends_it_from_the_page() {
         .admin_token(TOKEN);
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
-    let mut event = enrollment_event("ha-browser-1");
-    // Names no page text could contain by chance, so finding one means it leaked.
-    event["patient"]["firstName"] = json!("Philomena");
-    event["patient"]["lastName"] = json!("Quackenbush");
-    event["patient"]["phoneNumber"] = json!("+447700900461");
-    let patient = &event["patient"];
-    let personal: Vec<&str> = ["firstName", "lastName", "phoneNumber"]
-        .iter()
-        .map(|field| {
-            patient[field]
-                .as_str()
-                .unwrap_or_else(|| panic!("the example enrollment has a {field}"))
-        })
-        .collect();
+    let (event, personal) = with_personal_data(enrollment_event("ha-browser-1"));
     db.insert_event(ENROLLMENT, &event).await;
     db.wait_for_state("rejected", 1).await;
     let delivery_id = db.deliveries().await[0]["id"]
@@ -313,34 +301,14 @@ async fn support_finds_why_a_delivery_failed_and_resends_it_from_the_page() {
         row_text.contains(PARTNER_MESSAGE),
         "the row shows the partner's errorMessage: {row_text}"
     );
-    let source = browser.source().await.expect("read the page");
-    for value in &personal {
-        assert!(
-            !source.contains(value),
-            "the page shows the patient's {value:?}; it must show ids only"
-        );
-    }
+    assert_no_personal_data(&browser, &personal).await;
     let signed_in = text(&wait_for(&browser, "header form.logout span").await).await;
     assert!(
         signed_in.contains("Dana Support"),
         "the header names who is signed in: {signed_in}"
     );
 
-    let kept = std::env::var_os("SUPPORT_PAGE_SCREENSHOT").map(PathBuf::from);
-    let scratch = tempfile::tempdir().expect("temp dir for the screenshot");
-    let screenshot = kept
-        .clone()
-        .unwrap_or_else(|| scratch.path().join("support-page.png"));
-    save_screenshot(&browser, &screenshot).await;
-    let png = std::fs::read(&screenshot).expect("read the screenshot back");
-    assert!(
-        png.len() > 8 && png.starts_with(b"\x89PNG\r\n\x1a\n"),
-        "the screenshot is a PNG ({} bytes)",
-        png.len()
-    );
-    if let Some(kept) = kept {
-        eprintln!("support page screenshot: {}", kept.display());
-    }
+    screenshot(&browser, None).await;
 
     row.find(Locator::Css("button.primary"))
         .await
@@ -425,6 +393,347 @@ async fn a_wrong_token_leaves_you_on_the_login_page_without_a_session() {
         "/login",
         "the overview still asks to sign in"
     );
+
+    browser.close().await.expect("end the browser session");
+}
+
+/// A screenshot of the whole page, checked to be a PNG. `keep` names it in the directory
+/// `SUPPORT_PAGE_SCREENSHOTS` when that is set; otherwise it goes to a scratch directory.
+async fn screenshot(browser: &Client, keep: Option<&str>) {
+    let kept = keep.and_then(|name| {
+        std::env::var_os("SUPPORT_PAGE_SCREENSHOTS").map(|dir| PathBuf::from(dir).join(name))
+    });
+    let scratch = tempfile::tempdir().expect("temp dir for the screenshot");
+    let path = kept
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("support-page.png"));
+    save_screenshot(browser, &path).await;
+    let png = std::fs::read(&path).expect("read the screenshot back");
+    assert!(
+        png.len() > 8 && png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the screenshot is a PNG ({} bytes)",
+        png.len()
+    );
+    if let Some(kept) = kept {
+        eprintln!("support page screenshot: {}", kept.display());
+    }
+}
+
+/// Names no page text could contain by chance, so finding one means it leaked.
+fn with_personal_data(mut event: Value) -> (Value, Vec<String>) {
+    event["patient"]["firstName"] = json!("Philomena");
+    event["patient"]["lastName"] = json!("Quackenbush");
+    event["patient"]["phoneNumber"] = json!("+447700900461");
+    let personal = ["firstName", "lastName", "phoneNumber"]
+        .iter()
+        .map(|field| {
+            event["patient"][field]
+                .as_str()
+                .unwrap_or_else(|| panic!("the example enrollment has a {field}"))
+                .to_string()
+        })
+        .collect();
+    (event, personal)
+}
+
+async fn assert_no_personal_data(browser: &Client, personal: &[String]) {
+    let source = browser.source().await.expect("read the page");
+    let path = current_path(browser).await;
+    for value in personal {
+        assert!(
+            !source.contains(value.as_str()),
+            "{path} shows the patient's {value:?}; it must show ids only"
+        );
+    }
+}
+
+/// The page's address once it contains `text` (after a click that navigates).
+async fn wait_for_url_containing(browser: &Client, text: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let url = browser
+            .current_url()
+            .await
+            .expect("read the url")
+            .to_string();
+        if url.contains(text) {
+            return url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page stayed at {url}, not {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The deliveries listed on the page, top to bottom.
+async fn listed(browser: &Client) -> Vec<String> {
+    let rows = browser
+        .find_all(Locator::Css("table#deliveries tbody tr[data-delivery]"))
+        .await
+        .expect("read the listed deliveries");
+    let mut ids = Vec::new();
+    for row in rows {
+        ids.push(
+            row.attr("data-delivery")
+                .await
+                .expect("read a row")
+                .expect("a row names its delivery"),
+        );
+    }
+    ids
+}
+
+/// Types into the header's search box and presses Search.
+async fn search(browser: &Client, text: &str) {
+    let input = wait_for(browser, "header form.search input[name='q']").await;
+    input.clear().await.expect("clear the search box");
+    input.send_keys(text).await.expect("type the search");
+    wait_for(browser, "header form.search button[type='submit']")
+        .await
+        .click()
+        .await
+        .expect("press Search");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn support_finds_a_patients_deliveries_and_a_delivery_by_id_from_the_search_box() {
+    let acme = TestPartner::accepting("acme").await;
+    let beta = TestPartner::accepting("beta").await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&beta, &[PROGRAM])
+        .admin_token(TOKEN);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let (event, personal) = with_personal_data(enrollment_event("ha-search-2"));
+    db.insert_event(ENROLLMENT, &enrollment_event("ha-search-1"))
+        .await;
+    let event_id = db.insert_event(ENROLLMENT, &event).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("ha-search-3"))
+        .await;
+    db.wait_for_deliveries(&Deliveries::all().ended(), 6).await;
+    let mut of_patient: Vec<String> = db
+        .deliveries()
+        .await
+        .iter()
+        .filter(|delivery| delivery["patient_id"] == "ha-search-2")
+        .map(|delivery| delivery["id"].as_str().expect("id").to_string())
+        .collect();
+    of_patient.sort();
+    let admin = daemon.admin_url().await;
+
+    let chromedriver = ChromeDriver::start();
+    let browser = chromedriver.browser().await;
+    browser.goto(&admin).await.expect("open the support page");
+    sign_in(&browser, "Dana Support", TOKEN).await;
+    wait_for(&browser, "table#deliveries").await;
+
+    search(&browser, "ha-search-2").await;
+    wait_for_url_containing(&browser, "patient_id=ha-search-2").await;
+    wait_for(&browser, "p#searched").await;
+    let mut found = listed(&browser).await;
+    found.sort();
+    assert_eq!(
+        found, of_patient,
+        "the patient's deliveries, one per partner, in every state"
+    );
+    assert_no_personal_data(&browser, &personal).await;
+
+    search(&browser, &event_id.to_string()).await;
+    wait_for_url_containing(&browser, &format!("event_id={event_id}")).await;
+    wait_for(&browser, "p#searched").await;
+    let mut found = listed(&browser).await;
+    found.sort();
+    assert_eq!(found, of_patient, "the event's deliveries");
+
+    let delivery = &of_patient[0];
+    search(&browser, delivery).await;
+    wait_for(&browser, "ol#timeline").await;
+    assert_eq!(
+        current_path(&browser).await,
+        format!("/deliveries/{delivery}")
+    );
+    assert_no_personal_data(&browser, &personal).await;
+
+    browser.close().await.expect("end the browser session");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn support_pages_through_a_long_list_and_back_keeping_the_filters() {
+    let partner = TestPartner::start("acme", |_| {
+        Reply::status(
+            400,
+            json!({"success": false, "errorMessage": PARTNER_MESSAGE}).to_string(),
+        )
+    })
+    .await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .admin_token(TOKEN);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    for i in 0..55 {
+        db.insert_event(ENROLLMENT, &enrollment_event(&format!("ha-page-{i}")))
+            .await;
+    }
+    db.wait_for_state("rejected", 55).await;
+    let admin = daemon.admin_url().await;
+
+    let chromedriver = ChromeDriver::start();
+    let browser = chromedriver.browser().await;
+    browser.goto(&admin).await.expect("open the support page");
+    sign_in(&browser, "Dana Support", TOKEN).await;
+    wait_for(&browser, "table#deliveries").await;
+    browser
+        .goto(&format!("{admin}/?state=rejected&partner=acme"))
+        .await
+        .expect("open the rejected deliveries of acme");
+    wait_for(&browser, "a[rel='next']").await;
+    let first = listed(&browser).await;
+    assert_eq!(first.len(), 50, "a page holds 50");
+    assert!(
+        browser.find(Locator::Css("a[rel='prev']")).await.is_err(),
+        "nothing is newer than the first page"
+    );
+
+    wait_for(&browser, "a[rel='next']")
+        .await
+        .click()
+        .await
+        .expect("press Older");
+    let url = wait_for_url_containing(&browser, "after=").await;
+    assert!(
+        url.contains("state=rejected") && url.contains("partner=acme"),
+        "{url}"
+    );
+    wait_for(&browser, "a[rel='prev']").await;
+    let second = listed(&browser).await;
+    assert_eq!(second.len(), 5, "the rest");
+    assert!(
+        second.iter().all(|id| !first.contains(id)),
+        "no delivery twice"
+    );
+    assert!(
+        browser.find(Locator::Css("a[rel='next']")).await.is_err(),
+        "nothing is older than the last page"
+    );
+
+    wait_for(&browser, "a[rel='prev']")
+        .await
+        .click()
+        .await
+        .expect("press Newer");
+    let url = wait_for_url_containing(&browser, "before=").await;
+    assert!(
+        url.contains("state=rejected") && url.contains("partner=acme"),
+        "{url}"
+    );
+    wait_for(&browser, "a[rel='next']").await;
+    assert_eq!(listed(&browser).await, first, "back to the first page");
+
+    browser.close().await.expect("end the browser session");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_charts_each_partners_day_and_a_delivery_shows_its_next_attempt() {
+    let acme = TestPartner::start("acme", |request| {
+        if request.patient_id() == "ha-chart-refused" {
+            Reply::status(
+                400,
+                json!({"success": false, "errorMessage": PARTNER_MESSAGE}).to_string(),
+            )
+        } else {
+            Reply::accepted(request)
+        }
+    })
+    .await;
+    let wobbly = TestPartner::start("wobbly", |_| Reply::status(503, "")).await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&wobbly, &[PROGRAM])
+        .circuit_breaker_failures("wobbly", 100)
+        .retry_delays(Duration::from_secs(600), Duration::from_secs(600))
+        .admin_token(TOKEN);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let (event, personal) = with_personal_data(enrollment_event("ha-chart-1"));
+    db.insert_event(ENROLLMENT, &event).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("ha-chart-2"))
+        .await;
+    db.insert_event(ENROLLMENT, &enrollment_event("ha-chart-refused"))
+        .await;
+    db.wait_for_deliveries(&Deliveries::of("acme").ended(), 3)
+        .await;
+    db.wait_for_deliveries(
+        &Deliveries::of("wobbly")
+            .in_state("pending")
+            .with_attempts(1),
+        3,
+    )
+    .await;
+    let admin = daemon.admin_url().await;
+
+    let chromedriver = ChromeDriver::start();
+    let browser = chromedriver.browser().await;
+    browser.goto(&admin).await.expect("open the support page");
+    sign_in(&browser, "Dana Support", TOKEN).await;
+    wait_for(&browser, "section#charts").await;
+    for (partner, series, expected) in [
+        ("acme", "delivered", "2"),
+        ("acme", "rejected", "1"),
+        ("acme", "retried", "0"),
+        ("wobbly", "retried", "3"),
+        ("wobbly", "delivered", "0"),
+    ] {
+        let cell = wait_for(
+            &browser,
+            &format!("figure.chart[data-partner='{partner}'] td[data-series='{series}']"),
+        )
+        .await;
+        assert_eq!(text(&cell).await, expected, "{partner}: {series}");
+    }
+    let bars = browser
+        .find_all(Locator::Css(
+            "figure.chart[data-partner='acme'] svg g.series[data-series='delivered'] rect",
+        ))
+        .await
+        .expect("read the bars");
+    assert_eq!(bars.len(), 1, "this hour's bar");
+    assert_no_personal_data(&browser, &personal).await;
+    screenshot(&browser, Some("support-page-overview.png")).await;
+
+    let pending = db
+        .deliveries()
+        .await
+        .into_iter()
+        .find(|delivery| delivery["partner"] == "wobbly" && delivery["patient_id"] == "ha-chart-1")
+        .expect("wobbly's delivery of the first event");
+    let id = pending["id"].as_str().expect("id");
+    browser
+        .goto(&format!("{admin}/deliveries/{id}"))
+        .await
+        .expect("open the delivery page");
+    let first = text(&wait_for(&browser, "ol#timeline li[data-attempt='1']").await).await;
+    assert!(
+        first.contains("HTTP 503") && first.contains("to be tried again"),
+        "{first}"
+    );
+    let next = text(&wait_for(&browser, "ol#timeline li#next-attempt").await).await;
+    assert!(next.contains("next attempt (2) in "), "{next}");
+    let minutes: u64 = next
+        .rsplit(" in ")
+        .next()
+        .and_then(|wait| wait.strip_suffix('m'))
+        .and_then(|minutes| minutes.parse().ok())
+        .unwrap_or_else(|| panic!("a wait in minutes: {next}"));
+    assert!(
+        (9..=12).contains(&minutes),
+        "ten minutes, plus jitter: {next}"
+    );
+    assert_no_personal_data(&browser, &personal).await;
+    screenshot(&browser, Some("support-page-delivery.png")).await;
 
     browser.close().await.expect("end the browser session");
 }

@@ -212,7 +212,7 @@ pub(crate) async fn retry_matching(
 ) -> Result<Json<BulkRetried>, ApiError> {
     if selection.names_nothing() {
         return Err(ApiError::BadRequest(
-            "select the deliveries with at least one of state, partner, event_name, patient_id, since, until"
+            "select the deliveries with at least one of state, partner, event_name, patient_id, event_id, since, until"
                 .to_string(),
         ));
     }

@@ -1,6 +1,6 @@
 //! The service layer of the admin server: what the API and the support page both ask of
-//! the store (a page of deliveries, one delivery, each partner at a glance, resend and
-//! cancel one), with the same checks and the same answers whichever of them asks, and
+//! the store (a page of deliveries either way, one delivery, each partner at a glance and
+//! over its last day, resend and cancel one), with the same checks and the same answers whichever of them asks, and
 //! the shapes both read a request into.
 
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use super::access::Access;
 use super::error::{ApiError, DatabaseUnavailable};
 use crate::observe::metrics::Metrics;
 use crate::store::circuits;
+use crate::store::support::chart::{self, PartnerDay};
 use crate::store::support::{
     self, DeliveryDetail, DeliverySummary, PartnerSummary, ResendReport, Selection, SupportError,
 };
@@ -46,6 +47,8 @@ impl FromRef<AdminState> for Arc<Access> {
 pub(crate) struct Page {
     /// The `next_after` of the previous page.
     pub after: Option<Uuid>,
+    /// The `previous_before` of the next page, to page back (not with `after`).
+    pub before: Option<Uuid>,
     /// Rows per page, 1 to 1000 (default 100).
     pub limit: Option<i64>,
 }
@@ -76,12 +79,14 @@ impl<S: Send + Sync> FromRequestParts<S> for QuerySelection {
     }
 }
 
-/// Deliveries newest first, and where the next page starts.
+/// Deliveries newest first, and where the pages beside it start.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct DeliveryPage {
     pub deliveries: Vec<DeliverySummary>,
-    /// Pass as `after` for the next page; absent on the last page.
+    /// Pass as `after` for the next (older) page; absent on the last page.
     pub next_after: Option<Uuid>,
+    /// Pass as `before` for the previous (newer) page; absent on the first page.
+    pub previous_before: Option<Uuid>,
 }
 
 impl AdminState {
@@ -100,15 +105,50 @@ impl AdminState {
             )));
         }
         let client = self.client().await?;
-        let deliveries = support::list(&client, selection, page.after, limit).await?;
-        let next_after = deliveries
-            .last()
-            .filter(|_| deliveries.len() as i64 == limit)
-            .map(|last| last.id);
-        Ok(DeliveryPage {
-            deliveries,
-            next_after,
-        })
+        match (page.after, page.before) {
+            (Some(_), Some(_)) => Err(ApiError::BadRequest(
+                "page with after or with before, not both".to_string(),
+            )),
+            (after, None) => {
+                let deliveries = support::list(&client, selection, after, limit).await?;
+                let next_after = deliveries
+                    .last()
+                    .filter(|_| deliveries.len() as i64 == limit)
+                    .map(|last| last.id);
+                // Paged forward, the page it came from is newer than its first row.
+                let previous_before = after.and(deliveries.first().map(|first| first.id));
+                Ok(DeliveryPage {
+                    deliveries,
+                    next_after,
+                    previous_before,
+                })
+            }
+            (None, Some(before)) => {
+                // One more than a page says whether a newer page is left.
+                let mut deliveries =
+                    support::list_before(&client, selection, before, limit + 1).await?;
+                let newer_left = deliveries.len() as i64 > limit;
+                if newer_left {
+                    deliveries.remove(0);
+                }
+                Ok(DeliveryPage {
+                    next_after: deliveries.last().map(|last| last.id),
+                    previous_before: deliveries
+                        .first()
+                        .map(|first| first.id)
+                        .filter(|_| newer_left),
+                    deliveries,
+                })
+            }
+        }
+    }
+
+    /// Each partner's last 24 hours by hour, for the overview's chart.
+    pub(crate) async fn last_day(&self) -> Result<Vec<PartnerDay>, ApiError> {
+        let client = self.client().await?;
+        Ok(chart::last_day(&client)
+            .await
+            .map_err(DatabaseUnavailable::logged)?)
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, DatabaseUnavailable> {

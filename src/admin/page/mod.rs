@@ -1,8 +1,10 @@
 //! The support page: server-rendered HTML a support person can read without training.
 //!
-//! `/` shows each partner at a glance and the deliveries that failed, with the partner's
-//! answer and buttons to resend or cancel; `/deliveries/{id}` shows every attempt with the
-//! partner's full answer and who resent or cancelled it. The event body (the patient's
+//! `/` shows each partner at a glance and over its last 24 hours, and the deliveries that
+//! failed, with the partner's answer and buttons to resend or cancel; `/search` finds a
+//! patient's, an event's or one delivery from one box; `/deliveries/{id}` shows the
+//! delivery's attempts as a timeline, with the next one's schedule, every partner's
+//! answer in full, and who resent or cancelled it. The event body (the patient's
 //! name, birth date, insurance) is not read here at all: the page names patients by id.
 //! The partners' answers are shown verbatim, though, and a partner may repeat in its
 //! answer what it was sent (a name, a birth date): so the page can show health data, and
@@ -17,18 +19,21 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use uuid::Uuid;
 
+mod chart;
+mod timeline;
 mod views;
 
 use super::access::{self, SupportSession, SESSION_COOKIE};
 use super::error::ApiError;
 use super::state::{AdminState, Page, QuerySelection};
-use views::{layout, login_page, Notice};
+use views::{layout, login_page, Listing, Notice};
 
 const PAGE_ROWS: i64 = 50;
 
 pub(crate) fn routes(state: &AdminState) -> Router<AdminState> {
     Router::new()
         .route("/", get(overview))
+        .route("/search", get(search))
         .route("/deliveries/{id}", get(delivery))
         .route("/deliveries/{id}/resend", post(resend))
         .route("/deliveries/{id}/cancel", post(cancel))
@@ -56,20 +61,50 @@ async fn overview(
             &selection,
             Page {
                 after: page.after,
+                before: page.before,
                 limit: Some(PAGE_ROWS),
             },
         )
         .await?;
     let summaries = state.partner_summaries().await?;
-    let body = views::overview(
-        &notice,
-        &summaries,
-        &rows,
-        &shown_state,
-        selection.partner.as_deref(),
-        page.after,
-    );
+    let days = state.last_day().await?;
+    let listing = Listing {
+        selection: &selection,
+        shown_state: &shown_state,
+        page: &page,
+    };
+    let body = views::overview(&notice, &summaries, &days, &rows, &listing);
     Ok(layout("Deliveries", Some(&session.actor), body))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+}
+
+/// The search box: support types what the patient or the partner quoted.
+async fn search(_session: SupportSession, Query(query): Query<SearchQuery>) -> Redirect {
+    Redirect::to(&search_target(&query.q))
+}
+
+/// Where a search leads. A delivery id (a UUID, the `webhook-id` a partner quotes) opens
+/// that delivery; a whole number is an event's outbox id (the results link to the
+/// patient with that id too, as patient ids are text and may be digits); anything else is
+/// a patient id. Results show every state.
+fn search_target(text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        return "/".to_string();
+    }
+    if let Ok(id) = Uuid::parse_str(text) {
+        return format!("/deliveries/{id}");
+    }
+    if let Ok(event_id) = text.parse::<i64>() {
+        return format!("/?state=all&event_id={event_id}");
+    }
+    let patient: String = url::form_urlencoded::byte_serialize(text.as_bytes()).collect();
+    format!("/?state=all&patient_id={patient}")
 }
 
 async fn delivery(
@@ -229,6 +264,18 @@ mod tests {
         assert_eq!(status(ApiError::ForeignOrigin), 403);
         assert_eq!(status(ApiError::NotFound(Uuid::nil())), 404);
         assert_eq!(status(ApiError::Conflict("ended".into())), 409);
+    }
+
+    #[test]
+    fn a_search_opens_a_delivery_by_id_and_lists_an_event_or_a_patient() {
+        let id = "0190b3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b";
+        assert_eq!(search_target(id), format!("/deliveries/{id}"));
+        assert_eq!(search_target(" 42 "), "/?state=all&event_id=42");
+        assert_eq!(
+            search_target("ha-123 & co"),
+            "/?state=all&patient_id=ha-123+%26+co"
+        );
+        assert_eq!(search_target("  "), "/");
     }
 
     fn location(back: &str) -> String {

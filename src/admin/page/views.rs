@@ -6,10 +6,12 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::admin::state::DeliveryPage;
+use super::{chart, timeline};
+use crate::admin::state::{DeliveryPage, Page};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::DeliveryState;
-use crate::store::support::{DeliveryDetail, DeliverySummary, PartnerSummary};
+use crate::store::support::chart::PartnerDay;
+use crate::store::support::{DeliveryDetail, DeliverySummary, PartnerSummary, Selection};
 
 /// What the last button press did, shown at the top of the next page.
 #[derive(Deserialize)]
@@ -58,6 +60,15 @@ pub(super) fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Mark
             body {
                 header {
                     a.brand href="/" { "HelpAround dispatcher" }
+                    @if signed_in.is_some() {
+                        // On every page: support starts from what the patient or partner quoted.
+                        form.search role="search" method="get" action="/search" {
+                            input type="search" name="q" required
+                                aria-label="Patient id, delivery id or event id"
+                                placeholder="Patient id, delivery id or event id";
+                            button type="submit" { "Search" }
+                        }
+                    }
                     @if let Some(actor) = signed_in {
                         form.logout method="post" action="/logout" {
                             span { "Signed in as " (actor.trim_start_matches("page:")) }
@@ -98,9 +109,22 @@ dt { font-weight: 600; } dd { margin: 0; }
 form.filters { display: flex; gap: .8rem; align-items: end; margin-bottom: .8rem; flex-wrap: wrap; }
 label { display: flex; flex-direction: column; font-size: .85rem; gap: .2rem; }
 input, select { font: inherit; padding: .25rem; max-width: 24rem; }
+header form.search input { width: 22rem; }
+.muted { color: #5b6475; font-size: .8rem; }
+nav.pages { display: flex; gap: 1.5rem; margin-top: .8rem; }
+section.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(36rem, 1fr)); gap: 1rem; }
+figure.chart { margin: 0; background: white; padding: .6rem .8rem; }
+figure.chart figcaption { font-weight: 600; margin-bottom: .3rem; }
+figure.chart svg.bars { width: 100%; height: auto; }
+figure.chart table { width: auto; margin-top: .3rem; }
+ol#timeline { list-style: none; padding: 0; background: white; margin: 0; }
+ol#timeline li { padding: .45rem 1rem; border-left: 4px solid #c5ccd8; margin-left: 1rem; }
+ol#timeline li.failed { border-left-color: #d04545; } ol#timeline li.ok { border-left-color: #2a9d50; }
+ol#timeline li.next { border-left-color: #e0a100; border-left-style: dashed; }
+ol#timeline li.support { border-left-color: #1d3557; }
 ";
 
-fn time(at: DateTime<Utc>) -> String {
+pub(super) fn time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -177,23 +201,94 @@ pub(super) fn login_page(failed: bool) -> Markup {
     )
 }
 
-/// The overview's body: partners at a glance, then a page of the selected deliveries.
+/// Which deliveries the overview lists, and where in them it is.
+pub(super) struct Listing<'a> {
+    pub selection: &'a Selection,
+    /// The state filter as the page shows it: `failed` by default, or `all`.
+    pub shown_state: &'a str,
+    pub page: &'a Page,
+}
+
+impl Listing<'_> {
+    /// The overview's address for these filters, without a position in the pages.
+    fn filters(&self) -> String {
+        let selection = self.selection;
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("state", self.shown_state);
+        let texts = [
+            ("partner", &selection.partner),
+            ("event_name", &selection.event_name),
+            ("patient_id", &selection.patient_id),
+        ];
+        for (name, value) in texts {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        if let Some(event_id) = selection.event_id {
+            query.append_pair("event_id", &event_id.to_string());
+        }
+        for (name, at) in [("since", selection.since), ("until", selection.until)] {
+            if let Some(at) = at {
+                query.append_pair(name, &at.to_rfc3339());
+            }
+        }
+        format!("/?{}", query.finish())
+    }
+
+    /// This very page, for the buttons to come back to.
+    fn here(&self) -> String {
+        let filters = self.filters();
+        match (self.page.after, self.page.before) {
+            (Some(after), _) => format!("{filters}&after={after}"),
+            (None, Some(before)) => format!("{filters}&before={before}"),
+            (None, None) => filters,
+        }
+    }
+
+    /// The filters the state and partner boxes do not show, kept when they are changed.
+    fn hidden_filters(&self) -> Markup {
+        let selection = self.selection;
+        html! {
+            @if let Some(name) = &selection.event_name { input type="hidden" name="event_name" value=(name); }
+            @if let Some(patient) = &selection.patient_id { input type="hidden" name="patient_id" value=(patient); }
+            @if let Some(event_id) = selection.event_id { input type="hidden" name="event_id" value=(event_id); }
+            @if let Some(at) = selection.since { input type="hidden" name="since" value=(at.to_rfc3339()); }
+            @if let Some(at) = selection.until { input type="hidden" name="until" value=(at.to_rfc3339()); }
+        }
+    }
+
+    /// What the list is narrowed to beyond state and partner, in words.
+    fn searched_for(&self) -> Markup {
+        let selection = self.selection;
+        html! {
+            @if let Some(patient) = &selection.patient_id {
+                p #searched { "Patient id " strong { (patient) } ". " a href="/" { "Clear the search" } }
+            }
+            @if let Some(event_id) = selection.event_id {
+                p #searched {
+                    "Event (outbox id) " strong { (event_id) } ". "
+                    a href={ "/?state=all&patient_id=" (event_id) } { "Patient id " (event_id) " instead" } " · "
+                    a href="/" { "Clear the search" }
+                }
+            }
+        }
+    }
+}
+
+/// The overview's body: partners at a glance and over their last day, then a page of the
+/// selected deliveries.
 pub(super) fn overview(
     notice: &Notice,
     summaries: &[PartnerSummary],
+    days: &[PartnerDay],
     rows: &DeliveryPage,
-    shown_state: &str,
-    partner: Option<&str>,
-    after: Option<Uuid>,
+    listing: &Listing,
 ) -> Markup {
-    let mut next = format!("/?state={shown_state}");
-    if let Some(partner) = partner {
-        next.push_str(&format!("&partner={}", url_encode(partner)));
-    }
-    let back = match after {
-        Some(after) => format!("{next}&after={after}"),
-        None => next.clone(),
-    };
+    let shown_state = listing.shown_state;
+    let partner = listing.selection.partner.as_deref();
+    let filters = listing.filters();
+    let back = listing.here();
     html! {
         (notice.render())
         h1 { "Partners" }
@@ -223,7 +318,9 @@ pub(super) fn overview(
                 }
             }
         }
+        (chart::last_day(days))
         h2 { @if shown_state == "all" { "Deliveries" } @else { "Deliveries: " (shown_state) } }
+        (listing.searched_for())
         form.filters method="get" action="/" {
             label { "State"
                 select name="state" {
@@ -240,6 +337,7 @@ pub(super) fn overview(
                     }
                 }
             }
+            (listing.hidden_filters())
             button type="submit" { "Show" }
         }
         table #deliveries {
@@ -252,7 +350,7 @@ pub(super) fn overview(
                     tr data-delivery=(delivery.id) {
                         td.when { (time(delivery.created_at)) }
                         td { (delivery.partner.as_deref().unwrap_or("–")) }
-                        td { (short_event_name(&delivery.event_name)) }
+                        td { (short_event_name(&delivery.event_name)) " " span.muted { "#" (delivery.event_id) } }
                         td.nowrap { (delivery.patient_id.as_deref().unwrap_or("–")) }
                         td { (state_badge(delivery.state)) }
                         td.num { (delivery.attempt_count) }
@@ -266,14 +364,19 @@ pub(super) fn overview(
                 }
             }
         }
-        @if let Some(after) = rows.next_after {
-            p { a href={ (next) "&after=" (after) } { "Older deliveries →" } }
+        nav.pages aria-label="Pages of deliveries" {
+            @if let Some(before) = rows.previous_before {
+                a rel="prev" href={ (filters) "&before=" (before) } { "← Newer deliveries" }
+            }
+            @if let Some(after) = rows.next_after {
+                a rel="next" href={ (filters) "&after=" (after) } { "Older deliveries →" }
+            }
         }
     }
 }
 
-/// One delivery's body: what it is, every attempt with the partner's answer, and who
-/// resent or cancelled it.
+/// One delivery's body: what it is, its timeline, every attempt with the partner's
+/// answer, and who resent or cancelled it.
 pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail) -> Markup {
     let id = detail.summary.id;
     let DeliveryDetail {
@@ -299,7 +402,9 @@ pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail) -> Markup {
             @if let Some(at) = *answers_erased_at { dt { "Partner's answers" } dd { "erased on " (time(at)) " (retention)" } }
             dt { "Actions" } dd { (actions(summary, &back)) }
         }
-        h2 { "Attempts" }
+        h2 { "Timeline" }
+        (timeline::timeline(detail, Utc::now()))
+        h2 { "Attempts and the partner's answers" }
         table #attempts {
             thead { tr { th.num { "#" } th { "Sent" } th.num { "Took" } th.num { "Status" } th { "Error" } th { "Partner's answer" } } }
             tbody {

@@ -4,6 +4,7 @@
 //! `dispatcher.support_actions`; the words for what they did are here too, so the three
 //! say the same thing.
 
+pub mod chart;
 pub mod resend;
 mod selection;
 
@@ -88,14 +89,38 @@ pub async fn list(
             &format!(
                 "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
                  WHERE {CONDITIONS}
-                   AND ($8::uuid IS NULL OR id < $8)
+                   AND ($9::uuid IS NULL OR id < $9)
                  ORDER BY id DESC
-                 LIMIT $9"
+                 LIMIT $10"
             ),
             &params.with(&[&after, &limit]),
         )
         .await?;
     Ok(rows.iter().map(DeliverySummary::from_row).collect())
+}
+
+/// The `limit` deliveries created just after `before`, newest first: the page before
+/// the one `before` heads, for paging back the way [`list`] pages forward.
+pub async fn list_before(
+    client: &impl GenericClient,
+    selection: &Selection,
+    before: Uuid,
+    limit: i64,
+) -> Result<Vec<DeliverySummary>, SupportError> {
+    let params = Params::new(selection)?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
+                 WHERE {CONDITIONS}
+                   AND id > $9
+                 ORDER BY id
+                 LIMIT $10"
+            ),
+            &params.with(&[&before, &limit]),
+        )
+        .await?;
+    Ok(rows.iter().rev().map(DeliverySummary::from_row).collect())
 }
 
 /// One partner's deliveries at a glance, for the support page.

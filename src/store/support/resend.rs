@@ -165,7 +165,7 @@ async fn put_back(
                  ),
                  recorded AS (
                      INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
-                     SELECT id, event_id, 'resend', $8 FROM resent
+                     SELECT id, event_id, 'resend', $9 FROM resent
                  )
                  SELECT id FROM resent"
             ),
@@ -203,7 +203,7 @@ async fn remove_placeholders(
                  ),
                  recorded AS (
                      INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
-                     SELECT id, event_id, 'resend', $8 FROM removed
+                     SELECT id, event_id, 'resend', $9 FROM removed
                  )
                  SELECT id, event_id FROM removed"
             ),

@@ -41,6 +41,9 @@ pub struct Selection {
     pub event_name: Option<String>,
     #[arg(long = "patient")]
     pub patient_id: Option<String>,
+    /// The outbox id of the event the deliveries carry.
+    #[arg(long = "event-id")]
+    pub event_id: Option<i64>,
     /// Created at or after this time (RFC 3339).
     #[arg(
         long,
@@ -55,11 +58,12 @@ pub struct Selection {
 impl Selection {
     /// The names it is given by in a query string or a body (a test holds them to the
     /// fields).
-    pub const FIELDS: [&'static str; 6] = [
+    pub const FIELDS: [&'static str; 7] = [
         "state",
         "partner",
         "event_name",
         "patient_id",
+        "event_id",
         "since",
         "until",
     ];
@@ -79,6 +83,7 @@ impl Selection {
             && self.partner.is_none()
             && self.event_name.is_none()
             && self.patient_id.is_none()
+            && self.event_id.is_none()
             && self.since.is_none()
             && self.until.is_none()
     }
@@ -98,14 +103,16 @@ impl Selection {
     }
 }
 
-/// The conditions of a [`Selection`], as parameters `$1` to `$7`.
+/// The conditions of a [`Selection`], as parameters `$1` to `$8`; a statement's own
+/// parameters follow from `$9`.
 pub(super) const CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
      AND ($2::text[] IS NULL OR state = ANY($2))
      AND ($3::text IS NULL OR partner = $3)
      AND ($4::text IS NULL OR event_name = $4)
      AND ($5::text IS NULL OR patient_id = $5)
      AND ($6::timestamptz IS NULL OR created_at >= $6)
-     AND ($7::timestamptz IS NULL OR created_at < $7)";
+     AND ($7::timestamptz IS NULL OR created_at < $7)
+     AND ($8::bigint IS NULL OR event_id = $8)";
 
 /// A selection's values in the order of [`CONDITIONS`].
 pub(super) struct Params<'a> {
@@ -123,7 +130,7 @@ impl<'a> Params<'a> {
         })
     }
 
-    /// The seven selection parameters followed by `extra`.
+    /// The eight selection parameters followed by `extra`.
     pub(super) fn with<'b>(
         &'b self,
         extra: &[&'b (dyn ToSql + Sync)],
@@ -136,6 +143,7 @@ impl<'a> Params<'a> {
             &self.selection.patient_id,
             &self.selection.since,
             &self.selection.until,
+            &self.selection.event_id,
         ];
         params.extend_from_slice(extra);
         params
