@@ -62,7 +62,7 @@ pub async fn run(
         DeliveriesCommand::Show { id, json } => show(&*client, id, json, out).await,
         DeliveriesCommand::Retry { ids, selection } => {
             if ids.is_empty() && selection.names_nothing() {
-                bail!("name the deliveries to resend by id, or select them with --state, --partner, --event-name, --patient, --since or --until");
+                bail!("name the deliveries to resend by id, or select them with --state, --partner, --event-name, --event-id, --patient, --since or --until");
             }
             let selection = if ids.is_empty() {
                 selection.failed_unless_stated()

@@ -26,6 +26,7 @@ mod views;
 use super::access::{self, SupportSession, SESSION_COOKIE};
 use super::error::ApiError;
 use super::state::{AdminState, Page, QuerySelection};
+use crate::store::support::Resent;
 use views::{layout, login_page, Listing, Notice};
 
 const PAGE_ROWS: i64 = 50;
@@ -155,8 +156,8 @@ async fn resend(
     Form(form): Form<ActionForm>,
 ) -> Result<Redirect, PageError> {
     match state.resend_one(id, &session.actor).await {
-        Ok(_) => Ok(form.back("resent", id)),
-        Err(ApiError::Conflict(_)) => Ok(form.back("not-resent", id)),
+        Ok(report) => Ok(form.back(Notice::resent(report.of(id)), id)),
+        Err(ApiError::Conflict(_)) => Ok(form.back(Notice::resent(Resent::Untouched), id)),
         Err(error) => Err(error.into()),
     }
 }

@@ -11,7 +11,7 @@ use crate::admin::state::{DeliveryPage, Page};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::DeliveryState;
 use crate::store::support::chart::PartnerDay;
-use crate::store::support::{DeliveryDetail, DeliverySummary, PartnerSummary, Selection};
+use crate::store::support::{DeliveryDetail, DeliverySummary, PartnerSummary, Resent, Selection};
 
 /// What the last button press did, shown at the top of the next page.
 #[derive(Deserialize)]
@@ -22,17 +22,31 @@ pub(super) struct Notice {
 }
 
 impl Notice {
+    /// The notice that says what a resend did (its words are [`Resent`]'s).
+    pub(super) fn resent(resent: Resent) -> &'static str {
+        match resent {
+            Resent::PendingAgain => "resent",
+            Resent::RoutedAgain => "rerouted",
+            Resent::Untouched => "not-resent",
+        }
+    }
+
     fn render(&self) -> Markup {
         let Some(notice) = self.notice.as_deref() else {
             return html! {};
         };
         let (class, text) = match notice {
-            "resent" => ("ok", "Resent: the delivery is pending again."),
-            "cancelled" => ("ok", "Cancelled: the delivery will not be sent."),
-            "not-resent" => ("bad", "Not resent: it is still pending or in flight."),
+            "resent" => ("ok", format!("Resent: {}.", Resent::PendingAgain)),
+            "rerouted" => ("ok", format!("Resent: {}.", Resent::RoutedAgain)),
+            "not-resent" => ("bad", format!("{}.", capitalized(Resent::Untouched))),
+            "cancelled" => (
+                "ok",
+                "Cancelled: the delivery will not be sent.".to_string(),
+            ),
             "not-cancelled" => (
                 "bad",
-                "Not cancelled: it is delivered, already cancelled, or in flight right now.",
+                "Not cancelled: it is delivered, already cancelled, or in flight right now."
+                    .to_string(),
             ),
             _ => return html! {},
         };
@@ -434,6 +448,35 @@ pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `text` with its first letter in capitals, to open a sentence.
+fn capitalized(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page says what a resend did in the words the CLI and the API print.
+    #[test]
+    fn a_resend_notice_reads_as_the_cli_and_the_api_word_it() {
+        for resent in [Resent::PendingAgain, Resent::RoutedAgain, Resent::Untouched] {
+            let notice = Notice {
+                notice: Some(Notice::resent(resent).to_string()),
+                delivery: None,
+            };
+            let shown = notice.render().into_string();
+            let words = resent.to_string();
+            assert!(shown.contains(&words[1..]), "{shown} does not say {words}");
         }
     }
 }

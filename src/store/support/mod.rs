@@ -14,7 +14,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::delivery::state::{DeliveryState, UnknownState};
-pub use resend::{resend, ErasedBody, ResendReport};
+pub use resend::{resend, ErasedBody, ResendReport, Resent};
 pub use selection::Selection;
 use selection::{Params, CONDITIONS};
 

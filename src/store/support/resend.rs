@@ -47,6 +47,18 @@ impl ResendReport {
         self.resent.len() + self.rerouted.len()
     }
 
+    /// What became of the delivery `id` (an erased one reads as untouched here: see
+    /// [`ResendReport::erased`]).
+    pub fn of(&self, id: Uuid) -> Resent {
+        if self.resent.contains(&id) {
+            Resent::PendingAgain
+        } else if self.rerouted.contains(&id) {
+            Resent::RoutedAgain
+        } else {
+            Resent::Untouched
+        }
+    }
+
     /// Why deliveries asked for by id were not resent, a line each (those nobody can
     /// explain share one); `None` when every one was.
     pub fn refusals(&self, asked: &[Uuid]) -> Option<String> {
@@ -61,10 +73,7 @@ impl ResendReport {
             .map(Uuid::to_string)
             .collect();
         if !untouched.is_empty() {
-            refusals.push(format!(
-                "not resent (unknown, or still pending or in flight): {}",
-                untouched.join(", ")
-            ));
+            refusals.push(format!("{}: {}", Resent::Untouched, untouched.join(", ")));
         }
         (!refusals.is_empty()).then(|| refusals.join("\n"))
     }
@@ -74,12 +83,32 @@ impl ResendReport {
 impl fmt::Display for ResendReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for id in &self.resent {
-            writeln!(f, "{id}: pending again")?;
+            writeln!(f, "{id}: {}", Resent::PendingAgain)?;
         }
         for id in &self.rerouted {
-            writeln!(f, "{id}: its event will be routed again")?;
+            writeln!(f, "{id}: {}", Resent::RoutedAgain)?;
         }
         Ok(())
+    }
+}
+
+/// What a resend did with one delivery, in the words the CLI, the API and the support
+/// page all use (an erased body has its own, dated: [`ErasedBody`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resent {
+    PendingAgain,
+    RoutedAgain,
+    /// Unknown, or not ended yet: nothing to resend.
+    Untouched,
+}
+
+impl fmt::Display for Resent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resent::PendingAgain => "pending again",
+            Resent::RoutedAgain => "its event will be routed again",
+            Resent::Untouched => "not resent (unknown, or still pending or in flight)",
+        })
     }
 }
 
