@@ -18,6 +18,7 @@ use crate::delivery::outcome::{AttemptRecord, Outcome, Resolution};
 use crate::delivery::state::DeliveryState;
 use crate::delivery::ClaimedDelivery;
 use crate::observe::metrics::DeliveryLabels;
+use crate::observe::traces;
 
 use super::slots::SendPermit;
 use super::Dispatcher;
@@ -49,6 +50,7 @@ impl Dispatcher {
             http_status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
+        traces::continue_trace(&span, delivery.traceparent.as_deref());
         let (started_at, started) = (Utc::now(), Instant::now());
         // Unwind safety: after a panic only `permit` is used again, and settling it is
         // what the panic path is for.
@@ -130,8 +132,18 @@ impl Dispatcher {
         let started = Instant::now();
         let webhook_id = delivery.id.to_string();
         let sender = self.sender.for_config(config);
+        // Within the attempt's span: the partner learns the attempt's trace context.
+        let trace = traces::trace_headers(&tracing::Span::current());
+        let post = sender.post_in_trace(
+            request.partner,
+            request.url,
+            &webhook_id,
+            body,
+            sent_at,
+            trace.as_ref(),
+        );
         let answer = tokio::select! {
-            answer = sender.post(request.partner, request.url, &webhook_id, body, sent_at) => answer,
+            answer = post => answer,
             () = self.shutdown.abandoning() => return None,
         };
         let duration = started.elapsed();

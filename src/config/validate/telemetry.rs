@@ -115,8 +115,15 @@ mod tests {
 
     #[test]
     fn clear_text_goes_only_to_a_loopback_collector() {
-        for allowed in ["http://localhost:4318", "http://[::1]:4318", "http://127.0.0.2"] {
-            assert!(parse(&format!("otlp_endpoint = \"{allowed}\"")).is_ok(), "{allowed}");
+        for allowed in [
+            "http://localhost:4318",
+            "http://[::1]:4318",
+            "http://127.0.0.2",
+        ] {
+            assert!(
+                parse(&format!("otlp_endpoint = \"{allowed}\"")).is_ok(),
+                "{allowed}"
+            );
         }
         let error = parse("otlp_endpoint = \"http://collector.example:4318\"").unwrap_err();
         assert!(error.contains("telemetry.otlp_endpoint"), "{error}");
@@ -126,11 +133,11 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_headers_are_secrets() {
-        let error = parse("otlp_endpoint = \"https://c.example\"\nsampling_ratio = 1.5")
-            .unwrap_err();
+        let error =
+            parse("otlp_endpoint = \"https://c.example\"\nsampling_ratio = 1.5").unwrap_err();
         assert!(error.contains("telemetry.sampling_ratio"), "{error}");
-        let error = parse("otlp_endpoint = \"https://c.example\"\nservice_name = \" \"")
-            .unwrap_err();
+        let error =
+            parse("otlp_endpoint = \"https://c.example\"\nservice_name = \" \"").unwrap_err();
         assert!(error.contains("telemetry.service_name"), "{error}");
         let error = parse("endpoint = \"https://c.example\"").unwrap_err();
         assert!(error.contains("telemetry"), "{error}");
