@@ -36,7 +36,7 @@ async fn main() -> ExitCode {
         (Ok(config), Ok(_), Ok(traces)) => {
             let result = run(cli, config).await;
             if let Some(traces) = traces {
-                traces.stop().await;
+                traces.stop();
             }
             result
         }

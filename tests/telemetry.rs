@@ -134,7 +134,18 @@ async fn one_trace_runs_from_the_enrollment_to_the_partners_answer() {
     insert_traced_event(&db, &patient_event("p-malformed"), "00-not-a-trace-context").await;
     let received = partner.wait_for_requests(2).await;
     db.wait_for_state("delivered", 2).await;
-    // SIGTERM: the daemon exports what is still queued before it exits.
+    // Batches go out every few seconds while the daemon runs...
+    for _ in 0..300 {
+        if !collector.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !collector.requests().is_empty(),
+        "nothing exported while running"
+    );
+    // ...and on SIGTERM it exports what is still queued before it exits.
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait_exit().await.success(), "{}", daemon.log_text());
 

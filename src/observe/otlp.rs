@@ -4,8 +4,13 @@
 //! choices) and prost; the JSON form of a span is small and fixed by the OTLP spec.
 //!
 //! The SDK's batch processor calls [`SpanExporter::export`] from a thread of its own, with
-//! no tokio runtime; the request is spawned on the daemon's runtime and awaited from there.
+//! no tokio runtime; the request is polled there within the daemon's runtime
+//! ([`InRuntime`]), whose workers drive its sockets and timers. Nothing is spawned here:
+//! tasks are the daemon's.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanId, SpanKind, Status};
@@ -69,32 +74,43 @@ impl OtlpExporter {
 }
 
 impl SpanExporter for OtlpExporter {
-    fn export(
-        &self,
-        batch: Vec<SpanData>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
         let body = encode(&self.service_name, &batch).to_string();
         let request = self
             .http
             .post(self.url.clone())
             .headers(self.headers.clone())
             .body(body);
-        let sent = self.runtime.spawn(async move {
-            let response = request.send().await.map_err(|error| error.to_string())?;
-            match response.status() {
-                status if status.is_success() => Ok(()),
-                status => Err(format!("the collector answered {status}")),
-            }
-        });
-        async move {
-            let failure = match sent.await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(failure)) => failure,
-                Err(_) => "the export was cancelled".to_string(),
+        let sent = async move {
+            let failure = match request.send().await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => format!("the collector answered {}", response.status()),
+                Err(error) => error.to_string(),
             };
             tracing::warn!(reason = %failure, "exporting traces failed; those spans are lost");
             Err(OTelSdkError::InternalFailure(failure))
+        };
+        InRuntime {
+            runtime: self.runtime.clone(),
+            future: Box::pin(sent),
         }
+    }
+}
+
+/// A future polled within `runtime` from a thread that is not one of its own: reqwest's
+/// sockets and timers register with that runtime, and its workers wake this thread.
+struct InRuntime<F> {
+    runtime: tokio::runtime::Handle,
+    future: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _within = this.runtime.enter();
+        this.future.as_mut().poll(cx)
     }
 }
 

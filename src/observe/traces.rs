@@ -74,12 +74,10 @@ impl Traces {
             .with_filter(Targets::new().with_target(OWN_TARGET, LevelFilter::INFO))
     }
 
-    /// Exports what is still queued, then stops. The flush blocks, so it runs off the
-    /// runtime's threads, which send it.
-    pub async fn stop(self) {
-        let provider = self.provider;
-        let stopped = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-        if let Ok(Err(error)) = stopped {
+    /// Exports what is still queued, then stops. The flush blocks this thread while the
+    /// runtime's workers send it, so it must not run on a current-thread runtime.
+    pub fn stop(self) {
+        if let Err(error) = tokio::task::block_in_place(|| self.provider.shutdown()) {
             tracing::warn!(%error, "the last spans could not be exported");
         }
     }
