@@ -221,13 +221,19 @@ async fn one_trace_runs_from_the_enrollment_to_the_partners_answer() {
         attribute(attempt, "outcome").expect("outcome")["stringValue"],
         "delivered"
     );
-    // tracing-opentelemetry sends unsigned integers as strings, signed ones as integers.
-    let status = attribute(attempt, "http_status").expect("status");
+    // Integers, as the daemon records them (i64), never their text.
+    assert_eq!(
+        attribute(attempt, "http_status").expect("status")["intValue"],
+        "200"
+    );
+    assert_eq!(
+        attribute(attempt, "attempt").expect("attempt")["intValue"],
+        "1"
+    );
     assert!(
-        status["stringValue"] == "200" || status["intValue"] == "200",
+        attribute(attempt, "duration_ms").expect("duration")["intValue"].is_string(),
         "{attempt:#}"
     );
-    assert!(attribute(attempt, "duration_ms").is_some(), "{attempt:#}");
 
     // The malformed one: a root span of a new trace, which the partner is told.
     let malformed = by_patient("p-malformed");

@@ -32,7 +32,8 @@ struct Request<'c> {
 }
 
 impl Dispatcher {
-    /// One attempt, in its `attempt` span, logged and counted once resolved.
+    /// One attempt, in its `attempt` span, logged and counted once resolved. Its numbers
+    /// are recorded as i64: an exported span (`[telemetry]`) keeps those as integers.
     pub(super) async fn attempt_delivery(
         &self,
         delivery: &ClaimedDelivery,
@@ -45,7 +46,7 @@ impl Dispatcher {
             delivery_id = %delivery.id,
             event_id = delivery.event_id,
             partner = %delivery.partner,
-            attempt = delivery.attempts_used + 1,
+            attempt = i64::from(delivery.attempts_used) + 1,
             outcome = tracing::field::Empty,
             http_status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
@@ -65,9 +66,10 @@ impl Dispatcher {
         });
         span.record("outcome", resolution.state.as_str());
         if let Some(attempt) = &resolution.attempt {
-            span.record("duration_ms", attempt.duration.as_millis() as u64);
+            let duration_ms = i64::try_from(attempt.duration.as_millis()).unwrap_or(i64::MAX);
+            span.record("duration_ms", duration_ms);
             if let Some(status) = attempt.http_status {
-                span.record("http_status", status);
+                span.record("http_status", i64::from(status));
             }
             self.metrics.attempt_made(labels, attempt);
         }

@@ -67,7 +67,8 @@ impl Dispatcher {
         let claim = queue::claim_due(&client, permits.len(), config.dispatch.lease, &room)
             .instrument(span.clone())
             .await?;
-        span.record("deliveries", claim.deliveries.len());
+        let deliveries = i64::try_from(claim.deliveries.len()).unwrap_or(i64::MAX);
+        span.record("deliveries", deliveries);
         drop(client);
         let claimed = claim.deliveries;
         if claimed.is_empty() {

@@ -34,7 +34,10 @@ impl Dispatcher {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         while pending.recv_many(&mut batch, RECORD_BATCH).await > 0 {
             self.write_resolutions(&batch)
-                .instrument(tracing::info_span!("record", deliveries = batch.len()))
+                .instrument(tracing::info_span!(
+                    "record",
+                    deliveries = i64::try_from(batch.len()).unwrap_or(i64::MAX)
+                ))
                 .await;
             // Dropping the batch frees its capacity for the claimer.
             batch.clear();

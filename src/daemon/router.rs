@@ -66,7 +66,8 @@ impl Dispatcher {
         async {
             let mut client = self.pool.get().await?;
             let routed = outbox::route_new_events(&mut client, config, ROUTE_BATCH).await?;
-            tracing::Span::current().record("events", routed);
+            let events = i64::try_from(routed).unwrap_or(i64::MAX);
+            tracing::Span::current().record("events", events);
             Ok(routed)
         }
         .instrument(span)
