@@ -183,6 +183,13 @@ async fn one_trace_runs_from_the_enrollment_to_the_partners_answer() {
             "no {name} span: {spans:#?}"
         );
     }
+    // Routing and claiming that found nothing (every poll interval) send no span.
+    for (name, count) in [("route", "events"), ("claim", "deliveries")] {
+        for span in spans.iter().filter(|span| span["name"] == name) {
+            let count = attribute(span, count).expect("count")["intValue"].clone();
+            assert_ne!(count, "0", "an idle {name} span: {span:#}");
+        }
+    }
 
     let by_patient = |patient: &str| {
         received

@@ -12,11 +12,16 @@
 //! [`continue_trace`] and [`trace_headers`] return after one flag check.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry::{Context, Value};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanProcessor,
+};
 use opentelemetry_sdk::Resource;
 use reqwest::header::HeaderValue;
 use tracing::level_filters::LevelFilter;
@@ -46,7 +51,9 @@ impl Traces {
     pub fn start(config: &TelemetryConfig) -> Result<Traces, ExporterError> {
         let exporter = OtlpExporter::new(config)?;
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_span_processor(WithoutIdleBatches(
+                BatchSpanProcessor::builder(exporter).build(),
+            ))
             // A trace continued from the enrollment flow keeps the flow's decision.
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sampling_ratio,
@@ -80,6 +87,50 @@ impl Traces {
         if let Err(error) = tokio::task::block_in_place(|| self.provider.shutdown()) {
             tracing::warn!(%error, "the last spans could not be exported");
         }
+    }
+}
+
+/// The batch processor, less the spans of routing and claiming that found nothing: the
+/// router and the claimer look at every poll interval (1s by default), and two empty
+/// spans a second would bury the ones that did work. A batch that failed keeps its span
+/// (its count was never recorded).
+#[derive(Debug)]
+struct WithoutIdleBatches(BatchSpanProcessor);
+
+impl WithoutIdleBatches {
+    fn is_idle(span: &SpanData) -> bool {
+        let count = match span.name.as_ref() {
+            "route" => "events",
+            "claim" => "deliveries",
+            _ => return false,
+        };
+        span.attributes
+            .iter()
+            .any(|pair| pair.key.as_str() == count && pair.value == Value::I64(0))
+    }
+}
+
+impl SpanProcessor for WithoutIdleBatches {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.0.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if !Self::is_idle(&span) {
+            self.0.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
     }
 }
 
