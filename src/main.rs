@@ -9,6 +9,7 @@ use dispatcher::cli::{self, check, deliveries, Cli, Command};
 use dispatcher::config::{Config, LogFormat, LOG_FORMAT_ENV};
 use dispatcher::daemon;
 use dispatcher::observe::logging;
+use dispatcher::observe::traces::Traces;
 use dispatcher::shutdown::Shutdown;
 use dispatcher::store::{db, retention, schema};
 
@@ -25,11 +26,23 @@ async fn main() -> ExitCode {
     let env_format = std::env::var(LOG_FORMAT_ENV).ok();
     let format = LogFormat::chosen(configured, env_format.as_deref());
     let in_effect = *format.as_ref().unwrap_or(&configured);
-    logging::init(in_effect);
-    let result = match (config, format) {
-        (Ok(config), Ok(_)) => run(cli, config).await,
-        (Err(error), _) => Err(error),
-        (_, Err(error)) => Err(error.into()),
+    // Only the daemon's spans are exported (`[telemetry]`); the other commands make none.
+    let traces = match (&config, &cli.command) {
+        (Ok(config), Command::Run) => config.telemetry.as_ref().map(Traces::start).transpose(),
+        _ => Ok(None),
+    };
+    logging::init(in_effect, traces.as_ref().ok().and_then(Option::as_ref));
+    let result = match (config, format, traces) {
+        (Ok(config), Ok(_), Ok(traces)) => {
+            let result = run(cli, config).await;
+            if let Some(traces) = traces {
+                traces.stop();
+            }
+            result
+        }
+        (Err(error), _, _) => Err(error),
+        (_, Err(error), _) => Err(error.into()),
+        (_, _, Err(error)) => Err(error.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,6 +49,18 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    pub(super) telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub(super) otlp_endpoint: String,
+    pub(super) service_name: Option<String>,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, String>,
+    #[serde(default = "defaults::sampling_ratio")]
+    pub(super) sampling_ratio: f64,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,6 +228,9 @@ pub(super) enum RawAuth {
 }
 
 pub(super) mod defaults {
+    pub fn sampling_ratio() -> f64 {
+        1.0
+    }
     pub fn pool_size() -> usize {
         8
     }

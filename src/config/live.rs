@@ -4,7 +4,7 @@
 //! `[retry]`, `dispatch.batch_size` and `dispatch.poll_interval` apply from the next
 //! routing batch, claim and attempt on. The rest is built into the running daemon (the
 //! connection pool, the capacity, the lease arithmetic, the log
-//! writer): a change there is logged as needing a restart and the running value kept.
+//! writer, the trace exporter): a change there is logged as needing a restart and the running value kept.
 //! A file that does not validate is refused whole, and the running configuration kept;
 //! so is one that validates but cannot be put to use (a partner's HTTP client cannot be
 //! built from it): what uses the configuration prepares for it first (see
@@ -169,6 +169,7 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
     );
     keep("admin.tls_cert", running.admin.tls != new.admin.tls);
     keep("retention", running.retention != new.retention);
+    keep("telemetry", running.telemetry != new.telemetry);
     keep(
         "admin.token",
         running
@@ -187,6 +188,7 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
     new.log = running.log.clone();
     new.admin = running.admin.clone();
     new.retention = running.retention.clone();
+    new.telemetry = running.telemetry.clone();
     changed
 }
 

@@ -20,6 +20,7 @@ mod file;
 pub mod live;
 mod load;
 mod secrets;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 mod validate;
@@ -33,6 +34,7 @@ use url::Url;
 
 use crate::config::auth::AuthConfig;
 use crate::config::database::{ConnectionUrl, DatabaseCa};
+use crate::config::telemetry::TelemetryConfig;
 use crate::contract::signing::SigningSecret;
 
 /// A secret value of this form is read from the file it names (relative paths from the
@@ -57,6 +59,8 @@ pub struct Config {
     pub partners: Vec<Partner>,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// `[telemetry]`: absent, no trace is exported.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// The admin server: health, metrics, the JSON API and the support page.

@@ -18,6 +18,7 @@ use crate::delivery::outcome::{AttemptRecord, Outcome, Resolution};
 use crate::delivery::state::DeliveryState;
 use crate::delivery::ClaimedDelivery;
 use crate::observe::metrics::DeliveryLabels;
+use crate::observe::traces;
 
 use super::slots::SendPermit;
 use super::Dispatcher;
@@ -31,7 +32,8 @@ struct Request<'c> {
 }
 
 impl Dispatcher {
-    /// One attempt, in its `attempt` span, logged and counted once resolved.
+    /// One attempt, in its `attempt` span, logged and counted once resolved. Its numbers
+    /// are recorded as i64: an exported span (`[telemetry]`) keeps those as integers.
     pub(super) async fn attempt_delivery(
         &self,
         delivery: &ClaimedDelivery,
@@ -44,11 +46,12 @@ impl Dispatcher {
             delivery_id = %delivery.id,
             event_id = delivery.event_id,
             partner = %delivery.partner,
-            attempt = delivery.attempts_used + 1,
+            attempt = i64::from(delivery.attempts_used) + 1,
             outcome = tracing::field::Empty,
             http_status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
+        traces::continue_trace(&span, delivery.traceparent.as_deref());
         let (started_at, started) = (Utc::now(), Instant::now());
         // Unwind safety: after a panic only `permit` is used again, and settling it is
         // what the panic path is for.
@@ -63,9 +66,10 @@ impl Dispatcher {
         });
         span.record("outcome", resolution.state.as_str());
         if let Some(attempt) = &resolution.attempt {
-            span.record("duration_ms", attempt.duration.as_millis() as u64);
+            let duration_ms = i64::try_from(attempt.duration.as_millis()).unwrap_or(i64::MAX);
+            span.record("duration_ms", duration_ms);
             if let Some(status) = attempt.http_status {
-                span.record("http_status", status);
+                span.record("http_status", i64::from(status));
             }
             self.metrics.attempt_made(labels, attempt);
         }
@@ -130,8 +134,18 @@ impl Dispatcher {
         let started = Instant::now();
         let webhook_id = delivery.id.to_string();
         let sender = self.sender.for_config(config);
+        // Within the attempt's span: the partner learns the attempt's trace context.
+        let trace = traces::trace_headers(&tracing::Span::current());
+        let post = sender.post_in_trace(
+            request.partner,
+            request.url,
+            &webhook_id,
+            body,
+            sent_at,
+            trace.as_ref(),
+        );
         let answer = tokio::select! {
-            answer = sender.post(request.partner, request.url, &webhook_id, body, sent_at) => answer,
+            answer = post => answer,
             () = self.shutdown.abandoning() => return None,
         };
         let duration = started.elapsed();

@@ -9,6 +9,7 @@ use std::time::Instant;
 use chrono::Utc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::observe::metrics::DeliveryLabels;
@@ -62,7 +63,12 @@ impl Dispatcher {
         let room = self.partner_room(&config);
         // Taken before the query: the lease starts when the database runs it.
         let claimed_at = Instant::now();
-        let claim = queue::claim_due(&client, permits.len(), config.dispatch.lease, &room).await?;
+        let span = tracing::info_span!("claim", deliveries = tracing::field::Empty);
+        let claim = queue::claim_due(&client, permits.len(), config.dispatch.lease, &room)
+            .instrument(span.clone())
+            .await?;
+        let deliveries = i64::try_from(claim.deliveries.len()).unwrap_or(i64::MAX);
+        span.record("deliveries", deliveries);
         drop(client);
         let claimed = claim.deliveries;
         if claimed.is_empty() {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_postgres::error::SqlState;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::delivery::outcome::Resolution;
@@ -32,7 +33,12 @@ impl Dispatcher {
     pub(super) async fn record_resolutions(self: Arc<Self>, mut pending: mpsc::Receiver<Finished>) {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         while pending.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-            self.write_resolutions(&batch).await;
+            self.write_resolutions(&batch)
+                .instrument(tracing::info_span!(
+                    "record",
+                    deliveries = i64::try_from(batch.len()).unwrap_or(i64::MAX)
+                ))
+                .await;
             // Dropping the batch frees its capacity for the claimer.
             batch.clear();
             self.wakeups.deliveries.notify_one();

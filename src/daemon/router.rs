@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::config::Config;
 use crate::store::db::DbError;
 use crate::store::{outbox, queue};
@@ -58,10 +60,18 @@ impl Dispatcher {
         }
     }
 
-    /// Routes up to [`ROUTE_BATCH`] events; how many it routed.
+    /// Routes up to [`ROUTE_BATCH`] events, in a `route` span; how many it routed.
     async fn route_batch(&self, config: &Config) -> Result<usize, DbError> {
-        let mut client = self.pool.get().await?;
-        Ok(outbox::route_new_events(&mut client, config, ROUTE_BATCH).await?)
+        let span = tracing::info_span!("route", events = tracing::field::Empty);
+        async {
+            let mut client = self.pool.get().await?;
+            let routed = outbox::route_new_events(&mut client, config, ROUTE_BATCH).await?;
+            let events = i64::try_from(routed).unwrap_or(i64::MAX);
+            tracing::Span::current().record("events", events);
+            Ok(routed)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn refresh_statistics(&self) {

@@ -38,4 +38,7 @@ pub struct ClaimedDelivery {
     pub event: String,
     /// The partner's own id for this patient, if an earlier 200 answer told us (R9).
     pub external_id: Option<String>,
+    /// The W3C trace context the enrollment flow stored with the event (outbox
+    /// `traceparent`), unchecked: the attempt's span continues it when it is valid.
+    pub traceparent: Option<String>,
 }

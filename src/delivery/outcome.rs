@@ -347,6 +347,7 @@ mod tests {
             attempts_used,
             event: "{}".into(),
             external_id: None,
+            traceparent: None,
         }
     }
 

@@ -43,6 +43,15 @@ pub struct Answer {
     pub body_error: Option<String>,
 }
 
+/// The W3C trace context of an attempt (`[telemetry]`), sent as `traceparent` and
+/// `tracestate` so the partner's side can join the event's trace. Outside the Standard
+/// Webhooks signature, which covers the id, the timestamp and the body only.
+#[derive(Debug, Clone)]
+pub struct TraceHeaders {
+    pub traceparent: HeaderValue,
+    pub tracestate: Option<HeaderValue>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the HTTP client of partner `{partner}`: {message}")]
 pub struct SenderError {
@@ -160,6 +169,20 @@ impl Sender {
         body: Vec<u8>,
         now: DateTime<Utc>,
     ) -> Result<Answer, TransportError> {
+        self.post_in_trace(partner, url, webhook_id, body, now, None)
+            .await
+    }
+
+    /// [`Sender::post`], telling the partner the attempt's trace context (`[telemetry]`).
+    pub async fn post_in_trace(
+        &self,
+        partner: &Partner,
+        url: &Url,
+        webhook_id: &str,
+        body: Vec<u8>,
+        now: DateTime<Utc>,
+        trace: Option<&TraceHeaders>,
+    ) -> Result<Answer, TransportError> {
         let Some(client) = self.partners.get(&partner.name) else {
             return Err(TransportError {
                 kind: TransportErrorKind::Request,
@@ -172,7 +195,7 @@ impl Sender {
         };
         // Up to the answer's head, then its body: each against the same deadline, one
         // after the other (timers nested on one deadline would race).
-        let head = client.post(partner, url, webhook_id, body, now);
+        let head = client.post(partner, url, webhook_id, body, now, trace);
         let response = match tokio::time::timeout_at(deadline.at, head).await {
             Ok(response) => response?,
             Err(_) => {
@@ -248,6 +271,7 @@ impl PartnerClient {
         webhook_id: &str,
         body: Vec<u8>,
         now: DateTime<Utc>,
+        trace: Option<&TraceHeaders>,
     ) -> Result<reqwest::Response, TransportError> {
         self.policy.check_url(url)?;
         let credential = match &self.auth {
@@ -282,6 +306,12 @@ impl PartnerClient {
                     .header("webhook-id", webhook_id)
                     .header("webhook-timestamp", timestamp.to_string())
                     .header("webhook-signature", signature.as_str());
+            }
+            if let Some(trace) = trace {
+                request = request.header("traceparent", trace.traceparent.clone());
+                if let Some(tracestate) = &trace.tracestate {
+                    request = request.header("tracestate", tracestate.clone());
+                }
             }
             request.body(body).send()
         };

@@ -21,12 +21,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::config::LogFormat;
+use crate::observe::traces::Traces;
 
 /// The most any dependency may log.
 pub const DEPENDENCY_CAP: LevelFilter = LevelFilter::INFO;
 
 /// The dispatcher's own targets (library and binary alike are named `dispatcher`).
-const OWN_TARGET: &str = "dispatcher";
+pub(crate) const OWN_TARGET: &str = "dispatcher";
 
 /// What may be logged at all, whatever `RUST_LOG` asks for.
 pub fn caps() -> Targets {
@@ -36,8 +37,9 @@ pub fn caps() -> Targets {
 }
 
 /// Installs the stderr logger: `RUST_LOG` (default `info`) within [`caps`]. Records of
-/// the `log` crate (tokio-postgres uses it) go through the same filters.
-pub fn init(format: LogFormat) {
+/// the `log` crate (tokio-postgres uses it) go through the same filters. With `traces`
+/// (`[telemetry]`), the dispatcher's spans are exported too, whatever `RUST_LOG` says.
+pub fn init(format: LogFormat, traces: Option<&Traces>) {
     let requested = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let lines = match format {
@@ -51,6 +53,7 @@ pub fn init(format: LogFormat) {
     };
     tracing_subscriber::registry()
         .with(lines.with_filter(requested.and(caps())))
+        .with(traces.map(Traces::layer))
         .init();
 }
 

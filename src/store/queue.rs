@@ -67,7 +67,8 @@ pub const BODY_ERASED: &str = "ended without sending: the event body was erased 
 /// `$5`/`$6` partners and how many each can take, `$7` the error of a delivery whose body
 /// is gone ([`BODY_ERASED`]).
 const CLAIM_DUE: &str = "WITH candidate AS (
-                 SELECT d.id, d.partner, d.due_at, o.event::text AS event, known.external_id
+                 SELECT d.id, d.partner, d.due_at, o.event::text AS event, known.external_id,
+                        o.traceparent
                  FROM dispatcher.deliveries d
                  JOIN dispatcher.outbox o ON o.id = d.event_id
                  LEFT JOIN dispatcher.partner_patients known
@@ -91,7 +92,7 @@ const CLAIM_DUE: &str = "WITH candidate AS (
              -- its room stay pending (locked only until this statement ends). A candidate
              -- whose body is gone takes no room: it is ended, not sent.
              due AS (
-                 SELECT c.id, c.event, c.external_id
+                 SELECT c.id, c.event, c.external_id, c.traceparent
                  FROM (SELECT candidate.*,
                               row_number() OVER (PARTITION BY partner, event IS NULL
                                                  ORDER BY due_at) AS nth
@@ -110,7 +111,8 @@ const CLAIM_DUE: &str = "WITH candidate AS (
              FROM due
              WHERE d.id = due.id
              RETURNING d.id, d.event_id, d.partner, d.event_name,
-                       d.attempt_count - d.attempts_before_resend, due.event, due.external_id";
+                       d.attempt_count - d.attempts_before_resend, due.event, due.external_id,
+                       due.traceparent";
 
 /// Claims up to `limit` due deliveries for `lease`, and no more of a partner's than its
 /// `room` (a partner not listed takes any number).
@@ -183,6 +185,7 @@ pub async fn claim_due(
             attempts_used: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
             event,
             external_id: row.get(6),
+            traceparent: row.get(7),
         });
     }
     Ok(claim)

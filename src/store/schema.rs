@@ -11,6 +11,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("../../migrations/0004_partner_circuits.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/0005_outbox_traceparent.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.

@@ -6,6 +6,7 @@
 
 mod admin;
 mod partner;
+mod telemetry;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -61,6 +62,10 @@ impl RawConfig {
             log: LogConfig {
                 format: self.log.format,
             },
+            telemetry: self
+                .telemetry
+                .map(|telemetry| telemetry.validate(base_dir))
+                .transpose()?,
         })
     }
 }

@@ -127,8 +127,8 @@ fn signing_secret(key: &str, text: &str, base_dir: &Path) -> Result<SigningSecre
     SigningSecret::parse(&text).map_err(|error| ConfigError::key(key, error.to_string()))
 }
 
-/// `headers`: names and values fit for HTTP, the values secrets.
-fn header_values(
+/// `headers`: names and values fit for HTTP, the values secrets (`[telemetry]`'s too).
+pub(super) fn header_values(
     key: &impl Fn(&str) -> String,
     headers: BTreeMap<String, String>,
     base_dir: &Path,
