@@ -23,6 +23,7 @@ async fn post_enrollment(sender: &Sender, config: &Config) -> Result<Answer, Tra
             "msg_auth",
             b"{}".to_vec(),
             Utc::now(),
+            None,
         )
         .await
 }

@@ -45,6 +45,7 @@ async fn post_enrollment(sender: &Sender, config: &Config) -> Result<Answer, Tra
             "msg_guard",
             b"{}".to_vec(),
             Utc::now(),
+            None,
         )
         .await
 }

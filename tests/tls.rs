@@ -20,6 +20,7 @@ async fn post_enrollment(config: &Config) -> Result<Answer, TransportError> {
             "msg_tls",
             b"{}".to_vec(),
             Utc::now(),
+            None,
         )
         .await
 }

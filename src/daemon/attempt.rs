@@ -136,7 +136,7 @@ impl Dispatcher {
         let sender = self.sender.for_config(config);
         // Within the attempt's span: the partner learns the attempt's trace context.
         let trace = traces::trace_headers(&tracing::Span::current());
-        let post = sender.post_in_trace(
+        let post = sender.post(
             request.partner,
             request.url,
             &webhook_id,

@@ -157,24 +157,12 @@ impl Sender {
     }
 
     /// One attempt: POST `body` to `url` with the partner's headers, credentials and,
-    /// when it has signing secrets, Standard Webhooks headers. `request_timeout` bounds
-    /// the whole attempt, token fetch, the one retry after a 401 and the reading of the
-    /// answer included, so an attempt still ends within its claim's lease however slowly
-    /// the partner drips its answer.
+    /// when it has signing secrets, Standard Webhooks headers, and the attempt's trace
+    /// context when `[telemetry]` is on. `request_timeout` bounds the whole attempt,
+    /// token fetch, the one retry after a 401 and the reading of the answer included, so
+    /// an attempt still ends within its claim's lease however slowly the partner drips
+    /// its answer.
     pub async fn post(
-        &self,
-        partner: &Partner,
-        url: &Url,
-        webhook_id: &str,
-        body: Vec<u8>,
-        now: DateTime<Utc>,
-    ) -> Result<Answer, TransportError> {
-        self.post_in_trace(partner, url, webhook_id, body, now, None)
-            .await
-    }
-
-    /// [`Sender::post`], telling the partner the attempt's trace context (`[telemetry]`).
-    pub async fn post_in_trace(
         &self,
         partner: &Partner,
         url: &Url,

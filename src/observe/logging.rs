@@ -20,14 +20,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
+use super::OWN_TARGET;
 use crate::config::LogFormat;
 use crate::observe::traces::Traces;
 
 /// The most any dependency may log.
 pub const DEPENDENCY_CAP: LevelFilter = LevelFilter::INFO;
-
-/// The dispatcher's own targets (library and binary alike are named `dispatcher`).
-pub(crate) const OWN_TARGET: &str = "dispatcher";
 
 /// What may be logged at all, whatever `RUST_LOG` asks for.
 pub fn caps() -> Targets {

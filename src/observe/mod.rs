@@ -6,3 +6,7 @@ pub mod metrics;
 mod otlp;
 pub mod systemd;
 pub mod traces;
+
+/// The dispatcher's own targets (library and binary alike are named `dispatcher`): what
+/// the log lines and the traces take in full, beside the dependencies' capped levels.
+const OWN_TARGET: &str = "dispatcher";

@@ -31,9 +31,9 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
+use super::OWN_TARGET;
 use crate::config::telemetry::TelemetryConfig;
 use crate::http::client::TraceHeaders;
-use crate::observe::logging::OWN_TARGET;
 use crate::observe::otlp::{OtlpExporter, SCOPE};
 
 pub use crate::observe::otlp::ExporterError;

@@ -22,6 +22,7 @@ use uuid::Uuid;
 mod chart;
 mod timeline;
 mod views;
+mod when;
 
 use super::access::{self, SupportSession, SESSION_COOKIE};
 use super::error::ApiError;

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
-use super::views::time;
+use super::when::time;
 use crate::delivery::state::DeliveryState;
 use crate::store::support::{AttemptSummary, DeliveryDetail, SupportAction};
 

@@ -6,6 +6,7 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::when::time;
 use super::{chart, timeline};
 use crate::admin::state::{DeliveryPage, Page};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
@@ -137,10 +138,6 @@ ol#timeline li.failed { border-left-color: #d04545; } ol#timeline li.ok { border
 ol#timeline li.next { border-left-color: #e0a100; border-left-style: dashed; }
 ol#timeline li.support { border-left-color: #1d3557; }
 ";
-
-pub(super) fn time(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
 
 fn age(since: DateTime<Utc>) -> String {
     let seconds = (Utc::now() - since).num_seconds().max(0) as u64;

@@ -41,6 +41,11 @@ impl RawConfig {
         let retention = problems.check(self.retention.validate());
         let partners = validate_partners(self.partners, base_dir, &mut problems);
         let admin = problems.check(self.admin.validate(base_dir));
+        let telemetry = problems.check(
+            self.telemetry
+                .map(|telemetry| telemetry.validate(base_dir))
+                .transpose(),
+        );
         let (
             Some(database),
             Some(dispatch),
@@ -48,7 +53,10 @@ impl RawConfig {
             Some(retention),
             Some(partners),
             Some(admin),
-        ) = (database, dispatch, retry, retention, partners, admin)
+            Some(telemetry),
+        ) = (
+            database, dispatch, retry, retention, partners, admin, telemetry,
+        )
         else {
             return Err(problems);
         };
@@ -62,10 +70,7 @@ impl RawConfig {
             log: LogConfig {
                 format: self.log.format,
             },
-            telemetry: self
-                .telemetry
-                .map(|telemetry| telemetry.validate(base_dir))
-                .transpose()?,
+            telemetry,
         })
     }
 }
