@@ -96,15 +96,17 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting the admin server on {}", admin.listen))?;
     let admin = tokio::spawn(admin.serve(shutdown.clone()));
-    // Ready for systemd (Type=notify): the schema is current and the admin server listens.
-    tokio::spawn(systemd::report_lifecycle(shutdown.clone()));
+    // Every partner's client is built here; a certificate that cannot be read ends the
+    // start before systemd hears the daemon is ready.
+    let dispatcher = Dispatcher::new(live.clone(), pool, shutdown.clone(), metrics)?;
+    // Ready for systemd (Type=notify): the schema is current, the admin server listens
+    // and the partners' clients are built.
+    tokio::spawn(systemd::report_lifecycle(shutdown));
     tracing::info!(
         partners = live.snapshot().partners.len(),
         "dispatcher running"
     );
-    Dispatcher::new(live, pool, shutdown, metrics)?
-        .run()
-        .await?;
+    dispatcher.run().await?;
     admin.abort();
     Ok(())
 }

@@ -12,7 +12,7 @@ use tokio_postgres::AsyncMessage;
 
 use crate::shutdown::Shutdown;
 use crate::store::db::{ConnectionConfig, WithCauses};
-use crate::store::notify::{DELIVERIES_CHANNEL, OUTBOX_CHANNEL};
+use crate::store::notify::{self, OUTBOX_CHANNEL};
 
 /// The two things the daemon waits for: new outbox events (the router) and deliveries
 /// that became due (the claimer). A wake-up sent while nobody waits is kept for the next
@@ -61,13 +61,7 @@ pub async fn listen(database: ConnectionConfig, wakeups: Wakeups, shutdown: Shut
                 }
             }
         };
-        let subscribe = async {
-            client
-                .batch_execute(&format!(
-                    "LISTEN {OUTBOX_CHANNEL}; LISTEN {DELIVERIES_CHANNEL};"
-                ))
-                .await
-        };
+        let subscribe = notify::listen(&client);
         tokio::pin!(driver);
         // The connection is driven by `driver`, so the LISTEN can only complete beside it.
         let subscribed = tokio::select! {

@@ -5,8 +5,9 @@
 //! tells the partner its own context, so one trace runs from the enrollment to the
 //! partner's answer.
 //!
-//! Spans carry what the log lines carry (ids, partner, status, outcome, duration), never
-//! a body: they are the same tracing spans.
+//! Spans, and the events logged inside them, carry what the log lines carry (ids,
+//! partner, status, outcome, duration, errors without PostgreSQL's DETAIL), never a body:
+//! they are the same tracing spans and events, exported.
 //!
 //! Without `[telemetry]` nothing is installed: no layer, no exporter, no thread, and
 //! [`continue_trace`] and [`trace_headers`] return after one flag check.

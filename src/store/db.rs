@@ -42,8 +42,18 @@ pub enum DbError {
     Pool(String),
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", without_detail(.0))]
     Query(#[from] tokio_postgres::Error),
+}
+
+/// A database error as logs and traces may carry it: severity, message and SQLSTATE,
+/// without PostgreSQL's DETAIL and HINT, which can quote a row ("Failing row contains
+/// (…)") and so a partner's answer or a patient's id.
+fn without_detail(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 /// An error and its causes, for a log line: tokio-postgres leaves the cause out of its

@@ -1,4 +1,5 @@
-//! The NOTIFY channels that wake daemons, and the statements that send on them. The
+//! The NOTIFY channels that wake daemons, the statements that send on them, and the one
+//! that listens. The
 //! outbox trigger (migration 0001) sends on [`OUTBOX_CHANNEL`] too; the daemon's
 //! listener (`daemon::wakeup`) LISTENs on both.
 
@@ -24,4 +25,14 @@ async fn notify(client: &impl GenericClient, channel: &str) -> Result<(), tokio_
         .execute("SELECT pg_notify($1, '')", &[&channel])
         .await
         .map(drop)
+}
+
+/// Subscribes a connection to both channels; its notifications arrive on the
+/// connection's message stream (read by `daemon::wakeup`).
+pub async fn listen(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "LISTEN {OUTBOX_CHANNEL}; LISTEN {DELIVERIES_CHANNEL};"
+        ))
+        .await
 }

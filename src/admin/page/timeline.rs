@@ -57,30 +57,35 @@ pub(super) fn timeline(detail: &DeliveryDetail, now: DateTime<Utc>) -> Markup {
 /// What came of an attempt: the delivery's end for its last attempt, otherwise whether
 /// it was tried again or support resent it.
 fn outcome(detail: &DeliveryDetail, attempt: &AttemptSummary) -> (&'static str, String) {
-    let state = detail.summary.state;
     let next = detail
         .attempts
         .iter()
         .find(|later| later.number == attempt.number + 1);
-    let Some(next) = next else {
-        return match state {
-            DeliveryState::Delivered => ("ok", "delivered".to_string()),
-            DeliveryState::Pending | DeliveryState::InFlight => {
-                ("failed", "failed; to be tried again".to_string())
-            }
-            ended => ("failed", format!("the delivery ended {ended}")),
-        };
-    };
-    let resent_between = detail.support_actions.iter().any(|action| {
-        action.action == "resend" && action.at >= attempt.started_at && action.at <= next.started_at
+    // Support resent the delivery after this attempt (and before the next, if one came):
+    // the attempt ended the delivery then, whatever its state is now.
+    let resent_after = detail.support_actions.iter().any(|action| {
+        action.action == "resend"
+            && action.at >= attempt.started_at
+            && next.is_none_or(|next| action.at <= next.started_at)
     });
-    if resent_between {
-        (
-            "failed",
-            "the delivery ended; support resent it".to_string(),
-        )
-    } else {
-        ("failed", "failed; tried again".to_string())
+    if resent_after {
+        return match attempt.http_status {
+            Some(200) => ("ok", "delivered; support resent it".to_string()),
+            _ => (
+                "failed",
+                "the delivery ended; support resent it".to_string(),
+            ),
+        };
+    }
+    if next.is_some() {
+        return ("failed", "failed; tried again".to_string());
+    }
+    match detail.summary.state {
+        DeliveryState::Delivered => ("ok", "delivered".to_string()),
+        DeliveryState::Pending | DeliveryState::InFlight => {
+            ("failed", "failed; to be tried again".to_string())
+        }
+        ended => ("failed", format!("the delivery ended {ended}")),
     }
 }
 
@@ -195,6 +200,22 @@ mod tests {
         assert!(html.contains("resend by page:Dana"));
         assert!(html.contains("attempt 2: HTTP 200 after 12 ms; delivered"));
         assert!(!html.contains("next-attempt"), "nothing is next");
+        // Delivered, then resent by support: pending again, and its 200 stays a 200.
+        let mut delivered_then_resent = detail(
+            DeliveryState::Pending,
+            vec![attempt(1, "14:00:01", Some(200))],
+        );
+        delivered_then_resent.support_actions.push(SupportAction {
+            action: "resend".into(),
+            actor: "page:Dana".into(),
+            at: at("14:30:00"),
+        });
+        let html = timeline(&delivered_then_resent, at("14:31:00")).into_string();
+        assert!(
+            html.contains("attempt 1: HTTP 200 after 12 ms; delivered; support resent it"),
+            "{html}"
+        );
+        assert!(!html.contains("to be tried again"), "{html}");
         let dead = detail(DeliveryState::Dead, vec![attempt(1, "14:00:01", None)]);
         assert!(timeline(&dead, at("15:00:00"))
             .into_string()

@@ -151,7 +151,7 @@ fn remote_hosts(postgres: &tokio_postgres::Config) -> Vec<String> {
             let addr = addrs.get(index);
             let remote = match (hosts.get(index), addr) {
                 (_, Some(addr)) => !addr.is_loopback(),
-                (Some(Host::Tcp(name)), None) => !is_loopback_name(name),
+                (Some(Host::Tcp(name)), None) => !is_loopback_host(name),
                 (Some(Host::Unix(_)), None) | (None, None) => false,
             };
             let shown = match (hosts.get(index), addr) {
@@ -164,7 +164,9 @@ fn remote_hosts(postgres: &tokio_postgres::Config) -> Vec<String> {
         .collect()
 }
 
-fn is_loopback_name(name: &str) -> bool {
+/// Whether a host, as a URL writes it (`localhost`, `127.0.0.1`, `[::1]`), is this
+/// machine: the one place clear text is allowed to reach.
+pub(crate) fn is_loopback_host(name: &str) -> bool {
     name.eq_ignore_ascii_case("localhost")
         || name
             .trim_matches(['[', ']'])

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use url::{Host, Url};
+use url::Url;
 
 use super::partner::header_values;
+use crate::config::database::is_loopback_host;
 use crate::config::file::RawTelemetry;
 use crate::config::telemetry::{TelemetryConfig, DEFAULT_SERVICE_NAME, OTLP_TRACES_PATH};
 use crate::config::ConfigError;
@@ -42,7 +43,7 @@ fn traces_url(key: &str, endpoint: &str) -> Result<Url, ConfigError> {
         .map_err(|error| ConfigError::key(key, format!("not a valid URL: {error}")))?;
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(url.host()) => {}
+        "http" if url.host_str().is_some_and(is_loopback_host) => {}
         "http" => {
             return Err(ConfigError::key(
                 key,
@@ -59,20 +60,18 @@ fn traces_url(key: &str, endpoint: &str) -> Result<Url, ConfigError> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::key(key, "must have no query or fragment"));
     }
+    // They would be printed with the URL (in errors and `Debug`); headers are secrets.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::key(
+            key,
+            "must carry no user name or password; put credentials in telemetry.headers",
+        ));
+    }
     if !url.path().ends_with('/') {
         url.set_path(&format!("{}/", url.path()));
     }
     url.join(OTLP_TRACES_PATH)
         .map_err(|error| ConfigError::key(key, format!("not a valid URL: {error}")))
-}
-
-fn is_loopback(host: Option<Host<&str>>) -> bool {
-    match host {
-        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
 }
 
 #[cfg(test)]
@@ -129,6 +128,13 @@ mod tests {
         assert!(error.contains("telemetry.otlp_endpoint"), "{error}");
         let error = parse("otlp_endpoint = \"grpc://127.0.0.1:4317\"").unwrap_err();
         assert!(error.contains("telemetry.otlp_endpoint"), "{error}");
+    }
+
+    #[test]
+    fn a_password_in_the_collector_url_is_refused_without_being_repeated() {
+        let error = parse("otlp_endpoint = \"https://ops:hunter2@collector.example\"").unwrap_err();
+        assert!(error.contains("telemetry.headers"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 
     #[test]
