@@ -344,3 +344,33 @@ fn assert_no_health_data(printed: &str) {
         leaks.join("\n")
     );
 }
+
+/// PostgreSQL's DETAIL can quote the row a statement failed on ("Failing row contains
+/// (…)"): a database error, as the daemon logs and exports it, leaves it out and says
+/// what ops act on (the message and the SQLSTATE, where tokio-postgres alone says only
+/// "db error").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_error_quoting_a_row_is_logged_without_the_row() {
+    let db = TestDb::unmigrated().await;
+    db.client
+        .batch_execute("CREATE TABLE answers (body text CHECK (length(body) < 5))")
+        .await
+        .expect("create a table");
+    let refused = db
+        .client
+        .execute("INSERT INTO answers VALUES ($1)", &[&LAST_NAME])
+        .await
+        .expect_err("the check refuses the row");
+    let detail = refused.as_db_error().and_then(|error| error.detail());
+    assert!(
+        detail.is_some_and(|detail| detail.contains(LAST_NAME)),
+        "PostgreSQL quotes the row: {detail:?}"
+    );
+
+    let logged = ::dispatcher::store::db::DbError::from(refused).to_string();
+
+    assert!(!logged.contains(LAST_NAME), "{logged}");
+    assert!(!logged.contains("DETAIL"), "{logged}");
+    assert!(logged.contains("violates check constraint"), "{logged}");
+    assert!(logged.contains("23514"), "{logged}");
+}
