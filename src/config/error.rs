@@ -89,14 +89,14 @@ mod tests {
     use crate::config::Config;
 
     /// The sample's `${VAR}`s, each with the key it sits in, in the order they are named:
-    /// by key, alphabetically, as the parsed document holds its tables.
+    /// the file's own order (the document keeps it), so ops read them top to bottom.
     const SAMPLE_VARIABLES: [(&str, &str); 6] = [
-        ("admin.token", "DISPATCHER_ADMIN_TOKEN"),
         ("database.url", "DISPATCHER_DATABASE_URL"),
-        ("partners[0].headers.x-api-key", "ACME_API_KEY"),
+        ("admin.token", "DISPATCHER_ADMIN_TOKEN"),
         ("partners[0].signing_secret", "ACME_SIGNING_SECRET"),
-        ("partners[1].auth.client_secret", "GLOBEX_CLIENT_SECRET"),
+        ("partners[0].headers.x-api-key", "ACME_API_KEY"),
         ("partners[1].signing_secret", "GLOBEX_SIGNING_SECRET"),
+        ("partners[1].auth.client_secret", "GLOBEX_CLIENT_SECRET"),
     ];
 
     #[test]
@@ -166,8 +166,8 @@ mod tests {
             lines[..3],
             [
                 "3 problems in test.toml:",
-                "  config key `partners[0].enrollment_url`: environment variable UNSET_HOST is not set",
                 "  config key `partners[0].signing_secret`: environment variable UNSET_SECRET is not set",
+                "  config key `partners[0].enrollment_url`: environment variable UNSET_HOST is not set",
             ],
             "{error}"
         );
