@@ -239,7 +239,8 @@ impl TestPartner {
         );
     }
 
-    /// TLS handshakes that failed (certificate not trusted, client certificate missing).
+    /// TLS handshakes refused (certificate not trusted, client certificate missing); not
+    /// those a client abandoned by hanging up.
     pub fn failed_handshakes(&self) -> usize {
         self.failed_handshakes.load(Ordering::SeqCst)
     }

@@ -134,9 +134,13 @@ impl TlsListener {
                         Ok(tls) => {
                             let _ = sender.send((tls, peer)).await;
                         }
-                        Err(_) => {
+                        // A TLS refusal (a certificate not trusted, none given) is
+                        // InvalidData; a client that hung up mid-handshake (a connection
+                        // its pool no longer needed) refused nothing.
+                        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
                             failed_handshakes.fetch_add(1, Ordering::SeqCst);
                         }
+                        Err(_) => {}
                     }
                 });
             }

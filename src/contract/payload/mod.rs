@@ -269,6 +269,19 @@ mod tests {
         }
     }
 
+    /// PostgreSQL's jsonb stores `-0` as `0`; read directly, it must mean the same.
+    #[test]
+    fn minus_zero_is_a_birth_on_the_first_of_january_1970_as_jsonb_stores_it() {
+        let text =
+            enrollment()
+                .to_string()
+                .replacen("\"patient\":{", "\"patient\":{\"dob\":-0,", 1);
+        let event = Event::parse(EventKind::Enrollment, &text).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&event.to_body(DateTime::UNIX_EPOCH)).unwrap();
+        assert_eq!(body["event"]["patient"]["dob"], json!(0));
+    }
+
     #[test]
     fn births_before_1900_and_negative_event_times_are_refused() {
         let mut event = enrollment();

@@ -50,7 +50,7 @@ impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match serde_json::Number::deserialize(deserializer)
             .ok()
-            .and_then(|number| number.as_u64())
+            .and_then(|number| number.as_u64().or_else(|| zero(&number)))
         {
             Some(millis) => Ok(Millis(millis)),
             None => Err(serde::de::Error::custom(
@@ -75,7 +75,7 @@ impl<'de> Deserialize<'de> for BirthMillis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match serde_json::Number::deserialize(deserializer)
             .ok()
-            .and_then(|number| number.as_i64())
+            .and_then(|number| number.as_i64().or_else(|| zero(&number)))
         {
             Some(millis) if millis >= BirthMillis::EARLIEST => Ok(BirthMillis(millis)),
             _ => Err(serde::de::Error::custom(
@@ -84,4 +84,10 @@ impl<'de> Deserialize<'de> for BirthMillis {
             )),
         }
     }
+}
+
+/// `-0` (or `0.0`) is zero: serde_json reads it as a float, while PostgreSQL's jsonb
+/// stores `-0` as `0`, so an event reads the same whichever text the daemon is given.
+fn zero<T: Default>(number: &serde_json::Number) -> Option<T> {
+    (number.as_f64() == Some(0.0)).then(T::default)
 }
