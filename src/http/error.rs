@@ -53,14 +53,11 @@ impl From<GuardError> for TransportError {
 impl From<reqwest::Error> for TransportError {
     fn from(error: reqwest::Error) -> Self {
         // The guard's refusal arrives wrapped as a connect error; it is its own kind.
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            if let Some(refused) = cause.downcast_ref::<GuardError>() {
-                if refused.is_refused() {
-                    return refused.clone().into();
-                }
-            }
-            source = cause.source();
+        let refused = causes(&error)
+            .filter_map(|cause| cause.downcast_ref::<GuardError>())
+            .find(|refused| refused.is_refused());
+        if let Some(refused) = refused {
+            return refused.clone().into();
         }
         let kind = if error.is_timeout() {
             TransportErrorKind::Timeout
@@ -82,4 +79,20 @@ impl From<reqwest::Error> for TransportError {
         }
         TransportError { kind, message }
     }
+}
+
+/// `error` and its causes, outermost first. An io::Error's `source()` skips the error it
+/// wraps (where rustls puts its own, inside another io::Error), so those are opened too.
+pub(crate) fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |&cause| {
+        match cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => cause.source(),
+        }
+    })
 }

@@ -29,7 +29,7 @@ use url::{Host, Url};
 use crate::config::{DispatchConfig, Partner};
 use crate::http::auth::AuthError;
 use crate::http::client::PartnerClient;
-use crate::http::error::TransportError;
+use crate::http::error::{causes, TransportError};
 use crate::http::guard::{GuardError, GuardedResolver, SystemResolver};
 
 /// Which of a partner's URLs a probe is about.
@@ -316,22 +316,6 @@ impl ProbeError {
             other => ProbeError::Tls(other.to_string()),
         }
     }
-}
-
-/// `error` and its causes, outermost first. An io::Error's `source()` skips the error it
-/// wraps (where rustls puts its own, inside another io::Error), so those are opened too.
-fn causes<'a>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(error), |&cause| {
-        match cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
-            None => cause.source(),
-        }
-    })
 }
 
 /// The alerts a server sends about the client's certificate (RFC 8446 section 6.2).
