@@ -98,6 +98,17 @@ fn token_or_no_content(request: &Received) -> Reply {
     }
 }
 
+/// Acme's CRM over HTTPS with a CA of its own, which no test configures as trusted.
+async fn https_partner() -> TestPartner {
+    let ca = TestCa::new("Acme CA");
+    TestPartner::start_https(
+        "acme",
+        server_config(&ca.server_certificate(), None),
+        token_or_no_content,
+    )
+    .await
+}
+
 /// Acme's CRM over HTTPS with its own CA, asking for a client certificate from ours,
 /// with a token endpoint: the partner of the mTLS scenarios.
 async fn mtls_partner() -> (TestPartner, TestCa, TestCa) {
@@ -177,12 +188,7 @@ async fn a_name_that_does_not_resolve_is_a_dns_failure() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_address_the_destination_guard_refuses_is_named_with_its_class() {
-    let acme = TestPartner::start_https(
-        "acme",
-        server_config(&TestCa::new("Acme CA").server_certificate(), None),
-        token_or_no_content,
-    )
-    .await;
+    let acme = https_partner().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!(
         "{}/webhook",
@@ -228,12 +234,7 @@ async fn a_port_nobody_listens_on_is_a_refused_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_from_a_ca_not_configured_is_not_trusted() {
-    let acme = TestPartner::start_https(
-        "acme",
-        server_config(&TestCa::new("Acme CA").server_certificate(), None),
-        token_or_no_content,
-    )
-    .await;
+    let acme = https_partner().await;
     let dir = tempfile::tempdir().expect("temp dir");
 
     let output = check_connect(dir.path(), &partner("acme", &acme.base_url, LOCAL)).await;
