@@ -1,7 +1,8 @@
 //! Overload: the outbox grows far faster than the partner takes events (it refuses the
 //! first thousands with 503). The daemon's memory stays bounded whatever the backlog,
 //! each claim walks an index rather than the backlog, and once the partner recovers the
-//! backlog drains until every event is delivered.
+//! backlog drains until every event is delivered. A partner held back (its circuit open)
+//! with a long backlog costs the claims for the other partners nothing.
 //!
 //! 30,000 events by default (well under a minute in CI); `DISPATCHER_SOAK=1` makes it
 //! 1,000,000 (run by hand: it takes many minutes). Both print what they measured (see
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dispatcher::config::Config;
-use dispatcher::store::{db, queue};
+use dispatcher::store::db;
+use dispatcher::store::queue::{self, PartnerRoom};
 use serde_json::Value;
 
 /// Generous: the daemon idles at ~20 MiB. Memory that grew with the backlog would pass
@@ -28,7 +30,7 @@ fn soak() -> bool {
 
 /// The plan of the claim as the daemon would run it now; fails if it reads the backlog
 /// tables whole. Returns the plan.
-async fn claim_plan(client: &deadpool_postgres::Client, when: &str) -> String {
+async fn claim_plan(client: &mut deadpool_postgres::Client, when: &str) -> String {
     let plan = queue::explain_claim_due(client, 100, Duration::from_secs(60))
         .await
         .expect("explain the claim")
@@ -41,22 +43,24 @@ async fn claim_plan(client: &deadpool_postgres::Client, when: &str) -> String {
         );
     }
     assert!(
-        plan.contains("Index Scan using deliveries_due")
-            || plan.contains("Bitmap Index Scan on deliveries_due"),
+        plan.contains("Index Scan using deliveries_pending")
+            || plan.contains("Bitmap Index Scan on deliveries_pending"),
         "{when}: the claim does not find due deliveries by their index:\n{plan}"
     );
     plan
 }
 
-/// The part of a claim's plan that chooses the candidates: the `CTE candidate` node and
-/// everything under it.
+/// The part of a claim's plan that chooses a partner's candidates: the `candidate`
+/// subquery and everything under it.
 fn candidates_plan(plan: &str) -> String {
     let indent = |line: &str| line.len() - line.trim_start().len();
-    let mut lines = plan
-        .lines()
-        .skip_while(|line| line.trim() != "CTE candidate");
+    let mut lines = plan.lines().skip_while(|line| {
+        !line
+            .trim_start()
+            .starts_with("->  Subquery Scan on candidate")
+    });
     let Some(head) = lines.next() else {
-        panic!("no CTE candidate in the claim's plan:\n{plan}")
+        panic!("no candidate subquery in the claim's plan:\n{plan}")
     };
     lines
         .take_while(|line| indent(line) > indent(head))
@@ -67,9 +71,9 @@ fn candidates_plan(plan: &str) -> String {
 /// A claim of 100 against the backlog, in a transaction rolled back so the daemon's work
 /// is untouched. How long it took, for the record (not asserted: speed is for benchmarks).
 async fn timed_claim(client: &mut deadpool_postgres::Client) -> (usize, Duration) {
-    let transaction = client.transaction().await.expect("begin");
+    let mut transaction = client.transaction().await.expect("begin");
     let started = Instant::now();
-    let claimed = queue::claim_due(&transaction, 100, Duration::from_secs(60), &[])
+    let claimed = queue::claim_due(&mut transaction, 100, Duration::from_secs(60), &[])
         .await
         .expect("claim");
     let took = started.elapsed();
@@ -131,7 +135,7 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
         .expect("insert the backlog");
     let inserted_in = started.elapsed();
 
-    claim_plan(&client, "as the backlog is routed").await;
+    claim_plan(&mut client, "as the backlog is routed").await;
     db.wait_for_count_within(
         "SELECT count(*) FROM dispatcher.outbox WHERE routed_at IS NULL",
         0,
@@ -142,9 +146,13 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
     let pending = db.count_deliveries(&Deliveries::all().unfinished()).await;
     // A claim reads the due deliveries in order and stops at its limit: no sort or hash
     // of the whole backlog, even right after a burst, before autovacuum has looked.
-    let plan = claim_plan(&client, &format!("with {pending} deliveries unfinished")).await;
-    // Only the choice of candidates reads the backlog; what it feeds (the per-partner
-    // cap over at most 100 candidates) may sort.
+    let plan = claim_plan(
+        &mut client,
+        &format!("with {pending} deliveries unfinished"),
+    )
+    .await;
+    // Only the choice of each partner's candidates reads the backlog; what it feeds (the
+    // earliest of at most 100 candidates per partner) may sort.
     let choice = candidates_plan(&plan);
     for reads_everything in ["Sort", "Hash"] {
         assert!(
@@ -193,5 +201,98 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
         peak < MEMORY_BOUND,
         "the daemon's peak memory reached {} MiB",
         peak / MIB
+    );
+}
+
+/// How many rows and index entries of `dispatcher.deliveries` PostgreSQL has read so far
+/// (sequential scans and index scans), by the statistics every backend reports.
+async fn delivery_entries_read(db: &TestDb) -> i64 {
+    db.count(
+        "SELECT (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables
+                 WHERE schemaname = 'dispatcher' AND relname = 'deliveries')
+              + (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
+                 WHERE schemaname = 'dispatcher' AND relname = 'deliveries')::int8",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_held_with_a_long_backlog_is_not_walked_by_the_claims_for_the_others() {
+    // "held"'s circuit opened an hour ago: its deliveries have been due since, before
+    // anything the healthy partner has.
+    const HELD_BACKLOG: i64 = 20_000;
+    const HEALTHY: i64 = 100;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.outbox (event_name, event, routed_at)
+             SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('held-' || g)), now()
+             FROM generate_series(1, $3::int8 + $4::int8) AS g",
+            &[
+                &ENROLLMENT,
+                &enrollment_event("template"),
+                &HELD_BACKLOG,
+                &HEALTHY,
+            ],
+        )
+        .await
+        .expect("insert the events");
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, due_at)
+             SELECT gen_random_uuid(), id, CASE WHEN id <= $1 THEN 'held' ELSE 'acme' END,
+                    event_name, event -> 'patient' ->> 'id', 'pending',
+                    CASE WHEN id <= $1 THEN now() - interval '1 hour' ELSE now() END
+             FROM dispatcher.outbox",
+            &[&HELD_BACKLOG],
+        )
+        .await
+        .expect("route them, as the router would have");
+    db.client
+        .batch_execute("ANALYZE dispatcher.deliveries")
+        .await
+        .expect("analyze");
+    let loaded = Config::parse(&config.text(&db), "overload", None, |_| None).expect("config");
+    let mut client = db::pool(&loaded.database)
+        .expect("pool")
+        .get()
+        .await
+        .expect("a pooled connection");
+    let room = [
+        PartnerRoom {
+            partner: "held".to_string(),
+            free: 0,
+        },
+        PartnerRoom {
+            partner: "acme".to_string(),
+            free: 100,
+        },
+    ];
+
+    let before = delivery_entries_read(&db).await;
+    let mut transaction = client.transaction().await.expect("begin");
+    let claim = queue::claim_due(&mut transaction, 100, Duration::from_secs(60), &room)
+        .await
+        .expect("claim");
+    transaction.rollback().await.expect("roll back");
+    // The claim's backend reports what it read before it answers this.
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush the claim's statistics");
+    let read = delivery_entries_read(&db).await - before;
+
+    assert_eq!(claim.deliveries.len(), 100, "the healthy partner's batch");
+    assert!(
+        claim.deliveries.iter().all(|d| d.partner == "acme"),
+        "nothing of the held partner is claimed"
+    );
+    assert!(
+        read < HELD_BACKLOG / 10,
+        "a claim of 100 read {read} rows and index entries of the deliveries: it walked \
+         the held partner's backlog of {HELD_BACKLOG}"
     );
 }

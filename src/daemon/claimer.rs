@@ -58,13 +58,13 @@ impl Dispatcher {
         let Some(mut permits) = self.reserve_capacity().await else {
             return Ok(ClaimOutcome::ShuttingDown);
         };
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         let config = self.live.snapshot();
         let room = self.partner_room(&config);
         // Taken before the query: the lease starts when the database runs it.
         let claimed_at = Instant::now();
         let span = tracing::info_span!("claim", deliveries = tracing::field::Empty);
-        let claim = queue::claim_due(&client, permits.len(), config.dispatch.lease, &room)
+        let claim = queue::claim_due(&mut client, permits.len(), config.dispatch.lease, &room)
             .instrument(span.clone())
             .await?;
         let deliveries = i64::try_from(claim.deliveries.len()).unwrap_or(i64::MAX);

@@ -80,8 +80,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `poll_interval` is: an outage must not leave the daemon idle for a poll interval.
 pub(crate) const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 
-/// No statement of the dispatcher's takes long; one that hangs is cut off and retried.
-const STATEMENT_TIMEOUT: &str = "-c statement_timeout=60s";
+/// The session settings of every connection the dispatcher opens:
+/// - no statement of the dispatcher's takes long; one that hangs is cut off and retried;
+/// - no JIT: the claim's estimated cost (a per-partner LIMIT PostgreSQL cannot see
+///   through) passes `jit_above_cost`, and compiling it took 50-90 ms of a claim that
+///   runs in 3-5; every statement here is short, so JIT never pays for itself.
+const SESSION_SETTINGS: &str = "-c statement_timeout=60s -c jit=off";
 
 /// How to open one connection: tokio-postgres's settings and the TLS that goes with them.
 #[derive(Clone)]
@@ -108,8 +112,8 @@ pub fn connection_config(database: &DatabaseConfig) -> Result<ConnectionConfig, 
     let mut config = database.connection.postgres.clone();
     // Kept beside any options the URL sets.
     let options = match config.get_options() {
-        Some(options) => format!("{options} {STATEMENT_TIMEOUT}"),
-        None => STATEMENT_TIMEOUT.to_string(),
+        Some(options) => format!("{options} {SESSION_SETTINGS}"),
+        None => SESSION_SETTINGS.to_string(),
     };
     config
         .connect_timeout(CONNECT_TIMEOUT)

@@ -15,6 +15,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         5,
         include_str!("../../migrations/0005_outbox_traceparent.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/0007_claim_by_partner.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.

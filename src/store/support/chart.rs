@@ -58,7 +58,8 @@ const FIRST_HOUR: &str = "(date_trunc('hour', now(), 'UTC') - interval '23 hours
 /// Each partner with something in its last 24 hours, by name.
 ///
 /// It walks only the recent work, whatever the history kept: the deliveries that ended
-/// since the first hour (index `deliveries_ended`) or have not ended (`deliveries_due`),
+/// since the first hour (index `deliveries_ended`) or have not ended
+/// (`deliveries_unfinished_by_patient`),
 /// and the attempts of those by primary key. An attempt in the window belongs to one of
 /// them, as a delivery's `ended_at` is never before its last attempt. `OFFSET 0` keeps
 /// the attempts a lookup per delivery: joined freely, the planner would rather scan every
