@@ -7,10 +7,14 @@
 //! targets of issue 6) and writes the same figures as JSON.
 
 mod baseline;
+mod calibration;
 mod daemon;
 mod database;
+mod held_partner;
 mod procfs;
 mod producer;
+mod producers;
+mod queue_only;
 mod receiver;
 mod report;
 mod scenarios;
@@ -45,7 +49,8 @@ struct Cli {
     #[arg(long)]
     runs: Option<usize>,
     /// Only this scenario (repeatable): drain, stream-1000, stream-5000 (or `stream` for
-    /// both), idle, deep-backlog, slow-partner, ordering, two-daemons, baseline; with
+    /// both), idle, deep-backlog, slow-partner, ordering, two-daemons, baseline,
+    /// producer, producer-end-to-end (`producer` selects both), held-partner; with
     /// --smoke also table-health (otherwise a mode of its own: `table-health`).
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
@@ -181,6 +186,14 @@ async fn main() -> Result<()> {
         work_dir,
         sizes: sizes.clone(),
     };
+    let calibration = calibration::calibrate(
+        &bench.cluster,
+        sizes.calibration_iterations,
+        sizes.pgbench_seconds,
+    )
+    .await
+    .context("calibrating the machine")?;
+    eprintln!("bench: {}", calibration.describe());
     if !bench.cluster.has_statement_stats {
         eprintln!("bench: pg_stat_statements is not preloaded: no claim times (scripts/bench loads it when the server has it)");
     }
@@ -226,7 +239,7 @@ async fn main() -> Result<()> {
         results.push(result);
     }
 
-    let table = report::table(&results);
+    let table = format!("{}{}\n", report::table(&results), calibration.describe());
     println!("{table}");
     let context = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -243,6 +256,7 @@ async fn main() -> Result<()> {
             "load_average_1m_before": load_before,
             "load_average_1m_after": procfs::load_average(),
         },
+        "calibration": calibration.json(),
         "finished_unix": daemon::unix_now(),
     });
     let name = match (&cli.mode, cli.smoke) {

@@ -75,7 +75,8 @@ struct Summary {
     target: Option<Target>,
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The median of the finite values (NaN when there are none).
+pub fn median(values: &[f64]) -> f64 {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
         return f64::NAN;
