@@ -1,10 +1,11 @@
-//! `dispatcher-bench`: the dispatcher's benchmark (issue 6). Run it through
+//! `dispatcher-bench`: the dispatcher's benchmark (issues 6 and 13). Run it through
 //! `scripts/bench`, which builds the binaries, starts a throwaway PostgreSQL and nginx
 //! (the fast partner) on 127.0.0.1 and passes their addresses in the environment.
 //!
 //! Every scenario runs the real `dispatcher` binary as a child process against fresh
 //! databases, prints one table of figures (each the median of `--runs` runs, with the
-//! targets of issue 6) and writes the same figures as JSON.
+//! targets of issues 6 and 13) and writes the same figures as JSON, with a calibration
+//! of the machine.
 
 mod baseline;
 mod calibration;

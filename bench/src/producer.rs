@@ -1,6 +1,6 @@
-//! The enrollment flow at a steady rate: one event per transaction (a plain INSERT into
-//! the outbox, autocommitted), spread over several connections to reach the rate, each
-//! commit's time recorded.
+//! The enrollment flow: one event per transaction (a plain INSERT into the outbox,
+//! autocommitted), spread over several connections, either at a steady rate with each
+//! commit's time recorded, or as fast as the connections can.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

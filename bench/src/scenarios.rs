@@ -1,6 +1,7 @@
-//! The scenarios of issue 6. Each one works on fresh databases of its own, runs the real
-//! daemon, and reports its figures with the CPU seconds of the daemon, of PostgreSQL and
-//! of the partner, and the daemon's peak RSS.
+//! The scenarios of issue 6 (issue 13's are in `producers` and `held_partner`, and the
+//! queue-only leg of `baseline` in `queue_only`). Each one works on fresh databases of
+//! its own, runs the real daemon, and reports its figures with the CPU seconds of the
+//! daemon, of PostgreSQL and of the partner, the WAL written, and the daemon's peak RSS.
 //!
 //! Throughput is deliveries recorded delivered divided by the time from starting the
 //! daemon to the last of them being recorded (`ended_at`, PostgreSQL's clock, which is
@@ -13,12 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::baseline::Baseline;
 use crate::daemon::{self, Daemon, PartnerSite};
 use crate::database::{self, BenchDb, Cluster, Patients};
 use crate::procfs::{self, ProcessTree};
 use crate::producer::Producer;
-use crate::queue_only::QueueOnly;
 use crate::receiver::Receiver;
 use crate::report::{Metric, Target};
 
@@ -101,11 +100,11 @@ impl Sizes {
             two_daemon_events: 1_000,
             baseline_events: 1_000,
             baseline_workers: 8,
-            producer_seconds: 1.5,
+            producer_seconds: 1.0,
             producer_rounds: 1,
-            end_to_end_events: 500,
-            held_healthy: 300,
-            held_backlog: 3_000,
+            end_to_end_events: 300,
+            held_healthy: 200,
+            held_backlog: 2_000,
             calibration_iterations: 20_000_000,
             pgbench_seconds: 1,
             deadline: Duration::from_secs(120),
@@ -902,148 +901,4 @@ impl Bench {
         metrics.push(Metric::new("two_to_one", "x", rates[1] / rates[0]));
         Ok(metrics)
     }
-
-    /// The dispatcher against the simplest worker a team would write, and against the
-    /// queue alone (its own claim and record, no HTTP), on the same backlog of pending
-    /// deliveries (see `baseline` and `queue_only`).
-    async fn baseline(&self) -> Result<Vec<Metric>> {
-        let events = self.sizes.baseline_events;
-        let mut metrics = Vec::new();
-
-        let setup = self.pre_routed("baseline-dispatcher", events).await?;
-        let outcome = self
-            .run_dispatcher(&setup, 1, Arrivals::Nginx, Until::all(events), None)
-            .await?;
-        self.finish(setup).await?;
-        let dispatcher_rate = outcome.per_second();
-        metrics.extend(outcome.metrics("dispatcher"));
-
-        let setup = self.pre_routed("baseline-workers", events).await?;
-        let workers = Baseline::connect(&setup.db.url, self.sizes.baseline_workers).await?;
-        let wal_start = self.cluster.wal_bytes().await?;
-        let window = CpuWindow::open(self, &[setup.db.backend]);
-        let run = workers.run(&self.nginx.base_url).await?;
-        let cpu = window.close();
-        let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
-        if !setup.db.all_ended(None).await? || run.delivered != events {
-            bail!(
-                "baseline: {} of {events} delivered ({})",
-                run.delivered,
-                setup.db.states().await?
-            );
-        }
-        self.finish(setup).await?;
-        let baseline_rate = run.delivered as f64 / run.seconds;
-        metrics.extend(unattended_metrics(
-            "baseline",
-            "worker",
-            run.delivered,
-            run.seconds,
-            &cpu,
-            wal_bytes,
-        ));
-        metrics.push(Metric::new(
-            "baseline.workers",
-            "",
-            self.sizes.baseline_workers as f64,
-        ));
-
-        let setup = self.pre_routed("baseline-queue-only", events).await?;
-        let queue = QueueOnly::connect(&setup.db.url).await?;
-        let wal_start = self.cluster.wal_bytes().await?;
-        let window = CpuWindow::open(self, &[setup.db.backend]);
-        let run = queue.run().await?;
-        let cpu = window.close();
-        let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
-        if !setup.db.all_ended(None).await? || run.delivered != events {
-            bail!(
-                "queue-only: {} of {events} recorded ({})",
-                run.delivered,
-                setup.db.states().await?
-            );
-        }
-        setup.db.expect_no_failures().await?;
-        self.dump_statements(&setup).await?;
-        self.finish(setup).await?;
-        let queue_rate = run.delivered as f64 / run.seconds;
-        metrics.extend(unattended_metrics(
-            "queue_only",
-            "loop",
-            run.delivered,
-            run.seconds,
-            &cpu,
-            wal_bytes,
-        ));
-        metrics.push(Metric::new("queue_only.tasks", "", run.tasks as f64));
-
-        metrics.push(
-            Metric::new(
-                "dispatcher_to_baseline",
-                "x",
-                dispatcher_rate / baseline_rate,
-            )
-            .target(Target::AtLeast(5.0)),
-        );
-        // An aim, not a target of the issue's: reported without a verdict.
-        metrics.push(Metric::new(
-            "dispatcher_to_queue_only",
-            "x",
-            dispatcher_rate / queue_rate,
-        ));
-        Ok(metrics)
-    }
-
-    /// A fresh database holding `events` pending deliveries to the fast partner, already
-    /// routed, vacuumed and analyzed.
-    async fn pre_routed(&self, label: &str, events: u64) -> Result<Setup> {
-        let setup = self.setup(label, &[self.fast_partner()], "").await?;
-        setup
-            .db
-            .seed_events(events, Patients::Distinct, "baseline-", true)
-            .await?;
-        setup
-            .db
-            .seed_pending_deliveries("fast", Duration::ZERO)
-            .await?;
-        setup.db.settle().await?;
-        Ok(setup)
-    }
-}
-
-/// The figures of a leg run by the benchmark's own process instead of the daemon (the
-/// baseline's workers, the queue-only loop): its CPU is the bench's, named `cpu_name`.
-fn unattended_metrics(
-    prefix: &str,
-    cpu_name: &str,
-    delivered: u64,
-    seconds: f64,
-    cpu: &CpuUsed,
-    wal_bytes: i64,
-) -> Vec<Metric> {
-    let per_delivery = |cpu: f64| cpu * 1000.0 / delivered.max(1) as f64;
-    vec![
-        Metric::new(
-            format!("{prefix}.deliveries_per_s"),
-            "/s",
-            delivered as f64 / seconds,
-        ),
-        Metric::new(format!("{prefix}.seconds"), "s", seconds),
-        Metric::new(format!("{prefix}.{cpu_name}_cpu_s"), "s", cpu.bench),
-        Metric::new(format!("{prefix}.postgres_cpu_s"), "s", cpu.postgres),
-        Metric::new(format!("{prefix}.partner_cpu_s"), "s", cpu.nginx),
-        Metric::new(
-            format!("{prefix}.{cpu_name}_cpu_ms_per_delivery"),
-            "ms",
-            per_delivery(cpu.bench),
-        ),
-        Metric::new(
-            format!("{prefix}.postgres_cpu_ms_per_delivery"),
-            "ms",
-            per_delivery(cpu.postgres),
-        ),
-        Metric {
-            name: format!("{prefix}.wal_bytes_per_delivery"),
-            ..wal_per_delivery(wal_bytes, delivered as f64)
-        },
-    ]
 }
