@@ -6,12 +6,18 @@
 //! of the two is what the dispatcher's batching and pipelining buy. It does less per
 //! delivery than the dispatcher (no signature, no attempt row, no contract check, no
 //! partner id learned, no per-patient ordering), which favours the baseline.
+//!
+//! Also the `baseline` scenario, which runs the dispatcher, these workers and the
+//! queue-only loop (`queue_only`) on the same backlog.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::database::{self, ENROLLMENT};
+use crate::database::{self, Patients, ENROLLMENT};
+use crate::queue_only::QueueOnly;
+use crate::report::{Metric, Target};
+use crate::scenarios::{wal_per_delivery, Arrivals, Bench, CpuUsed, CpuWindow, Setup, Until};
 
 /// What the workers did.
 pub struct BaselineRun {
@@ -107,4 +113,150 @@ impl Baseline {
             seconds: start.elapsed().as_secs_f64(),
         })
     }
+}
+
+impl Bench {
+    /// The dispatcher against the simplest worker a team would write, and against the
+    /// queue alone (its own claim and record, no HTTP), on the same backlog of pending
+    /// deliveries (see `baseline` and `queue_only`).
+    pub(crate) async fn baseline(&self) -> Result<Vec<Metric>> {
+        let events = self.sizes.baseline_events;
+        let mut metrics = Vec::new();
+
+        let setup = self.pre_routed("baseline-dispatcher", events).await?;
+        let outcome = self
+            .run_dispatcher(&setup, 1, Arrivals::Nginx, Until::all(events), None)
+            .await?;
+        self.finish(setup).await?;
+        let dispatcher_rate = outcome.per_second();
+        metrics.extend(outcome.metrics("dispatcher"));
+
+        let setup = self.pre_routed("baseline-workers", events).await?;
+        let workers = Baseline::connect(&setup.db.url, self.sizes.baseline_workers).await?;
+        let wal_start = self.cluster.wal_bytes().await?;
+        let window = CpuWindow::open(self, &[setup.db.backend]);
+        let run = workers.run(&self.nginx.base_url).await?;
+        let cpu = window.close();
+        let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
+        if !setup.db.all_ended(None).await? || run.delivered != events {
+            bail!(
+                "baseline: {} of {events} delivered ({})",
+                run.delivered,
+                setup.db.states().await?
+            );
+        }
+        self.finish(setup).await?;
+        let baseline_rate = run.delivered as f64 / run.seconds;
+        metrics.extend(unattended_metrics(
+            "baseline",
+            "worker",
+            run.delivered,
+            run.seconds,
+            &cpu,
+            wal_bytes,
+        ));
+        metrics.push(Metric::new(
+            "baseline.workers",
+            "",
+            self.sizes.baseline_workers as f64,
+        ));
+
+        let setup = self.pre_routed("baseline-queue-only", events).await?;
+        let queue = QueueOnly::connect(&setup.db.url).await?;
+        let wal_start = self.cluster.wal_bytes().await?;
+        let window = CpuWindow::open(self, &[setup.db.backend]);
+        let run = queue.run().await?;
+        let cpu = window.close();
+        let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
+        if !setup.db.all_ended(None).await? || run.delivered != events {
+            bail!(
+                "queue-only: {} of {events} recorded ({})",
+                run.delivered,
+                setup.db.states().await?
+            );
+        }
+        setup.db.expect_no_failures().await?;
+        self.dump_statements(&setup).await?;
+        self.finish(setup).await?;
+        let queue_rate = run.delivered as f64 / run.seconds;
+        metrics.extend(unattended_metrics(
+            "queue_only",
+            "loop",
+            run.delivered,
+            run.seconds,
+            &cpu,
+            wal_bytes,
+        ));
+        metrics.push(Metric::new("queue_only.tasks", "", run.tasks as f64));
+
+        metrics.push(
+            Metric::new(
+                "dispatcher_to_baseline",
+                "x",
+                dispatcher_rate / baseline_rate,
+            )
+            .target(Target::AtLeast(5.0)),
+        );
+        // An aim, not a target of the issue's: reported without a verdict.
+        metrics.push(Metric::new(
+            "dispatcher_to_queue_only",
+            "x",
+            dispatcher_rate / queue_rate,
+        ));
+        Ok(metrics)
+    }
+
+    /// A fresh database holding `events` pending deliveries to the fast partner, already
+    /// routed, vacuumed and analyzed.
+    async fn pre_routed(&self, label: &str, events: u64) -> Result<Setup> {
+        let setup = self.setup(label, &[self.fast_partner()], "").await?;
+        setup
+            .db
+            .seed_events(events, Patients::Distinct, "baseline-", true)
+            .await?;
+        setup
+            .db
+            .seed_pending_deliveries("fast", Duration::ZERO)
+            .await?;
+        setup.db.settle().await?;
+        Ok(setup)
+    }
+}
+
+/// The figures of a leg run by the benchmark's own process instead of the daemon (the
+/// baseline's workers, the queue-only loop): its CPU is the bench's, named `cpu_name`.
+fn unattended_metrics(
+    prefix: &str,
+    cpu_name: &str,
+    delivered: u64,
+    seconds: f64,
+    cpu: &CpuUsed,
+    wal_bytes: i64,
+) -> Vec<Metric> {
+    let per_delivery = |cpu: f64| cpu * 1000.0 / delivered.max(1) as f64;
+    vec![
+        Metric::new(
+            format!("{prefix}.deliveries_per_s"),
+            "/s",
+            delivered as f64 / seconds,
+        ),
+        Metric::new(format!("{prefix}.seconds"), "s", seconds),
+        Metric::new(format!("{prefix}.{cpu_name}_cpu_s"), "s", cpu.bench),
+        Metric::new(format!("{prefix}.postgres_cpu_s"), "s", cpu.postgres),
+        Metric::new(format!("{prefix}.partner_cpu_s"), "s", cpu.nginx),
+        Metric::new(
+            format!("{prefix}.{cpu_name}_cpu_ms_per_delivery"),
+            "ms",
+            per_delivery(cpu.bench),
+        ),
+        Metric::new(
+            format!("{prefix}.postgres_cpu_ms_per_delivery"),
+            "ms",
+            per_delivery(cpu.postgres),
+        ),
+        Metric {
+            name: format!("{prefix}.wal_bytes_per_delivery"),
+            ..wal_per_delivery(wal_bytes, delivered as f64)
+        },
+    ]
 }

@@ -2,6 +2,7 @@
 //! way the enrollment flow does, progress and results read back, and the server's CPU.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -116,6 +117,22 @@ impl Cluster {
             .with_context(|| format!("dropping database {name}"))
     }
 
+    /// WAL written by the whole cluster so far: the difference over a run is its WAL,
+    /// plus whatever else ran (autovacuum, other databases). The insert position, not
+    /// `pg_stat_wal.wal_bytes`: backends add to that lazily (an idle one up to 10 s
+    /// late), so a short run read 0 bytes.
+    pub async fn wal_bytes(&self) -> Result<i64> {
+        Ok(self
+            .admin
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8",
+                &[],
+            )
+            .await
+            .context("reading the WAL insert position")?
+            .get(0))
+    }
+
     /// Runs a statement on the whole server (e.g. `ALTER SYSTEM`).
     pub async fn execute(&self, sql: &str) -> Result<()> {
         self.admin
@@ -223,17 +240,20 @@ impl BenchDb {
         Ok(())
     }
 
-    /// A pending delivery to `partner` for every outbox event, as routing would have made
-    /// them (see the dispatcher's `deliveries::insert`): a backlog already routed.
-    pub async fn seed_pending_deliveries(&self, partner: &str) -> Result<()> {
+    /// A pending delivery to `partner` for every outbox event that has none yet, as
+    /// routing would have made them (see the dispatcher's `store::queue::insert`): a
+    /// backlog already routed, due `overdue` ago (zero: due now).
+    pub async fn seed_pending_deliveries(&self, partner: &str, overdue: Duration) -> Result<()> {
         self.client
             .execute(
                 "INSERT INTO dispatcher.deliveries
                      (id, event_id, partner, event_name, patient_id, state, due_at)
                  SELECT public.bench_uuid_v7(), id, $1, event_name, event -> 'patient' ->> 'id',
-                        'pending', now()
-                 FROM dispatcher.outbox ORDER BY id",
-                &[&partner],
+                        'pending', now() - make_interval(secs => $2)
+                 FROM dispatcher.outbox o
+                 WHERE NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
+                 ORDER BY id",
+                &[&partner, &overdue.as_secs_f64()],
             )
             .await
             .context("seeding pending deliveries")?;
@@ -253,6 +273,34 @@ impl BenchDb {
             .batch_execute("CHECKPOINT")
             .await
             .context("checkpoint after seeding")
+    }
+
+    /// Records `partner`'s circuit open until far in the future, as a daemon that saw it
+    /// fail would have left it: the next daemon starts from it (`store::circuits`) and
+    /// claims nothing of the partner's.
+    pub async fn hold_partner(&self, partner: &str) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO dispatcher.partner_circuits
+                     (partner, state, consecutive_failures, opened_at, retry_at)
+                 VALUES ($1, 'open', 5, now(), now() + interval '30 days')",
+                &[&partner],
+            )
+            .await
+            .context("opening a partner's circuit")?;
+        Ok(())
+    }
+
+    /// Deliveries to `partner` in `state`, e.g. that a held partner's stayed pending.
+    pub async fn count_in_state(&self, partner: &str, state: &str) -> Result<i64> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT count(*) FROM dispatcher.deliveries WHERE partner = $1 AND state = $2",
+                &[&partner, &state],
+            )
+            .await?
+            .get(0))
     }
 
     pub async fn reset_statement_stats(&self, cluster: &Cluster) -> Result<()> {

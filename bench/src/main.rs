@@ -1,16 +1,21 @@
-//! `dispatcher-bench`: the dispatcher's benchmark (issue 6). Run it through
+//! `dispatcher-bench`: the dispatcher's benchmark (issues 6 and 13). Run it through
 //! `scripts/bench`, which builds the binaries, starts a throwaway PostgreSQL and nginx
 //! (the fast partner) on 127.0.0.1 and passes their addresses in the environment.
 //!
 //! Every scenario runs the real `dispatcher` binary as a child process against fresh
 //! databases, prints one table of figures (each the median of `--runs` runs, with the
-//! targets of issue 6) and writes the same figures as JSON.
+//! targets of issues 6 and 13) and writes the same figures as JSON, with a calibration
+//! of the machine.
 
 mod baseline;
+mod calibration;
 mod daemon;
 mod database;
+mod held_partner;
 mod procfs;
 mod producer;
+mod producers;
+mod queue_only;
 mod receiver;
 mod report;
 mod scenarios;
@@ -45,7 +50,8 @@ struct Cli {
     #[arg(long)]
     runs: Option<usize>,
     /// Only this scenario (repeatable): drain, stream-1000, stream-5000 (or `stream` for
-    /// both), idle, deep-backlog, slow-partner, ordering, two-daemons, baseline; with
+    /// both), idle, deep-backlog, slow-partner, ordering, two-daemons, baseline,
+    /// producer, producer-end-to-end (`producer` selects both), held-partner; with
     /// --smoke also table-health (otherwise a mode of its own: `table-health`).
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
@@ -181,6 +187,14 @@ async fn main() -> Result<()> {
         work_dir,
         sizes: sizes.clone(),
     };
+    let calibration = calibration::calibrate(
+        &bench.cluster,
+        sizes.calibration_iterations,
+        sizes.pgbench_seconds,
+    )
+    .await
+    .context("calibrating the machine")?;
+    eprintln!("bench: {}", calibration.describe());
     if !bench.cluster.has_statement_stats {
         eprintln!("bench: pg_stat_statements is not preloaded: no claim times (scripts/bench loads it when the server has it)");
     }
@@ -226,7 +240,7 @@ async fn main() -> Result<()> {
         results.push(result);
     }
 
-    let table = report::table(&results);
+    let table = format!("{}{}\n", report::table(&results), calibration.describe());
     println!("{table}");
     let context = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -243,6 +257,7 @@ async fn main() -> Result<()> {
             "load_average_1m_before": load_before,
             "load_average_1m_after": procfs::load_average(),
         },
+        "calibration": calibration.json(),
         "finished_unix": daemon::unix_now(),
     });
     let name = match (&cli.mode, cli.smoke) {

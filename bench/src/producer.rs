@@ -1,6 +1,6 @@
-//! The enrollment flow at a steady rate: one event per transaction (a plain INSERT into
-//! the outbox, autocommitted), spread over several connections to reach the rate, each
-//! commit's time recorded.
+//! The enrollment flow: one event per transaction (a plain INSERT into the outbox,
+//! autocommitted), spread over several connections, either at a steady rate with each
+//! commit's time recorded, or as fast as the connections can.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,4 +108,76 @@ impl Producer {
             seconds: start.elapsed().as_secs_f64(),
         })
     }
+
+    /// Commits events one per transaction (a plain autocommitted `INSERT` of the
+    /// contract's example into `table`, as the enrollment flow does) as fast as the
+    /// connections can, until `stop`; each for a patient of its own (`<prefix><n>`).
+    pub async fn flat_out(&self, table: &str, stop: Stop, prefix: &str) -> Result<FlatOut> {
+        let next = Arc::new(AtomicU64::new(0));
+        let template = database::example_event(ENROLLMENT);
+        let sql = format!("INSERT INTO {table} (event_name, event) VALUES ($1, $2::text::jsonb)");
+        let mut prepared = Vec::with_capacity(self.clients.len());
+        for client in &self.clients {
+            prepared.push(
+                client
+                    .prepare(&sql)
+                    .await
+                    .with_context(|| format!("preparing the insert into {table}"))?,
+            );
+        }
+        let started_unix = crate::daemon::unix_now();
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (client, insert) in self.clients.iter().zip(prepared) {
+            let client = client.clone();
+            let next = next.clone();
+            let mut event = template.clone();
+            let prefix = prefix.to_string();
+            tasks.spawn(async move {
+                let mut commits = 0u64;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let over = match stop {
+                        Stop::After(duration) => start.elapsed() >= duration,
+                        Stop::Events(total) => n >= total,
+                    };
+                    if over {
+                        return anyhow::Ok(commits);
+                    }
+                    event["patient"]["id"] = format!("{prefix}{n}").into();
+                    client
+                        .execute(&insert, &[&ENROLLMENT, &event.to_string()])
+                        .await
+                        .context("inserting an outbox event")?;
+                    commits += 1;
+                }
+            });
+        }
+        let mut commits = 0;
+        while let Some(done) = tasks.join_next().await {
+            commits += done??;
+        }
+        Ok(FlatOut {
+            commits,
+            seconds: start.elapsed().as_secs_f64(),
+            started_unix,
+        })
+    }
+}
+
+/// When [`Producer::flat_out`] stops.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    /// No insert starts after this long.
+    After(Duration),
+    /// After this many events in all.
+    Events(u64),
+}
+
+/// What [`Producer::flat_out`] committed, and when it started (Unix seconds, to compare
+/// with times PostgreSQL recorded).
+pub struct FlatOut {
+    pub commits: u64,
+    pub seconds: f64,
+    pub started_unix: f64,
 }

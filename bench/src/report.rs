@@ -1,4 +1,4 @@
-//! Figures, their medians over runs, the targets of issue 6, and the two outputs: a
+//! Figures, their medians over runs, the targets of issues 6 and 13, and the two outputs: a
 //! table on stdout and the same figures as JSON.
 
 use std::collections::BTreeMap;
@@ -75,7 +75,8 @@ struct Summary {
     target: Option<Target>,
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The median of the finite values (NaN when there are none).
+pub fn median(values: &[f64]) -> f64 {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
         return f64::NAN;
@@ -155,7 +156,7 @@ pub fn table(results: &[ScenarioResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<44} {:>12} {:<6} {:<16} runs",
+        "{:<19} {:<44} {:>12} {:<6} {:<16} runs",
         "scenario", "figure", "median", "unit", "target"
     );
     for result in results {
@@ -171,7 +172,7 @@ pub fn table(results: &[ScenarioResult]) -> String {
             let runs: Vec<String> = summary.values.iter().map(|v| number(*v)).collect();
             let _ = writeln!(
                 out,
-                "{:<14} {:<44} {:>12} {:<6} {:<16} {}",
+                "{:<19} {:<44} {:>12} {:<6} {:<16} {}",
                 result.name,
                 summary.name,
                 number(summary.median),

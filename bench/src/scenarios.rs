@@ -1,6 +1,7 @@
-//! The scenarios of issue 6. Each one works on fresh databases of its own, runs the real
-//! daemon, and reports its figures with the CPU seconds of the daemon, of PostgreSQL and
-//! of the partner, and the daemon's peak RSS.
+//! The scenarios of issue 6 (issue 13's are in `producers` and `held_partner`, and the
+//! queue-only leg of `baseline` in `queue_only`). Each one works on fresh databases of
+//! its own, runs the real daemon, and reports its figures with the CPU seconds of the
+//! daemon, of PostgreSQL and of the partner, the WAL written, and the daemon's peak RSS.
 //!
 //! Throughput is deliveries recorded delivered divided by the time from starting the
 //! daemon to the last of them being recorded (`ended_at`, PostgreSQL's clock, which is
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::baseline::Baseline;
 use crate::daemon::{self, Daemon, PartnerSite};
 use crate::database::{self, BenchDb, Cluster, Patients};
 use crate::procfs::{self, ProcessTree};
@@ -39,6 +39,18 @@ pub struct Sizes {
     pub two_daemon_events: u64,
     pub baseline_events: u64,
     pub baseline_workers: usize,
+    /// How long each leg of the producer scenario commits, and how many times each leg
+    /// runs (alternated) within one run.
+    pub producer_seconds: f64,
+    pub producer_rounds: usize,
+    /// Events the end-to-end scenario's producers commit, and the drain it is compared with.
+    pub end_to_end_events: u64,
+    /// The healthy partner's due deliveries, and the held partner's behind them.
+    pub held_healthy: u64,
+    pub held_backlog: u64,
+    /// The machine's calibration: iterations of the CPU loop, seconds of `pgbench -S`.
+    pub calibration_iterations: u64,
+    pub pgbench_seconds: u64,
     /// A run that has not finished by then failed.
     pub deadline: Duration,
 }
@@ -61,6 +73,13 @@ impl Sizes {
             two_daemon_events: n(50_000.0),
             baseline_events: n(50_000.0),
             baseline_workers: 32,
+            producer_seconds: 10.0,
+            producer_rounds: 2,
+            end_to_end_events: n(20_000.0),
+            held_healthy: n(10_000.0),
+            held_backlog: n(1_000_000.0),
+            calibration_iterations: 500_000_000,
+            pgbench_seconds: 5,
             deadline: Duration::from_secs(900),
         }
     }
@@ -81,6 +100,13 @@ impl Sizes {
             two_daemon_events: 1_000,
             baseline_events: 1_000,
             baseline_workers: 8,
+            producer_seconds: 1.0,
+            producer_rounds: 1,
+            end_to_end_events: 300,
+            held_healthy: 200,
+            held_backlog: 2_000,
+            calibration_iterations: 20_000_000,
+            pgbench_seconds: 1,
             deadline: Duration::from_secs(120),
         }
     }
@@ -101,6 +127,9 @@ impl Sizes {
                 "ordering",
                 "two-daemons",
                 "baseline",
+                "producer",
+                "producer-end-to-end",
+                "held-partner",
             ]
             .map(String::from),
         );
@@ -139,20 +168,20 @@ impl Nginx {
 /// Which partner's requests tell a run's progress: counting them costs nothing, unlike
 /// asking the database (whose CPU is being measured) every 100 ms.
 #[derive(Clone, Copy)]
-enum Arrivals<'a> {
+pub(crate) enum Arrivals<'a> {
     Nginx,
     Receiver(&'a Receiver),
 }
 
 /// Requests that reached the partner since it was started.
-struct ArrivalCounter<'a> {
+pub(crate) struct ArrivalCounter<'a> {
     arrivals: Arrivals<'a>,
     start: u64,
     polls: u64,
 }
 
 impl<'a> ArrivalCounter<'a> {
-    async fn start(bench: &Bench, arrivals: Arrivals<'a>) -> Result<ArrivalCounter<'a>> {
+    pub(crate) async fn start(bench: &Bench, arrivals: Arrivals<'a>) -> Result<ArrivalCounter<'a>> {
         let start = match arrivals {
             Arrivals::Nginx => bench.nginx.requests().await?,
             Arrivals::Receiver(receiver) => receiver.distinct() as u64,
@@ -164,7 +193,7 @@ impl<'a> ArrivalCounter<'a> {
         })
     }
 
-    async fn count(&mut self, bench: &Bench) -> Result<u64> {
+    pub(crate) async fn count(&mut self, bench: &Bench) -> Result<u64> {
         Ok(match self.arrivals {
             Arrivals::Nginx => {
                 self.polls += 1;
@@ -236,7 +265,7 @@ impl CpuWindow {
 /// When a dispatcher run is over. Both wait for the partner to have received `expected`
 /// requests first, then confirm in the database.
 #[derive(Debug, Clone)]
-enum Until {
+pub(crate) enum Until {
     /// Every event routed and every delivery (to this partner, if named) ended.
     AllEnded {
         partner: Option<String>,
@@ -247,7 +276,7 @@ enum Until {
 }
 
 impl Until {
-    fn all(expected: u64) -> Until {
+    pub(crate) fn all(expected: u64) -> Until {
         Until::AllEnded {
             partner: None,
             expected,
@@ -270,22 +299,33 @@ pub(crate) struct Setup {
 }
 
 /// What a dispatcher run measured.
-struct RunOutcome {
-    delivered: i64,
+pub(crate) struct RunOutcome {
+    pub(crate) delivered: i64,
     seconds: f64,
     daemon_cpu: f64,
     peak_rss_mib: f64,
     cpu: CpuUsed,
-    claim: Option<(f64, i64)>,
+    pub(crate) claim: Option<(f64, i64)>,
+    /// The cluster's WAL over the run.
+    wal_bytes: i64,
+}
+
+/// WAL bytes per delivery, the figure every scenario reports next to its CPU.
+pub(crate) fn wal_per_delivery(wal_bytes: i64, deliveries: f64) -> Metric {
+    Metric::new(
+        "wal_bytes_per_delivery",
+        "B",
+        wal_bytes as f64 / deliveries.max(1.0),
+    )
 }
 
 impl RunOutcome {
-    fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         self.delivered as f64 / self.seconds
     }
 
     /// The figures every throughput run reports, named `<prefix>.<figure>`.
-    fn metrics(&self, prefix: &str) -> Vec<Metric> {
+    pub(crate) fn metrics(&self, prefix: &str) -> Vec<Metric> {
         let name = |figure: &str| {
             if prefix.is_empty() {
                 figure.to_string()
@@ -312,6 +352,10 @@ impl RunOutcome {
                 "ms",
                 per_delivery(self.cpu.postgres),
             ),
+            Metric {
+                name: name("wal_bytes_per_delivery"),
+                ..wal_per_delivery(self.wal_bytes, self.delivered as f64)
+            },
             Metric::new(name("daemon_peak_rss_mib"), "MiB", self.peak_rss_mib),
         ];
         if let Some((mean_ms, calls)) = self.claim {
@@ -335,6 +379,9 @@ impl Bench {
             "ordering" => self.ordering().await,
             "two-daemons" => self.two_daemons().await,
             "baseline" => self.baseline().await,
+            "producer" => self.producer().await,
+            "producer-end-to-end" => self.end_to_end().await,
+            "held-partner" => self.held_partner().await,
             other => bail!("no scenario `{other}`"),
         }
     }
@@ -422,7 +469,7 @@ impl Bench {
 
     /// Starts `daemons` daemons on a seeded database and waits until `until`; with `cap`,
     /// stops at the cap instead of failing.
-    async fn run_dispatcher(
+    pub(crate) async fn run_dispatcher(
         &self,
         setup: &Setup,
         daemons: usize,
@@ -433,6 +480,7 @@ impl Bench {
         let db = &setup.db;
         db.reset_statement_stats(&self.cluster).await?;
         let mut counter = ArrivalCounter::start(self, arrivals).await?;
+        let wal_start = self.cluster.wal_bytes().await?;
         let window = CpuWindow::open(self, &[db.backend]);
         let mut running = Vec::with_capacity(daemons);
         for number in 0..daemons {
@@ -468,6 +516,7 @@ impl Bench {
         let daemon_cpu: f64 = running.iter().map(Daemon::cpu_seconds).sum();
         let peak_rss_mib = running.iter().map(Daemon::peak_rss_mib).fold(0.0, f64::max);
         let cpu = window.close();
+        let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
         for daemon in running {
             daemon.stop(Duration::from_secs(30)).await?;
         }
@@ -492,6 +541,7 @@ impl Bench {
             peak_rss_mib,
             cpu,
             claim,
+            wal_bytes,
         })
     }
 
@@ -543,6 +593,7 @@ impl Bench {
         let mut excluded = producer.backends.clone();
         excluded.push(setup.db.backend);
         setup.db.reset_statement_stats(&self.cluster).await?;
+        let wal_start = self.cluster.wal_bytes().await?;
         let window = CpuWindow::open(self, &excluded);
         let daemon_cpu_start = daemons[0].cpu_seconds();
         let produced = producer
@@ -566,6 +617,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let cpu = window.close();
+        let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
         let daemon_cpu = daemons[0].cpu_seconds() - daemon_cpu_start;
         let peak_rss_mib = daemons[0].peak_rss_mib();
         for daemon in daemons {
@@ -630,6 +682,7 @@ impl Bench {
                 "ms",
                 cpu.postgres * 1000.0 / events,
             ),
+            wal_per_delivery(wal_bytes, events),
             Metric::new("daemon_peak_rss_mib", "MiB", peak_rss_mib),
         ])
     }
@@ -640,11 +693,13 @@ impl Bench {
         let mut daemons = vec![self.start_daemon(&setup, 0, None)?];
         self.wait_listening(&setup, &mut daemons).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let wal_start = self.cluster.wal_bytes().await?;
         let window = CpuWindow::open(self, &[setup.db.backend]);
         let daemon_cpu_start = daemons[0].cpu_seconds();
         tokio::time::sleep(Duration::from_secs(self.sizes.idle_seconds)).await;
         daemons[0].check_running()?;
         let cpu = window.close();
+        let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
         let daemon_cpu = daemons[0].cpu_seconds() - daemon_cpu_start;
         let peak_rss_mib = daemons[0].peak_rss_mib();
         for daemon in daemons {
@@ -660,6 +715,9 @@ impl Bench {
                 cpu.postgres * 100.0 / cpu.seconds,
             ),
             Metric::new("seconds", "s", cpu.seconds),
+            // No deliveries: the WAL an idle daemon causes (the cluster's, so with
+            // autovacuum's and checkpoints').
+            Metric::new("wal_bytes_per_s", "B", wal_bytes as f64 / cpu.seconds),
             Metric::new("daemon_peak_rss_mib", "MiB", peak_rss_mib),
         ])
     }
@@ -682,7 +740,10 @@ impl Bench {
                 .db
                 .seed_events(backlog, Patients::Distinct, "deep-", true)
                 .await?;
-            setup.db.seed_pending_deliveries("fast").await?;
+            setup
+                .db
+                .seed_pending_deliveries("fast", Duration::ZERO)
+                .await?;
             setup.db.settle().await?;
             let outcome = self
                 .run_dispatcher(&setup, 1, Arrivals::Nginx, Until::Delivered(window), None)
@@ -838,77 +899,6 @@ impl Bench {
             );
         }
         metrics.push(Metric::new("two_to_one", "x", rates[1] / rates[0]));
-        Ok(metrics)
-    }
-
-    /// The dispatcher against the simplest worker a team would write, on the same
-    /// backlog of pending deliveries (see `baseline`).
-    async fn baseline(&self) -> Result<Vec<Metric>> {
-        let events = self.sizes.baseline_events;
-        let mut metrics = Vec::new();
-
-        let setup = self
-            .setup("baseline-dispatcher", &[self.fast_partner()], "")
-            .await?;
-        setup
-            .db
-            .seed_events(events, Patients::Distinct, "baseline-", true)
-            .await?;
-        setup.db.seed_pending_deliveries("fast").await?;
-        setup.db.settle().await?;
-        let outcome = self
-            .run_dispatcher(&setup, 1, Arrivals::Nginx, Until::all(events), None)
-            .await?;
-        self.finish(setup).await?;
-        let dispatcher_rate = outcome.per_second();
-        metrics.extend(outcome.metrics("dispatcher"));
-
-        let setup = self
-            .setup("baseline-workers", &[self.fast_partner()], "")
-            .await?;
-        setup
-            .db
-            .seed_events(events, Patients::Distinct, "baseline-", true)
-            .await?;
-        setup.db.seed_pending_deliveries("fast").await?;
-        setup.db.settle().await?;
-        let workers = Baseline::connect(&setup.db.url, self.sizes.baseline_workers).await?;
-        let window = CpuWindow::open(self, &[setup.db.backend]);
-        let run = workers.run(&self.nginx.base_url).await?;
-        let cpu = window.close();
-        if !setup.db.all_ended(None).await? || run.delivered != events {
-            bail!(
-                "baseline: {} of {events} delivered ({})",
-                run.delivered,
-                setup.db.states().await?
-            );
-        }
-        self.finish(setup).await?;
-        let baseline_rate = run.delivered as f64 / run.seconds;
-        let per_delivery = |cpu: f64| cpu * 1000.0 / run.delivered.max(1) as f64;
-        metrics.extend([
-            Metric::new("baseline.deliveries_per_s", "/s", baseline_rate),
-            Metric::new("baseline.workers", "", self.sizes.baseline_workers as f64),
-            Metric::new("baseline.seconds", "s", run.seconds),
-            Metric::new("baseline.worker_cpu_s", "s", cpu.bench),
-            Metric::new("baseline.postgres_cpu_s", "s", cpu.postgres),
-            Metric::new("baseline.partner_cpu_s", "s", cpu.nginx),
-            Metric::new(
-                "baseline.worker_cpu_ms_per_delivery",
-                "ms",
-                per_delivery(cpu.bench),
-            ),
-            Metric::new(
-                "baseline.postgres_cpu_ms_per_delivery",
-                "ms",
-                per_delivery(cpu.postgres),
-            ),
-            Metric::new(
-                "dispatcher_to_baseline",
-                "x",
-                dispatcher_rate / baseline_rate,
-            ),
-        ]);
         Ok(metrics)
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::database::TableSize;
 use crate::producer::Producer;
 use crate::report::{number, Metric};
-use crate::scenarios::{Bench, CpuWindow, Setup};
+use crate::scenarios::{wal_per_delivery, Bench, CpuWindow, Setup};
 
 /// The autovacuum settings docs/benchmarks.md recommends for the dispatcher's tables:
 /// these tables churn (every row inserted, updated a few times, deleted within the
@@ -179,6 +179,7 @@ impl Bench {
 
         let mut excluded = producer.backends.clone();
         excluded.push(setup.db.backend);
+        let wal_start = self.cluster.wal_bytes().await?;
         let window = CpuWindow::open(self, &excluded);
         let started = Instant::now();
         let sample = |seconds: f64| async move {
@@ -228,6 +229,7 @@ impl Bench {
             samples.push(end);
         }
         let cpu = window.close();
+        let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
         self.dump_statements(setup).await?;
         let daemon_cpu = daemons[0].cpu_seconds();
         let peak_rss_mib = daemons[0].peak_rss_mib();
@@ -286,6 +288,9 @@ impl Bench {
             Metric::new("daemon_cpu_s", "s", daemon_cpu),
             Metric::new("postgres_cpu_s", "s", cpu.postgres),
             Metric::new("partner_cpu_s", "s", cpu.nginx),
+            // Per event produced, the pruner's deletes included; the deliveries still
+            // unfinished at the end are few.
+            wal_per_delivery(wal_bytes, produced.commits.len() as f64),
             Metric::new("daemon_peak_rss_mib", "MiB", peak_rss_mib),
         ]);
         let detail = json!({

@@ -1,0 +1,99 @@
+//! The `held-partner` scenario: does a partner whose circuit is open, holding a huge
+//! backlog of due deliveries, slow the claims of a healthy partner?
+//!
+//! The held backlog is due earlier than the healthy one, so a claim that reads due
+//! deliveries in `due_at` order and skips the held partner's walks past all of them.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::daemon::PartnerSite;
+use crate::database::Patients;
+use crate::report::{Metric, Target};
+use crate::scenarios::{Arrivals, Bench, Until};
+
+/// The held partner: never reached, its circuit open for the whole run.
+const HELD: &str = "held";
+const HELD_URL: &str = "http://127.0.0.1:9";
+/// How long before the healthy deliveries the held ones fell due.
+const HELD_OVERDUE: Duration = Duration::from_secs(3600);
+
+impl Bench {
+    /// `alone`: the healthy partner's backlog only; `with_held`: the held partner's
+    /// behind it (before it, in due order). Both legs configure both partners, with the
+    /// held one's circuit open.
+    pub(crate) async fn held_partner(&self) -> Result<Vec<Metric>> {
+        let healthy = self.sizes.held_healthy;
+        let partners = [
+            self.fast_partner(),
+            PartnerSite {
+                name: HELD.into(),
+                base_url: HELD_URL.into(),
+                max_in_flight: None,
+            },
+        ];
+        let mut metrics = Vec::new();
+        let mut rates = Vec::new();
+        let mut claims = Vec::new();
+        for (label, backlog) in [("alone", 0), ("with_held", self.sizes.held_backlog)] {
+            let setup = self.setup(&format!("held-{label}"), &partners, "").await?;
+            if backlog > 0 {
+                setup
+                    .db
+                    .seed_events(backlog, Patients::Distinct, "held-", true)
+                    .await?;
+                setup.db.seed_pending_deliveries(HELD, HELD_OVERDUE).await?;
+            }
+            setup
+                .db
+                .seed_events(healthy, Patients::Distinct, "healthy-", true)
+                .await?;
+            setup
+                .db
+                .seed_pending_deliveries("fast", Duration::ZERO)
+                .await?;
+            setup.db.hold_partner(HELD).await?;
+            setup.db.settle().await?;
+            let outcome = self
+                .run_dispatcher(
+                    &setup,
+                    1,
+                    Arrivals::Nginx,
+                    Until::AllEnded {
+                        partner: Some("fast".into()),
+                        expected: healthy,
+                    },
+                    None,
+                )
+                .await?;
+            // The circuit must have held: otherwise the run measured something else.
+            let still_pending = setup.db.count_in_state(HELD, "pending").await?;
+            self.finish(setup).await?;
+            if still_pending != backlog as i64 {
+                bail!(
+                    "held-partner ({label}): {still_pending} of the held partner's {backlog} \
+                     deliveries still pending: its circuit did not hold"
+                );
+            }
+            metrics.extend(outcome.metrics(label));
+            metrics.push(Metric::new(
+                format!("{label}.held_backlog_rows"),
+                "",
+                backlog as f64,
+            ));
+            rates.push(outcome.per_second());
+            claims.push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
+        }
+        metrics.push(
+            Metric::new("with_held_to_alone", "x", rates[1] / rates[0])
+                .target(Target::AtLeast(0.9)),
+        );
+        metrics.push(Metric::new(
+            "with_held_to_alone_claim_time",
+            "x",
+            claims[1] / claims[0],
+        ));
+        Ok(metrics)
+    }
+}
