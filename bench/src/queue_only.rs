@@ -14,12 +14,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use dispatcher::config::RetryPolicy;
+use deadpool_postgres::Pool;
+use dispatcher::config::{Config, RetryPolicy};
 use dispatcher::delivery::outcome::{AttemptRecord, Outcome, Resolution};
 use dispatcher::http::client::Answer;
-use dispatcher::store::queue;
-use tokio_postgres::NoTls;
+use dispatcher::store::{db, queue};
 
 use crate::receiver::ACCEPTED;
 
@@ -55,18 +54,16 @@ impl QueueOnly {
     /// Enough tasks, each claiming a batch, to keep the daemon's in-flight count busy.
     pub async fn connect(url: &str) -> Result<QueueOnly> {
         let tasks = IN_FLIGHT.div_ceil(BATCH);
-        let config: tokio_postgres::Config = url.parse().context("the database URL")?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(tasks)
-            .build()
-            .context("building the queue-only loop's pool")?;
+        // The daemon's own pool: the same session settings (no JIT, statement timeout)
+        // and statement cache as the claimer's.
+        let config = Config::parse(
+            &format!("[database]\nurl = {url:?}\npool_size = {tasks}\n"),
+            "queue-only",
+            None,
+            |_| None,
+        )
+        .context("the queue-only loop's database settings")?;
+        let pool = db::pool(&config.database).context("building the queue-only loop's pool")?;
         // Connect before the clock starts.
         let mut warm = Vec::with_capacity(tasks);
         for _ in 0..tasks {
@@ -90,11 +87,11 @@ impl QueueOnly {
             let pool = self.pool.clone();
             let policy = policy.clone();
             tasks.spawn(async move {
-                let client = pool.get().await?;
+                let mut client = pool.get().await?;
                 let answer = accepted();
                 let mut recorded = 0u64;
                 loop {
-                    let claim = queue::claim_due(&client, BATCH, LEASE, &[])
+                    let claim = queue::claim_due(&mut client, BATCH, LEASE, &[])
                         .await
                         .context("claiming")?;
                     if claim.deliveries.is_empty() && claim.ended_without_body == 0 {
