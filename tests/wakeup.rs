@@ -102,6 +102,7 @@ async fn a_repeatable_read_producer_with_an_older_snapshot_wakes_the_router() {
     let daemon = Daemon::start(&config, &db);
     wait_until_asleep(&daemon).await;
 
+    // As a busy router would: producers stop notifying.
     db.mark_router_busy().await;
     let mut producer = db.connect().await;
     let producing = producer
@@ -118,11 +119,14 @@ async fn a_repeatable_read_producer_with_an_older_snapshot_wakes_the_router() {
         .get(0);
     assert_eq!(busy, 0);
 
-    // The router wakes, finds nothing and goes back to sleep, saying it waits.
+    // Another event and a wake-up by hand: the router routes it, finds the outbox empty,
+    // says it waits and sleeps.
+    let early_id = db.insert_event(ENROLLMENT, &enrollment_event("rr-0")).await;
     db.client
         .batch_execute("NOTIFY dispatcher_outbox")
         .await
         .expect("notify");
+    wait_until_delivered(&db, early_id).await;
     db.wait_for_router_waiting().await;
     daemon.wait_for_log("waiting for new events", 3).await;
 

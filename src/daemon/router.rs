@@ -48,14 +48,11 @@ enum Next {
 struct WakeupFlag {
     /// The flag may read waiting: the next batch this daemon routes sets it to busy.
     maybe_waiting: bool,
-    /// This daemon routed since it last saw `router_may_sleep` true (or it has just
-    /// started and the flag may read busy from a daemon that died): it must not sleep on
-    /// NOTIFY before it has marked the flag waiting itself. Another daemon holding the
-    /// routing lock does not change that: it may be on its last look before sleeping.
+    /// This daemon routed since `router_may_sleep` last said true (or it has just started,
+    /// and the flag may read busy from a daemon that died): it must not sleep on NOTIFY
+    /// before it has marked the flag waiting itself, got true, and looked once more.
+    /// Whoever sets the flag busy therefore keeps looking until it has set it back.
     owes_waiting: bool,
-    /// `router_may_sleep` said true and nothing was routed since: one more empty look and
-    /// the router sleeps.
-    may_sleep: bool,
     mid_commit_pause: Duration,
 }
 
@@ -68,7 +65,6 @@ impl Dispatcher {
         let mut flag = WakeupFlag {
             maybe_waiting: true,
             owes_waiting: true,
-            may_sleep: false,
             mid_commit_pause: MID_COMMIT_PAUSE,
         };
         while !self.shutdown.is_stopping() {
@@ -90,13 +86,10 @@ impl Dispatcher {
                 // daemon that owes the flag keeps looking: the other may be on its last look
                 // before sleeping, leaving this one's "busy" on the flag. The poll interval
                 // covers a daemon that dies while busy.
-                Ok(Routed::ByAnotherDaemon) => {
-                    flag.may_sleep = false;
-                    match flag.owes_waiting {
-                        false => Next::Sleep,
-                        true => Next::After(BUSY_PAUSE),
-                    }
-                }
+                Ok(Routed::ByAnotherDaemon) => match flag.owes_waiting {
+                    false => Next::Sleep,
+                    true => Next::After(BUSY_PAUSE),
+                },
                 Err(error) => {
                     tracing::warn!(%error, "routing new events failed; retrying");
                     self.wait_after_db_error(&self.wakeups.outbox).await;
@@ -127,8 +120,8 @@ impl Dispatcher {
         if count > 0 {
             tracing::debug!(events = count, "routed");
             self.wakeups.deliveries.notify_one();
-            flag.may_sleep = false;
             flag.owes_waiting = true;
+            flag.mid_commit_pause = MID_COMMIT_PAUSE;
             if flag.maybe_waiting {
                 match self
                     .on_client(async |client| notify::router_busy(client).await)
@@ -144,9 +137,10 @@ impl Dispatcher {
                 _ => Next::After(BUSY_PAUSE),
             };
         }
-        if flag.may_sleep {
-            // The one more look after `router_may_sleep` found nothing.
-            flag.may_sleep = false;
+        if !flag.owes_waiting {
+            // Nothing routed since `router_may_sleep` said true and a look found nothing
+            // (this is that look, or a wake-up that found nothing new): every producer
+            // since read "waiting" and notifies, or read "busy" from a daemon that owes.
             return Next::Sleep;
         }
         flag.maybe_waiting = true;
@@ -154,10 +148,9 @@ impl Dispatcher {
             .on_client(async |client| notify::router_may_sleep(client).await)
             .await
         {
+            // Every commit that read "busy" is visible now: one more look.
             Ok(true) => {
-                flag.may_sleep = true;
                 flag.owes_waiting = false;
-                flag.mid_commit_pause = MID_COMMIT_PAUSE;
                 Next::RouteAgain
             }
             Ok(false) => {
