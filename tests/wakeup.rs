@@ -188,3 +188,38 @@ async fn two_daemons_strand_no_event() {
     wait_until_delivered(&db, lone).await;
     db.wait_for_state("delivered", burst + 1).await;
 }
+
+/// The trigger runs with the producer's rights: an enrollment flow whose role may only
+/// insert into the outbox must still commit (it reads the flag, which everyone may).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_that_may_only_insert_can_commit_and_wakes_the_router() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = config_polling_hourly(&partner);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    wait_until_asleep(&daemon).await;
+    let role = format!("enrollment_{}", uuid::Uuid::new_v4().simple());
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA dispatcher TO {role};
+             GRANT INSERT ON dispatcher.outbox TO {role};"
+        ))
+        .await
+        .expect("create the enrollment flow's role");
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let (producer, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect as the enrollment flow");
+    tokio::spawn(connection);
+
+    producer
+        .execute(
+            "INSERT INTO dispatcher.outbox (event_name, event) VALUES ($1, $2)",
+            &[&ENROLLMENT, &enrollment_event("least-1")],
+        )
+        .await
+        .expect("the enrollment flow's insert commits");
+
+    db.wait_for_state("delivered", 1).await;
+}
