@@ -40,6 +40,9 @@ async fn an_event_committed_while_the_daemon_sleeps_wakes_it() {
     let partner = TestPartner::accepting("acme").await;
     let config = config_polling_hourly(&partner);
     let db = TestDb::migrated(&config).await;
+    // As a daemon killed while it was busy leaves the flag: a daemon that starts must not
+    // trust it, and says it waits once it is idle.
+    db.mark_router_busy().await;
     let daemon = Daemon::start(&config, &db);
     wait_until_asleep(&daemon).await;
     assert!(db.router_waiting().await, "an idle router says it waits");
