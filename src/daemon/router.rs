@@ -1,14 +1,22 @@
 //! The router: fans new outbox events out into deliveries, one short transaction per
 //! batch (`store::outbox`), and wakes the claimer for them. After a burst it refreshes
 //! the deliveries' statistics, so the claim's plan keeps up with the backlog.
+//!
+//! It also keeps the outbox's wake-up flag (`store::notify`): while it routes it looks
+//! again by itself and producers send no NOTIFY; only when it finds nothing does it mark
+//! itself waiting and sleep until one. No committed event is stranded: it sleeps only
+//! after `router_may_sleep` said every producer that saw it busy has committed, and one
+//! more look found nothing (the argument is in migration 0006).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::store::db::DbError;
-use crate::store::{outbox, queue};
+use crate::store::outbox::{self, Routed};
+use crate::store::{notify, queue};
 
 use super::Dispatcher;
 
@@ -17,57 +25,156 @@ const ROUTE_BATCH: usize = 1000;
 /// In a burst of routing, the deliveries' statistics are refreshed once this many events
 /// are routed, then each time the burst doubles (see `queue::refresh_statistics`).
 const STATISTICS_AFTER: usize = 10_000;
+/// After a partial batch the router is busy and looks again after this pause, with no
+/// NOTIFY, so a steady flow of producers never pays for one. It bounds the wake-up's
+/// latency while busy; long enough that each look routes a few events rather than one.
+const BUSY_PAUSE: Duration = Duration::from_millis(2);
+/// A producer is mid-commit (`router_may_sleep` said false): look again after this. A
+/// commit takes a few milliseconds; a producer that holds the wake-up lock longer (its
+/// trigger ran at insert under SET CONSTRAINTS ALL IMMEDIATE, or it is a prepared
+/// transaction) is looked at less and less often, up to [`MID_COMMIT_PAUSE_MAX`].
+const MID_COMMIT_PAUSE: Duration = Duration::from_millis(2);
+const MID_COMMIT_PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// What the router does after a look at the outbox.
+enum Next {
+    RouteAgain,
+    After(Duration),
+    /// Until a NOTIFY from the outbox, the poll interval or shutdown.
+    Sleep,
+}
+
+/// The router's side of the wake-up flag, as far as this daemon knows it.
+struct WakeupFlag {
+    /// The flag may read waiting: the next batch this daemon routes sets it to busy.
+    maybe_waiting: bool,
+    /// This daemon routed since `router_may_sleep` last said true (or it has just started,
+    /// and the flag may read busy from a daemon that died): it must not sleep on NOTIFY
+    /// before it has marked the flag waiting itself, got true, and looked once more.
+    /// Whoever sets the flag busy therefore keeps looking until it has set it back.
+    owes_waiting: bool,
+    mid_commit_pause: Duration,
+}
 
 impl Dispatcher {
-    /// Routes until shutdown: at once while batches come back full, otherwise after a
-    /// NOTIFY from the outbox or the poll interval.
+    /// Routes until shutdown: at once while batches come back full, after [`BUSY_PAUSE`]
+    /// while they come back partial, and when the outbox is empty, after a NOTIFY (sent
+    /// only once this router said it waits) or the poll interval, the fallback for all.
     pub(super) async fn route_events(self: Arc<Self>) {
         let (mut burst, mut refresh_at) = (0, STATISTICS_AFTER);
+        let mut flag = WakeupFlag {
+            maybe_waiting: true,
+            owes_waiting: true,
+            mid_commit_pause: MID_COMMIT_PAUSE,
+        };
         while !self.shutdown.is_stopping() {
             let config = self.live.snapshot();
-            let routed = self.route_batch(&config).await;
-            if let Ok(count) = routed {
-                burst += count;
-                if burst >= refresh_at {
-                    self.refresh_statistics().await;
-                    refresh_at = burst * 2;
+            let next = match self.route_batch(&config).await {
+                Ok(Routed::Events(count)) => {
+                    burst += count;
+                    if burst >= refresh_at {
+                        self.refresh_statistics().await;
+                        refresh_at = burst * 2;
+                    }
+                    if count < ROUTE_BATCH {
+                        (burst, refresh_at) = (0, STATISTICS_AFTER);
+                    }
+                    self.after_routing(count, &mut flag).await
                 }
-                if count < ROUTE_BATCH {
-                    (burst, refresh_at) = (0, STATISTICS_AFTER);
-                }
-            }
-            match routed {
-                Ok(count) if count == ROUTE_BATCH => {
-                    self.wakeups.deliveries.notify_one();
+                // Another daemon routes and marks the flag waiting before it sleeps; marking
+                // it here would only make producers notify while that daemon is busy. But a
+                // daemon that owes the flag keeps looking: the other may be on its last look
+                // before sleeping, leaving this one's "busy" on the flag. The poll interval
+                // covers a daemon that dies while busy.
+                Ok(Routed::ByAnotherDaemon) => match flag.owes_waiting {
+                    false => Next::Sleep,
+                    true => Next::After(BUSY_PAUSE),
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "routing new events failed; retrying");
+                    self.wait_after_db_error(&self.wakeups.outbox).await;
                     continue;
                 }
-                Ok(count) => {
-                    if count > 0 {
-                        tracing::debug!(events = count, "routed");
-                        self.wakeups.deliveries.notify_one();
-                    }
+            };
+            match next {
+                Next::RouteAgain => {}
+                Next::After(pause) => tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = self.shutdown.stopping() => {}
+                },
+                Next::Sleep => {
+                    tracing::debug!("waiting for new events");
                     tokio::select! {
                         () = self.wakeups.outbox.notified() => {}
                         () = tokio::time::sleep(config.dispatch.poll_interval) => {}
                         () = self.shutdown.stopping() => {}
                     }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "routing new events failed; retrying");
-                    self.wait_after_db_error(&self.wakeups.outbox).await;
-                }
             }
         }
     }
 
-    /// Routes up to [`ROUTE_BATCH`] events, in a `route` span; how many it routed.
-    async fn route_batch(&self, config: &Config) -> Result<usize, DbError> {
+    /// After a look that routed `count` events: busy while there were any, otherwise on
+    /// the way to sleep.
+    async fn after_routing(&self, count: usize, flag: &mut WakeupFlag) -> Next {
+        if count > 0 {
+            tracing::debug!(events = count, "routed");
+            self.wakeups.deliveries.notify_one();
+            flag.owes_waiting = true;
+            flag.mid_commit_pause = MID_COMMIT_PAUSE;
+            if flag.maybe_waiting {
+                match self
+                    .on_client(async |client| notify::router_busy(client).await)
+                    .await
+                {
+                    Ok(()) => flag.maybe_waiting = false,
+                    // Producers keep notifying meanwhile: slower, never stranded.
+                    Err(error) => tracing::warn!(%error, "cannot mark the router busy"),
+                }
+            }
+            return match count {
+                ROUTE_BATCH => Next::RouteAgain,
+                _ => Next::After(BUSY_PAUSE),
+            };
+        }
+        if !flag.owes_waiting {
+            // Nothing routed since `router_may_sleep` said true and a look found nothing
+            // (this is that look, or a wake-up that found nothing new): every producer
+            // since read "waiting" and notifies, or read "busy" from a daemon that owes.
+            return Next::Sleep;
+        }
+        flag.maybe_waiting = true;
+        match self
+            .on_client(async |client| notify::router_may_sleep(client).await)
+            .await
+        {
+            // Every commit that read "busy" is visible now: one more look.
+            Ok(true) => {
+                flag.owes_waiting = false;
+                Next::RouteAgain
+            }
+            Ok(false) => {
+                let pause = flag.mid_commit_pause;
+                flag.mid_commit_pause = (pause * 2).min(MID_COMMIT_PAUSE_MAX);
+                Next::After(pause)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot mark the router waiting; retrying");
+                Next::After(db_retry(&self.live.snapshot()))
+            }
+        }
+    }
+
+    /// Routes up to [`ROUTE_BATCH`] events, in a `route` span.
+    async fn route_batch(&self, config: &Config) -> Result<Routed, DbError> {
         let span = tracing::info_span!("route", events = tracing::field::Empty);
         async {
             let mut client = self.pool.get().await?;
             let routed = outbox::route_new_events(&mut client, config, ROUTE_BATCH).await?;
-            let events = i64::try_from(routed).unwrap_or(i64::MAX);
-            tracing::Span::current().record("events", events);
+            if let Routed::Events(count) = routed {
+                let events = i64::try_from(count).unwrap_or(i64::MAX);
+                tracing::Span::current().record("events", events);
+            }
             Ok(routed)
         }
         .instrument(span)
@@ -82,4 +189,12 @@ impl Dispatcher {
             tracing::warn!(%error, "refreshing the statistics of the deliveries failed");
         }
     }
+}
+
+/// How long to wait before trying the flag again after a database error.
+fn db_retry(config: &Config) -> Duration {
+    config
+        .dispatch
+        .poll_interval
+        .min(crate::store::db::RETRY_AFTER_ERROR)
 }

@@ -1,6 +1,7 @@
 //! Waking the daemon when there is work: PostgreSQL LISTEN/NOTIFY, with polling as the
 //! fallback for anything a notification misses (e.g. while the listener reconnects).
-//! The channels, and the statements that send on them, are `store::notify`'s.
+//! The channels, and the statements that send on them, are `store::notify`'s. The outbox
+//! trigger notifies only while a router says it waits (`router` keeps that flag).
 
 use std::sync::Arc;
 use std::time::Duration;

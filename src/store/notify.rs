@@ -1,11 +1,13 @@
 //! The NOTIFY channels that wake daemons, the statements that send on them, and the one
-//! that listens. The
-//! outbox trigger (migration 0001) sends on [`OUTBOX_CHANNEL`] too; the daemon's
-//! listener (`daemon::wakeup`) LISTENs on both.
+//! that listens. The outbox trigger (migrations 0001 and 0006) sends on [`OUTBOX_CHANNEL`]
+//! too, but only while a router waits for it: the router says so with
+//! [`router_may_sleep`] and takes it back with [`router_busy`], so producers pay for a
+//! NOTIFY (a global lock at their commit) only when one is needed. The daemon's listener
+//! (`daemon::wakeup`) LISTENs on both channels.
 
 use deadpool_postgres::GenericClient;
 
-/// Sent by the outbox trigger on every insert, and when events are marked for routing again.
+/// Sent by the outbox trigger on an insert while a router waits, and when events are marked for routing again.
 pub const OUTBOX_CHANNEL: &str = "dispatcher_outbox";
 /// Sent when deliveries become due: routed, resent by support.
 pub const DELIVERIES_CHANNEL: &str = "dispatcher_deliveries";
@@ -18,6 +20,30 @@ pub async fn notify_deliveries(client: &impl GenericClient) -> Result<(), tokio_
 /// Tells every daemon that outbox events wait to be routed.
 pub async fn notify_outbox(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     notify(client, OUTBOX_CHANNEL).await
+}
+
+/// Held shared by every producer from the moment its outbox trigger reads the router's
+/// flag until its transaction ends; tried exclusively by [`router_may_sleep`]. The
+/// migration 0006 writes it out in decimal.
+pub const WAKEUP_LOCK: i64 = 0x6865_6c70_7761_6b65; // "helpwake"
+
+/// The router found nothing to route: marks it waiting, so producers notify from now on,
+/// then checks that no producer that read "busy" is still committing. True: every such
+/// commit is visible now; look at the outbox once more, and if it is empty, sleep until a
+/// NOTIFY. False: a producer is mid-commit; look again shortly instead.
+pub async fn router_may_sleep(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT dispatcher.router_may_sleep()", &[])
+        .await?
+        .get(0))
+}
+
+/// The router has work and looks again by itself: producers stop notifying.
+pub async fn router_busy(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("SELECT setval('dispatcher.router_waiting', 0)", &[])
+        .await
+        .map(drop)
 }
 
 async fn notify(client: &impl GenericClient, channel: &str) -> Result<(), tokio_postgres::Error> {
@@ -35,4 +61,15 @@ pub async fn listen(client: &tokio_postgres::Client) -> Result<(), tokio_postgre
             "LISTEN {OUTBOX_CHANNEL}; LISTEN {DELIVERIES_CHANNEL};"
         ))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WAKEUP_LOCK;
+
+    #[test]
+    fn the_migration_uses_the_wakeup_lock() {
+        let migration = include_str!("../../migrations/0006_outbox_wakeup.sql");
+        assert_eq!(migration.matches(&WAKEUP_LOCK.to_string()).count(), 2);
+    }
 }

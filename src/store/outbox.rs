@@ -10,20 +10,28 @@ use crate::store::{notify, queue};
 /// across daemons. Routing is one short transaction per batch, so this costs little.
 const ROUTING_LOCK: i64 = 0x6865_6c70_726f_7574; // "helprout"
 
-/// Fans out up to `limit` unrouted events into deliveries. Returns how many events were
-/// routed (0 when another daemon holds the routing lock).
+/// What one call of [`route_new_events`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// This many events were fanned out; 0 when none was waiting.
+    Events(usize),
+    /// Another daemon holds the routing lock: it routes them.
+    ByAnotherDaemon,
+}
+
+/// Fans out up to `limit` unrouted events into deliveries.
 pub async fn route_new_events(
     client: &mut deadpool_postgres::Client,
     config: &Config,
     limit: usize,
-) -> Result<usize, tokio_postgres::Error> {
+) -> Result<Routed, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
     let locked: bool = transaction
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROUTING_LOCK])
         .await?
         .get(0);
     if !locked {
-        return Ok(0);
+        return Ok(Routed::ByAnotherDaemon);
     }
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = transaction
@@ -42,7 +50,7 @@ pub async fn route_new_events(
         )
         .await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Routed::Events(0));
     }
     let mut event_ids = Vec::with_capacity(rows.len());
     let mut planned = Vec::with_capacity(rows.len());
@@ -66,7 +74,7 @@ pub async fn route_new_events(
         .await?;
     notify::notify_deliveries(&transaction).await?;
     transaction.commit().await?;
-    Ok(rows.len())
+    Ok(Routed::Events(rows.len()))
 }
 
 /// Marks events for routing again, e.g. after a partner for their program was added.

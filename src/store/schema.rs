@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         5,
         include_str!("../../migrations/0005_outbox_traceparent.sql"),
     ),
+    (6, include_str!("../../migrations/0006_outbox_wakeup.sql")),
     (
         7,
         include_str!("../../migrations/0007_claim_by_partner.sql"),

@@ -76,6 +76,16 @@ impl TestDb {
         self.client = client;
     }
 
+    /// Another connection to the test database, e.g. for a producer's own transaction
+    /// held open beside the test's.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
+
     /// What the enrollment flow does: one plain INSERT.
     pub async fn insert_event(&self, event_name: &str, event: &Value) -> i64 {
         self.client

@@ -179,3 +179,27 @@ impl TestDb {
         self.wait_for_count(EVENT_COUNT, expected).await
     }
 }
+
+/// The outbox's wake-up flag (migration 0006), as the router and the producers see it.
+impl TestDb {
+    /// Whether the flag says a router waits for a NOTIFY.
+    pub async fn router_waiting(&self) -> bool {
+        self.count("SELECT last_value FROM dispatcher.router_waiting")
+            .await
+            == 1
+    }
+
+    /// What a busy router does: producers stop notifying.
+    pub async fn mark_router_busy(&self) {
+        self.client
+            .execute("SELECT setval('dispatcher.router_waiting', 0)", &[])
+            .await
+            .expect("mark the router busy");
+    }
+
+    /// Polls until the flag says a router waits.
+    pub async fn wait_for_router_waiting(&self) {
+        self.wait_for_count("SELECT last_value FROM dispatcher.router_waiting", 1)
+            .await;
+    }
+}
