@@ -176,11 +176,17 @@ const CLAIM_DUE: &str = concat!(
 /// at every call (1.4 ms of a claim of 100 that runs in 3-5). PostgreSQL's own choice
 /// (`plan_cache_mode = auto`) kept planning it, misled by estimates of the per-partner
 /// LIMIT; the session's other statements keep that choice, so only the claim's
-/// transaction says so. A generic plan is made from the statistics of its moment, so the
-/// claim leaves it no choice that turns bad as the backlog grows: each lookup is forced
-/// per delivery (`OFFSET 0`) and the update finds its rows by primary key. An ANALYZE
-/// (the router's after a burst, autovacuum's) makes PostgreSQL plan it again.
-const GENERIC_PLAN: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+/// transaction says so.
+///
+/// A generic plan is made from the table as it is at that moment, and kept until an
+/// ANALYZE (the router's after a burst, autovacuum's) makes PostgreSQL plan again. Made
+/// while `deliveries` was nearly empty, it would read the table whole to find the rows to
+/// update, and go on doing so as the backlog grew. So the claim leaves its plan no choice
+/// that depends on the table's size: each lookup is forced per delivery (`OFFSET 0`), and
+/// no table is read by a sequential scan (every access has its index), which is what
+/// `tests/overload.rs` holds it to.
+const GENERIC_PLAN: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// Claims up to `limit` due deliveries for `lease`, and no more of a partner's than its
 /// `room` (a partner not listed takes any number).
