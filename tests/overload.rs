@@ -50,20 +50,32 @@ async fn claim_plan(client: &mut deadpool_postgres::Client, when: &str) -> Strin
     plan
 }
 
-/// The part of a claim's plan that chooses a partner's candidates: the `candidate`
-/// subquery and everything under it.
+/// The part of a claim's plan that reads a partner's due deliveries: its index scan on
+/// `deliveries_pending` by partner and everything under it. Fails unless a `Limit` stops
+/// it.
 fn candidates_plan(plan: &str) -> String {
     let indent = |line: &str| line.len() - line.trim_start().len();
-    let mut lines = plan.lines().skip_while(|line| {
-        !line
-            .trim_start()
-            .starts_with("->  Subquery Scan on candidate")
-    });
-    let Some(head) = lines.next() else {
-        panic!("no candidate subquery in the claim's plan:\n{plan}")
+    let lines: Vec<&str> = plan.lines().collect();
+    let Some(at) = lines.iter().enumerate().position(|(i, line)| {
+        line.contains("Index Scan using deliveries_pending on deliveries")
+            && lines
+                .get(i + 1)
+                .is_some_and(|next| next.contains("Index Cond: ((partner ="))
+    }) else {
+        panic!("no read of a partner's due deliveries in the claim's plan:\n{plan}")
     };
-    lines
-        .take_while(|line| indent(line) > indent(head))
+    assert!(
+        at > 0 && lines[at - 1].trim_start().starts_with("->  Limit"),
+        "a partner's due deliveries are read without a limit:\n{plan}"
+    );
+    let head = lines[at];
+    std::iter::once(head)
+        .chain(
+            lines[at + 1..]
+                .iter()
+                .copied()
+                .take_while(|line| indent(line) > indent(head)),
+        )
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -113,13 +125,7 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
         .retry_delays(Duration::from_millis(100), Duration::from_secs(1));
     let db = TestDb::migrated(&config).await;
     let daemon = Daemon::start(&config, &db);
-    // The daemon's own way to the database, for its claim's SQL.
-    let loaded = Config::parse(&config.text(&db), "overload", None, |_| None).expect("config");
-    let mut client = db::pool(&loaded.database)
-        .expect("pool")
-        .get()
-        .await
-        .expect("a pooled connection");
+    let mut client = daemon_connection(&config, &db).await;
 
     // What a burst of enrollments would leave: one statement, `backlog` realistic events.
     let started = Instant::now();
@@ -151,8 +157,8 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
         &format!("with {pending} deliveries unfinished"),
     )
     .await;
-    // Only the choice of each partner's candidates reads the backlog; what it feeds (the
-    // earliest of at most 100 candidates per partner) may sort.
+    // Only the read of each partner's due deliveries walks the backlog, stopped by its
+    // limit; what it feeds (the earliest of at most 100 per partner) may sort.
     let choice = candidates_plan(&plan);
     for reads_everything in ["Sort", "Hash"] {
         assert!(
@@ -216,61 +222,81 @@ async fn delivery_entries_read(db: &TestDb) -> i64 {
     .await
 }
 
+/// Due deliveries as the router would have left them, `count` for each partner, each
+/// partner's due `overdue` ago, then ANALYZE. Events are the contract's enrollment, one
+/// patient each.
+async fn seed_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
+    for (partner, count, overdue) in backlogs {
+        db.client
+            .execute(
+                "WITH events AS (
+                     INSERT INTO dispatcher.outbox (event_name, event, routed_at)
+                     SELECT $1, jsonb_set($2::jsonb, '{patient,id}',
+                                          to_jsonb($3 || '-' || g)), now()
+                     FROM generate_series(1, $4::int8) AS g
+                     RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
+                 )
+                 INSERT INTO dispatcher.deliveries
+                     (id, event_id, partner, event_name, patient_id, state, due_at)
+                 SELECT gen_random_uuid(), id, $3, event_name, patient_id, 'pending',
+                        now() - make_interval(secs => $5)
+                 FROM events",
+                &[
+                    &ENROLLMENT,
+                    &enrollment_event("template"),
+                    partner,
+                    count,
+                    &overdue.as_secs_f64(),
+                ],
+            )
+            .await
+            .expect("seed due deliveries");
+    }
+    db.client
+        .batch_execute("ANALYZE dispatcher.deliveries")
+        .await
+        .expect("analyze");
+}
+
+/// A pooled connection of the daemon's own kind (its session settings and statement
+/// cache), for its claim's SQL.
+async fn daemon_connection(config: &TestConfig, db: &TestDb) -> deadpool_postgres::Client {
+    let loaded = Config::parse(&config.text(db), "overload", None, |_| None).expect("config");
+    db::pool(&loaded.database)
+        .expect("pool")
+        .get()
+        .await
+        .expect("a pooled connection")
+}
+
+fn room(partners: &[(&str, usize)]) -> Vec<PartnerRoom> {
+    partners
+        .iter()
+        .map(|(partner, free)| PartnerRoom {
+            partner: partner.to_string(),
+            free: *free,
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partner_held_with_a_long_backlog_is_not_walked_by_the_claims_for_the_others() {
     // "held"'s circuit opened an hour ago: its deliveries have been due since, before
     // anything the healthy partner has.
     const HELD_BACKLOG: i64 = 20_000;
-    const HEALTHY: i64 = 100;
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    db.client
-        .execute(
-            "INSERT INTO dispatcher.outbox (event_name, event, routed_at)
-             SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('held-' || g)), now()
-             FROM generate_series(1, $3::int8 + $4::int8) AS g",
-            &[
-                &ENROLLMENT,
-                &enrollment_event("template"),
-                &HELD_BACKLOG,
-                &HEALTHY,
-            ],
-        )
-        .await
-        .expect("insert the events");
-    db.client
-        .execute(
-            "INSERT INTO dispatcher.deliveries
-                 (id, event_id, partner, event_name, patient_id, state, due_at)
-             SELECT gen_random_uuid(), id, CASE WHEN id <= $1 THEN 'held' ELSE 'acme' END,
-                    event_name, event -> 'patient' ->> 'id', 'pending',
-                    CASE WHEN id <= $1 THEN now() - interval '1 hour' ELSE now() END
-             FROM dispatcher.outbox",
-            &[&HELD_BACKLOG],
-        )
-        .await
-        .expect("route them, as the router would have");
-    db.client
-        .batch_execute("ANALYZE dispatcher.deliveries")
-        .await
-        .expect("analyze");
-    let loaded = Config::parse(&config.text(&db), "overload", None, |_| None).expect("config");
-    let mut client = db::pool(&loaded.database)
-        .expect("pool")
-        .get()
-        .await
-        .expect("a pooled connection");
-    let room = [
-        PartnerRoom {
-            partner: "held".to_string(),
-            free: 0,
-        },
-        PartnerRoom {
-            partner: "acme".to_string(),
-            free: 100,
-        },
-    ];
+    seed_due_deliveries(
+        &db,
+        &[
+            ("held", HELD_BACKLOG, Duration::from_secs(3600)),
+            ("acme", 100, Duration::ZERO),
+        ],
+    )
+    .await;
+    let mut client = daemon_connection(&config, &db).await;
+    let room = room(&[("held", 0), ("acme", 100)]);
 
     let before = delivery_entries_read(&db).await;
     let mut transaction = client.transaction().await.expect("begin");
@@ -294,5 +320,52 @@ async fn a_partner_held_with_a_long_backlog_is_not_walked_by_the_claims_for_the_
         read < HELD_BACKLOG / 10,
         "a claim of 100 read {read} rows and index entries of the deliveries: it walked \
          the held partner's backlog of {HELD_BACKLOG}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_locks_only_the_deliveries_it_takes() {
+    // Three partners with work due and room for a whole batch each: one claim of 100
+    // takes the earliest 100 of the 300, and the 200 others stay free for the next claim
+    // (or another daemon's) while this one is still open.
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    seed_due_deliveries(
+        &db,
+        &[
+            ("acme", 100, Duration::from_secs(30)),
+            ("globex", 100, Duration::from_secs(20)),
+            ("initech", 100, Duration::from_secs(10)),
+        ],
+    )
+    .await;
+    let mut client = daemon_connection(&config, &db).await;
+    let room = room(&[("acme", 100), ("globex", 100), ("initech", 100)]);
+
+    let mut transaction = client.transaction().await.expect("begin");
+    let claim = queue::claim_due(&mut transaction, 100, Duration::from_secs(60), &room)
+        .await
+        .expect("claim");
+    // While the claim's transaction is open: what another daemon could still take.
+    let free = db
+        .count(
+            "SELECT count(*) FROM (
+                 SELECT 1 FROM dispatcher.deliveries WHERE state = 'pending'
+                 FOR UPDATE SKIP LOCKED) AS lockable",
+        )
+        .await;
+    transaction.rollback().await.expect("roll back");
+
+    assert_eq!(claim.deliveries.len(), 100);
+    assert!(
+        claim.deliveries.iter().all(|d| d.partner == "acme"),
+        "the earliest due are taken first"
+    );
+    assert_eq!(
+        free,
+        200,
+        "a claim of 100 held locks on {} deliveries it did not take",
+        200 - free
     );
 }

@@ -100,9 +100,11 @@ macro_rules! partners_waiting {
 ///
 /// Each partner's due deliveries are read on their own (`LATERAL`, on
 /// `deliveries_pending`), at most as many as it has room for, so a held partner's backlog
-/// is never walked; the earliest due across partners are then taken. The statement is
-/// prepared once per connection and runs on a generic plan: the final update finds its
-/// rows by primary key (`= ANY`), which no estimate can turn into a scan of the table.
+/// is never walked; the earliest due across partners are then locked and taken. Choosing
+/// before locking keeps the locks to the rows taken: locking inside each partner's read
+/// would lock every partner's share, and the rows left out would stay locked (and be
+/// skipped by other daemons) until the claim commits. The statement is prepared once per
+/// connection and runs on a generic plan (see [`GENERIC_PLAN`]).
 const CLAIM_DUE: &str = concat!(
     "WITH RECURSIVE ",
     partners_waiting!(),
@@ -111,25 +113,23 @@ const CLAIM_DUE: &str = concat!(
          -- A partner no longer configured is claimed from too, to be postponed.
          SELECT waiting.partner, least(COALESCE(configured.free, $1), $1) AS free
          FROM waiting
-         LEFT JOIN unnest($4::text[], $5::int8[]) AS configured(partner, free)
+         LEFT JOIN (SELECT DISTINCT ON (partner) partner, free
+                    FROM unnest($4::text[], $5::int8[]) AS listed(partner, free)
+                    ORDER BY partner, free) AS configured
                 ON configured.partner = waiting.partner
          WHERE waiting.partner IS NOT NULL
      ),
-     due AS (
-         SELECT candidate.*
+     -- Each partner's earliest due deliveries, as many as it has room for, then the
+     -- earliest of all of them: read, not locked, so a claim locks only what it takes.
+     -- Twice the limit, so that rows another daemon is claiming at this moment (locked,
+     -- skipped below) leave this claim enough to take. `OFFSET 0` keeps each lookup a
+     -- lookup per delivery, by index, however the table looked when the generic plan was
+     -- made (see GENERIC_PLAN).
+     candidate AS (
+         SELECT chosen.id, chosen.due_at
          FROM room CROSS JOIN LATERAL (
-             SELECT d.id, d.due_at, o.event, o.traceparent,
-                    (SELECT known.external_id FROM dispatcher.partner_patients known
-                     WHERE known.partner = d.partner AND known.patient_id = d.patient_id)
-                        AS external_id
-             -- `OFFSET 0` keeps each lookup below a lookup per delivery, by index, however
-             -- the table looked when the generic plan was made (see GENERIC_PLAN).
+             SELECT d.id, d.due_at
              FROM dispatcher.deliveries d
-             CROSS JOIN LATERAL (
-                 SELECT o.event::text AS event, o.traceparent
-                 FROM dispatcher.outbox o WHERE o.id = d.event_id
-                 OFFSET 0
-             ) AS o
              WHERE d.partner = room.partner
                AND d.state = 'pending'
                AND d.due_at <= now()
@@ -142,14 +142,37 @@ const CLAIM_DUE: &str = concat!(
                    OFFSET 0)
              ORDER BY d.due_at
              LIMIT room.free
-             FOR UPDATE OF d SKIP LOCKED
-         ) AS candidate
+         ) AS chosen
          WHERE room.free > 0
+         ORDER BY chosen.due_at
+         LIMIT 2 * $1
+     ),
+     -- Locked in due order, skipping what another daemon holds, up to the limit. A row
+     -- claimed and committed since this statement began is no longer pending, and the
+     -- lock's recheck leaves it out.
+     locked AS (
+         SELECT d.id, d.event_id, d.partner, d.patient_id
+         FROM candidate
+         JOIN dispatcher.deliveries d ON d.id = candidate.id
+         WHERE d.state = 'pending' AND d.due_at <= now()
          ORDER BY candidate.due_at
          LIMIT $1
+         FOR UPDATE OF d SKIP LOCKED
      ),
-     -- Candidates past the limit stay pending (locked only until this statement ends).
-     -- One whose body is gone is ended, not sent.
+     due AS (
+         SELECT locked.id, o.event, o.traceparent,
+                (SELECT known.external_id FROM dispatcher.partner_patients known
+                 WHERE known.partner = locked.partner AND known.patient_id = locked.patient_id)
+                    AS external_id
+         FROM locked
+         CROSS JOIN LATERAL (
+             SELECT o.event::text AS event, o.traceparent
+             FROM dispatcher.outbox o WHERE o.id = locked.event_id
+             OFFSET 0
+         ) AS o
+     ),
+     -- One whose body is gone is ended, not sent (it takes a place in the batch and in its
+     -- partner's room, and the next claim takes the event after it).
      picked AS (
          SELECT ARRAY(SELECT id FROM due) AS ids,
                 ARRAY(SELECT id FROM due WHERE event IS NULL) AS gone
@@ -382,29 +405,44 @@ fn wait_from_seconds(seconds: Option<f64>) -> Option<Duration> {
     seconds.map(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX))
 }
 
-/// The diagnostic for the claim's plan: the generic plan [`claim_due`] runs, one line per
-/// row of `EXPLAIN`, built from the very statement the claimer runs. It answers whether a
-/// claim walks an index or the whole backlog (tests/overload.rs pins that; an operator
-/// can ask the same of a live database). Public for that question only: nothing in the
-/// daemon calls it.
+/// The diagnostic for the claim's plan: the generic plan [`claim_due`] would make now,
+/// with the same settings, one line per row of `EXPLAIN`, built from the very statement
+/// the claimer runs. (A connection keeps the plan it made at its first claim until an
+/// ANALYZE; the settings leave that plan no other shape.) It answers whether a claim walks
+/// an index or the whole backlog (tests/overload.rs pins that; an operator can ask the
+/// same of a live database). Public for that question only: nothing in the daemon calls
+/// it.
 pub async fn explain_claim_due(
     client: &mut impl GenericClient,
     limit: usize,
     lease: Duration,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
+    const NAME: &str = "dispatcher_claim_plan";
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // A prepared statement outlives its transaction: one left by an explain that was
+    // interrupted on this connection is removed first.
+    let left = client
+        .query_opt(
+            "SELECT 1 FROM pg_prepared_statements WHERE name = $1",
+            &[&NAME],
+        )
+        .await?;
+    if left.is_some() {
+        client.batch_execute(&format!("DEALLOCATE {NAME}")).await?;
+    }
     let explained = {
         let transaction = client.transaction().await?;
         transaction.batch_execute(GENERIC_PLAN).await?;
         transaction
             .batch_execute(&format!(
-                "PREPARE dispatcher_claim_plan(int8, float8, uuid, text[], int8[], text) AS {CLAIM_DUE}"
+                "PREPARE {NAME}(int8, float8, uuid, text[], int8[], text) AS {CLAIM_DUE}"
             ))
             .await?;
         // Typed numbers, formatted: no text of anyone's reaches the statement.
         transaction
             .query(
                 &format!(
-                    "EXPLAIN EXECUTE dispatcher_claim_plan({limit}, {lease}, NULL, '{{}}', '{{}}', '')",
+                    "EXPLAIN EXECUTE {NAME}({limit}, {lease}, NULL, '{{}}', '{{}}', '')",
                     lease = lease.as_secs_f64()
                 ),
                 &[],
@@ -412,11 +450,10 @@ pub async fn explain_claim_due(
             .await
         // Rolled back: nothing was changed.
     };
-    // A prepared statement outlives its transaction, whatever EXPLAIN did.
-    client
-        .batch_execute("DEALLOCATE dispatcher_claim_plan")
-        .await?;
-    Ok(explained?.iter().map(|row| row.get(0)).collect())
+    let deallocated = client.batch_execute(&format!("DEALLOCATE {NAME}")).await;
+    let explained = explained?;
+    deallocated?;
+    Ok(explained.iter().map(|row| row.get(0)).collect())
 }
 
 /// Brings PostgreSQL's statistics of the deliveries up to date. A burst of events outruns
@@ -466,8 +503,8 @@ pub struct PartnerQueue {
     pub oldest_due_seconds: f64,
 }
 
-/// Every partner's queue in one grouped scan of the unfinished deliveries (the same
-/// partial index the claim uses), so reading it at each scrape costs little.
+/// Every partner's queue in one grouped scan of the unfinished deliveries (the partial
+/// index `deliveries_unfinished_by_patient`), so reading it at each scrape costs little.
 pub async fn queue_by_partner(
     client: &impl GenericClient,
 ) -> Result<Vec<PartnerQueue>, tokio_postgres::Error> {
