@@ -27,6 +27,19 @@ async fn wait_until_asleep(daemon: &Daemon) {
     daemon.wait_for_log("waiting for new events", 2).await;
 }
 
+/// A partner, a database, and one daemon polling hourly whose router sleeps on NOTIFY:
+/// where each scenario below starts. The partner and the configuration are returned to
+/// be kept: the partner listens while it lives, and the daemon's files (its log among
+/// them) live in the configuration's directory.
+async fn a_daemon_asleep() -> (TestPartner, TestConfig, TestDb, Daemon) {
+    let partner = TestPartner::accepting("acme").await;
+    let config = config_polling_hourly(&partner);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    wait_until_asleep(&daemon).await;
+    (partner, config, db, daemon)
+}
+
 async fn wait_until_delivered(db: &TestDb, event_id: i64) {
     db.wait_for_deliveries(
         &Deliveries::all().of_event(event_id).in_state("delivered"),
@@ -59,11 +72,7 @@ async fn an_event_committed_while_the_daemon_sleeps_wakes_it() {
 /// (SET CONSTRAINTS ALL IMMEDIATE), so the read and the commit are far apart.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_producer_that_saw_the_router_busy_and_commits_after_it_went_idle_is_delivered() {
-    let partner = TestPartner::accepting("acme").await;
-    let config = config_polling_hourly(&partner);
-    let db = TestDb::migrated(&config).await;
-    let daemon = Daemon::start(&config, &db);
-    wait_until_asleep(&daemon).await;
+    let (_partner, _config, db, _daemon) = a_daemon_asleep().await;
 
     // As a busy router would: producers stop notifying.
     db.mark_router_busy().await;
@@ -99,11 +108,7 @@ async fn a_producer_that_saw_the_router_busy_and_commits_after_it_went_idle_is_d
 /// router's going to sleep still reads "waiting" at its commit, and notifies.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeatable_read_producer_with_an_older_snapshot_wakes_the_router() {
-    let partner = TestPartner::accepting("acme").await;
-    let config = config_polling_hourly(&partner);
-    let db = TestDb::migrated(&config).await;
-    let daemon = Daemon::start(&config, &db);
-    wait_until_asleep(&daemon).await;
+    let (_partner, _config, db, daemon) = a_daemon_asleep().await;
 
     // As a busy router would: producers stop notifying.
     db.mark_router_busy().await;
@@ -196,11 +201,7 @@ async fn two_daemons_strand_no_event() {
 /// insert into the outbox must still commit (it reads the flag, which everyone may).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_producer_that_may_only_insert_can_commit_and_wakes_the_router() {
-    let partner = TestPartner::accepting("acme").await;
-    let config = config_polling_hourly(&partner);
-    let db = TestDb::migrated(&config).await;
-    let daemon = Daemon::start(&config, &db);
-    wait_until_asleep(&daemon).await;
+    let (_partner, _config, db, _daemon) = a_daemon_asleep().await;
     let role = format!("enrollment_{}", uuid::Uuid::new_v4().simple());
     db.client
         .batch_execute(&format!(
