@@ -10,14 +10,14 @@
 //! Also the `baseline` scenario, which runs the dispatcher, these workers and the
 //! queue-only loop (`queue_only`) on the same backlog.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::database::{self, Patients, ENROLLMENT};
+use crate::database::{self, ENROLLMENT};
 use crate::queue_only::QueueOnly;
 use crate::report::{Metric, Target};
-use crate::scenarios::{wal_per_delivery, Arrivals, Bench, CpuUsed, CpuWindow, Setup, Until};
+use crate::scenarios::{wal_per_delivery, Arrivals, Bench, CpuUsed, CpuWindow, Until};
 
 /// What the workers did.
 pub struct BaselineRun {
@@ -136,7 +136,9 @@ impl Bench {
         let events = self.sizes.baseline_events;
         let mut metrics = Vec::new();
 
-        let setup = self.pre_routed("baseline-dispatcher", events).await?;
+        let setup = self
+            .pre_routed("baseline-dispatcher", events, "baseline-")
+            .await?;
         let outcome = self
             .run_dispatcher(&setup, 1, Arrivals::Nginx, Until::all(events), None)
             .await?;
@@ -144,7 +146,9 @@ impl Bench {
         let dispatcher_rate = outcome.per_second();
         metrics.extend(outcome.metrics("dispatcher"));
 
-        let setup = self.pre_routed("baseline-workers", events).await?;
+        let setup = self
+            .pre_routed("baseline-workers", events, "baseline-")
+            .await?;
         let workers = Baseline::connect(&setup.db.url, self.sizes.baseline_workers).await?;
         let wal_start = self.cluster.wal_bytes().await?;
         let window = CpuWindow::open(self, &[setup.db.backend]);
@@ -174,7 +178,9 @@ impl Bench {
             self.sizes.baseline_workers as f64,
         ));
 
-        let setup = self.pre_routed("baseline-queue-only", events).await?;
+        let setup = self
+            .pre_routed("baseline-queue-only", events, "baseline-")
+            .await?;
         let queue = QueueOnly::connect(&setup.db.url).await?;
         let wal_start = self.cluster.wal_bytes().await?;
         let window = CpuWindow::open(self, &[setup.db.backend]);
@@ -217,22 +223,6 @@ impl Bench {
             dispatcher_rate / queue_rate,
         ));
         Ok(metrics)
-    }
-
-    /// A fresh database holding `events` pending deliveries to the fast partner, already
-    /// routed, vacuumed and analyzed.
-    async fn pre_routed(&self, label: &str, events: u64) -> Result<Setup> {
-        let setup = self.setup(label, &[self.fast_partner()], "").await?;
-        setup
-            .db
-            .seed_events(events, Patients::Distinct, "baseline-", true)
-            .await?;
-        setup
-            .db
-            .seed_pending_deliveries("fast", Duration::ZERO)
-            .await?;
-        setup.db.settle().await?;
-        Ok(setup)
     }
 }
 

@@ -417,6 +417,27 @@ impl Bench {
         })
     }
 
+    /// A fresh database holding `events` pending deliveries to the fast partner, already
+    /// routed (patients `<patients><n>`, one event each), vacuumed and analyzed.
+    pub(crate) async fn pre_routed(
+        &self,
+        label: &str,
+        events: u64,
+        patients: &str,
+    ) -> Result<Setup> {
+        let setup = self.setup(label, &[self.fast_partner()], "").await?;
+        setup
+            .db
+            .seed_events(events, Patients::Distinct, patients, true)
+            .await?;
+        setup
+            .db
+            .seed_pending_deliveries("fast", Duration::ZERO)
+            .await?;
+        setup.db.settle().await?;
+        Ok(setup)
+    }
+
     pub(crate) fn start_daemon(
         &self,
         setup: &Setup,
@@ -734,17 +755,8 @@ impl Bench {
             ("large", self.sizes.deep_large),
         ] {
             let setup = self
-                .setup(&format!("deep-{label}"), &[self.fast_partner()], "")
+                .pre_routed(&format!("deep-{label}"), backlog, "deep-")
                 .await?;
-            setup
-                .db
-                .seed_events(backlog, Patients::Distinct, "deep-", true)
-                .await?;
-            setup
-                .db
-                .seed_pending_deliveries("fast", Duration::ZERO)
-                .await?;
-            setup.db.settle().await?;
             let outcome = self
                 .run_dispatcher(&setup, 1, Arrivals::Nginx, Until::Delivered(window), None)
                 .await?;
