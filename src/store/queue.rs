@@ -207,7 +207,7 @@ const CLAIM_DUE: &str = concat!(
 /// update, and go on doing so as the backlog grew. So the claim leaves its plan no choice
 /// that depends on the table's size: each lookup is forced per delivery (`OFFSET 0`), and
 /// no table is read by a sequential scan (every access has its index), which is what
-/// `tests/overload.rs` holds it to.
+/// `tests/it/overload.rs` holds it to.
 const GENERIC_PLAN: &str =
     "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
@@ -409,7 +409,7 @@ fn wait_from_seconds(seconds: Option<f64>) -> Option<Duration> {
 /// with the same settings, one line per row of `EXPLAIN`, built from the very statement
 /// the claimer runs. (A connection keeps the plan it made at its first claim until an
 /// ANALYZE; the settings leave that plan no other shape.) It answers whether a claim walks
-/// an index or the whole backlog (tests/overload.rs pins that; an operator can ask the
+/// an index or the whole backlog (tests/it/overload.rs pins that; an operator can ask the
 /// same of a live database). Public for that question only: nothing in the daemon calls
 /// it.
 pub async fn explain_claim_due(

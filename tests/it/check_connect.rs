@@ -3,12 +3,11 @@
 //! partner's CA and our client certificate, the OAuth token), no event is sent, and each
 //! failure is named in words ops can act on, with exit 1. Partners on 127.0.0.1.
 
-mod common;
 
 use std::path::Path;
 
-use common::tls::{server_config, TestCa};
-use common::*;
+use crate::support::tls::{server_config, TestCa};
+use crate::support::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use serde_json::json;
 use tokio_rustls::rustls;

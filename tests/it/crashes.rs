@@ -1,14 +1,13 @@
 //! Ops' view of the daemon's life: crashes, restarts, graceful stops and several daemons
 //! on one database. Nothing may be lost, and nothing confirmed may be sent twice.
 
-mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 
 async fn all_delivery_ids(db: &TestDb) -> Vec<String> {

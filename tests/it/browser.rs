@@ -7,7 +7,6 @@
 //! `SUPPORT_PAGE_SCREENSHOTS=docs` to keep the screenshots of the overview and of a
 //! delivery (`support-page-overview.png`, `support-page-delivery.png`) the README shows.
 
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -16,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 

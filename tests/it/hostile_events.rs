@@ -8,12 +8,11 @@
 //! through PostgreSQL (jsonb, then `event::text`, as the claim reads them) and through a
 //! running daemon.
 
-mod common;
 
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
-use common::*;
+use crate::support::*;
 use dispatcher::contract::payload::{Event, EventKind};
 use proptest::prelude::*;
 use proptest::sample::Index;

@@ -1,11 +1,10 @@
 //! A partner's TLS as the dispatcher meets it: a private CA trusted through `ca_bundle`,
 //! and client certificates (mTLS) through `client_cert` + `client_key`.
 
-mod common;
 
 use chrono::Utc;
-use common::tls::{server_config, TestCa};
-use common::*;
+use crate::support::tls::{server_config, TestCa};
+use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::http::client::{Answer, Sender};
 use dispatcher::http::error::TransportError;

@@ -1,11 +1,10 @@
 //! A partner's view of the dispatcher: what arrives, in what shape, how often, in what order.
 
-mod common;
 
 use std::time::Duration;
 
 use base64::Engine;
-use common::*;
+use crate::support::*;
 use hmac::Mac;
 use serde_json::{json, Value};
 

@@ -7,13 +7,12 @@
 //! These tests assert the mechanism; how close the healthy partner's throughput stays to
 //! its throughput alone is a speed figure, measured by the benchmark.
 
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 
 /// An enrollment of `patient` in [`OTHER_PROGRAM`], whose events go to the misbehaving

@@ -3,11 +3,10 @@
 //! here polls once an hour, so an event is delivered within a test only if a wake-up or
 //! the router's own looking brings it.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 
 const INSERT: &str =

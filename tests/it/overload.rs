@@ -8,13 +8,12 @@
 //! 1,000,000 (run by hand: it takes many minutes). Both print what they measured (see
 //! `--nocapture`).
 
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::store::db;
 use dispatcher::store::queue::{self, PartnerRoom};

@@ -3,13 +3,12 @@
 //! runs from the enrollment flow's transaction to the partner's answer; spans carry ids,
 //! never a body; without `[telemetry]` nothing is exported and no trace header is sent.
 
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 
 const FIRST_NAME: &str = "Zqxtracefirstname";

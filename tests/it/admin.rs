@@ -2,12 +2,11 @@
 //! pages, resend and cancel, bulk resend), its OpenAPI document, the token, and the
 //! support page's HTML.
 
-mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "support-token-for-the-admin-tests";

@@ -2,13 +2,12 @@
 //! credentials, or an OAuth access token from the partner's token endpoint, fetched once
 //! for many requests and renewed once when the partner stops accepting it.
 
-mod common;
 
 use std::time::Duration;
 
 use base64::Engine;
 use chrono::Utc;
-use common::*;
+use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::http::client::{Answer, Sender};
 use dispatcher::http::error::TransportError;

@@ -4,14 +4,13 @@
 //! exports on /metrics, so renaming a metric breaks this test rather than, silently, an
 //! alert. (scripts/check-deploy runs the rules and the queries through promtool.)
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 
 fn deploy_file(path: &str) -> PathBuf {

@@ -1,12 +1,11 @@
 //! What ops see on `/metrics`: known traffic driven through the real dispatcher, in
 //! process, and the exact counts it must produce. (The admin server serves this text.)
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use dispatcher::config::live::LiveConfig;
 use dispatcher::config::Config;
 use dispatcher::daemon::Dispatcher;

@@ -5,7 +5,6 @@
 //! partners, `config` the file the daemon reads, `daemon` the binary, `admin` its admin
 //! server; `cluster`, `tls` and `raw` serve the tests of outages, certificates and
 //! hostile answers. This file holds the contract's constants and example events.
-#![allow(dead_code)]
 
 mod admin;
 pub mod cluster;
@@ -21,20 +20,13 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-// Each test binary uses a part of the bench.
-#[allow(unused_imports)]
 pub use admin::AdminClient;
-#[allow(unused_imports)]
 pub use config::{
     partner_config, Admin, Database, Dispatch, PartnerSettings, Retention, Retry, TestConfig,
 };
-#[allow(unused_imports)]
 pub use daemon::{dispatcher, finish, Daemon, Output};
-#[allow(unused_imports)]
 pub use db::TestDb;
-#[allow(unused_imports)]
 pub use partner::{per_webhook_id, Received, Reply, TestPartner};
-#[allow(unused_imports)]
 pub use queries::Deliveries;
 
 pub const PROGRAM: &str = "78ef982b-00ea-39c2-a875-f549c40e92ad";

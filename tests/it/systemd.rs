@@ -2,12 +2,11 @@
 //! test plays systemd's side of the protocol, a Unix datagram socket named by
 //! `NOTIFY_SOCKET`, and checks what the daemon says on it and when.
 
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 use tokio::net::UnixDatagram;
 

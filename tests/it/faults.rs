@@ -4,15 +4,14 @@
 //!
 //! Tests that stop the database run a PostgreSQL cluster of their own ([`Cluster`]).
 
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::Cluster;
-use common::*;
+use crate::support::cluster::Cluster;
+use crate::support::*;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 

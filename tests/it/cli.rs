@@ -1,14 +1,13 @@
 //! Support's and ops' view: the `dispatcher deliveries …` commands, and how the program
 //! refuses a database or a config it cannot work with.
 
-mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::{json, Value};
 
 /// `dispatcher --config PATH ARGS…`, run to its end.

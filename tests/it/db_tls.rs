@@ -2,14 +2,13 @@
 //! PostgreSQL cluster of the test's own with `ssl = on`, whose `pg_hba.conf` turns away
 //! every plain-text TCP connection, and a certificate from the database team's private CA.
 
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::Cluster;
-use common::tls::TestCa;
-use common::*;
+use crate::support::cluster::Cluster;
+use crate::support::tls::TestCa;
+use crate::support::*;
 
 /// A cluster that only takes TLS, its CA's certificate in `ca.pem` beside the configs, and
 /// a fresh database on it (which the test itself reaches over the unix socket).

@@ -1,8 +1,7 @@
 //! Ops' view of a running daemon: changing its configuration with SIGHUP, reading its logs.
 
-mod common;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 

@@ -7,12 +7,11 @@
 //! The hostile partner writes its bytes by hand ([`RawPartner`]); every event goes both to
 //! it and to a well-behaved partner.
 
-mod common;
 
 use std::time::Duration;
 
-use common::raw::{RawAnswer, RawPartner};
-use common::*;
+use crate::support::raw::{RawAnswer, RawPartner};
+use crate::support::*;
 use serde_json::Value;
 
 /// The daemon needs a few tens of MiB; a 2 GB answer held in memory, or headers

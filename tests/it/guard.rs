@@ -2,7 +2,6 @@
 //! patient data goes only to globally routable addresses, checked on the addresses DNS
 //! returned when connecting.
 
-mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::tls::{server_config, TestCa};
-use common::*;
+use crate::support::tls::{server_config, TestCa};
+use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::http::client::{Answer, Sender};
 use dispatcher::http::error::TransportError;

@@ -2,12 +2,11 @@
 //! deliveries ended, the records themselves go after `metadata_days`, and support sees
 //! what was erased and when.
 
-mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::store::support::{resend, Selection as DeliveryFilter};
 use dispatcher::store::{db, retention};

@@ -2,12 +2,11 @@
 //! every outcome a delivery can have and every support command, prints no name, phone
 //! number, birth date, address, insurance number or secret of the events it carried.
 
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::{json, Value};
 
 const FIRST_NAME: &str = "Zqxwvfirstname";
