@@ -21,9 +21,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 pub use admin::AdminClient;
-pub use config::{
-    partner_config, Admin, Database, Dispatch, PartnerSettings, Retention, Retry, TestConfig,
-};
+pub use config::{partner_config, Dispatch, Retention, TestConfig};
 pub use daemon::{dispatcher, finish, Daemon, Output};
 pub use db::TestDb;
 pub use partner::{per_webhook_id, Received, Reply, TestPartner};

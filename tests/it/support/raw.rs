@@ -37,7 +37,6 @@ pub enum RawAnswer {
 /// One request the raw partner read in full.
 #[derive(Clone, Debug)]
 pub struct RawRequest {
-    pub request_line: String,
     pub webhook_id: String,
 }
 
@@ -183,7 +182,6 @@ async fn read_request(stream: &mut TcpStream) -> Option<RawRequest> {
         buffer.extend_from_slice(&chunk[..read]);
     }
     Some(RawRequest {
-        request_line: head.lines().next().unwrap_or_default().to_string(),
         webhook_id: header("webhook-id").unwrap_or_default(),
     })
 }
