@@ -1,8 +1,9 @@
 //! The HelpAround webhook dispatcher: delivers events from a PostgreSQL outbox to the
 //! partners of each support program, per the partner contract in `contract/`.
 //!
-//! The modules are layers, listed here from the bottom up; each imports only the ones
-//! above it in this list. ARCHITECTURE.md says what lives where and why.
+//! The modules are layers. ARCHITECTURE.md's code map lists them from the bottom up with
+//! the layers each may import (`tests/it/tidy.rs` holds the code to it), and says what
+//! lives where and why.
 
 pub mod admin;
 pub mod cli;

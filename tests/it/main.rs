@@ -32,5 +32,6 @@ mod phi_logs;
 mod retention;
 mod systemd;
 mod telemetry;
+mod tidy;
 mod tls;
 mod wakeup;
