@@ -8,7 +8,7 @@
 //! | `/` and below | support staff in a browser | login form, then a cookie |
 //!
 //! The API and the page also answer only to the host names the server is published
-//! under (see [`access::known_hosts_only`]). It runs inside the daemon on `[admin]
+//! under (see `access::known_hosts_only`). It runs inside the daemon on `[admin]
 //! listen`, over HTTPS when `[admin] tls_cert`/`tls_key` are set, and stops with it.
 
 mod access;

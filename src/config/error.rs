@@ -17,7 +17,7 @@ pub enum ConfigError {
     Syntax { path: String, message: String },
     #[error("config key `{key}`: {message}")]
     Key { key: String, message: String },
-    /// Every problem one run found (see [`Problems`]), each a `Key` error.
+    /// Every problem one run found (see `Problems`), each a `Key` error.
     #[error(fmt = list)]
     Many {
         path: String,

@@ -5,10 +5,10 @@
 //! hostile name (or one rebound after the config was checked) could make the dispatcher
 //! POST patient data into our own network: the cloud metadata service, a database, an
 //! admin interface. So the check is made on the addresses DNS actually returned, at
-//! connect time, inside the HTTP client's resolver ([`GuardedResolver`]): only addresses
+//! connect time, inside the HTTP client's resolver (`GuardedResolver`): only addresses
 //! that pass are handed to the connector, so the address checked is the address used.
 //! URLs whose host is a literal IP skip the resolver and are checked before sending
-//! ([`DestinationPolicy::check_url`]). Which addresses are not global is `http::address`'s
+//! (`DestinationPolicy::check_url`). Which addresses are not global is `http::address`'s
 //! classification.
 //!
 //! `allow_insecure = true` opens the guard for a partner (local testing);

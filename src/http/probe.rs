@@ -4,7 +4,7 @@
 //! not resolve, an address the destination guard refuses, a firewall, a private CA left
 //! out of `ca_bundle`, an expired certificate, a client certificate the partner does not
 //! accept, a token endpoint that refuses our client id. This probes each of a partner's
-//! URLs the way a delivery would reach it, with the partner's own [`PartnerClient`] (its
+//! URLs the way a delivery would reach it, with the partner's own `PartnerClient` (its
 //! guard, its TLS roots and client certificate, its timeouts), and words each failure
 //! the way ops can act on it ([`ProbeError`]).
 //!

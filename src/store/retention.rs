@@ -8,7 +8,7 @@
 //! of the same patient.
 //!
 //! Erasing leaves a mark (`event_erased_at`, `answers_erased_at`, `answer_erased_at`), so
-//! support sees "erased on <date>" instead of a gap. Every step runs in batches of
+//! support sees "erased on `<date>`" instead of a gap. Every step runs in batches of
 //! `batch_size` rows, one short transaction each (one statement, or two for the bodies),
 //! skipping rows other transactions hold, so dispatch never waits on pruning. Several
 //! daemons may prune at once.
