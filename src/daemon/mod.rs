@@ -1,6 +1,6 @@
 //! The daemon: the one place that spawns tasks. [`run`] wires what `dispatcher run`
 //! needs (signals, SIGHUP reload, the pool, the schema check, metrics, the admin server)
-//! and hands over to the [`Dispatcher`], which runs the loops that do the work, one room
+//! and hands over to the [`Dispatcher`], which runs the loops that do the work, one file
 //! each:
 //! - `router`: fans new outbox events out into deliveries;
 //! - `claimer`: claims due deliveries in batches and starts one `attempt` task each;
