@@ -12,11 +12,12 @@
 //! listen`, over HTTPS when `[admin] tls_cert`/`tls_key` are set, and stops with it.
 
 mod access;
-mod api;
+pub(crate) mod api;
 mod error;
 mod health;
 mod metrics;
-mod page;
+pub(crate) mod page;
+pub(crate) mod selection;
 mod state;
 mod tls;
 

@@ -1,17 +1,15 @@
 //! The service layer of the admin server: what the API and the support page both ask of
 //! the store (a page of deliveries either way, one delivery, each partner at a glance and
-//! over its last day, resend and cancel one), with the same checks and the same answers whichever of them asks, and
-//! the shapes both read a request into.
+//! over its last day, resend and cancel one), with the same checks and the same answers
+//! whichever of them asks, in plain data (the API says it in JSON in `api/wire.rs`), and
+//! the page position both read from a request (the selection is `selection.rs`'s).
 
 use std::sync::Arc;
 
-use axum::extract::{FromRef, FromRequestParts, Query};
-use axum::http::request::Parts;
-use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::extract::FromRef;
 use deadpool_postgres::Pool;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::access::Access;
@@ -53,34 +51,8 @@ pub(crate) struct Page {
     pub limit: Option<i64>,
 }
 
-/// A [`Selection`] read from a query string that carries other parameters beside it (a
-/// page, a notice). As a body a selection refuses an unknown field, so here its own
-/// parameters are picked out first, then read as `Query` reads them (same errors).
-pub(crate) struct QuerySelection(pub(crate) Selection);
-
-impl<S: Send + Sync> FromRequestParts<S> for QuerySelection {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
-        let query = parts.uri.query().unwrap_or_default();
-        let own = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(
-                url::form_urlencoded::parse(query.as_bytes())
-                    .filter(|(name, _)| Selection::FIELDS.contains(&name.as_ref())),
-            )
-            .finish();
-        // Re-encoded pairs always make a valid URI; refuse rather than widen if not.
-        let uri: Uri = format!("/?{own}")
-            .parse()
-            .map_err(|_| StatusCode::BAD_REQUEST.into_response())?;
-        Query::<Selection>::try_from_uri(&uri)
-            .map(|Query(selection)| QuerySelection(selection))
-            .map_err(IntoResponse::into_response)
-    }
-}
-
-/// Deliveries newest first, and where the pages beside it start.
-#[derive(Serialize, ToSchema)]
+/// Deliveries newest first, and where the pages beside it start (the API's
+/// `DeliveryPageOut` says it in JSON).
 pub(crate) struct DeliveryPage {
     pub deliveries: Vec<DeliverySummary>,
     /// Pass as `after` for the next (older) page; absent on the last page.
@@ -224,44 +196,5 @@ impl AdminState {
             Ok(None) => ApiError::NotFound(id),
             Err(error) => DatabaseUnavailable::logged(error).into(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn selection(query: &str) -> Result<Selection, String> {
-        let uri: axum::http::Uri = format!("/api/deliveries?{query}").parse().expect("uri");
-        let (mut parts, ()) = axum::http::Request::builder()
-            .uri(uri)
-            .body(())
-            .expect("request")
-            .into_parts();
-        let read = QuerySelection::from_request_parts(&mut parts, &());
-        match futures_util::FutureExt::now_or_never(read).expect("ready") {
-            Ok(QuerySelection(selection)) => Ok(selection),
-            Err(response) => Err(response.status().to_string()),
-        }
-    }
-
-    #[test]
-    fn a_query_selects_beside_the_page_and_a_body_refuses_a_stranger() {
-        let beside_the_page = selection("state=failed&partner=acme&after=x&limit=3&notice=resent")
-            .expect("a selection among other parameters");
-        assert_eq!(beside_the_page.state.as_deref(), Some("failed"));
-        assert_eq!(beside_the_page.partner.as_deref(), Some("acme"));
-        assert!(selection("since=yesterday").is_err(), "a time is RFC 3339");
-        let odd = selection("state=%zz&notice=%").expect("odd bytes are passed on as they are");
-        assert_eq!(odd.state.as_deref(), Some("%zz"));
-        let typo = serde_json::from_str::<Selection>(r#"{"partnr": "acme"}"#);
-        assert!(typo.is_err_and(|error| error.to_string().contains("unknown field `partnr`")));
-        let ids = serde_json::from_str::<Selection>(
-            r#"{"ids": ["00000000-0000-0000-0000-000000000000"]}"#,
-        );
-        assert!(
-            ids.is_err(),
-            "a bulk resend selects by what deliveries are, not by id"
-        );
     }
 }

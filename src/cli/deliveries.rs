@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use uuid::Uuid;
 
+use super::selection::SelectionFlags;
+use crate::admin::api::wire::{DeliveryDetailOut, DeliveryOut};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::store::circuits;
 use crate::store::support::{self, DeliveryDetail, DeliverySummary, Selection, SupportError};
@@ -16,7 +18,7 @@ pub enum DeliveriesCommand {
     /// List deliveries, newest first.
     List {
         #[command(flatten)]
-        selection: Selection,
+        selection: SelectionFlags,
         /// Continue after this delivery id (the last of the previous page).
         #[arg(long)]
         after: Option<Uuid>,
@@ -37,7 +39,7 @@ pub enum DeliveriesCommand {
     Retry {
         ids: Vec<Uuid>,
         #[command(flatten)]
-        selection: Selection,
+        selection: SelectionFlags,
     },
     /// Stop deliveries for good.
     Cancel {
@@ -58,9 +60,10 @@ pub async fn run(
             after,
             limit,
             json,
-        } => list(&*client, &selection, after, limit, json, out).await,
+        } => list(&*client, &selection.into(), after, limit, json, out).await,
         DeliveriesCommand::Show { id, json } => show(&*client, id, json, out).await,
         DeliveriesCommand::Retry { ids, selection } => {
+            let selection = Selection::from(selection);
             if ids.is_empty() && selection.names_nothing() {
                 bail!("name the deliveries to resend by id, or select them with --state, --partner, --event-name, --event-id, --patient, --since or --until");
             }
@@ -104,6 +107,7 @@ async fn list(
         .await
         .map_err(|error| failed(error, "listing deliveries"))?;
     if json {
+        let rows: Vec<DeliveryOut> = rows.into_iter().map(DeliveryOut::from).collect();
         serde_json::to_writer_pretty(&mut *out, &rows)?;
         writeln!(out)?;
         return Ok(());
@@ -186,7 +190,7 @@ async fn show(
         bail!("no delivery with id {id}");
     };
     if json {
-        serde_json::to_writer_pretty(&mut *out, &detail)?;
+        serde_json::to_writer_pretty(&mut *out, &DeliveryDetailOut::from(detail))?;
         writeln!(out)?;
         return Ok(());
     }

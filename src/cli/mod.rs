@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod deliveries;
+pub mod selection;
 
 use std::io::{self, Write};
 use std::path::PathBuf;

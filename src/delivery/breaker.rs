@@ -21,14 +21,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::config::CircuitConfig;
 use crate::delivery::outcome::Outcome;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
     /// Deliveries go out as usual.
     Closed,
@@ -372,7 +370,7 @@ pub struct CircuitChange {
 }
 
 /// A partner's circuit as last recorded, for support, the API and the metrics.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct PartnerCircuit {
     pub partner: String,
     pub state: CircuitState,

@@ -26,8 +26,12 @@ mod when;
 
 use super::access::{self, SupportSession, SESSION_COOKIE};
 use super::error::ApiError;
-use super::state::{AdminState, Page, QuerySelection};
-use crate::store::support::Resent;
+use super::selection::QuerySelection;
+use super::state::{AdminState, Page};
+use crate::store::support::{Resent, Selection};
+/// For the test that holds the CLI, the API and the page to one meaning of a selection.
+#[cfg(test)]
+pub(crate) use views::overview_address;
 use views::{layout, login_page, Listing, Notice};
 
 const PAGE_ROWS: i64 = 50;
@@ -52,11 +56,10 @@ async fn overview(
     session: SupportSession,
     State(state): State<AdminState>,
     Query(notice): Query<Notice>,
-    QuerySelection(mut selection): QuerySelection,
+    QuerySelection(selection): QuerySelection,
     Query(page): Query<Page>,
 ) -> Result<Markup, PageError> {
-    let shown_state = selection.state.clone().unwrap_or_else(|| "failed".into());
-    selection.state = (shown_state != "all").then(|| shown_state.clone());
+    let (selection, shown_state) = listed(selection);
     // The rows first: they refuse a wrong state before the database is asked anything.
     let rows = state
         .page_of(
@@ -77,6 +80,14 @@ async fn overview(
     };
     let body = views::overview(&notice, &summaries, &days, &rows, &listing);
     Ok(layout("Deliveries", Some(&session.actor), body))
+}
+
+/// What the overview lists for the selection in its address: failed deliveries unless
+/// `state` says otherwise, and every state for `all`; with the state as the page shows it.
+pub(crate) fn listed(mut selection: Selection) -> (Selection, String) {
+    let shown_state = selection.state.clone().unwrap_or_else(|| "failed".into());
+    selection.state = (shown_state != "all").then(|| shown_state.clone());
+    (selection, shown_state)
 }
 
 #[derive(Deserialize)]

@@ -223,28 +223,7 @@ pub(super) struct Listing<'a> {
 impl Listing<'_> {
     /// The overview's address for these filters, without a position in the pages.
     fn filters(&self) -> String {
-        let selection = self.selection;
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
-        query.append_pair("state", self.shown_state);
-        let texts = [
-            ("partner", &selection.partner),
-            ("event_name", &selection.event_name),
-            ("patient_id", &selection.patient_id),
-        ];
-        for (name, value) in texts {
-            if let Some(value) = value {
-                query.append_pair(name, value);
-            }
-        }
-        if let Some(event_id) = selection.event_id {
-            query.append_pair("event_id", &event_id.to_string());
-        }
-        for (name, at) in [("since", selection.since), ("until", selection.until)] {
-            if let Some(at) = at {
-                query.append_pair(name, &at.to_rfc3339());
-            }
-        }
-        format!("/?{}", query.finish())
+        overview_address(self.selection, self.shown_state)
     }
 
     /// This very page, for the buttons to come back to.
@@ -285,6 +264,33 @@ impl Listing<'_> {
             }
         }
     }
+}
+
+/// The overview's address for a selection, the state shown as the page shows it
+/// (`failed` by default, or `all`): what its links and its filter form ask for, in the
+/// names [`crate::admin::selection::SelectionIn`] reads.
+pub(crate) fn overview_address(selection: &Selection, shown_state: &str) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("state", shown_state);
+    let texts = [
+        ("partner", &selection.partner),
+        ("event_name", &selection.event_name),
+        ("patient_id", &selection.patient_id),
+    ];
+    for (name, value) in texts {
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    if let Some(event_id) = selection.event_id {
+        query.append_pair("event_id", &event_id.to_string());
+    }
+    for (name, at) in [("since", selection.since), ("until", selection.until)] {
+        if let Some(at) = at {
+            query.append_pair(name, &at.to_rfc3339());
+        }
+    }
+    format!("/?{}", query.finish())
 }
 
 /// The overview's body: partners at a glance and over their last day, then a page of the

@@ -4,13 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
 
 /// The hours a [`PartnerDay`] covers: the current hour and the 23 before it.
 pub const HOURS: usize = 24;
 
 /// What happened to one partner's deliveries in one hour.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HourCounts {
     /// Deliveries that ended delivered in this hour.
     pub delivered: i64,
@@ -24,7 +23,7 @@ pub struct HourCounts {
 
 /// One partner's last 24 hours: `hours[0]` began 23 hours before the current hour,
 /// `hours[23]` is the current hour (UTC), `current_hour` its start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartnerDay {
     pub partner: String,
     pub current_hour: DateTime<Utc>,

@@ -10,7 +10,6 @@ mod selection;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::delivery::state::{DeliveryState, UnknownState};
@@ -29,7 +28,7 @@ pub enum SupportError {
 }
 
 /// One line of `dispatcher deliveries list`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct DeliverySummary {
     /// Also the `webhook-id` the partner receives.
     pub id: Uuid,
@@ -124,7 +123,7 @@ pub async fn list_before(
 }
 
 /// One partner's deliveries at a glance, for the support page.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct PartnerSummary {
     /// `null` gathers the events that reached no partner.
     pub partner: Option<String>,
@@ -170,7 +169,7 @@ pub async fn partner_summaries(
 }
 
 /// One attempt as support sees it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct AttemptSummary {
     pub number: i32,
     pub started_at: DateTime<Utc>,
@@ -184,16 +183,15 @@ pub struct AttemptSummary {
 }
 
 /// A resend or cancel, and who asked for it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct SupportAction {
     pub action: String,
     pub actor: String,
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct DeliveryDetail {
-    #[serde(flatten)]
     pub summary: DeliverySummary,
     /// When the event's body was erased (retention); it cannot be sent again after that.
     pub event_erased_at: Option<DateTime<Utc>>,

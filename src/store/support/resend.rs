@@ -10,7 +10,6 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::selection::{Params, CONDITIONS};
@@ -24,7 +23,7 @@ use crate::store::{outbox, retention};
 pub(super) const RESENDABLE: &str = "('delivered', 'rejected', 'dead', 'invalid', 'cancelled')";
 
 /// What a resend touched.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Default)]
 pub struct ResendReport {
     /// Deliveries put back to `pending`.
     pub resent: Vec<Uuid>,
@@ -36,7 +35,7 @@ pub struct ResendReport {
     pub erased: Vec<ErasedBody>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug)]
 pub struct ErasedBody {
     pub id: Uuid,
     pub erased_at: DateTime<Utc>,

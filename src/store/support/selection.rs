@@ -1,9 +1,9 @@
-//! Which deliveries support means, said once for all three ways of asking: the CLI's
-//! flags (`dispatcher deliveries list|retry`), the API's query and bulk-resend body, and
-//! the support page's filters, and turned into SQL conditions in one place.
+//! Which deliveries support means, said once for all three ways of asking (the CLI's
+//! flags, the API's query and bulk-resend body, the support page's filters: each edge
+//! reads its own words into this one `Selection`), and turned into SQL conditions in one
+//! place.
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -13,61 +13,25 @@ use crate::delivery::state::{self, DeliveryState, UnknownState};
 /// empty one selects everything. The state is kept as support typed it, and read
 /// ([`Selection::states`]) where it is used, so a wrong name is refused in the asker's
 /// words: `--state` on the command line, `state` in the API.
-///
-/// As the API's body an unknown field is refused rather than ignored, so a typo cannot
-/// widen the selection; in a query string other parameters (the page, a notice) sit
-/// beside it, so the API reads it from there through a wrapper that takes only its own.
-#[derive(Debug, Clone, Default, clap::Args, Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-#[schema(
-    as = BulkRetry,
-    description = "The deliveries to resend in bulk: the fields of the list's filter, at least one of\nthem. An unknown field is refused rather than ignored, so a typo cannot widen the\nselection."
-)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
     /// Only these deliveries: named by a command, never by a filter.
-    #[arg(skip)]
-    #[serde(skip)]
-    #[param(ignore)]
-    #[schema(ignore)]
     pub ids: Option<Vec<Uuid>>,
     /// pending (with in_flight), in_flight, delivered, rejected, dead, invalid,
     /// cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
-    #[arg(long)]
     pub state: Option<String>,
-    #[arg(long)]
     pub partner: Option<String>,
-    #[arg(long)]
     pub event_name: Option<String>,
-    #[arg(long = "patient")]
     pub patient_id: Option<String>,
     /// The outbox id of the event the deliveries carry.
-    #[arg(long = "event-id")]
     pub event_id: Option<i64>,
-    /// Created at or after this time (RFC 3339).
-    #[arg(
-        long,
-        help = "Created at or after this time (RFC 3339, e.g. 2026-11-25T09:00:00Z)"
-    )]
+    /// Created at or after this time.
     pub since: Option<DateTime<Utc>>,
-    /// Created before this time (RFC 3339).
-    #[arg(long)]
+    /// Created before this time.
     pub until: Option<DateTime<Utc>>,
 }
 
 impl Selection {
-    /// The names it is given by in a query string or a body (a test holds them to the
-    /// fields).
-    pub const FIELDS: [&'static str; 7] = [
-        "state",
-        "partner",
-        "event_name",
-        "patient_id",
-        "event_id",
-        "since",
-        "until",
-    ];
-
     /// Exactly these deliveries.
     pub fn ids(ids: &[Uuid]) -> Selection {
         Selection {
@@ -153,18 +117,6 @@ impl<'a> Params<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn its_names_are_its_fields() {
-        let stranger = serde_json::from_str::<Selection>(r#"{"stranger": 1}"#)
-            .expect_err("an unknown field is refused");
-        let names: Vec<String> = Selection::FIELDS
-            .iter()
-            .map(|name| format!("`{name}`"))
-            .collect();
-        let expected = format!("expected one of {}", names.join(", "));
-        assert!(stranger.to_string().contains(&expected), "{stranger}");
-    }
 
     #[test]
     fn a_bulk_resend_without_a_state_means_the_failed_ones() {

@@ -1,6 +1,9 @@
 //! The JSON API under `/api/`: the same data and actions as `dispatcher deliveries`,
 //! described by the OpenAPI document at `/api/openapi.json` (generated from these
-//! handlers by utoipa).
+//! handlers by utoipa). What it says in JSON is its own ([`wire`]), made from the store's
+//! plain types, and what it reads is [`SelectionIn`] and [`Page`].
+
+pub(crate) mod wire;
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -12,12 +15,12 @@ use uuid::Uuid;
 
 use super::access::ApiActor;
 use super::error::{ApiError, ErrorBody};
-use super::state::{AdminState, DeliveryPage, Page, QuerySelection};
-use crate::delivery::breaker::{CircuitState, PartnerCircuit};
-use crate::delivery::state::DeliveryState;
-use crate::store::support::{
-    self, AttemptSummary, DeliveryDetail, DeliverySummary, ErasedBody, PartnerSummary,
-    ResendReport, Selection, SupportAction,
+use super::selection::{QuerySelection, SelectionIn};
+use super::state::{AdminState, Page};
+use crate::store::support::{self, Selection};
+use wire::{
+    AttemptOut, CircuitOut, CircuitStateOut, DeliveryDetailOut, DeliveryOut, DeliveryPageOut,
+    DeliveryStateOut, ErasedBodyOut, PartnerOut, ResendOut, SupportActionOut,
 };
 
 pub(crate) fn routes() -> Router<AdminState> {
@@ -52,19 +55,19 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         partner_summaries
     ),
     components(schemas(
-        DeliveryPage,
-        DeliverySummary,
-        DeliveryDetail,
-        AttemptSummary,
-        SupportAction,
-        DeliveryState,
-        PartnerSummary,
-        PartnerCircuit,
-        CircuitState,
-        ResendReport,
-        ErasedBody,
+        DeliveryPageOut,
+        DeliveryOut,
+        DeliveryDetailOut,
+        AttemptOut,
+        SupportActionOut,
+        DeliveryStateOut,
+        PartnerOut,
+        CircuitOut,
+        CircuitStateOut,
+        ResendOut,
+        ErasedBodyOut,
         Cancelled,
-        Selection,
+        SelectionIn,
         BulkRetried,
         ErrorBody
     )),
@@ -97,9 +100,9 @@ impl utoipa::Modify for BearerToken {
 #[utoipa::path(
     get,
     path = "/api/deliveries",
-    params(Selection, Page),
+    params(SelectionIn, Page),
     responses(
-        (status = 200, body = DeliveryPage),
+        (status = 200, body = DeliveryPageOut),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody)
     )
@@ -108,8 +111,8 @@ pub(crate) async fn list_deliveries(
     State(state): State<AdminState>,
     QuerySelection(selection): QuerySelection,
     Query(page): Query<Page>,
-) -> Result<Json<DeliveryPage>, ApiError> {
-    Ok(Json(state.page_of(&selection, page).await?))
+) -> Result<Json<DeliveryPageOut>, ApiError> {
+    Ok(Json(state.page_of(&selection, page).await?.into()))
 }
 
 /// One delivery with every attempt, the partner's answers and support's actions.
@@ -118,7 +121,7 @@ pub(crate) async fn list_deliveries(
     path = "/api/deliveries/{id}",
     params(("id" = Uuid, Path, description = "The delivery id (the webhook-id the partner saw)")),
     responses(
-        (status = 200, body = DeliveryDetail),
+        (status = 200, body = DeliveryDetailOut),
         (status = 404, body = ErrorBody),
         (status = 401, body = ErrorBody)
     )
@@ -126,8 +129,8 @@ pub(crate) async fn list_deliveries(
 pub(crate) async fn show_delivery(
     State(state): State<AdminState>,
     Path(id): Path<Uuid>,
-) -> Result<Json<DeliveryDetail>, ApiError> {
-    Ok(Json(state.detail(id).await?))
+) -> Result<Json<DeliveryDetailOut>, ApiError> {
+    Ok(Json(state.detail(id).await?.into()))
 }
 
 /// Sends an ended delivery again, with a fresh set of attempts; an unrouted event is
@@ -140,7 +143,7 @@ pub(crate) async fn show_delivery(
         ("X-Actor" = Option<String>, Header, description = "Who is asking, for the record")
     ),
     responses(
-        (status = 200, body = ResendReport),
+        (status = 200, body = ResendOut),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Still pending or in flight", body = ErrorBody),
         (status = 401, body = ErrorBody)
@@ -150,8 +153,8 @@ pub(crate) async fn retry_delivery(
     State(state): State<AdminState>,
     Path(id): Path<Uuid>,
     ApiActor(actor): ApiActor,
-) -> Result<Json<ResendReport>, ApiError> {
-    Ok(Json(state.resend_one(id, &actor).await?))
+) -> Result<Json<ResendOut>, ApiError> {
+    Ok(Json(state.resend_one(id, &actor).await?.into()))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -188,7 +191,7 @@ pub(crate) struct BulkRetried {
     /// How many deliveries this request touched: 0 when repeated.
     pub touched: usize,
     #[serde(flatten)]
-    pub report: ResendReport,
+    pub report: ResendOut,
 }
 
 /// Resends every ended delivery the selection matches: failed ones (rejected, dead,
@@ -197,7 +200,7 @@ pub(crate) struct BulkRetried {
 #[utoipa::path(
     post,
     path = "/api/deliveries/retry",
-    request_body = Selection,
+    request_body = SelectionIn,
     params(("X-Actor" = Option<String>, Header, description = "Who is asking, for the record")),
     responses(
         (status = 200, body = BulkRetried),
@@ -208,8 +211,9 @@ pub(crate) struct BulkRetried {
 pub(crate) async fn retry_matching(
     State(state): State<AdminState>,
     ApiActor(actor): ApiActor,
-    Json(selection): Json<Selection>,
+    Json(selection): Json<SelectionIn>,
 ) -> Result<Json<BulkRetried>, ApiError> {
+    let selection = Selection::from(selection);
     if selection.names_nothing() {
         return Err(ApiError::BadRequest(
             "select the deliveries with at least one of state, partner, event_name, patient_id, event_id, since, until"
@@ -223,7 +227,7 @@ pub(crate) async fn retry_matching(
     tracing::info!(touched = report.touched(), %actor, "bulk resend by support");
     Ok(Json(BulkRetried {
         touched: report.touched(),
-        report,
+        report: report.into(),
     }))
 }
 
@@ -233,10 +237,11 @@ pub(crate) async fn retry_matching(
 #[utoipa::path(
     get,
     path = "/api/partners",
-    responses((status = 200, body = [PartnerSummary]), (status = 401, body = ErrorBody))
+    responses((status = 200, body = [PartnerOut]), (status = 401, body = ErrorBody))
 )]
 pub(crate) async fn partner_summaries(
     State(state): State<AdminState>,
-) -> Result<Json<Vec<PartnerSummary>>, ApiError> {
-    Ok(Json(state.partner_summaries().await?))
+) -> Result<Json<Vec<PartnerOut>>, ApiError> {
+    let summaries = state.partner_summaries().await?;
+    Ok(Json(summaries.into_iter().map(PartnerOut::from).collect()))
 }
