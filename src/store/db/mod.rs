@@ -6,7 +6,7 @@ pub mod tls;
 use std::fmt;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Timeouts};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::Socket;
 
@@ -14,25 +14,105 @@ use crate::config::DatabaseConfig;
 
 use tls::DatabaseTls;
 
+/// The driver's types that the layers above hold without naming the driver: the pool,
+/// one of its connections, and what every statement function here takes.
+pub use deadpool_postgres::{Client, GenericClient, Pool};
+
+/// A database failure, as everything above the store holds, words and logs it: its
+/// `Display` carries PostgreSQL's severity, message and SQLSTATE, never its DETAIL or
+/// HINT, which can quote a row ("Failing row contains (…)") and so a partner's answer or
+/// a patient's id. For the same reason it hands no driver error on as its `source`
+/// (whose chain would print the DETAIL): a failure that is not PostgreSQL's answer
+/// carries its causes in its own words instead.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot set up TLS to the database: {0}")]
     TlsSetup(String),
     #[error("cannot create the connection pool: {0}")]
     Pool(String),
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[from] deadpool_postgres::PoolError),
+    #[error("cannot connect to the database: {}", pool_without_detail(.0))]
+    Connect(deadpool_postgres::PoolError),
     #[error("database error: {}", without_detail(.0))]
-    Query(#[from] tokio_postgres::Error),
+    Query(tokio_postgres::Error),
 }
 
-/// A database error as logs and traces may carry it: severity, message and SQLSTATE,
-/// without PostgreSQL's DETAIL and HINT, which can quote a row ("Failing row contains
-/// (…)") and so a partner's answer or a patient's id.
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(error: deadpool_postgres::PoolError) -> DbError {
+        DbError::Connect(error)
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(error: tokio_postgres::Error) -> DbError {
+        DbError::Query(error)
+    }
+}
+
+impl DbError {
+    /// PostgreSQL's answer, when it gave one (a statement it failed, or a connection it
+    /// refused): the SQLSTATE and the message, never DETAIL or HINT.
+    pub fn answer(&self) -> Option<(&str, &str)> {
+        self.server_error()
+            .map(|db| (db.code().code(), db.message()))
+    }
+
+    /// Whether the failure says nothing about the rows, so the same statement may well
+    /// succeed when run again: no connection, or PostgreSQL failed it for a passing
+    /// reason ([`passes`]). False when PostgreSQL refused it for what it holds (a value it
+    /// cannot store, a broken constraint), or the pool or TLS cannot be set up at all.
+    pub fn is_passing(&self) -> bool {
+        match self {
+            DbError::TlsSetup(_) | DbError::Pool(_) => false,
+            DbError::Connect(_) | DbError::Query(_) => self
+                .server_error()
+                .is_none_or(|db| passes(db.code().code())),
+        }
+    }
+
+    fn server_error(&self) -> Option<&tokio_postgres::error::DbError> {
+        match self {
+            DbError::Connect(deadpool_postgres::PoolError::Backend(error))
+            | DbError::Query(error) => error.as_db_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a SQLSTATE says the failure passes, by its class (the first two characters,
+/// which PostgreSQL keeps stable as it adds codes): 08 the connection, 40 the transaction
+/// rolled back (serialization, deadlock), 53 resources (disk, memory, connections), 55 an
+/// object not ready (a lock not available, an object in use), 57 an operator or the server
+/// (a cancel or `statement_timeout`, a shutdown, a restart), 58 the system (I/O). Of class
+/// 25 only what a moment ends: a read-only transaction (a failover left the pool on a
+/// standby) and the session and transaction timeouts. Every other class is about what the
+/// statement holds or asks.
+fn passes(sqlstate: &str) -> bool {
+    const PASSING_CLASSES: [&str; 6] = ["08", "40", "53", "55", "57", "58"];
+    const PASSING_CODES: [&str; 3] = [
+        "25006", // read_only_sql_transaction
+        "25P03", // idle_in_transaction_session_timeout
+        "25P04", // transaction_timeout
+    ];
+    PASSING_CODES.contains(&sqlstate)
+        || sqlstate
+            .get(..2)
+            .is_some_and(|class| PASSING_CLASSES.contains(&class))
+}
+
+/// A driver error in words logs may carry: PostgreSQL's severity, message and SQLSTATE
+/// without DETAIL and HINT; any other failure with its causes (tokio-postgres leaves the
+/// cause out of its own message).
 fn without_detail(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => error.to_string(),
+        None => WithCauses(error).to_string(),
+    }
+}
+
+fn pool_without_detail(error: &deadpool_postgres::PoolError) -> String {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => without_detail(error),
+        other => WithCauses(other).to_string(),
     }
 }
 
@@ -111,12 +191,12 @@ pub fn connection_config(database: &DatabaseConfig) -> Result<ConnectionConfig, 
 
 /// Runs `query` on a pooled connection: how the daemon's loops reach the database, with
 /// both ways it can fail (no connection, a failed statement) told apart in a [`DbError`].
-pub async fn on_client<T>(
+pub async fn on_client<T, E: Into<DbError>>(
     pool: &Pool,
-    query: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    query: impl AsyncFnOnce(&Client) -> Result<T, E>,
 ) -> Result<T, DbError> {
     let client = pool.get().await?;
-    Ok(query(&client).await?)
+    query(&client).await.map_err(Into::into)
 }
 
 /// The pool every statement but LISTEN goes through.
@@ -145,4 +225,75 @@ pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
         })
         .build()
         .map_err(|error| DbError::Pool(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_postgres::error::SqlState;
+
+    use super::passes;
+
+    #[test]
+    fn a_failure_of_the_connection_the_transaction_the_resources_or_the_server_passes() {
+        for passing in [
+            SqlState::CONNECTION_EXCEPTION,         // 08000
+            SqlState::CONNECTION_FAILURE,           // 08006
+            SqlState::T_R_SERIALIZATION_FAILURE,    // 40001
+            SqlState::T_R_DEADLOCK_DETECTED,        // 40P01
+            SqlState::INSUFFICIENT_RESOURCES,       // 53000
+            SqlState::DISK_FULL,                    // 53100
+            SqlState::OUT_OF_MEMORY,                // 53200
+            SqlState::TOO_MANY_CONNECTIONS,         // 53300
+            SqlState::CONFIGURATION_LIMIT_EXCEEDED, // 53400
+            SqlState::LOCK_NOT_AVAILABLE,           // 55P03
+            SqlState::OBJECT_IN_USE,                // 55006
+            SqlState::QUERY_CANCELED,               // 57014: statement_timeout
+            SqlState::ADMIN_SHUTDOWN,               // 57P01
+            SqlState::CRASH_SHUTDOWN,               // 57P02
+            SqlState::CANNOT_CONNECT_NOW,           // 57P03
+            SqlState::DATABASE_DROPPED,             // 57P04
+            SqlState::SYSTEM_ERROR,                 // 58000
+            SqlState::IO_ERROR,                     // 58030
+        ] {
+            assert!(passes(passing.code()), "{} passes", passing.code());
+        }
+    }
+
+    #[test]
+    fn a_new_code_in_a_passing_class_passes_too() {
+        // Codes PostgreSQL may add later are judged by their class.
+        for passing in ["08P99", "40999", "53999", "55P99", "57P99", "58P99"] {
+            assert!(passes(passing), "{passing} passes");
+        }
+    }
+
+    #[test]
+    fn of_the_invalid_transaction_states_only_a_standby_and_the_timeouts_pass() {
+        assert!(passes(SqlState::READ_ONLY_SQL_TRANSACTION.code())); // a failover
+        assert!(passes(SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT.code()));
+        assert!(passes("25P04")); // transaction_timeout (PostgreSQL 17)
+        assert!(!passes(SqlState::ACTIVE_SQL_TRANSACTION.code()));
+        assert!(!passes(SqlState::IN_FAILED_SQL_TRANSACTION.code()));
+    }
+
+    #[test]
+    fn a_refusal_of_what_the_statement_holds_does_not_pass() {
+        for refusal in [
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,  // 22021
+            SqlState::UNTRANSLATABLE_CHARACTER,     // 22P05
+            SqlState::STRING_DATA_RIGHT_TRUNCATION, // 22001
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,   // 22003
+            SqlState::PROGRAM_LIMIT_EXCEEDED,       // 54000: an index row too large
+            SqlState::CHECK_VIOLATION,              // 23514
+            SqlState::FOREIGN_KEY_VIOLATION,        // 23503
+            SqlState::UNIQUE_VIOLATION,             // 23505
+            SqlState::UNDEFINED_TABLE,              // 42P01
+            SqlState::INSUFFICIENT_PRIVILEGE,       // 42501
+            SqlState::INVALID_PASSWORD,             // 28P01
+            SqlState::INTERNAL_ERROR,               // XX000
+        ] {
+            assert!(!passes(refusal.code()), "{} is a refusal", refusal.code());
+        }
+        assert!(!passes(""), "no code is no reason to retry");
+    }
 }
