@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::store::circuits;
+use crate::store::db::{Client, GenericClient};
 use crate::store::support::{self, DeliveryDetail, DeliverySummary, Selection, SupportError};
 
 #[derive(Subcommand)]
@@ -49,7 +50,7 @@ pub enum DeliveriesCommand {
 /// Runs one `dispatcher deliveries` subcommand on a database whose schema is current.
 pub async fn run(
     command: DeliveriesCommand,
-    client: &mut deadpool_postgres::Client,
+    client: &mut Client,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     match command {
@@ -93,7 +94,7 @@ fn cli_actor() -> String {
 }
 
 async fn list(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     selection: &Selection,
     after: Option<Uuid>,
     limit: i64,
@@ -174,7 +175,7 @@ fn table_line(row: &DeliverySummary) -> String {
 }
 
 async fn show(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     id: Uuid,
     json: bool,
     out: &mut impl Write,
@@ -269,7 +270,7 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
 /// Resends deliveries; for an event that reached no partner, routes it again with the
 /// current configuration. With ids, fails naming the ids that could not be resent.
 async fn retry(
-    client: &mut deadpool_postgres::Client,
+    client: &mut Client,
     selection: &Selection,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -288,7 +289,7 @@ async fn retry(
 }
 
 async fn cancel(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     ids: &[Uuid],
     out: &mut impl Write,
 ) -> anyhow::Result<()> {

@@ -118,7 +118,7 @@ fn pool_without_detail(error: &deadpool_postgres::PoolError) -> String {
 
 /// An error and its causes, for a log line: tokio-postgres leaves the cause out of its
 /// message ("error performing TLS handshake"), and the cause is what ops need.
-pub struct WithCauses<'a>(pub &'a dyn std::error::Error);
+struct WithCauses<'a>(&'a dyn std::error::Error);
 
 impl fmt::Display for WithCauses<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,6 +147,11 @@ pub(crate) const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 ///   runs in 3-5; every statement here is short, so JIT never pays for itself.
 const SESSION_SETTINGS: &str = "-c statement_timeout=60s -c jit=off";
 
+/// A connection of its own, outside the pool (the LISTEN one): what must be driven for
+/// its client's statements to complete, and what its notifications arrive on.
+pub type ListenConnection =
+    tokio_postgres::Connection<Socket, <DatabaseTls as MakeTlsConnect<Socket>>::Stream>;
+
 /// How to open one connection: tokio-postgres's settings and the TLS that goes with them.
 #[derive(Clone)]
 pub struct ConnectionConfig {
@@ -155,16 +160,8 @@ pub struct ConnectionConfig {
 }
 
 impl ConnectionConfig {
-    pub async fn connect(
-        &self,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            tokio_postgres::Connection<Socket, <DatabaseTls as MakeTlsConnect<Socket>>::Stream>,
-        ),
-        tokio_postgres::Error,
-    > {
-        self.postgres.connect(self.tls.clone()).await
+    pub async fn connect(&self) -> Result<(tokio_postgres::Client, ListenConnection), DbError> {
+        Ok(self.postgres.connect(self.tls.clone()).await?)
     }
 }
 
