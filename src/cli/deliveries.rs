@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::store::circuits;
-use crate::store::db::{Client, GenericClient};
+use crate::store::db::{Client, DbError, GenericClient};
 use crate::store::support::{self, DeliveryDetail, DeliverySummary, Selection, SupportError};
 
 #[derive(Subcommand)]
@@ -112,6 +112,7 @@ async fn list(
     // Why a partner's deliveries are not moving, before the deliveries themselves.
     let circuits = circuits::recorded(client)
         .await
+        .map_err(DbError::from)
         .context("reading the partners' circuit breakers")?;
     for circuit in circuits.iter().filter(|circuit| {
         circuit.is_open()
@@ -182,6 +183,7 @@ async fn show(
 ) -> anyhow::Result<()> {
     let Some(detail) = support::show(client, id)
         .await
+        .map_err(DbError::from)
         .context("reading the delivery")?
     else {
         bail!("no delivery with id {id}");
@@ -295,6 +297,7 @@ async fn cancel(
 ) -> anyhow::Result<()> {
     let cancelled = support::cancel(client, ids, &cli_actor())
         .await
+        .map_err(DbError::from)
         .context("cancelling")?;
     for id in &cancelled {
         writeln!(out, "{id}: cancelled")?;

@@ -13,6 +13,7 @@ use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::db::DbError;
 use crate::delivery::state::{DeliveryState, UnknownState};
 pub use resend::{resend, ErasedBody, ResendReport, Resent};
 pub use selection::Selection;
@@ -25,7 +26,13 @@ pub enum SupportError {
     #[error(transparent)]
     UnknownState(#[from] UnknownState),
     #[error(transparent)]
-    Database(#[from] tokio_postgres::Error),
+    Database(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for SupportError {
+    fn from(error: tokio_postgres::Error) -> SupportError {
+        SupportError::Database(error.into())
+    }
 }
 
 /// One line of `dispatcher deliveries list`.
