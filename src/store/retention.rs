@@ -239,7 +239,10 @@ pub async fn erased_bodies(
             &[&delivery_ids],
         )
         .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| (row.get("id"), row.get("event_erased_at")))
+        .collect())
 }
 
 /// One pruning pass: every step, batch after batch, until a batch comes back short.

@@ -191,10 +191,10 @@ pub async fn claim_due(
         ended_without_body: 0,
     };
     for row in &rows {
-        let id: Uuid = row.get(0);
-        let event_id: i64 = row.get(1);
-        let partner: String = row.get(2);
-        let Some(event) = row.get::<_, Option<String>>(5) else {
+        let id: Uuid = row.get("id");
+        let event_id: i64 = row.get("event_id");
+        let partner: String = row.get("partner");
+        let Some(event) = row.get::<_, Option<String>>("event") else {
             tracing::warn!(delivery_id = %id, event_id, %partner,
                 "the event body was erased while it waited to be sent; ended the delivery dead");
             claim.ended_without_body += 1;
@@ -205,11 +205,11 @@ pub async fn claim_due(
             claim_token,
             event_id,
             partner,
-            event_name: row.get(3),
-            attempts_used: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+            event_name: row.get("event_name"),
+            attempts_used: u32::try_from(row.get::<_, i32>("attempts_used")).unwrap_or(0),
             event,
-            external_id: row.get(6),
-            traceparent: row.get(7),
+            external_id: row.get("external_id"),
+            traceparent: row.get("traceparent"),
         });
     }
     Ok(claim)

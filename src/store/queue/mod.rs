@@ -107,9 +107,10 @@ pub async fn queue_by_partner(
     let rows = client
         .query(
             "SELECT partner,
-                    count(*) FILTER (WHERE state = 'pending'),
-                    count(*) FILTER (WHERE state = 'in_flight'),
+                    count(*) FILTER (WHERE state = 'pending') AS pending,
+                    count(*) FILTER (WHERE state = 'in_flight') AS in_flight,
                     COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
+                        AS oldest_due_seconds
              FROM dispatcher.deliveries
              WHERE state IN ('pending', 'in_flight') AND partner IS NOT NULL
              GROUP BY partner",
@@ -119,10 +120,10 @@ pub async fn queue_by_partner(
     Ok(rows
         .iter()
         .map(|row| PartnerQueue {
-            partner: row.get(0),
-            pending: row.get(1),
-            in_flight: row.get(2),
-            oldest_due_seconds: row.get(3),
+            partner: row.get("partner"),
+            pending: row.get("pending"),
+            in_flight: row.get("in_flight"),
+            oldest_due_seconds: row.get("oldest_due_seconds"),
         })
         .collect())
 }

@@ -86,13 +86,13 @@ pub async fn rescue_expired(
     Ok(rows
         .iter()
         .map(|row| ExpiredLease {
-            id: row.get(0),
-            event_id: row.get(1),
+            id: row.get("id"),
+            event_id: row.get("event_id"),
             // Only deliveries to a partner are ever claimed.
-            partner: row.get::<_, Option<String>>(2).unwrap_or_default(),
-            event_name: row.get(3),
+            partner: row.get::<_, Option<String>>("partner").unwrap_or_default(),
+            event_name: row.get("event_name"),
             state: row
-                .get::<_, &str>(4)
+                .get::<_, &str>("state")
                 .parse()
                 .unwrap_or(DeliveryState::Pending),
         })
