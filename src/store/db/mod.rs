@@ -58,8 +58,9 @@ impl DbError {
 
     /// Whether the failure says nothing about the rows, so the same statement may well
     /// succeed when run again: no connection, or PostgreSQL failed it for a passing
-    /// reason ([`passes`]). False when PostgreSQL refused it for what it holds (a value it
-    /// cannot store, a broken constraint), or the pool or TLS cannot be set up at all.
+    /// reason (by its SQLSTATE class, see `passes`). False when PostgreSQL refused it for
+    /// what it holds (a value it cannot store, a broken constraint), or the pool or TLS
+    /// cannot be set up at all.
     pub fn is_passing(&self) -> bool {
         match self {
             DbError::TlsSetup(_) | DbError::Pool(_) => false,

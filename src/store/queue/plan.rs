@@ -59,8 +59,8 @@ pub async fn explain_claim_due(
 
 /// Brings PostgreSQL's statistics of the deliveries up to date. A burst of events outruns
 /// autovacuum, which looks once a minute. Before the claim kept one plan shape (see
-/// [`GENERIC_PLAN`](super::claim::GENERIC_PLAN)), a claim planned on statistics from before the burst sorted and
-/// hashed every unfinished delivery (0.3 s per claim at 30,000 unfinished instead of
+/// `GENERIC_PLAN` in `claim.rs`), a claim planned on statistics from before the burst
+/// sorted and hashed every unfinished delivery (0.3 s per claim at 30,000 unfinished instead of
 /// 5 ms); now the ANALYZE makes each connection plan its claim again on the backlog as it
 /// is, and keeps the daemon's other statements planned on it. ANALYZE reads a fixed-size
 /// sample, so this costs the same at any size.
