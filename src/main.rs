@@ -68,14 +68,22 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let pool = db::pool(&config.database)?;
-            let mut client = pool.get().await.context("connecting to the database")?;
+            let mut client = pool
+                .get()
+                .await
+                .map_err(db::DbError::from)
+                .context("connecting to the database")?;
             let applied = schema::migrate(&mut client).await?;
             cli::migrated(&applied, &mut std::io::stdout().lock())?;
         }
         Command::Run => daemon::run(config, &cli.config).await?,
         Command::Prune => {
             let pool = db::pool(&config.database)?;
-            let client = pool.get().await.context("connecting to the database")?;
+            let client = pool
+                .get()
+                .await
+                .map_err(db::DbError::from)
+                .context("connecting to the database")?;
             schema::ensure_current(&client).await?;
             drop(client);
             let report = retention::prune(&pool, &config.retention, &Shutdown::new()).await?;
@@ -83,7 +91,11 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Deliveries(command) => {
             let pool = db::pool(&config.database)?;
-            let mut client = pool.get().await.context("connecting to the database")?;
+            let mut client = pool
+                .get()
+                .await
+                .map_err(db::DbError::from)
+                .context("connecting to the database")?;
             schema::ensure_current(&client).await?;
             deliveries::run(command, &mut client, &mut std::io::stdout().lock()).await?;
         }

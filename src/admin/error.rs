@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::store::db::DbError;
 use crate::store::support::SupportError;
 
 /// What an API error looks like.
@@ -68,7 +69,8 @@ impl From<SupportError> for ApiError {
 pub(crate) struct DatabaseUnavailable;
 
 impl DatabaseUnavailable {
-    pub(crate) fn logged(error: impl std::fmt::Display) -> DatabaseUnavailable {
+    pub(crate) fn logged(error: impl Into<DbError>) -> DatabaseUnavailable {
+        let error: DbError = error.into();
         tracing::warn!(%error, "admin request failed on the database");
         DatabaseUnavailable
     }

@@ -27,12 +27,12 @@ use std::sync::Arc;
 use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
-use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
 use crate::config::{AdminConfig, AdminTls};
 use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::store::db::Pool;
 use access::{Access, HostRule};
 use state::AdminState;
 

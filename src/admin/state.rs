@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use deadpool_postgres::Pool;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -16,6 +15,7 @@ use super::access::Access;
 use super::error::{ApiError, DatabaseUnavailable};
 use crate::observe::metrics::Metrics;
 use crate::store::circuits;
+use crate::store::db::{Client, Pool};
 use crate::store::support::chart::{self, PartnerDay};
 use crate::store::support::{
     self, DeliveryDetail, DeliverySummary, PartnerSummary, ResendReport, Selection, SupportError,
@@ -123,7 +123,7 @@ impl AdminState {
             .map_err(DatabaseUnavailable::logged)?)
     }
 
-    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, DatabaseUnavailable> {
+    pub(crate) async fn client(&self) -> Result<Client, DatabaseUnavailable> {
         self.pool.get().await.map_err(DatabaseUnavailable::logged)
     }
 
@@ -182,12 +182,7 @@ impl AdminState {
         Err(self.why_untouched(&client, id, "cancelled").await)
     }
 
-    async fn why_untouched(
-        &self,
-        client: &deadpool_postgres::Client,
-        id: Uuid,
-        action: &str,
-    ) -> ApiError {
+    async fn why_untouched(&self, client: &Client, id: Uuid, action: &str) -> ApiError {
         match support::show(client, id).await {
             Ok(Some(detail)) => ApiError::Conflict(format!(
                 "delivery {id} is {} and cannot be {action} now",

@@ -11,6 +11,7 @@ use super::selection::SelectionFlags;
 use crate::admin::api::wire::{DeliveryDetailOut, DeliveryOut};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::store::circuits;
+use crate::store::db::{Client, DbError, GenericClient};
 use crate::store::support::{self, DeliveryDetail, DeliverySummary, Selection, SupportError};
 
 #[derive(Subcommand)]
@@ -51,7 +52,7 @@ pub enum DeliveriesCommand {
 /// Runs one `dispatcher deliveries` subcommand on a database whose schema is current.
 pub async fn run(
     command: DeliveriesCommand,
-    client: &mut deadpool_postgres::Client,
+    client: &mut Client,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     match command {
@@ -96,7 +97,7 @@ fn cli_actor() -> String {
 }
 
 async fn list(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     selection: &Selection,
     after: Option<Uuid>,
     limit: i64,
@@ -115,6 +116,7 @@ async fn list(
     // Why a partner's deliveries are not moving, before the deliveries themselves.
     let circuits = circuits::recorded(client)
         .await
+        .map_err(DbError::from)
         .context("reading the partners' circuit breakers")?;
     for circuit in circuits.iter().filter(|circuit| {
         circuit.is_open()
@@ -178,13 +180,14 @@ fn table_line(row: &DeliverySummary) -> String {
 }
 
 async fn show(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     id: Uuid,
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let Some(detail) = support::show(client, id)
         .await
+        .map_err(DbError::from)
         .context("reading the delivery")?
     else {
         bail!("no delivery with id {id}");
@@ -273,7 +276,7 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
 /// Resends deliveries; for an event that reached no partner, routes it again with the
 /// current configuration. With ids, fails naming the ids that could not be resent.
 async fn retry(
-    client: &mut deadpool_postgres::Client,
+    client: &mut Client,
     selection: &Selection,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -292,12 +295,13 @@ async fn retry(
 }
 
 async fn cancel(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     ids: &[Uuid],
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let cancelled = support::cancel(client, ids, &cli_actor())
         .await
+        .map_err(DbError::from)
         .context("cancelling")?;
     for id in &cancelled {
         writeln!(out, "{id}: cancelled")?;

@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
-
 use crate::delivery::breaker::Breakers;
 use crate::shutdown::Shutdown;
 use crate::store::circuits;
-use crate::store::db::{self, DbError};
+use crate::store::db::{self, DbError, Pool};
 
 /// How long to wait before writing states again after the database refused them.
 const WRITE_RETRY: Duration = Duration::from_secs(1);

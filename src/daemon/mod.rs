@@ -40,7 +40,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use deadpool_postgres::{Client, Pool};
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::admin::AdminServer;
@@ -51,6 +50,7 @@ use crate::http::client::LiveSender;
 use crate::observe::metrics::Metrics;
 use crate::observe::systemd;
 use crate::shutdown::Shutdown;
+use crate::store::db::{Client, Pool};
 use crate::store::{db, schema};
 use slots::PartnerSlots;
 use wakeup::Wakeups;
@@ -207,9 +207,9 @@ impl Dispatcher {
     }
 
     /// [`db::on_client`] on the daemon's pool.
-    async fn on_client<T>(
+    async fn on_client<T, E: Into<db::DbError>>(
         &self,
-        query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+        query: impl AsyncFnOnce(&Client) -> Result<T, E>,
     ) -> Result<T, db::DbError> {
         db::on_client(&self.pool, query).await
     }

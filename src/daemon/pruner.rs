@@ -1,10 +1,9 @@
 //! The pruner: the daemon's retention pass at start, then one every `prune_interval`,
 //! until shutdown. What is erased or deleted, and how, is `store::retention`'s.
 
-use deadpool_postgres::Pool;
-
 use crate::config::RetentionConfig;
 use crate::shutdown::Shutdown;
+use crate::store::db::Pool;
 use crate::store::retention;
 
 pub(super) async fn run(pool: Pool, retention: RetentionConfig, shutdown: Shutdown) {

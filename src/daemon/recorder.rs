@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -89,7 +88,7 @@ impl Dispatcher {
     }
 
     /// Writes resolutions, retrying while the database is unreachable, and while it fails
-    /// the statement for a passing reason ([`is_transient`]) until `give_up_at` (the
+    /// the statement for a passing reason ([`DbError::is_passing`]) until `give_up_at` (the
     /// lease: a result written later would be stale anyway). If the database stays away
     /// past the shutdown grace period the results are dropped: the leases run out and
     /// the deliveries are sent again, never lost. Returns the ids written; Err when the
@@ -135,20 +134,21 @@ impl Dispatcher {
 /// Whether `error` gives the write up: the database refused the statement for what it
 /// holds, or failed it for a passing reason past `give_up_at`. `None` to try again.
 fn refused_write(error: &DbError, give_up_at: Instant) -> Option<RefusedWrite> {
-    let DbError::Query(error) = error else {
+    // Without a connection (even one PostgreSQL refused to open), results are held.
+    if !matches!(error, DbError::Query(_)) {
         return None;
-    };
-    let refused = error.as_db_error()?;
-    let passing = is_transient(refused.code());
+    }
+    let (code, message) = error.answer()?;
+    let passing = error.is_passing();
     (!passing || Instant::now() >= give_up_at).then(|| RefusedWrite {
-        code: refused.code().code().to_string(),
-        message: refused.message().to_string(),
+        code: code.to_string(),
+        message: message.to_string(),
         passing,
     })
 }
 
 /// Why results were not written: the database refused the statement for what it holds,
-/// or failed it for a reason that passes ([`is_transient`]) until the lease ran out.
+/// or failed it for a reason that passes ([`DbError::is_passing`]) until the lease ran out.
 /// (While it is unreachable, results are held instead: see `write_until_stored`.)
 #[derive(Clone)]
 struct RefusedWrite {
@@ -164,65 +164,6 @@ impl RefusedWrite {
             code: "-".to_string(),
             message: "the lease ran out before the result could be written".to_string(),
             passing: true,
-        }
-    }
-}
-
-/// Errors that say nothing about the rows: the same write may well succeed when tried
-/// again, so a result is not given up for one of them while its lease lasts. Everything
-/// else (a value PostgreSQL cannot store, a broken constraint) is a refusal of the rows.
-fn is_transient(code: &SqlState) -> bool {
-    const PASSING: [SqlState; 16] = [
-        SqlState::T_R_SERIALIZATION_FAILURE,
-        SqlState::T_R_DEADLOCK_DETECTED,
-        // statement_timeout, or a cancel by ops
-        SqlState::QUERY_CANCELED,
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::CRASH_SHUTDOWN,
-        SqlState::CANNOT_CONNECT_NOW,
-        SqlState::CONNECTION_EXCEPTION,
-        SqlState::CONNECTION_DOES_NOT_EXIST,
-        SqlState::CONNECTION_FAILURE,
-        SqlState::TOO_MANY_CONNECTIONS,
-        SqlState::DISK_FULL,
-        SqlState::OUT_OF_MEMORY,
-        SqlState::LOCK_NOT_AVAILABLE,
-        SqlState::OBJECT_IN_USE,
-        // A failover left the pool on a standby for a moment.
-        SqlState::READ_ONLY_SQL_TRANSACTION,
-        SqlState::IO_ERROR,
-    ];
-    PASSING.contains(code)
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_result_is_retried_through_errors_that_pass_and_given_up_only_for_its_content() {
-        for passing in [
-            SqlState::T_R_SERIALIZATION_FAILURE,
-            SqlState::T_R_DEADLOCK_DETECTED,
-            SqlState::QUERY_CANCELED, // statement_timeout
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-            SqlState::CONNECTION_FAILURE,
-            SqlState::TOO_MANY_CONNECTIONS,
-            SqlState::DISK_FULL,
-            SqlState::LOCK_NOT_AVAILABLE,
-            SqlState::READ_ONLY_SQL_TRANSACTION,
-        ] {
-            assert!(is_transient(&passing), "{} is retried", passing.code());
-        }
-        for refusal in [
-            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
-            SqlState::UNTRANSLATABLE_CHARACTER,
-            SqlState::STRING_DATA_RIGHT_TRUNCATION,
-            SqlState::CHECK_VIOLATION,
-            SqlState::FOREIGN_KEY_VIOLATION,
-            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
-        ] {
-            assert!(!is_transient(&refusal), "{} is a refusal", refusal.code());
         }
     }
 }

@@ -10,14 +10,12 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
-
 use super::wakeup::Wakeups;
 use crate::config::live::LiveConfig;
 use crate::delivery::state::DeliveryState;
 use crate::observe::metrics::{DeliveryLabels, Metrics};
 use crate::shutdown::Shutdown;
-use crate::store::db;
+use crate::store::db::{self, Pool};
 use crate::store::queue;
 
 /// Deliveries rescued per statement.

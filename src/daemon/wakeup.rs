@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use futures_util::future::poll_fn;
 use tokio::sync::Notify;
-use tokio_postgres::AsyncMessage;
 
 use crate::shutdown::Shutdown;
-use crate::store::db::{ConnectionConfig, WithCauses};
-use crate::store::notify::{self, OUTBOX_CHANNEL};
+use crate::store::db::ConnectionConfig;
+use crate::store::notify::{self, Heard};
 
 /// The two things the daemon waits for: new outbox events (the router) and deliveries
 /// that became due (the claimer). A wake-up sent while nobody waits is kept for the next
@@ -43,7 +41,7 @@ pub async fn listen(database: ConnectionConfig, wakeups: Wakeups, shutdown: Shut
         let connected = tokio::select! {
             connected = connect
                 .retry(reconnect)
-                .notify(|error, delay| tracing::warn!(error = %WithCauses(error), ?delay, "cannot reach the database to listen for new events; retrying")) => connected,
+                .notify(|error, delay| tracing::warn!(%error, ?delay, "cannot reach the database to listen for new events; retrying")) => connected,
             () = shutdown.stopping() => return,
         };
         let Ok((client, mut connection)) = connected else {
@@ -51,14 +49,11 @@ pub async fn listen(database: ConnectionConfig, wakeups: Wakeups, shutdown: Shut
         };
         let driver = async {
             loop {
-                match poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(note))) => match note.channel() {
-                        OUTBOX_CHANNEL => wakeups.outbox.notify_one(),
-                        _ => wakeups.deliveries.notify_one(),
-                    },
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => return error.to_string(),
-                    None => return "connection closed".to_string(),
+                match notify::next_notification(&mut connection).await {
+                    Ok(Some(Heard::Outbox)) => wakeups.outbox.notify_one(),
+                    Ok(Some(Heard::Deliveries)) => wakeups.deliveries.notify_one(),
+                    Ok(None) => return "connection closed".to_string(),
+                    Err(error) => return error.to_string(),
                 }
             }
         };

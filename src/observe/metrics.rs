@@ -14,7 +14,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,7 +29,7 @@ use crate::delivery::outcome::AttemptRecord;
 use crate::delivery::state::DeliveryState;
 use crate::delivery::ClaimedDelivery;
 use crate::store::circuits;
-use crate::store::db::DbError;
+use crate::store::db::{DbError, Pool};
 use crate::store::queue;
 
 /// The `Content-Type` of [`Metrics::render`]'s text (OpenMetrics, which Prometheus reads).

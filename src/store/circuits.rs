@@ -20,12 +20,12 @@ pub async fn recorded(
     Ok(rows
         .iter()
         .map(|row| PartnerCircuit {
-            partner: row.get(0),
-            state: CircuitState::from_stored(row.get(1)),
-            consecutive_failures: row.get(2),
-            opened_at: row.get(3),
-            retry_at: row.get(4),
-            updated_at: row.get(5),
+            partner: row.get("partner"),
+            state: CircuitState::from_stored(row.get("state")),
+            consecutive_failures: row.get("consecutive_failures"),
+            opened_at: row.get("opened_at"),
+            retry_at: row.get("retry_at"),
+            updated_at: row.get("updated_at"),
         })
         .collect())
 }

@@ -6,6 +6,10 @@
 //! (`daemon::wakeup`) LISTENs on both channels.
 
 use deadpool_postgres::GenericClient;
+use futures_util::future::poll_fn;
+use tokio_postgres::AsyncMessage;
+
+use super::db::{DbError, ListenConnection};
 
 /// Sent by the outbox trigger on an insert while a router waits, and when events are marked for routing again.
 pub const OUTBOX_CHANNEL: &str = "dispatcher_outbox";
@@ -55,12 +59,42 @@ async fn notify(client: &impl GenericClient, channel: &str) -> Result<(), tokio_
 
 /// Subscribes a connection to both channels; its notifications arrive on the
 /// connection's message stream (read by `daemon::wakeup`).
-pub async fn listen(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+pub async fn listen(client: &tokio_postgres::Client) -> Result<(), DbError> {
     client
         .batch_execute(&format!(
             "LISTEN {OUTBOX_CHANNEL}; LISTEN {DELIVERIES_CHANNEL};"
         ))
         .await
+        .map_err(DbError::from)
+}
+
+/// What a LISTEN connection heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// On [`OUTBOX_CHANNEL`]: events wait to be routed.
+    Outbox,
+    /// On [`DELIVERIES_CHANNEL`]: deliveries are due.
+    Deliveries,
+}
+
+/// Drives a LISTEN connection until its next notification (its client's statements
+/// complete only while it is driven). `None` once the server closed it.
+pub async fn next_notification(
+    connection: &mut ListenConnection,
+) -> Result<Option<Heard>, DbError> {
+    loop {
+        match poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(note))) => {
+                return Ok(Some(match note.channel() {
+                    OUTBOX_CHANNEL => Heard::Outbox,
+                    _ => Heard::Deliveries,
+                }))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error.into()),
+            None => return Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,11 +48,11 @@ pub async fn route_new_events(
     let unrouted = transaction
         .prepare_cached(
             "SELECT id, event_name,
-                    jsonb_typeof(event) = 'object',
+                    jsonb_typeof(event) = 'object' AS is_object,
                     CASE WHEN jsonb_typeof(event -> 'supportProgramId') = 'string'
-                         THEN event ->> 'supportProgramId' END,
+                         THEN event ->> 'supportProgramId' END AS support_program_id,
                     CASE WHEN jsonb_typeof(event -> 'patient' -> 'id') = 'string'
-                         THEN event -> 'patient' ->> 'id' END
+                         THEN event -> 'patient' ->> 'id' END AS patient_id
              FROM dispatcher.outbox
              WHERE routed_at IS NULL
              ORDER BY id
@@ -67,11 +67,11 @@ pub async fn route_new_events(
     let mut planned = Vec::with_capacity(rows.len());
     for row in &rows {
         let event = UnroutedEvent {
-            id: row.get(0),
-            event_name: row.get(1),
-            is_object: row.get::<_, Option<bool>>(2).unwrap_or(false),
-            support_program_id: row.get(3),
-            patient_id: row.get(4),
+            id: row.get("id"),
+            event_name: row.get("event_name"),
+            is_object: row.get::<_, Option<bool>>("is_object").unwrap_or(false),
+            support_program_id: row.get("support_program_id"),
+            patient_id: row.get("patient_id"),
         };
         event_ids.push(event.id);
         planned.extend(routing::route(config, &event));

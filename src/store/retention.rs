@@ -17,16 +17,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use uuid::Uuid;
 
+use super::db::DbError;
 use crate::config::RetentionConfig;
 use crate::shutdown::Shutdown;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PruneError {
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
-    Query(#[from] tokio_postgres::Error),
-}
 
 /// What one pruning pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -246,7 +239,10 @@ pub async fn erased_bodies(
             &[&delivery_ids],
         )
         .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| (row.get("id"), row.get("event_erased_at")))
+        .collect())
 }
 
 /// One pruning pass: every step, batch after batch, until a batch comes back short.
@@ -256,7 +252,7 @@ pub async fn prune(
     pool: &Pool,
     retention: &RetentionConfig,
     shutdown: &Shutdown,
-) -> Result<PruneReport, PruneError> {
+) -> Result<PruneReport, DbError> {
     let batch = retention.batch_size;
     let payload_days = retention.payload_days;
     let metadata_days = retention.metadata_days;
@@ -290,7 +286,7 @@ async fn in_batches<F, Fut>(
     batch: usize,
     shutdown: &Shutdown,
     step: F,
-) -> Result<u64, PruneError>
+) -> Result<u64, DbError>
 where
     F: Fn(deadpool_postgres::Client) -> Fut,
     Fut: std::future::Future<Output = Result<u64, tokio_postgres::Error>>,

@@ -2,6 +2,8 @@
 
 use deadpool_postgres::GenericClient;
 
+use super::db::DbError;
+
 /// Every migration, in order. A version is never edited once released; add a new one.
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_initial.sql")),
@@ -37,8 +39,14 @@ pub enum SchemaError {
     Behind { missing: Vec<i32> },
     #[error("the database schema has migrations {unknown:?}, newer than this dispatcher knows (up to {expected}); upgrade the dispatcher")]
     Newer { unknown: Vec<i32>, expected: i32 },
-    #[error("database error: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for SchemaError {
+    fn from(error: tokio_postgres::Error) -> SchemaError {
+        SchemaError::Db(error.into())
+    }
 }
 
 /// The versions applied to the database; `None` when it has no dispatcher schema.

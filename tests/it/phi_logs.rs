@@ -372,3 +372,42 @@ async fn a_database_error_quoting_a_row_is_logged_without_the_row() {
     assert!(logged.contains("violates check constraint"), "{logged}");
     assert!(logged.contains("23514"), "{logged}");
 }
+
+/// A pruning pass the database refuses is logged as the daemon's other database errors
+/// are: with PostgreSQL's message and SQLSTATE, so ops know what to fix, and without its
+/// DETAIL or HINT, which can quote a row (where it once said only "db error").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pruning_pass_the_database_refuses_is_logged_with_its_sqlstate_and_without_the_row() {
+    let config = TestConfig::new();
+    let db = TestDb::migrated(&config).await;
+    // Every pass ends by deleting old support actions; this refuses it, quoting a row.
+    db.client
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_pruning() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 RAISE EXCEPTION 'pruning refused by a test trigger'
+                     USING ERRCODE = 'P0001',
+                           DETAIL = 'Failing row contains ({LAST_NAME})',
+                           HINT = 'the patient is {FIRST_NAME}';
+             END $$;
+             CREATE TRIGGER refuse_pruning BEFORE DELETE ON dispatcher.support_actions
+                 FOR EACH STATEMENT EXECUTE FUNCTION refuse_pruning();"
+        ))
+        .await
+        .expect("a trigger that refuses pruning");
+
+    let daemon = Daemon::start(&config, &db);
+    let log = daemon.wait_for_log("pruning failed", 1).await;
+
+    let line = log
+        .lines()
+        .find(|line| line.contains("pruning failed"))
+        .expect("the pruner's line");
+    assert!(line.contains("pruning refused by a test trigger"), "{line}");
+    assert!(line.contains("P0001"), "{line}");
+    assert!(!line.contains("DETAIL") && !line.contains("HINT"), "{line}");
+    assert!(
+        !log.contains(LAST_NAME) && !log.contains(FIRST_NAME),
+        "{log}"
+    );
+}

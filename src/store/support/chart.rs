@@ -71,10 +71,10 @@ pub async fn last_day(
         .query(
             &format!(
                 "SELECT partner,
-                        (extract(epoch FROM {CURRENT_HOUR} - hour) / 3600)::int,
-                        {CURRENT_HOUR},
-                        sum(delivered)::bigint, sum(rejected)::bigint, sum(retried)::bigint,
-                        sum(dead)::bigint
+                        (extract(epoch FROM {CURRENT_HOUR} - hour) / 3600)::int AS hours_ago,
+                        {CURRENT_HOUR} AS current_hour,
+                        sum(delivered)::bigint AS delivered, sum(rejected)::bigint AS rejected,
+                        sum(retried)::bigint AS retried, sum(dead)::bigint AS dead
                  FROM (
                      SELECT partner, date_trunc('hour', ended_at, 'UTC') AS hour,
                             (state = 'delivered')::int AS delivered,
@@ -107,9 +107,9 @@ pub async fn last_day(
         .await?;
     let mut days: Vec<PartnerDay> = Vec::new();
     for row in &rows {
-        let partner: String = row.get(0);
-        let hours_ago: i32 = row.get(1);
-        let current_hour: DateTime<Utc> = row.get(2);
+        let partner: String = row.get("partner");
+        let hours_ago: i32 = row.get("hours_ago");
+        let current_hour: DateTime<Utc> = row.get("current_hour");
         // A daemon's clock a little ahead of the database's stamps an attempt in the
         // next hour: it happened now.
         let Some(index) = usize::try_from(hours_ago.max(0))
@@ -128,10 +128,10 @@ pub async fn last_day(
         if let Some(day) = days.last_mut() {
             // Added, not set: the next hour's row lands on the current hour's.
             let hour = &mut day.hours[index];
-            hour.delivered += row.get::<_, i64>(3);
-            hour.rejected += row.get::<_, i64>(4);
-            hour.retried += row.get::<_, i64>(5);
-            hour.dead += row.get::<_, i64>(6);
+            hour.delivered += row.get::<_, i64>("delivered");
+            hour.rejected += row.get::<_, i64>("rejected");
+            hour.retried += row.get::<_, i64>("retried");
+            hour.dead += row.get::<_, i64>("dead");
         }
     }
     Ok(days)

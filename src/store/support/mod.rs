@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
+use super::db::DbError;
 use crate::delivery::state::{DeliveryState, UnknownState};
 pub use resend::{resend, ErasedBody, ResendReport, Resent};
 pub use selection::Selection;
@@ -24,7 +25,13 @@ pub enum SupportError {
     #[error(transparent)]
     UnknownState(#[from] UnknownState),
     #[error(transparent)]
-    Database(#[from] tokio_postgres::Error),
+    Database(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for SupportError {
+    fn from(error: tokio_postgres::Error) -> SupportError {
+        SupportError::Database(error.into())
+    }
 }
 
 /// One line of `dispatcher deliveries list`.
@@ -48,26 +55,26 @@ pub struct DeliverySummary {
 }
 
 const SUMMARY_COLUMNS: &str = "id, event_id, partner, event_name, patient_id, state, attempt_count,
-     last_status, last_error, created_at, CASE WHEN state = 'pending' THEN due_at END";
+     last_status, last_error, created_at, CASE WHEN state = 'pending' THEN due_at END AS next_attempt_at";
 
 impl DeliverySummary {
     fn from_row(row: &tokio_postgres::Row) -> DeliverySummary {
         DeliverySummary {
-            id: row.get(0),
-            event_id: row.get(1),
-            partner: row.get(2),
-            event_name: row.get(3),
-            patient_id: row.get(4),
+            id: row.get("id"),
+            event_id: row.get("event_id"),
+            partner: row.get("partner"),
+            event_name: row.get("event_name"),
+            patient_id: row.get("patient_id"),
             // The CHECK constraint keeps the column to known states.
             state: row
-                .get::<_, &str>(5)
+                .get::<_, &str>("state")
                 .parse()
                 .unwrap_or(DeliveryState::Invalid),
-            attempt_count: row.get(6),
-            last_status: row.get(7),
-            last_error: row.get(8),
-            created_at: row.get(9),
-            next_attempt_at: row.get(10),
+            attempt_count: row.get("attempt_count"),
+            last_status: row.get("last_status"),
+            last_error: row.get("last_error"),
+            created_at: row.get("created_at"),
+            next_attempt_at: row.get("next_attempt_at"),
         }
     }
 }
@@ -144,10 +151,12 @@ pub async fn partner_summaries(
     let rows = client
         .query(
             "SELECT partner,
-                    count(*) FILTER (WHERE state = 'delivered'),
-                    count(*) FILTER (WHERE state IN ('rejected', 'dead', 'invalid', 'unrouted')),
-                    count(*) FILTER (WHERE state IN ('pending', 'in_flight')),
+                    count(*) FILTER (WHERE state = 'delivered') AS delivered,
+                    count(*) FILTER (WHERE state IN ('rejected', 'dead', 'invalid', 'unrouted'))
+                        AS failed,
+                    count(*) FILTER (WHERE state IN ('pending', 'in_flight')) AS pending,
                     min(created_at) FILTER (WHERE state IN ('pending', 'in_flight'))
+                        AS oldest_pending_since
              FROM dispatcher.deliveries
              WHERE state IN ('pending', 'in_flight') OR created_at > now() - interval '24 hours'
              GROUP BY partner
@@ -158,11 +167,11 @@ pub async fn partner_summaries(
     Ok(rows
         .iter()
         .map(|row| PartnerSummary {
-            partner: row.get(0),
-            delivered: row.get(1),
-            failed: row.get(2),
-            pending: row.get(3),
-            oldest_pending_since: row.get(4),
+            partner: row.get("partner"),
+            delivered: row.get("delivered"),
+            failed: row.get("failed"),
+            pending: row.get("pending"),
+            oldest_pending_since: row.get("oldest_pending_since"),
             circuit: None,
         })
         .collect())
@@ -209,7 +218,8 @@ pub async fn show(
         .query_opt(
             &format!(
                 "SELECT {SUMMARY_COLUMNS},
-                        (SELECT event_erased_at FROM dispatcher.outbox WHERE id = event_id),
+                        (SELECT event_erased_at FROM dispatcher.outbox WHERE id = event_id)
+                            AS event_erased_at,
                         answers_erased_at
                  FROM dispatcher.deliveries WHERE id = $1"
             ),
@@ -223,7 +233,7 @@ pub async fn show(
         .query(
             "SELECT number, started_at, duration_ms, http_status,
                     CASE WHEN error_kind IS NULL OR error IS NULL THEN coalesce(error, error_kind)
-                         ELSE error_kind || ': ' || error END,
+                         ELSE error_kind || ': ' || error END AS error,
                     response_body, answer_erased_at
              FROM dispatcher.attempts WHERE delivery_id = $1 ORDER BY number",
             &[&id],
@@ -238,26 +248,26 @@ pub async fn show(
         .await?;
     Ok(Some(DeliveryDetail {
         summary: DeliverySummary::from_row(&row),
-        event_erased_at: row.get(11),
-        answers_erased_at: row.get(12),
+        event_erased_at: row.get("event_erased_at"),
+        answers_erased_at: row.get("answers_erased_at"),
         attempts: attempts
             .iter()
             .map(|row| AttemptSummary {
-                number: row.get(0),
-                started_at: row.get(1),
-                duration_ms: row.get(2),
-                http_status: row.get(3),
-                error: row.get(4),
-                response_body: row.get(5),
-                answer_erased_at: row.get(6),
+                number: row.get("number"),
+                started_at: row.get("started_at"),
+                duration_ms: row.get("duration_ms"),
+                http_status: row.get("http_status"),
+                error: row.get("error"),
+                response_body: row.get("response_body"),
+                answer_erased_at: row.get("answer_erased_at"),
             })
             .collect(),
         support_actions: actions
             .iter()
             .map(|row| SupportAction {
-                action: row.get(0),
-                actor: row.get(1),
-                at: row.get(2),
+                action: row.get("action"),
+                actor: row.get("actor"),
+                at: row.get("at"),
             })
             .collect(),
     }))

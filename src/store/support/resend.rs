@@ -238,5 +238,8 @@ async fn remove_placeholders(
             &params.with(&[&actor]),
         )
         .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| (row.get("id"), row.get("event_id")))
+        .collect())
 }

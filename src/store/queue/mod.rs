@@ -1,0 +1,134 @@
+//! The delivery queue: routing events into deliveries, claiming due ones under a lease
+//! (`claim.rs`), recording each claim's result (`record.rs`), and rescuing claims whose
+//! lease ran out (`rescue.rs`); and what keeps the claim's plan cheap (`plan.rs`).
+//! Statements on `dispatcher.deliveries`, `dispatcher.attempts` and
+//! `dispatcher.partner_patients` that the daemon runs; what support runs is in
+//! [`super::support`].
+
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+
+use crate::delivery::NewDelivery;
+
+/// The partners that have pending deliveries, found by skipping through
+/// `deliveries_pending` one partner at a time (a loose index scan): a few index probes
+/// however long any partner's backlog is. Shared by the statements that read the queue
+/// partner by partner.
+macro_rules! partners_waiting {
+    () => {
+        "waiting(partner) AS (
+             (SELECT partner FROM dispatcher.deliveries
+              WHERE state = 'pending' AND partner IS NOT NULL
+              ORDER BY partner LIMIT 1)
+             UNION ALL
+             SELECT (SELECT d.partner FROM dispatcher.deliveries d
+                     WHERE d.state = 'pending' AND d.partner > waiting.partner
+                     ORDER BY d.partner LIMIT 1)
+             FROM waiting WHERE waiting.partner IS NOT NULL
+         )"
+    };
+}
+
+mod claim;
+mod plan;
+mod record;
+mod rescue;
+
+pub use claim::{claim_due, until_next_due, Claim, PartnerRoom, BODY_ERASED};
+pub use plan::{explain_claim_due, refresh_statistics};
+pub use record::record;
+pub use rescue::{rescue_expired, until_next_lease_end, ExpiredLease};
+
+/// Inserts routed deliveries; an (event, partner) pair that already has one is skipped.
+pub async fn insert(
+    client: &impl GenericClient,
+    deliveries: &[NewDelivery],
+) -> Result<u64, tokio_postgres::Error> {
+    let mut ids = Vec::with_capacity(deliveries.len());
+    let mut event_ids = Vec::with_capacity(deliveries.len());
+    let mut partners = Vec::with_capacity(deliveries.len());
+    let mut event_names = Vec::with_capacity(deliveries.len());
+    let mut patient_ids = Vec::with_capacity(deliveries.len());
+    let mut states = Vec::with_capacity(deliveries.len());
+    let mut errors = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        ids.push(delivery.id);
+        event_ids.push(delivery.event_id);
+        partners.push(delivery.partner.as_deref());
+        event_names.push(delivery.event_name.as_str());
+        patient_ids.push(delivery.patient_id.as_deref());
+        states.push(delivery.state.as_str());
+        errors.push(delivery.last_error.as_deref());
+    }
+    let statement = client.prepare_cached(
+        "INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, last_error, due_at, ended_at)
+             SELECT id, event_id, partner, event_name, patient_id, state, last_error,
+                    CASE WHEN state = 'pending' THEN now() END,
+                    CASE WHEN state = 'pending' THEN NULL ELSE now() END
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+                  AS new(id, event_id, partner, event_name, patient_id, state, last_error)
+             ON CONFLICT (event_id, partner) DO NOTHING",
+    )
+    .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &ids,
+                &event_ids,
+                &partners,
+                &event_names,
+                &patient_ids,
+                &states,
+                &errors,
+            ],
+        )
+        .await
+}
+
+/// One partner's unfinished deliveries, as the metrics report them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartnerQueue {
+    pub partner: String,
+    pub pending: i64,
+    pub in_flight: i64,
+    /// Seconds the oldest due delivery (due and not yet claimed, or its lease run out)
+    /// has waited past its due time; 0 when none is due.
+    pub oldest_due_seconds: f64,
+}
+
+/// Every partner's queue in one grouped scan of the unfinished deliveries (the partial
+/// index `deliveries_unfinished_by_patient`), so reading it at each scrape costs little.
+pub async fn queue_by_partner(
+    client: &impl GenericClient,
+) -> Result<Vec<PartnerQueue>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT partner,
+                    count(*) FILTER (WHERE state = 'pending') AS pending,
+                    count(*) FILTER (WHERE state = 'in_flight') AS in_flight,
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
+                        AS oldest_due_seconds
+             FROM dispatcher.deliveries
+             WHERE state IN ('pending', 'in_flight') AND partner IS NOT NULL
+             GROUP BY partner",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| PartnerQueue {
+            partner: row.get("partner"),
+            pending: row.get("pending"),
+            in_flight: row.get("in_flight"),
+            oldest_due_seconds: row.get("oldest_due_seconds"),
+        })
+        .collect())
+}
+
+/// A wait the database measured in seconds (negative when already past), as a Duration.
+fn wait_from_seconds(seconds: Option<f64>) -> Option<Duration> {
+    seconds.map(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX))
+}

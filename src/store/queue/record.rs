@@ -1,0 +1,117 @@
+//! Recording: each claim's result written back in batches, only while its claim is
+//! current.
+
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::delivery::outcome::Resolution;
+
+/// PostgreSQL text cannot hold NUL, and a partner's answer may contain it; one such
+/// answer must not make its whole batch unwritable.
+fn storable(text: Option<&str>) -> Option<String> {
+    text.map(|text| text.replace('\0', "\u{FFFD}"))
+}
+
+/// Writes a batch of resolutions in one statement and returns the ids written.
+///
+/// A resolution is only written while its claim is current: if the lease ran out and
+/// another claim took the delivery, or support cancelled it, the stale result is dropped
+/// (attempt and learned id included) rather than overwrite a newer state.
+pub async fn record(
+    client: &impl GenericClient,
+    resolutions: &[&Resolution],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let mut ids = Vec::with_capacity(resolutions.len());
+    let mut tokens = Vec::with_capacity(resolutions.len());
+    let mut states = Vec::with_capacity(resolutions.len());
+    let mut due = Vec::with_capacity(resolutions.len());
+    let mut errors = Vec::with_capacity(resolutions.len());
+    let mut attempted = Vec::with_capacity(resolutions.len());
+    let mut statuses: Vec<Option<i32>> = Vec::with_capacity(resolutions.len());
+    let mut started = Vec::with_capacity(resolutions.len());
+    let mut durations = Vec::with_capacity(resolutions.len());
+    let mut error_kinds = Vec::with_capacity(resolutions.len());
+    let mut attempt_errors = Vec::with_capacity(resolutions.len());
+    let mut bodies = Vec::with_capacity(resolutions.len());
+    let mut learned = Vec::with_capacity(resolutions.len());
+    for resolution in resolutions {
+        ids.push(resolution.delivery_id);
+        tokens.push(resolution.claim_token);
+        states.push(resolution.state.as_str());
+        due.push(resolution.due_in.map(|wait| wait.as_secs_f64()));
+        errors.push(storable(resolution.last_error.as_deref()));
+        let attempt = resolution.attempt.as_ref();
+        attempted.push(attempt.is_some());
+        statuses.push(attempt.and_then(|a| a.http_status).map(i32::from));
+        started.push(attempt.map(|a| a.started_at));
+        durations.push(attempt.map(|a| i32::try_from(a.duration.as_millis()).unwrap_or(i32::MAX)));
+        error_kinds.push(attempt.and_then(|a| a.error_kind));
+        attempt_errors.push(storable(attempt.and_then(|a| a.error.as_deref())));
+        bodies.push(storable(attempt.and_then(|a| a.response_body.as_deref())));
+        learned.push(storable(resolution.learned_external_id.as_deref()));
+    }
+    let statement = client
+        .prepare_cached(
+            "WITH result AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[],
+                                      $5::text[], $6::bool[], $7::int4[], $8::timestamptz[],
+                                      $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[])
+                     AS r(id, claim_token, state, due_in, error, attempted, http_status,
+                          started_at, duration_ms, error_kind, attempt_error, response_body,
+                          learned_external_id)
+             ),
+             updated AS (
+                 UPDATE dispatcher.deliveries d
+                 SET state = r.state,
+                     due_at = now() + make_interval(secs => r.due_in),
+                     claim_token = NULL,
+                     attempt_count = d.attempt_count + r.attempted::int,
+                     last_status = CASE WHEN r.attempted THEN r.http_status ELSE d.last_status END,
+                     last_error = CASE WHEN r.attempted OR r.error IS NOT NULL THEN r.error
+                                       ELSE d.last_error END,
+                     ended_at = CASE WHEN r.state = 'pending' THEN NULL ELSE now() END
+                 FROM result r
+                 WHERE d.id = r.id AND d.claim_token = r.claim_token AND d.state = 'in_flight'
+                 RETURNING d.id, r.claim_token, d.attempt_count, d.partner, d.patient_id
+             ),
+             attempt AS (
+                 INSERT INTO dispatcher.attempts
+                     (delivery_id, number, started_at, duration_ms, http_status, error_kind, error, response_body)
+                 SELECT u.id, u.attempt_count, r.started_at, r.duration_ms, r.http_status,
+                        r.error_kind, r.attempt_error, r.response_body
+                 FROM updated u JOIN result r ON r.id = u.id AND r.claim_token = u.claim_token
+                 WHERE r.attempted
+             ),
+             learned AS (
+                 INSERT INTO dispatcher.partner_patients (partner, patient_id, external_id)
+                 SELECT DISTINCT ON (u.partner, u.patient_id) u.partner, u.patient_id, r.learned_external_id
+                 FROM updated u JOIN result r ON r.id = u.id AND r.claim_token = u.claim_token
+                 WHERE r.learned_external_id IS NOT NULL AND u.patient_id IS NOT NULL
+                 ON CONFLICT (partner, patient_id)
+                 DO UPDATE SET external_id = excluded.external_id, learned_at = now()
+             )
+             SELECT id FROM updated",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &ids,
+                &tokens,
+                &states,
+                &due,
+                &errors,
+                &attempted,
+                &statuses,
+                &started,
+                &durations,
+                &error_kinds,
+                &attempt_errors,
+                &bodies,
+                &learned,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}

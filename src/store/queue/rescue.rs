@@ -1,0 +1,115 @@
+//! The rescue: deliveries whose lease ran out while in flight (their daemon died, or
+//! could not record the result) go back to the queue, the lost claim counted as an attempt.
+
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::wait_from_seconds;
+use crate::delivery::state::DeliveryState;
+
+/// A delivery whose lease ran out with no result recorded, as [`rescue_expired`] left it.
+#[derive(Debug, Clone)]
+pub struct ExpiredLease {
+    pub id: Uuid,
+    pub event_id: i64,
+    pub partner: String,
+    pub event_name: String,
+    /// `pending` (due at once), or `dead` when the lost attempt was its last.
+    pub state: DeliveryState,
+}
+
+/// What the attempt a lost claim stands for says, for support.
+const LEASE_EXPIRED: &str = "no result was recorded before the lease ran out (the daemon \
+     stopped or could not reach the database); the partner may have received it";
+
+/// Returns up to `limit` deliveries whose lease ran out while in flight to the queue:
+/// their daemon died, or could not record the result before the lease ended.
+///
+/// The lost claim counts as an attempt (the request may have reached the partner) and is
+/// recorded as one, with error kind `lease_expired`. So a delivery whose result can never
+/// be recorded (say it takes its daemon down every time) ends `dead` after
+/// `max_attempts` instead of being sent once a lease for ever. The claim token is
+/// cleared, so a result the old holder writes late is discarded (see [`record`](super::record)).
+pub async fn rescue_expired(
+    client: &impl GenericClient,
+    lease: Duration,
+    max_attempts: u32,
+    limit: usize,
+) -> Result<Vec<ExpiredLease>, tokio_postgres::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+    let lease_ms = i32::try_from(lease.as_millis()).unwrap_or(i32::MAX);
+    let statement = client.prepare_cached(
+        "WITH expired AS (
+                 SELECT id, due_at AS lease_end,
+                        attempt_count + 1 - attempts_before_resend >= $2 AS last_attempt
+                 FROM dispatcher.deliveries
+                 WHERE state = 'in_flight' AND due_at <= now()
+                 ORDER BY due_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             ),
+             rescued AS (
+                 UPDATE dispatcher.deliveries d
+                 SET state = CASE WHEN e.last_attempt THEN 'dead' ELSE 'pending' END,
+                     due_at = CASE WHEN e.last_attempt THEN NULL ELSE now() END,
+                     ended_at = CASE WHEN e.last_attempt THEN now() END,
+                     claim_token = NULL,
+                     attempt_count = d.attempt_count + 1,
+                     last_status = NULL,
+                     last_error = CASE WHEN e.last_attempt
+                         THEN $4 || ' (gave up after ' || (d.attempt_count + 1 - d.attempts_before_resend) || ' attempts)'
+                         ELSE $4 END
+                 FROM expired e
+                 WHERE d.id = e.id
+                 RETURNING d.id, d.event_id, d.partner, d.event_name, d.state, d.attempt_count,
+                           e.lease_end
+             ),
+             attempt AS (
+                 INSERT INTO dispatcher.attempts
+                     (delivery_id, number, started_at, duration_ms, error_kind, error)
+                 SELECT id, attempt_count, lease_end - make_interval(secs => $3::int4 / 1000.0),
+                        $3, 'lease_expired', $4
+                 FROM rescued
+             )
+             SELECT id, event_id, partner, event_name, state FROM rescued",
+    )
+    .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[&limit, &max_attempts, &lease_ms, &LEASE_EXPIRED],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ExpiredLease {
+            id: row.get("id"),
+            event_id: row.get("event_id"),
+            // Only deliveries to a partner are ever claimed.
+            partner: row.get::<_, Option<String>>("partner").unwrap_or_default(),
+            event_name: row.get("event_name"),
+            state: row
+                .get::<_, &str>("state")
+                .parse()
+                .unwrap_or(DeliveryState::Pending),
+        })
+        .collect())
+}
+
+/// How long until the earliest lease held now runs out (zero if it has), by the
+/// database's clock, which is the one leases are measured by. `None` when none is held.
+pub async fn until_next_lease_end(
+    client: &impl GenericClient,
+) -> Result<Option<Duration>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8
+             FROM dispatcher.deliveries WHERE state = 'in_flight'",
+            &[],
+        )
+        .await?;
+    Ok(wait_from_seconds(row.get(0)))
+}
