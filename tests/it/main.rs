@@ -33,4 +33,5 @@ mod retention;
 mod systemd;
 mod telemetry;
 mod tls;
+mod upgrade;
 mod wakeup;
