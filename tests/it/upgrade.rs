@@ -29,7 +29,10 @@ fn shipped_migrations() -> Vec<(i32, String)> {
         .map(|path| {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let version = name[..4].parse().expect("NNNN_name.sql");
-            (version, std::fs::read_to_string(&path).expect("read migration"))
+            (
+                version,
+                std::fs::read_to_string(&path).expect("read migration"),
+            )
         })
         .collect();
     files.sort();
@@ -489,7 +492,9 @@ async fn an_index_build_cut_short_is_finished_by_the_next_migrate() {
     assert!(!cut_short.status.success(), "{cut_short}");
     assert!(
         cut_short.stderr.contains("migration 0007 failed")
-            && cut_short.stderr.contains("canceling statement due to user request"),
+            && cut_short
+                .stderr
+                .contains("canceling statement due to user request"),
         "{cut_short}"
     );
     assert_eq!(versions(&db).await, vec![1, 2, 3, 4, 5, 6]);
@@ -520,10 +525,15 @@ async fn a_new_database_gets_the_schema_the_shipped_migrations_built() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let migrated = TestDb::migrated(&config).await;
-    let latest = shipped_migrations().last().map(|(v, _)| *v).expect("a migration");
+    let latest = shipped_migrations()
+        .last()
+        .map(|(v, _)| *v)
+        .expect("a migration");
     let shipped = database_at(latest).await;
 
     let schema = schema_of(&migrated).await;
-    assert!(schema.iter().any(|line| line.contains("deliveries_pending")));
+    assert!(schema
+        .iter()
+        .any(|line| line.contains("deliveries_pending")));
     assert_eq!(schema, schema_of(&shipped).await);
 }
