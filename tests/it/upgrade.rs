@@ -92,6 +92,15 @@ async fn schema_of(db: &TestDb) -> Vec<String> {
     rows.iter().map(|row| row.get(0)).collect()
 }
 
+/// The versions `migrate` applies from `first` on: up to the latest shipped migration.
+fn versions_from(first: i32) -> Vec<i32> {
+    let latest = shipped_migrations()
+        .last()
+        .map(|(v, _)| *v)
+        .expect("a migration");
+    (first..=latest).collect()
+}
+
 async fn versions(db: &TestDb) -> Vec<i32> {
     let rows = db
         .client
@@ -351,7 +360,9 @@ async fn migrating_a_long_history_stops_neither_enrollment_nor_delivery() {
     let enrollment = enrollment.stop().await;
     assert!(migrated.status.success(), "migrate failed:\n{migrated}");
     assert!(
-        migrated.stdout.contains("applied migrations [6, 7]"),
+        migrated
+            .stdout
+            .contains(&format!("applied migrations {:?}", versions_from(6))),
         "{migrated}"
     );
     assert_eq!(
@@ -440,7 +451,7 @@ async fn a_long_enrollment_transaction_makes_migrate_give_up_and_say_so_instead_
     long.batch_execute("COMMIT").await.expect("commit");
     let migrated = migrate(&path, &["--lock-timeout", "200ms"]).await;
     assert!(migrated.status.success(), "{migrated}");
-    assert_eq!(versions(&db).await, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions(&db).await, versions_from(1));
     assert_eq!(db.count_events().await, enrollment.done as i64 + 1);
 }
 
@@ -504,7 +515,9 @@ async fn an_index_build_cut_short_is_finished_by_the_next_migrate() {
     let finished = migrate(&path, &[]).await;
     assert!(finished.status.success(), "{finished}");
     assert!(
-        finished.stdout.contains("applied migrations [7]"),
+        finished
+            .stdout
+            .contains(&format!("applied migrations {:?}", versions_from(7))),
         "{finished}"
     );
     assert!(
@@ -512,10 +525,11 @@ async fn an_index_build_cut_short_is_finished_by_the_next_migrate() {
         "the rebuild is not logged:\n{finished}"
     );
     assert_eq!(invalid_indexes(&db).await, Vec::<String>::new());
-    assert_eq!(versions(&db).await, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions(&db).await, versions_from(1));
+    let latest = versions_from(1).last().copied().unwrap_or(7);
     assert_eq!(
         schema_of(&db).await,
-        schema_of(&database_at(7).await).await,
+        schema_of(&database_at(latest).await).await,
         "the schema differs from the one the shipped migrations built"
     );
 }
