@@ -11,6 +11,7 @@ use dispatcher::daemon;
 use dispatcher::observe::logging;
 use dispatcher::observe::traces::Traces;
 use dispatcher::shutdown::Shutdown;
+use dispatcher::store::schema::MigrateOptions;
 use dispatcher::store::{db, retention, schema};
 
 #[tokio::main]
@@ -66,14 +67,16 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 check::connect(&config, &mut std::io::stdout().lock()).await?;
             }
         }
-        Command::Migrate => {
+        Command::Migrate {
+            lock_timeout,
+            lock_retries,
+        } => {
             let pool = db::pool(&config.database)?;
-            let mut client = pool
-                .get()
-                .await
-                .map_err(db::DbError::from)
-                .context("connecting to the database")?;
-            let applied = schema::migrate(&mut client).await?;
+            let options = MigrateOptions {
+                lock_timeout,
+                lock_retries,
+            };
+            let applied = schema::migrate(&pool, &options).await?;
             cli::migrated(&applied, &mut std::io::stdout().lock())?;
         }
         Command::Run => daemon::run(config, &cli.config).await?,

@@ -8,6 +8,7 @@ pub mod selection;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -31,8 +32,19 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Create or upgrade the `dispatcher` schema in the database.
-    Migrate,
+    /// Create or upgrade the `dispatcher` schema in the database, one migration at a
+    /// time, beside a running daemon and enrollment flow (README, "Upgrading").
+    Migrate {
+        /// The longest a migration waits for a table's lock (behind a long transaction)
+        /// before it rolls back and tries again; the inserts into that table wait behind
+        /// it meanwhile. 0 waits as long as it takes.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        lock_timeout: Duration,
+        /// How many times a migration that could not take its lock is tried again, after
+        /// pauses of 1s, 2s, 4s..., before `migrate` gives up.
+        #[arg(long, default_value_t = 3)]
+        lock_retries: usize,
+    },
     /// Run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the configuration.
     Run,
     /// Validate the configuration and print each partner's routes. Looks up partners' host

@@ -2,6 +2,7 @@
 
 pub mod circuits;
 pub mod db;
+pub mod migration;
 pub mod notify;
 pub mod outbox;
 pub mod queue;

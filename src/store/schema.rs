@@ -1,11 +1,20 @@
-//! The database schema, versioned by the files in `migrations/`.
+//! The database schema, versioned by the files in `migrations/`, and `dispatcher
+//! migrate`, which applies them one transaction per migration (the recorded version
+//! advances with each), with the steps a file runs outside a transaction
+//! (`store::migration`) in between.
 
-use deadpool_postgres::GenericClient;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::error::SqlState;
 
 use super::db::DbError;
+use super::migration::{self, MigrationFileError, Step};
 
 /// Every migration, in order. A version is never edited once released; add a new one.
-const MIGRATIONS: &[(i32, &str)] = &[
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_initial.sql")),
     (2, include_str!("../../migrations/0002_support_actions.sql")),
     (3, include_str!("../../migrations/0003_retention.sql")),
@@ -18,17 +27,53 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../migrations/0005_outbox_traceparent.sql"),
     ),
     (6, include_str!("../../migrations/0006_outbox_wakeup.sql")),
+    // 0007_claim_by_partner.sql as shipped built its indexes in the migration's
+    // transaction, stopping every write to `deliveries` meanwhile; a database that does
+    // not have it yet gets the same indexes built concurrently.
     (
         7,
-        include_str!("../../migrations/0007_claim_by_partner.sql"),
+        include_str!("../../migrations/0007_claim_by_partner.online.sql"),
     ),
 ];
 
-/// Serialises concurrent `dispatcher migrate` runs.
+/// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the
+/// migrations' transactions and concurrent index builds.
 const MIGRATION_LOCK: i64 = 0x6865_6c70_6d69_6772; // "helpmigr"
+
+/// How often a `migrate` that found another one running tries the lock again. It never
+/// waits inside a statement: a session waiting there holds a snapshot that the other's
+/// `CREATE INDEX CONCURRENTLY` would wait for, and neither would ever finish.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(200);
+
+/// `migrate`'s own session: no statement timeout (an index on a large table takes as
+/// long as it takes), no lock timeout but the one each migration's transaction sets (see
+/// [`MigrateOptions`]), and a name that tells it apart in `pg_stat_activity`.
+const MIGRATE_SESSION: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
+     SET application_name = 'helparound-dispatcher migrate'";
 
 pub fn latest_version() -> i32 {
     MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
+/// How `dispatcher migrate` treats the locks a migration's transaction takes.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// The longest a migration's transaction waits for a lock (the enrollment flow's
+    /// inserts queue behind a waiting ACCESS EXCLUSIVE request, so this is also the
+    /// longest they wait for it); then it rolls back and is tried again.
+    pub lock_timeout: Duration,
+    /// How many times a migration that could not take its lock is tried again, after
+    /// pauses of 1s, 2s, 4s and so on, before `migrate` gives up.
+    pub lock_retries: usize,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> MigrateOptions {
+        MigrateOptions {
+            lock_timeout: Duration::from_secs(5),
+            lock_retries: 3,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,19 +84,59 @@ pub enum SchemaError {
     Behind { missing: Vec<i32> },
     #[error("the database schema has migrations {unknown:?}, newer than this dispatcher knows (up to {expected}); upgrade the dispatcher")]
     Newer { unknown: Vec<i32>, expected: i32 },
-    #[error(transparent)]
-    Db(#[from] DbError),
+    #[error(
+        "migration {version:04} could not take its lock on {} within {} ({tries} tries): \
+         a long transaction holds it{}; try again",
+        waited.relation.as_deref().unwrap_or("a table"),
+        humantime::format_duration(*timeout),
+        holders(&waited.holders)
+    )]
+    LockTimeout {
+        version: i32,
+        timeout: Duration,
+        tries: usize,
+        waited: LockWait,
+    },
+    #[error("migration {version:04} cannot be applied as written: {error}")]
+    Malformed {
+        version: i32,
+        error: MigrationFileError,
+    },
+    #[error("migration {version:04} failed: {error}")]
+    Migration { version: i32, error: DbError },
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] deadpool_postgres::PoolError),
+    #[error("{0}")]
+    Query(DbError),
 }
 
 impl From<tokio_postgres::Error> for SchemaError {
     fn from(error: tokio_postgres::Error) -> SchemaError {
-        SchemaError::Db(error.into())
+        SchemaError::Query(error.into())
+    }
+}
+
+/// The lock a migration's transaction was last seen waiting for.
+#[derive(Debug, Clone, Default)]
+pub struct LockWait {
+    /// The table (or index), e.g. `dispatcher.outbox`; unknown if the wait was too short
+    /// to be seen.
+    pub relation: Option<String>,
+    /// The backends that held it or were ahead in the queue: `pg_stat_activity.pid`.
+    pub holders: Vec<i32>,
+}
+
+fn holders(pids: &[i32]) -> String {
+    match pids {
+        [] => String::new(),
+        [pid] => format!(" (backend pid {pid} in pg_stat_activity)"),
+        pids => format!(" (backend pids {pids:?} in pg_stat_activity)"),
     }
 }
 
 /// The versions applied to the database; `None` when it has no dispatcher schema.
 async fn applied_versions(
-    client: &impl GenericClient,
+    client: &tokio_postgres::Client,
 ) -> Result<Option<Vec<i32>>, tokio_postgres::Error> {
     let exists: bool = client
         .query_one(
@@ -82,7 +167,7 @@ fn unknown_versions(applied: &[i32]) -> Vec<i32> {
 }
 
 /// Refuses to run against a schema this build does not match.
-pub async fn ensure_current(client: &impl GenericClient) -> Result<(), SchemaError> {
+pub async fn ensure_current(client: &tokio_postgres::Client) -> Result<(), SchemaError> {
     let Some(applied) = applied_versions(client).await? else {
         return Err(SchemaError::NotMigrated);
     };
@@ -105,14 +190,20 @@ pub async fn ensure_current(client: &impl GenericClient) -> Result<(), SchemaErr
     }
 }
 
-/// Applies the migrations the database lacks, all in one transaction. Returns the
-/// versions applied.
-pub async fn migrate(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>, SchemaError> {
-    let transaction = client.transaction().await?;
-    transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    let applied = applied_versions(&transaction).await?.unwrap_or_default();
+/// Applies the migrations the database lacks, in order, each recorded as soon as it is
+/// complete: a migration's transaction commits with its version, and the statements it
+/// runs outside a transaction (`store::migration`) are followed by its version. A run
+/// that stops half-way leaves every migration before the current one recorded, and the
+/// next run takes up the current one again. Returns the versions applied.
+///
+/// It runs on a connection of its own, taken out of `pool` with its own session settings
+/// ([`MIGRATE_SESSION`]); a second one from `pool` watches which lock a migration waits
+/// for, to name it if the wait times out.
+pub async fn migrate(pool: &Pool, options: &MigrateOptions) -> Result<Vec<i32>, SchemaError> {
+    let client = deadpool_postgres::Object::take(pool.get().await?);
+    client.batch_execute(MIGRATE_SESSION).await?;
+    take_migration_lock(&client).await?;
+    let applied = applied_versions(&client).await?.unwrap_or_default();
     let unknown = unknown_versions(&applied);
     if !unknown.is_empty() {
         return Err(SchemaError::Newer {
@@ -120,20 +211,256 @@ pub async fn migrate(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>,
             expected: latest_version(),
         });
     }
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let watcher = pool.get().await?;
     let mut newly_applied = Vec::new();
-    for (version, sql) in MIGRATIONS
+    for (version, file) in MIGRATIONS
         .iter()
         .filter(|(version, _)| !applied.contains(version))
     {
-        transaction.batch_execute(sql).await?;
-        transaction
-            .execute(
-                "INSERT INTO dispatcher.schema_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await?;
-        newly_applied.push(*version);
+        let version = *version;
+        let steps =
+            migration::steps(file).map_err(|error| SchemaError::Malformed { version, error })?;
+        let migration = Migration {
+            client: &client,
+            watcher: &watcher,
+            pid,
+            version,
+            options,
+        };
+        migration.apply(&steps).await?;
+        tracing::info!(version, "migration applied");
+        newly_applied.push(version);
     }
-    transaction.commit().await?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
     Ok(newly_applied)
+}
+
+/// Takes [`MIGRATION_LOCK`] for the session, waiting while another `migrate` holds it.
+async fn take_migration_lock(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let mut said = false;
+    loop {
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?
+            .get(0);
+        if locked {
+            return Ok(());
+        }
+        if !said {
+            tracing::info!("another `dispatcher migrate` is running; waiting for it to finish");
+            said = true;
+        }
+        tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+    }
+}
+
+/// One migration being applied.
+struct Migration<'a> {
+    client: &'a tokio_postgres::Client,
+    watcher: &'a deadpool_postgres::Client,
+    /// The backend of `client`, whose lock waits `watcher` looks at.
+    pid: i32,
+    version: i32,
+    options: &'a MigrateOptions,
+}
+
+/// Why one try of a migration's transaction failed.
+enum TransactionError {
+    /// It could not take a lock within `lock_timeout`: worth another try.
+    LockTimeout(LockWait),
+    Failed(tokio_postgres::Error),
+}
+
+impl Migration<'_> {
+    async fn apply(&self, steps: &[Step<'_>]) -> Result<(), SchemaError> {
+        let failed = |error: tokio_postgres::Error| SchemaError::Migration {
+            version: self.version,
+            error: error.into(),
+        };
+        let recorded_in_transaction = matches!(steps.last(), Some(Step::Transaction(_)));
+        for (at, step) in steps.iter().enumerate() {
+            match step {
+                Step::Transaction(sql) => {
+                    let last = at + 1 == steps.len();
+                    self.in_transaction(sql, last).await?;
+                }
+                Step::BuildIndex { index, sql } => {
+                    if self.drop_if_invalid(index).await.map_err(failed)? {
+                        tracing::warn!(
+                            version = self.version,
+                            index = index.as_str(),
+                            "an earlier migrate left this index INVALID (its build was interrupted); dropped it to build it again"
+                        );
+                    }
+                    tracing::info!(
+                        version = self.version,
+                        index = index.as_str(),
+                        "building an index concurrently (inserts and updates go on)"
+                    );
+                    self.client.batch_execute(sql).await.map_err(failed)?;
+                }
+                Step::Alone(sql) => self.client.batch_execute(sql).await.map_err(failed)?,
+            }
+        }
+        if !recorded_in_transaction {
+            record_version(self.client, self.version)
+                .await
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` in one transaction under `lock_timeout`, with the version when it is
+    /// the migration's `last` step; a try that times out waiting for a lock is rolled
+    /// back and tried again after a pause, as often as `lock_retries` says.
+    async fn in_transaction(&self, sql: &str, last: bool) -> Result<(), SchemaError> {
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_times(self.options.lock_retries);
+        let outcome = (|| {
+            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.transaction_once(sql, last)
+        })
+        .retry(backoff)
+        .when(|error| matches!(error, TransactionError::LockTimeout(_)))
+        .notify(|error, pause| {
+            if let TransactionError::LockTimeout(waited) = error {
+                tracing::warn!(
+                    version = self.version,
+                    relation = waited.relation.as_deref().unwrap_or("unknown"),
+                    holders = ?waited.holders,
+                    lock_timeout = %humantime::format_duration(self.options.lock_timeout),
+                    ?pause,
+                    "the migration could not take its lock in time (a long transaction holds it); rolled back, trying again"
+                );
+            }
+        })
+        .await;
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(TransactionError::LockTimeout(waited)) => Err(SchemaError::LockTimeout {
+                version: self.version,
+                timeout: self.options.lock_timeout,
+                tries: tries.load(std::sync::atomic::Ordering::Relaxed),
+                waited,
+            }),
+            Err(TransactionError::Failed(error)) => Err(SchemaError::Migration {
+                version: self.version,
+                error: error.into(),
+            }),
+        }
+    }
+
+    async fn transaction_once(&self, sql: &str, record: bool) -> Result<(), TransactionError> {
+        let run = async {
+            self.client.batch_execute("BEGIN").await?;
+            let result = async {
+                let lock_timeout = format!("{}ms", self.options.lock_timeout.as_millis());
+                self.client
+                    .execute(
+                        "SELECT set_config('lock_timeout', $1, true)",
+                        &[&lock_timeout],
+                    )
+                    .await?;
+                self.client.batch_execute(sql).await?;
+                if record {
+                    record_version(self.client, self.version).await?;
+                }
+                self.client.batch_execute("COMMIT").await
+            }
+            .await;
+            if result.is_err() {
+                // Ends the failed transaction; its own failure (no transaction left) is moot.
+                let _ = self.client.batch_execute("ROLLBACK").await;
+            }
+            result
+        };
+        let seen = std::sync::Mutex::new(None);
+        let outcome = tokio::select! {
+            outcome = run => outcome,
+            never = watch_lock_waits(self.watcher, self.pid, self.options.lock_timeout, &seen) => match never {},
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let waited = seen.into_inner().ok().flatten().unwrap_or_default();
+                Err(TransactionError::LockTimeout(waited))
+            }
+            Err(error) => Err(TransactionError::Failed(error)),
+        }
+    }
+
+    /// Drops `index` (in the `dispatcher` schema, where every table of ours is) if an
+    /// interrupted `CREATE INDEX CONCURRENTLY` left it INVALID: `IF NOT EXISTS` would take
+    /// it for built. True if it did.
+    async fn drop_if_invalid(&self, index: &str) -> Result<bool, tokio_postgres::Error> {
+        let invalid: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                                WHERE c.relnamespace = 'dispatcher'::regnamespace
+                                  AND c.relname = $1 AND NOT i.indisvalid)",
+                &[&index],
+            )
+            .await?
+            .get(0);
+        if invalid {
+            let quoted = index.replace('"', "\"\"");
+            self.client
+                .batch_execute(&format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS dispatcher.\"{quoted}\""
+                ))
+                .await?;
+        }
+        Ok(invalid)
+    }
+}
+
+async fn record_version(
+    client: &tokio_postgres::Client,
+    version: i32,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO dispatcher.schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map(drop)
+}
+
+/// Notes, while a migration's transaction runs, which lock backend `pid` waits for and
+/// who holds it: after a lock timeout PostgreSQL says only that it timed out.
+async fn watch_lock_waits(
+    watcher: &deadpool_postgres::Client,
+    pid: i32,
+    lock_timeout: Duration,
+    seen: &std::sync::Mutex<Option<LockWait>>,
+) -> Infallible {
+    let every = (lock_timeout / 4).clamp(Duration::from_millis(25), Duration::from_millis(250));
+    loop {
+        tokio::time::sleep(every).await;
+        let waiting = watcher
+            .query_opt(
+                "SELECT l.relation::regclass::text, pg_blocking_pids(l.pid)
+                 FROM pg_locks l
+                 WHERE l.pid = $1 AND NOT l.granted AND l.locktype = 'relation'
+                 LIMIT 1",
+                &[&pid],
+            )
+            .await;
+        if let (Ok(Some(row)), Ok(mut seen)) = (waiting, seen.lock()) {
+            *seen = Some(LockWait {
+                relation: row.get(0),
+                holders: row.get(1),
+            });
+        }
+    }
 }

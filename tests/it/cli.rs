@@ -823,15 +823,16 @@ allow_networks = ["localhost"]
     assert!(output.stdout.is_empty(), "{output}");
 }
 
-/// How many migrations the dispatcher ships (`migrations/*.sql`).
+/// How many migrations the dispatcher ships: the versions of `migrations/NNNN_*.sql` (a
+/// migration applied online has a second file, `NNNN_name.online.sql`).
 fn migration_files() -> i64 {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-    std::fs::read_dir(dir)
+    let versions: std::collections::BTreeSet<String> = std::fs::read_dir(dir)
         .expect("migrations/")
-        .filter(|entry| {
-            entry
-                .as_ref()
-                .is_ok_and(|entry| entry.path().extension().is_some_and(|ext| ext == "sql"))
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.ends_with(".sql").then(|| name[..4].to_string())
         })
-        .count() as i64
+        .collect();
+    versions.len() as i64
 }

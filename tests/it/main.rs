@@ -34,4 +34,5 @@ mod systemd;
 mod telemetry;
 mod tidy;
 mod tls;
+mod upgrade;
 mod wakeup;

@@ -1,0 +1,553 @@
+//! Upgrades: ops run `dispatcher migrate` beside the enrollment flow and a daemon that
+//! keeps delivering, on a database with a long history. No insert fails and no delivery
+//! stops while the schema changes; a long transaction makes `migrate` give up and say
+//! so, rather than stop every insert behind it; a migrate cut short is finished by the
+//! next one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::*;
+use dispatcher::config::Config;
+use dispatcher::delivery::outcome::{AttemptRecord, Resolution};
+use dispatcher::delivery::state::DeliveryState;
+use dispatcher::store::{db, outbox, queue};
+use tokio::task::JoinHandle;
+
+/// The migration files as they shipped, `(version, text)` in order: `NNNN_name.sql`,
+/// not the `.online.sql` that `migrate` applies instead today.
+fn shipped_migrations() -> Vec<(i32, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<(i32, String)> = std::fs::read_dir(&dir)
+        .expect("migrations/")
+        .map(|entry| entry.expect("a migration file").path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".sql") && !name.ends_with(".online.sql")
+        })
+        .map(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let version = name[..4].parse().expect("NNNN_name.sql");
+            (
+                version,
+                std::fs::read_to_string(&path).expect("read migration"),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A database as the dispatcher that shipped migration `version` left it: every shipped
+/// file up to it, applied in one transaction, as that dispatcher's `migrate` did.
+async fn database_at(version: i32) -> TestDb {
+    let db = TestDb::unmigrated().await;
+    let mut sql = String::from("BEGIN;\n");
+    for (shipped, text) in shipped_migrations() {
+        if shipped <= version {
+            sql.push_str(&text);
+            sql.push_str(&format!(
+                "\n;INSERT INTO dispatcher.schema_migrations (version) VALUES ({shipped});\n"
+            ));
+        }
+    }
+    sql.push_str("COMMIT;");
+    db.client
+        .batch_execute(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("migrate to {version} the old way: {e}"));
+    db
+}
+
+/// What the schema holds, one line per column, constraint, index, trigger, function and
+/// sequence, to compare two databases by.
+async fn schema_of(db: &TestDb) -> Vec<String> {
+    let rows = db
+        .client
+        .query(
+            "SELECT format('column %s.%s %s %s %s', table_name, column_name, data_type, is_nullable, column_default)
+             FROM information_schema.columns WHERE table_schema = 'dispatcher'
+             UNION ALL
+             SELECT format('constraint %s %s', conrelid::regclass, pg_get_constraintdef(oid))
+             FROM pg_constraint WHERE connamespace = 'dispatcher'::regnamespace
+             UNION ALL
+             SELECT format('index %s', indexdef) FROM pg_indexes WHERE schemaname = 'dispatcher'
+             UNION ALL
+             SELECT format('trigger %s', pg_get_triggerdef(t.oid))
+             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+             WHERE c.relnamespace = 'dispatcher'::regnamespace AND NOT t.tgisinternal
+             UNION ALL
+             SELECT format('function %s', pg_get_functiondef(oid))
+             FROM pg_proc WHERE pronamespace = 'dispatcher'::regnamespace
+             UNION ALL
+             SELECT format('sequence %s %s %s %s %s', c.relname, s.seqmin, s.seqmax, s.seqstart, c.relacl)
+             FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid
+             WHERE c.relnamespace = 'dispatcher'::regnamespace
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("read the schema");
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// The versions `migrate` applies from `first` on: up to the latest shipped migration.
+fn versions_from(first: i32) -> Vec<i32> {
+    let latest = shipped_migrations()
+        .last()
+        .map(|(v, _)| *v)
+        .expect("a migration");
+    (first..=latest).collect()
+}
+
+async fn versions(db: &TestDb) -> Vec<i32> {
+    let rows = db
+        .client
+        .query(
+            "SELECT version FROM dispatcher.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .expect("read schema_migrations");
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// The dispatcher's indexes that an interrupted concurrent build left INVALID.
+async fn invalid_indexes(db: &TestDb) -> Vec<String> {
+    let rows = db
+        .client
+        .query(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE c.relnamespace = 'dispatcher'::regnamespace AND NOT i.indisvalid
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("read pg_index");
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+async fn migrate(config: &std::path::Path, args: &[&str]) -> Output {
+    let mut command = dispatcher(config);
+    command.arg("migrate").args(args);
+    finish(command).await
+}
+
+/// A long history, fast: `events` delivered events of long ago, each to four partners,
+/// their bodies erased by retention. Written as a bulk load (foreign keys and triggers
+/// off for this session), with ids in order as the daemon's are.
+async fn seed_history(db: &TestDb, events: i64) {
+    let loader = db.connect().await;
+    loader
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .expect("bulk load mode");
+    loader
+        .execute(
+            "INSERT INTO dispatcher.outbox (event_name, event, event_erased_at, created_at, routed_at)
+             SELECT $1, NULL, now() - interval '20 days', now() - interval '60 days', now() - interval '60 days'
+             FROM generate_series(1, $2::int8)",
+            &[&ENROLLMENT, &events],
+        )
+        .await
+        .expect("seed the outbox");
+    loader
+        .batch_execute(
+            "INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, attempt_count,
+                  last_status, created_at, ended_at)
+             SELECT lpad(to_hex(o.id * 4 + p.n), 32, '0')::uuid, o.id, p.partner, o.event_name,
+                    'history-' || o.id, 'delivered', 1, 200, o.created_at, o.created_at
+             FROM dispatcher.outbox o,
+                  (VALUES (0, 'acme'), (1, 'globex'), (2, 'initech'), (3, 'umbrella')) AS p(n, partner);
+             ANALYZE dispatcher.outbox, dispatcher.deliveries",
+        )
+        .await
+        .expect("seed the deliveries");
+}
+
+/// What the enrollment flow does all day: one insert per transaction, here with a
+/// `lock_timeout` of 1s, so an insert the migration holds up longer fails, and is
+/// counted.
+struct EnrollmentFlow {
+    stop: Arc<AtomicBool>,
+    producers: Vec<JoinHandle<Tally>>,
+}
+
+/// What a producer or the daemon did: how many commits, and every failure.
+#[derive(Debug, Default)]
+struct Tally {
+    done: u64,
+    /// Done while an index on `deliveries` was being built.
+    done_during_a_build: u64,
+    failures: Vec<String>,
+}
+
+impl EnrollmentFlow {
+    async fn start(db: &TestDb, producers: usize) -> EnrollmentFlow {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for producer in 0..producers {
+            let client = db.connect().await;
+            client
+                .batch_execute("SET lock_timeout = '1s'")
+                .await
+                .expect("set lock_timeout");
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while !stop.load(Ordering::SeqCst) {
+                    let event = enrollment_event(&format!("upgrade-{producer}-{}", tally.done));
+                    match client
+                        .execute(
+                            "INSERT INTO dispatcher.outbox (event_name, event) VALUES ($1, $2)",
+                            &[&ENROLLMENT, &event],
+                        )
+                        .await
+                    {
+                        Ok(_) => tally.done += 1,
+                        Err(error) => tally.failures.push(format!("{error:?}")),
+                    }
+                    // A steady flow, not a flood the daemon could never keep up with.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                tally
+            }));
+        }
+        EnrollmentFlow {
+            stop,
+            producers: tasks,
+        }
+    }
+
+    async fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Tally::default();
+        for producer in self.producers {
+            let tally = producer.await.expect("producer");
+            all.done += tally.done;
+            all.failures.extend(tally.failures);
+        }
+        all
+    }
+}
+
+/// The daemon of the release before, delivering while `migrate` runs beside it: it routes
+/// new events, claims due deliveries and records their results with the daemon's own
+/// statements (`store::outbox`, `store::queue`), and records each claim as delivered
+/// instead of sending it (the partner is not what an upgrade puts at risk; the new
+/// daemon sends for real afterwards). This release's `dispatcher run` refuses a database
+/// at 0005, and a binary of that release cannot be built here, so this is that daemon's
+/// side of the database. Its session waits at most 1s for a lock, like the producers', so
+/// a write the migration holds up fails and is counted, rather than only taking long.
+struct OldDaemon {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Tally>,
+}
+
+impl OldDaemon {
+    async fn start(config: &TestConfig, db: &TestDb) -> OldDaemon {
+        let loaded = Config::parse(&config.text(db), "upgrade", None, |_| None).expect("config");
+        let mut client = db::pool(&loaded.database)
+            .expect("pool")
+            .get()
+            .await
+            .expect("a pooled connection");
+        client
+            .batch_execute("SET lock_timeout = '1s'")
+            .await
+            .expect("set lock_timeout");
+        let watcher = db.connect().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut tally = Tally::default();
+                while !stop.load(Ordering::SeqCst) {
+                    let build_before = build_in_progress(&watcher).await;
+                    match deliver_once(&mut client, &loaded).await {
+                        Ok(0) => {}
+                        Ok(recorded) => {
+                            tally.done += recorded;
+                            if build_before.is_some()
+                                && build_before == build_in_progress(&watcher).await
+                            {
+                                tally.done_during_a_build += recorded;
+                            }
+                        }
+                        Err(error) => tally.failures.push(format!("{error:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tally
+            }
+        });
+        OldDaemon { stop, task }
+    }
+
+    async fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the old daemon's task")
+    }
+}
+
+/// One round of the daemon's work: route, claim, record. How many deliveries it recorded.
+async fn deliver_once(
+    client: &mut deadpool_postgres::Client,
+    config: &Config,
+) -> Result<u64, tokio_postgres::Error> {
+    outbox::route_new_events(client, config, 100).await?;
+    let claim = queue::claim_due(client, 100, Duration::from_secs(60), &[]).await?;
+    let resolutions: Vec<Resolution> = claim
+        .deliveries
+        .iter()
+        .map(|delivery| Resolution {
+            delivery_id: delivery.id,
+            claim_token: delivery.claim_token,
+            state: DeliveryState::Delivered,
+            due_in: None,
+            last_error: None,
+            attempt: Some(AttemptRecord {
+                started_at: chrono::Utc::now(),
+                duration: Duration::from_millis(1),
+                http_status: Some(200),
+                error_kind: None,
+                error: None,
+                response_body: None,
+            }),
+            learned_external_id: None,
+        })
+        .collect();
+    let recorded = queue::record(&*client, &resolutions.iter().collect::<Vec<_>>()).await?;
+    Ok(recorded.len() as u64)
+}
+
+/// The index on `deliveries` being built right now, if any (its builder and its oid).
+async fn build_in_progress(client: &tokio_postgres::Client) -> Option<(i32, i64)> {
+    client
+        .query_opt(
+            "SELECT pid, index_relid::int8 FROM pg_stat_progress_create_index
+             WHERE relid = 'dispatcher.deliveries'::regclass LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("read pg_stat_progress_create_index")
+        .map(|row| (row.get(0), row.get(1)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrating_a_long_history_stops_neither_enrollment_nor_delivery() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    // A database of the release that shipped 0005, with 1,000,000 deliveries.
+    let db = database_at(5).await;
+    seed_history(&db, 250_000).await;
+    assert_eq!(db.count_deliveries(&Deliveries::all()).await, 1_000_000);
+    let path = config.write(&db);
+
+    let enrollment = EnrollmentFlow::start(&db, 4).await;
+    let old_daemon = OldDaemon::start(&config, &db).await;
+    db.wait_for_count(
+        "SELECT least(count(*), 1) FROM dispatcher.deliveries WHERE state = 'delivered' AND partner = 'acme' AND patient_id LIKE 'upgrade-%'",
+        1,
+    )
+    .await;
+
+    let migrated = migrate(&path, &[]).await;
+
+    let old_daemon = old_daemon.stop().await;
+    let enrollment = enrollment.stop().await;
+    assert!(migrated.status.success(), "migrate failed:\n{migrated}");
+    assert!(
+        migrated
+            .stdout
+            .contains(&format!("applied migrations {:?}", versions_from(6))),
+        "{migrated}"
+    );
+    assert_eq!(
+        enrollment.failures,
+        Vec::<String>::new(),
+        "inserts failed during the upgrade ({} committed)",
+        enrollment.done
+    );
+    assert_eq!(
+        old_daemon.failures,
+        Vec::<String>::new(),
+        "the daemon's writes failed during the upgrade ({} recorded)",
+        old_daemon.done
+    );
+    assert!(
+        old_daemon.done_during_a_build > 0,
+        "the daemon recorded nothing while the indexes were built: {old_daemon:?}"
+    );
+    eprintln!(
+        "during the upgrade: {} events inserted, {} deliveries recorded ({} while an index was built)",
+        enrollment.done, old_daemon.done, old_daemon.done_during_a_build
+    );
+    assert_eq!(invalid_indexes(&db).await, Vec::<String>::new());
+
+    // The new daemon takes over on the new schema and delivers what is left, for real.
+    let _daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("after-the-upgrade"))
+        .await;
+    partner.wait_for_requests(1).await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.outbox WHERE routed_at IS NULL",
+        0,
+    )
+    .await;
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.deliveries WHERE state <> 'delivered'",
+        0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_enrollment_transaction_makes_migrate_give_up_and_say_so_instead_of_stopping_inserts(
+) {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = database_at(5).await;
+    let path = config.write(&db);
+
+    // An enrollment transaction that inserted its event and is slow to commit.
+    let long = db.connect().await;
+    long.batch_execute("BEGIN").await.expect("begin");
+    long.execute(
+        "INSERT INTO dispatcher.outbox (event_name, event) VALUES ($1, $2)",
+        &[&ENROLLMENT, &enrollment_event("slow-to-commit")],
+    )
+    .await
+    .expect("insert");
+    let long_pid: i32 = long
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+
+    // The rest of the enrollment flow goes on, while migrate tries and gives up.
+    let enrollment = EnrollmentFlow::start(&db, 2).await;
+    let refused = migrate(&path, &["--lock-timeout", "200ms", "--lock-retries", "1"]).await;
+    let enrollment = enrollment.stop().await;
+
+    assert!(!refused.status.success(), "{refused}");
+    let expected = format!(
+        "migration 0006 could not take its lock on dispatcher.outbox within 200ms (2 tries): \
+         a long transaction holds it (backend pid {long_pid} in pg_stat_activity); try again"
+    );
+    assert!(refused.stderr.contains(&expected), "{refused}");
+    assert_eq!(
+        enrollment.failures,
+        Vec::<String>::new(),
+        "inserts waited behind the migration ({} committed)",
+        enrollment.done
+    );
+    assert!(enrollment.done > 0, "no insert went through meanwhile");
+    assert_eq!(versions(&db).await, vec![1, 2, 3, 4, 5], "0006 rolled back");
+
+    // Once that transaction ends, the same command goes through.
+    long.batch_execute("COMMIT").await.expect("commit");
+    let migrated = migrate(&path, &["--lock-timeout", "200ms"]).await;
+    assert!(migrated.status.success(), "{migrated}");
+    assert_eq!(versions(&db).await, versions_from(1));
+    assert_eq!(db.count_events().await, enrollment.done as i64 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_build_cut_short_is_finished_by_the_next_migrate() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = database_at(6).await;
+    let path = config.write(&db);
+
+    // A daemon's write to `deliveries`, slow to commit: the concurrent build waits for it.
+    let writer = db.connect().await;
+    writer
+        .batch_execute("BEGIN; LOCK TABLE dispatcher.deliveries IN ROW EXCLUSIVE MODE")
+        .await
+        .expect("hold a write lock");
+    // Someone cancels the build while it waits (ops, or a statement that outlived its
+    // welcome); a crash or a lost connection leaves the same INVALID index.
+    let cancel = async {
+        let started = std::time::Instant::now();
+        loop {
+            let waiting = db
+                .client
+                .query_opt(
+                    "SELECT p.pid FROM pg_stat_progress_create_index p
+                     JOIN pg_class c ON c.oid = p.index_relid
+                     WHERE c.relname = 'deliveries_pending'",
+                    &[],
+                )
+                .await
+                .expect("read pg_stat_progress_create_index");
+            if let Some(row) = waiting {
+                let pid: i32 = row.get(0);
+                db.client
+                    .execute("SELECT pg_cancel_backend($1)", &[&pid])
+                    .await
+                    .expect("cancel the build");
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the build never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (cut_short, ()) = tokio::join!(migrate(&path, &[]), cancel);
+
+    assert!(!cut_short.status.success(), "{cut_short}");
+    assert!(
+        cut_short.stderr.contains("migration 0007 failed")
+            && cut_short
+                .stderr
+                .contains("canceling statement due to user request"),
+        "{cut_short}"
+    );
+    assert_eq!(versions(&db).await, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(invalid_indexes(&db).await, vec!["deliveries_pending"]);
+
+    writer.batch_execute("COMMIT").await.expect("commit");
+    let finished = migrate(&path, &[]).await;
+    assert!(finished.status.success(), "{finished}");
+    assert!(
+        finished
+            .stdout
+            .contains(&format!("applied migrations {:?}", versions_from(7))),
+        "{finished}"
+    );
+    assert!(
+        format!("{}{}", finished.stdout, finished.stderr).contains("INVALID"),
+        "the rebuild is not logged:\n{finished}"
+    );
+    assert_eq!(invalid_indexes(&db).await, Vec::<String>::new());
+    assert_eq!(versions(&db).await, versions_from(1));
+    let latest = versions_from(1).last().copied().unwrap_or(7);
+    assert_eq!(
+        schema_of(&db).await,
+        schema_of(&database_at(latest).await).await,
+        "the schema differs from the one the shipped migrations built"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_database_gets_the_schema_the_shipped_migrations_built() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let migrated = TestDb::migrated(&config).await;
+    let latest = shipped_migrations()
+        .last()
+        .map(|(v, _)| *v)
+        .expect("a migration");
+    let shipped = database_at(latest).await;
+
+    let schema = schema_of(&migrated).await;
+    assert!(schema
+        .iter()
+        .any(|line| line.contains("deliveries_pending")));
+    assert_eq!(schema, schema_of(&shipped).await);
+}
