@@ -69,6 +69,28 @@ fn sql_is_written_only_in_the_store() {
     );
 }
 
+/// The places that may name the PostgreSQL driver: the store, which owns the database,
+/// and `config/database/`, which reads `database.url` with the driver's own parser so
+/// that `check` refuses a URL the driver would read differently (an `sslmode` downgrade).
+const DRIVER_PLACES: &[&str] = &["store/", "config/database/"];
+
+#[test]
+fn only_the_store_names_the_database_driver() {
+    let findings = sources()
+        .iter()
+        .filter(|file| {
+            !DRIVER_PLACES
+                .iter()
+                .any(|place| file.path.starts_with(place))
+        })
+        .flat_map(driver_names)
+        .collect();
+    assert_none(
+        "the PostgreSQL driver named outside store/ (ARCHITECTURE.md: \"Only `store/` names the driver\")",
+        findings,
+    );
+}
+
 #[test]
 fn tasks_and_runtimes_are_started_only_where_the_code_map_says() {
     let places = spawn_places(&architecture());
@@ -537,6 +559,22 @@ fn task_starts(file: &SourceFile) -> Vec<Finding> {
     found
 }
 
+/// Where `file` names `tokio_postgres` or `deadpool_postgres` in its code (a log filter's
+/// string or a comment is not code).
+fn driver_names(file: &SourceFile) -> Vec<Finding> {
+    tokens(&file.scanned.code)
+        .iter()
+        .filter(|token| matches!(token.text.as_str(), "tokio_postgres" | "deadpool_postgres"))
+        .map(|token| {
+            Finding::new(
+                file,
+                token.line,
+                format!("names the database driver (`{}`)", token.text),
+            )
+        })
+        .collect()
+}
+
 fn missing_doc_opening(file: &SourceFile) -> Option<Finding> {
     let first = file.text.lines().position(|line| !line.trim().is_empty());
     let opens = first.is_some_and(|at| {
@@ -861,6 +899,28 @@ fn a_task_started_outside_the_daemon_is_caught_and_a_process_is_not() {
     assert!(found[0].starts_with("src/observe/metrics.rs:5: starts a task or runtime (`spawn`)"));
     assert!(found[1]
         .starts_with("src/observe/metrics.rs:6: starts a task or runtime (`runtime::Builder`)"));
+}
+
+#[test]
+fn a_daemon_file_that_names_the_driver_is_caught_and_a_log_filter_is_not() {
+    let named = |path: &str, text: &str| {
+        driver_names(&SourceFile::new(path, text))
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        named(
+            "daemon/recorder.rs",
+            "//! x\nuse tokio_postgres::error::SqlState;\n"
+        ),
+        ["src/daemon/recorder.rs:2: names the database driver (`tokio_postgres`)"]
+    );
+    assert!(named(
+        "observe/logging.rs",
+        "//! x\nconst F: &str = \"tokio_postgres=warn\";\n"
+    )
+    .is_empty());
 }
 
 #[test]
