@@ -20,6 +20,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_claim_by_partner.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/0010_identity_audit.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.
