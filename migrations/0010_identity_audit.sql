@@ -103,13 +103,17 @@ CREATE TRIGGER audit_log_not_truncated
 
 -- Retention of the trail: deletes up to `batch` rows older than `keep_days` (never fewer
 -- than 365 days, whatever the caller asks). Runs with its owner's rights, so the
--- daemon's role prunes without DELETE on the table; the setting it carries is what the
--- trigger lets through.
+-- daemon's role prunes without DELETE on the table; the setting it holds while it deletes
+-- is what the trigger lets through (set in the body: PostgreSQL lets only a superuser
+-- attach a custom setting to a function).
 CREATE FUNCTION dispatcher.prune_audit_log(keep_days integer, batch integer) RETURNS bigint
-LANGUAGE sql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET dispatcher.pruning_audit_log = 'on'
 AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    PERFORM set_config('dispatcher.pruning_audit_log', 'on', true);
     WITH gone AS (
         DELETE FROM dispatcher.audit_log
         WHERE id IN (
@@ -118,6 +122,9 @@ AS $$
             ORDER BY at
             LIMIT batch)
         RETURNING 1)
-    SELECT count(*) FROM gone
+    SELECT count(*) INTO deleted FROM gone;
+    PERFORM set_config('dispatcher.pruning_audit_log', 'off', true);
+    RETURN deleted;
+END
 $$;
 REVOKE ALL ON FUNCTION dispatcher.prune_audit_log(integer, integer) FROM PUBLIC;

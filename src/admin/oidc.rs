@@ -100,7 +100,9 @@ impl Oidc {
             match &*cached {
                 Some((metadata, fetched)) if fetched.elapsed() < METADATA_TTL => metadata.clone(),
                 _ => {
-                    let issuer = IssuerUrl::from_url(self.config.issuer.clone());
+                    let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|error| {
+                        SignInError::ProviderUnavailable(format!("issuer: {error}"))
+                    })?;
                     let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
                         .await
                         .map_err(|error| {

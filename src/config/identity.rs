@@ -65,9 +65,10 @@ impl FromStr for Role {
 /// PKCE), roles from the provider's groups.
 #[derive(Clone)]
 pub struct OidcConfig {
-    /// The provider's issuer URL; its discovery document is
+    /// The provider's issuer URL, exactly as the provider writes it (ID tokens must name
+    /// it so; a URL type would add a `/` to a bare host); its discovery document is
     /// `<issuer>/.well-known/openid-configuration`.
-    pub issuer: Url,
+    pub issuer: String,
     pub client_id: String,
     pub client_secret: SecretString,
     /// Where the provider sends the browser back: this server's `/auth/callback`, as the
@@ -115,7 +116,7 @@ impl PartialEq for OidcConfig {
 impl fmt::Debug for OidcConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OidcConfig")
-            .field("issuer", &self.issuer.as_str())
+            .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
             .field("redirect_url", &self.redirect_url.as_str())

@@ -24,7 +24,8 @@ const MAX_SESSION: Duration = Duration::from_secs(24 * 60 * 60);
 impl RawOidc {
     pub(super) fn validate(self, base_dir: &Path) -> Result<OidcConfig, ConfigError> {
         let key = |field: &str| format!("admin.oidc.{field}");
-        let issuer = web_url(&key("issuer"), &self.issuer)?;
+        web_url(&key("issuer"), &self.issuer)?;
+        let issuer = self.issuer;
         if self.client_id.trim().is_empty() {
             return Err(ConfigError::key(key("client_id"), "must not be empty"));
         }
