@@ -123,7 +123,6 @@ impl Access {
             .fold(0u8, |differ, (a, b)| differ | (a ^ b))
             == 0
     }
-
 }
 
 /// A name fit for the record: printable, trimmed, bounded.

@@ -234,7 +234,11 @@ pub(crate) async fn retry_matching(
         .await
         .map_err(ApiError::from);
     let target = match &result {
-        Ok(report) => format!("{} (touched {})", state.described(&selection), report.touched()),
+        Ok(report) => format!(
+            "{} (touched {})",
+            state.described(&selection),
+            report.touched()
+        ),
         Err(_) => state.described(&selection),
     };
     state

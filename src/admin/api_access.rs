@@ -251,16 +251,23 @@ pub(crate) async fn create_token(
     Json(new): Json<NewToken>,
 ) -> Result<Json<CreatedToken>, ApiError> {
     let result = async {
-        let role: Role = new
-            .role
-            .parse()
-            .map_err(|error: crate::config::identity::UnknownRole| {
-                ApiError::BadRequest(format!("role: {error}"))
-            })?;
+        let role: Role =
+            new.role
+                .parse()
+                .map_err(|error: crate::config::identity::UnknownRole| {
+                    ApiError::BadRequest(format!("role: {error}"))
+                })?;
         let expires_at = tokens::expires_at(&new.expires)?;
         let client = state.client().await?;
         Ok::<_, ApiError>(
-            tokens::create(&client, &new.name, role, expires_at, &caller.support_actor()).await?,
+            tokens::create(
+                &client,
+                &new.name,
+                role,
+                expires_at,
+                &caller.support_actor(),
+            )
+            .await?,
         )
     }
     .await;

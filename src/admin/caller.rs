@@ -68,10 +68,7 @@ pub(crate) struct Allowed<R: Needs>(pub Caller, pub PhantomData<R>);
 impl<R: Needs> FromRequestParts<AdminState> for Allowed<R> {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AdminState,
-    ) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, Response> {
         let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
             // Only routes behind the authentication take this: a route wired without it
             // is refused rather than served to anyone.

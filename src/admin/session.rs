@@ -134,7 +134,12 @@ async fn caller_of_api(state: &AdminState, headers: &HeaderMap) -> Result<Caller
             via: Via::Api,
         };
         let _ = state
-            .audit_sign_in(&unknown, Outcome::Refused, Some(reason), action::API_AUTHENTICATE)
+            .audit_sign_in(
+                &unknown,
+                Outcome::Refused,
+                Some(reason),
+                action::API_AUTHENTICATE,
+            )
             .await;
         tracing::warn!(reason, "admin API: request refused");
         ApiError::Unauthorized

@@ -183,7 +183,14 @@ async fn show(
         bail!("no delivery with id {id}");
     };
     // It shows the partners' answers: recorded before it is printed.
-    audited(client, action::DELIVERY_READ, Some(&id.to_string()), Outcome::Ok, None).await?;
+    audited(
+        client,
+        action::DELIVERY_READ,
+        Some(&id.to_string()),
+        Outcome::Ok,
+        None,
+    )
+    .await?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &detail)?;
         writeln!(out)?;
@@ -276,7 +283,14 @@ async fn retry(
         .await
         .map_err(|error| failed(error, "resending"))?;
     for id in report.resent.iter().chain(&report.rerouted) {
-        audited(&*client, action::RESEND, Some(&id.to_string()), Outcome::Ok, None).await?;
+        audited(
+            &*client,
+            action::RESEND,
+            Some(&id.to_string()),
+            Outcome::Ok,
+            None,
+        )
+        .await?;
     }
     write!(out, "{report}")?;
     let Some(ids) = &selection.ids else {
@@ -298,7 +312,14 @@ async fn cancel(
         .await
         .context("cancelling")?;
     for id in &cancelled {
-        audited(client, action::CANCEL, Some(&id.to_string()), Outcome::Ok, None).await?;
+        audited(
+            client,
+            action::CANCEL,
+            Some(&id.to_string()),
+            Outcome::Ok,
+            None,
+        )
+        .await?;
         writeln!(out, "{id}: cancelled")?;
     }
     let untouched: Vec<String> = ids

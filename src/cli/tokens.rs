@@ -96,7 +96,14 @@ pub async fn run(
                 Ok(_) => (Outcome::Ok, None),
                 Err(error) => (Outcome::Failed, Some(error.to_string())),
             };
-            audited(client, action::TOKEN_CREATE, Some(&name), outcome, reason.as_deref()).await?;
+            audited(
+                client,
+                action::TOKEN_CREATE,
+                Some(&name),
+                outcome,
+                reason.as_deref(),
+            )
+            .await?;
             let created = created.map_err(|error| match error {
                 TokenError::BadExpiry => anyhow::Error::new(error).context("--expires"),
                 TokenError::BadName => anyhow::Error::new(error).context("--name"),
@@ -153,11 +160,15 @@ pub async fn run(
                 action::TOKEN_REVOKE,
                 Some(&token),
                 outcome,
-                revoked.is_none().then_some("no live token has this name or id"),
+                revoked
+                    .is_none()
+                    .then_some("no live token has this name or id"),
             )
             .await?;
             match revoked {
-                Some(revoked) => writeln!(out, "token `{}` ({}) revoked", revoked.name, revoked.id)?,
+                Some(revoked) => {
+                    writeln!(out, "token `{}` ({}) revoked", revoked.name, revoked.id)?
+                }
                 None => bail!("no live token is named `{token}` or has that id"),
             }
             Ok(())
@@ -226,15 +237,24 @@ pub async fn audit(
             entry.at.to_rfc3339(),
             entry.via,
             entry.actor,
-            entry.role.as_deref().map_or(String::new(), |role| format!(" [{role}]")),
+            entry
+                .role
+                .as_deref()
+                .map_or(String::new(), |role| format!(" [{role}]")),
             entry.action,
             entry.target.as_deref().unwrap_or("-"),
             entry.outcome,
-            entry.reason.as_deref().map_or(String::new(), |reason| format!(": {reason}")),
+            entry
+                .reason
+                .as_deref()
+                .map_or(String::new(), |reason| format!(": {reason}")),
             entry.db_role
         )?;
     }
-    if let Some(last) = entries.last().filter(|_| entries.len() as i64 == command.limit) {
+    if let Some(last) = entries
+        .last()
+        .filter(|_| entries.len() as i64 == command.limit)
+    {
         writeln!(out, "more: --before {}", last.id)?;
     }
     Ok(())

@@ -92,7 +92,10 @@ pub struct Entry<'a> {
 }
 
 /// Appends one entry.
-pub async fn record(client: &impl GenericClient, entry: &Entry<'_>) -> Result<(), tokio_postgres::Error> {
+pub async fn record(
+    client: &impl GenericClient,
+    entry: &Entry<'_>,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO dispatcher.audit_log
@@ -198,7 +201,10 @@ pub async fn prune(
     let days = i32::try_from(audit_days).unwrap_or(i32::MAX);
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let deleted: i64 = client
-        .query_one("SELECT dispatcher.prune_audit_log($1, $2)", &[&days, &limit])
+        .query_one(
+            "SELECT dispatcher.prune_audit_log($1, $2)",
+            &[&days, &limit],
+        )
         .await?
         .get(0);
     Ok(u64::try_from(deleted).unwrap_or(0))

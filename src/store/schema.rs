@@ -20,10 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_claim_by_partner.sql"),
     ),
-    (
-        10,
-        include_str!("../../migrations/0010_identity_audit.sql"),
-    ),
+    (10, include_str!("../../migrations/0010_identity_audit.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.

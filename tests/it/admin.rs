@@ -2,7 +2,6 @@
 //! pages, resend and cancel, bulk resend), its OpenAPI document, the token, and the
 //! support page's HTML.
 
-
 use std::collections::HashSet;
 use std::time::Duration;
 

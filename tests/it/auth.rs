@@ -2,12 +2,11 @@
 //! credentials, or an OAuth access token from the partner's token endpoint, fetched once
 //! for many requests and renewed once when the partner stops accepting it.
 
-
 use std::time::Duration;
 
+use crate::support::*;
 use base64::Engine;
 use chrono::Utc;
-use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::http::client::{Answer, Sender};
 use dispatcher::http::error::TransportError;

@@ -7,7 +7,6 @@
 //! `SUPPORT_PAGE_SCREENSHOTS=docs` to keep the screenshots of the overview and of a
 //! delivery (`support-page-overview.png`, `support-page-delivery.png`) the README shows.
 
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;

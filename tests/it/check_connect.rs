@@ -3,7 +3,6 @@
 //! partner's CA and our client certificate, the OAuth token), no event is sent, and each
 //! failure is named in words ops can act on, with exit 1. Partners on 127.0.0.1.
 
-
 use std::path::Path;
 
 use crate::support::tls::{server_config, TestCa};

@@ -1,7 +1,6 @@
 //! Support's and ops' view: the `dispatcher deliveries …` commands, and how the program
 //! refuses a database or a config it cannot work with.
 
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,6 @@
 //! Ops' view of the daemon's life: crashes, restarts, graceful stops and several daemons
 //! on one database. Nothing may be lost, and nothing confirmed may be sent twice.
 
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

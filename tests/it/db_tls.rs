@@ -2,7 +2,6 @@
 //! PostgreSQL cluster of the test's own with `ssl = on`, whose `pg_hba.conf` turns away
 //! every plain-text TCP connection, and a certificate from the database team's private CA.
 
-
 use std::path::Path;
 use std::time::Duration;
 

@@ -1,10 +1,9 @@
 //! A partner's view of the dispatcher: what arrives, in what shape, how often, in what order.
 
-
 use std::time::Duration;
 
-use base64::Engine;
 use crate::support::*;
+use base64::Engine;
 use hmac::Mac;
 use serde_json::{json, Value};
 

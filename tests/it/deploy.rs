@@ -4,7 +4,6 @@
 //! exports on /metrics, so renaming a metric breaks this test rather than, silently, an
 //! alert. (scripts/check-deploy runs the rules and the queries through promtool.)
 
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

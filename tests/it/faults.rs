@@ -4,7 +4,6 @@
 //!
 //! Tests that stop the database run a PostgreSQL cluster of their own ([`Cluster`]).
 
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,15 +2,14 @@
 //! patient data goes only to globally routable addresses, checked on the addresses DNS
 //! returned when connecting.
 
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use crate::support::tls::{server_config, TestCa};
 use crate::support::*;
+use chrono::Utc;
 use dispatcher::config::Config;
 use dispatcher::http::client::{Answer, Sender};
 use dispatcher::http::error::TransportError;

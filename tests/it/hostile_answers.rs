@@ -7,7 +7,6 @@
 //! The hostile partner writes its bytes by hand ([`RawPartner`]); every event goes both to
 //! it and to a well-behaved partner.
 
-
 use std::time::Duration;
 
 use crate::support::raw::{RawAnswer, RawPartner};

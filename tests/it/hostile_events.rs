@@ -8,11 +8,10 @@
 //! through PostgreSQL (jsonb, then `event::text`, as the claim reads them) and through a
 //! running daemon.
 
-
 use std::sync::OnceLock;
 
-use chrono::{DateTime, Utc};
 use crate::support::*;
+use chrono::{DateTime, Utc};
 use dispatcher::contract::payload::{Event, EventKind};
 use proptest::prelude::*;
 use proptest::sample::Index;

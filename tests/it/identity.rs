@@ -32,7 +32,12 @@ impl Provider {
             .join("tests/oidc-provider/provider.py");
         let mut child = Command::new(python)
             .arg(script)
-            .args(["--client-secret", CLIENT_SECRET, "--redirect-uri", redirect_uri])
+            .args([
+                "--client-secret",
+                CLIENT_SECRET,
+                "--redirect-uri",
+                redirect_uri,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -152,7 +157,12 @@ async fn to_the_provider_and_back(admin: &str, user: &str, quirk: &str) -> (Stri
         .send()
         .await
         .expect("sign in at the provider");
-    assert_eq!(answered.status().as_u16(), 302, "{:?}", answered.text().await);
+    assert_eq!(
+        answered.status().as_u16(),
+        302,
+        "{:?}",
+        answered.text().await
+    );
     (location(&answered), sign_in)
 }
 
@@ -210,19 +220,23 @@ async fn audit_rows(db: &TestDb, condition: &str) -> i64 {
 
 #[tokio::test]
 async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_audited() {
+    let bench = bench().await;
     let Bench {
         db,
         admin,
         delivery,
         ..
-    } = bench().await;
+    } = &bench;
     let page = format!("{admin}/deliveries/{delivery}");
 
     // A viewer sees the delivery, not the partner's answer, and cannot resend.
     let vera = signed_in(&admin, "vera").await;
     let (status, shown) = get(&page, &vera).await;
     assert_eq!(status, 200);
-    assert!(shown.contains("ha-identity-1") && !shown.contains(PARTNER_MESSAGE), "{shown}");
+    assert!(
+        shown.contains("ha-identity-1") && !shown.contains(PARTNER_MESSAGE),
+        "{shown}"
+    );
     assert!(shown.contains("vera (viewer)"), "{shown}");
     assert_eq!(post(&format!("{page}/resend"), &vera).await, 403);
     assert_eq!(get(&format!("{admin}/audit"), &vera).await.0, 403);
@@ -243,7 +257,10 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
     let oscar = signed_in(&admin, "oscar").await;
     let (status, trail) = get(&format!("{admin}/audit"), &oscar).await;
     assert_eq!(status, 200, "{trail}");
-    assert!(trail.contains("dana") && trail.contains("resend"), "{trail}");
+    assert!(
+        trail.contains("dana") && trail.contains("resend"),
+        "{trail}"
+    );
 
     for (condition, expected) in [
         ("action = 'sign_in' AND outcome = 'ok' AND actor = 'vera' AND role = 'viewer' AND subject = 'sub-vera'", 1),
@@ -275,12 +292,16 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
         .expect("get");
     assert_eq!(after.status().as_u16(), 303);
     assert_eq!(location(&after), "/login");
-    assert_eq!(audit_rows(&db, "action = 'sign_out' AND actor = 'dana'").await, 1);
+    assert_eq!(
+        audit_rows(&db, "action = 'sign_out' AND actor = 'dana'").await,
+        1
+    );
 }
 
 #[tokio::test]
 async fn a_person_outside_every_group_a_broken_id_token_and_a_replayed_state_sign_nobody_in() {
-    let Bench { db, admin, .. } = bench().await;
+    let bench = bench().await;
+    let Bench { db, admin, .. } = &bench;
 
     let (back, sign_in) = to_the_provider_and_back(&admin, "mallory", "").await;
     let (status, session, page) = callback(&back, &sign_in).await;
@@ -320,7 +341,11 @@ async fn a_person_outside_every_group_a_broken_id_token_and_a_replayed_state_sig
     assert_eq!((status, session), (403, None));
 
     assert_eq!(
-        audit_rows(&db, "action = 'sign_in' AND outcome = 'refused' AND actor = 'mallory'").await,
+        audit_rows(
+            &db,
+            "action = 'sign_in' AND outcome = 'refused' AND actor = 'mallory'"
+        )
+        .await,
         1
     );
     assert_eq!(
@@ -329,7 +354,8 @@ async fn a_person_outside_every_group_a_broken_id_token_and_a_replayed_state_sig
         "mallory, three broken tokens, a replay and a foreign state"
     );
     assert_eq!(
-        db.count("SELECT count(*) FROM dispatcher.admin_sessions").await,
+        db.count("SELECT count(*) FROM dispatcher.admin_sessions")
+            .await,
         1,
         "only dana's good sign-in opened a session"
     );
@@ -337,20 +363,29 @@ async fn a_person_outside_every_group_a_broken_id_token_and_a_replayed_state_sig
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_a_browser_support_signs_in_with_the_company_account_and_an_outsider_is_turned_away() {
+    let bench = bench().await;
     let Bench {
         admin, delivery, ..
-    } = bench().await;
+    } = &bench;
     let chromedriver = ChromeDriver::start();
 
     let browser = chromedriver.browser().await;
     browser.goto(&admin).await.expect("open the page");
-    wait_for(&browser, "button#sign-in").await.click().await.expect("press sign in");
+    wait_for(&browser, "button#sign-in")
+        .await
+        .click()
+        .await
+        .expect("press sign in");
     wait_for(&browser, "input#username")
         .await
         .send_keys("dana")
         .await
         .expect("type the user");
-    wait_for(&browser, "button#sign-in").await.click().await.expect("sign in at the provider");
+    wait_for(&browser, "button#sign-in")
+        .await
+        .click()
+        .await
+        .expect("sign in at the provider");
     let row = wait_for(
         &browser,
         &format!("table#deliveries tr[data-delivery='{delivery}']"),
@@ -364,20 +399,33 @@ async fn in_a_browser_support_signs_in_with_the_company_account_and_an_outsider_
 
     let browser = chromedriver.browser().await;
     browser.goto(&admin).await.expect("open the page");
-    wait_for(&browser, "button#sign-in").await.click().await.expect("press sign in");
+    wait_for(&browser, "button#sign-in")
+        .await
+        .click()
+        .await
+        .expect("press sign in");
     wait_for(&browser, "input#username")
         .await
         .send_keys("mallory")
         .await
         .expect("type the user");
-    wait_for(&browser, "button#sign-in").await.click().await.expect("sign in at the provider");
+    wait_for(&browser, "button#sign-in")
+        .await
+        .click()
+        .await
+        .expect("sign in at the provider");
     let refusal = text(&wait_for(&browser, "p.notice.bad").await).await;
-    assert!(refusal.contains("mallory is in none of the groups"), "{refusal}");
+    assert!(
+        refusal.contains("mallory is in none of the groups"),
+        "{refusal}"
+    );
     browser.goto(&admin).await.expect("open the overview");
     wait_for(&browser, "button#sign-in").await;
     assert_eq!(current_path(&browser).await, "/login");
     let cookies = browser.get_all_cookies().await.expect("cookies");
-    assert!(cookies.iter().all(|cookie| cookie.name() != "dispatcher_session"));
+    assert!(cookies
+        .iter()
+        .all(|cookie| cookie.name() != "dispatcher_session"));
     let _ = browser
         .find(Locator::Css("h1"))
         .await
@@ -386,7 +434,9 @@ async fn in_a_browser_support_signs_in_with_the_company_account_and_an_outsider_
 }
 
 #[tokio::test]
-async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_trail_cannot_be_changed() {
+async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_trail_cannot_be_changed(
+) {
+    let bench = bench().await;
     let Bench {
         db,
         admin: _,
@@ -394,11 +444,20 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
         delivery,
         daemon,
         ..
-    } = bench().await;
+    } = &bench;
     let path = config.write(&db);
     let create = |name: &str, role: &str| {
         let mut command = dispatcher(&path);
-        command.args(["tokens", "create", "--name", name, "--role", role, "--expires", "30d"]);
+        command.args([
+            "tokens",
+            "create",
+            "--name",
+            name,
+            "--role",
+            role,
+            "--expires",
+            "30d",
+        ]);
         command
     };
     let viewer = finish(create("dashboard", "viewer")).await;
@@ -408,7 +467,10 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
     let ops_token = ops.stdout.trim().to_string();
     assert!(ops_token.starts_with("hadt_"), "{ops}");
     let again = finish(create("dashboard", "viewer")).await;
-    assert!(!again.status.success() && again.stderr.contains("exists already"), "{again}");
+    assert!(
+        !again.status.success() && again.stderr.contains("exists already"),
+        "{again}"
+    );
     let stored: i64 = db
         .count(&format!(
             "SELECT count(*) FROM dispatcher.api_tokens WHERE token_hash = sha256('{ops_token}'::bytea)"
@@ -417,7 +479,7 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
     assert_eq!(stored, 1, "kept as its SHA-256");
 
     let as_viewer = AdminClient::of(&daemon, Some(&viewer_token)).await;
-    let (status, listed) = as_viewer.get("/api/deliveries?state=all").await;
+    let (status, listed) = as_viewer.get("/api/deliveries").await;
     assert_eq!(status, 200);
     assert!(!listed.to_string().contains(PARTNER_MESSAGE), "{listed}");
     let (status, _) = as_viewer
@@ -430,10 +492,15 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
     assert_eq!(status, 200);
     assert!(shown.to_string().contains(PARTNER_MESSAGE));
     let (status, created) = as_ops
-        .post("/api/tokens", &json!({"name": "from-api", "role": "support", "expires": "7d"}))
+        .post(
+            "/api/tokens",
+            &json!({"name": "from-api", "role": "support", "expires": "7d"}),
+        )
         .await;
-    assert_eq!(status, 200, "{created}");
-    assert!(created["token"].as_str().is_some_and(|t| t.starts_with("hadt_")));
+    assert_eq!(status, 200, "creating a token through the API: {created}");
+    assert!(created["token"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("hadt_")));
     let (status, trail) = as_ops.get("/api/audit?actor=token:nightly-retry").await;
     assert_eq!(status, 200, "{trail}");
     let actions: Vec<&str> = trail["entries"]
@@ -442,7 +509,11 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
         .iter()
         .filter_map(|entry| entry["action"].as_str())
         .collect();
-    assert_eq!(actions, ["audit_read", "token_create", "delivery_read"], "{trail}");
+    assert_eq!(
+        actions,
+        ["audit_read", "token_create", "delivery_read"],
+        "{trail}"
+    );
 
     let revoked = finish({
         let mut command = dispatcher(&path);
@@ -458,7 +529,10 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
         command
     })
     .await;
-    assert!(listed.stdout.contains("revoked") && !listed.stdout.contains("hadt_"), "{listed}");
+    assert!(
+        listed.stdout.contains("revoked") && !listed.stdout.contains("hadt_"),
+        "{listed}"
+    );
 
     let trail = finish({
         let mut command = dispatcher(&path);
@@ -466,7 +540,10 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
         command
     })
     .await;
-    assert!(trail.stdout.contains("dashboard") && trail.stdout.contains("cli:"), "{trail}");
+    assert!(
+        trail.stdout.contains("dashboard") && trail.stdout.contains("cli:"),
+        "{trail}"
+    );
 
     // Even the owner (this superuser) cannot change or delete the trail.
     for statement in [
@@ -479,6 +556,10 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
             .batch_execute(statement)
             .await
             .expect_err(statement);
-        assert!(error.to_string().contains("append-only") || format!("{error:?}").contains("append-only"), "{statement}: {error:?}");
+        assert!(
+            error.to_string().contains("append-only")
+                || format!("{error:?}").contains("append-only"),
+            "{statement}: {error:?}"
+        );
     }
 }

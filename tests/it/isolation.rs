@@ -7,7 +7,6 @@
 //! These tests assert the mechanism; how close the healthy partner's throughput stays to
 //! its throughput alone is a speed figure, measured by the benchmark.
 
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

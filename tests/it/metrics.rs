@@ -1,7 +1,6 @@
 //! What ops see on `/metrics`: known traffic driven through the real dispatcher, in
 //! process, and the exact counts it must produce. (The admin server serves this text.)
 
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

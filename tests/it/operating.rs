@@ -1,6 +1,5 @@
 //! Ops' view of a running daemon: changing its configuration with SIGHUP, reading its logs.
 
-
 use crate::support::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;

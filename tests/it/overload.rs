@@ -8,7 +8,6 @@
 //! 1,000,000 (run by hand: it takes many minutes). Both print what they measured (see
 //! `--nocapture`).
 
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

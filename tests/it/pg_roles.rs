@@ -75,8 +75,16 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
     let grants = finish({
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"));
         command.args([
-            "db", "grants", "--owner", &roles.owner, "--daemon", &roles.daemon,
-            "--producer", &roles.producer, "--support", &roles.support,
+            "db",
+            "grants",
+            "--owner",
+            &roles.owner,
+            "--daemon",
+            &roles.daemon,
+            "--producer",
+            &roles.producer,
+            "--support",
+            &roles.support,
         ]);
         command
     })
@@ -132,7 +140,10 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
         "SELECT count(*) FROM dispatcher.audit_log",
     ] {
         let error = producer.batch_execute(denied).await.expect_err(denied);
-        assert!(format!("{error:?}").contains("permission denied"), "{denied}: {error:?}");
+        assert!(
+            format!("{error:?}").contains("permission denied"),
+            "{denied}: {error:?}"
+        );
     }
 
     // The daemon's role appends to the trail but cannot change it.
@@ -164,7 +175,10 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
         command
     };
     let listed = finish(cli(&["deliveries", "list", "--state", "delivered"])).await;
-    assert!(listed.status.success() && listed.stdout.contains(&id), "{listed}");
+    assert!(
+        listed.status.success() && listed.stdout.contains(&id),
+        "{listed}"
+    );
     let shown = finish(cli(&["deliveries", "show", &id])).await;
     assert!(shown.status.success(), "{shown}");
     let trail = finish(cli(&["audit", "--action", "delivery_read"])).await;
@@ -173,12 +187,18 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
         "{trail}"
     );
     let retry = finish(cli(&["deliveries", "retry", &id])).await;
-    assert!(!retry.status.success() && retry.stderr.contains("permission denied"), "{retry}");
+    assert!(
+        !retry.status.success() && retry.stderr.contains("permission denied"),
+        "{retry}"
+    );
     let as_support = connect(&as_role(&db, &roles.support)).await;
     let error = as_support
         .batch_execute("SELECT event FROM dispatcher.outbox")
         .await
         .expect_err("support reads no body");
-    assert!(format!("{error:?}").contains("permission denied"), "{error:?}");
+    assert!(
+        format!("{error:?}").contains("permission denied"),
+        "{error:?}"
+    );
     drop(daemon);
 }

@@ -2,7 +2,6 @@
 //! every outcome a delivery can have and every support command, prints no name, phone
 //! number, birth date, address, insurance number or secret of the events it carried.
 
-
 use std::path::Path;
 use std::time::Duration;
 

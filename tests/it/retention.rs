@@ -2,7 +2,6 @@
 //! deliveries ended, the records themselves go after `metadata_days`, and support sees
 //! what was erased and when.
 
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 

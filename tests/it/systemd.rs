@@ -2,7 +2,6 @@
 //! test plays systemd's side of the protocol, a Unix datagram socket named by
 //! `NOTIFY_SOCKET`, and checks what the daemon says on it and when.
 
-
 use std::path::Path;
 use std::time::Duration;
 

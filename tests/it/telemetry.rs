@@ -3,12 +3,11 @@
 //! runs from the enrollment flow's transaction to the partner's answer; spans carry ids,
 //! never a body; without `[telemetry]` nothing is exported and no trace header is sent.
 
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::post;
 use crate::support::*;
+use axum::routing::post;
 use serde_json::Value;
 
 const FIRST_NAME: &str = "Zqxtracefirstname";

@@ -1,10 +1,9 @@
 //! A partner's TLS as the dispatcher meets it: a private CA trusted through `ca_bundle`,
 //! and client certificates (mTLS) through `client_cert` + `client_key`.
 
-
-use chrono::Utc;
 use crate::support::tls::{server_config, TestCa};
 use crate::support::*;
+use chrono::Utc;
 use dispatcher::config::Config;
 use dispatcher::http::client::{Answer, Sender};
 use dispatcher::http::error::TransportError;

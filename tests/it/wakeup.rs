@@ -3,7 +3,6 @@
 //! here polls once an hour, so an event is delivered within a test only if a wake-up or
 //! the router's own looking brings it.
 
-
 use std::time::Duration;
 
 use crate::support::*;

@@ -6,7 +6,7 @@
 use axum::extract::{Query, State};
 use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{html, Markup};
@@ -104,7 +104,13 @@ async fn start(State(state): State<AdminState>) -> Response {
     let (url, sign_in_state, request) = match oidc.start().await {
         Ok(started) => started,
         Err(error) => {
-            return refused(&state, &stranger("unknown"), StatusCode::BAD_GATEWAY, &error.to_string()).await
+            return refused(
+                &state,
+                &stranger("unknown"),
+                StatusCode::BAD_GATEWAY,
+                &error.to_string(),
+            )
+            .await
         }
     };
     let saved = async {
@@ -157,7 +163,13 @@ async fn callback(
         return refused(&state, &nobody, StatusCode::FORBIDDEN, &reason).await;
     }
     let (Some(code), Some(sign_in_state)) = (callback.code, callback.state) else {
-        return refused(&state, &nobody, StatusCode::BAD_REQUEST, "the callback carries no code or state").await;
+        return refused(
+            &state,
+            &nobody,
+            StatusCode::BAD_REQUEST,
+            "the callback carries no code or state",
+        )
+        .await;
     };
     if cookie(&headers, SIGN_IN_COOKIE) != Some(sign_in_state.as_str()) {
         return refused(
@@ -258,11 +270,12 @@ fn signed_in_page(state: &AdminState, cookie: String) -> Response {
             p { a #continue href="/" { "Continue to the overview" } }
         },
     );
+    // Appended, not inserted: two cookies, two headers.
     (
-        [
+        AppendHeaders([
             (SET_COOKIE, cookie),
             (SET_COOKIE, clear(SIGN_IN_COOKIE, "/auth", state)),
-        ],
+        ]),
         body,
     )
         .into_response()
@@ -276,7 +289,10 @@ struct BreakGlassForm {
 
 /// The break-glass sign-in: the shared token and a name, for when the identity provider
 /// is down. An operator's session for an hour; a warning in the log and the audit trail.
-async fn break_glass(State(state): State<AdminState>, Form(form): Form<BreakGlassForm>) -> Response {
+async fn break_glass(
+    State(state): State<AdminState>,
+    Form(form): Form<BreakGlassForm>,
+) -> Response {
     let name = clean_actor(&form.name);
     let Some(name) = name.filter(|_| state.access.token_matches(&form.token)) else {
         let _ = state
@@ -336,7 +352,10 @@ async fn sign_out(State(state): State<AdminState>, headers: HeaderMap) -> Respon
         }
     }
     (
-        [(SET_COOKIE, session_cookie(&state, "", Some(std::time::Duration::ZERO)))],
+        [(
+            SET_COOKIE,
+            session_cookie(&state, "", Some(std::time::Duration::ZERO)),
+        )],
         Redirect::to("/login"),
     )
         .into_response()

@@ -125,7 +125,10 @@ roles = { viewer = [\"everyone\"], support = [\"support-agents\"], operator = [\
         let config = parse(&format!("{MINIMAL}\n{OIDC}")).expect("valid [admin.oidc]");
         let oidc = config.admin.oidc.expect("oidc");
         assert_eq!(oidc.groups_claim, "groups");
-        assert_eq!(oidc.role_of(["everyone", "support-agents"]), Some(Role::Support));
+        assert_eq!(
+            oidc.role_of(["everyone", "support-agents"]),
+            Some(Role::Support)
+        );
         assert_eq!(oidc.role_of(["sre"]), Some(Role::Operator));
         assert_eq!(oidc.role_of(["marketing"]), None);
         assert_eq!(oidc.role_of([]), None);
@@ -135,11 +138,19 @@ roles = { viewer = [\"everyone\"], support = [\"support-agents\"], operator = [\
     #[test]
     fn a_wrong_oidc_setting_is_named() {
         for (from, to, named) in [
-            ("https://login.example.org", "http://login.example.org", "admin.oidc.issuer"),
+            (
+                "https://login.example.org",
+                "http://login.example.org",
+                "admin.oidc.issuer",
+            ),
             ("/auth/callback", "/callback", "admin.oidc.redirect_url"),
             ("viewer = ", "admins = ", "admin.oidc.roles.admins"),
             ("[\"everyone\"]", "[]", "admin.oidc.roles.viewer"),
-            ("\"a-client-secret\"", "\"file:no-such-file\"", "admin.oidc.client_secret"),
+            (
+                "\"a-client-secret\"",
+                "\"file:no-such-file\"",
+                "admin.oidc.client_secret",
+            ),
         ] {
             let error = parse(&format!("{MINIMAL}\n{}", OIDC.replacen(from, to, 1)))
                 .unwrap_err()
