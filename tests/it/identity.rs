@@ -230,7 +230,7 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
     let page = format!("{admin}/deliveries/{delivery}");
 
     // A viewer sees the delivery, not the partner's answer, and cannot resend.
-    let vera = signed_in(&admin, "vera").await;
+    let vera = signed_in(admin, "vera").await;
     let (status, shown) = get(&page, &vera).await;
     assert_eq!(status, 200);
     assert!(
@@ -242,7 +242,7 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
     assert_eq!(get(&format!("{admin}/audit"), &vera).await.0, 403);
 
     // Support sees the answer (and that is recorded first) and resends, under its name.
-    let dana = signed_in(&admin, "dana").await;
+    let dana = signed_in(admin, "dana").await;
     let (_, shown) = get(&page, &dana).await;
     assert!(shown.contains(PARTNER_MESSAGE), "{shown}");
     assert_eq!(post(&format!("{page}/resend"), &dana).await, 303);
@@ -254,7 +254,7 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
     .await;
 
     // An operator reads the trail.
-    let oscar = signed_in(&admin, "oscar").await;
+    let oscar = signed_in(admin, "oscar").await;
     let (status, trail) = get(&format!("{admin}/audit"), &oscar).await;
     assert_eq!(status, 200, "{trail}");
     assert!(
@@ -269,11 +269,11 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
         ("action = 'role_check' AND outcome = 'refused' AND actor = 'vera'", 2),
         ("action = 'role_check' AND outcome = 'refused' AND actor = 'dana'", 1),
         (&format!("action = 'delivery_read' AND actor = 'dana' AND target = '{delivery}'"), 1),
-        (&format!("action = 'delivery_read' AND actor = 'vera'"), 0),
+        ("action = 'delivery_read' AND actor = 'vera'", 0),
         (&format!("action = 'resend' AND outcome = 'ok' AND actor = 'dana' AND target = '{delivery}' AND via = 'page'"), 1),
         ("action = 'audit_read' AND actor = 'oscar'", 1),
     ] {
-        assert_eq!(audit_rows(&db, condition).await, expected, "{condition}");
+        assert_eq!(audit_rows(db, condition).await, expected, "{condition}");
     }
 
     // Signing out ends the session on the server: the same cookie opens nothing after.
@@ -293,7 +293,7 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
     assert_eq!(after.status().as_u16(), 303);
     assert_eq!(location(&after), "/login");
     assert_eq!(
-        audit_rows(&db, "action = 'sign_out' AND actor = 'dana'").await,
+        audit_rows(db, "action = 'sign_out' AND actor = 'dana'").await,
         1
     );
 }
@@ -303,7 +303,7 @@ async fn a_person_outside_every_group_a_broken_id_token_and_a_replayed_state_sig
     let bench = bench().await;
     let Bench { db, admin, .. } = &bench;
 
-    let (back, sign_in) = to_the_provider_and_back(&admin, "mallory", "").await;
+    let (back, sign_in) = to_the_provider_and_back(admin, "mallory", "").await;
     let (status, session, page) = callback(&back, &sign_in).await;
     assert_eq!((status, session), (403, None), "{page}");
     assert!(page.contains("none of the groups"), "{page}");
@@ -313,12 +313,12 @@ async fn a_person_outside_every_group_a_broken_id_token_and_a_replayed_state_sig
         ("tampered", "ignature"),
         ("wrong_aud", "audience"),
     ] {
-        let (back, sign_in) = to_the_provider_and_back(&admin, "vera", quirk).await;
+        let (back, sign_in) = to_the_provider_and_back(admin, "vera", quirk).await;
         let (status, session, page) = callback(&back, &sign_in).await;
         assert_eq!((status, session), (403, None), "{quirk}: {page}");
         assert_eq!(
             audit_rows(
-                &db,
+                db,
                 &format!("action = 'sign_in' AND outcome = 'refused' AND reason LIKE '%ID token%{says}%'")
             )
             .await,
@@ -328,7 +328,7 @@ async fn a_person_outside_every_group_a_broken_id_token_and_a_replayed_state_sig
     }
 
     // A state works once: the same callback again signs nobody in.
-    let (back, sign_in) = to_the_provider_and_back(&admin, "dana", "").await;
+    let (back, sign_in) = to_the_provider_and_back(admin, "dana", "").await;
     let (status, session, _) = callback(&back, &sign_in).await;
     assert_eq!(status, 200);
     assert!(session.is_some());
@@ -336,20 +336,20 @@ async fn a_person_outside_every_group_a_broken_id_token_and_a_replayed_state_sig
     assert_eq!((status, session), (403, None), "{page}");
     assert!(page.contains("used already"), "{page}");
     // Nor does a callback this browser did not start.
-    let (back, _) = to_the_provider_and_back(&admin, "dana", "").await;
+    let (back, _) = to_the_provider_and_back(admin, "dana", "").await;
     let (status, session, _) = callback(&back, "dispatcher_sign_in=someone-elses").await;
     assert_eq!((status, session), (403, None));
 
     assert_eq!(
         audit_rows(
-            &db,
+            db,
             "action = 'sign_in' AND outcome = 'refused' AND actor = 'mallory'"
         )
         .await,
         1
     );
     assert_eq!(
-        audit_rows(&db, "action = 'sign_in' AND outcome = 'refused'").await,
+        audit_rows(db, "action = 'sign_in' AND outcome = 'refused'").await,
         6,
         "mallory, three broken tokens, a replay and a foreign state"
     );
@@ -370,7 +370,7 @@ async fn in_a_browser_support_signs_in_with_the_company_account_and_an_outsider_
     let chromedriver = ChromeDriver::start();
 
     let browser = chromedriver.browser().await;
-    browser.goto(&admin).await.expect("open the page");
+    browser.goto(admin).await.expect("open the page");
     wait_for(&browser, "button#sign-in")
         .await
         .click()
@@ -398,7 +398,7 @@ async fn in_a_browser_support_signs_in_with_the_company_account_and_an_outsider_
     browser.close().await.expect("end the session");
 
     let browser = chromedriver.browser().await;
-    browser.goto(&admin).await.expect("open the page");
+    browser.goto(admin).await.expect("open the page");
     wait_for(&browser, "button#sign-in")
         .await
         .click()
@@ -419,7 +419,7 @@ async fn in_a_browser_support_signs_in_with_the_company_account_and_an_outsider_
         refusal.contains("mallory is in none of the groups"),
         "{refusal}"
     );
-    browser.goto(&admin).await.expect("open the overview");
+    browser.goto(admin).await.expect("open the overview");
     wait_for(&browser, "button#sign-in").await;
     assert_eq!(current_path(&browser).await, "/login");
     let cookies = browser.get_all_cookies().await.expect("cookies");
@@ -445,7 +445,7 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
         daemon,
         ..
     } = &bench;
-    let path = config.write(&db);
+    let path = config.write(db);
     let create = |name: &str, role: &str| {
         let mut command = dispatcher(&path);
         command.args([
@@ -478,7 +478,7 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
         .await;
     assert_eq!(stored, 1, "kept as its SHA-256");
 
-    let as_viewer = AdminClient::of(&daemon, Some(&viewer_token)).await;
+    let as_viewer = AdminClient::of(daemon, Some(&viewer_token)).await;
     let (status, listed) = as_viewer.get("/api/deliveries").await;
     assert_eq!(status, 200);
     assert!(!listed.to_string().contains(PARTNER_MESSAGE), "{listed}");
@@ -487,7 +487,7 @@ async fn a_script_uses_a_personal_token_of_its_role_until_it_is_revoked_and_the_
         .await;
     assert_eq!(status, 403);
 
-    let as_ops = AdminClient::of(&daemon, Some(&ops_token)).await;
+    let as_ops = AdminClient::of(daemon, Some(&ops_token)).await;
     let (status, shown) = as_ops.get(&format!("/api/deliveries/{delivery}")).await;
     assert_eq!(status, 200);
     assert!(shown.to_string().contains(PARTNER_MESSAGE));
