@@ -20,6 +20,16 @@ async fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
+    // Prints SQL from its flags alone: no configuration, no database.
+    if let Command::Db(command) = cli.command {
+        return match cli::db::run(command, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("Error: {error:?}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The log format is in the file, so logging starts once it is read.
     let config = Config::load(&cli.config)
         .with_context(|| format!("invalid configuration {}", cli.config.display()));
@@ -102,6 +112,19 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             schema::ensure_current(&client).await?;
             deliveries::run(command, &mut client, &mut std::io::stdout().lock()).await?;
         }
+        Command::Tokens(command) => {
+            let pool = db::pool(&config.database)?;
+            let client = pool.get().await.context("connecting to the database")?;
+            schema::ensure_current(&client).await?;
+            cli::tokens::run(command, &client, &mut std::io::stdout().lock()).await?;
+        }
+        Command::Audit(command) => {
+            let pool = db::pool(&config.database)?;
+            let client = pool.get().await.context("connecting to the database")?;
+            schema::ensure_current(&client).await?;
+            cli::tokens::audit(command, &client, &mut std::io::stdout().lock()).await?;
+        }
+        Command::Db(_) => unreachable!("handled before the configuration is read"),
     }
     Ok(())
 }

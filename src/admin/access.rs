@@ -1,11 +1,9 @@
-//! Who may use the admin server, and who they are.
+//! Where the admin server may be reached from, and the break-glass token.
 //!
-//! With `[admin] token` set, the API wants `Authorization: Bearer <token>` and the
-//! support page a session cookie, which its login form sets after checking the token and
-//! asking for the support person's name. The cookie is signed with the token, so changing
-//! the token logs everyone out (and is `Secure` when the page is served over https).
-//! Without a token the server listens on loopback only (see [`super::AdminServer::bind`])
-//! and lets in every request that names it by a loopback name.
+//! Who a caller is (sessions, API tokens) is `session.rs`'s; what their role allows,
+//! `caller.rs`'s. Without `[admin.oidc]` and without `[admin] token` the server listens on
+//! loopback only (see [`super::AdminServer::bind`]) and lets in every request that names
+//! it by a loopback name.
 //!
 //! Listening on loopback is not enough by itself: a web page whose name its owner points
 //! at 127.0.0.1 (DNS rebinding) is, to the browser, the same site as the admin server, so
@@ -15,31 +13,20 @@
 //! cannot send without the browser asking us first (we never say yes), and refuses any
 //! naming another origin ([`json_posts`]); the page's forms refuse other sites' posts
 //! ([`same_origin_posts`]).
-//!
-//! The name recorded with a resend or cancel is the session's name on the page, and the
-//! `X-Actor` header (default `api`) on the API.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{FromRef, FromRequestParts, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
-use axum::http::request::Parts;
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Redirect, Response};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
+use axum::response::{IntoResponse, Response};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use crate::config::HostAuthority;
 
-pub(crate) const SESSION_COOKIE: &str = "dispatcher_session";
-/// A support session lasts a working day.
-const SESSION_SECONDS: u64 = 12 * 60 * 60;
 const MAX_ACTOR_LEN: usize = 64;
 
 /// The host names the API and the support page answer to.
@@ -49,7 +36,8 @@ pub(crate) enum HostRule {
     Loopback { port: u16, https: bool },
     /// `[admin] allowed_hosts`: each entry's name, with its port or with any.
     Listed(Vec<HostAuthority>),
-    /// With a token and no `allowed_hosts`: any name (the token keeps strangers out).
+    /// With sign-in (`[admin.oidc]` or a token) and no `allowed_hosts`: any name
+    /// (sign-in keeps strangers out).
     Any,
 }
 
@@ -72,23 +60,36 @@ impl HostRule {
     }
 }
 
-/// The admin token, if one is configured, the names the server answers to, and whether
-/// it speaks HTTPS. The checks below take it from whatever state the server shares
-/// (`Arc<Access>: FromRef<S>`), so they know nothing of the rest of that state.
+/// The break-glass token, if one is configured, whether people sign in through the
+/// identity provider, the names the server answers to, and whether it speaks HTTPS. The
+/// checks below take it from whatever state the server shares (`Arc<Access>: FromRef<S>`),
+/// so they know nothing of the rest of that state.
 pub(crate) struct Access {
     token: Option<SecretString>,
+    oidc: bool,
     hosts: HostRule,
     /// Whether the server speaks HTTPS: origins and cookies depend on it.
     https: bool,
 }
 
 impl Access {
-    pub(crate) fn new(token: Option<SecretString>, hosts: HostRule, https: bool) -> Access {
+    pub(crate) fn new(
+        token: Option<SecretString>,
+        oidc: bool,
+        hosts: HostRule,
+        https: bool,
+    ) -> Access {
         Access {
             token,
+            oidc,
             hosts,
             https,
         }
+    }
+
+    /// Whether the break-glass token is configured.
+    pub(crate) fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     pub(crate) fn https(&self) -> bool {
@@ -103,14 +104,16 @@ impl Access {
         }
     }
 
+    /// Neither sign-in nor a token: a loopback-only server that lets every local caller in.
     pub(crate) fn is_open(&self) -> bool {
-        self.token.is_none()
+        self.token.is_none() && !self.oidc
     }
 
-    /// Compares digests, so the time taken says nothing about how much of a guess was right.
+    /// Whether `given` is the break-glass token (never, without one). Compares digests,
+    /// so the time taken says nothing about how much of a guess was right.
     pub(crate) fn token_matches(&self, given: &str) -> bool {
         let Some(token) = &self.token else {
-            return true;
+            return false;
         };
         let expected = Sha256::digest(token.expose_secret().as_bytes());
         let given = Sha256::digest(given.as_bytes());
@@ -120,39 +123,6 @@ impl Access {
             .fold(0u8, |differ, (a, b)| differ | (a ^ b))
             == 0
     }
-
-    fn mac(&self, payload: &str) -> Option<Hmac<Sha256>> {
-        let token = self.token.as_ref()?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(token.expose_secret().as_bytes()).ok()?;
-        mac.update(payload.as_bytes());
-        Some(mac)
-    }
-
-    /// A cookie value naming `actor` until the session expires.
-    pub(crate) fn session_for(&self, actor: &str) -> Option<String> {
-        let expires = now_seconds() + SESSION_SECONDS;
-        let payload = format!("{}.{expires}", URL_SAFE_NO_PAD.encode(actor));
-        let signature = URL_SAFE_NO_PAD.encode(self.mac(&payload)?.finalize().into_bytes());
-        Some(format!("{payload}.{signature}"))
-    }
-
-    /// The actor of a valid, unexpired session cookie.
-    fn session_actor(&self, cookie: &str) -> Option<String> {
-        let (payload, signature) = cookie.rsplit_once('.')?;
-        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
-        self.mac(payload)?.verify_slice(&signature).ok()?;
-        let (actor, expires) = payload.split_once('.')?;
-        if expires.parse::<u64>().ok()? <= now_seconds() {
-            return None;
-        }
-        String::from_utf8(URL_SAFE_NO_PAD.decode(actor).ok()?).ok()
-    }
-}
-
-fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// A name fit for the record: printable, trimmed, bounded.
@@ -164,24 +134,6 @@ pub(crate) fn clean_actor(name: &str) -> Option<String> {
         .take(MAX_ACTOR_LEN)
         .collect();
     (!name.is_empty()).then_some(name)
-}
-
-/// Lets an API request through only with the bearer token.
-pub(crate) async fn require_bearer(
-    State(access): State<Arc<Access>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match given {
-        _ if access.is_open() => next.run(request).await,
-        Some(given) if access.token_matches(given) => next.run(request).await,
-        _ => ApiError::Unauthorized.into_response(),
-    }
 }
 
 /// Lets a request through only if it names this server as it is published: the `Host`
@@ -258,52 +210,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Who made an API request, from `X-Actor`.
-pub(crate) struct ApiActor(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for ApiActor {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let actor = parts
-            .headers
-            .get("x-actor")
-            .and_then(|value| value.to_str().ok())
-            .and_then(clean_actor)
-            .unwrap_or_else(|| "api".to_string());
-        Ok(ApiActor(format!("api:{actor}")))
-    }
-}
-
-/// A support person signed in to the page; extracting it sends everyone else to the login
-/// form.
-pub(crate) struct SupportSession {
-    pub actor: String,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for SupportSession
-where
-    Arc<Access>: FromRef<S>,
-{
-    type Rejection = Redirect;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let access = Arc::<Access>::from_ref(state);
-        if access.is_open() {
-            return Ok(SupportSession {
-                actor: "page:loopback".to_string(),
-            });
-        }
-        cookie(&parts.headers, SESSION_COOKIE)
-            .and_then(|value| access.session_actor(value))
-            .map(|actor| SupportSession {
-                actor: format!("page:{actor}"),
-            })
-            .ok_or_else(|| Redirect::to("/login"))
-    }
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The value of cookie `name`, if the request carries it.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -359,31 +267,10 @@ mod tests {
     fn access() -> Access {
         Access::new(
             Some(SecretString::from("a-token-long-enough-for-tests")),
+            false,
             HostRule::Any,
             false,
         )
-    }
-
-    #[test]
-    fn a_session_names_its_support_person_until_it_is_tampered_with() {
-        let access = access();
-        let session = access.session_for("Dana").expect("session");
-        assert_eq!(access.session_actor(&session).as_deref(), Some("Dana"));
-
-        let (payload, signature) = session.rsplit_once('.').expect("signed");
-        let (_, expires) = payload.split_once('.').expect("expiry");
-        let forged = format!(
-            "{}.{expires}.{signature}",
-            URL_SAFE_NO_PAD.encode("Mallory")
-        );
-        assert_eq!(access.session_actor(&forged), None);
-
-        let other = Access::new(
-            Some(SecretString::from("another-token-long-enough-here")),
-            HostRule::Any,
-            false,
-        );
-        assert_eq!(other.session_actor(&session), None);
     }
 
     #[test]
@@ -392,6 +279,11 @@ mod tests {
         assert!(access.token_matches("a-token-long-enough-for-tests"));
         assert!(!access.token_matches("a-token-long-enough-for-test"));
         assert!(!access.token_matches(""));
+        let without = Access::new(None, true, HostRule::Any, false);
+        assert!(
+            !without.token_matches(""),
+            "without a token nothing is the break-glass token"
+        );
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! |---|---|---|
 //! | `/healthz`, `/readyz` | load balancers, orchestrators | open |
 //! | `/metrics` | Prometheus | open (ids and counts only) |
-//! | `/api/…` | scripts, other tools (OpenAPI at `/api/openapi.json`) | bearer token; JSON posts only |
-//! | `/` and below | support staff in a browser | login form, then a cookie |
+//! | `/api/…` | scripts, other tools (OpenAPI at `/api/openapi.json`) | personal API token (or break-glass); JSON posts only |
+//! | `/login`, `/auth/…`, `/logout` | signing in and out | open |
+//! | `/` and below | support staff in a browser | the identity provider (or break-glass), then a session cookie |
+//!
+//! Each page and API handler names the role it needs (`caller::Allowed`); what a caller
+//! did that shows partners' answers or changes something is audited (`store::audit`).
 //!
 //! The API and the page also answer only to the host names the server is published
 //! under (see `access::known_hosts_only`). It runs inside the daemon on `[admin]
@@ -13,11 +17,15 @@
 
 mod access;
 pub(crate) mod api;
+mod api_access;
+mod caller;
 mod error;
 mod health;
 mod metrics;
+mod oidc;
 pub(crate) mod page;
 pub(crate) mod selection;
+mod session;
 mod state;
 mod tls;
 
@@ -44,15 +52,25 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `[admin] listen`. Without a token, anyone who can reach the port could
-    /// resend deliveries, so the server then listens on loopback only.
+    /// Binds `[admin] listen`. Without sign-in (`[admin.oidc]`) or a token, anyone who
+    /// can reach the port could resend deliveries, so the server then listens on
+    /// loopback only.
     pub async fn bind(
         config: &AdminConfig,
         pool: Pool,
         metrics: Metrics,
     ) -> std::io::Result<AdminServer> {
         let mut listen = config.listen;
-        if config.token.is_none() {
+        let secured = config.token.is_some() || config.oidc.is_some();
+        if config.token.is_some() {
+            tracing::warn!(
+                "BREAK-GLASS: [admin] token is set. It lets anyone who holds it in as an operator, \
+                 with no name of their own; keep it for when the identity provider is down, and \
+                 use [admin.oidc] and personal API tokens (dispatcher tokens create) otherwise. \
+                 Every use is logged and audited."
+            );
+        }
+        if !secured {
             if !listen.ip().is_loopback() {
                 tracing::warn!(configured = %listen,
                     "no [admin] token is set: the admin server listens on loopback only");
@@ -67,18 +85,31 @@ impl AdminServer {
         let local = listener.local_addr()?;
         let https = config.tls.is_some();
         tracing::info!(addr = %local, https, "admin server listening");
-        let hosts = match (&config.token, config.allowed_hosts.is_empty()) {
-            (None, _) => HostRule::Loopback {
+        let hosts = match (secured, config.allowed_hosts.is_empty()) {
+            (false, _) => HostRule::Loopback {
                 port: local.port(),
                 https,
             },
-            (Some(_), false) => HostRule::Listed(config.allowed_hosts.clone()),
-            (Some(_), true) => HostRule::Any,
+            (true, false) => HostRule::Listed(config.allowed_hosts.clone()),
+            (true, true) => HostRule::Any,
         };
+        let oidc = config
+            .oidc
+            .clone()
+            .map(oidc::Oidc::new)
+            .transpose()
+            .map_err(std::io::Error::other)?
+            .map(Arc::new);
         let state = AdminState {
             pool,
-            access: Arc::new(Access::new(config.token.clone(), hosts, https)),
+            access: Arc::new(Access::new(
+                config.token.clone(),
+                config.oidc.is_some(),
+                hosts,
+                https,
+            )),
             metrics,
+            oidc,
         };
         Ok(AdminServer {
             listener,
@@ -113,7 +144,11 @@ fn router(state: AdminState) -> Router {
     // The bearer check comes first, so a stranger learns nothing about what a post needs.
     let api = api::routes()
         .route_layer(from_fn_with_state(state.clone(), access::json_posts))
-        .route_layer(from_fn_with_state(state.clone(), access::require_bearer));
+        .route_layer(from_fn_with_state(state.clone(), session::api_caller));
+    let pages = page::routes()
+        .route_layer(from_fn_with_state(state.clone(), session::page_caller))
+        .merge(page::sign_in_routes())
+        .layer(from_fn_with_state(state.clone(), access::same_origin_posts));
     // What holds patient ids, partners' answers and the resend and cancel buttons
     // answers only to the names it is published under (against DNS rebinding). The
     // probes do not: load balancers and Prometheus reach them by address or service
@@ -121,7 +156,7 @@ fn router(state: AdminState) -> Router {
     let support = Router::new()
         .route("/api/openapi.json", get(api::openapi))
         .nest("/api", api)
-        .merge(page::routes(&state))
+        .merge(pages)
         .layer(from_fn_with_state(state.clone(), access::known_hosts_only));
     Router::new()
         .route("/healthz", get(health::healthz))

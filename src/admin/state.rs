@@ -12,8 +12,11 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::access::Access;
+use super::caller::Caller;
 use super::error::{ApiError, DatabaseUnavailable};
+use super::oidc::Oidc;
 use crate::observe::metrics::Metrics;
+use crate::store::audit::{self, action, Outcome};
 use crate::store::circuits;
 use crate::store::db::{Client, Pool};
 use crate::store::support::chart::{self, PartnerDay};
@@ -31,6 +34,8 @@ pub(crate) struct AdminState {
     pub(super) pool: Pool,
     pub(super) access: Arc<Access>,
     pub(super) metrics: Metrics,
+    /// `[admin.oidc]`: sign-in through the company's identity provider.
+    pub(super) oidc: Option<Arc<Oidc>>,
 }
 
 /// What the access checks take from the shared state.
@@ -61,7 +66,126 @@ pub(crate) struct DeliveryPage {
     pub previous_before: Option<Uuid>,
 }
 
+/// What a list shows when its reader may not see partners' answers.
+const ANSWER_HIDDEN: &str = "(the partner's answer is shown to the support role)";
+
 impl AdminState {
+    /// Appends to the audit trail what `caller` did to `target` and how it ended.
+    pub(crate) async fn audit(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: Option<&str>,
+        outcome: Outcome,
+        reason: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let client = self.client().await?;
+        audit::record(
+            &client,
+            &audit::Entry {
+                actor: &caller.actor,
+                subject: caller.subject.as_deref(),
+                role: Some(caller.role),
+                via: caller.via,
+                action,
+                target,
+                outcome,
+                reason,
+            },
+        )
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, action, "could not write the audit trail");
+            DatabaseUnavailable
+        })?;
+        Ok(())
+    }
+
+    /// A sign-in, a refusal or a sign-out: the role only when it was granted.
+    pub(crate) async fn audit_sign_in(
+        &self,
+        caller: &Caller,
+        outcome: Outcome,
+        reason: Option<&str>,
+        action: &str,
+    ) -> Result<(), ApiError> {
+        let client = self.client().await?;
+        audit::record(
+            &client,
+            &audit::Entry {
+                actor: &caller.actor,
+                subject: caller.subject.as_deref(),
+                role: (outcome == Outcome::Ok).then_some(caller.role),
+                via: caller.via,
+                action,
+                target: None,
+                outcome,
+                reason,
+            },
+        )
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, action, "could not write the audit trail");
+            DatabaseUnavailable
+        })?;
+        Ok(())
+    }
+
+    /// A page of deliveries as `caller` may see it: with the partners' answers for
+    /// support (the read audited first: no record, no answers), without them for a viewer.
+    pub(crate) async fn page_for(
+        &self,
+        caller: &Caller,
+        selection: &Selection,
+        page: Page,
+    ) -> Result<DeliveryPage, ApiError> {
+        let mut rows = self.page_of(selection, page).await?;
+        if caller.sees_answers() {
+            let shown_errors = rows.deliveries.iter().any(|row| row.last_error.is_some());
+            if shown_errors {
+                self.audit(
+                    caller,
+                    action::DELIVERIES_READ,
+                    Some(&described(selection)),
+                    Outcome::Ok,
+                    None,
+                )
+                .await?;
+            }
+        } else {
+            for row in &mut rows.deliveries {
+                hide_answer(&mut row.last_error);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// One delivery as `caller` may see it (see [`AdminState::page_for`]).
+    pub(crate) async fn detail_for(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<DeliveryDetail, ApiError> {
+        let mut detail = self.detail(id).await?;
+        if caller.sees_answers() {
+            self.audit(
+                caller,
+                action::DELIVERY_READ,
+                Some(&id.to_string()),
+                Outcome::Ok,
+                None,
+            )
+            .await?;
+        } else {
+            hide_answer(&mut detail.summary.last_error);
+            for attempt in &mut detail.attempts {
+                hide_answer(&mut attempt.error);
+                hide_answer(&mut attempt.response_body);
+            }
+        }
+        Ok(detail)
+    }
+
     /// One page of deliveries; a wrong state or page length is refused before the
     /// database is asked.
     pub(crate) async fn page_of(
@@ -155,12 +279,23 @@ impl AdminState {
             .ok_or(ApiError::NotFound(id))
     }
 
-    /// Resends one delivery; a conflict if it has not ended.
-    pub(crate) async fn resend_one(&self, id: Uuid, actor: &str) -> Result<ResendReport, ApiError> {
+    /// Resends one delivery; a conflict if it has not ended. Audited, however it ends.
+    pub(crate) async fn resend_one(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<ResendReport, ApiError> {
+        let result = self.resend(id, &caller.support_actor()).await;
+        self.audited(caller, action::RESEND, &id.to_string(), &result)
+            .await?;
+        result
+    }
+
+    async fn resend(&self, id: Uuid, actor: &str) -> Result<ResendReport, ApiError> {
         let mut client = self.client().await?;
         let report = support::resend(&mut client, &Selection::ids(&[id]), actor).await?;
         if report.touched() > 0 {
-            tracing::info!(delivery_id = %id, %actor, "resent by support");
+            tracing::info!(delivery_id = %id, "resent by support");
             return Ok(report);
         }
         if let Some(erased) = report.erased.first() {
@@ -170,16 +305,40 @@ impl AdminState {
     }
 
     /// Cancels one delivery; a conflict if it is delivered, cancelled or in flight.
-    pub(crate) async fn cancel_one(&self, id: Uuid, actor: &str) -> Result<(), ApiError> {
+    /// Audited, however it ends.
+    pub(crate) async fn cancel_one(&self, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
+        let result = self.cancel(id, &caller.support_actor()).await;
+        self.audited(caller, action::CANCEL, &id.to_string(), &result)
+            .await?;
+        result
+    }
+
+    async fn cancel(&self, id: Uuid, actor: &str) -> Result<(), ApiError> {
         let client = self.client().await?;
         let cancelled = support::cancel(&client, &[id], actor)
             .await
             .map_err(DatabaseUnavailable::logged)?;
         if !cancelled.is_empty() {
-            tracing::info!(delivery_id = %id, %actor, "cancelled by support");
+            tracing::info!(delivery_id = %id, "cancelled by support");
             return Ok(());
         }
         Err(self.why_untouched(&client, id, "cancelled").await)
+    }
+
+    /// Records an action's outcome: done, or failed with the reason the caller was given.
+    pub(crate) async fn audited<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        result: &Result<T, ApiError>,
+    ) -> Result<(), ApiError> {
+        let (outcome, reason) = match result {
+            Ok(_) => (Outcome::Ok, None),
+            Err(error) => (Outcome::Failed, Some(error.to_string())),
+        };
+        self.audit(caller, action, Some(target), outcome, reason.as_deref())
+            .await
     }
 
     async fn why_untouched(&self, client: &Client, id: Uuid, action: &str) -> ApiError {
@@ -192,4 +351,43 @@ impl AdminState {
             Err(error) => DatabaseUnavailable::logged(error).into(),
         }
     }
+}
+
+/// The partner's words (an answer, or an error text quoting it) replaced by a note.
+fn hide_answer(answer: &mut Option<String>) {
+    if answer.is_some() {
+        *answer = Some(ANSWER_HIDDEN.to_string());
+    }
+}
+
+impl AdminState {
+    /// A selection in the audit trail's words (see [`described`]).
+    pub(crate) fn described(&self, selection: &Selection) -> String {
+        described(selection)
+    }
+}
+
+/// A selection in the audit trail's words: its filters as a query string.
+fn described(selection: &Selection) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    let texts = [
+        ("state", &selection.state),
+        ("partner", &selection.partner),
+        ("event_name", &selection.event_name),
+        ("patient_id", &selection.patient_id),
+    ];
+    for (name, value) in texts {
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    if let Some(event_id) = selection.event_id {
+        query.append_pair("event_id", &event_id.to_string());
+    }
+    for (name, at) in [("since", selection.since), ("until", selection.until)] {
+        if let Some(at) = at {
+            query.append_pair(name, &at.to_rfc3339());
+        }
+    }
+    format!("deliveries?{}", query.finish())
 }

@@ -90,11 +90,8 @@ fn failed(error: SupportError, doing: &'static str) -> anyhow::Error {
     }
 }
 
-/// Who is acting from the command line, for the record of support actions.
-fn cli_actor() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_string());
-    format!("cli:{user}")
-}
+use super::tokens::{audited, cli_actor};
+use crate::store::audit::{action, Outcome};
 
 async fn list(
     client: &impl GenericClient,
@@ -192,6 +189,15 @@ async fn show(
     else {
         bail!("no delivery with id {id}");
     };
+    // It shows the partners' answers: recorded before it is printed.
+    audited(
+        client,
+        action::DELIVERY_READ,
+        Some(&id.to_string()),
+        Outcome::Ok,
+        None,
+    )
+    .await?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &DeliveryDetailOut::from(detail))?;
         writeln!(out)?;
@@ -283,6 +289,16 @@ async fn retry(
     let report = support::resend(client, selection, &cli_actor())
         .await
         .map_err(|error| failed(error, "resending"))?;
+    for id in report.resent.iter().chain(&report.rerouted) {
+        audited(
+            &*client,
+            action::RESEND,
+            Some(&id.to_string()),
+            Outcome::Ok,
+            None,
+        )
+        .await?;
+    }
     write!(out, "{report}")?;
     let Some(ids) = &selection.ids else {
         writeln!(out, "({} deliveries resent)", report.touched())?;
@@ -304,6 +320,14 @@ async fn cancel(
         .map_err(DbError::from)
         .context("cancelling")?;
     for id in &cancelled {
+        audited(
+            client,
+            action::CANCEL,
+            Some(&id.to_string()),
+            Outcome::Ok,
+            None,
+        )
+        .await?;
         writeln!(out, "{id}: cancelled")?;
     }
     let untouched: Vec<String> = ids

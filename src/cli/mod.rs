@@ -3,8 +3,10 @@
 //! hands over to the subcommand here; the daemon itself is in `daemon/`.
 
 pub mod check;
+pub mod db;
 pub mod deliveries;
 pub mod selection;
+pub mod tokens;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -62,6 +64,14 @@ pub enum Command {
     /// Review and act on deliveries (for support).
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+    /// Personal API tokens for scripts: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
+    /// The audit trail: sign-ins, reads of partners' answers, every action.
+    Audit(tokens::AuditCommand),
+    /// Setting up PostgreSQL: the roles' grants.
+    #[command(subcommand)]
+    Db(db::DbCommand),
 }
 
 /// What `dispatcher migrate` did: the migrations it applied, and the version now.

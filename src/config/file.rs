@@ -80,6 +80,7 @@ pub(super) struct RawAdmin {
     pub(super) allowed_hosts: Vec<String>,
     pub(super) tls_cert: Option<String>,
     pub(super) tls_key: Option<String>,
+    pub(super) oidc: Option<RawOidc>,
 }
 
 impl Default for RawAdmin {
@@ -90,8 +91,27 @@ impl Default for RawAdmin {
             allowed_hosts: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            oidc: None,
         }
     }
+}
+
+/// `[admin.oidc]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidc {
+    pub(super) issuer: String,
+    pub(super) client_id: String,
+    pub(super) client_secret: String,
+    pub(super) redirect_url: String,
+    #[serde(default = "defaults::oidc_scopes")]
+    pub(super) scopes: Vec<String>,
+    #[serde(default = "defaults::oidc_groups_claim")]
+    pub(super) groups_claim: String,
+    #[serde(default = "defaults::oidc_session_lifetime")]
+    pub(super) session_lifetime: String,
+    /// Role name (`viewer`, `support`, `operator`) to the groups that hold it.
+    pub(super) roles: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +185,8 @@ pub(super) struct RawRetention {
     pub(super) prune_interval: String,
     #[serde(default = "defaults::prune_batch_size")]
     pub(super) batch_size: usize,
+    #[serde(default = "defaults::audit_days")]
+    pub(super) audit_days: u32,
 }
 
 impl Default for RawRetention {
@@ -174,6 +196,7 @@ impl Default for RawRetention {
             metadata_days: defaults::metadata_days(),
             prune_interval: defaults::prune_interval(),
             batch_size: defaults::prune_batch_size(),
+            audit_days: defaults::audit_days(),
         }
     }
 }
@@ -287,6 +310,19 @@ pub(super) mod defaults {
     }
     pub fn prune_batch_size() -> usize {
         1000
+    }
+    /// Six years: HIPAA keeps its required records that long.
+    pub fn audit_days() -> u32 {
+        2190
+    }
+    pub fn oidc_scopes() -> Vec<String> {
+        vec!["profile".into(), "email".into()]
+    }
+    pub fn oidc_groups_claim() -> String {
+        "groups".into()
+    }
+    pub fn oidc_session_lifetime() -> String {
+        "8h".into()
     }
 }
 

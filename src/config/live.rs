@@ -168,6 +168,7 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
         running.admin.allowed_hosts != new.admin.allowed_hosts,
     );
     keep("admin.tls_cert", running.admin.tls != new.admin.tls);
+    keep("admin.oidc", running.admin.oidc != new.admin.oidc);
     keep("retention", running.retention != new.retention);
     keep("telemetry", running.telemetry != new.telemetry);
     keep(

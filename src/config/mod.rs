@@ -17,6 +17,7 @@ pub mod auth;
 pub mod database;
 mod error;
 mod file;
+pub mod identity;
 pub mod live;
 mod load;
 mod secrets;
@@ -75,6 +76,9 @@ pub struct AdminConfig {
     pub allowed_hosts: Vec<HostAuthority>,
     /// Serve HTTPS with this certificate and key (`tls_cert`, `tls_key`).
     pub tls: Option<AdminTls>,
+    /// `[admin.oidc]`: sign-in through the company's identity provider. With it, the
+    /// token is the break-glass way in only.
+    pub oidc: Option<identity::OidcConfig>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -84,6 +88,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("allowed_hosts", &self.allowed_hosts)
             .field("tls", &self.tls.as_ref().map(|_| "[certificate]"))
+            .field("oidc", &self.oidc)
             .finish()
     }
 }
@@ -232,6 +237,8 @@ pub struct RetentionConfig {
     pub prune_interval: Duration,
     /// Rows per pruning transaction: short transactions, short locks.
     pub batch_size: usize,
+    /// Days the audit trail is kept (at least 365).
+    pub audit_days: u32,
 }
 
 /// A partner CRM: where its webhooks go and how they are authenticated.

@@ -16,6 +16,8 @@ pub(super) async fn run(pool: Pool, retention: RetentionConfig, shutdown: Shutdo
                 answers_erased = report.answers_erased,
                 deliveries_deleted = report.deliveries_deleted,
                 events_deleted = report.events_deleted,
+                audit_entries_deleted = report.audit_entries_deleted,
+                sessions_deleted = report.sessions_deleted,
                 duration_ms = started.elapsed().as_millis() as u64,
                 "pruned"
             ),

@@ -20,6 +20,11 @@ use uuid::Uuid;
 use super::db::DbError;
 use crate::config::RetentionConfig;
 use crate::shutdown::Shutdown;
+use crate::store::{audit, sessions};
+
+/// How long a sign-in may take at the identity provider before it is forgotten (the
+/// callback refuses an older one; the pruner deletes it).
+pub const SIGN_IN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// What one pruning pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,10 @@ pub struct PruneReport {
     pub answers_erased: u64,
     pub deliveries_deleted: u64,
     pub events_deleted: u64,
+    /// Audit entries older than `audit_days` (`store::audit`).
+    pub audit_entries_deleted: u64,
+    /// Expired sessions and abandoned sign-ins (`store::sessions`).
+    pub sessions_deleted: u64,
 }
 
 impl PruneReport {
@@ -41,11 +50,14 @@ impl std::fmt::Display for PruneReport {
         write!(
             f,
             "erased {} event bodies and the partners' answers to {} deliveries; \
-             deleted {} deliveries (with their attempts) and {} events",
+             deleted {} deliveries (with their attempts) and {} events; \
+             deleted {} audit entries and {} expired sessions",
             self.event_bodies_erased,
             self.answers_erased,
             self.deliveries_deleted,
-            self.events_deleted
+            self.events_deleted,
+            self.audit_entries_deleted,
+            self.sessions_deleted
         )
     }
 }
@@ -272,11 +284,19 @@ pub async fn prune(
         delete_events_without_deliveries(&client, metadata_days, batch).await
     })
     .await?;
+    let audit_days = retention.audit_days;
+    let audit_entries_deleted = in_batches(pool, batch, shutdown, |client| async move {
+        audit::prune(&client, audit_days, batch_limit(batch)).await
+    })
+    .await?;
+    let sessions_deleted = sessions::prune(&pool.get().await?, SIGN_IN_MAX_AGE).await?;
     Ok(PruneReport {
         event_bodies_erased,
         answers_erased,
         deliveries_deleted,
         events_deleted,
+        audit_entries_deleted,
+        sessions_deleted,
     })
 }
 

@@ -34,6 +34,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_claim_by_partner.online.sql"),
     ),
+    (10, include_str!("../../migrations/0010_identity_audit.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

@@ -25,14 +25,14 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A chromedriver on a free 127.0.0.1 port, with the browsers it started; ended when
 /// dropped (its process group, so no Chromium is left behind after a failed test).
-struct ChromeDriver {
+pub(crate) struct ChromeDriver {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl ChromeDriver {
-    fn start() -> ChromeDriver {
+    pub(crate) fn start() -> ChromeDriver {
         let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
         let dir = tempfile::tempdir().expect("temp dir for chromedriver");
         // A port that was free a moment ago can be taken before chromedriver binds it:
@@ -77,7 +77,7 @@ impl ChromeDriver {
     }
 
     /// A headless Chromium session with a fresh profile, kept off the (closed) network.
-    async fn browser(&self) -> Client {
+    pub(crate) async fn browser(&self) -> Client {
         let chromium = binary("CHROMIUM", "/usr/bin/chromium");
         let profile = self
             .dir
@@ -173,7 +173,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
+pub(crate) async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
     match browser
         .wait()
         .at_most(PATIENCE)
@@ -189,7 +189,7 @@ async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element 
     }
 }
 
-async fn current_path(browser: &Client) -> String {
+pub(crate) async fn current_path(browser: &Client) -> String {
     browser
         .current_url()
         .await
@@ -197,7 +197,7 @@ async fn current_path(browser: &Client) -> String {
         .unwrap_or_else(|e| format!("<no url: {e}>"))
 }
 
-async fn text(element: &fantoccini::elements::Element) -> String {
+pub(crate) async fn text(element: &fantoccini::elements::Element) -> String {
     element.text().await.expect("read an element's text")
 }
 
@@ -349,7 +349,10 @@ async fn support_finds_why_a_delivery_failed_and_resends_it_from_the_page() {
     }
     assert_eq!(
         recorded,
-        vec![vec!["resend".to_string(), "page:Dana Support".to_string()]],
+        vec![vec![
+            "resend".to_string(),
+            "page:Dana Support (break-glass)".to_string()
+        ]],
         "the resend is recorded with who did it"
     );
 

@@ -13,10 +13,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
-use super::access::ApiActor;
+use super::caller::{Allowed, Operator, Support, Viewer};
 use super::error::{ApiError, ErrorBody};
 use super::selection::{QuerySelection, SelectionIn};
 use super::state::{AdminState, Page};
+use crate::store::audit::action;
 use crate::store::support::{self, Selection};
 use wire::{
     AttemptOut, CircuitOut, CircuitStateOut, DeliveryDetailOut, DeliveryOut, DeliveryPageOut,
@@ -31,11 +32,14 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/deliveries/{id}/retry", post(retry_delivery))
         .route("/deliveries/{id}/cancel", post(cancel_delivery))
         .route("/partners", get(partner_summaries))
+        .merge(super::api_access::routes())
 }
 
 /// Served without the token, like any API description.
 pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut document = ApiDoc::openapi();
+    document.merge(super::api_access::AccessDoc::openapi());
+    Json(document)
 }
 
 #[derive(OpenApi)]
@@ -86,7 +90,9 @@ impl utoipa::Modify for BearerToken {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The `[admin] token` of dispatcher.toml"))
+                    .description(Some(
+                        "A personal API token (`dispatcher tokens create`), or the break-glass `[admin] token`",
+                    ))
                     .build(),
             ),
         );
@@ -108,11 +114,12 @@ impl utoipa::Modify for BearerToken {
     )
 )]
 pub(crate) async fn list_deliveries(
+    Allowed(caller, ..): Allowed<Viewer>,
     State(state): State<AdminState>,
     QuerySelection(selection): QuerySelection,
     Query(page): Query<Page>,
 ) -> Result<Json<DeliveryPageOut>, ApiError> {
-    Ok(Json(state.page_of(&selection, page).await?.into()))
+    Ok(Json(state.page_for(&caller, &selection, page).await?.into()))
 }
 
 /// One delivery with every attempt, the partner's answers and support's actions.
@@ -127,10 +134,11 @@ pub(crate) async fn list_deliveries(
     )
 )]
 pub(crate) async fn show_delivery(
+    Allowed(caller, ..): Allowed<Viewer>,
     State(state): State<AdminState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<DeliveryDetailOut>, ApiError> {
-    Ok(Json(state.detail(id).await?.into()))
+    Ok(Json(state.detail_for(&caller, id).await?.into()))
 }
 
 /// Sends an ended delivery again, with a fresh set of attempts; an unrouted event is
@@ -140,21 +148,22 @@ pub(crate) async fn show_delivery(
     path = "/api/deliveries/{id}/retry",
     params(
         ("id" = Uuid, Path, description = "The delivery id"),
-        ("X-Actor" = Option<String>, Header, description = "Who is asking, for the record")
+        ("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")
     ),
     responses(
         (status = 200, body = ResendOut),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Still pending or in flight", body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "The caller's role is not support or operator", body = ErrorBody)
     )
 )]
 pub(crate) async fn retry_delivery(
+    Allowed(caller, ..): Allowed<Support>,
     State(state): State<AdminState>,
     Path(id): Path<Uuid>,
-    ApiActor(actor): ApiActor,
 ) -> Result<Json<ResendOut>, ApiError> {
-    Ok(Json(state.resend_one(id, &actor).await?.into()))
+    Ok(Json(state.resend_one(&caller, id).await?.into()))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -168,21 +177,22 @@ pub(crate) struct Cancelled {
     path = "/api/deliveries/{id}/cancel",
     params(
         ("id" = Uuid, Path, description = "The delivery id"),
-        ("X-Actor" = Option<String>, Header, description = "Who is asking, for the record")
+        ("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")
     ),
     responses(
         (status = 200, body = Cancelled),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Delivered, cancelled, or in flight right now", body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "The caller's role is not support or operator", body = ErrorBody)
     )
 )]
 pub(crate) async fn cancel_delivery(
+    Allowed(caller, ..): Allowed<Support>,
     State(state): State<AdminState>,
     Path(id): Path<Uuid>,
-    ApiActor(actor): ApiActor,
 ) -> Result<Json<Cancelled>, ApiError> {
-    state.cancel_one(id, &actor).await?;
+    state.cancel_one(&caller, id).await?;
     Ok(Json(Cancelled { cancelled: id }))
 }
 
@@ -201,16 +211,17 @@ pub(crate) struct BulkRetried {
     post,
     path = "/api/deliveries/retry",
     request_body = SelectionIn,
-    params(("X-Actor" = Option<String>, Header, description = "Who is asking, for the record")),
+    params(("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")),
     responses(
         (status = 200, body = BulkRetried),
         (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "The caller's role is not operator", body = ErrorBody)
     )
 )]
 pub(crate) async fn retry_matching(
+    Allowed(caller, ..): Allowed<Operator>,
     State(state): State<AdminState>,
-    ApiActor(actor): ApiActor,
     Json(selection): Json<SelectionIn>,
 ) -> Result<Json<BulkRetried>, ApiError> {
     let selection = Selection::from(selection);
@@ -223,8 +234,22 @@ pub(crate) async fn retry_matching(
     selection.states().map_err(support::SupportError::from)?;
     let selection = selection.failed_unless_stated();
     let mut client = state.client().await?;
-    let report = support::resend(&mut client, &selection, &actor).await?;
-    tracing::info!(touched = report.touched(), %actor, "bulk resend by support");
+    let result = support::resend(&mut client, &selection, &caller.support_actor())
+        .await
+        .map_err(ApiError::from);
+    let target = match &result {
+        Ok(report) => format!(
+            "{} (touched {})",
+            state.described(&selection),
+            report.touched()
+        ),
+        Err(_) => state.described(&selection),
+    };
+    state
+        .audited(&caller, action::BULK_RESEND, &target, &result)
+        .await?;
+    let report = result?;
+    tracing::info!(touched = report.touched(), "bulk resend by support");
     Ok(Json(BulkRetried {
         touched: report.touched(),
         report: report.into(),
@@ -240,6 +265,7 @@ pub(crate) async fn retry_matching(
     responses((status = 200, body = [PartnerOut]), (status = 401, body = ErrorBody))
 )]
 pub(crate) async fn partner_summaries(
+    _viewer: Allowed<Viewer>,
     State(state): State<AdminState>,
 ) -> Result<Json<Vec<PartnerOut>>, ApiError> {
     let summaries = state.partner_summaries().await?;

@@ -11,7 +11,6 @@
 //! is for staff allowed to see it. Retention erases those answers with the bodies.
 
 use axum::extract::{Path, Query, State};
-use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -19,12 +18,14 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use uuid::Uuid;
 
+mod audit;
 mod chart;
+mod sign_in;
 mod timeline;
 mod views;
 mod when;
 
-use super::access::{self, SupportSession, SESSION_COOKIE};
+use super::caller::{Allowed, Support, Viewer};
 use super::error::ApiError;
 use super::selection::QuerySelection;
 use super::state::{AdminState, Page};
@@ -32,28 +33,26 @@ use crate::store::support::{Resent, Selection};
 /// For the test that holds the CLI, the API and the page to one meaning of a selection.
 #[cfg(test)]
 pub(crate) use views::overview_address;
-use views::{layout, login_page, Listing, Notice};
+use views::{layout, Listing, Notice};
+
+pub(crate) use sign_in::routes as sign_in_routes;
 
 const PAGE_ROWS: i64 = 50;
 
-pub(crate) fn routes(state: &AdminState) -> Router<AdminState> {
+/// The pages behind sign-in; each handler names the role it needs (`Allowed<…>`).
+pub(crate) fn routes() -> Router<AdminState> {
     Router::new()
         .route("/", get(overview))
         .route("/search", get(search))
         .route("/deliveries/{id}", get(delivery))
         .route("/deliveries/{id}/resend", post(resend))
         .route("/deliveries/{id}/cancel", post(cancel))
-        .route("/login", get(login_form).post(login))
-        .route("/logout", post(logout))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            access::same_origin_posts,
-        ))
+        .route("/audit", get(audit::trail))
 }
 
 /// The overview: partners at a glance, then the selected deliveries (failed by default).
 async fn overview(
-    session: SupportSession,
+    Allowed(caller, ..): Allowed<Viewer>,
     State(state): State<AdminState>,
     Query(notice): Query<Notice>,
     QuerySelection(selection): QuerySelection,
@@ -62,7 +61,8 @@ async fn overview(
     let (selection, shown_state) = listed(selection);
     // The rows first: they refuse a wrong state before the database is asked anything.
     let rows = state
-        .page_of(
+        .page_for(
+            &caller,
             &selection,
             Page {
                 after: page.after,
@@ -78,8 +78,8 @@ async fn overview(
         shown_state: &shown_state,
         page: &page,
     };
-    let body = views::overview(&notice, &summaries, &days, &rows, &listing);
-    Ok(layout("Deliveries", Some(&session.actor), body))
+    let body = views::overview(&notice, &summaries, &days, &rows, &listing, &caller);
+    Ok(layout("Deliveries", Some(&caller), body))
 }
 
 /// What the overview lists for the selection in its address: failed deliveries unless
@@ -97,7 +97,7 @@ struct SearchQuery {
 }
 
 /// The search box: support types what the patient or the partner quoted.
-async fn search(_session: SupportSession, Query(query): Query<SearchQuery>) -> Redirect {
+async fn search(_: Allowed<Viewer>, Query(query): Query<SearchQuery>) -> Redirect {
     Redirect::to(&search_target(&query.q))
 }
 
@@ -121,14 +121,14 @@ fn search_target(text: &str) -> String {
 }
 
 async fn delivery(
-    session: SupportSession,
+    Allowed(caller, ..): Allowed<Viewer>,
     State(state): State<AdminState>,
     Path(id): Path<Uuid>,
     Query(notice): Query<Notice>,
 ) -> Result<Markup, PageError> {
-    let detail = state.detail(id).await?;
-    let body = views::delivery(&notice, &detail);
-    Ok(layout("Delivery", Some(&session.actor), body))
+    let detail = state.detail_for(&caller, id).await?;
+    let body = views::delivery(&notice, &detail, &caller);
+    Ok(layout("Delivery", Some(&caller), body))
 }
 
 #[derive(Deserialize)]
@@ -162,12 +162,12 @@ fn is_path_on_this_server(back: &str) -> bool {
 }
 
 async fn resend(
-    session: SupportSession,
+    Allowed(caller, ..): Allowed<Support>,
     State(state): State<AdminState>,
     Path(id): Path<Uuid>,
     Form(form): Form<ActionForm>,
 ) -> Result<Redirect, PageError> {
-    match state.resend_one(id, &session.actor).await {
+    match state.resend_one(&caller, id).await {
         Ok(report) => Ok(form.back(Notice::resent(report.of(id)), id)),
         Err(ApiError::Conflict(_)) => Ok(form.back(Notice::resent(Resent::Untouched), id)),
         Err(error) => Err(error.into()),
@@ -175,78 +175,20 @@ async fn resend(
 }
 
 async fn cancel(
-    session: SupportSession,
+    Allowed(caller, ..): Allowed<Support>,
     State(state): State<AdminState>,
     Path(id): Path<Uuid>,
     Form(form): Form<ActionForm>,
 ) -> Result<Redirect, PageError> {
-    match state.cancel_one(id, &session.actor).await {
+    match state.cancel_one(&caller, id).await {
         Ok(()) => Ok(form.back("cancelled", id)),
         Err(ApiError::Conflict(_)) => Ok(form.back("not-cancelled", id)),
         Err(error) => Err(error.into()),
     }
 }
 
-#[derive(Deserialize)]
-struct LoginQuery {
-    failed: Option<String>,
-}
-
-async fn login_form(Query(query): Query<LoginQuery>) -> Markup {
-    login_page(query.failed.is_some())
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    name: String,
-    token: String,
-}
-
-/// The session cookie's attributes: script cannot read it, other sites' requests do not
-/// carry it, and once served over https it is never sent over plain http.
-fn cookie_attributes(state: &AdminState) -> &'static str {
-    if state.access.https() {
-        "Path=/; HttpOnly; SameSite=Strict; Secure"
-    } else {
-        "Path=/; HttpOnly; SameSite=Strict"
-    }
-}
-
-async fn login(State(state): State<AdminState>, Form(form): Form<LoginForm>) -> Response {
-    let name = access::clean_actor(&form.name);
-    let session = name
-        .filter(|_| state.access.token_matches(&form.token))
-        .and_then(|name| state.access.session_for(&name));
-    let Some(session) = session else {
-        tracing::warn!("support page: sign-in refused");
-        return Redirect::to("/login?failed=1").into_response();
-    };
-    (
-        [(
-            SET_COOKIE,
-            format!("{SESSION_COOKIE}={session}; {}", cookie_attributes(&state)),
-        )],
-        Redirect::to("/"),
-    )
-        .into_response()
-}
-
-async fn logout(State(state): State<AdminState>) -> Response {
-    (
-        [(
-            SET_COOKIE,
-            format!(
-                "{SESSION_COOKIE}=; {}; Max-Age=0",
-                cookie_attributes(&state)
-            ),
-        )],
-        Redirect::to("/login"),
-    )
-        .into_response()
-}
-
 /// An API error shown as a page.
-struct PageError(ApiError);
+pub(crate) struct PageError(ApiError);
 
 impl From<ApiError> for PageError {
     fn from(error: ApiError) -> Self {

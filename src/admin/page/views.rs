@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use super::when::time;
 use super::{chart, timeline};
+use crate::admin::caller::Caller;
 use crate::admin::state::{DeliveryPage, Page};
+use crate::config::identity::Role;
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::DeliveryState;
 use crate::store::support::chart::PartnerDay;
@@ -62,7 +64,7 @@ impl Notice {
     }
 }
 
-pub(super) fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, signed_in: Option<&Caller>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -84,9 +86,12 @@ pub(super) fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Mark
                             button type="submit" { "Search" }
                         }
                     }
-                    @if let Some(actor) = signed_in {
+                    @if let Some(caller) = signed_in {
+                        @if caller.role.allows(Role::Operator) {
+                            a.brand href="/audit" { "Audit trail" }
+                        }
                         form.logout method="post" action="/logout" {
-                            span { "Signed in as " (actor.trim_start_matches("page:")) }
+                            span { "Signed in as " (caller.actor) " (" (caller.role) ")" }
                             button type="submit" { "Sign out" }
                         }
                     }
@@ -148,8 +153,11 @@ fn state_badge(state: DeliveryState) -> Markup {
     html! { span class={ "state state-" (state.as_str()) } { (state.as_str()) } }
 }
 
-/// Resend and cancel buttons for the states where they can work.
-fn actions(delivery: &DeliverySummary, back: &str) -> Markup {
+/// Resend and cancel buttons for the states where they can work, for support.
+fn actions(delivery: &DeliverySummary, back: &str, caller: &Caller) -> Markup {
+    if !caller.role.allows(Role::Support) {
+        return html! {};
+    }
     html! {
         @if delivery.state.can_resend() {
             form.inline method="post" action={ "/deliveries/" (delivery.id) "/resend" } {
@@ -192,21 +200,31 @@ fn url_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-pub(super) fn login_page(failed: bool) -> Markup {
+/// The sign-in page: the company's identity provider, and below it the break-glass
+/// form when `[admin] token` is set.
+pub(super) fn login_page(failed: bool, oidc: bool, break_glass: bool) -> Markup {
     layout(
         "Sign in",
         None,
         html! {
             h1 { "Sign in" }
-            @if failed { p.notice.bad role="alert" { "That token is not right, or no name was given." } }
-            form method="post" action="/login" {
-                p { label { "Your name (recorded with what you resend or cancel)"
-                    input type="text" name="name" required autocomplete="name";
-                } }
-                p { label { "Admin token"
-                    input type="password" name="token" required autocomplete="current-password";
-                } }
-                button.primary type="submit" { "Sign in" }
+            @if oidc {
+                form method="post" action="/auth/login" {
+                    button.primary #sign-in type="submit" { "Sign in with your company account" }
+                }
+            }
+            @if break_glass {
+                @if oidc { h2 { "Break-glass access" } p.muted { "Only when the identity provider is down. Every use is logged and audited." } }
+                @if failed { p.notice.bad role="alert" { "That token is not right, or no name was given." } }
+                form method="post" action="/login" {
+                    p { label { "Your name (recorded with everything you do)"
+                        input type="text" name="name" required autocomplete="name";
+                    } }
+                    p { label { "Admin token"
+                        input type="password" name="token" required autocomplete="current-password";
+                    } }
+                    button.primary type="submit" { "Sign in" }
+                }
             }
         },
     )
@@ -301,6 +319,7 @@ pub(super) fn overview(
     days: &[PartnerDay],
     rows: &DeliveryPage,
     listing: &Listing,
+    caller: &Caller,
 ) -> Markup {
     let shown_state = listing.shown_state;
     let partner = listing.selection.partner.as_deref();
@@ -373,7 +392,7 @@ pub(super) fn overview(
                         td.num { (delivery.attempt_count) }
                         td.num { @if let Some(status) = delivery.last_status { (status) } @else { "–" } }
                         td.error { (delivery.last_error.as_deref().unwrap_or("")) }
-                        td.nowrap { a href={ "/deliveries/" (delivery.id) } { "Details" } " " (actions(delivery, &back)) }
+                        td.nowrap { a href={ "/deliveries/" (delivery.id) } { "Details" } " " (actions(delivery, &back, caller)) }
                     }
                 }
                 @if rows.deliveries.is_empty() {
@@ -394,7 +413,7 @@ pub(super) fn overview(
 
 /// One delivery's body: what it is, its timeline, every attempt with the partner's
 /// answer, and who resent or cancelled it.
-pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail) -> Markup {
+pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail, caller: &Caller) -> Markup {
     let id = detail.summary.id;
     let DeliveryDetail {
         summary,
@@ -417,7 +436,7 @@ pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail) -> Markup {
             @if let Some(error) = &summary.last_error { dt { "Last error" } dd.error { (error) } }
             @if let Some(at) = *event_erased_at { dt { "Event body" } dd { "erased on " (time(at)) " (retention); it cannot be sent again" } }
             @if let Some(at) = *answers_erased_at { dt { "Partner's answers" } dd { "erased on " (time(at)) " (retention)" } }
-            dt { "Actions" } dd { (actions(summary, &back)) }
+            dt { "Actions" } dd { (actions(summary, &back, caller)) }
         }
         h2 { "Timeline" }
         (timeline::timeline(detail, Utc::now()))

@@ -45,11 +45,12 @@ impl RawAdmin {
             })?;
             allowed_hosts.push(host);
         }
-        if !allowed_hosts.is_empty() && token.is_none() {
+        let oidc = self.oidc.map(|oidc| oidc.validate(base_dir)).transpose()?;
+        if !allowed_hosts.is_empty() && token.is_none() && oidc.is_none() {
             return Err(ConfigError::key(
                 "admin.allowed_hosts",
-                "needs admin.token: without a token the admin server answers to loopback \
-                 names only (127.0.0.1, [::1], localhost)",
+                "needs admin.oidc or admin.token: without either the admin server answers \
+                 to loopback names only (127.0.0.1, [::1], localhost)",
             ));
         }
         let tls = admin_tls(self.tls_cert, self.tls_key, base_dir)?;
@@ -58,6 +59,7 @@ impl RawAdmin {
             token,
             allowed_hosts,
             tls,
+            oidc,
         })
     }
 }

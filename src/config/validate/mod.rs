@@ -5,6 +5,7 @@
 //! and all of them are reported together.
 
 mod admin;
+mod oidc;
 mod partner;
 mod telemetry;
 
@@ -203,6 +204,9 @@ impl RawRetry {
     }
 }
 
+/// The audit trail is kept at least a year (the database refuses to prune it sooner).
+const MIN_AUDIT_DAYS: u32 = 365;
+
 impl RawRetention {
     fn validate(self) -> Result<RetentionConfig, ConfigError> {
         let retention = RetentionConfig {
@@ -210,7 +214,15 @@ impl RawRetention {
             metadata_days: self.metadata_days,
             prune_interval: duration("retention.prune_interval", &self.prune_interval)?,
             batch_size: positive("retention.batch_size", self.batch_size)?,
+            audit_days: self.audit_days,
         };
+        // dispatcher.prune_audit_log keeps a year whatever it is asked.
+        if retention.audit_days < MIN_AUDIT_DAYS {
+            return Err(ConfigError::key(
+                "retention.audit_days",
+                format!("must be at least {MIN_AUDIT_DAYS}"),
+            ));
+        }
         if retention.payload_days == 0 {
             return Err(ConfigError::key(
                 "retention.payload_days",

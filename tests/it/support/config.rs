@@ -68,6 +68,8 @@ pub struct Admin {
     pub allowed_hosts: Vec<String>,
     /// The certificate and key files, when it serves HTTPS.
     pub tls: Option<(String, String)>,
+    /// `[admin.oidc]`, as TOML keys, when people sign in through an identity provider.
+    pub oidc: Option<String>,
 }
 
 /// `[retry]`.
@@ -121,6 +123,7 @@ impl TestConfig {
                 token: None,
                 allowed_hosts: Vec::new(),
                 tls: None,
+                oidc: None,
             },
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
         }
@@ -282,6 +285,20 @@ impl TestConfig {
         self
     }
 
+    /// Sign-in through the OpenID Provider at `issuer`, as client `dispatcher` with
+    /// `client_secret`; the provider's groups `dispatcher-viewers`, `dispatcher-support`
+    /// and `dispatcher-ops` hold the three roles.
+    pub fn admin_oidc(mut self, issuer: &str, client_secret: &str) -> TestConfig {
+        let redirect = format!("http://{}/auth/callback", self.admin.listen);
+        self.admin.oidc = Some(format!(
+            "issuer = \"{issuer}\"\nclient_id = \"dispatcher\"\nclient_secret = \"{client_secret}\"\n\
+             redirect_url = \"{redirect}\"\n\
+             roles = {{ viewer = [\"dispatcher-viewers\"], support = [\"dispatcher-support\"], \
+             operator = [\"dispatcher-ops\"] }}\n"
+        ));
+        self
+    }
+
     pub fn text(&self, db: &TestDb) -> String {
         let url = self.database.url.as_ref().unwrap_or(&db.url);
         let mut text = format!("[database]\nurl = \"{url}\"\n");
@@ -329,6 +346,7 @@ impl TestConfig {
             token,
             allowed_hosts,
             tls,
+            oidc,
         } = &self.admin;
         text.push_str(&format!("\n[admin]\nlisten = \"{listen}\"\n"));
         if let Some(token) = token {
@@ -341,6 +359,9 @@ impl TestConfig {
             text.push_str(&format!(
                 "tls_cert = \"{cert_file}\"\ntls_key = \"{key_file}\"\n"
             ));
+        }
+        if let Some(oidc) = oidc {
+            text.push_str(&format!("\n[admin.oidc]\n{oidc}"));
         }
         if let Some(Retention {
             payload_days,
