@@ -1,6 +1,7 @@
 //! The router: fans new outbox events out into deliveries, one short transaction per
-//! batch (`store::outbox`), and wakes the claimer for them. After a burst it refreshes
-//! the deliveries' statistics, so the claim's plan keeps up with the backlog.
+//! batch (`store::outbox`), and wakes the claimer for them. After a burst it asks for the
+//! deliveries' statistics to be refreshed (`statistics`, beside it), so the claim's plan
+//! keeps up with the backlog; it never waits for that.
 //!
 //! It also keeps the outbox's wake-up flag (`store::notify`): while it routes it looks
 //! again by itself and producers send no NOTIFY; only when it finds nothing does it mark
@@ -15,15 +16,15 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::store::db::DbError;
+use crate::store::notify;
 use crate::store::outbox::{self, Routed};
-use crate::store::{notify, queue};
 
 use super::Dispatcher;
 
 /// Outbox events routed per transaction.
 const ROUTE_BATCH: usize = 1000;
 /// In a burst of routing, the deliveries' statistics are refreshed once this many events
-/// are routed, then each time the burst doubles (see `queue::refresh_statistics`).
+/// are routed, then each time the burst doubles (see `super::statistics`).
 const STATISTICS_AFTER: usize = 10_000;
 /// After a partial batch the router is busy and looks again after this pause, with no
 /// NOTIFY, so a steady flow of producers never pays for one. It bounds the wake-up's
@@ -73,7 +74,8 @@ impl Dispatcher {
                 Ok(Routed::Events(count)) => {
                     burst += count;
                     if burst >= refresh_at {
-                        self.refresh_statistics().await;
+                        // Its own task: the router never waits on an ANALYZE.
+                        self.statistics_due.notify_one();
                         refresh_at = burst * 2;
                     }
                     if count < ROUTE_BATCH {
@@ -179,15 +181,6 @@ impl Dispatcher {
         }
         .instrument(span)
         .await
-    }
-
-    async fn refresh_statistics(&self) {
-        let refreshed = self
-            .on_client(async |client| queue::refresh_statistics(client).await)
-            .await;
-        if let Err(error) = refreshed {
-            tracing::warn!(%error, "refreshing the statistics of the deliveries failed");
-        }
     }
 }
 

@@ -25,6 +25,7 @@ mod guard;
 mod hostile_answers;
 mod hostile_events;
 mod isolation;
+mod maintenance;
 mod metrics;
 mod operating;
 mod overload;
