@@ -1,7 +1,9 @@
 //! The router: fans new outbox events out into deliveries, one short transaction per
-//! batch (`store::outbox`), and wakes the claimer for them. After a burst it asks for the
-//! deliveries' statistics to be refreshed (`statistics`, beside it), so the claim's plan
-//! keeps up with the backlog; it never waits for that.
+//! batch (`store::outbox`), and wakes the claimer for them. A batch PostgreSQL refuses
+//! for what one of its events holds is routed again around that event, which ends
+//! `invalid` with the database's reason: no event holds up the ones after it. After a
+//! burst it asks for the deliveries' statistics to be refreshed (`statistics`, beside
+//! it), so the claim's plan keeps up with the backlog; it never waits for that.
 //!
 //! It also keeps the outbox's wake-up flag (`store::notify`): while it routes it looks
 //! again by itself and producers send no NOTIFY; only when it finds nothing does it mark
@@ -15,7 +17,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::store::db::DbError;
+use crate::store::db::{self, DbError};
 use crate::store::notify;
 use crate::store::outbox::{self, Routed};
 
@@ -70,7 +72,13 @@ impl Dispatcher {
         };
         while !self.shutdown.is_stopping() {
             let config = self.live.snapshot();
-            let next = match self.route_batch(&config).await {
+            let routed = match self.route_batch(&config).await {
+                Err(DbError::Query(error)) if db::refused_for_content(&error).is_some() => {
+                    self.route_around_refusals(&config).await
+                }
+                routed => routed,
+            };
+            let next = match routed {
                 Ok(Routed::Events(count)) => {
                     burst += count;
                     if burst >= refresh_at {
@@ -178,6 +186,31 @@ impl Dispatcher {
                 tracing::Span::current().record("events", events);
             }
             Ok(routed)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Routes the batch PostgreSQL just refused around the events it refuses, in a
+    /// `route` span: each of those ends `invalid` with the database's reason, logged with
+    /// its id and counted.
+    async fn route_around_refusals(&self, config: &Config) -> Result<Routed, DbError> {
+        let span = tracing::info_span!("route", events = tracing::field::Empty);
+        async {
+            let mut client = self.pool.get().await?;
+            let around =
+                outbox::route_new_events_around_refusals(&mut client, config, ROUTE_BATCH).await?;
+            for refused in &around.refused {
+                tracing::warn!(event_id = refused.event_id, code = %refused.reason.code,
+                    reason = %refused.reason.message,
+                    "the database refused to store this event's deliveries; ended it invalid");
+            }
+            self.metrics.events_refused(around.refused.len());
+            if let Routed::Events(count) = around.routed {
+                let events = i64::try_from(count).unwrap_or(i64::MAX);
+                tracing::Span::current().record("events", events);
+            }
+            Ok(around.routed)
         }
         .instrument(span)
         .await

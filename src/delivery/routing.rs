@@ -9,7 +9,9 @@
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::contract::payload::{fits_identifier, EventKind, IDENTIFIER_TOO_LONG};
+use crate::contract::payload::{
+    fits_identifier, EventKind, IDENTIFIER_TOO_LONG, MAX_IDENTIFIER_CHARS,
+};
 use crate::delivery::state::DeliveryState;
 use crate::delivery::NewDelivery;
 
@@ -83,6 +85,29 @@ pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
         );
     }
     deliveries
+}
+
+/// The one delivery of an event whose deliveries PostgreSQL refused to store (a value it
+/// cannot index, a constraint of the site's own): `invalid`, never sent, with the
+/// database's `reason`, so the events after it are routed. It carries as little of the
+/// event as it can, since something in the event was refused: no partner, no patient id,
+/// and the event's name cut to 255 characters (the contract's two names are far shorter).
+pub fn refused(event: &UnroutedEvent, reason: &impl std::fmt::Display) -> NewDelivery {
+    NewDelivery {
+        id: Uuid::now_v7(),
+        event_id: event.id,
+        partner: None,
+        event_name: event
+            .event_name
+            .chars()
+            .take(MAX_IDENTIFIER_CHARS)
+            .collect(),
+        patient_id: None,
+        state: DeliveryState::Invalid,
+        last_error: Some(format!(
+            "the database refused to store this event's deliveries: {reason}"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -177,7 +202,10 @@ mod tests {
             deliveries[0].last_error.as_deref(),
             Some("supportProgramId must be at most 255 characters")
         );
-        assert_eq!(deliveries[0].patient_id.as_deref(), Some("é".repeat(255).as_str()));
+        assert_eq!(
+            deliveries[0].patient_id.as_deref(),
+            Some("é".repeat(255).as_str())
+        );
 
         let deliveries = route(&config(), &self::event(&"é".repeat(255)));
         assert_eq!(deliveries[0].state, DeliveryState::Unrouted);

@@ -27,6 +27,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::Socket;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -54,6 +55,42 @@ fn without_detail(error: &tokio_postgres::Error) -> String {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
         None => error.to_string(),
     }
+}
+
+/// PostgreSQL's refusal of a statement for the values in it, as support may read it:
+/// the SQLSTATE and the message, never the DETAIL or HINT (which can quote the row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)
+    }
+}
+
+/// The refusal in `error` when PostgreSQL failed the statement for what the rows hold
+/// ([`is_refusal_of_content`]); `None` for any other error.
+pub fn refused_for_content(error: &tokio_postgres::Error) -> Option<Refusal> {
+    let db = error.as_db_error()?;
+    is_refusal_of_content(db.code()).then(|| Refusal {
+        code: db.code().code().to_string(),
+        message: db.message().to_string(),
+    })
+}
+
+/// Whether a SQLSTATE says PostgreSQL refused the values in the statement, by class: a
+/// data exception (22: a value it cannot store or convert), an integrity constraint (23)
+/// or a program limit (54: a value too large to index). Not a lost connection, a
+/// timeout, a lock, a conflict, a privilege or a syntax error: those say nothing about
+/// the rows, and the same statement may well succeed when tried again.
+pub fn is_refusal_of_content(code: &SqlState) -> bool {
+    const CONTENT_CLASSES: [&str; 3] = ["22", "23", "54"];
+    CONTENT_CLASSES
+        .iter()
+        .any(|class| code.code().starts_with(class))
 }
 
 /// An error and its causes, for a log line: tokio-postgres leaves the cause out of its
@@ -410,5 +447,41 @@ impl ServerCertVerifier for ChainOnly {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_is_refused_for_what_it_holds_only_by_the_data_integrity_and_limit_classes() {
+        for content in [
+            SqlState::PROGRAM_LIMIT_EXCEEDED, // index row size exceeds btree maximum
+            SqlState::STRING_DATA_RIGHT_TRUNCATION,
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::CHECK_VIOLATION,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::FOREIGN_KEY_VIOLATION,
+        ] {
+            assert!(is_refusal_of_content(&content), "{}", content.code());
+        }
+        for passing in [
+            SqlState::QUERY_CANCELED, // statement_timeout
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+        ] {
+            assert!(!is_refusal_of_content(&passing), "{}", passing.code());
+        }
     }
 }

@@ -1166,3 +1166,75 @@ async fn a_patient_id_of_3008_characters_ends_invalid_and_holds_up_no_later_even
     }
     assert_eq!(partner.received().len(), 1, "only the valid event was sent");
 }
+
+/// Beyond R13, a value R13 lets through and PostgreSQL still refuses: here an event name
+/// (any text; routed as `invalid`, "not an event of the contract") of 3,008 random
+/// characters, after ops indexed the deliveries' event names for their own reports. Its
+/// deliveries fail the routing batch ("index row size … exceeds btree … maximum 2704",
+/// SQLSTATE 54000); each such event ends `invalid` with the database's reason and
+/// without the value, the events around it are delivered, and ops see the count.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_postgresql_refuses_to_route_ends_invalid_with_its_reason_and_the_rest_is_routed()
+{
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    db.client
+        .batch_execute(
+            "CREATE INDEX deliveries_by_event_name ON dispatcher.deliveries (event_name)",
+        )
+        .await
+        .expect("ops add an index");
+    // Written before the daemon starts, so one routing batch holds them all: 20 valid
+    // events, with two PostgreSQL refuses among them.
+    let mut refused = Vec::new();
+    for n in 0..20 {
+        if n == 3 || n == 15 {
+            let name = format!("{SENTINEL}{}", random_text(3_008 - SENTINEL.len()));
+            refused.push(db.insert_event(&name, &enrollment_event(SENTINEL)).await);
+        }
+        db.insert_event(ENROLLMENT, &enrollment_event(&format!("p-{n}")))
+            .await;
+    }
+    let daemon = Daemon::start(&config, &db);
+
+    db.wait_for_state("delivered", 20).await;
+    for event_id in &refused {
+        let row = db
+            .client
+            .query_one(
+                "SELECT state, last_error, patient_id, partner, attempt_count
+                 FROM dispatcher.deliveries WHERE event_id = $1",
+                &[event_id],
+            )
+            .await
+            .expect("one delivery, for support to see");
+        assert_eq!(row.get::<_, &str>(0), "invalid");
+        let reason: &str = row.get(1);
+        assert!(
+            reason.starts_with(
+                "the database refused to store this event's deliveries: index row size"
+            ) && reason.ends_with("(SQLSTATE 54000)"),
+            "{reason}"
+        );
+        assert!(!reason.contains(SENTINEL), "{reason}");
+        assert_eq!(row.get::<_, Option<&str>>(2), None);
+        assert_eq!(row.get::<_, Option<&str>>(3), None);
+        assert_eq!(row.get::<_, i32>(4), 0, "never sent");
+    }
+    assert_eq!(partner.received().len(), 20);
+    let admin = AdminClient::of(&daemon, None).await;
+    let metrics = admin
+        .raw(admin.http().get(format!("{}/metrics", admin.base)))
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "dispatcher_events_refused_total 2"),
+        "{metrics}"
+    );
+    assert!(!daemon.log_text().contains(SENTINEL), "a value in the log");
+}
