@@ -5,6 +5,8 @@
 //! and the same batch is then routed around it ([`route_new_events_around_refusals`]):
 //! that event ends `invalid` with the database's reason, the others are routed.
 
+use std::ops::Range;
+
 use deadpool_postgres::GenericClient;
 
 use crate::config::Config;
@@ -162,12 +164,13 @@ async fn route(
     })
 }
 
-/// Inserts the planned deliveries of `events` (event i's are `planned[starts[i]..starts[i
-/// + 1]]`), halving the events under a savepoint wherever PostgreSQL refuses what they
-/// hold, down to the single events it refuses; each of those gets one `invalid` delivery
-/// with the database's reason instead ([`routing::refused`]). A refusal of that delivery
-/// too, or any error but a refusal of content, fails the whole: then the refusal was not
-/// of the event, and routing is tried again later.
+/// Inserts the planned deliveries of `events` (event i's are
+/// `planned[starts[i]..starts[i + 1]]`), halving the events under a savepoint wherever
+/// PostgreSQL refuses what they hold, down to the single events it refuses; each of
+/// those gets one `invalid` delivery with the database's reason instead
+/// ([`routing::refused`]). A refusal of that delivery too, or any error but a refusal of
+/// content, fails the whole: then the refusal was not of the event, and routing is tried
+/// again later.
 async fn insert_around_refusals(
     transaction: &mut deadpool_postgres::Transaction<'_>,
     events: &[UnroutedEvent],
@@ -176,7 +179,8 @@ async fn insert_around_refusals(
 ) -> Result<Vec<RefusedEvent>, tokio_postgres::Error> {
     let mut refused = Vec::new();
     // A stack of ranges of events, the earliest on top.
-    let mut parts = vec![0..events.len()];
+    let mut parts: Vec<Range<usize>> = Vec::new();
+    parts.push(0..events.len());
     while let Some(part) = parts.pop() {
         let savepoint = transaction.savepoint("route_part").await?;
         let deliveries = &planned[starts[part.start]..starts[part.end]];
