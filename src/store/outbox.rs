@@ -44,9 +44,9 @@ pub struct RefusedEvent {
     pub reason: Refusal,
 }
 
-/// Fans out up to `limit` unrouted events into deliveries, in one statement. A value in
-/// one of them that PostgreSQL refuses (see [`refused_for_content`]) fails the whole
-/// batch: then [`route_new_events_around_refusals`] routes it.
+/// Fans out up to `limit` unrouted events into deliveries, inserted in one statement. A
+/// value in one of them that PostgreSQL refuses (see [`refused_for_content`]) fails the
+/// whole batch: then [`route_new_events_around_refusals`] routes it.
 pub async fn route_new_events(
     client: &mut deadpool_postgres::Client,
     config: &Config,

@@ -48,10 +48,6 @@ impl Identifier {
         }
         Source::new(text).map(|Source(text)| Identifier(text))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl<'de> Deserialize<'de> for Identifier {
