@@ -6,7 +6,8 @@
 //! - `claimer`: claims due deliveries in batches and starts one `attempt` task each;
 //! - `recorder`: writes the attempts' resolutions back in batches;
 //! - beside them, `pruner` erases and deletes what is past retention, `rescuer` returns
-//!   deliveries whose lease ran out, `circuits` records the circuit breakers' changes, and
+//!   deliveries whose lease ran out, `circuits` records the circuit breakers' changes,
+//!   `statistics` refreshes the deliveries' statistics when the router asks, and
 //!   `wakeup` listens for NOTIFY to wake the router and the claimer.
 //!
 //! The rules these loops apply are `delivery`'s, the SQL they run is `store`'s; what
@@ -34,6 +35,7 @@ mod recorder;
 mod rescuer;
 mod router;
 mod slots;
+mod statistics;
 mod wakeup;
 
 use std::path::Path;
@@ -119,6 +121,8 @@ pub struct Dispatcher {
     pool: Pool,
     sender: Arc<LiveSender>,
     wakeups: Wakeups,
+    /// The router asks for the deliveries' statistics to be refreshed (`statistics`).
+    statistics_due: Arc<Notify>,
     partner_slots: PartnerSlots,
     breakers: Arc<Breakers>,
     capacity: Arc<Semaphore>,
@@ -148,6 +152,7 @@ impl Dispatcher {
             live,
             pool,
             wakeups: Wakeups::default(),
+            statistics_due: Arc::new(Notify::new()),
             partner_slots: PartnerSlots::default(),
             breakers: Arc::new(Breakers::default()),
             shutdown,
@@ -177,6 +182,11 @@ impl Dispatcher {
             config.retention.clone(),
             self.shutdown.clone(),
         ));
+        let statistics = tokio::spawn(statistics::run(
+            self.pool.clone(),
+            self.statistics_due.clone(),
+            self.shutdown.clone(),
+        ));
         let rescuer = tokio::spawn(rescuer::run(
             self.pool.clone(),
             self.live.clone(),
@@ -194,6 +204,7 @@ impl Dispatcher {
         let _ = recorder.await;
         let _ = router.await;
         let _ = pruner.await;
+        let _ = statistics.await;
         let _ = rescuer.await;
         let _ = circuits.await;
         // What the last attempts did to the circuits; if the database is away, the

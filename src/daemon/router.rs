@@ -1,6 +1,9 @@
 //! The router: fans new outbox events out into deliveries, one short transaction per
-//! batch (`store::outbox`), and wakes the claimer for them. After a burst it refreshes
-//! the deliveries' statistics, so the claim's plan keeps up with the backlog.
+//! batch (`store::outbox`), and wakes the claimer for them. A batch PostgreSQL refuses
+//! for what one of its events holds is routed again around that event, which ends
+//! `invalid` with the database's reason: no event holds up the ones after it. After a
+//! burst it asks for the deliveries' statistics to be refreshed (`statistics`, beside
+//! it), so the claim's plan keeps up with the backlog; it never waits for that.
 //!
 //! It also keeps the outbox's wake-up flag (`store::notify`): while it routes it looks
 //! again by itself and producers send no NOTIFY; only when it finds nothing does it mark
@@ -14,16 +17,16 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::store::db::DbError;
+use crate::store::db::{self, DbError};
+use crate::store::notify;
 use crate::store::outbox::{self, Routed};
-use crate::store::{notify, queue};
 
 use super::Dispatcher;
 
 /// Outbox events routed per transaction.
 const ROUTE_BATCH: usize = 1000;
 /// In a burst of routing, the deliveries' statistics are refreshed once this many events
-/// are routed, then each time the burst doubles (see `queue::refresh_statistics`).
+/// are routed, then each time the burst doubles (see `super::statistics`).
 const STATISTICS_AFTER: usize = 10_000;
 /// After a partial batch the router is busy and looks again after this pause, with no
 /// NOTIFY, so a steady flow of producers never pays for one. It bounds the wake-up's
@@ -69,11 +72,18 @@ impl Dispatcher {
         };
         while !self.shutdown.is_stopping() {
             let config = self.live.snapshot();
-            let next = match self.route_batch(&config).await {
+            let routed = match self.route_batch(&config).await {
+                Err(DbError::Query(error)) if db::refused_for_content(&error).is_some() => {
+                    self.route_around_refusals(&config).await
+                }
+                routed => routed,
+            };
+            let next = match routed {
                 Ok(Routed::Events(count)) => {
                     burst += count;
                     if burst >= refresh_at {
-                        self.refresh_statistics().await;
+                        // Its own task: the router never waits on an ANALYZE.
+                        self.statistics_due.notify_one();
                         refresh_at = burst * 2;
                     }
                     if count < ROUTE_BATCH {
@@ -181,13 +191,29 @@ impl Dispatcher {
         .await
     }
 
-    async fn refresh_statistics(&self) {
-        let refreshed = self
-            .on_client(async |client| queue::refresh_statistics(client).await)
-            .await;
-        if let Err(error) = refreshed {
-            tracing::warn!(%error, "refreshing the statistics of the deliveries failed");
+    /// Routes the batch PostgreSQL just refused around the events it refuses, in a
+    /// `route` span: each of those ends `invalid` with the database's reason, logged with
+    /// its id and counted.
+    async fn route_around_refusals(&self, config: &Config) -> Result<Routed, DbError> {
+        let span = tracing::info_span!("route", events = tracing::field::Empty);
+        async {
+            let mut client = self.pool.get().await?;
+            let around =
+                outbox::route_new_events_around_refusals(&mut client, config, ROUTE_BATCH).await?;
+            for refused in &around.refused {
+                tracing::warn!(event_id = refused.event_id, code = %refused.reason.code,
+                    reason = %refused.reason.message,
+                    "the database refused to store this event's deliveries; ended it invalid");
+            }
+            self.metrics.events_refused(around.refused.len());
+            if let Routed::Events(count) = around.routed {
+                let events = i64::try_from(count).unwrap_or(i64::MAX);
+                tracing::Span::current().record("events", events);
+            }
+            Ok(around.routed)
         }
+        .instrument(span)
+        .await
     }
 }
 

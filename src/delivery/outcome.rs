@@ -2,7 +2,7 @@
 //!
 //! | answer | outcome |
 //! |---|---|
-//! | 2xx | delivered; `data.externalId` is remembered for the patient (R10) |
+//! | 2xx | delivered; `data.externalId` is remembered for the patient (R10), unless over 255 characters (R13) |
 //! | 400, 413, 415, 422 | rejected: the partner says the request itself is wrong, so the same bytes would fail again; support looks (R11) |
 //! | 408, 429, 5xx | retried (429 and 503 honour `Retry-After`) |
 //! | 3xx | retried: redirects are never followed |
@@ -22,6 +22,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::config::RetryPolicy;
+use crate::contract::payload::fits_identifier;
 use crate::delivery::retry;
 use crate::delivery::state::DeliveryState;
 use crate::delivery::ClaimedDelivery;
@@ -164,6 +165,11 @@ impl AttemptRecord {
     }
 }
 
+/// What an accepted attempt says when the partner's `data.externalId` is over the
+/// contract's 255 characters (R13): later events could not carry it, so it is not kept.
+pub const EXTERNAL_ID_TOO_LONG: &str =
+    "data.externalId is over 255 characters (R13): not remembered for this patient";
+
 /// How a claim ends: the delivery's new state, and the attempt made, if any.
 #[derive(Debug, Clone)]
 pub struct Resolution {
@@ -196,6 +202,15 @@ impl Resolution {
             ..Resolution::hand_back(delivery)
         };
         match outcome {
+            // One the contract would refuse in a later body is not remembered (R13); the
+            // attempt says so, without the value.
+            Outcome::Delivered {
+                external_id: Some(too_long),
+            } if !fits_identifier(&too_long) => {
+                attempt
+                    .error
+                    .get_or_insert_with(|| EXTERNAL_ID_TOO_LONG.to_string());
+            }
             Outcome::Delivered { external_id } => {
                 resolution.learned_external_id = external_id;
             }
@@ -379,6 +394,24 @@ mod tests {
         let attempt = resolution.attempt.expect("an attempt is recorded");
         assert_eq!(attempt.http_status, Some(200));
         assert_eq!(attempt.response_body.as_deref(), Some(body));
+    }
+
+    #[test]
+    fn a_partner_id_over_255_characters_is_not_remembered_and_the_attempt_says_why() {
+        let long = "7".repeat(256);
+        let body = format!(r#"{{"data": {{"externalId": "{long}"}}}}"#);
+        let resolution = resolved(0, &answer(200, &body));
+        assert_eq!(resolution.state, DeliveryState::Delivered);
+        assert_eq!(resolution.learned_external_id, None);
+        let attempt = resolution.attempt.expect("an attempt is recorded");
+        assert_eq!(attempt.error.as_deref(), Some(EXTERNAL_ID_TOO_LONG));
+        assert!(!EXTERNAL_ID_TOO_LONG.contains(&long));
+
+        let longest = "\u{1F600}".repeat(255);
+        let body = format!(r#"{{"data": {{"externalId": "{longest}"}}}}"#);
+        let resolution = resolved(0, &answer(200, &body));
+        assert_eq!(resolution.learned_external_id, Some(longest));
+        assert_eq!(resolution.attempt.expect("attempt").error, None);
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! Fan-out: which partners an outbox event goes to.
 //!
 //! Routing needs only the event's name, support program and patient; the whole event is
-//! checked against the contract just before each send (see `payload`).
+//! checked against the contract just before each send (see `payload`). The two ids it
+//! reads are checked here already (R13: at most 255 characters), because the patient's id
+//! is stored and indexed with each delivery: a few thousand characters of it are more
+//! than PostgreSQL can index, and would make the whole routing batch fail.
 
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::contract::payload::EventKind;
+use crate::contract::payload::{
+    fits_identifier, EventKind, IDENTIFIER_TOO_LONG, MAX_IDENTIFIER_CHARS,
+};
 use crate::delivery::state::DeliveryState;
 use crate::delivery::NewDelivery;
 
@@ -27,32 +32,40 @@ pub struct UnroutedEvent {
 /// An event that reaches no partner still gets one row (partner NULL) so support sees it:
 /// `unrouted` when no partner takes its program, `invalid` when it cannot be routed at all.
 pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
+    // A patient id over R13's limit is kept in the outbox only: it is not an id to search
+    // by, and stored with the delivery it could be too long to index.
+    let patient_id = event.patient_id.clone().filter(|id| fits_identifier(id));
     let placeholder = |state, reason: Option<String>| {
         vec![NewDelivery {
             id: Uuid::now_v7(),
             event_id: event.id,
             partner: None,
             event_name: event.event_name.clone(),
-            patient_id: event.patient_id.clone(),
+            patient_id: patient_id.clone(),
             state,
             last_error: reason,
         }]
     };
+    let program = event.support_program_id.as_deref().unwrap_or_default();
+    let patient = event.patient_id.as_deref().unwrap_or_default();
     let unroutable = if let Err(unknown) = EventKind::from_name(&event.event_name) {
         Some(unknown.0)
     } else if !event.is_object {
         Some("event must be an object".to_string())
-    } else if event.support_program_id.as_deref().unwrap_or("").is_empty() {
+    } else if program.is_empty() {
         Some("supportProgramId is required".to_string())
-    } else if event.patient_id.as_deref().unwrap_or("").is_empty() {
+    } else if !fits_identifier(program) {
+        Some(format!("supportProgramId {IDENTIFIER_TOO_LONG}"))
+    } else if patient.is_empty() {
         Some("patient.id is required".to_string())
+    } else if !fits_identifier(patient) {
+        Some(format!("patient.id {IDENTIFIER_TOO_LONG}"))
     } else {
         None
     };
     if let Some(reason) = unroutable {
         return placeholder(DeliveryState::Invalid, Some(reason));
     }
-    let program = event.support_program_id.as_deref().unwrap_or_default();
     let deliveries: Vec<NewDelivery> = config
         .partners_of(program)
         .map(|partner| NewDelivery {
@@ -60,7 +73,7 @@ pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
             event_id: event.id,
             partner: Some(partner.name.clone()),
             event_name: event.event_name.clone(),
-            patient_id: event.patient_id.clone(),
+            patient_id: patient_id.clone(),
             state: DeliveryState::Pending,
             last_error: None,
         })
@@ -72,6 +85,29 @@ pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
         );
     }
     deliveries
+}
+
+/// The one delivery of an event whose deliveries PostgreSQL refused to store (a value it
+/// cannot index, a constraint of the site's own): `invalid`, never sent, with the
+/// database's `reason`, so the events after it are routed. It carries as little of the
+/// event as it can, since something in the event was refused: no partner, no patient id,
+/// and the event's name cut to 255 characters (the contract's two names are far shorter).
+pub fn refused(event: &UnroutedEvent, reason: &impl std::fmt::Display) -> NewDelivery {
+    NewDelivery {
+        id: Uuid::now_v7(),
+        event_id: event.id,
+        partner: None,
+        event_name: event
+            .event_name
+            .chars()
+            .take(MAX_IDENTIFIER_CHARS)
+            .collect(),
+        patient_id: None,
+        state: DeliveryState::Invalid,
+        last_error: Some(format!(
+            "the database refused to store this event's deliveries: {reason}"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -141,5 +177,37 @@ mod tests {
             deliveries[0].last_error.as_deref(),
             Some("supportProgramId is required")
         );
+    }
+
+    /// R13: the ids routing reads, over 255 characters, make the event invalid at once,
+    /// naming the field; the overlong patient id is not copied to the delivery.
+    #[test]
+    fn an_event_whose_ids_are_over_255_characters_is_invalid_naming_the_field() {
+        let long = "x".repeat(3_008);
+        let mut event = event("prog-1");
+        event.patient_id = Some(long.clone());
+        let deliveries = route(&config(), &event);
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0].state, DeliveryState::Invalid);
+        assert_eq!(
+            deliveries[0].last_error.as_deref(),
+            Some("patient.id must be at most 255 characters")
+        );
+        assert_eq!(deliveries[0].patient_id, None);
+
+        let mut event = self::event(&long);
+        event.patient_id = Some("é".repeat(255));
+        let deliveries = route(&config(), &event);
+        assert_eq!(
+            deliveries[0].last_error.as_deref(),
+            Some("supportProgramId must be at most 255 characters")
+        );
+        assert_eq!(
+            deliveries[0].patient_id.as_deref(),
+            Some("é".repeat(255).as_str())
+        );
+
+        let deliveries = route(&config(), &self::event(&"é".repeat(255)));
+        assert_eq!(deliveries[0].state, DeliveryState::Unrouted);
     }
 }

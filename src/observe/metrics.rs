@@ -64,6 +64,7 @@ struct Inner {
     attempt_duration: Family<PartnerLabels, Histogram, fn() -> Histogram>,
     claim_batch_size: Histogram,
     leases_expired: Family<PartnerLabels, Counter>,
+    events_refused: Counter,
     pending: Family<PartnerLabels, Gauge>,
     in_flight: Family<PartnerLabels, Gauge>,
     oldest_due_age: Family<PartnerLabels, Gauge<f64, AtomicU64>>,
@@ -155,6 +156,12 @@ impl Metrics {
             "Claims whose lease ran out with no result recorded (a daemon died or lost the database); each delivery is sent again, or dead if that was its last attempt",
             leases_expired.clone(),
         );
+        let events_refused = Counter::default();
+        registry.register(
+            "events_refused",
+            "Outbox events whose deliveries PostgreSQL refused to store (a value too large to index, a constraint); each ended invalid with the database's reason, and the events after it were routed",
+            events_refused.clone(),
+        );
         let pending = Family::default();
         registry.register(
             "deliveries_pending",
@@ -212,6 +219,7 @@ impl Metrics {
                 attempt_duration,
                 claim_batch_size,
                 leases_expired,
+                events_refused,
                 pending,
                 in_flight,
                 oldest_due_age,
@@ -272,6 +280,13 @@ impl Metrics {
             })
             .inc();
         self.resolution_recorded(delivery, state);
+    }
+
+    /// Routing ended `count` events invalid because PostgreSQL refused their deliveries.
+    pub(crate) fn events_refused(&self, count: usize) {
+        self.inner
+            .events_refused
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     /// A resolution was written; counts it if it ended the delivery.

@@ -1,9 +1,18 @@
 //! The outbox table: events written by the enrollment flow, waiting to be fanned out.
+//!
+//! No event can hold up another: an event whose deliveries PostgreSQL refuses to store
+//! (a value too large to index, a constraint of the site's own) fails the batch it is in,
+//! and the same batch is then routed around it ([`route_new_events_around_refusals`]):
+//! that event ends `invalid` with the database's reason, the others are routed.
+
+use std::ops::Range;
 
 use deadpool_postgres::GenericClient;
 
 use crate::config::Config;
 use crate::delivery::routing::{self, UnroutedEvent};
+use crate::delivery::NewDelivery;
+use crate::store::db::{refused_for_content, Refusal};
 use crate::store::{notify, queue};
 
 /// Only one daemon routes at a time, in outbox order, so per-patient ordering holds
@@ -19,13 +28,66 @@ pub enum Routed {
     ByAnotherDaemon,
 }
 
-/// Fans out up to `limit` unrouted events into deliveries.
+/// What one call of [`route_new_events_around_refusals`] did: the events routed (the
+/// refused ones among them) and the ones PostgreSQL refused.
+#[derive(Debug)]
+pub struct RoutedAround {
+    pub routed: Routed,
+    pub refused: Vec<RefusedEvent>,
+}
+
+/// An event whose deliveries PostgreSQL refused to store; it was ended `invalid` with the
+/// database's reason.
+#[derive(Debug)]
+pub struct RefusedEvent {
+    pub event_id: i64,
+    pub reason: Refusal,
+}
+
+/// Fans out up to `limit` unrouted events into deliveries, inserted in one statement. A
+/// value in one of them that PostgreSQL refuses (see [`refused_for_content`]) fails the
+/// whole batch: then [`route_new_events_around_refusals`] routes it.
 pub async fn route_new_events(
     client: &mut deadpool_postgres::Client,
     config: &Config,
     limit: usize,
 ) -> Result<Routed, tokio_postgres::Error> {
-    let transaction = client.transaction().await?;
+    let routed = route(client, config, limit, Refusals::FailTheBatch).await?;
+    Ok(routed.routed)
+}
+
+/// Fans out the same events as [`route_new_events`], when PostgreSQL refused that batch
+/// for what it holds: finds the events whose deliveries it refuses and ends each
+/// `invalid` with the database's reason (SQLSTATE and message), and routes the others,
+/// in one transaction, so no event can hold up the ones after it.
+pub async fn route_new_events_around_refusals(
+    client: &mut deadpool_postgres::Client,
+    config: &Config,
+    limit: usize,
+) -> Result<RoutedAround, tokio_postgres::Error> {
+    route(client, config, limit, Refusals::EndTheEvent).await
+}
+
+/// What routing does with an event whose deliveries PostgreSQL refuses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusals {
+    /// Fails the batch: one statement for all, the fast way while nothing is refused.
+    FailTheBatch,
+    /// Ends that event `invalid` and routes the rest.
+    EndTheEvent,
+}
+
+async fn route(
+    client: &mut deadpool_postgres::Client,
+    config: &Config,
+    limit: usize,
+    refusals: Refusals,
+) -> Result<RoutedAround, tokio_postgres::Error> {
+    let nothing = |routed| RoutedAround {
+        routed,
+        refused: Vec::new(),
+    };
+    let mut transaction = client.transaction().await?;
     // Routing commits without waiting for its WAL flush: if the server crashes before
     // the flush, the routing is lost whole, deliveries and `routed_at` together, and the
     // events are routed again. Nothing is sent on the strength of it alone: a claim
@@ -42,7 +104,7 @@ pub async fn route_new_events(
         .await?
         .get(0);
     if !locked {
-        return Ok(Routed::ByAnotherDaemon);
+        return Ok(nothing(Routed::ByAnotherDaemon));
     }
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let unrouted = transaction
@@ -61,10 +123,12 @@ pub async fn route_new_events(
         .await?;
     let rows = transaction.query(&unrouted, &[&limit]).await?;
     if rows.is_empty() {
-        return Ok(Routed::Events(0));
+        return Ok(nothing(Routed::Events(0)));
     }
-    let mut event_ids = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
     let mut planned = Vec::with_capacity(rows.len());
+    // Event i's deliveries are planned[starts[i]..starts[i + 1]].
+    let mut starts = Vec::with_capacity(rows.len() + 1);
     for row in &rows {
         let event = UnroutedEvent {
             id: row.get("id"),
@@ -73,17 +137,79 @@ pub async fn route_new_events(
             support_program_id: row.get("support_program_id"),
             patient_id: row.get("patient_id"),
         };
-        event_ids.push(event.id);
+        starts.push(planned.len());
         planned.extend(routing::route(config, &event));
+        events.push(event);
     }
-    queue::insert(&transaction, &planned).await?;
+    starts.push(planned.len());
+    let refused = match refusals {
+        Refusals::FailTheBatch => {
+            queue::insert(&transaction, &planned).await?;
+            Vec::new()
+        }
+        Refusals::EndTheEvent => {
+            insert_around_refusals(&mut transaction, &events, &planned, &starts).await?
+        }
+    };
+    let event_ids: Vec<i64> = events.iter().map(|event| event.id).collect();
     let mark_routed = transaction
         .prepare_cached("UPDATE dispatcher.outbox SET routed_at = now() WHERE id = ANY($1)")
         .await?;
     transaction.execute(&mark_routed, &[&event_ids]).await?;
     notify::notify_deliveries(&transaction).await?;
     transaction.commit().await?;
-    Ok(Routed::Events(rows.len()))
+    Ok(RoutedAround {
+        routed: Routed::Events(rows.len()),
+        refused,
+    })
+}
+
+/// Inserts the planned deliveries of `events` (event i's are
+/// `planned[starts[i]..starts[i + 1]]`), halving the events under a savepoint wherever
+/// PostgreSQL refuses what they hold, down to the single events it refuses; each of
+/// those gets one `invalid` delivery with the database's reason instead
+/// ([`routing::refused`]). A refusal of that delivery too, or any error but a refusal of
+/// content, fails the whole: then the refusal was not of the event, and routing is tried
+/// again later.
+async fn insert_around_refusals(
+    transaction: &mut deadpool_postgres::Transaction<'_>,
+    events: &[UnroutedEvent],
+    planned: &[NewDelivery],
+    starts: &[usize],
+) -> Result<Vec<RefusedEvent>, tokio_postgres::Error> {
+    let mut refused = Vec::new();
+    // A stack of ranges of events, the earliest on top.
+    let mut parts: Vec<Range<usize>> = Vec::new();
+    parts.push(0..events.len());
+    while let Some(part) = parts.pop() {
+        let savepoint = transaction.savepoint("route_part").await?;
+        let deliveries = &planned[starts[part.start]..starts[part.end]];
+        let inserted = queue::insert(&savepoint, deliveries).await;
+        let reason = match inserted {
+            Ok(_) => {
+                savepoint.commit().await?;
+                continue;
+            }
+            Err(error) => match refused_for_content(&error) {
+                Some(reason) => reason,
+                None => return Err(error),
+            },
+        };
+        savepoint.rollback().await?;
+        if part.len() > 1 {
+            let middle = part.start + part.len() / 2;
+            parts.push(middle..part.end);
+            parts.push(part.start..middle);
+            continue;
+        }
+        let event = &events[part.start];
+        queue::insert(&*transaction, &[routing::refused(event, &reason)]).await?;
+        refused.push(RefusedEvent {
+            event_id: event.id,
+            reason,
+        });
+    }
+    Ok(refused)
 }
 
 /// Marks events for routing again, e.g. after a partner for their program was added.

@@ -219,6 +219,54 @@ async fn a_later_event_carries_the_partner_id_learned_from_the_enrollment_answer
     );
 }
 
+/// R13 for the partner's answer: an `externalId` over 255 characters could not be sent
+/// in a later body, so it is not remembered; the attempt says why (not what), the
+/// delivery is delivered all the same, and the later event goes without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_id_over_255_characters_is_not_remembered_and_the_attempt_says_why() {
+    let overlong = format!("crm-{}", "7".repeat(3_004));
+    let partner = TestPartner::start("acme", {
+        let overlong = overlong.clone();
+        move |_| {
+            Reply::status(
+                200,
+                json!({"success": true, "data": {"externalId": overlong}}).to_string(),
+            )
+        }
+    })
+    .await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let _daemon = Daemon::start(&config, &db);
+
+    let enrolled = db.insert_event(ENROLLMENT, &enrollment_event("p-42")).await;
+    db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-42"))
+        .await;
+    let received = partner.wait_for_requests(2).await;
+    db.wait_for_state("delivered", 2).await;
+
+    let tracker = received
+        .iter()
+        .find(|r| r.path == "/webhook/user-action")
+        .expect("tracker sent");
+    assert_eq!(tracker.json["event"]["patient"].get("externalIds"), None);
+    assert_eq!(db.count_partner_patients().await, 0);
+    let error: Option<String> = db
+        .client
+        .query_one(
+            "SELECT a.error FROM dispatcher.attempts a
+             JOIN dispatcher.deliveries d ON d.id = a.delivery_id WHERE d.event_id = $1",
+            &[&enrolled],
+        )
+        .await
+        .expect("the enrollment's attempt")
+        .get(0);
+    assert_eq!(
+        error.as_deref(),
+        Some("data.externalId is over 255 characters (R13): not remembered for this patient")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_goes_to_every_partner_of_its_program_and_unrouted_ones_are_kept() {
     let acme = TestPartner::accepting("acme").await;

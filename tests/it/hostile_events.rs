@@ -65,6 +65,45 @@ fn non_empty() -> BoxedStrategy<String> {
         .boxed()
 }
 
+/// The most characters an identifier may have (R13: the schemas' `maxLength`).
+const MAX_IDENTIFIER: usize = 255;
+
+/// Identifiers the contract allows (R13): any non-empty text, and the longest, 255
+/// characters of one to four bytes each.
+fn identifier() -> BoxedStrategy<String> {
+    prop_oneof![
+        3 => non_empty(),
+        1 => longest_identifier(),
+    ]
+    .boxed()
+}
+
+/// `externalIds[].source`: like an identifier, but it may be empty.
+fn source() -> BoxedStrategy<String> {
+    prop_oneof![3 => text(), 1 => longest_identifier()].boxed()
+}
+
+fn longest_identifier() -> BoxedStrategy<String> {
+    prop_oneof![
+        prop::collection::vec(any::<char>(), MAX_IDENTIFIER),
+        prop::sample::select(vec!['x', 'é', '中', '😀']).prop_map(|c| vec![c; MAX_IDENTIFIER]),
+    ]
+    .prop_map(|chars| chars.into_iter().collect())
+    .boxed()
+}
+
+/// An identifier one character too long, or as long as the one that stalled routing:
+/// 3,008 random characters (the sentinel among them).
+fn overlong_identifier() -> BoxedStrategy<String> {
+    let long = |length: usize| {
+        prop::collection::vec(any::<char>(), length - SENTINEL.len())
+            .prop_map(|chars| format!("{SENTINEL}{}", chars.into_iter().collect::<String>()))
+    };
+    prop_oneof![long(MAX_IDENTIFIER + 1), long(3_008)]
+        .prop_map(|text| serde_json::to_string(&text).expect("json"))
+        .boxed()
+}
+
 fn phone() -> BoxedStrategy<String> {
     "\\+[1-9][0-9]{6,14}".boxed()
 }
@@ -107,7 +146,7 @@ fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
 
 fn external_ids() -> BoxedStrategy<Option<Value>> {
     opt(prop::collection::vec(
-        (text(), non_empty()).prop_map(|(source, id)| json!({"source": source, "sourceId": id})),
+        (source(), identifier()).prop_map(|(source, id)| json!({"source": source, "sourceId": id})),
         0..3,
     ))
     .boxed()
@@ -161,7 +200,7 @@ fn ignored_fields() -> BoxedStrategy<[(&'static str, Option<Value>); 3]> {
 
 fn valid_enrollment() -> BoxedStrategy<Value> {
     let person = (
-        non_empty(),
+        identifier(),
         phone(),
         non_empty(),
         non_empty(),
@@ -258,7 +297,7 @@ fn valid_enrollment() -> BoxedStrategy<Value> {
         );
     (
         opt(text()),
-        non_empty(),
+        identifier(),
         opt(text()),
         patient,
         ignored_fields(),
@@ -277,7 +316,7 @@ fn valid_enrollment() -> BoxedStrategy<Value> {
 }
 
 fn valid_viewed_tracker() -> BoxedStrategy<Value> {
-    let patient = (non_empty(), phone(), external_ids()).prop_map(|(id, phone, external_ids)| {
+    let patient = (identifier(), phone(), external_ids()).prop_map(|(id, phone, external_ids)| {
         object([
             ("id", Some(id.into())),
             ("phoneNumber", Some(phone.into())),
@@ -286,7 +325,7 @@ fn valid_viewed_tracker() -> BoxedStrategy<Value> {
     });
     (
         opt(text()),
-        non_empty(),
+        identifier(),
         opt(text()),
         any::<bool>(),
         patient,
@@ -405,8 +444,9 @@ enum Hostility {
     AddField(String),
 }
 
-/// JSON texts that break a field: nesting far past any limit, huge strings, every wrong
-/// type, numbers no integer type holds, escapes that are no character.
+/// JSON texts that break a field: nesting far past any limit, huge strings, strings too
+/// long for an identifier (R13), every wrong type, numbers no integer type holds, escapes
+/// that are no character.
 fn hostile_json() -> BoxedStrategy<String> {
     let deep = prop_oneof![
         Just(format!("{}{}", "[".repeat(DEEP), "]".repeat(DEEP))),
@@ -457,7 +497,15 @@ fn hostile_json() -> BoxedStrategy<String> {
         "\"\\uFFFF\"",
     ])
     .prop_map(str::to_string);
-    prop_oneof![deep, huge, wrong_type, out_of_range, unicode].boxed()
+    prop_oneof![
+        deep,
+        huge,
+        overlong_identifier(),
+        wrong_type,
+        out_of_range,
+        unicode
+    ]
+    .boxed()
 }
 
 fn hostility() -> BoxedStrategy<Hostility> {
@@ -707,6 +755,40 @@ proptest! {
                 }
             }
         }
+    }
+
+    /// R13: an identifier over 255 characters (one too many, or the 3,008 that stalled
+    /// routing), in whichever of the four places, is refused naming that place, exactly
+    /// as the schema refuses it.
+    #[test]
+    fn identifiers_over_255_characters_are_refused_naming_the_field(
+        (kind, valid) in valid_event(),
+        place in any::<Index>(),
+        overlong in overlong_identifier(),
+    ) {
+        let identifiers: Vec<Vec<Step>> = places(&valid)
+            .into_iter()
+            .filter(|path| {
+                let name = path_name(path);
+                name == "supportProgramId"
+                    || name == "patient.id"
+                    || name.ends_with("].source")
+                    || name.ends_with("].sourceId")
+            })
+            .collect();
+        let attack = Attack {
+            kind,
+            valid,
+            path: identifiers[place.index(identifiers.len())].clone(),
+            hostility: Hostility::Replace(overlong),
+        };
+        let text = attack.text();
+        prop_assert!(!contract_allows(kind, &text));
+        let reason = check_outcome(kind, &text).expect_err("refused");
+        prop_assert_eq!(
+            reason,
+            format!("{} must be at most 255 characters", attack.named_place())
+        );
     }
 
     /// Any JSON document at all, built from the contract's field names and others.
@@ -1034,4 +1116,125 @@ async fn hostile_events_in_the_outbox_end_invalid_and_the_events_around_them_are
             .collect();
         assert_eq!(names, [ENROLLMENT, VIEWED_TRACKER], "{patient}");
     }
+}
+
+/// The row that once stalled routing for every partner: a `patient.id` of 3,008 random
+/// characters, more than PostgreSQL can index, in the same routing batch as the events
+/// after it. R13: its events end `invalid` naming the field, the overlong id is stored
+/// with no delivery, and the event after it is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patient_id_of_3008_characters_ends_invalid_and_holds_up_no_later_event() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let overlong = format!("{SENTINEL}{}", random_text(3_008 - SENTINEL.len()));
+    // Written before the daemon starts: one routing batch holds them all.
+    let enrolled = db
+        .insert_event(ENROLLMENT, &enrollment_event(&overlong))
+        .await;
+    let viewed = db
+        .insert_event(VIEWED_TRACKER, &viewed_tracker_event(&overlong))
+        .await;
+    db.insert_event(ENROLLMENT, &enrollment_event("after"))
+        .await;
+    let _daemon = Daemon::start(&config, &db);
+
+    db.wait_for_deliveries(
+        &Deliveries::of("acme")
+            .of_patient("after")
+            .in_state("delivered"),
+        1,
+    )
+    .await;
+    for event_id in [enrolled, viewed] {
+        let row = db
+            .client
+            .query_one(
+                "SELECT state, last_error, patient_id, partner FROM dispatcher.deliveries
+                 WHERE event_id = $1",
+                &[&event_id],
+            )
+            .await
+            .expect("one delivery, for support to see");
+        assert_eq!(row.get::<_, &str>(0), "invalid");
+        assert_eq!(
+            row.get::<_, &str>(1),
+            "patient.id must be at most 255 characters"
+        );
+        assert_eq!(row.get::<_, Option<&str>>(2), None, "the id is not copied");
+        assert_eq!(row.get::<_, Option<&str>>(3), None);
+    }
+    assert_eq!(partner.received().len(), 1, "only the valid event was sent");
+}
+
+/// Beyond R13, a value R13 lets through and PostgreSQL still refuses: here an event name
+/// (any text; routed as `invalid`, "not an event of the contract") of 3,008 random
+/// characters, after ops indexed the deliveries' event names for their own reports. Its
+/// deliveries fail the routing batch ("index row size … exceeds btree … maximum 2704",
+/// SQLSTATE 54000); each such event ends `invalid` with the database's reason and
+/// without the value, the events around it are delivered, and ops see the count.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_postgresql_refuses_to_route_ends_invalid_with_its_reason_and_the_rest_is_routed()
+{
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    db.client
+        .batch_execute(
+            "CREATE INDEX deliveries_by_event_name ON dispatcher.deliveries (event_name)",
+        )
+        .await
+        .expect("ops add an index");
+    // Written before the daemon starts, so one routing batch holds them all: 20 valid
+    // events, with two PostgreSQL refuses among them.
+    let mut refused = Vec::new();
+    for n in 0..20 {
+        if n == 3 || n == 15 {
+            let name = format!("{SENTINEL}{}", random_text(3_008 - SENTINEL.len()));
+            refused.push(db.insert_event(&name, &enrollment_event(SENTINEL)).await);
+        }
+        db.insert_event(ENROLLMENT, &enrollment_event(&format!("p-{n}")))
+            .await;
+    }
+    let daemon = Daemon::start(&config, &db);
+
+    db.wait_for_state("delivered", 20).await;
+    for event_id in &refused {
+        let row = db
+            .client
+            .query_one(
+                "SELECT state, last_error, patient_id, partner, attempt_count
+                 FROM dispatcher.deliveries WHERE event_id = $1",
+                &[event_id],
+            )
+            .await
+            .expect("one delivery, for support to see");
+        assert_eq!(row.get::<_, &str>(0), "invalid");
+        let reason: &str = row.get(1);
+        assert!(
+            reason.starts_with(
+                "the database refused to store this event's deliveries: index row size"
+            ) && reason.ends_with("(SQLSTATE 54000)"),
+            "{reason}"
+        );
+        assert!(!reason.contains(SENTINEL), "{reason}");
+        assert_eq!(row.get::<_, Option<&str>>(2), None);
+        assert_eq!(row.get::<_, Option<&str>>(3), None);
+        assert_eq!(row.get::<_, i32>(4), 0, "never sent");
+    }
+    assert_eq!(partner.received().len(), 20);
+    let admin = AdminClient::of(&daemon, None).await;
+    let metrics = admin
+        .raw(admin.http().get(format!("{}/metrics", admin.base)))
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "dispatcher_events_refused_total 2"),
+        "{metrics}"
+    );
+    assert!(!daemon.log_text().contains(SENTINEL), "a value in the log");
 }

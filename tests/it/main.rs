@@ -26,6 +26,7 @@ mod hostile_answers;
 mod hostile_events;
 mod identity;
 mod isolation;
+mod maintenance;
 mod metrics;
 mod operating;
 mod overload;

@@ -14,6 +14,7 @@ use crate::config::auth::{AuthConfig, OAuthClientCredentials};
 use crate::config::file::{RawAuth, RawPartner};
 use crate::config::secrets::{read_pem, secret_text};
 use crate::config::{CircuitConfig, ConfigError, Partner, PartnerTls};
+use crate::contract::payload::{fits_identifier, IDENTIFIER_TOO_LONG};
 use crate::contract::signing::SigningSecret;
 
 impl RawPartner {
@@ -77,10 +78,24 @@ fn names(
     if name.trim().is_empty() {
         return Err(ConfigError::key(key("name"), "must not be empty"));
     }
+    // The name is the `source` of the partner's id in later bodies, and both are ids of
+    // the contract's: at most 255 characters (R13).
+    if !fits_identifier(name) {
+        return Err(ConfigError::key(key("name"), IDENTIFIER_TOO_LONG));
+    }
     if support_programs.is_empty() || support_programs.iter().any(|p| p.is_empty()) {
         return Err(ConfigError::key(
             key("support_programs"),
             "must list at least one non-empty support program id",
+        ));
+    }
+    if !support_programs
+        .iter()
+        .all(|program| fits_identifier(program))
+    {
+        return Err(ConfigError::key(
+            key("support_programs"),
+            format!("each support program id {IDENTIFIER_TOO_LONG}"),
         ));
     }
     Ok(())
@@ -358,6 +373,30 @@ mod tests {
         );
         let allowed = text.replace("name = \"acme\"", "name = \"acme\"\nallow_insecure = true");
         assert!(parse(&allowed).is_ok());
+    }
+
+    /// The partner's name is the `source` of its patient ids in the bodies it gets, and
+    /// a program id is compared with events' ids: both at most 255 characters (R13).
+    #[test]
+    fn names_and_program_ids_are_at_most_255_characters() {
+        let longest = "é".repeat(255);
+        let named = MINIMAL.replace("\"acme\"", &format!("\"{longest}\""));
+        let named = named.replace("\"prog-1\"", &format!("\"{longest}\""));
+        assert!(parse(&named).is_ok());
+
+        let named = MINIMAL.replace("\"acme\"", &format!("\"{longest}x\""));
+        let error = parse(&named).unwrap_err().to_string();
+        assert!(
+            error.contains("partners[0].name") && error.contains("at most 255 characters"),
+            "{error}"
+        );
+        let program = MINIMAL.replace("\"prog-1\"", &format!("\"{longest}x\""));
+        let error = parse(&program).unwrap_err().to_string();
+        assert!(
+            error.contains("partners[0].support_programs")
+                && error.contains("at most 255 characters"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
 use super::object;
-use super::values::{BirthMillis, Millis, NonEmpty, Phone};
+use super::values::{BirthMillis, Identifier, Millis, NonEmpty, Phone, Source};
 
 #[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -15,7 +15,7 @@ use super::values::{BirthMillis, Millis, NonEmpty, Phone};
 pub struct Enrollment {
     pub message: Option<String>,
     #[serde(rename = "supportProgramId")]
-    pub support_program_id: NonEmpty,
+    pub support_program_id: Identifier,
     pub status: Option<String>,
     #[serde(deserialize_with = "object::required")]
     pub patient: EnrolledPatient,
@@ -31,7 +31,7 @@ pub struct Enrollment {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolledPatient {
-    pub id: NonEmpty,
+    pub id: Identifier,
     #[serde(rename = "phoneNumber")]
     pub phone_number: Phone,
     #[serde(rename = "firstName")]
@@ -138,9 +138,9 @@ pub struct Consent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalId {
-    pub source: String,
+    pub source: Source,
     #[serde(rename = "sourceId")]
-    pub source_id: NonEmpty,
+    pub source_id: Identifier,
 }
 
 #[skip_serializing_none]
@@ -149,7 +149,7 @@ pub struct ExternalId {
 pub struct ViewedTracker {
     pub message: Option<String>,
     #[serde(rename = "supportProgramId")]
-    pub support_program_id: NonEmpty,
+    pub support_program_id: Identifier,
     pub status: Option<String>,
     /// Always `{key: userAction, value: viewedTracker}`; the dispatcher fills it in.
     #[serde(
@@ -173,7 +173,7 @@ pub struct ViewedTracker {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrackerPatient {
-    pub id: NonEmpty,
+    pub id: Identifier,
     #[serde(rename = "phoneNumber")]
     pub phone_number: Phone,
     #[serde(

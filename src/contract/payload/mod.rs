@@ -13,7 +13,10 @@ mod object;
 mod values;
 
 pub use body::*;
-pub use values::{BirthMillis, Millis, NonEmpty, Phone};
+pub use values::{
+    fits_identifier, BirthMillis, Identifier, Millis, NonEmpty, Phone, Source, IDENTIFIER_TOO_LONG,
+    MAX_IDENTIFIER_CHARS,
+};
 
 use body::TrackerData;
 
@@ -81,14 +84,19 @@ impl Event {
     }
 
     /// Adds the partner's own patient id learned from an earlier 200 answer (ruling R9),
-    /// unless the enrollment flow already supplied it.
+    /// unless the enrollment flow already supplied it. One the contract would refuse
+    /// (empty, or over 255 characters: R13) is left out, so the body stays valid; none
+    /// is remembered since R13, but one may have been before.
     pub fn merge_external_id(&mut self, source: &str, source_id: &str) {
+        let (Ok(source), Ok(source_id)) = (
+            Source::new(source.to_string()),
+            Identifier::new(source_id.to_string()),
+        ) else {
+            return;
+        };
         let ids = self.external_ids_mut().get_or_insert_with(Vec::new);
-        if !ids.iter().any(|id| id.source_id.0 == source_id) {
-            ids.push(ExternalId {
-                source: source.to_string(),
-                source_id: NonEmpty(source_id.to_string()),
-            });
+        if !ids.iter().any(|id| id.source_id == source_id) {
+            ids.push(ExternalId { source, source_id });
         }
     }
 
@@ -342,6 +350,56 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("yes"), "{message}");
+    }
+
+    /// R13: 255 characters (of up to four bytes each) is an identifier; 256 is not, and
+    /// the refusal names the field, never the value.
+    #[test]
+    fn identifiers_over_255_characters_are_refused_naming_the_field() {
+        let longest = "\u{1F600}".repeat(MAX_IDENTIFIER_CHARS);
+        let too_long = format!("{longest}x");
+        let mut event = enrollment();
+        event["supportProgramId"] = json!(longest);
+        event["patient"]["id"] = json!(longest);
+        event["patient"]["externalIds"] = json!([{"source": longest, "sourceId": longest}]);
+        assert!(Event::parse(EventKind::Enrollment, &event.to_string()).is_ok());
+
+        for (place, kind) in [
+            ("supportProgramId", EventKind::Enrollment),
+            ("patient.id", EventKind::Enrollment),
+            ("patient.externalIds[0].source", EventKind::Enrollment),
+            ("patient.externalIds[0].sourceId", EventKind::ViewedTracker),
+            ("patient.id", EventKind::ViewedTracker),
+        ] {
+            let mut event = enrollment();
+            if kind == EventKind::ViewedTracker {
+                event["patient"] = json!({"id": "p1", "phoneNumber": "+12027953213"});
+            }
+            event["patient"]["externalIds"] = json!([{"source": "acme", "sourceId": "crm-1"}]);
+            let slot = match place {
+                "supportProgramId" => &mut event["supportProgramId"],
+                "patient.id" => &mut event["patient"]["id"],
+                "patient.externalIds[0].source" => {
+                    &mut event["patient"]["externalIds"][0]["source"]
+                }
+                _ => &mut event["patient"]["externalIds"][0]["sourceId"],
+            };
+            *slot = json!(too_long);
+            let message = problem(kind, event);
+            assert_eq!(message, format!("{place} must be at most 255 characters"));
+        }
+    }
+
+    #[test]
+    fn a_remembered_external_id_the_contract_refuses_is_left_out_of_the_body() {
+        let stored = json!({"supportProgramId": "prog-1",
+            "patient": {"id": "p1", "phoneNumber": "+12027953213"}});
+        let mut event = Event::parse(EventKind::ViewedTracker, &stored.to_string()).unwrap();
+        event.merge_external_id("acme", &"9".repeat(MAX_IDENTIFIER_CHARS + 1));
+        event.merge_external_id("acme", "");
+        let body: serde_json::Value =
+            serde_json::from_slice(&event.to_body(DateTime::UNIX_EPOCH)).unwrap();
+        assert_eq!(body["event"]["patient"].get("externalIds"), None);
     }
 
     #[test]

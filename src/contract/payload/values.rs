@@ -1,6 +1,7 @@
-//! The contract's values that carry a rule (a required string, an E.164 phone number,
-//! epoch milliseconds, a birth date back to 1900), each refusing what breaks it as it is
-//! read, and the one way every struct of the contract is read (as an object).
+//! The contract's values that carry a rule (a required string, an identifier of at most
+//! 255 characters, an E.164 phone number, epoch milliseconds, a birth date back to 1900),
+//! each refusing what breaks it as it is read, and the one way every struct of the
+//! contract is read (as an object).
 
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,63 @@ impl<'de> Deserialize<'de> for NonEmpty {
             return Err(serde::de::Error::custom("must not be empty"));
         }
         Ok(NonEmpty(text))
+    }
+}
+
+/// The most characters an identifier may have (ruling R13): `supportProgramId`,
+/// `patient.id`, `externalIds[].source` and `externalIds[].sourceId` (the schemas'
+/// `maxLength`, which counts characters, not bytes). HelpAround's own ids are 15-36; a
+/// longer one is not an id, and PostgreSQL cannot index a value of a few thousand.
+pub const MAX_IDENTIFIER_CHARS: usize = 255;
+
+/// What an identifier over [`MAX_IDENTIFIER_CHARS`] is refused with, after its field.
+pub const IDENTIFIER_TOO_LONG: &str = "must be at most 255 characters";
+
+/// Whether `text` is short enough for an identifier (R13).
+pub fn fits_identifier(text: &str) -> bool {
+    text.chars().nth(MAX_IDENTIFIER_CHARS).is_none()
+}
+
+/// A required identifier (R13): present, not empty, at most 255 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Identifier(String);
+
+impl Identifier {
+    /// `text` as an identifier, or why it cannot be one (the words of a refusal).
+    pub fn new(text: String) -> Result<Identifier, &'static str> {
+        if text.is_empty() {
+            return Err("must not be empty");
+        }
+        Source::new(text).map(|Source(text)| Identifier(text))
+    }
+}
+
+impl<'de> Deserialize<'de> for Identifier {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Identifier::new(String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `externalIds[].source`: at most 255 characters (R13), and, unlike the other
+/// identifiers, allowed empty (the schema sets no `minLength`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Source(String);
+
+impl Source {
+    /// `text` as a source, or why it cannot be one (the words of a refusal).
+    pub fn new(text: String) -> Result<Source, &'static str> {
+        match fits_identifier(&text) {
+            true => Ok(Source(text)),
+            false => Err(IDENTIFIER_TOO_LONG),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Source::new(String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -100,6 +100,42 @@ fn passes(sqlstate: &str) -> bool {
             .is_some_and(|class| PASSING_CLASSES.contains(&class))
 }
 
+/// PostgreSQL's refusal of a statement for the values in it, as support may read it:
+/// the SQLSTATE and the message, never the DETAIL or HINT (which can quote the row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)
+    }
+}
+
+/// The refusal in `error` when PostgreSQL failed the statement for what the rows hold
+/// ([`is_refusal_of_content`]); `None` for any other error.
+pub fn refused_for_content(error: &tokio_postgres::Error) -> Option<Refusal> {
+    let db = error.as_db_error()?;
+    is_refusal_of_content(db.code()).then(|| Refusal {
+        code: db.code().code().to_string(),
+        message: db.message().to_string(),
+    })
+}
+
+/// Whether a SQLSTATE says PostgreSQL refused the values in the statement, by class: a
+/// data exception (22: a value it cannot store or convert), an integrity constraint (23)
+/// or a program limit (54: a value too large to index). Not a lost connection, a
+/// timeout, a lock, a conflict, a privilege or a syntax error: those say nothing about
+/// the rows, and the same statement may well succeed when tried again.
+pub fn is_refusal_of_content(code: &tokio_postgres::error::SqlState) -> bool {
+    const CONTENT_CLASSES: [&str; 3] = ["22", "23", "54"];
+    CONTENT_CLASSES
+        .iter()
+        .any(|class| code.code().starts_with(class))
+}
+
 /// A driver error in words logs may carry: PostgreSQL's severity, message and SQLSTATE
 /// without DETAIL and HINT; any other failure with its causes (tokio-postgres leaves the
 /// cause out of its own message).
@@ -229,7 +265,7 @@ pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
 mod tests {
     use tokio_postgres::error::SqlState;
 
-    use super::passes;
+    use super::{is_refusal_of_content, passes};
 
     #[test]
     fn a_failure_of_the_connection_the_transaction_the_resources_or_the_server_passes() {
@@ -293,5 +329,36 @@ mod tests {
             assert!(!passes(refusal.code()), "{} is a refusal", refusal.code());
         }
         assert!(!passes(""), "no code is no reason to retry");
+    }
+
+    #[test]
+    fn a_row_is_refused_for_what_it_holds_only_by_the_data_integrity_and_limit_classes() {
+        for content in [
+            SqlState::PROGRAM_LIMIT_EXCEEDED, // index row size exceeds btree maximum
+            SqlState::STRING_DATA_RIGHT_TRUNCATION,
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::CHECK_VIOLATION,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::FOREIGN_KEY_VIOLATION,
+        ] {
+            assert!(is_refusal_of_content(&content), "{}", content.code());
+        }
+        for passing in [
+            SqlState::QUERY_CANCELED, // statement_timeout
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+        ] {
+            assert!(!is_refusal_of_content(&passing), "{}", passing.code());
+        }
     }
 }

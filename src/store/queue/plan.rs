@@ -64,6 +64,13 @@ pub async fn explain_claim_due(
 /// 5 ms); now the ANALYZE makes each connection plan its claim again on the backlog as it
 /// is, and keeps the daemon's other statements planned on it. ANALYZE reads a fixed-size
 /// sample, so this costs the same at any size.
+///
+/// `SKIP_LOCKED`: while a VACUUM of the table runs (autovacuum's, anti-wraparound
+/// included), or anything else holds a lock ANALYZE would wait for, it skips the table at
+/// once (PostgreSQL says so in a WARNING) instead of waiting up to the statement timeout.
+/// The next burst, or autovacuum's own ANALYZE, brings the statistics up to date.
 pub async fn refresh_statistics(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute("ANALYZE dispatcher.deliveries").await
+    client
+        .batch_execute("ANALYZE (SKIP_LOCKED) dispatcher.deliveries")
+        .await
 }

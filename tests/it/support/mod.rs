@@ -64,6 +64,18 @@ pub fn viewed_tracker_event(patient_id: &str) -> Value {
     event
 }
 
+/// `length` random letters and digits: text no compression shrinks, so 3,008 of them are
+/// more than PostgreSQL can put in an index row (2,704 bytes), as an outbox row that once
+/// stalled routing held in its `patient.id`.
+pub fn random_text(length: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    std::iter::repeat_with(|| *uuid::Uuid::new_v4().as_bytes())
+        .flatten()
+        .take(length)
+        .map(|byte| char::from(ALPHABET[usize::from(byte) % ALPHABET.len()]))
+        .collect()
+}
+
 /// The partner contract, as vendored in `contract/` (a copy of `../shared/spec`).
 pub fn spec_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contract")
