@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_claim_by_partner.sql"),
     ),
+    (8, include_str!("../../migrations/0008_wakeup_hardened.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.
