@@ -423,6 +423,80 @@ async fn a_synchronous_replica_answering_after(
     })
 }
 
+/// The routing lock (`store::outbox`): held by a daemon while it routes a batch.
+const ROUTING_LOCK: i64 = 0x6865_6c70_726f_7574;
+
+/// Two daemons: one has said it waits and is on its last look before sleeping when the
+/// other holds the routing lock. An event committed just before, by a producer that saw
+/// the flag busy, sent no NOTIFY; the other daemon's look may have been taken before it.
+/// The last look must still be made, once the routing lock is free, or the event waits
+/// for the poll interval (an hour here). The test plays the other daemon and the producer,
+/// and holds the sleeping daemon at each step with locks, so the window is hit every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_look_before_sleeping_is_made_even_when_another_daemon_routes_at_that_moment() {
+    let (_partner, _config, db, daemon) = a_daemon_asleep().await;
+
+    // As the other daemon, mid-burst, would: producers stop notifying.
+    db.mark_router_busy().await;
+    // A producer reads "busy" and holds the wake-up until it commits.
+    let mut producer = db.connect().await;
+    let late = producer.transaction().await.expect("begin");
+    late.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+        .await
+        .expect("immediate triggers");
+    let late_id: i64 = late
+        .query_one(INSERT, &[&ENROLLMENT, &enrollment_event("window-1")])
+        .await
+        .expect("insert")
+        .get(0);
+    // Another event and a wake-up by hand: the daemon routes it, then finds the outbox
+    // empty, says it waits, and looks again and again while the producer is mid-commit.
+    let early_id = db
+        .insert_event(ENROLLMENT, &enrollment_event("window-0"))
+        .await;
+    db.client
+        .batch_execute("NOTIFY dispatcher_outbox")
+        .await
+        .expect("notify");
+    wait_until_delivered(&db, early_id).await;
+    db.wait_for_router_waiting().await;
+
+    // Hold the daemon's next sleep check at its start: its setval waits for this lock.
+    // Its look before it has found nothing, as the producer has not committed yet.
+    let mut holder = db.connect().await;
+    let hold = holder.transaction().await.expect("begin");
+    hold.batch_execute("ALTER SEQUENCE dispatcher.router_waiting NO CYCLE")
+        .await
+        .expect("hold the flag");
+    db.wait_for_count(
+        "SELECT count(*) FROM pg_locks
+         WHERE relation = 'dispatcher.router_waiting'::regclass AND NOT granted",
+        1,
+    )
+    .await;
+    late.commit().await.expect("commit");
+    // The other daemon takes the routing lock; then the sleep check goes on, says yes
+    // (the producer has committed), and the last look finds the routing lock taken.
+    let other_daemon = db.connect().await;
+    other_daemon
+        .query_one("SELECT pg_advisory_lock($1)", &[&ROUTING_LOCK])
+        .await
+        .expect("take the routing lock");
+    hold.rollback().await.expect("release the flag");
+    daemon.wait_for_log(LOCKED_OUT_OF_THE_LAST_LOOK, 1).await;
+
+    // The other daemon's batch ends: it found nothing (its look was taken too early).
+    other_daemon
+        .query_one("SELECT pg_advisory_unlock($1)", &[&ROUTING_LOCK])
+        .await
+        .expect("release the routing lock");
+
+    wait_until_delivered(&db, late_id).await;
+}
+
+/// What the router logs when another daemon holds the routing lock at its last look.
+const LOCKED_OUT_OF_THE_LAST_LOOK: &str = "another daemon holds the routing lock at the last look";
+
 /// A cluster of the test's own that allows prepared transactions (PostgreSQL's default
 /// is 0, which refuses every PREPARE TRANSACTION before the dispatcher has a say).
 async fn a_cluster_allowing_two_phase_commit() -> Cluster {
