@@ -9,7 +9,9 @@
 //! again by itself and producers send no NOTIFY; only when it finds nothing does it mark
 //! itself waiting and sleep until one. No committed event is stranded: it sleeps only
 //! after `router_may_sleep` said every producer that saw it busy has committed, and one
-//! more look found nothing (the argument is in migration 0006).
+//! more look found nothing (the argument is in migrations 0006 and 0008). That last look
+//! is made even when another daemon holds the routing lock at that moment: it is tried
+//! again until it is made.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +36,8 @@ const STATISTICS_AFTER: usize = 10_000;
 const BUSY_PAUSE: Duration = Duration::from_millis(2);
 /// A producer is mid-commit (`router_may_sleep` said false): look again after this. A
 /// commit takes a few milliseconds; a producer that holds the wake-up lock longer (its
-/// trigger ran at insert under SET CONSTRAINTS ALL IMMEDIATE, or it is a prepared
-/// transaction) is looked at less and less often, up to [`MID_COMMIT_PAUSE_MAX`].
+/// trigger ran at insert under SET CONSTRAINTS ALL IMMEDIATE) is looked at less and less
+/// often, up to [`MID_COMMIT_PAUSE_MAX`].
 const MID_COMMIT_PAUSE: Duration = Duration::from_millis(2);
 const MID_COMMIT_PAUSE_MAX: Duration = Duration::from_millis(100);
 
@@ -47,6 +49,19 @@ enum Next {
     Sleep,
 }
 
+/// The look at the outbox that must follow `router_may_sleep`'s true before this daemon
+/// sleeps. Another daemon may hold the routing lock at that moment, and its own look may
+/// have been taken before a producer that read "busy" committed: then this one must still
+/// look, once the lock is free.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LastLook {
+    /// None is due (or it has been made).
+    Made,
+    Due,
+    /// Due, and another daemon held the routing lock when it was tried (logged once).
+    LockedOut,
+}
+
 /// The router's side of the wake-up flag, as far as this daemon knows it.
 struct WakeupFlag {
     /// The flag may read waiting: the next batch this daemon routes sets it to busy.
@@ -56,6 +71,7 @@ struct WakeupFlag {
     /// before it has marked the flag waiting itself, got true, and looked once more.
     /// Whoever sets the flag busy therefore keeps looking until it has set it back.
     owes_waiting: bool,
+    last_look: LastLook,
     mid_commit_pause: Duration,
 }
 
@@ -68,6 +84,7 @@ impl Dispatcher {
         let mut flag = WakeupFlag {
             maybe_waiting: true,
             owes_waiting: true,
+            last_look: LastLook::Made,
             mid_commit_pause: MID_COMMIT_PAUSE,
         };
         while !self.shutdown.is_stopping() {
@@ -94,12 +111,18 @@ impl Dispatcher {
                 // Another daemon routes and marks the flag waiting before it sleeps; marking
                 // it here would only make producers notify while that daemon is busy. But a
                 // daemon that owes the flag keeps looking: the other may be on its last look
-                // before sleeping, leaving this one's "busy" on the flag. The poll interval
-                // covers a daemon that dies while busy.
-                Ok(Routed::ByAnotherDaemon) => match flag.owes_waiting {
-                    false => Next::Sleep,
-                    true => Next::After(BUSY_PAUSE),
-                },
+                // before sleeping, leaving this one's "busy" on the flag. So does one whose
+                // last look this was. The poll interval covers a daemon that dies while busy.
+                Ok(Routed::ByAnotherDaemon) => {
+                    if flag.last_look == LastLook::Due {
+                        tracing::debug!("another daemon holds the routing lock at the last look before sleeping; looking again");
+                        flag.last_look = LastLook::LockedOut;
+                    }
+                    match flag.owes_waiting || flag.last_look != LastLook::Made {
+                        false => Next::Sleep,
+                        true => Next::After(BUSY_PAUSE),
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, "routing new events failed; retrying");
                     self.wait_after_db_error(&self.wakeups.outbox).await;
@@ -127,6 +150,7 @@ impl Dispatcher {
     /// After a look that routed `count` events: busy while there were any, otherwise on
     /// the way to sleep.
     async fn after_routing(&self, count: usize, flag: &mut WakeupFlag) -> Next {
+        flag.last_look = LastLook::Made;
         if count > 0 {
             tracing::debug!(events = count, "routed");
             self.wakeups.deliveries.notify_one();
@@ -161,6 +185,7 @@ impl Dispatcher {
             // Every commit that read "busy" is visible now: one more look.
             Ok(true) => {
                 flag.owes_waiting = false;
+                flag.last_look = LastLook::Due;
                 Next::RouteAgain
             }
             Ok(false) => {

@@ -95,6 +95,10 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {read_write} TO {daemon};
 GRANT SELECT, INSERT, DELETE ON dispatcher.support_actions TO {daemon};
 GRANT SELECT, INSERT ON dispatcher.audit_log TO {daemon};
 GRANT SELECT, UPDATE ON SEQUENCE dispatcher.router_waiting TO {daemon};
+-- The router's sleep check: it sets the flag and tries the wake-up lock (SHARE mode,
+-- which LOCK TABLE allows only with UPDATE; the table holds no rows).
+GRANT EXECUTE ON FUNCTION dispatcher.router_may_sleep() TO {daemon};
+GRANT UPDATE ON dispatcher.outbox_wakeup TO {daemon};
 GRANT EXECUTE ON FUNCTION dispatcher.prune_audit_log(integer, integer) TO {daemon};
 
 -- The enrollment flow: one INSERT of its own columns, nothing else.

@@ -1,9 +1,13 @@
 //! The NOTIFY channels that wake daemons, the statements that send on them, and the one
-//! that listens. The outbox trigger (migrations 0001 and 0006) sends on [`OUTBOX_CHANNEL`]
-//! too, but only while a router waits for it: the router says so with
+//! that listens. The outbox trigger (migrations 0001, 0006 and 0008) sends on
+//! [`OUTBOX_CHANNEL`] too, but only while a router waits for it: the router says so with
 //! [`router_may_sleep`] and takes it back with [`router_busy`], so producers pay for a
 //! NOTIFY (a global lock at their commit) only when one is needed. The daemon's listener
 //! (`daemon::wakeup`) LISTENs on both channels.
+//!
+//! The flag and the wake-up lock are the dispatcher's own (migration 0008): an unlogged
+//! sequence, so setting it takes no transaction id and waits on no WAL flush or replica,
+//! and a lock on a table no other role has a right to.
 
 use deadpool_postgres::GenericClient;
 use futures_util::future::poll_fn;
@@ -26,13 +30,9 @@ pub async fn notify_outbox(client: &impl GenericClient) -> Result<(), tokio_post
     notify(client, OUTBOX_CHANNEL).await
 }
 
-/// Held shared by every producer from the moment its outbox trigger reads the router's
-/// flag until its transaction ends; tried exclusively by [`router_may_sleep`]. The
-/// migration 0006 writes it out in decimal.
-pub const WAKEUP_LOCK: i64 = 0x6865_6c70_7761_6b65; // "helpwake"
-
 /// The router found nothing to route: marks it waiting, so producers notify from now on,
-/// then checks that no producer that read "busy" is still committing. True: every such
+/// then checks that no producer that read "busy" is still committing (each holds the
+/// wake-up lock from reading the flag to the end of its transaction). True: every such
 /// commit is visible now; look at the outbox once more, and if it is empty, sleep until a
 /// NOTIFY. False: a producer is mid-commit; look again shortly instead.
 pub async fn router_may_sleep(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
@@ -94,16 +94,5 @@ pub async fn next_notification(
             Some(Err(error)) => return Err(error.into()),
             None => return Ok(None),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::WAKEUP_LOCK;
-
-    #[test]
-    fn the_migration_uses_the_wakeup_lock() {
-        let migration = include_str!("../../migrations/0006_outbox_wakeup.sql");
-        assert_eq!(migration.matches(&WAKEUP_LOCK.to_string()).count(), 2);
     }
 }

@@ -34,7 +34,8 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_claim_by_partner.online.sql"),
     ),
-    (10, include_str!("../../migrations/0010_identity_audit.sql")),
+    (8, include_str!("../../migrations/0008_wakeup_hardened.sql")),
+    (9, include_str!("../../migrations/0009_identity_audit.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

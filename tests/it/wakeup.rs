@@ -1,12 +1,16 @@
-//! The outbox's wake-up (migration 0006, `daemon::router`): producers send a NOTIFY only
-//! while a router says it waits, and no committed event is ever stranded. Every daemon
+//! The outbox's wake-up (migrations 0006 and 0008, `daemon::router`): producers send a
+//! NOTIFY only while a router says it waits, no committed event is ever stranded, and
+//! nothing outside the dispatcher (a stranger's lock, a slow disk or replica) can make an
+//! enrollment's commit wait on it. Every daemon
 //! here polls once an hour, so an event is delivered within a test only if a wake-up or
 //! the router's own looking brings it.
 
 use std::time::Duration;
 
+use crate::support::cluster::Cluster;
 use crate::support::*;
 use serde_json::Value;
+use tokio_postgres::error::SqlState;
 
 const INSERT: &str =
     "INSERT INTO dispatcher.outbox (event_name, event) VALUES ($1, $2) RETURNING id";
@@ -65,7 +69,7 @@ async fn an_event_committed_while_the_daemon_sleeps_wakes_it() {
     wait_until_delivered(&db, id).await;
 }
 
-/// The race the advisory lock closes: a producer read "busy" and commits only after the
+/// The race the wake-up lock closes: a producer read "busy" and commits only after the
 /// router found the outbox empty and said it waits. Its trigger runs at its INSERT here
 /// (SET CONSTRAINTS ALL IMMEDIATE), so the read and the commit are far apart.
 #[tokio::test(flavor = "multi_thread")]
@@ -224,4 +228,364 @@ async fn a_producer_that_may_only_insert_can_commit_and_wakes_the_router() {
         .expect("the enrollment flow's insert commits");
 
     db.wait_for_state("delivered", 1).await;
+}
+
+/// Every advisory lock key the dispatcher has used: the wake-up's up to migration 0007
+/// ("helpwake", which each producer's commit took shared), the routing lock ("helprout",
+/// `store::outbox`) and the migrations' ("helpmigr", `store::schema`).
+const DISPATCHER_ADVISORY_KEYS: [i64; 3] = [
+    0x6865_6c70_7761_6b65,
+    0x6865_6c70_726f_7574,
+    0x6865_6c70_6d69_6772,
+];
+
+/// A login role with no right on the dispatcher's schema; returns a connection as it.
+async fn a_stranger(db: &TestDb) -> tokio_postgres::Client {
+    let role = format!("stranger_{}", uuid::Uuid::new_v4().simple());
+    db.client
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .expect("create the stranger's role");
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let (stranger, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect as the stranger");
+    tokio::spawn(connection);
+    stranger
+}
+
+/// An enrollment flow that gives up on any lock it waits for over 100 ms.
+async fn an_impatient_producer(db: &TestDb) -> tokio_postgres::Client {
+    let producer = db.connect().await;
+    producer
+        .batch_execute("SET lock_timeout = '100ms'")
+        .await
+        .expect("set the producer's lock_timeout");
+    producer
+}
+
+/// Any role that may connect could take the old wake-up lock, an advisory key, and hold
+/// up every enrollment's commit. The wake-up's lock is now the dispatcher's own: a
+/// stranger holding every advisory key the dispatcher ever used, who cannot lock any of
+/// its tables, delays no enrollment, whether the router waits or is busy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranger_holding_every_lock_it_can_take_does_not_hold_up_an_enrollment() {
+    let (_partner, _config, db, _daemon) = a_daemon_asleep().await;
+    let stranger = a_stranger(&db).await;
+    for key in DISPATCHER_ADVISORY_KEYS {
+        let (high, low) = ((key >> 32) as i32, key as i32);
+        stranger
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock({key}); SELECT pg_advisory_lock({high}, {low});"
+            ))
+            .await
+            .expect("any role may take an advisory lock");
+    }
+    let relations: Vec<String> = stranger
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'dispatcher' AND c.relkind IN ('r', 'p')",
+            &[],
+        )
+        .await
+        .expect("the catalog is readable by all")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(relations.len() > 3, "{relations:?}");
+    for relation in relations {
+        let locked = stranger
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE {relation} IN ACCESS SHARE MODE NOWAIT;"
+            ))
+            .await;
+        let error = locked.expect_err("the stranger may not lock the dispatcher's tables");
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{relation}: {error}"
+        );
+        stranger.batch_execute("ROLLBACK").await.expect("rollback");
+    }
+
+    let producer = an_impatient_producer(&db).await;
+    assert!(db.router_waiting().await);
+    producer
+        .execute(INSERT, &[&ENROLLMENT, &enrollment_event("beside-1")])
+        .await
+        .expect("an enrollment commits while the router waits");
+    db.mark_router_busy().await;
+    producer
+        .execute(INSERT, &[&ENROLLMENT, &enrollment_event("beside-2")])
+        .await
+        .expect("an enrollment commits while the router is busy");
+}
+
+/// The router's sleep check ran inside its exclusive wake-up lock and wrote WAL under a
+/// transaction id, so it waited for the WAL flush and for a synchronous replica while
+/// every producer's commit queued behind it. Here the cluster has a synchronous replica
+/// that answers each commit after [`REPLICA_DELAY`]; the enrollment flow, which gives up
+/// on a lock after 100 ms, commits 5,000 events in bursts, and between bursts waits for
+/// the daemon to go to sleep, so it sleeps and wakes throughout. Not one commit fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_impatient_producer_commits_every_time_beside_a_router_that_sleeps_and_wakes() {
+    const BURSTS: usize = 10;
+    const EVENTS_EACH: usize = 500;
+    let cluster = Cluster::new();
+    let partner = TestPartner::accepting("acme").await;
+    let config = config_polling_hourly(&partner);
+    let db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
+    let daemon = Daemon::start(&config, &db);
+    wait_until_asleep(&daemon).await;
+    let replica = a_synchronous_replica_answering_after(&cluster, REPLICA_DELAY).await;
+
+    let producer = an_impatient_producer(&db).await;
+    // The enrollment flow's own commits wait for no WAL flush and no replica here (those
+    // waits are not on a lock): that keeps 5,000 of them to seconds.
+    producer
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .expect("commit asynchronously");
+    let mut failures = Vec::new();
+    for burst in 0..BURSTS {
+        let asleep = daemon.log_text().matches(ASLEEP).count();
+        for event in 0..EVENTS_EACH {
+            let body = enrollment_event(&format!("impatient-{burst}-{event}"));
+            if let Err(error) = producer.execute(INSERT, &[&ENROLLMENT, &body]).await {
+                failures.push(error.as_db_error().map_or(error.to_string(), |e| {
+                    format!("{}: {}", e.code().code(), e.message())
+                }));
+            }
+        }
+        daemon.wait_for_log(ASLEEP, asleep + 1).await;
+    }
+    replica.abort();
+
+    assert_eq!(
+        failures.len(),
+        0,
+        "{} commits failed; the first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let events = i64::try_from(BURSTS * EVENTS_EACH).expect("count");
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.outbox WHERE routed_at IS NOT NULL",
+        events,
+    )
+    .await;
+}
+
+/// What the router logs as it goes to sleep on NOTIFY.
+const ASLEEP: &str = "waiting for new events";
+
+/// How long the synchronous replica of [`a_synchronous_replica_answering_after`] takes
+/// to answer: well over the impatient producer's lock_timeout.
+const REPLICA_DELAY: Duration = Duration::from_millis(300);
+
+/// Makes `cluster` wait for a synchronous replica at every commit that wrote WAL under a
+/// transaction id (with `synchronous_commit` on), and plays that replica: the standby it
+/// waits for never connects, and the returned task ends each wait once it has lasted
+/// `delay` (PostgreSQL then completes the commit locally, with a warning), as a replica
+/// answering that slowly would.
+async fn a_synchronous_replica_answering_after(
+    cluster: &Cluster,
+    delay: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (admin, connection) = tokio_postgres::connect(&cluster.admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the cluster");
+    tokio::spawn(connection);
+    for setting in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'a_replica_far_away'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin
+            .batch_execute(setting)
+            .await
+            .expect("require a synchronous replica");
+    }
+    let delay = format!("{} milliseconds", delay.as_millis());
+    tokio::spawn(async move {
+        loop {
+            admin
+                .execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+                     WHERE wait_event = 'SyncRep'
+                       AND state_change < clock_timestamp() - $1::text::interval",
+                    &[&delay],
+                )
+                .await
+                .expect("answer for the replica");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
+/// The routing lock (`store::outbox`): held by a daemon while it routes a batch.
+const ROUTING_LOCK: i64 = 0x6865_6c70_726f_7574;
+
+/// Two daemons: one has said it waits and is on its last look before sleeping when the
+/// other holds the routing lock. An event committed just before, by a producer that saw
+/// the flag busy, sent no NOTIFY; the other daemon's look may have been taken before it.
+/// The last look must still be made, once the routing lock is free, or the event waits
+/// for the poll interval (an hour here). The test plays the other daemon and the producer,
+/// and holds the sleeping daemon at each step with locks, so the window is hit every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_look_before_sleeping_is_made_even_when_another_daemon_routes_at_that_moment() {
+    let (_partner, _config, db, daemon) = a_daemon_asleep().await;
+
+    // As the other daemon, mid-burst, would: producers stop notifying.
+    db.mark_router_busy().await;
+    // A producer reads "busy" and holds the wake-up until it commits.
+    let mut producer = db.connect().await;
+    let late = producer.transaction().await.expect("begin");
+    late.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+        .await
+        .expect("immediate triggers");
+    let late_id: i64 = late
+        .query_one(INSERT, &[&ENROLLMENT, &enrollment_event("window-1")])
+        .await
+        .expect("insert")
+        .get(0);
+    // Another event and a wake-up by hand: the daemon routes it, then finds the outbox
+    // empty, says it waits, and looks again and again while the producer is mid-commit.
+    let early_id = db
+        .insert_event(ENROLLMENT, &enrollment_event("window-0"))
+        .await;
+    db.client
+        .batch_execute("NOTIFY dispatcher_outbox")
+        .await
+        .expect("notify");
+    wait_until_delivered(&db, early_id).await;
+    db.wait_for_router_waiting().await;
+
+    // Hold the daemon's next sleep check at its start: its setval waits for this lock.
+    // Its look before it has found nothing, as the producer has not committed yet.
+    let mut holder = db.connect().await;
+    let hold = holder.transaction().await.expect("begin");
+    hold.batch_execute("ALTER SEQUENCE dispatcher.router_waiting NO CYCLE")
+        .await
+        .expect("hold the flag");
+    db.wait_for_count(
+        "SELECT count(*) FROM pg_locks
+         WHERE relation = 'dispatcher.router_waiting'::regclass AND NOT granted",
+        1,
+    )
+    .await;
+    late.commit().await.expect("commit");
+    // The other daemon takes the routing lock; then the sleep check goes on, says yes
+    // (the producer has committed), and the last look finds the routing lock taken.
+    let other_daemon = db.connect().await;
+    other_daemon
+        .query_one("SELECT pg_advisory_lock($1)", &[&ROUTING_LOCK])
+        .await
+        .expect("take the routing lock");
+    hold.rollback().await.expect("release the flag");
+    daemon.wait_for_log(LOCKED_OUT_OF_THE_LAST_LOOK, 1).await;
+
+    // The other daemon's batch ends: it found nothing (its look was taken too early).
+    other_daemon
+        .query_one("SELECT pg_advisory_unlock($1)", &[&ROUTING_LOCK])
+        .await
+        .expect("release the routing lock");
+
+    wait_until_delivered(&db, late_id).await;
+}
+
+/// What the router logs when another daemon holds the routing lock at its last look.
+const LOCKED_OUT_OF_THE_LAST_LOOK: &str = "another daemon holds the routing lock at the last look";
+
+/// A cluster of the test's own that allows prepared transactions (PostgreSQL's default
+/// is 0, which refuses every PREPARE TRANSACTION before the dispatcher has a say).
+async fn a_cluster_allowing_two_phase_commit() -> Cluster {
+    let cluster = Cluster::new();
+    let (admin, connection) = tokio_postgres::connect(&cluster.admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the cluster");
+    let connected = tokio::spawn(connection);
+    admin
+        .batch_execute("ALTER SYSTEM SET max_prepared_transactions = 4")
+        .await
+        .expect("allow prepared transactions");
+    drop(admin);
+    let _ = connected.await;
+    cluster.stop_immediately();
+    cluster.start();
+    cluster
+}
+
+/// PostgreSQL's refusal of a PREPARE TRANSACTION that queued a NOTIFY, LISTEN or
+/// UNLISTEN (SQLSTATE 0A000, feature not supported).
+const REFUSED_PREPARE: &str =
+    "cannot PREPARE a transaction that has executed LISTEN, UNLISTEN, or NOTIFY";
+
+/// An enrollment flow using two-phase commit (PREPARE TRANSACTION) is refused, with the
+/// same error whether the router waits or is busy, and whether its trigger runs at the
+/// insert or at the PREPARE: nothing is prepared and nothing inserted. (It used to fail
+/// only while the router waited, on the NOTIFY, and be prepared while it was busy.)
+#[tokio::test(flavor = "multi_thread")]
+async fn two_phase_commit_is_refused_whether_the_router_waits_or_is_busy() {
+    let cluster = a_cluster_allowing_two_phase_commit().await;
+    let partner = TestPartner::accepting("acme").await;
+    let config = config_polling_hourly(&partner);
+    let db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
+    let daemon = Daemon::start(&config, &db);
+    wait_until_asleep(&daemon).await;
+
+    for router in ["waiting", "busy"] {
+        if router == "busy" {
+            db.mark_router_busy().await;
+        }
+        assert_eq!(db.router_waiting().await, router == "waiting");
+        for trigger in ["at the PREPARE", "at the insert"] {
+            let producer = db.connect().await;
+            let immediate = match trigger {
+                "at the insert" => "SET CONSTRAINTS ALL IMMEDIATE;",
+                _ => "",
+            };
+            producer
+                .batch_execute(&format!("BEGIN; {immediate}"))
+                .await
+                .expect("begin");
+            producer
+                .execute(INSERT, &[&ENROLLMENT, &enrollment_event("two-phase-1")])
+                .await
+                .expect("insert");
+            let prepared = producer
+                .batch_execute("PREPARE TRANSACTION 'enrollment-1'")
+                .await;
+            let error = prepared.expect_err(&format!(
+                "PREPARE TRANSACTION is refused while the router is {router}, trigger {trigger}"
+            ));
+            let refused = error.as_db_error().map(|e| (e.code().clone(), e.message()));
+            assert_eq!(
+                refused,
+                Some((SqlState::FEATURE_NOT_SUPPORTED, REFUSED_PREPARE)),
+                "router {router}, trigger {trigger}: {error:?}"
+            );
+        }
+    }
+    assert_eq!(db.count("SELECT count(*) FROM pg_prepared_xacts").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM dispatcher.outbox").await, 0);
+}
+
+/// The flag is not crash-safe, on purpose (it writes no WAL): after a crash it reads
+/// "waiting", so producers notify until a router says it is busy. A flag that came back
+/// "busy" would leave a sleeping router unwoken.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_crash_the_flag_says_the_router_waits() {
+    let cluster = Cluster::new();
+    let partner = TestPartner::accepting("acme").await;
+    let config = config_polling_hourly(&partner);
+    let mut db = TestDb::migrated_on(&config, &cluster.admin_url()).await;
+    db.mark_router_busy().await;
+    assert!(!db.router_waiting().await);
+
+    cluster.stop_immediately();
+    cluster.start();
+    db.reconnect().await;
+
+    assert!(db.router_waiting().await, "the flag came back busy");
 }
