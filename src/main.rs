@@ -114,13 +114,21 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Tokens(command) => {
             let pool = db::pool(&config.database)?;
-            let client = pool.get().await.context("connecting to the database")?;
+            let client = pool
+                .get()
+                .await
+                .map_err(db::DbError::from)
+                .context("connecting to the database")?;
             schema::ensure_current(&client).await?;
             cli::tokens::run(command, &client, &mut std::io::stdout().lock()).await?;
         }
         Command::Audit(command) => {
             let pool = db::pool(&config.database)?;
-            let client = pool.get().await.context("connecting to the database")?;
+            let client = pool
+                .get()
+                .await
+                .map_err(db::DbError::from)
+                .context("connecting to the database")?;
             schema::ensure_current(&client).await?;
             cli::tokens::audit(command, &client, &mut std::io::stdout().lock()).await?;
         }

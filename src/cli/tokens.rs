@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::identity::Role;
 use crate::store::audit::{self, action, Outcome, Via};
+use crate::store::db::DbError;
 use crate::store::tokens::{self, TokenError};
 
 #[derive(Subcommand)]
@@ -73,6 +74,7 @@ pub async fn audited(
         },
     )
     .await
+    .map_err(DbError::from)
     .context("writing the audit trail")
 }
 
@@ -120,7 +122,10 @@ pub async fn run(
             Ok(())
         }
         TokensCommand::List { json } => {
-            let all = tokens::list(client).await.context("listing tokens")?;
+            let all = tokens::list(client)
+                .await
+                .map_err(DbError::from)
+                .context("listing tokens")?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &all)?;
                 writeln!(out)?;
@@ -149,6 +154,7 @@ pub async fn run(
         TokensCommand::Revoke { token } => {
             let revoked = tokens::revoke(client, &token, &cli_actor())
                 .await
+                .map_err(DbError::from)
                 .context("revoking the token")?;
             let outcome = if revoked.is_some() {
                 Outcome::Ok
@@ -223,6 +229,7 @@ pub async fn audit(
         },
     )
     .await
+    .map_err(DbError::from)
     .context("reading the audit trail")?;
     if command.json {
         serde_json::to_writer_pretty(&mut *out, &entries)?;

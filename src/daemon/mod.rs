@@ -87,7 +87,9 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     );
     let pool = db::pool(&live.snapshot().database)?;
     let client = tokio::select! {
-        client = pool.get() => client.context("connecting to the database")?,
+        client = pool.get() => client
+            .map_err(db::DbError::from)
+            .context("connecting to the database")?,
         () = shutdown.stopping() => return Ok(()),
     };
     schema::ensure_current(&client).await?;

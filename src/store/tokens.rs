@@ -15,6 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::db::DbError;
 use crate::config::identity::Role;
 
 /// What every personal token starts with, so a leaked one is recognisable (secret
@@ -94,7 +95,13 @@ pub enum TokenError {
     #[error("expires: a duration of at most a year, such as \"90d\" or \"12h\"")]
     BadExpiry,
     #[error(transparent)]
-    Database(#[from] tokio_postgres::Error),
+    Database(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for TokenError {
+    fn from(error: tokio_postgres::Error) -> TokenError {
+        TokenError::Database(error.into())
+    }
 }
 
 /// A token lives a year at most: scripts get a new one, and a forgotten one dies.
@@ -150,7 +157,7 @@ pub async fn create(
             Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 TokenError::NameTaken(name.to_string())
             }
-            _ => TokenError::Database(error),
+            _ => TokenError::Database(error.into()),
         })?;
     Ok(CreatedToken {
         secret,

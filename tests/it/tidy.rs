@@ -1,12 +1,14 @@
 //! The house rules `cargo build` cannot see, read from `src/` as text (rust-analyzer's
 //! `tidy` test is the model): a folder imports only the layers the code map allows it, SQL
-//! is written only in the store, tasks are started only where ARCHITECTURE.md says, every
-//! file opens with its `//!` comment, and none passes 500 lines of code. A failure names
-//! the file and line of each breach.
+//! is written only in the store, tasks are started only where ARCHITECTURE.md says, only
+//! the store names the database driver, every file opens with its `//!` comment, and none
+//! passes 500 lines of code. A failure names the file and line of each breach.
 //!
 //! The rules are read from ARCHITECTURE.md itself: the arrows from the code map's table
 //! and the places that may start tasks from the "Only the daemon spawns" invariant, so the
-//! document and this test cannot drift apart. To change a rule, change the document.
+//! document and this test cannot drift apart. To change a rule, change the document. The
+//! two places that may name the driver are a constant here ([`DRIVER_PLACES`]), as the
+//! store's paragraph in ARCHITECTURE.md names them.
 //!
 //! `src/` is read as text with comments and the insides of literals set aside (a doc
 //! comment may name any layer, a log line may say "LISTEN"), not parsed as Rust: what

@@ -119,7 +119,9 @@ pub(crate) async fn list_deliveries(
     QuerySelection(selection): QuerySelection,
     Query(page): Query<Page>,
 ) -> Result<Json<DeliveryPageOut>, ApiError> {
-    Ok(Json(state.page_for(&caller, &selection, page).await?.into()))
+    Ok(Json(
+        state.page_for(&caller, &selection, page).await?.into(),
+    ))
 }
 
 /// One delivery with every attempt, the partner's answers and support's actions.

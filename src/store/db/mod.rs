@@ -86,7 +86,9 @@ impl DbError {
 /// (a cancel or `statement_timeout`, a shutdown, a restart), 58 the system (I/O). Of class
 /// 25 only what a moment ends: a read-only transaction (a failover left the pool on a
 /// standby) and the session and transaction timeouts. Every other class is about what the
-/// statement holds or asks.
+/// statement holds or asks; so are the few codes of the passing classes that a second try
+/// meets again (a protocol violation, a setting or object that is not there), which are
+/// left out of them.
 fn passes(sqlstate: &str) -> bool {
     const PASSING_CLASSES: [&str; 6] = ["08", "40", "53", "55", "57", "58"];
     const PASSING_CODES: [&str; 3] = [
@@ -94,10 +96,19 @@ fn passes(sqlstate: &str) -> bool {
         "25P03", // idle_in_transaction_session_timeout
         "25P04", // transaction_timeout
     ];
+    const FIXED_CODES: [&str; 6] = [
+        "08P01", // protocol_violation
+        "55000", // object_not_in_prerequisite_state
+        "55P02", // cant_change_runtime_param
+        "55P04", // unsafe_new_enum_value_usage
+        "58P01", // undefined_file
+        "58P02", // duplicate_file
+    ];
     PASSING_CODES.contains(&sqlstate)
-        || sqlstate
-            .get(..2)
-            .is_some_and(|class| PASSING_CLASSES.contains(&class))
+        || (!FIXED_CODES.contains(&sqlstate)
+            && sqlstate
+                .get(..2)
+                .is_some_and(|class| PASSING_CLASSES.contains(&class)))
 }
 
 /// PostgreSQL's refusal of a statement for the values in it, as support may read it:
@@ -329,6 +340,20 @@ mod tests {
             assert!(!passes(refusal.code()), "{} is a refusal", refusal.code());
         }
         assert!(!passes(""), "no code is no reason to retry");
+    }
+
+    #[test]
+    fn a_code_of_a_passing_class_that_a_second_try_meets_again_does_not_pass() {
+        for fixed in [
+            SqlState::PROTOCOL_VIOLATION,               // 08P01
+            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+            SqlState::CANT_CHANGE_RUNTIME_PARAM,        // 55P02
+            SqlState::UNSAFE_NEW_ENUM_VALUE_USAGE,      // 55P04
+            SqlState::UNDEFINED_FILE,                   // 58P01
+            SqlState::DUPLICATE_FILE,                   // 58P02
+        ] {
+            assert!(!passes(fixed.code()), "{} does not pass", fixed.code());
+        }
     }
 
     #[test]
