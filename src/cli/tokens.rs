@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::identity::Role;
 use crate::store::audit::{self, action, Outcome, Via};
-use crate::store::db::DbError;
+use crate::store::db::{DbError, GenericClient};
 use crate::store::tokens::{self, TokenError};
 
 #[derive(Subcommand)]
@@ -54,7 +54,7 @@ pub fn cli_actor() -> String {
 
 /// Appends what the command line did to the audit trail.
 pub async fn audited(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     action: &str,
     target: Option<&str>,
     outcome: Outcome,
@@ -80,7 +80,7 @@ pub async fn audited(
 
 pub async fn run(
     command: TokensCommand,
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     match command {
@@ -209,7 +209,7 @@ pub struct AuditCommand {
 
 pub async fn audit(
     command: AuditCommand,
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl GenericClient,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     if !(1..=10_000).contains(&command.limit) {

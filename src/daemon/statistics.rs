@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 
 use crate::shutdown::Shutdown;
-use crate::store::{db, queue};
+use crate::store::db::{self, Pool};
+use crate::store::queue;
 
 /// Refreshes the statistics each time `due` is notified, until shutdown. Requests made
 /// while one runs count as one (`Notify` keeps a single permit), so ANALYZEs never queue.
