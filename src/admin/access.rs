@@ -19,15 +19,19 @@
 //! The name recorded with a resend or cancel is the session's name on the page, and the
 //! `X-Actor` header (default `api`) on the API.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{FromRef, FromRequestParts, Request, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use axum::http::request::Parts;
+use axum::http::Extensions;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::serve::IncomingStream;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -80,6 +84,8 @@ pub(crate) struct Access {
     hosts: HostRule,
     /// Whether the server speaks HTTPS: origins and cookies depend on it.
     https: bool,
+    /// `[admin] trusted_proxies`: whose `X-Forwarded-Proto: https` makes a request https.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Access {
@@ -88,15 +94,35 @@ impl Access {
             token,
             hosts,
             https,
+            trusted_proxies: Vec::new(),
         }
     }
 
-    pub(crate) fn https(&self) -> bool {
-        self.https
+    /// Behind a TLS-terminating proxy at one of these addresses.
+    pub(crate) fn trusting_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> Access {
+        self.trusted_proxies = proxies;
+        self
     }
 
-    fn scheme(&self) -> &'static str {
-        if self.https {
+    /// Whether the browser reached us over https: this server speaks it, or a trusted
+    /// proxy that does says so in `X-Forwarded-Proto` (anyone else's word is ignored).
+    pub(crate) fn https(&self, extensions: &Extensions, headers: &HeaderMap) -> bool {
+        self.https
+            || extensions
+                .get::<ConnectInfo<Peer>>()
+                .is_some_and(|ConnectInfo(Peer(peer))| {
+                    self.trusted_proxies
+                        .iter()
+                        .any(|proxy| proxy.contains(&peer.ip()))
+                })
+                && headers
+                    .get("x-forwarded-proto")
+                    .and_then(|value| value.to_str().ok())
+                    .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+    }
+
+    fn scheme(&self, extensions: &Extensions, headers: &HeaderMap) -> &'static str {
+        if self.https(extensions, headers) {
             "https"
         } else {
             "http"
@@ -234,16 +260,15 @@ pub(crate) async fn json_posts(
     request: Request,
     next: Next,
 ) -> Response {
-    if matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
+    // Only POST changes anything; other methods no route has are answered 405.
+    if request.method() != Method::POST {
         return next.run(request).await;
     }
     if !is_json(request.headers()) {
         return ApiError::NotJson.into_response();
     }
-    if !is_same_origin(request.headers(), access.scheme()) {
+    let scheme = access.scheme(request.extensions(), request.headers());
+    if !is_same_origin(request.headers(), scheme) {
         return ApiError::ForeignOrigin.into_response();
     }
     next.run(request).await
@@ -256,6 +281,31 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The address a connection came from (axum's connect info, over http and https alike).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// Whether this request reached us over https (see [`Access::https`]).
+pub(crate) struct Https(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for Https
+where
+    Arc<Access>: FromRef<S>,
+{
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let access = Arc::<Access>::from_ref(state);
+        Ok(Https(access.https(&parts.extensions, &parts.headers)))
+    }
 }
 
 /// Who made an API request, from `X-Actor`.
@@ -321,7 +371,8 @@ pub(crate) async fn same_origin_posts(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() == Method::POST && !is_same_origin(request.headers(), access.scheme()) {
+    let scheme = access.scheme(request.extensions(), request.headers());
+    if request.method() == Method::POST && !is_same_origin(request.headers(), scheme) {
         return (
             StatusCode::FORBIDDEN,
             "refused: this form was posted from another site",
@@ -334,12 +385,15 @@ pub(crate) async fn same_origin_posts(
 /// Whether a request comes from this server's own pages, or from no page at all: its
 /// `Origin`, when a browser sent one, is `scheme://host` of the request itself.
 fn is_same_origin(headers: &HeaderMap, scheme: &str) -> bool {
-    if headers
+    match headers
         .get("sec-fetch-site")
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|site| site == "cross-site" || site == "same-site")
     {
-        return false;
+        Some("cross-site" | "same-site") => return false,
+        // The browser's own word (no page can set it): the page's `Referrer-Policy:
+        // no-referrer` makes it send `Origin: null` with our own forms.
+        Some("same-origin") => return true,
+        _ => {}
     }
     let Some(origin) = headers.get(ORIGIN).and_then(|value| value.to_str().ok()) else {
         // Browsers send Origin with every form post; tools such as curl need not.
@@ -404,6 +458,11 @@ mod tests {
         headers.insert(ORIGIN, "https://evil.example".parse().expect("header"));
         assert!(!is_same_origin(&headers, "https"));
         headers.insert(ORIGIN, "null".parse().expect("header"));
+        assert!(!is_same_origin(&headers, "http"));
+        // Our own form under `Referrer-Policy: no-referrer`: the browser vouches for it.
+        headers.insert("sec-fetch-site", "same-origin".parse().expect("header"));
+        assert!(is_same_origin(&headers, "http"));
+        headers.insert("sec-fetch-site", "cross-site".parse().expect("header"));
         assert!(!is_same_origin(&headers, "http"));
     }
 

@@ -75,6 +75,11 @@ pub struct AdminConfig {
     pub allowed_hosts: Vec<HostAuthority>,
     /// Serve HTTPS with this certificate and key (`tls_cert`, `tls_key`).
     pub tls: Option<AdminTls>,
+    /// Serve plain http on a non-loopback address: a proxy in front terminates TLS.
+    pub allow_plain_http: bool,
+    /// The proxies whose `X-Forwarded-Proto` is believed (for the Secure cookie and the
+    /// origin of posts); nobody else's.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -84,6 +89,8 @@ impl std::fmt::Debug for AdminConfig {
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("allowed_hosts", &self.allowed_hosts)
             .field("tls", &self.tls.as_ref().map(|_| "[certificate]"))
+            .field("allow_plain_http", &self.allow_plain_http)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }

@@ -20,6 +20,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_claim_by_partner.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/0013_attempt_resent_after.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.

@@ -5,7 +5,7 @@
 
 pub(crate) mod wire;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::access::ApiActor;
 use super::error::{ApiError, ErrorBody};
-use super::selection::{QuerySelection, SelectionIn};
+use super::rejection::{ApiJson, ApiPath, ApiQuery};
+use super::selection::{QuerySelection, SelectionIn, StateFilter};
 use super::state::{AdminState, Page};
 use crate::store::support::{self, Selection};
 use wire::{
@@ -31,6 +32,12 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/deliveries/{id}/retry", post(retry_delivery))
         .route("/deliveries/{id}/cancel", post(cancel_delivery))
         .route("/partners", get(partner_summaries))
+        .fallback(no_endpoint)
+}
+
+/// Under `/api/`, an address no operation has is refused in JSON like every error.
+async fn no_endpoint() -> ApiError {
+    ApiError::NoEndpoint
 }
 
 /// Served without the token, like any API description.
@@ -68,6 +75,7 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         ErasedBodyOut,
         Cancelled,
         SelectionIn,
+        StateFilter,
         BulkRetried,
         ErrorBody
     )),
@@ -103,14 +111,15 @@ impl utoipa::Modify for BearerToken {
     params(SelectionIn, Page),
     responses(
         (status = 200, body = DeliveryPageOut),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 400, description = "A parameter cannot be read", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn list_deliveries(
     State(state): State<AdminState>,
     QuerySelection(selection): QuerySelection,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<DeliveryPageOut>, ApiError> {
     Ok(Json(state.page_of(&selection, page).await?.into()))
 }
@@ -122,13 +131,15 @@ pub(crate) async fn list_deliveries(
     params(("id" = Uuid, Path, description = "The delivery id (the webhook-id the partner saw)")),
     responses(
         (status = 200, body = DeliveryDetailOut),
-        (status = 404, body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such delivery (or, for an unrouted placeholder support re-routed, its event's deliveries now)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn show_delivery(
     State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<DeliveryDetailOut>, ApiError> {
     Ok(Json(state.detail(id).await?.into()))
 }
@@ -144,14 +155,18 @@ pub(crate) async fn show_delivery(
     ),
     responses(
         (status = 200, body = ResendOut),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "Still pending or in flight", body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Sent from another site's page", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+        (status = 409, description = "Still pending or in flight, or its body was erased", body = ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn retry_delivery(
     State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiActor(actor): ApiActor,
 ) -> Result<Json<ResendOut>, ApiError> {
     Ok(Json(state.resend_one(id, &actor).await?.into()))
@@ -172,14 +187,18 @@ pub(crate) struct Cancelled {
     ),
     responses(
         (status = 200, body = Cancelled),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "Delivered, cancelled, or in flight right now", body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Sent from another site's page", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+        (status = 409, description = "Delivered, cancelled, or in flight right now: the one that applies", body = ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn cancel_delivery(
     State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiActor(actor): ApiActor,
 ) -> Result<Json<Cancelled>, ApiError> {
     state.cancel_one(id, &actor).await?;
@@ -204,14 +223,18 @@ pub(crate) struct BulkRetried {
     params(("X-Actor" = Option<String>, Header, description = "Who is asking, for the record")),
     responses(
         (status = 200, body = BulkRetried),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 400, description = "No selection, a wrong state, or a body that is not JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Sent from another site's page", body = ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, or unknown", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn retry_matching(
     State(state): State<AdminState>,
     ApiActor(actor): ApiActor,
-    Json(selection): Json<SelectionIn>,
+    ApiJson(selection): ApiJson<SelectionIn>,
 ) -> Result<Json<BulkRetried>, ApiError> {
     let selection = Selection::from(selection);
     if selection.names_nothing() {
@@ -237,7 +260,11 @@ pub(crate) async fn retry_matching(
 #[utoipa::path(
     get,
     path = "/api/partners",
-    responses((status = 200, body = [PartnerOut]), (status = 401, body = ErrorBody))
+    responses(
+        (status = 200, body = [PartnerOut]),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
+    )
 )]
 pub(crate) async fn partner_summaries(
     State(state): State<AdminState>,

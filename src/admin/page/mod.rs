@@ -24,7 +24,7 @@ mod timeline;
 mod views;
 mod when;
 
-use super::access::{self, SupportSession, SESSION_COOKIE};
+use super::access::{self, Https, SupportSession, SESSION_COOKIE};
 use super::error::ApiError;
 use super::selection::QuerySelection;
 use super::state::{AdminState, Page};
@@ -126,7 +126,18 @@ async fn delivery(
     Path(id): Path<Uuid>,
     Query(notice): Query<Notice>,
 ) -> Result<Markup, PageError> {
-    let detail = state.detail(id).await?;
+    let detail = match state.detail(id).await {
+        Ok(detail) => detail,
+        // A placeholder support re-routed: its old id leads to the event's deliveries.
+        Err(ApiError::Rerouted(rerouted)) => {
+            return Ok(layout(
+                "Delivery",
+                Some(&session.actor),
+                views::rerouted(&rerouted),
+            ))
+        }
+        Err(error) => return Err(error.into()),
+    };
     let body = views::delivery(&notice, &detail);
     Ok(layout("Delivery", Some(&session.actor), body))
 }
@@ -182,7 +193,7 @@ async fn cancel(
 ) -> Result<Redirect, PageError> {
     match state.cancel_one(id, &session.actor).await {
         Ok(()) => Ok(form.back("cancelled", id)),
-        Err(ApiError::Conflict(_)) => Ok(form.back("not-cancelled", id)),
+        Err(ApiError::NotCancelled(refused)) => Ok(form.back(Notice::not_cancelled(refused), id)),
         Err(error) => Err(error.into()),
     }
 }
@@ -203,16 +214,21 @@ struct LoginForm {
 }
 
 /// The session cookie's attributes: script cannot read it, other sites' requests do not
-/// carry it, and once served over https it is never sent over plain http.
-fn cookie_attributes(state: &AdminState) -> &'static str {
-    if state.access.https() {
+/// carry it, and once served over https (by us or a trusted proxy) it is never sent over
+/// plain http.
+fn cookie_attributes(https: bool) -> &'static str {
+    if https {
         "Path=/; HttpOnly; SameSite=Strict; Secure"
     } else {
         "Path=/; HttpOnly; SameSite=Strict"
     }
 }
 
-async fn login(State(state): State<AdminState>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(state): State<AdminState>,
+    Https(https): Https,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let name = access::clean_actor(&form.name);
     let session = name
         .filter(|_| state.access.token_matches(&form.token))
@@ -224,21 +240,18 @@ async fn login(State(state): State<AdminState>, Form(form): Form<LoginForm>) -> 
     (
         [(
             SET_COOKIE,
-            format!("{SESSION_COOKIE}={session}; {}", cookie_attributes(&state)),
+            format!("{SESSION_COOKIE}={session}; {}", cookie_attributes(https)),
         )],
         Redirect::to("/"),
     )
         .into_response()
 }
 
-async fn logout(State(state): State<AdminState>) -> Response {
+async fn logout(Https(https): Https) -> Response {
     (
         [(
             SET_COOKIE,
-            format!(
-                "{SESSION_COOKIE}=; {}; Max-Age=0",
-                cookie_attributes(&state)
-            ),
+            format!("{SESSION_COOKIE}=; {}; Max-Age=0", cookie_attributes(https)),
         )],
         Redirect::to("/login"),
     )
