@@ -30,6 +30,7 @@ mod operating;
 mod overload;
 mod phi_logs;
 mod retention;
+mod schemathesis;
 mod systemd;
 mod telemetry;
 mod tidy;
