@@ -1,12 +1,13 @@
 //! `dispatcher`: wires the command line to the library.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 
 use dispatcher::cli::{self, check, deliveries, Cli, Command};
-use dispatcher::config::{Config, LogFormat, LOG_FORMAT_ENV};
+use dispatcher::config::{Config, DatabaseConfig, LogFormat, LOG_FORMAT_ENV};
 use dispatcher::daemon;
 use dispatcher::observe::logging;
 use dispatcher::observe::traces::Traces;
@@ -29,6 +30,22 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    // Support's reads need the database only, not every partner's secrets.
+    if let Command::Deliveries {
+        database_url,
+        command,
+    } = cli.command
+    {
+        let env_format = std::env::var(LOG_FORMAT_ENV).ok();
+        let format = LogFormat::chosen(LogFormat::Text, env_format.as_deref());
+        let in_effect = *format.as_ref().unwrap_or(&LogFormat::Text);
+        logging::init(in_effect, None);
+        let result = match format {
+            Ok(_) => support(&cli.config, database_url, command).await,
+            Err(error) => Err(error.into()),
+        };
+        return exit(result, in_effect);
     }
     // The log format is in the file, so logging starts once it is read.
     let config = Config::load(&cli.config)
@@ -55,10 +72,14 @@ async fn main() -> ExitCode {
         (_, Err(error), _) => Err(error.into()),
         (_, _, Err(error)) => Err(error.into()),
     };
+    exit(result, in_effect)
+}
+
+fn exit(result: anyhow::Result<()>, format: LogFormat) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            match in_effect {
+            match format {
                 LogFormat::Text => eprintln!("Error: {error:?}"),
                 LogFormat::Json => {
                     tracing::error!(error = format!("{error:#}"), "dispatcher failed")
@@ -67,6 +88,20 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `dispatcher deliveries …`: `[database]` of the file (or `--database-url`), nothing else.
+async fn support(
+    config: &Path,
+    database_url: Option<String>,
+    command: deliveries::DeliveriesCommand,
+) -> anyhow::Result<()> {
+    let database = DatabaseConfig::load(config, database_url)
+        .with_context(|| format!("invalid configuration {}", config.display()))?;
+    let pool = db::pool(&database)?;
+    let mut client = pool.get().await.context("connecting to the database")?;
+    schema::ensure_current(&client).await?;
+    deliveries::run(command, &mut client, &mut std::io::stdout().lock()).await
 }
 
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
@@ -102,16 +137,10 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let report = retention::prune(&pool, &config.retention, &Shutdown::new()).await?;
             println!("{report}");
         }
-        Command::Deliveries(command) => {
-            let pool = db::pool(&config.database)?;
-            let mut client = pool
-                .get()
-                .await
-                .map_err(db::DbError::from)
-                .context("connecting to the database")?;
-            schema::ensure_current(&client).await?;
-            deliveries::run(command, &mut client, &mut std::io::stdout().lock()).await?;
-        }
+        Command::Deliveries {
+            database_url,
+            command,
+        } => support(&cli.config, database_url, command).await?,
         Command::Tokens(command) => {
             let pool = db::pool(&config.database)?;
             let client = pool

@@ -14,13 +14,17 @@
 //! naming another origin ([`json_posts`]); the page's forms refuse other sites' posts
 //! ([`same_origin_posts`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN};
+use axum::http::Extensions;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
@@ -70,6 +74,8 @@ pub(crate) struct Access {
     hosts: HostRule,
     /// Whether the server speaks HTTPS: origins and cookies depend on it.
     https: bool,
+    /// `[admin] trusted_proxies`: whose `X-Forwarded-Proto: https` makes a request https.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Access {
@@ -84,6 +90,7 @@ impl Access {
             oidc,
             hosts,
             https,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -92,12 +99,38 @@ impl Access {
         self.token.is_some()
     }
 
-    pub(crate) fn https(&self) -> bool {
-        self.https
+    /// Behind a TLS-terminating proxy at one of these addresses.
+    pub(crate) fn trusting_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> Access {
+        self.trusted_proxies = proxies;
+        self
     }
 
-    fn scheme(&self) -> &'static str {
-        if self.https {
+    /// Whether the session cookies are `Secure`: this server speaks https, or it stands
+    /// behind TLS-terminating proxies (`[admin] trusted_proxies`), so the browser only ever
+    /// reaches it over https.
+    pub(crate) fn secure_cookies(&self) -> bool {
+        self.https || !self.trusted_proxies.is_empty()
+    }
+
+    /// Whether the browser reached us over https: this server speaks it, or a trusted
+    /// proxy that does says so in `X-Forwarded-Proto` (anyone else's word is ignored).
+    pub(crate) fn https(&self, extensions: &Extensions, headers: &HeaderMap) -> bool {
+        self.https
+            || extensions
+                .get::<ConnectInfo<Peer>>()
+                .is_some_and(|ConnectInfo(Peer(peer))| {
+                    self.trusted_proxies
+                        .iter()
+                        .any(|proxy| proxy.contains(&peer.ip()))
+                })
+                && headers
+                    .get("x-forwarded-proto")
+                    .and_then(|value| value.to_str().ok())
+                    .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+    }
+
+    fn scheme(&self, extensions: &Extensions, headers: &HeaderMap) -> &'static str {
+        if self.https(extensions, headers) {
             "https"
         } else {
             "http"
@@ -186,16 +219,15 @@ pub(crate) async fn json_posts(
     request: Request,
     next: Next,
 ) -> Response {
-    if matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
+    // Only POST changes anything; other methods no route has are answered 405.
+    if request.method() != Method::POST {
         return next.run(request).await;
     }
     if !is_json(request.headers()) {
         return ApiError::NotJson.into_response();
     }
-    if !is_same_origin(request.headers(), access.scheme()) {
+    let scheme = access.scheme(request.extensions(), request.headers());
+    if !is_same_origin(request.headers(), scheme) {
         return ApiError::ForeignOrigin.into_response();
     }
     next.run(request).await
@@ -208,6 +240,16 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The address a connection came from (axum's connect info, over http and https alike).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
 }
 
 /// The value of cookie `name`, if the request carries it.
@@ -229,7 +271,8 @@ pub(crate) async fn same_origin_posts(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() == Method::POST && !is_same_origin(request.headers(), access.scheme()) {
+    let scheme = access.scheme(request.extensions(), request.headers());
+    if request.method() == Method::POST && !is_same_origin(request.headers(), scheme) {
         return (
             StatusCode::FORBIDDEN,
             "refused: this form was posted from another site",
@@ -242,12 +285,15 @@ pub(crate) async fn same_origin_posts(
 /// Whether a request comes from this server's own pages, or from no page at all: its
 /// `Origin`, when a browser sent one, is `scheme://host` of the request itself.
 fn is_same_origin(headers: &HeaderMap, scheme: &str) -> bool {
-    if headers
+    match headers
         .get("sec-fetch-site")
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|site| site == "cross-site" || site == "same-site")
     {
-        return false;
+        Some("cross-site" | "same-site") => return false,
+        // The browser's own word (no page can set it): the page's `Referrer-Policy:
+        // no-referrer` makes it send `Origin: null` with our own forms.
+        Some("same-origin") => return true,
+        _ => {}
     }
     let Some(origin) = headers.get(ORIGIN).and_then(|value| value.to_str().ok()) else {
         // Browsers send Origin with every form post; tools such as curl need not.
@@ -296,6 +342,11 @@ mod tests {
         headers.insert(ORIGIN, "https://evil.example".parse().expect("header"));
         assert!(!is_same_origin(&headers, "https"));
         headers.insert(ORIGIN, "null".parse().expect("header"));
+        assert!(!is_same_origin(&headers, "http"));
+        // Our own form under `Referrer-Policy: no-referrer`: the browser vouches for it.
+        headers.insert("sec-fetch-site", "same-origin".parse().expect("header"));
+        assert!(is_same_origin(&headers, "http"));
+        headers.insert("sec-fetch-site", "cross-site".parse().expect("header"));
         assert!(!is_same_origin(&headers, "http"));
     }
 

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::db::DbError;
-use crate::store::support::SupportError;
+use crate::store::support::{CancelRefused, Rerouted, SupportError};
 
 /// What an API error looks like.
 #[derive(Serialize, ToSchema)]
@@ -29,16 +29,26 @@ pub(crate) enum ApiError {
     BadRequest(String),
     #[error("no delivery with id {0}")]
     NotFound(Uuid),
+    /// The id of an unrouted placeholder that support re-routed: where it went.
+    #[error("{0}")]
+    Rerouted(Rerouted),
     #[error("{0}")]
     Missing(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotCancelled(CancelRefused),
     #[error("the database is unavailable; try again")]
     Database(#[from] DatabaseUnavailable),
     #[error("send this request with Content-Type: application/json")]
     NotJson,
     #[error("refused: this request was sent from another site's page")]
     ForeignOrigin,
+    /// A query string, path or body axum could not read (`rejection.rs`), with its status.
+    #[error("{1}")]
+    Rejected(StatusCode, String),
+    #[error("no such endpoint; see /api/openapi.json")]
+    NoEndpoint,
 }
 
 impl ApiError {
@@ -48,11 +58,15 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotFound(_) | ApiError::Missing(_) | ApiError::Rerouted(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Conflict(_) | ApiError::NotCancelled(_) => StatusCode::CONFLICT,
             ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ForeignOrigin => StatusCode::FORBIDDEN,
+            ApiError::Rejected(status, _) => *status,
+            ApiError::NoEndpoint => StatusCode::NOT_FOUND,
         }
     }
 }

@@ -20,10 +20,12 @@ pub(crate) mod api;
 mod api_access;
 mod caller;
 mod error;
+mod headers;
 mod health;
 mod metrics;
 mod oidc;
 pub(crate) mod page;
+mod rejection;
 pub(crate) mod selection;
 mod session;
 mod state;
@@ -102,12 +104,10 @@ impl AdminServer {
             .map(Arc::new);
         let state = AdminState {
             pool,
-            access: Arc::new(Access::new(
-                config.token.clone(),
-                config.oidc.is_some(),
-                hosts,
-                https,
-            )),
+            access: Arc::new(
+                Access::new(config.token.clone(), config.oidc.is_some(), hosts, https)
+                    .trusting_proxies(config.trusted_proxies.clone()),
+            ),
             metrics,
             oidc,
         };
@@ -125,14 +125,18 @@ impl AdminServer {
     /// Serves until the daemon starts stopping.
     pub async fn serve(self, shutdown: Shutdown) -> std::io::Result<()> {
         let stopping = async move { shutdown.stopping().await };
+        // The peer's address, for `[admin] trusted_proxies`.
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<access::Peer>();
         match &self.tls {
             None => {
-                axum::serve(self.listener, self.router)
+                axum::serve(self.listener, app)
                     .with_graceful_shutdown(stopping)
                     .await
             }
             Some(tls) => {
-                axum::serve(tls::TlsListener::new(self.listener, tls), self.router)
+                axum::serve(tls::TlsListener::new(self.listener, tls), app)
                     .with_graceful_shutdown(stopping)
                     .await
             }
@@ -157,7 +161,8 @@ fn router(state: AdminState) -> Router {
         .route("/api/openapi.json", get(api::openapi))
         .nest("/api", api)
         .merge(pages)
-        .layer(from_fn_with_state(state.clone(), access::known_hosts_only));
+        .layer(from_fn_with_state(state.clone(), access::known_hosts_only))
+        .layer(axum::middleware::from_fn(headers::security_headers));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

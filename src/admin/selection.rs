@@ -4,12 +4,12 @@
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::Uri;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::ApiError;
 use crate::store::support::Selection;
 
 /// A selection as a request names it. As the API's body an unknown field is refused
@@ -27,6 +27,8 @@ use crate::store::support::Selection;
 pub(crate) struct SelectionIn {
     /// pending (with in_flight), in_flight, delivered, rejected, dead, invalid,
     /// cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
+    #[param(value_type = Option<StateFilter>)]
+    #[schema(value_type = Option<StateFilter>)]
     pub state: Option<String>,
     pub partner: Option<String>,
     pub event_name: Option<String>,
@@ -37,6 +39,23 @@ pub(crate) struct SelectionIn {
     pub since: Option<DateTime<Utc>>,
     /// Created before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
+}
+
+/// The states a selection names, as the OpenAPI document lists them (the store reads the
+/// text: `Selection::states`).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum StateFilter {
+    Pending,
+    InFlight,
+    Delivered,
+    Rejected,
+    Dead,
+    Invalid,
+    Cancelled,
+    Unrouted,
+    Failed,
 }
 
 impl SelectionIn {
@@ -85,7 +104,7 @@ pub(crate) struct QuerySelection(pub(crate) Selection);
 impl QuerySelection {
     /// The selection in `query` (the part of an address after `?`), or the answer that
     /// refuses it.
-    pub(crate) fn read(query: &str) -> Result<Selection, Box<Response>> {
+    pub(crate) fn read(query: &str) -> Result<Selection, ApiError> {
         let own = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(
                 url::form_urlencoded::parse(query.as_bytes())
@@ -95,20 +114,18 @@ impl QuerySelection {
         // Re-encoded pairs always make a valid URI; refuse rather than widen if not.
         let uri: Uri = format!("/?{own}")
             .parse()
-            .map_err(|_| Box::new(StatusCode::BAD_REQUEST.into_response()))?;
+            .map_err(|_| ApiError::BadRequest("the query string cannot be read".into()))?;
         Query::<SelectionIn>::try_from_uri(&uri)
             .map(|Query(selection)| selection.into())
-            .map_err(|rejection| Box::new(rejection.into_response()))
+            .map_err(ApiError::from)
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for QuerySelection {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
-        QuerySelection::read(parts.uri.query().unwrap_or_default())
-            .map(QuerySelection)
-            .map_err(|refusal| *refusal)
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        QuerySelection::read(parts.uri.query().unwrap_or_default()).map(QuerySelection)
     }
 }
 
@@ -126,7 +143,7 @@ mod tests {
         let read = QuerySelection::from_request_parts(&mut parts, &());
         match futures_util::FutureExt::now_or_never(read).expect("ready") {
             Ok(QuerySelection(selection)) => Ok(selection),
-            Err(response) => Err(response.status().to_string()),
+            Err(error) => Err(error.status().to_string()),
         }
     }
 

@@ -40,7 +40,11 @@ pub(crate) const BREAK_GLASS_SESSION: Duration = Duration::from_secs(60 * 60);
 /// The cookie attributes of a session: script cannot read it, other sites' requests do
 /// not carry it, and once served over https it is never sent over plain http.
 pub(crate) fn session_cookie(state: &AdminState, value: &str, max_age: Option<Duration>) -> String {
-    let secure = if state.access.https() { "; Secure" } else { "" };
+    let secure = if state.access.secure_cookies() {
+        "; Secure"
+    } else {
+        ""
+    };
     let max_age = max_age.map_or(String::new(), |age| format!("; Max-Age={}", age.as_secs()));
     format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{max_age}")
 }

@@ -53,6 +53,7 @@ pub(crate) struct Page {
     /// The `previous_before` of the next page, to page back (not with `after`).
     pub before: Option<Uuid>,
     /// Rows per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -271,12 +272,22 @@ impl AdminState {
         Ok(summaries)
     }
 
+    /// One delivery; for the id of a placeholder support re-routed, where it went.
     pub(crate) async fn detail(&self, id: Uuid) -> Result<DeliveryDetail, ApiError> {
         let client = self.client().await?;
-        support::show(&client, id)
+        if let Some(detail) = support::show(&client, id)
             .await
             .map_err(DatabaseUnavailable::logged)?
-            .ok_or(ApiError::NotFound(id))
+        {
+            return Ok(detail);
+        }
+        match support::rerouted(&client, id)
+            .await
+            .map_err(DatabaseUnavailable::logged)?
+        {
+            Some(rerouted) => Err(ApiError::Rerouted(rerouted)),
+            None => Err(ApiError::NotFound(id)),
+        }
     }
 
     /// Resends one delivery; a conflict if it has not ended. Audited, however it ends.
@@ -304,8 +315,9 @@ impl AdminState {
         Err(self.why_untouched(&client, id, "resent").await)
     }
 
-    /// Cancels one delivery; a conflict if it is delivered, cancelled or in flight.
-    /// Audited, however it ends.
+    /// Cancels one delivery; a conflict naming the one reason if it is delivered,
+    /// cancelled or in flight, not found if there is no such delivery. Audited, however it
+    /// ends.
     pub(crate) async fn cancel_one(&self, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
         let result = self.cancel(id, &caller.support_actor()).await;
         self.audited(caller, action::CANCEL, &id.to_string(), &result)
@@ -315,14 +327,17 @@ impl AdminState {
 
     async fn cancel(&self, id: Uuid, actor: &str) -> Result<(), ApiError> {
         let client = self.client().await?;
-        let cancelled = support::cancel(&client, &[id], actor)
+        let report = support::cancel(&client, &[id], actor)
             .await
             .map_err(DatabaseUnavailable::logged)?;
-        if !cancelled.is_empty() {
-            tracing::info!(delivery_id = %id, "cancelled by support");
-            return Ok(());
+        match report.refused.first() {
+            None => {
+                tracing::info!(delivery_id = %id, "cancelled by support");
+                Ok(())
+            }
+            Some(refused) if refused.state.is_none() => Err(ApiError::NotFound(id)),
+            Some(refused) => Err(ApiError::NotCancelled(*refused)),
         }
-        Err(self.why_untouched(&client, id, "cancelled").await)
     }
 
     /// Records an action's outcome: done, or failed with the reason the caller was given.

@@ -126,13 +126,13 @@ async fn list(
     }
     writeln!(
         out,
-        "{:<36}  {:>8}  {:<16}  {:<44}  {:<18}  {:<10}  {:>3}  {:>6}  LAST ERROR",
-        "ID", "EVENT", "PARTNER", "EVENT NAME", "PATIENT", "STATE", "TRY", "STATUS"
+        "{:<36}  {:>8}  {:<16}  {:<44}  {:<18}  {:<10}  {:>5}  {:>6}  LAST ERROR",
+        "ID", "EVENT", "PARTNER", "EVENT NAME", "PATIENT", "STATE", "TRIES", "STATUS"
     )?;
     for row in &rows {
         writeln!(out, "{}", table_line(row))?;
     }
-    writeln!(out, "({} deliveries)", rows.len())?;
+    writeln!(out, "({})", deliveries(rows.len()))?;
     if let Some(last) = rows.last().filter(|_| rows.len() as i64 == limit) {
         writeln!(out, "more: --after {}", last.id)?;
     }
@@ -163,14 +163,14 @@ fn circuit_line(circuit: &PartnerCircuit) -> String {
 
 fn table_line(row: &DeliverySummary) -> String {
     format!(
-        "{:<36}  {:>8}  {:<16}  {:<44}  {:<18}  {:<10}  {:>3}  {:>6}  {}",
+        "{:<36}  {:>8}  {:<16}  {:<44}  {:<18}  {:<10}  {:>5}  {:>6}  {}",
         row.id,
         row.event_id,
         row.partner.as_deref().unwrap_or("-"),
         row.event_name,
         row.patient_id.as_deref().unwrap_or("-"),
         row.state.as_str(),
-        row.attempt_count,
+        row.tries(),
         row.last_status.map_or("-".to_string(), |s| s.to_string()),
         row.last_error.as_deref().unwrap_or(""),
     )
@@ -187,7 +187,14 @@ async fn show(
         .map_err(DbError::from)
         .context("reading the delivery")?
     else {
-        bail!("no delivery with id {id}");
+        // A placeholder support re-routed: say where it went.
+        match support::rerouted(client, id)
+            .await
+            .context("reading the delivery")?
+        {
+            Some(rerouted) => bail!("{rerouted}"),
+            None => bail!("no delivery with id {id}"),
+        }
     };
     // It shows the partners' answers: recorded before it is printed.
     audited(
@@ -217,7 +224,7 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
         d.patient_id.as_deref().unwrap_or("-")
     )?;
     writeln!(out, "state        {}", d.state)?;
-    writeln!(out, "attempts     {}", d.attempt_count)?;
+    writeln!(out, "attempts     {}", d.tries())?;
     writeln!(out, "created      {}", d.created_at.to_rfc3339())?;
     if let Some(next) = d.next_attempt_at {
         writeln!(out, "next attempt {}", next.to_rfc3339())?;
@@ -301,7 +308,7 @@ async fn retry(
     }
     write!(out, "{report}")?;
     let Some(ids) = &selection.ids else {
-        writeln!(out, "({} deliveries resent)", report.touched())?;
+        writeln!(out, "({} resent)", deliveries(report.touched()))?;
         return Ok(());
     };
     if let Some(refusals) = report.refusals(ids) {
@@ -315,11 +322,11 @@ async fn cancel(
     ids: &[Uuid],
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let cancelled = support::cancel(client, ids, &cli_actor())
+    let report = support::cancel(client, ids, &cli_actor())
         .await
         .map_err(DbError::from)
         .context("cancelling")?;
-    for id in &cancelled {
+    for id in &report.cancelled {
         audited(
             client,
             action::CANCEL,
@@ -330,13 +337,28 @@ async fn cancel(
         .await?;
         writeln!(out, "{id}: cancelled")?;
     }
-    let untouched: Vec<String> = ids
-        .iter()
-        .filter(|id| !cancelled.contains(id))
-        .map(Uuid::to_string)
-        .collect();
-    if !untouched.is_empty() {
-        bail!("not cancelled (unknown, delivered, already cancelled, or in flight right now: try again in a moment): {}", untouched.join(", "));
+    if let Some(refusals) = report.refusals() {
+        bail!("{refusals}");
     }
     Ok(())
+}
+
+/// "1 delivery", "2 deliveries".
+fn deliveries(count: usize) -> String {
+    match count {
+        1 => "1 delivery".to_string(),
+        _ => format!("{count} deliveries"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_delivery_is_one_delivery() {
+        assert_eq!(deliveries(0), "0 deliveries");
+        assert_eq!(deliveries(1), "1 delivery");
+        assert_eq!(deliveries(2), "2 deliveries");
+    }
 }

@@ -61,9 +61,16 @@ pub enum Command {
     /// Erase event bodies and partners' answers past `[retention] payload_days`, delete
     /// deliveries and events past `metadata_days` (the daemon does this by itself too).
     Prune,
-    /// Review and act on deliveries (for support).
-    #[command(subcommand)]
-    Deliveries(DeliveriesCommand),
+    /// Review and act on deliveries (for support). Reads only `[database]` of the config
+    /// file: no partner's secret is needed.
+    Deliveries {
+        /// The database to read, instead of `[database] url` (and of
+        /// DISPATCHER_DATABASE_URL); then the config file may be absent.
+        #[arg(long, global = true, value_name = "URL")]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
     /// Personal API tokens for scripts: create (shown once), list, revoke.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),

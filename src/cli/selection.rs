@@ -69,7 +69,10 @@ mod tests {
     fn listed_by(flags: &[&str]) -> Selection {
         let args = ["dispatcher", "deliveries", "list"].iter().chain(flags);
         match Cli::try_parse_from(args).expect("flags").command {
-            Command::Deliveries(DeliveriesCommand::List { selection, .. }) => selection.into(),
+            Command::Deliveries {
+                command: DeliveriesCommand::List { selection, .. },
+                ..
+            } => selection.into(),
             _ => panic!("not a list"),
         }
     }

@@ -18,6 +18,21 @@ pub(super) fn read(document: toml::Value) -> Result<RawConfig, ConfigError> {
     })
 }
 
+/// The `[database]` table alone, as [`read`] reads it (a file without one: the defaults).
+pub(super) fn read_database(table: Option<toml::Value>) -> Result<RawDatabase, ConfigError> {
+    let Some(table) = table else {
+        return Ok(RawDatabase {
+            url: None,
+            pool_size: defaults::pool_size(),
+            ca_file: None,
+        });
+    };
+    serde_path_to_error::deserialize(table).map_err(|error| {
+        let key = format!("database.{}", error.path());
+        ConfigError::key(key, without_values(error.into_inner().message()))
+    })
+}
+
 /// serde quotes a wrongly typed value in its message (`invalid type: string "…"`); the
 /// value may be a secret, so it is cut out. The key names the place well enough.
 fn without_values(message: &str) -> String {
@@ -81,6 +96,10 @@ pub(super) struct RawAdmin {
     pub(super) tls_cert: Option<String>,
     pub(super) tls_key: Option<String>,
     pub(super) oidc: Option<RawOidc>,
+    #[serde(default)]
+    pub(super) allow_plain_http: bool,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<String>,
 }
 
 impl Default for RawAdmin {
@@ -92,6 +111,8 @@ impl Default for RawAdmin {
             tls_cert: None,
             tls_key: None,
             oidc: None,
+            allow_plain_http: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::error::{ConfigError, Problems};
-use super::{file, secrets, Config, DATABASE_URL_ENV};
+use super::{file, secrets, Config, DatabaseConfig, DATABASE_URL_ENV};
 
 impl Config {
     /// Reads and validates the config file; `DISPATCHER_DATABASE_URL` overrides `[database] url`.
@@ -56,5 +56,120 @@ impl Config {
                 .map_err(|problems| problems.into_error(path)),
             _ => Err(problems.into_error(path)),
         }
+    }
+}
+
+impl DatabaseConfig {
+    /// Only `[database]` of the config file, for what reads the database and sends
+    /// nothing (`dispatcher deliveries`): no partner's secret is looked up, so one unset
+    /// does not stop support. `url` (`--database-url`), then `DISPATCHER_DATABASE_URL`,
+    /// override `[database] url`; with one of them the file may be absent.
+    pub fn load(path: &Path, url: Option<String>) -> Result<DatabaseConfig, ConfigError> {
+        let url = url.or_else(|| std::env::var(DATABASE_URL_ENV).ok());
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && url.is_some() => {
+                String::new()
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        DatabaseConfig::parse(&text, &path.display().to_string(), url, |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Reads `[database]` of config text; `url` overrides its `url`, which is then not
+    /// expanded (its variable may be unset).
+    pub fn parse(
+        text: &str,
+        path: &str,
+        url: Option<String>,
+        lookup_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<DatabaseConfig, ConfigError> {
+        let document: toml::Value = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+            path: path.to_string(),
+            message: error.message().to_string(),
+        })?;
+        let mut database = match document {
+            toml::Value::Table(mut table) => table.remove("database"),
+            _ => None,
+        };
+        if let (Some(toml::Value::Table(table)), Some(_)) = (&mut database, &url) {
+            table.remove("url");
+        }
+        let mut problems = Problems::default();
+        if let Some(table) = &mut database {
+            secrets::expand_env(
+                table,
+                &mut "database".to_string(),
+                &lookup_env,
+                &mut problems,
+            );
+        }
+        let raw = problems.check(file::read_database(database));
+        let base_dir = Path::new(path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        match raw {
+            Some(raw) if problems.is_empty() => raw.validate(url, &base_dir).map_err(|problem| {
+                problems.note(problem);
+                problems.into_error(path)
+            }),
+            _ => Err(problems.into_error(path)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[database]
+url = "${DISPATCHER_DATABASE_URL}"
+pool_size = 2
+
+[[partners]]
+name = "acme"
+support_programs = ["p"]
+enrollment_url = "https://acme.example/e"
+user_action_url = "https://acme.example/u"
+signing_secret = "${ACME_SIGNING_SECRET}"
+"#;
+
+    #[test]
+    fn support_reads_the_database_without_the_partners_secrets() {
+        let env = |name: &str| {
+            (name == "DISPATCHER_DATABASE_URL").then(|| "postgres://support@db/dispatcher".into())
+        };
+        let database = DatabaseConfig::parse(FILE, "dispatcher.toml", None, env).expect("read");
+        assert_eq!(database.pool_size, 2);
+        // The whole file still names the unset secret.
+        let error = Config::parse(FILE, "dispatcher.toml", None, env)
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("ACME_SIGNING_SECRET"), "{error}");
+    }
+
+    #[test]
+    fn a_url_given_overrides_the_files_and_its_unset_variable() {
+        let url = Some("postgres://support@db/dispatcher".to_string());
+        let database =
+            DatabaseConfig::parse(FILE, "dispatcher.toml", url.clone(), |_| None).expect("read");
+        assert_eq!(database.connection.remote_hosts(), ["db"]);
+        let database = DatabaseConfig::parse("", "absent.toml", url, |_| None).expect("no file");
+        assert_eq!(database.pool_size, 8);
+        let error = DatabaseConfig::parse(FILE, "dispatcher.toml", None, |_| None)
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("DISPATCHER_DATABASE_URL"), "{error}");
     }
 }

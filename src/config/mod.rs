@@ -79,6 +79,11 @@ pub struct AdminConfig {
     /// `[admin.oidc]`: sign-in through the company's identity provider. With it, the
     /// token is the break-glass way in only.
     pub oidc: Option<identity::OidcConfig>,
+    /// Serve plain http on a non-loopback address: a proxy in front terminates TLS.
+    pub allow_plain_http: bool,
+    /// The proxies whose `X-Forwarded-Proto` is believed (for the Secure cookie and the
+    /// origin of posts); nobody else's.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -89,6 +94,8 @@ impl std::fmt::Debug for AdminConfig {
             .field("allowed_hosts", &self.allowed_hosts)
             .field("tls", &self.tls.as_ref().map(|_| "[certificate]"))
             .field("oidc", &self.oidc)
+            .field("allow_plain_http", &self.allow_plain_http)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }

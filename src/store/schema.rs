@@ -36,6 +36,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (8, include_str!("../../migrations/0008_wakeup_hardened.sql")),
     (9, include_str!("../../migrations/0009_identity_audit.sql")),
+    (
+        10,
+        include_str!("../../migrations/0010_attempt_resent_after.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

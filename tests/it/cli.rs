@@ -69,7 +69,7 @@ async fn delivery_id_of_patient(db: &TestDb, patient: &str) -> String {
         .get(0)
 }
 
-const SUMMARY_FIELDS: [&str; 11] = [
+const SUMMARY_FIELDS: [&str; 12] = [
     "id",
     "event_id",
     "partner",
@@ -77,6 +77,7 @@ const SUMMARY_FIELDS: [&str; 11] = [
     "patient_id",
     "state",
     "attempt_count",
+    "attempts_since_resend",
     "last_status",
     "last_error",
     "created_at",
@@ -297,10 +298,25 @@ async fn support_cancels_a_pending_delivery() {
     assert_eq!(cancelled.as_array().map(Vec::len), Some(1), "{cancelled}");
     assert_eq!(cancelled[0]["id"], json!(stuck));
     assert_eq!(cancelled[0]["next_attempt_at"], Value::Null);
-    let again = cli(&path, &["deliveries", "cancel", &stuck]).await;
+    // Cancelling twice, and an id that is no delivery: each says the one reason.
+    let nobody = "0190b3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b";
+    let again = cli(&path, &["deliveries", "cancel", &stuck, nobody]).await;
+    assert!(!again.status.success(), "{again}");
     assert!(
-        !again.status.success() && again.stderr.contains(&stuck),
+        again
+            .stderr
+            .contains(&format!("{stuck}: not cancelled: it is already cancelled")),
         "cancelling twice is reported:\n{again}"
+    );
+    assert!(
+        again
+            .stderr
+            .contains(&format!("{nobody}: not cancelled: no delivery has this id")),
+        "{again}"
+    );
+    assert!(
+        !again.stderr.contains("delivered"),
+        "only the reason that applies: {again}"
     );
 
     // The partner is back; the patient enrolls again. Had the cancelled delivery stayed
@@ -341,8 +357,12 @@ async fn a_delivery_in_flight_cannot_be_cancelled_so_its_answer_is_never_lost() 
     assert!(!refused.status.success());
     let stderr = &refused.stderr;
     assert!(
-        stderr.contains(&id) && stderr.contains("in flight"),
+        stderr.contains(&format!("{id}: not cancelled: it is in flight right now")),
         "{stderr}"
+    );
+    assert!(
+        !stderr.contains("delivered"),
+        "only the reason that applies: {stderr}"
     );
 
     db.wait_for_state("delivered", 1).await;
@@ -439,6 +459,94 @@ async fn unrouted_events_are_listed_for_support() {
     .await;
     assert_eq!(unrouted, json!([]), "the event is no longer unrouted");
     assert_eq!(acme.received().len(), 1, "acme only got its own event");
+
+    // The placeholder's id, which support may have noted, leads to the new delivery.
+    let delivered = received[0].webhook_id();
+    let old = cli(&path, &["deliveries", "show", &placeholder]).await;
+    assert!(
+        old.stderr.contains("reached no partner") && old.stderr.contains(&delivered),
+        "{old}"
+    );
+    let admin = AdminClient::of(&_daemon, None).await;
+    let (status, body) = admin.get(&format!("/api/deliveries/{placeholder}")).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&delivered),
+        "{body}"
+    );
+    let page = admin
+        .raw(
+            admin
+                .http()
+                .get(format!("{}/deliveries/{placeholder}", admin.base)),
+        )
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        page.contains(&format!("href=\"/deliveries/{delivered}\"")),
+        "{page}"
+    );
+}
+
+/// A delivery that gave up, resent by support: while pending again it shows no stale
+/// error, and once it gives up again its tries are this round's beside "gave up after".
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_resend_the_words_are_about_the_new_round() {
+    let partner = TestPartner::start("acme", |_| Reply::status(503, "")).await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .circuit_breaker_failures("acme", 100)
+        .max_attempts(2)
+        .retry_delays(Duration::from_millis(10), Duration::from_millis(10));
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_deliveries(&Deliveries::all().in_state("dead").with_attempts(2), 1)
+        .await;
+    drop(daemon);
+    let id = delivery_id_of_patient(&db, "p-1").await;
+
+    cli_ok(&path, &["deliveries", "retry", &id]).await;
+    let shown = cli_json(&path, &["deliveries", "show", &id, "--json"]).await;
+    assert_eq!(shown["state"], "pending", "{shown}");
+    assert_eq!(shown["last_error"], Value::Null, "{shown}");
+    assert_eq!(shown["last_status"], Value::Null, "{shown}");
+    assert_eq!(
+        (&shown["attempt_count"], &shown["attempts_since_resend"]),
+        (&json!(2), &json!(0))
+    );
+    let text = cli_ok(&path, &["deliveries", "show", &id]).await.stdout;
+    assert!(!text.contains("last error"), "{text}");
+
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_deliveries(&Deliveries::all().in_state("dead").with_attempts(4), 1)
+        .await;
+    let table = cli_ok(&path, &["deliveries", "list", "--state", "dead"])
+        .await
+        .stdout;
+    let row = table
+        .lines()
+        .find(|line| line.starts_with(&id))
+        .unwrap_or_else(|| panic!("no row for {id}:\n{table}"));
+    assert!(
+        row.contains("2 (4 in all)") && row.contains("gave up after 2 attempts"),
+        "{row}"
+    );
+    assert!(table.contains("(1 delivery)"), "{table}");
+    let admin = AdminClient::of(&daemon, None).await;
+    let overview = admin
+        .raw(admin.http().get(format!("{}/?state=dead", admin.base)))
+        .await
+        .text()
+        .await
+        .expect("overview");
+    assert!(overview.contains(">2 (4 in all)<"), "{overview}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -835,4 +943,75 @@ fn migration_files() -> i64 {
         })
         .collect();
     versions.len() as i64
+}
+
+/// Support reads deliveries with the database alone: a partner's secret that lives only
+/// in the daemon's environment, unset in support's shell, does not stop `deliveries`.
+#[tokio::test(flavor = "multi_thread")]
+async fn support_reads_deliveries_without_the_partners_secrets() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let _daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    db.wait_for_state("delivered", 1).await;
+
+    let unset = "ACME_API_KEY_NOT_IN_SUPPORTS_SHELL";
+    let text = config
+        .text(&db)
+        .replace("\"key-acme\"", &format!("\"${{{unset}}}\""));
+    assert!(text.contains(unset), "{text}");
+    let path = write_file(config.dir.path(), "support.toml", &text);
+    let check = cli(&path, &["check"]).await;
+    assert!(
+        !check.status.success() && check.stderr.contains(unset),
+        "the file does lack the secret:\n{check}"
+    );
+
+    let listed = cli_json(&path, &["deliveries", "list", "--json"]).await;
+    assert_eq!(listed[0]["state"], "delivered", "{listed}");
+    let id = listed[0]["id"].as_str().expect("id").to_string();
+    cli_ok(&path, &["deliveries", "show", &id]).await;
+
+    // Or no file at all: the database URL on the command line.
+    let nowhere = config.dir.path().join("no-such.toml");
+    let listed = cli_json(
+        &nowhere,
+        &["deliveries", "list", "--json", "--database-url", &db.url],
+    )
+    .await;
+    assert_eq!(listed[0]["id"], json!(id), "{listed}");
+    let without = cli(&nowhere, &["deliveries", "list"]).await;
+    assert!(
+        !without.status.success() && without.stderr.contains("no-such.toml"),
+        "{without}"
+    );
+}
+
+/// An admin server other machines can reach does not speak plain http unless ops say a
+/// proxy in front does; `check` names the keys. (Nothing here serves on 0.0.0.0.)
+#[tokio::test(flavor = "multi_thread")]
+async fn check_refuses_an_admin_server_beyond_loopback_without_tls_naming_the_keys() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .admin_listen("0.0.0.0:9187")
+        .admin_token("a-token-of-at-least-24-characters");
+    let db = TestDb::unmigrated().await;
+    let path = config.write(&db);
+    let refused = cli(&path, &["check"]).await;
+    assert!(!refused.status.success(), "{refused}");
+    for key in [
+        "admin.listen",
+        "admin.tls_cert",
+        "admin.allow_plain_http = true",
+    ] {
+        assert!(refused.stderr.contains(key), "{key}:\n{refused}");
+    }
+    let behind_proxy = config.text(&db).replace(
+        "[admin]\n",
+        "[admin]\nallow_plain_http = true\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let path = write_file(config.dir.path(), "behind-proxy.toml", &behind_proxy);
+    cli_ok(&path, &["check"]).await;
 }

@@ -5,7 +5,7 @@
 
 pub(crate) mod wire;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::caller::{Allowed, Operator, Support, Viewer};
 use super::error::{ApiError, ErrorBody};
-use super::selection::{QuerySelection, SelectionIn};
+use super::rejection::{ApiJson, ApiPath, ApiQuery};
+use super::selection::{QuerySelection, SelectionIn, StateFilter};
 use super::state::{AdminState, Page};
 use crate::store::audit::action;
 use crate::store::support::{self, Selection};
@@ -33,6 +34,12 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/deliveries/{id}/cancel", post(cancel_delivery))
         .route("/partners", get(partner_summaries))
         .merge(super::api_access::routes())
+        .fallback(no_endpoint)
+}
+
+/// Under `/api/`, an address no operation has is refused in JSON like every error.
+async fn no_endpoint() -> ApiError {
+    ApiError::NoEndpoint
 }
 
 /// Served without the token, like any API description.
@@ -72,6 +79,7 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         ErasedBodyOut,
         Cancelled,
         SelectionIn,
+        StateFilter,
         BulkRetried,
         ErrorBody
     )),
@@ -109,15 +117,16 @@ impl utoipa::Modify for BearerToken {
     params(SelectionIn, Page),
     responses(
         (status = 200, body = DeliveryPageOut),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 400, description = "A parameter cannot be read", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn list_deliveries(
     Allowed(caller, ..): Allowed<Viewer>,
     State(state): State<AdminState>,
     QuerySelection(selection): QuerySelection,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<DeliveryPageOut>, ApiError> {
     Ok(Json(
         state.page_for(&caller, &selection, page).await?.into(),
@@ -131,14 +140,16 @@ pub(crate) async fn list_deliveries(
     params(("id" = Uuid, Path, description = "The delivery id (the webhook-id the partner saw)")),
     responses(
         (status = 200, body = DeliveryDetailOut),
-        (status = 404, body = ErrorBody),
-        (status = 401, body = ErrorBody)
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such delivery (or, for an unrouted placeholder support re-routed, its event's deliveries now)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn show_delivery(
     Allowed(caller, ..): Allowed<Viewer>,
     State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<DeliveryDetailOut>, ApiError> {
     Ok(Json(state.detail_for(&caller, id).await?.into()))
 }
@@ -154,16 +165,19 @@ pub(crate) async fn show_delivery(
     ),
     responses(
         (status = 200, body = ResendOut),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "Still pending or in flight", body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 403, description = "The caller's role is not support or operator", body = ErrorBody)
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Sent from another site's page, or the caller's role is not support or operator", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+        (status = 409, description = "Still pending or in flight, or its body was erased", body = ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn retry_delivery(
     Allowed(caller, ..): Allowed<Support>,
     State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<ResendOut>, ApiError> {
     Ok(Json(state.resend_one(&caller, id).await?.into()))
 }
@@ -183,16 +197,19 @@ pub(crate) struct Cancelled {
     ),
     responses(
         (status = 200, body = Cancelled),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "Delivered, cancelled, or in flight right now", body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 403, description = "The caller's role is not support or operator", body = ErrorBody)
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Sent from another site's page, or the caller's role is not support or operator", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+        (status = 409, description = "Delivered, cancelled, or in flight right now: the one that applies", body = ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn cancel_delivery(
     Allowed(caller, ..): Allowed<Support>,
     State(state): State<AdminState>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Cancelled>, ApiError> {
     state.cancel_one(&caller, id).await?;
     Ok(Json(Cancelled { cancelled: id }))
@@ -216,15 +233,18 @@ pub(crate) struct BulkRetried {
     params(("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")),
     responses(
         (status = 200, body = BulkRetried),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 403, description = "The caller's role is not operator", body = ErrorBody)
+        (status = 400, description = "No selection, a wrong state, or a body that is not JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Sent from another site's page, or the caller's role is not operator", body = ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, or unknown", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn retry_matching(
     Allowed(caller, ..): Allowed<Operator>,
     State(state): State<AdminState>,
-    Json(selection): Json<SelectionIn>,
+    ApiJson(selection): ApiJson<SelectionIn>,
 ) -> Result<Json<BulkRetried>, ApiError> {
     let selection = Selection::from(selection);
     if selection.names_nothing() {
@@ -264,7 +284,11 @@ pub(crate) async fn retry_matching(
 #[utoipa::path(
     get,
     path = "/api/partners",
-    responses((status = 200, body = [PartnerOut]), (status = 401, body = ErrorBody))
+    responses(
+        (status = 200, body = [PartnerOut]),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
+    )
 )]
 pub(crate) async fn partner_summaries(
     _viewer: Allowed<Viewer>,

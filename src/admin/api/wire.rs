@@ -57,7 +57,11 @@ pub(crate) struct DeliveryOut {
     pub event_name: String,
     pub patient_id: Option<String>,
     pub state: DeliveryStateOut,
+    /// Attempts ever made, over every resend.
     pub attempt_count: i32,
+    /// Attempts since support last resent it (all of them if it never did): the count
+    /// `last_error`'s "gave up after N attempts" is about.
+    pub attempts_since_resend: i32,
     /// The HTTP status of the last answer, if one came.
     pub last_status: Option<i32>,
     /// Why the last attempt failed, with the partner's `errorMessage` when it gave one.
@@ -76,6 +80,7 @@ impl From<DeliverySummary> for DeliveryOut {
             patient_id: delivery.patient_id,
             state: delivery.state.into(),
             attempt_count: delivery.attempt_count,
+            attempts_since_resend: delivery.attempts_since_resend,
             last_status: delivery.last_status,
             last_error: delivery.last_error,
             created_at: delivery.created_at,

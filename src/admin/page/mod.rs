@@ -126,7 +126,18 @@ async fn delivery(
     Path(id): Path<Uuid>,
     Query(notice): Query<Notice>,
 ) -> Result<Markup, PageError> {
-    let detail = state.detail_for(&caller, id).await?;
+    let detail = match state.detail_for(&caller, id).await {
+        Ok(detail) => detail,
+        // A placeholder support re-routed: its old id leads to the event's deliveries.
+        Err(ApiError::Rerouted(rerouted)) => {
+            return Ok(layout(
+                "Delivery",
+                Some(&caller),
+                views::rerouted(&rerouted),
+            ))
+        }
+        Err(error) => return Err(error.into()),
+    };
     let body = views::delivery(&notice, &detail, &caller);
     Ok(layout("Delivery", Some(&caller), body))
 }
@@ -182,7 +193,7 @@ async fn cancel(
 ) -> Result<Redirect, PageError> {
     match state.cancel_one(&caller, id).await {
         Ok(()) => Ok(form.back("cancelled", id)),
-        Err(ApiError::Conflict(_)) => Ok(form.back("not-cancelled", id)),
+        Err(ApiError::NotCancelled(refused)) => Ok(form.back(Notice::not_cancelled(refused), id)),
         Err(error) => Err(error.into()),
     }
 }

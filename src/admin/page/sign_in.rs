@@ -91,7 +91,11 @@ async fn refused(state: &AdminState, who: &Caller, status: StatusCode, reason: &
 }
 
 fn clear(name: &str, path: &str, state: &AdminState) -> String {
-    let secure = if state.access.https() { "; Secure" } else { "" };
+    let secure = if state.access.secure_cookies() {
+        "; Secure"
+    } else {
+        ""
+    };
     format!("{name}=; Path={path}; HttpOnly; SameSite=Lax; Max-Age=0{secure}")
 }
 
@@ -124,7 +128,11 @@ async fn start(State(state): State<AdminState>) -> Response {
     if let Err(error) = saved {
         return error.into_response();
     }
-    let secure = if state.access.https() { "; Secure" } else { "" };
+    let secure = if state.access.secure_cookies() {
+        "; Secure"
+    } else {
+        ""
+    };
     // Lax: the provider sends the browser back with a top-level GET from its own site.
     let cookie = format!(
         "{SIGN_IN_COOKIE}={sign_in_state}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age={}{secure}",

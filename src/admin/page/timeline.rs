@@ -61,14 +61,10 @@ fn outcome(detail: &DeliveryDetail, attempt: &AttemptSummary) -> (&'static str, 
         .attempts
         .iter()
         .find(|later| later.number == attempt.number + 1);
-    // Support resent the delivery after this attempt (and before the next, if one came):
-    // the attempt ended the delivery then, whatever its state is now.
-    let resent_after = detail.support_actions.iter().any(|action| {
-        action.action == "resend"
-            && action.at >= attempt.started_at
-            && next.is_none_or(|next| action.at <= next.started_at)
-    });
-    if resent_after {
+    // Support resent the delivery after this attempt: the attempt ended the delivery
+    // then, whatever its state is now. The mark the resend stored, which the 24-hour
+    // chart reads too, so both say the same of every resend.
+    if attempt.resent_after {
         return match attempt.http_status {
             Some(200) => ("ok", "delivered; support resent it".to_string()),
             _ => (
@@ -136,6 +132,7 @@ mod tests {
             error: None,
             response_body: None,
             answer_erased_at: None,
+            resent_after: false,
         }
     }
 
@@ -149,6 +146,7 @@ mod tests {
                 patient_id: Some("p-1".into()),
                 state,
                 attempt_count: attempts.len() as i32,
+                attempts_since_resend: attempts.len() as i32,
                 last_status: None,
                 last_error: None,
                 created_at: at("14:00:00"),
@@ -187,6 +185,7 @@ mod tests {
                 attempt(2, "14:10:00", Some(200)),
             ],
         );
+        resent.attempts[0].resent_after = true;
         resent.support_actions.push(SupportAction {
             action: "resend".into(),
             actor: "page:Dana".into(),
@@ -205,6 +204,7 @@ mod tests {
             DeliveryState::Pending,
             vec![attempt(1, "14:00:01", Some(200))],
         );
+        delivered_then_resent.attempts[0].resent_after = true;
         delivered_then_resent.support_actions.push(SupportAction {
             action: "resend".into(),
             actor: "page:Dana".into(),

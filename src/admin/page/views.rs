@@ -2,19 +2,22 @@
 //! The handlers in [`super`] fetch what to show and call these.
 
 use chrono::{DateTime, Utc};
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::when::time;
 use super::{chart, timeline};
 use crate::admin::caller::Caller;
+use crate::admin::headers;
 use crate::admin::state::{DeliveryPage, Page};
 use crate::config::identity::Role;
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::DeliveryState;
 use crate::store::support::chart::PartnerDay;
-use crate::store::support::{DeliveryDetail, DeliverySummary, PartnerSummary, Resent, Selection};
+use crate::store::support::{
+    CancelRefused, DeliveryDetail, DeliverySummary, PartnerSummary, Rerouted, Resent, Selection,
+};
 
 /// What the last button press did, shown at the top of the next page.
 #[derive(Deserialize)]
@@ -25,6 +28,17 @@ pub(super) struct Notice {
 }
 
 impl Notice {
+    /// The notice that says why a cancel was refused: the state that kept the delivery
+    /// (its words are [`CancelRefused`]'s).
+    pub(super) fn not_cancelled(refused: CancelRefused) -> &'static str {
+        match refused.state {
+            Some(DeliveryState::InFlight) => "not-cancelled-in-flight",
+            Some(DeliveryState::Delivered) => "not-cancelled-delivered",
+            Some(DeliveryState::Cancelled) => "not-cancelled-cancelled",
+            _ => "not-cancelled",
+        }
+    }
+
     /// The notice that says what a resend did (its words are [`Resent`]'s).
     pub(super) fn resent(resent: Resent) -> &'static str {
         match resent {
@@ -38,6 +52,13 @@ impl Notice {
         let Some(notice) = self.notice.as_deref() else {
             return html! {};
         };
+        let refused = |state| {
+            let refused = CancelRefused {
+                id: Uuid::nil(),
+                state,
+            };
+            format!("{}.", capitalized(refused.reason()))
+        };
         let (class, text) = match notice {
             "resent" => ("ok", format!("Resent: {}.", Resent::PendingAgain)),
             "rerouted" => ("ok", format!("Resent: {}.", Resent::RoutedAgain)),
@@ -46,11 +67,10 @@ impl Notice {
                 "ok",
                 "Cancelled: the delivery will not be sent.".to_string(),
             ),
-            "not-cancelled" => (
-                "bad",
-                "Not cancelled: it is delivered, already cancelled, or in flight right now."
-                    .to_string(),
-            ),
+            "not-cancelled-in-flight" => ("bad", refused(Some(DeliveryState::InFlight))),
+            "not-cancelled-delivered" => ("bad", refused(Some(DeliveryState::Delivered))),
+            "not-cancelled-cancelled" => ("bad", refused(Some(DeliveryState::Cancelled))),
+            "not-cancelled" => ("bad", refused(Some(DeliveryState::Pending))),
             _ => return html! {},
         };
         html! {
@@ -72,7 +92,10 @@ pub(super) fn layout(title: &str, signed_in: Option<&Caller>, body: Markup) -> M
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · HelpAround dispatcher" }
-                style { (STYLE) }
+                // The answer's nonce: the Content-Security-Policy runs nothing else.
+                @let nonce = headers::nonce();
+                style nonce=(nonce) { (STYLE) }
+                script nonce=(nonce) { (PreEscaped(CONFIRM)) }
             }
             body {
                 header {
@@ -101,6 +124,13 @@ pub(super) fn layout(title: &str, signed_in: Option<&Caller>, body: Markup) -> M
         }
     }
 }
+
+/// A form with `data-confirm` asks before it is sent (the Content-Security-Policy allows
+/// no inline handler such as `onsubmit`).
+const CONFIRM: &str = "document.addEventListener('submit', function (event) {
+  var question = event.target.getAttribute('data-confirm');
+  if (question && !window.confirm(question)) { event.preventDefault(); }
+});";
 
 const STYLE: &str = "
 body { font-family: system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
@@ -168,7 +198,7 @@ fn actions(delivery: &DeliverySummary, back: &str, caller: &Caller) -> Markup {
         }
         @if delivery.state.can_cancel() {
             form.inline method="post" action={ "/deliveries/" (delivery.id) "/cancel" }
-                onsubmit="return confirm('Cancel this delivery? It will not be sent again.')" {
+                data-confirm="Cancel this delivery? It will not be sent again." {
                 input type="hidden" name="back" value=(back);
                 button type="submit" { "Cancel" }
             }
@@ -389,7 +419,7 @@ pub(super) fn overview(
                         td { (short_event_name(&delivery.event_name)) " " span.muted { "#" (delivery.event_id) } }
                         td.nowrap { (delivery.patient_id.as_deref().unwrap_or("–")) }
                         td { (state_badge(delivery.state)) }
-                        td.num { (delivery.attempt_count) }
+                        td.num.nowrap { (delivery.tries()) }
                         td.num { @if let Some(status) = delivery.last_status { (status) } @else { "–" } }
                         td.error { (delivery.last_error.as_deref().unwrap_or("")) }
                         td.nowrap { a href={ "/deliveries/" (delivery.id) } { "Details" } " " (actions(delivery, &back, caller)) }
@@ -468,6 +498,29 @@ pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail, caller: &Caller
                     @for action in support_actions {
                         tr { td { (time(action.at)) } td { (action.action) } td { (action.actor) } }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The old id of a placeholder support re-routed: what became of it, with links to the
+/// event's deliveries now.
+pub(super) fn rerouted(rerouted: &Rerouted) -> Markup {
+    html! {
+        h1 { "Delivery " (rerouted.id) }
+        p #rerouted {
+            "This delivery reached no partner. " (rerouted.actor) " routed its event "
+            a href={ "/?state=all&event_id=" (rerouted.event_id) } { "#" (rerouted.event_id) }
+            " again on " (time(rerouted.at)) "."
+        }
+        @if rerouted.deliveries.is_empty() {
+            p { "The event has no delivery yet." }
+        } @else {
+            p { "Its deliveries now:" }
+            ul {
+                @for id in &rerouted.deliveries {
+                    li { a href={ "/deliveries/" (id) } { (id) } }
                 }
             }
         }

@@ -54,14 +54,76 @@ impl RawAdmin {
             ));
         }
         let tls = admin_tls(self.tls_cert, self.tls_key, base_dir)?;
+        let trusted_proxies = trusted_proxies(&self.trusted_proxies, self.allow_plain_http)?;
+        plain_http_on_loopback_only(
+            &listen,
+            token.is_some(),
+            tls.is_some(),
+            self.allow_plain_http,
+        )?;
         Ok(AdminConfig {
             listen,
             token,
             allowed_hosts,
             tls,
             oidc,
+            allow_plain_http: self.allow_plain_http,
+            trusted_proxies,
         })
     }
+}
+
+/// Sign-in tokens and partners' answers do not cross a network in plain text: on an
+/// address beyond loopback (which it listens on only with a token) the server speaks
+/// https, unless ops say a proxy in front of it does (`allow_plain_http`).
+fn plain_http_on_loopback_only(
+    listen: &std::net::SocketAddr,
+    token: bool,
+    tls: bool,
+    allow_plain_http: bool,
+) -> Result<(), ConfigError> {
+    if token && !tls && !allow_plain_http && !listen.ip().is_loopback() {
+        return Err(ConfigError::key(
+            "admin.listen",
+            format!(
+                "{listen} is reachable from other machines, and without TLS the token and \
+                 the partners' answers would cross the network in plain text: set \
+                 admin.tls_cert and admin.tls_key, or admin.allow_plain_http = true when a \
+                 proxy in front terminates TLS"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[admin] trusted_proxies`: addresses or networks (CIDR), only with `allow_plain_http`
+/// (a server that speaks https itself knows how it was reached).
+fn trusted_proxies(
+    entries: &[String],
+    allow_plain_http: bool,
+) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    if !entries.is_empty() && !allow_plain_http {
+        return Err(ConfigError::key(
+            "admin.trusted_proxies",
+            "needs admin.allow_plain_http = true: only a server behind a TLS-terminating \
+             proxy takes the proxy's word for the scheme",
+        ));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::key(
+                        format!("admin.trusted_proxies[{index}]"),
+                        format!("`{entry}` is not an IP address or a network such as 10.0.0.0/24"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// The admin server's certificate chain and key, read like a partner's client
@@ -175,6 +237,46 @@ mod tests {
             .to_string();
             assert!(error.contains("admin.allowed_hosts[1]"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn beyond_loopback_with_a_token_the_server_needs_tls_or_a_proxy_said_to_have_it() {
+        let with_admin = |keys: &str| format!("{MINIMAL}\n[admin]\n{keys}\n");
+        let token = "token = \"a-token-of-at-least-24-characters\"";
+        for listen in ["0.0.0.0:9187", "10.1.2.3:9187", "[::]:9187"] {
+            let error = parse(&with_admin(&format!("listen = \"{listen}\"\n{token}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("admin.listen")
+                    && error.contains("admin.tls_cert")
+                    && error.contains("admin.allow_plain_http = true"),
+                "{listen}: {error}"
+            );
+        }
+        // On loopback, or without a token (then it listens on loopback only): plain http.
+        parse(&with_admin(&format!(
+            "listen = \"127.0.0.1:9187\"\n{token}"
+        )))
+        .expect("loopback");
+        parse(&with_admin("listen = \"0.0.0.0:9187\"")).expect("no token: loopback only");
+        let behind_proxy = parse(&with_admin(&format!(
+            "listen = \"0.0.0.0:9187\"\n{token}\nallow_plain_http = true\n\
+             trusted_proxies = [\"10.0.0.5\", \"10.1.0.0/16\"]"
+        )))
+        .expect("behind a proxy");
+        assert_eq!(behind_proxy.admin.trusted_proxies.len(), 2);
+
+        let error = parse(&with_admin("trusted_proxies = [\"10.0.0.5\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("admin.allow_plain_http"), "{error}");
+        let error = parse(&with_admin(
+            "allow_plain_http = true\ntrusted_proxies = [\"10.0.0.5\", \"proxy.internal\"]",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("admin.trusted_proxies[1]"), "{error}");
     }
 
     #[test]

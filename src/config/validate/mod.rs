@@ -77,7 +77,7 @@ impl RawConfig {
 }
 
 impl RawDatabase {
-    fn validate(
+    pub(in crate::config) fn validate(
         self,
         env_database_url: Option<String>,
         base_dir: &Path,

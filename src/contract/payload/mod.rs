@@ -6,9 +6,10 @@
 //! health data and the message ends up in the database and in front of support.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_with::skip_serializing_none;
 mod body;
+mod every;
 mod object;
 mod values;
 
@@ -52,8 +53,8 @@ impl EventKind {
     }
 }
 
-/// Why a stored event cannot be sent. The text names a field, never its value (an unknown
-/// `event_name` aside: it is ours, not the patient's).
+/// Why a stored event cannot be sent: every broken field, each named, never its value
+/// (an unknown `event_name` aside: it is ours, not the patient's).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidEvent(pub String);
@@ -70,9 +71,9 @@ impl Event {
     pub fn parse(kind: EventKind, json: &str) -> Result<Event, InvalidEvent> {
         match kind {
             EventKind::Enrollment => {
-                parse_json(json).map(|event| Event::Enrollment(Box::new(event)))
+                every::parse(kind, json).map(|event| Event::Enrollment(Box::new(event)))
             }
-            EventKind::ViewedTracker => parse_json(json).map(Event::ViewedTracker),
+            EventKind::ViewedTracker => every::parse(kind, json).map(Event::ViewedTracker),
         }
     }
 
@@ -143,19 +144,6 @@ struct Envelope<'a, E: Serialize> {
     send_date: String,
     source_name: &'static str,
     event_name: &'static str,
-}
-
-fn parse_json<T: for<'de> Deserialize<'de>>(json: &str) -> Result<T, InvalidEvent> {
-    let mut deserializer = serde_json::Deserializer::from_str(json);
-    let object::Object(value): object::Object<T> =
-        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let path = error.path().to_string();
-            InvalidEvent(describe(&path, &error.into_inner()))
-        })?;
-    deserializer
-        .end()
-        .map_err(|_| InvalidEvent("event is not a single JSON object".into()))?;
-    Ok(value)
 }
 
 /// The most characters of a field name or path a refusal repeats. Every name in the

@@ -63,7 +63,8 @@ const FIRST_HOUR: &str = "(date_trunc('hour', now(), 'UTC') - interval '23 hours
 /// them, as a delivery's `ended_at` is never before its last attempt. `OFFSET 0` keeps
 /// the attempts a lookup per delivery: joined freely, the planner would rather scan every
 /// attempt ever kept. An attempt counts as retried when a later one followed, or one is
-/// scheduled or on the wire; the attempt before a support resend is not a retry.
+/// scheduled or on the wire; an attempt support resent after is not a retry, for every
+/// resend (each marks its attempt `resent_after`, which the timeline reads too).
 pub async fn last_day(
     client: &impl GenericClient,
 ) -> Result<Vec<PartnerDay>, tokio_postgres::Error> {
@@ -91,7 +92,7 @@ pub async fn last_day(
                      CROSS JOIN LATERAL (
                          SELECT started_at FROM dispatcher.attempts
                          WHERE delivery_id = d.id
-                           AND number <> d.attempts_before_resend
+                           AND NOT resent_after
                            AND (number < d.attempt_count OR d.state IN ('pending', 'in_flight'))
                          OFFSET 0
                      ) a

@@ -8,6 +8,8 @@ pub mod chart;
 pub mod resend;
 mod selection;
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
@@ -45,7 +47,11 @@ pub struct DeliverySummary {
     pub event_name: String,
     pub patient_id: Option<String>,
     pub state: DeliveryState,
+    /// Attempts ever made, over every resend.
     pub attempt_count: i32,
+    /// Attempts since support last resent it (all of them if it never did): the round
+    /// `last_error`'s "gave up after N attempts" counts.
+    pub attempts_since_resend: i32,
     /// The HTTP status of the last answer, if one came.
     pub last_status: Option<i32>,
     /// Why the last attempt failed, with the partner's `errorMessage` when it gave one.
@@ -55,7 +61,8 @@ pub struct DeliverySummary {
 }
 
 const SUMMARY_COLUMNS: &str = "id, event_id, partner, event_name, patient_id, state, attempt_count,
-     last_status, last_error, created_at, CASE WHEN state = 'pending' THEN due_at END AS next_attempt_at";
+     last_status, last_error, created_at, CASE WHEN state = 'pending' THEN due_at END AS next_attempt_at,
+     attempt_count - attempts_before_resend AS attempts_since_resend";
 
 impl DeliverySummary {
     fn from_row(row: &tokio_postgres::Row) -> DeliverySummary {
@@ -75,6 +82,20 @@ impl DeliverySummary {
             last_error: row.get("last_error"),
             created_at: row.get("created_at"),
             next_attempt_at: row.get("next_attempt_at"),
+            attempts_since_resend: row.get("attempts_since_resend"),
+        }
+    }
+
+    /// Its tries in support's words: this round's, and every one when support resent it
+    /// ("4 (8 in all)"), so the count beside "gave up after 4 attempts" is 4.
+    pub fn tries(&self) -> String {
+        if self.attempts_since_resend == self.attempt_count {
+            self.attempt_count.to_string()
+        } else {
+            format!(
+                "{} ({} in all)",
+                self.attempts_since_resend, self.attempt_count
+            )
         }
     }
 }
@@ -189,6 +210,9 @@ pub struct AttemptSummary {
     pub response_body: Option<String>,
     /// When the partner's answer was erased (retention).
     pub answer_erased_at: Option<DateTime<Utc>>,
+    /// Support resent the delivery after this attempt: it closed a round, and was not
+    /// tried again by the dispatcher.
+    pub resent_after: bool,
 }
 
 /// A resend or cancel, and who asked for it.
@@ -234,7 +258,7 @@ pub async fn show(
             "SELECT number, started_at, duration_ms, http_status,
                     CASE WHEN error_kind IS NULL OR error IS NULL THEN coalesce(error, error_kind)
                          ELSE error_kind || ': ' || error END AS error,
-                    response_body, answer_erased_at
+                    response_body, answer_erased_at, resent_after
              FROM dispatcher.attempts WHERE delivery_id = $1 ORDER BY number",
             &[&id],
         )
@@ -260,6 +284,7 @@ pub async fn show(
                 error: row.get("error"),
                 response_body: row.get("response_body"),
                 answer_erased_at: row.get("answer_erased_at"),
+                resent_after: row.get("resent_after"),
             })
             .collect(),
         support_actions: actions
@@ -277,8 +302,115 @@ pub async fn show(
 /// ([`DeliveryState::can_cancel`]; a test holds the two together).
 const CANCELLABLE: &str = "('pending', 'rejected', 'dead', 'invalid', 'unrouted')";
 
-/// Ends pending or failed deliveries for good, and records who asked. Returns the ids
-/// cancelled.
+/// An unrouted delivery's placeholder that support's resend removed so that its event
+/// is routed again: its old id leads here, to the event's deliveries now.
+#[derive(Debug, Clone)]
+pub struct Rerouted {
+    /// The placeholder's id, asked for.
+    pub id: Uuid,
+    pub event_id: i64,
+    /// When support resent it, and who.
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    /// The event's deliveries now (none until the router has routed it again).
+    pub deliveries: Vec<Uuid>,
+}
+
+impl fmt::Display for Rerouted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "delivery {} reached no partner; {} routed its event {} again on {}",
+            self.id,
+            self.actor,
+            self.event_id,
+            self.at.format("%Y-%m-%d %H:%M:%S UTC")
+        )?;
+        if self.deliveries.is_empty() {
+            write!(f, ": it has no delivery yet")
+        } else {
+            let ids: Vec<String> = self.deliveries.iter().map(Uuid::to_string).collect();
+            write!(f, ": its deliveries now are {}", ids.join(", "))
+        }
+    }
+}
+
+/// Where an id that is no longer a delivery went: the placeholder of an event that
+/// reached no partner, removed by a resend (see [`resend()`]) that routed the event
+/// again. `None` for an id that never was a delivery, or whose record retention deleted.
+pub async fn rerouted(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<Rerouted>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT s.event_id, s.at, s.actor,
+                    ARRAY(SELECT d.id FROM dispatcher.deliveries d
+                          WHERE d.event_id = s.event_id ORDER BY d.id)
+             FROM dispatcher.support_actions s
+             WHERE s.delivery_id = $1 AND s.action = 'resend'
+             ORDER BY s.at DESC, s.id DESC
+             LIMIT 1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|row| Rerouted {
+        id,
+        event_id: row.get(0),
+        at: row.get(1),
+        actor: row.get(2),
+        deliveries: row.get(3),
+    }))
+}
+
+/// What a cancel did: the deliveries it ended, and for each other one asked for, why not.
+#[derive(Debug, Default)]
+pub struct CancelReport {
+    pub cancelled: Vec<Uuid>,
+    pub refused: Vec<CancelRefused>,
+}
+
+/// A delivery a cancel left alone, and its state when the cancel looked (`None`: no
+/// delivery has this id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelRefused {
+    pub id: Uuid,
+    pub state: Option<DeliveryState>,
+}
+
+impl CancelReport {
+    /// Why the deliveries asked for were not cancelled, a line each; `None` when all were.
+    pub fn refusals(&self) -> Option<String> {
+        let lines: Vec<String> = self.refused.iter().map(ToString::to_string).collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+}
+
+impl CancelRefused {
+    /// The one reason that applies, in the words the CLI, the API and the page all use.
+    pub fn reason(&self) -> &'static str {
+        match self.state {
+            None => "not cancelled: no delivery has this id",
+            Some(DeliveryState::InFlight) => {
+                "not cancelled: it is in flight right now (its request is on the wire); try again in a moment"
+            }
+            Some(DeliveryState::Delivered) => "not cancelled: it is already delivered",
+            Some(DeliveryState::Cancelled) => "not cancelled: it is already cancelled",
+            // A state support can cancel that changed under the statement: the next look
+            // tells.
+            Some(_) => "not cancelled: its state changed just now; look again",
+        }
+    }
+}
+
+impl fmt::Display for CancelRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.id, self.reason())
+    }
+}
+
+/// Ends pending or failed deliveries for good, and records who asked; says of each one
+/// asked for that it left alone which state kept it (as the statement saw it).
 ///
 /// A delivery in flight is left alone: its request is on the wire, and cancelling now
 /// would drop the record of what the partner answered.
@@ -286,7 +418,7 @@ pub async fn cancel(
     client: &impl GenericClient,
     ids: &[Uuid],
     actor: &str,
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+) -> Result<CancelReport, tokio_postgres::Error> {
     let rows = client
         .query(
             &format!(
@@ -301,12 +433,35 @@ pub async fn cancel(
                  INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
                  SELECT id, event_id, 'cancel', $2 FROM cancelled
              )
-             SELECT id FROM cancelled"
+             SELECT asked.id, cancelled.id IS NOT NULL, d.state
+             FROM (SELECT DISTINCT unnest($1::uuid[]) AS id) asked
+             LEFT JOIN cancelled ON cancelled.id = asked.id
+             LEFT JOIN dispatcher.deliveries d ON d.id = asked.id"
             ),
             &[&ids, &actor],
         )
         .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    let mut report = CancelReport::default();
+    for row in &rows {
+        let id: Uuid = row.get(0);
+        if row.get::<_, bool>(1) {
+            report.cancelled.push(id);
+        } else {
+            // The CHECK constraint keeps the column to known states.
+            let state = row
+                .get::<_, Option<&str>>(2)
+                .map(|state| state.parse().unwrap_or(DeliveryState::Invalid));
+            report.refused.push(CancelRefused { id, state });
+        }
+    }
+    // In the order asked.
+    report
+        .cancelled
+        .sort_by_key(|id| ids.iter().position(|asked| asked == id));
+    report
+        .refused
+        .sort_by_key(|refused| ids.iter().position(|asked| *asked == refused.id));
+    Ok(report)
 }
 
 /// The states whose `can` holds, as an SQL list in the order of [`DeliveryState::ALL`].

@@ -156,7 +156,10 @@ pub async fn resend(
 }
 
 /// Puts the selected ended deliveries back to `pending` now, with a fresh set of
-/// attempts, and records who asked; their history stays. Returns the ids moved.
+/// attempts, and records who asked; their history stays. The last attempt is marked
+/// `resent_after` (the round it closed was not retried: the chart and the timeline read
+/// it), and the last status and error are the new round's, none yet. Returns the ids
+/// moved.
 ///
 /// A delivery whose event body was erased is left alone. The event row is locked
 /// (`FOR SHARE`) so that retention cannot erase the body between this check and the
@@ -185,11 +188,17 @@ async fn put_back(
                  resent AS (
                      UPDATE dispatcher.deliveries d
                      SET state = 'pending', due_at = now(), ended_at = NULL,
-                         attempts_before_resend = attempt_count, answers_erased_at = NULL
+                         attempts_before_resend = attempt_count, answers_erased_at = NULL,
+                         last_status = NULL, last_error = NULL
                      FROM kept
                      WHERE d.id = kept.id
                        AND d.state IN {RESENDABLE}
-                     RETURNING d.id, d.event_id
+                     RETURNING d.id, d.event_id, d.attempt_count
+                 ),
+                 boundary AS (
+                     UPDATE dispatcher.attempts a SET resent_after = true
+                     FROM resent
+                     WHERE a.delivery_id = resent.id AND a.number = resent.attempt_count
                  ),
                  recorded AS (
                      INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
