@@ -13,11 +13,6 @@ use dispatcher::observe::traces::Traces;
 use dispatcher::shutdown::Shutdown;
 use dispatcher::store::{db, retention, schema};
 
-/// Every allocation of the daemon goes through mimalloc: with glibc's malloc, allocating
-/// and freeing were a fifth of the daemon's CPU per delivery (issue 23, docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     // Test builds only: reads the fail points to trigger from FAILPOINTS.
