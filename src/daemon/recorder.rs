@@ -105,7 +105,12 @@ impl Dispatcher {
                 .await;
             let error = match recorded {
                 Ok(ids) => {
-                    for resolution in resolutions.iter().filter(|r| !ids.contains(&r.delivery_id)) {
+                    // A set, not the list: a batch may hold a thousand rows.
+                    let stored: HashSet<&Uuid> = ids.iter().collect();
+                    let discarded = resolutions
+                        .iter()
+                        .filter(|r| !stored.contains(&r.delivery_id));
+                    for resolution in discarded {
                         tracing::warn!(delivery_id = %resolution.delivery_id,
                             "result discarded: the claim was no longer current (lease expired or cancelled)");
                     }
