@@ -67,14 +67,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
         }
         Command::Migrate => {
-            let pool = db::pool(&config.database)?;
+            let pool = db::pool(&config.database, config.database.pool_limits())?;
             let mut client = pool.get().await.context("connecting to the database")?;
             let applied = schema::migrate(&mut client).await?;
             cli::migrated(&applied, &mut std::io::stdout().lock())?;
         }
         Command::Run => daemon::run(config, &cli.config).await?,
         Command::Prune => {
-            let pool = db::pool(&config.database)?;
+            let pool = db::pool(&config.database, config.database.pool_limits())?;
             let client = pool.get().await.context("connecting to the database")?;
             schema::ensure_current(&client).await?;
             drop(client);
@@ -82,7 +82,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             println!("{report}");
         }
         Command::Deliveries(command) => {
-            let pool = db::pool(&config.database)?;
+            let pool = db::pool(&config.database, config.database.pool_limits())?;
             let mut client = pool.get().await.context("connecting to the database")?;
             schema::ensure_current(&client).await?;
             deliveries::run(command, &mut client, &mut std::io::stdout().lock()).await?;

@@ -46,9 +46,14 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `[admin] listen`. Without a token, anyone who can reach the port could
     /// resend deliveries, so the server then listens on loopback only.
+    ///
+    /// Support's questions (the API, the page) go through `support_pool`, the admin
+    /// server's own; the probes and the scrape read the daemon's `daemon_pool`, whose
+    /// health they report.
     pub async fn bind(
         config: &AdminConfig,
-        pool: Pool,
+        support_pool: Pool,
+        daemon_pool: Pool,
         metrics: Metrics,
     ) -> std::io::Result<AdminServer> {
         let mut listen = config.listen;
@@ -76,7 +81,8 @@ impl AdminServer {
             (Some(_), true) => HostRule::Any,
         };
         let state = AdminState {
-            pool,
+            pool: support_pool,
+            daemon_pool,
             access: Arc::new(Access::new(config.token.clone(), hosts, https)),
             metrics,
         };

@@ -28,7 +28,13 @@ const MAX_PAGE: i64 = 1000;
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AdminState {
+    /// The admin server's own connections, for everything support asks: few, and with a
+    /// short `statement_timeout` (`[admin]`), so no question of support's can hold the
+    /// daemon's.
     pub(super) pool: Pool,
+    /// The daemon's pool, for `/readyz` and the scrape: they report on it, and ask it
+    /// only short questions of their own, each bounded by a timeout.
+    pub(super) daemon_pool: Pool,
     pub(super) access: Arc<Access>,
     pub(super) metrics: Metrics,
 }

@@ -80,6 +80,10 @@ pub(super) struct RawAdmin {
     pub(super) allowed_hosts: Vec<String>,
     pub(super) tls_cert: Option<String>,
     pub(super) tls_key: Option<String>,
+    #[serde(default = "defaults::admin_database_pool_size")]
+    pub(super) database_pool_size: usize,
+    #[serde(default = "defaults::admin_statement_timeout")]
+    pub(super) statement_timeout: String,
 }
 
 impl Default for RawAdmin {
@@ -90,6 +94,8 @@ impl Default for RawAdmin {
             allowed_hosts: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            database_pool_size: defaults::admin_database_pool_size(),
+            statement_timeout: defaults::admin_statement_timeout(),
         }
     }
 }
@@ -233,6 +239,12 @@ pub(super) mod defaults {
     }
     pub fn pool_size() -> usize {
         8
+    }
+    pub fn admin_database_pool_size() -> usize {
+        2
+    }
+    pub fn admin_statement_timeout() -> String {
+        "5s".into()
     }
     pub fn concurrency() -> usize {
         256

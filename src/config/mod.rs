@@ -75,6 +75,10 @@ pub struct AdminConfig {
     pub allowed_hosts: Vec<HostAuthority>,
     /// Serve HTTPS with this certificate and key (`tls_cert`, `tls_key`).
     pub tls: Option<AdminTls>,
+    /// Its own connections (`database_pool_size`, `statement_timeout`), apart from the
+    /// daemon's: support's questions, however many or slow, never take the router's,
+    /// the claimer's or the recorder's.
+    pub pool: PoolLimits,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -84,6 +88,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("allowed_hosts", &self.allowed_hosts)
             .field("tls", &self.tls.as_ref().map(|_| "[certificate]"))
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -139,6 +144,25 @@ pub struct DatabaseConfig {
     pub connection: ConnectionUrl,
     /// `ca_file`: what `verify-ca`/`verify-full` trust instead of the web PKI roots.
     pub ca: Option<DatabaseCa>,
+}
+
+/// A pool of database connections: how many it opens, and how long a statement on one
+/// may run before PostgreSQL cancels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    pub size: usize,
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// The daemon's own pool (and the commands'): `pool_size` connections. None of the
+    /// daemon's statements takes long; one that hangs is cut off and retried.
+    pub fn pool_limits(&self) -> PoolLimits {
+        PoolLimits {
+            size: self.pool_size,
+            statement_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl std::fmt::Debug for DatabaseConfig {

@@ -32,7 +32,7 @@ use tokio_postgres::Socket;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::database::{DatabaseCa, SslMode};
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, PoolLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -139,9 +139,16 @@ pub async fn on_client<T>(
     Ok(query(&client).await?)
 }
 
-/// The pool every statement but LISTEN goes through.
-pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
-    let ConnectionConfig { postgres, tls } = connection_config(database)?;
+/// A pool for every statement but LISTEN: the daemon's, or the admin server's own.
+pub fn pool(database: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbError> {
+    let ConnectionConfig { mut postgres, tls } = connection_config(database)?;
+    // After the session settings, so this pool's own timeout is the one that holds.
+    let options = format!(
+        "{} -c statement_timeout={}ms",
+        postgres.get_options().unwrap_or_default(),
+        limits.statement_timeout.as_millis()
+    );
+    postgres.options(&options);
     if !database.connection.unverified_remote_hosts().is_empty() {
         tracing::warn!(
             sslmode = %database.connection.ssl_mode,
@@ -156,7 +163,7 @@ pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
         },
     );
     Pool::builder(manager)
-        .max_size(database.pool_size)
+        .max_size(limits.size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .timeouts(Timeouts {
             wait: Some(CONNECT_TIMEOUT),

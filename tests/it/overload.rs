@@ -260,7 +260,7 @@ async fn seed_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
 /// cache), for its claim's SQL.
 async fn daemon_connection(config: &TestConfig, db: &TestDb) -> deadpool_postgres::Client {
     let loaded = Config::parse(&config.text(db), "overload", None, |_| None).expect("config");
-    db::pool(&loaded.database)
+    db::pool(&loaded.database, loaded.database.pool_limits())
         .expect("pool")
         .get()
         .await
@@ -365,5 +365,83 @@ async fn a_claim_locks_only_the_deliveries_it_takes() {
         200,
         "a claim of 100 held locks on {} deliveries it did not take",
         200 - free
+    );
+}
+
+/// Support opens a delivery while a table its page reads is locked (a migration, a
+/// stray session holding a lock): each of support's statements waits for its
+/// `statement_timeout`, holding its connection. However many support asks for at once,
+/// the daemon keeps its own connections: events committed meanwhile are all delivered,
+/// and no lease runs out for want of a connection to record a result.
+#[tokio::test(flavor = "multi_thread")]
+async fn support_stuck_on_a_lock_cannot_starve_the_daemon() {
+    const EVENTS: i64 = 300;
+    // Slow enough that claims are in flight when support's requests pile up.
+    let partner = TestPartner::start("acme", |request| {
+        Reply::accepted(request).after(Duration::from_millis(200))
+    })
+    .await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let admin = Arc::new(AdminClient::of(&daemon, None).await);
+    db.insert_event(ENROLLMENT, &enrollment_event("looked-at"))
+        .await;
+    db.wait_for_state("delivered", 1).await;
+    let looked_at = db.ids_in_state("delivered").await.remove(0);
+    let detail = format!("/api/deliveries/{looked_at}");
+
+    // The test's own session locks what a delivery's page reads and the daemon does not.
+    let mut locker = db.connect().await;
+    let lock = locker.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE dispatcher.support_actions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock support's table");
+    // Support keeps 16 requests open, each asked again as soon as it is answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let askers: Vec<_> = (0..16)
+        .map(|_| {
+            let (admin, detail, stop) = (admin.clone(), detail.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    admin.get(&detail).await;
+                }
+            })
+        })
+        .collect();
+    // Support's statements hold connections, waiting on the lock.
+    db.wait_for_count(
+        "SELECT least(count(*), 2) FROM pg_locks
+         WHERE relation = 'dispatcher.support_actions'::regclass AND NOT granted",
+        2,
+    )
+    .await;
+
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.outbox (event_name, event)
+             SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('busy-day-' || g))
+             FROM generate_series(1, $3::int8) AS g",
+            &[&ENROLLMENT, &enrollment_event("template"), &EVENTS],
+        )
+        .await
+        .expect("events committed while support waits");
+    db.wait_for_deliveries_within(
+        &Deliveries::all().in_state("delivered"),
+        EVENTS + 1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(db.count_attempts_failed_with("lease_expired").await, 0);
+
+    lock.rollback().await.expect("release the lock");
+    stop.store(true, Ordering::SeqCst);
+    for asker in askers {
+        asker.await.expect("support's requests end");
+    }
+    let (status, shown) = admin.get(&detail).await;
+    assert_eq!(
+        status, 200,
+        "support reads again once the lock is gone: {shown}"
     );
 }
