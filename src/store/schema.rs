@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_claim_by_partner.sql"),
     ),
+    (11, include_str!("../../migrations/0011_support_search.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs.
