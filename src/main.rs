@@ -98,7 +98,7 @@ async fn support(
 ) -> anyhow::Result<()> {
     let database = DatabaseConfig::load(config, database_url)
         .with_context(|| format!("invalid configuration {}", config.display()))?;
-    let pool = db::pool(&database)?;
+    let pool = db::pool(&database, database.pool_limits())?;
     let mut client = pool.get().await.context("connecting to the database")?;
     schema::ensure_current(&client).await?;
     deliveries::run(command, &mut client, &mut std::io::stdout().lock()).await
@@ -116,7 +116,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             lock_timeout,
             lock_retries,
         } => {
-            let pool = db::pool(&config.database)?;
+            let pool = db::pool(&config.database, config.database.pool_limits())?;
             let options = MigrateOptions {
                 lock_timeout,
                 lock_retries,
@@ -126,7 +126,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Run => daemon::run(config, &cli.config).await?,
         Command::Prune => {
-            let pool = db::pool(&config.database)?;
+            let pool = db::pool(&config.database, config.database.pool_limits())?;
             let client = pool
                 .get()
                 .await
@@ -142,7 +142,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             command,
         } => support(&cli.config, database_url, command).await?,
         Command::Tokens(command) => {
-            let pool = db::pool(&config.database)?;
+            let pool = db::pool(&config.database, config.database.pool_limits())?;
             let client = pool
                 .get()
                 .await
@@ -152,7 +152,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             cli::tokens::run(command, &client, &mut std::io::stdout().lock()).await?;
         }
         Command::Audit(command) => {
-            let pool = db::pool(&config.database)?;
+            let pool = db::pool(&config.database, config.database.pool_limits())?;
             let client = pool
                 .get()
                 .await

@@ -63,7 +63,8 @@ impl QueueOnly {
             |_| None,
         )
         .context("the queue-only loop's database settings")?;
-        let pool = db::pool(&config.database).context("building the queue-only loop's pool")?;
+        let pool = db::pool(&config.database, config.database.pool_limits())
+            .context("building the queue-only loop's pool")?;
         // Connect before the clock starts.
         let mut warm = Vec::with_capacity(tasks);
         for _ in 0..tasks {

@@ -22,7 +22,7 @@ pub(crate) async fn healthz() -> Json<Value> {
 pub(crate) async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
     let check = async {
         let client = state
-            .pool
+            .daemon_pool
             .get()
             .await
             .map_err(|error| format!("database unreachable: {error}"))?;

@@ -9,7 +9,7 @@ use super::state::AdminState;
 use crate::observe::metrics;
 
 pub(crate) async fn scrape(State(state): State<AdminState>) -> Response {
-    match state.metrics.render(&state.pool).await {
+    match state.metrics.render(&state.daemon_pool).await {
         Ok(text) => ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(error) => {
             tracing::error!(%error, "cannot render metrics");

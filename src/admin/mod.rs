@@ -57,9 +57,14 @@ impl AdminServer {
     /// Binds `[admin] listen`. Without sign-in (`[admin.oidc]`) or a token, anyone who
     /// can reach the port could resend deliveries, so the server then listens on
     /// loopback only.
+    ///
+    /// Support's questions (the API, the page) go through `support_pool`, the admin
+    /// server's own; the probes and the scrape read the daemon's `daemon_pool`, whose
+    /// health they report.
     pub async fn bind(
         config: &AdminConfig,
-        pool: Pool,
+        support_pool: Pool,
+        daemon_pool: Pool,
         metrics: Metrics,
     ) -> std::io::Result<AdminServer> {
         let mut listen = config.listen;
@@ -103,7 +108,8 @@ impl AdminServer {
             .map_err(std::io::Error::other)?
             .map(Arc::new);
         let state = AdminState {
-            pool,
+            pool: support_pool,
+            daemon_pool,
             access: Arc::new(
                 Access::new(config.token.clone(), config.oidc.is_some(), hosts, https)
                     .trusting_proxies(config.trusted_proxies.clone()),

@@ -1,6 +1,6 @@
 //! The service layer of the admin server: what the API and the support page both ask of
 //! the store (a page of deliveries either way, one delivery, each partner at a glance and
-//! over its last day, resend and cancel one), with the same checks and the same answers
+//! over its last day, the search box's readings, resend and cancel one), with the same checks and the same answers
 //! whichever of them asks, in plain data (the API says it in JSON in `api/wire.rs`), and
 //! the page position both read from a request (the selection is `selection.rs`'s).
 
@@ -20,6 +20,7 @@ use crate::store::audit::{self, action, Outcome};
 use crate::store::circuits;
 use crate::store::db::{Client, Pool};
 use crate::store::support::chart::{self, PartnerDay};
+use crate::store::support::search::{self, Found, Reading};
 use crate::store::support::{
     self, DeliveryDetail, DeliverySummary, PartnerSummary, ResendReport, Selection, SupportError,
 };
@@ -31,7 +32,13 @@ const MAX_PAGE: i64 = 1000;
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AdminState {
+    /// The admin server's own connections, for everything support asks: few, and with a
+    /// short `statement_timeout` (`[admin]`), so no question of support's can hold the
+    /// daemon's.
     pub(super) pool: Pool,
+    /// The daemon's pool, for `/readyz` and the scrape: they report on it, and ask it
+    /// only short questions of their own, each bounded by a timeout.
+    pub(super) daemon_pool: Pool,
     pub(super) access: Arc<Access>,
     pub(super) metrics: Metrics,
     /// `[admin.oidc]`: sign-in through the company's identity provider.
@@ -238,6 +245,24 @@ impl AdminState {
                 })
             }
         }
+    }
+
+    /// What support's search box finds for `text`: every way it can be read, each
+    /// reading's deliveries (at most `limit`), in the order they are shown. A text no id
+    /// could be is refused, saying why.
+    pub(crate) async fn search(&self, text: &str, limit: i64) -> Result<Vec<Found>, ApiError> {
+        let readings =
+            Reading::all_of(text).map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
+        let client = self.client().await?;
+        let mut found = Vec::with_capacity(readings.len());
+        for reading in readings {
+            found.push(
+                search::find(&client, reading, limit)
+                    .await
+                    .map_err(DatabaseUnavailable::logged)?,
+            );
+        }
+        Ok(found)
     }
 
     /// Each partner's last 24 hours by hour, for the overview's chart.

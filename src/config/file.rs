@@ -100,6 +100,10 @@ pub(super) struct RawAdmin {
     pub(super) allow_plain_http: bool,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    #[serde(default = "defaults::admin_database_pool_size")]
+    pub(super) database_pool_size: usize,
+    #[serde(default = "defaults::admin_statement_timeout")]
+    pub(super) statement_timeout: String,
 }
 
 impl Default for RawAdmin {
@@ -113,6 +117,8 @@ impl Default for RawAdmin {
             oidc: None,
             allow_plain_http: false,
             trusted_proxies: Vec::new(),
+            database_pool_size: defaults::admin_database_pool_size(),
+            statement_timeout: defaults::admin_statement_timeout(),
         }
     }
 }
@@ -277,6 +283,12 @@ pub(super) mod defaults {
     }
     pub fn pool_size() -> usize {
         8
+    }
+    pub fn admin_database_pool_size() -> usize {
+        2
+    }
+    pub fn admin_statement_timeout() -> String {
+        "5s".into()
     }
     pub fn concurrency() -> usize {
         256

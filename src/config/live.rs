@@ -169,6 +169,14 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
     );
     keep("admin.tls_cert", running.admin.tls != new.admin.tls);
     keep("admin.oidc", running.admin.oidc != new.admin.oidc);
+    keep(
+        "admin.database_pool_size",
+        running.admin.pool.size != new.admin.pool.size,
+    );
+    keep(
+        "admin.statement_timeout",
+        running.admin.pool.statement_timeout != new.admin.pool.statement_timeout,
+    );
     keep("retention", running.retention != new.retention);
     keep("telemetry", running.telemetry != new.telemetry);
     keep(

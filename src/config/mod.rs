@@ -84,6 +84,10 @@ pub struct AdminConfig {
     /// The proxies whose `X-Forwarded-Proto` is believed (for the Secure cookie and the
     /// origin of posts); nobody else's.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Its own connections (`database_pool_size`, `statement_timeout`), apart from the
+    /// daemon's: support's questions, however many or slow, never take the router's,
+    /// the claimer's or the recorder's.
+    pub pool: PoolLimits,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -96,6 +100,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("oidc", &self.oidc)
             .field("allow_plain_http", &self.allow_plain_http)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -151,6 +156,25 @@ pub struct DatabaseConfig {
     pub connection: ConnectionUrl,
     /// `ca_file`: what `verify-ca`/`verify-full` trust instead of the web PKI roots.
     pub ca: Option<DatabaseCa>,
+}
+
+/// A pool of database connections: how many it opens, and how long a statement on one
+/// may run before PostgreSQL cancels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    pub size: usize,
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// The daemon's own pool (and the commands'): `pool_size` connections. None of the
+    /// daemon's statements takes long; one that hangs is cut off and retried.
+    pub fn pool_limits(&self) -> PoolLimits {
+        PoolLimits {
+            size: self.pool_size,
+            statement_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl std::fmt::Debug for DatabaseConfig {

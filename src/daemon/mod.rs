@@ -1,5 +1,6 @@
 //! The daemon: the one place that spawns tasks. [`run`] wires what `dispatcher run`
-//! needs (signals, SIGHUP reload, the pool, the schema check, metrics, the admin server)
+//! needs (signals, SIGHUP reload, the pool, the schema check, metrics, the admin server
+//! with its own pool)
 //! and hands over to the [`Dispatcher`], which runs the loops that do the work, one file
 //! each:
 //! - `router`: fans new outbox events out into deliveries;
@@ -85,7 +86,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             .on_reload_signal()
             .context("installing the SIGHUP handler")?,
     );
-    let pool = db::pool(&live.snapshot().database)?;
+    let database = &live.snapshot().database;
+    let pool = db::pool(database, database.pool_limits())?;
     let client = tokio::select! {
         client = pool.get() => client
             .map_err(db::DbError::from)
@@ -96,7 +98,9 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     drop(client);
     let metrics = Metrics::new(live.clone());
     let admin = &live.snapshot().admin;
-    let admin = AdminServer::bind(admin, pool.clone(), metrics.clone())
+    // Support's questions get connections of their own, so they never take the loops'.
+    let support_pool = db::pool(database, admin.pool)?;
+    let admin = AdminServer::bind(admin, support_pool, pool.clone(), metrics.clone())
         .await
         .with_context(|| format!("starting the admin server on {}", admin.listen))?;
     let admin = tokio::spawn(admin.serve(shutdown.clone()));

@@ -40,6 +40,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         10,
         include_str!("../../migrations/0010_attempt_resent_after.sql"),
     ),
+    (11, include_str!("../../migrations/0011_support_search.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

@@ -1244,7 +1244,7 @@ async fn the_page_and_the_api_run_only_their_own_script_and_are_never_cached() {
 }
 
 #[tokio::test]
-async fn support_finds_by_event_patient_or_delivery_id_and_pages_back_to_where_it_was() {
+async fn support_lists_by_event_or_patient_opens_a_delivery_by_id_and_pages_back_to_where_it_was() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
@@ -1281,11 +1281,6 @@ async fn support_finds_by_event_patient_or_delivery_id_and_pages_back_to_where_i
         }
     };
     assert_eq!(redirect(&delivery).await, format!("/deliveries/{delivery}"));
-    assert_eq!(
-        redirect(&event_id.to_string()).await,
-        format!("/?state=all&event_id={event_id}")
-    );
-    assert_eq!(redirect("p-4").await, "/?state=all&patient_id=p-4");
     let found = admin
         .raw(
             admin
@@ -1338,4 +1333,128 @@ async fn support_finds_by_event_patient_or_delivery_id_and_pages_back_to_where_i
         ))
         .await;
     assert_eq!(status, 400, "one direction at a time");
+}
+
+/// The page's search box, for `q` (encoded); the status and the page.
+async fn search_page(admin: &AdminClient, q: &str) -> (u16, String) {
+    let q: String = url::form_urlencoded::byte_serialize(q.as_bytes()).collect();
+    let answer = admin
+        .raw(admin.http().get(format!("{}/search?q={q}", admin.base)))
+        .await;
+    let status = answer.status().as_u16();
+    (status, answer.text().await.expect("the search's page"))
+}
+
+/// The deliveries a search result lists under one reading of the text (`patient`,
+/// `patient-prefix`, `external-id`, `support-program`, `event`).
+fn found_by(page: &str, reading: &str) -> Vec<String> {
+    let Some((_, section)) = page.split_once(&format!("data-reading=\"{reading}\"")) else {
+        return Vec::new();
+    };
+    let section = section.split("</section>").next().unwrap_or_default();
+    section
+        .split("data-delivery=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn support_finds_deliveries_by_whatever_the_caller_quotes() {
+    let acme = TestPartner::accepting("acme").await;
+    let beta = TestPartner::accepting("beta").await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&beta, &[OTHER_PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let mut by_patient = std::collections::HashMap::new();
+    for patient in ["ha61236024160af", "ha61239999", "hb70000001", "p42"] {
+        let event_id = db
+            .insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+        by_patient.insert(patient, event_id);
+    }
+    let mut of_other_program = enrollment_event("ha7000");
+    of_other_program["supportProgramId"] = json!(OTHER_PROGRAM);
+    db.insert_event(ENROLLMENT, &of_other_program).await;
+    db.wait_for_state("delivered", 5).await;
+    let deliveries = db.deliveries().await;
+    let of = |patient: &str| -> String {
+        deliveries
+            .iter()
+            .find(|delivery| delivery["patient_id"] == patient)
+            .and_then(|delivery| delivery["id"].as_str())
+            .expect("the patient's delivery")
+            .to_string()
+    };
+    let admin = AdminClient::of(&daemon, None).await;
+
+    // The caller reads out their whole HelpAround id: the results come first, above the
+    // partners and their charts, and the box keeps what was typed.
+    let (status, page) = search_page(&admin, "ha61236024160af").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(found_by(&page, "patient-prefix"), [of("ha61236024160af")]);
+    let results = page.find("id=\"results\"").expect("results");
+    let partners = page.find("id=\"partners\"").expect("the partners");
+    assert!(results < partners, "the results are above the partners");
+    assert!(
+        page.contains("value=\"ha61236024160af\""),
+        "the box keeps the text"
+    );
+
+    // Only the start of it: every patient whose id starts so.
+    let (_, page) = search_page(&admin, "ha6123").await;
+    let mut found = found_by(&page, "patient-prefix");
+    found.sort();
+    let mut expected = vec![of("ha61236024160af"), of("ha61239999")];
+    expected.sort();
+    assert_eq!(found, expected);
+
+    // Three characters are too few for a prefix: looked up as a whole id, and said so.
+    let (status, page) = search_page(&admin, "ha6").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"prefix-too-short\""), "{page}");
+    assert!(page.contains("id=\"nothing-found\""), "{page}");
+    let (_, page) = search_page(&admin, "p42").await;
+    assert_eq!(found_by(&page, "patient"), [of("p42")]);
+    assert!(page.contains("id=\"prefix-too-short\""), "{page}");
+
+    // The partner's own id for the patient, from its 200 answer.
+    let (_, page) = search_page(&admin, "crm-ha61239999").await;
+    assert_eq!(found_by(&page, "external-id"), [of("ha61239999")]);
+    assert!(found_by(&page, "patient-prefix").is_empty());
+
+    // The support program: its events' deliveries, and no other program's.
+    let (_, page) = search_page(&admin, OTHER_PROGRAM).await;
+    assert_eq!(found_by(&page, "support-program"), [of("ha7000")]);
+
+    // An event's outbox id.
+    let event_id = by_patient["hb70000001"];
+    let (_, page) = search_page(&admin, &event_id.to_string()).await;
+    assert_eq!(found_by(&page, "event"), [of("hb70000001")]);
+
+    // A delivery's id opens the delivery.
+    let delivery = of("p42");
+    let answer = admin
+        .raw(
+            admin
+                .http()
+                .get(format!("{}/search?q={delivery}", admin.base)),
+        )
+        .await;
+    assert_eq!(answer.status().as_u16(), 303);
+    assert_eq!(
+        answer.headers()["location"],
+        format!("/deliveries/{delivery}").as_str()
+    );
+
+    // Nothing matches: said so. Longer than any id: refused, saying why.
+    let (status, page) = search_page(&admin, "nobody-we-know").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"nothing-found\""), "{page}");
+    let (status, page) = search_page(&admin, &"x".repeat(300)).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("at most 255 characters"), "{page}");
 }

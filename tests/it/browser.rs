@@ -470,8 +470,17 @@ async fn wait_for_url_containing(browser: &Client, text: &str) -> String {
 
 /// The deliveries listed on the page, top to bottom.
 async fn listed(browser: &Client) -> Vec<String> {
+    rows_of(browser, "table#deliveries tbody tr[data-delivery]").await
+}
+
+/// The deliveries a search found, top to bottom.
+async fn found(browser: &Client) -> Vec<String> {
+    rows_of(browser, "section#results tr[data-delivery]").await
+}
+
+async fn rows_of(browser: &Client, css: &str) -> Vec<String> {
     let rows = browser
-        .find_all(Locator::Css("table#deliveries tbody tr[data-delivery]"))
+        .find_all(Locator::Css(css))
         .await
         .expect("read the listed deliveries");
     let mut ids = Vec::new();
@@ -532,22 +541,47 @@ async fn support_finds_a_patients_deliveries_and_a_delivery_by_id_from_the_searc
     wait_for(&browser, "table#deliveries").await;
 
     search(&browser, "ha-search-2").await;
-    wait_for_url_containing(&browser, "patient_id=ha-search-2").await;
-    wait_for(&browser, "p#searched").await;
-    let mut found = listed(&browser).await;
-    found.sort();
+    wait_for_url_containing(&browser, "/search?q=ha-search-2").await;
+    wait_for(&browser, "section#results").await;
+    let mut shown = found(&browser).await;
+    shown.sort();
     assert_eq!(
-        found, of_patient,
+        shown, of_patient,
         "the patient's deliveries, one per partner, in every state"
+    );
+    let kept = wait_for(&browser, "header form.search input[name='q']")
+        .await
+        .prop("value")
+        .await
+        .expect("read the search box");
+    assert_eq!(
+        kept.as_deref(),
+        Some("ha-search-2"),
+        "the box keeps the search"
+    );
+    let top = |css: &'static str| {
+        let browser = &browser;
+        async move {
+            wait_for(browser, css)
+                .await
+                .rectangle()
+                .await
+                .expect("where it is on the page")
+                .1
+        }
+    };
+    assert!(
+        top("section#results").await < top("table#partners").await,
+        "the results come before the partners and their charts"
     );
     assert_no_personal_data(&browser, &personal).await;
 
     search(&browser, &event_id.to_string()).await;
-    wait_for_url_containing(&browser, &format!("event_id={event_id}")).await;
-    wait_for(&browser, "p#searched").await;
-    let mut found = listed(&browser).await;
-    found.sort();
-    assert_eq!(found, of_patient, "the event's deliveries");
+    wait_for_url_containing(&browser, &format!("/search?q={event_id}")).await;
+    wait_for(&browser, "section#results [data-reading='event']").await;
+    let mut shown = found(&browser).await;
+    shown.sort();
+    assert_eq!(shown, of_patient, "the event's deliveries");
 
     let delivery = &of_patient[0];
     search(&browser, delivery).await;

@@ -85,7 +85,11 @@ async fn metrics_count_known_traffic_exactly_and_never_show_a_patient() {
     let path = config.write(&db);
     let loaded = Config::parse(&config.text(&db), "test", None, |_| None).expect("valid config");
     let live = LiveConfig::new(loaded, &path);
-    let pool = db::pool(&live.snapshot().database).expect("pool");
+    let pool = db::pool(
+        &live.snapshot().database,
+        live.snapshot().database.pool_limits(),
+    )
+    .expect("pool");
     let metrics = Metrics::new(live.clone());
 
     for n in 1..=4 {

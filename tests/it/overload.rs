@@ -16,6 +16,7 @@ use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::store::db;
 use dispatcher::store::queue::{self, PartnerRoom};
+use dispatcher::store::support::search::{self, Reading};
 use serde_json::Value;
 
 /// Generous: the daemon idles at ~20 MiB. Memory that grew with the backlog would pass
@@ -260,7 +261,7 @@ async fn seed_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
 /// cache), for its claim's SQL.
 async fn daemon_connection(config: &TestConfig, db: &TestDb) -> deadpool_postgres::Client {
     let loaded = Config::parse(&config.text(db), "overload", None, |_| None).expect("config");
-    db::pool(&loaded.database)
+    db::pool(&loaded.database, loaded.database.pool_limits())
         .expect("pool")
         .get()
         .await
@@ -366,4 +367,189 @@ async fn a_claim_locks_only_the_deliveries_it_takes() {
         "a claim of 100 held locks on {} deliveries it did not take",
         200 - free
     );
+}
+
+/// Support opens a delivery while a table its page reads is locked (a migration, a
+/// stray session holding a lock): each of support's statements waits for its
+/// `statement_timeout`, holding its connection. However many support asks for at once,
+/// the daemon keeps its own connections: events committed meanwhile are all delivered,
+/// and no lease runs out for want of a connection to record a result.
+#[tokio::test(flavor = "multi_thread")]
+async fn support_stuck_on_a_lock_cannot_starve_the_daemon() {
+    const EVENTS: i64 = 300;
+    // Slow enough that claims are in flight when support's requests pile up.
+    let partner = TestPartner::start("acme", |request| {
+        Reply::accepted(request).after(Duration::from_millis(200))
+    })
+    .await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    let admin = Arc::new(AdminClient::of(&daemon, None).await);
+    db.insert_event(ENROLLMENT, &enrollment_event("looked-at"))
+        .await;
+    db.wait_for_state("delivered", 1).await;
+    let looked_at = db.ids_in_state("delivered").await.remove(0);
+    let detail = format!("/api/deliveries/{looked_at}");
+
+    // The test's own session locks what a delivery's page reads and the daemon does not.
+    let mut locker = db.connect().await;
+    let lock = locker.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE dispatcher.support_actions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock support's table");
+    // Support keeps 16 requests open, each asked again as soon as it is answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let askers: Vec<_> = (0..16)
+        .map(|_| {
+            let (admin, detail, stop) = (admin.clone(), detail.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    admin.get(&detail).await;
+                }
+            })
+        })
+        .collect();
+    // Support's statements hold connections, waiting on the lock.
+    db.wait_for_count(
+        "SELECT least(count(*), 2) FROM pg_locks
+         WHERE relation = 'dispatcher.support_actions'::regclass AND NOT granted",
+        2,
+    )
+    .await;
+
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.outbox (event_name, event)
+             SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('busy-day-' || g))
+             FROM generate_series(1, $3::int8) AS g",
+            &[&ENROLLMENT, &enrollment_event("template"), &EVENTS],
+        )
+        .await
+        .expect("events committed while support waits");
+    db.wait_for_deliveries_within(
+        &Deliveries::all().in_state("delivered"),
+        EVENTS + 1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(db.count_attempts_failed_with("lease_expired").await, 0);
+
+    lock.rollback().await.expect("release the lock");
+    stop.store(true, Ordering::SeqCst);
+    for asker in askers {
+        asker.await.expect("support's requests end");
+    }
+    let (status, shown) = admin.get(&detail).await;
+    assert_eq!(
+        status, 200,
+        "support reads again once the lock is gone: {shown}"
+    );
+}
+
+/// Support's search finds each kind of query by an index, never by reading a table
+/// whole: a patient id whole or by its first characters, the partner's own id for a
+/// patient, a support program, an event, a delivery. Among 20,000 patients' deliveries,
+/// each plan is read as PostgreSQL makes it for the search's own statement.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_search_support_makes_is_found_by_an_index() {
+    const PATIENTS: i64 = 20_000;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    // One event a patient, of 2,000 programs, delivered to acme, which answered with its
+    // own id for the patient.
+    db.client
+        .execute(
+            "WITH events AS (
+                 INSERT INTO dispatcher.outbox (event_name, event, routed_at)
+                 SELECT $1, jsonb_set(jsonb_set($2::jsonb, '{patient,id}',
+                                                to_jsonb('ha' || md5(g::text))),
+                                      '{supportProgramId}', to_jsonb('program-' || g % 2000)),
+                        now()
+                 FROM generate_series(1, $3::int8) AS g
+                 RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
+             ),
+             delivered AS (
+                 INSERT INTO dispatcher.deliveries
+                     (id, event_id, partner, event_name, patient_id, state, ended_at)
+                 SELECT gen_random_uuid(), id, 'acme', event_name, patient_id, 'delivered', now()
+                 FROM events
+             )
+             INSERT INTO dispatcher.partner_patients (partner, patient_id, external_id)
+             SELECT 'acme', patient_id, 'crm-' || id FROM events",
+            &[&ENROLLMENT, &enrollment_event("template"), &PATIENTS],
+        )
+        .await
+        .expect("seed delivered events");
+    db.client
+        .batch_execute(
+            "ANALYZE dispatcher.outbox, dispatcher.deliveries, dispatcher.partner_patients",
+        )
+        .await
+        .expect("analyze");
+    let row = db
+        .client
+        .query_one(
+            "SELECT d.id, d.event_id, d.patient_id, p.external_id, o.event ->> 'supportProgramId'
+             FROM dispatcher.deliveries d
+             JOIN dispatcher.partner_patients p USING (partner, patient_id)
+             JOIN dispatcher.outbox o ON o.id = d.event_id
+             ORDER BY d.event_id LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("a patient to look for");
+    let patient: String = row.get(2);
+    let client = daemon_connection(&config, &db).await;
+
+    let searches = [
+        (Reading::Delivery(row.get(0)), "deliveries_pkey"),
+        (
+            Reading::Event(row.get(1)),
+            "deliveries_event_id_partner_key",
+        ),
+        (Reading::Patient(patient.clone()), "deliveries_by_patient"),
+        (
+            Reading::PatientPrefix(patient[..6].to_string()),
+            "deliveries_by_patient",
+        ),
+        (
+            Reading::ExternalId(row.get(3)),
+            "partner_patients_by_external_id",
+        ),
+        (
+            Reading::SupportProgram(row.get(4)),
+            "outbox_by_support_program",
+        ),
+    ];
+    for (reading, index) in searches {
+        let plan = search::explain(&client, &reading, 50)
+            .await
+            .expect("explain the search")
+            .join("\n");
+        for table in ["deliveries", "outbox", "partner_patients"] {
+            assert!(
+                !plan.contains(&format!("Seq Scan on {table}")),
+                "{reading:?} reads all of {table}:\n{plan}"
+            );
+        }
+        assert!(
+            plan.contains(&format!("Index Scan using {index}"))
+                || plan.contains(&format!("Index Scan Backward using {index}"))
+                || plan.contains(&format!("Index Only Scan using {index}"))
+                || plan.contains(&format!("Bitmap Index Scan on {index}")),
+            "{reading:?} is not found by {index}:\n{plan}"
+        );
+        let found = search::find(&client, reading.clone(), 50)
+            .await
+            .expect("search");
+        assert!(
+            found
+                .deliveries
+                .iter()
+                .any(|delivery| delivery.patient_id.as_deref() == Some(patient.as_str())),
+            "{reading:?} does not find the patient's delivery"
+        );
+    }
 }

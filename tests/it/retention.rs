@@ -452,7 +452,7 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
     backdate(&db, "p-race", 31).await;
 
     let loaded = Config::parse(&config.text(&db), "retention", None, |_| None).expect("config");
-    let pool = db::pool(&loaded.database).expect("pool");
+    let pool = db::pool(&loaded.database, loaded.database.pool_limits()).expect("pool");
     let mut pruner = pool.get().await.expect("the pruner's connection");
     let mut support = pool.get().await.expect("support's connection");
     let support_pid: i32 = support
@@ -538,7 +538,7 @@ async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
     drop(daemon);
     backdate(&db, "p-late", 31).await;
     let loaded = Config::parse(&config.text(&db), "retention", None, |_| None).expect("config");
-    let pool = db::pool(&loaded.database).expect("pool");
+    let pool = db::pool(&loaded.database, loaded.database.pool_limits()).expect("pool");
     let mut pruner = pool.get().await.expect("the pruner's connection");
 
     // Ops hold the outbox against writes (SHARE): the pruner picks and locks its events,

@@ -249,7 +249,7 @@ struct OldDaemon {
 impl OldDaemon {
     async fn start(config: &TestConfig, db: &TestDb) -> OldDaemon {
         let loaded = Config::parse(&config.text(db), "upgrade", None, |_| None).expect("config");
-        let mut client = db::pool(&loaded.database)
+        let mut client = db::pool(&loaded.database, loaded.database.pool_limits())
             .expect("pool")
             .get()
             .await

@@ -48,7 +48,7 @@ impl Notice {
         }
     }
 
-    fn render(&self) -> Markup {
+    pub(super) fn render(&self) -> Markup {
         let Some(notice) = self.notice.as_deref() else {
             return html! {};
         };
@@ -85,6 +85,16 @@ impl Notice {
 }
 
 pub(super) fn layout(title: &str, signed_in: Option<&Caller>, body: Markup) -> Markup {
+    layout_searched(title, signed_in, None, body)
+}
+
+/// [`layout`], with what was searched for kept in the search box.
+pub(super) fn layout_searched(
+    title: &str,
+    signed_in: Option<&Caller>,
+    searched: Option<&str>,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -103,9 +113,9 @@ pub(super) fn layout(title: &str, signed_in: Option<&Caller>, body: Markup) -> M
                     @if signed_in.is_some() {
                         // On every page: support starts from what the patient or partner quoted.
                         form.search role="search" method="get" action="/search" {
-                            input type="search" name="q" required
-                                aria-label="Patient id, delivery id or event id"
-                                placeholder="Patient id, delivery id or event id";
+                            input type="search" name="q" required value=[searched]
+                                aria-label="Patient id or its first 4+ characters, partner's patient id, delivery id, event id or support program"
+                                placeholder="Patient id (or its start), partner's id, delivery, event, program";
                             button type="submit" { "Search" }
                         }
                     }
@@ -226,7 +236,7 @@ fn short_event_name(name: &str) -> &str {
     name.strip_prefix("HelpAround.Patient.").unwrap_or(name)
 }
 
-fn url_encode(text: &str) -> String {
+pub(super) fn url_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
@@ -357,6 +367,53 @@ pub(super) fn overview(
     let back = listing.here();
     html! {
         (notice.render())
+        (partners_at_a_glance(summaries, days))
+        h2 { @if shown_state == "all" { "Deliveries" } @else { "Deliveries: " (shown_state) } }
+        (listing.searched_for())
+        form.filters method="get" action="/" {
+            label { "State"
+                select name="state" {
+                    @for option in ["failed", "all", "pending", "in_flight", "delivered", "rejected", "dead", "invalid", "cancelled", "unrouted"] {
+                        option value=(option) selected[option == shown_state] { (option) }
+                    }
+                }
+            }
+            label { "Partner"
+                select name="partner" {
+                    option value="" { "all partners" }
+                    @for name in summaries.iter().filter_map(|s| s.partner.as_deref()) {
+                        option value=(name) selected[partner == Some(name)] { (name) }
+                    }
+                }
+            }
+            (listing.hidden_filters())
+            button type="submit" { "Show" }
+        }
+        table #deliveries {
+            (delivery_headings())
+            tbody {
+                @for delivery in &rows.deliveries {
+                    (delivery_row(delivery, &back, caller))
+                }
+                @if rows.deliveries.is_empty() {
+                    tr { td colspan="9" { "Nothing here." } }
+                }
+            }
+        }
+        nav.pages aria-label="Pages of deliveries" {
+            @if let Some(before) = rows.previous_before {
+                a rel="prev" href={ (filters) "&before=" (before) } { "← Newer deliveries" }
+            }
+            @if let Some(after) = rows.next_after {
+                a rel="next" href={ (filters) "&after=" (after) } { "Older deliveries →" }
+            }
+        }
+    }
+}
+
+/// Each partner at a glance, then its last 24 hours as a chart.
+pub(super) fn partners_at_a_glance(summaries: &[PartnerSummary], days: &[PartnerDay]) -> Markup {
+    html! {
         h1 { "Partners" }
         table #partners {
             thead { tr {
@@ -385,58 +442,32 @@ pub(super) fn overview(
             }
         }
         (chart::last_day(days))
-        h2 { @if shown_state == "all" { "Deliveries" } @else { "Deliveries: " (shown_state) } }
-        (listing.searched_for())
-        form.filters method="get" action="/" {
-            label { "State"
-                select name="state" {
-                    @for option in ["failed", "all", "pending", "in_flight", "delivered", "rejected", "dead", "invalid", "cancelled", "unrouted"] {
-                        option value=(option) selected[option == shown_state] { (option) }
-                    }
-                }
-            }
-            label { "Partner"
-                select name="partner" {
-                    option value="" { "all partners" }
-                    @for name in summaries.iter().filter_map(|s| s.partner.as_deref()) {
-                        option value=(name) selected[partner == Some(name)] { (name) }
-                    }
-                }
-            }
-            (listing.hidden_filters())
-            button type="submit" { "Show" }
-        }
-        table #deliveries {
-            thead { tr {
-                th { "Created" } th { "Partner" } th { "Event" } th { "Patient id" } th { "State" }
-                th.num { "Tries" } th.num { "Last status" } th { "Partner's answer / error" } th { "" }
-            } }
-            tbody {
-                @for delivery in &rows.deliveries {
-                    tr data-delivery=(delivery.id) {
-                        td.when { (time(delivery.created_at)) }
-                        td { (delivery.partner.as_deref().unwrap_or("–")) }
-                        td { (short_event_name(&delivery.event_name)) " " span.muted { "#" (delivery.event_id) } }
-                        td.nowrap { (delivery.patient_id.as_deref().unwrap_or("–")) }
-                        td { (state_badge(delivery.state)) }
-                        td.num.nowrap { (delivery.tries()) }
-                        td.num { @if let Some(status) = delivery.last_status { (status) } @else { "–" } }
-                        td.error { (delivery.last_error.as_deref().unwrap_or("")) }
-                        td.nowrap { a href={ "/deliveries/" (delivery.id) } { "Details" } " " (actions(delivery, &back, caller)) }
-                    }
-                }
-                @if rows.deliveries.is_empty() {
-                    tr { td colspan="9" { "Nothing here." } }
-                }
-            }
-        }
-        nav.pages aria-label="Pages of deliveries" {
-            @if let Some(before) = rows.previous_before {
-                a rel="prev" href={ (filters) "&before=" (before) } { "← Newer deliveries" }
-            }
-            @if let Some(after) = rows.next_after {
-                a rel="next" href={ (filters) "&after=" (after) } { "Older deliveries →" }
-            }
+    }
+}
+
+/// The headings of a table of deliveries, over [`delivery_row`]s.
+pub(super) fn delivery_headings() -> Markup {
+    html! {
+        thead { tr {
+            th { "Created" } th { "Partner" } th { "Event" } th { "Patient id" } th { "State" }
+            th.num { "Tries" } th.num { "Last status" } th { "Partner's answer / error" } th { "" }
+        } }
+    }
+}
+
+/// One delivery in a table, with its buttons; `back` is where they return to.
+pub(super) fn delivery_row(delivery: &DeliverySummary, back: &str, caller: &Caller) -> Markup {
+    html! {
+        tr data-delivery=(delivery.id) {
+            td.when { (time(delivery.created_at)) }
+            td { (delivery.partner.as_deref().unwrap_or("–")) }
+            td { (short_event_name(&delivery.event_name)) " " span.muted { "#" (delivery.event_id) } }
+            td.nowrap { (delivery.patient_id.as_deref().unwrap_or("–")) }
+            td { (state_badge(delivery.state)) }
+            td.num.nowrap { (delivery.tries()) }
+            td.num { @if let Some(status) = delivery.last_status { (status) } @else { "–" } }
+            td.error { (delivery.last_error.as_deref().unwrap_or("")) }
+            td.nowrap { a href={ "/deliveries/" (delivery.id) } { "Details" } " " (actions(delivery, back, caller)) }
         }
     }
 }

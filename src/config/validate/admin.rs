@@ -1,5 +1,5 @@
 //! `[admin]`, validated: the address, the token, the host names the server answers to,
-//! and its TLS certificate and key, checked to belong together.
+//! its TLS certificate and key, checked to belong together, and its own database pool.
 
 use std::path::Path;
 
@@ -7,9 +7,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use secrecy::SecretString;
 
+use super::{duration, positive};
 use crate::config::file::RawAdmin;
 use crate::config::secrets::{read_certificates, read_pem};
-use crate::config::{AdminConfig, AdminTls, ConfigError, HostAuthority};
+use crate::config::{AdminConfig, AdminTls, ConfigError, HostAuthority, PoolLimits};
 
 /// Long enough that guessing it is hopeless.
 const MIN_ADMIN_TOKEN_LEN: usize = 24;
@@ -61,6 +62,10 @@ impl RawAdmin {
             tls.is_some(),
             self.allow_plain_http,
         )?;
+        let pool = PoolLimits {
+            size: positive("admin.database_pool_size", self.database_pool_size)?,
+            statement_timeout: duration("admin.statement_timeout", &self.statement_timeout)?,
+        };
         Ok(AdminConfig {
             listen,
             token,
@@ -69,6 +74,7 @@ impl RawAdmin {
             oidc,
             allow_plain_http: self.allow_plain_http,
             trusted_proxies,
+            pool,
         })
     }
 }
@@ -192,6 +198,34 @@ fn admin_tls(
 mod tests {
     use crate::config::testing::{parse, MINIMAL};
     use crate::config::Config;
+
+    #[test]
+    fn the_admin_server_has_a_small_pool_of_its_own_with_a_short_statement_timeout() {
+        let defaults = parse(MINIMAL).expect("valid").admin.pool;
+        assert_eq!(
+            (defaults.size, defaults.statement_timeout),
+            (2, std::time::Duration::from_secs(5))
+        );
+        let with_admin = |keys: &str| format!("{MINIMAL}\n[admin]\n{keys}\n");
+        let set = parse(&with_admin(
+            "database_pool_size = 3\nstatement_timeout = \"2500ms\"",
+        ))
+        .expect("valid")
+        .admin
+        .pool;
+        assert_eq!(
+            (set.size, set.statement_timeout),
+            (3, std::time::Duration::from_millis(2500))
+        );
+        for (keys, named) in [
+            ("database_pool_size = 0", "admin.database_pool_size"),
+            ("statement_timeout = \"0s\"", "admin.statement_timeout"),
+            ("statement_timeout = \"soon\"", "admin.statement_timeout"),
+        ] {
+            let error = parse(&with_admin(keys)).unwrap_err().to_string();
+            assert!(error.contains(named), "{keys}: {error}");
+        }
+    }
 
     #[test]
     fn admin_host_names_are_checked_and_need_a_token() {

@@ -10,7 +10,7 @@ use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Timeouts};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::Socket;
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, PoolLimits};
 
 use tls::DatabaseTls;
 
@@ -244,9 +244,16 @@ pub async fn on_client<T, E: Into<DbError>>(
     query(&client).await.map_err(Into::into)
 }
 
-/// The pool every statement but LISTEN goes through.
-pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
-    let ConnectionConfig { postgres, tls } = connection_config(database)?;
+/// A pool for every statement but LISTEN: the daemon's, or the admin server's own.
+pub fn pool(database: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbError> {
+    let ConnectionConfig { mut postgres, tls } = connection_config(database)?;
+    // After the session settings, so this pool's own timeout is the one that holds.
+    let options = format!(
+        "{} -c statement_timeout={}ms",
+        postgres.get_options().unwrap_or_default(),
+        limits.statement_timeout.as_millis()
+    );
+    postgres.options(&options);
     if !database.connection.unverified_remote_hosts().is_empty() {
         tracing::warn!(
             sslmode = %database.connection.ssl_mode,
@@ -261,7 +268,7 @@ pub fn pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
         },
     );
     Pool::builder(manager)
-        .max_size(database.pool_size)
+        .max_size(limits.size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .timeouts(Timeouts {
             wait: Some(CONNECT_TIMEOUT),

@@ -1,11 +1,13 @@
 //! What support sees and does, for the admin API, the support page and the CLI alike:
-//! one [`Selection`] of deliveries, their list and detail, [`resend()`] and [`cancel`].
+//! one [`Selection`] of deliveries, their list and detail, [`resend()`] and [`cancel`],
+//! and the search box's `search`.
 //! Statements on `dispatcher.deliveries`, `dispatcher.attempts` and
 //! `dispatcher.support_actions`; the words for what they did are here too, so the three
 //! say the same thing.
 
 pub mod chart;
 pub mod resend;
+pub mod search;
 mod selection;
 
 use std::fmt;

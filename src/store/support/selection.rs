@@ -68,12 +68,13 @@ impl Selection {
 }
 
 /// The conditions of a [`Selection`], as parameters `$1` to `$8`; a statement's own
-/// parameters follow from `$9`.
+/// parameters follow from `$9`. A patient id is compared in the "C" collation, the one
+/// of its index (`deliveries_by_patient`): equality means the same either way.
 pub(super) const CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
      AND ($2::text[] IS NULL OR state = ANY($2))
      AND ($3::text IS NULL OR partner = $3)
      AND ($4::text IS NULL OR event_name = $4)
-     AND ($5::text IS NULL OR patient_id = $5)
+     AND ($5::text IS NULL OR patient_id COLLATE \"C\" = $5)
      AND ($6::timestamptz IS NULL OR created_at >= $6)
      AND ($7::timestamptz IS NULL OR created_at < $7)
      AND ($8::bigint IS NULL OR event_id = $8)";
