@@ -106,10 +106,18 @@ pub enum SchemaError {
     },
     #[error("migration {version:04} failed: {error}")]
     Migration { version: i32, error: DbError },
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[from] deadpool_postgres::PoolError),
+    /// Worded by [`DbError`] ("cannot connect to the database: …"), which hands no
+    /// driver error on as its source: the driver's would print PostgreSQL's DETAIL.
+    #[error("{0}")]
+    Connect(DbError),
     #[error("{0}")]
     Query(DbError),
+}
+
+impl From<deadpool_postgres::PoolError> for SchemaError {
+    fn from(error: deadpool_postgres::PoolError) -> SchemaError {
+        SchemaError::Connect(DbError::from(error))
+    }
 }
 
 impl From<tokio_postgres::Error> for SchemaError {
@@ -464,5 +472,28 @@ async fn watch_lock_waits(
                 holders: row.get(1),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use deadpool_postgres::{PoolError, TimeoutType};
+
+    use super::SchemaError;
+
+    #[test]
+    fn a_migrate_that_cannot_connect_says_so_without_handing_on_the_driver_error() {
+        let error = SchemaError::from(PoolError::Timeout(TimeoutType::Create));
+        assert_eq!(
+            error.to_string(),
+            "cannot connect to the database: Timeout occurred while creating a new object"
+        );
+        // A driver error as the source would print PostgreSQL's DETAIL and HINT in the
+        // chain `main` prints (`{error:?}`), and those can quote a row.
+        assert!(error.source().is_none(), "{error:?}");
+        let printed = format!("{:?}", anyhow::Error::from(error));
+        assert!(!printed.contains("Caused by"), "{printed}");
     }
 }
