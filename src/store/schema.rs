@@ -447,19 +447,27 @@ async fn record_version(
 }
 
 /// Notes, while a migration's transaction runs, which lock backend `pid` waits for and
-/// who holds it: after a lock timeout PostgreSQL says only that it timed out.
+/// who holds it: after a lock timeout PostgreSQL says only that it timed out. It looks at
+/// once, then every tenth of `lock_timeout` (within 10-100 ms), so a wait that lasts
+/// the whole `lock_timeout` is seen about ten times over, even on a busy machine.
 async fn watch_lock_waits(
     watcher: &deadpool_postgres::Client,
     pid: i32,
     lock_timeout: Duration,
     seen: &std::sync::Mutex<Option<LockWait>>,
 ) -> Infallible {
-    let every = (lock_timeout / 4).clamp(Duration::from_millis(25), Duration::from_millis(250));
+    const SLOWEST: Duration = Duration::from_millis(100);
+    let every = match lock_timeout.is_zero() {
+        // No lock timeout: only a deadlock ends a wait, after PostgreSQL's 1s
+        // `deadlock_timeout`.
+        true => SLOWEST,
+        false => (lock_timeout / 10).clamp(Duration::from_millis(10), SLOWEST),
+    };
     loop {
-        tokio::time::sleep(every).await;
         let waiting = watcher
             .query_opt(
-                "SELECT l.relation::regclass::text, pg_blocking_pids(l.pid)
+                "SELECT l.relation::regclass::text AS relation,
+                        pg_blocking_pids(l.pid) AS holders
                  FROM pg_locks l
                  WHERE l.pid = $1 AND NOT l.granted AND l.locktype = 'relation'
                  LIMIT 1",
@@ -468,10 +476,11 @@ async fn watch_lock_waits(
             .await;
         if let (Ok(Some(row)), Ok(mut seen)) = (waiting, seen.lock()) {
             *seen = Some(LockWait {
-                relation: row.get(0),
-                holders: row.get(1),
+                relation: row.get("relation"),
+                holders: row.get("holders"),
             });
         }
+        tokio::time::sleep(every).await;
     }
 }
 
