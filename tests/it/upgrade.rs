@@ -551,3 +551,85 @@ async fn a_new_database_gets_the_schema_the_shipped_migrations_built() {
         .any(|line| line.contains("deliveries_pending")));
     assert_eq!(schema, schema_of(&shipped).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_rolled_back_to_end_a_deadlock_is_tried_again() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    // 0003 locks `outbox`, then `deliveries`, then `attempts`, each ACCESS EXCLUSIVE.
+    let db = database_at(2).await;
+    let path = config.write(&db);
+
+    // A daemon's transaction that recorded an attempt and is about to touch the outbox.
+    // PostgreSQL ends a deadlock by rolling back the transaction whose `deadlock_timeout`
+    // runs out first once the cycle is closed: this one's waits far longer than the
+    // migration's (the default 1s), so the migration is the one rolled back.
+    let daemon = db.connect().await;
+    daemon
+        .batch_execute(
+            "SET deadlock_timeout = '1h'; BEGIN;
+             LOCK TABLE dispatcher.attempts IN ROW EXCLUSIVE MODE",
+        )
+        .await
+        .expect("hold a write lock on attempts");
+    // A support reader on `deliveries` keeps the migration waiting there, with the outbox
+    // locked, until the daemon's transaction waits for the outbox.
+    let reader = db.connect().await;
+    reader
+        .batch_execute("BEGIN; LOCK TABLE dispatcher.deliveries IN ACCESS SHARE MODE")
+        .await
+        .expect("hold a read lock on deliveries");
+
+    let deadlock = async {
+        wait_for_lock_wait(
+            &db,
+            "application_name = 'helparound-dispatcher migrate'",
+            "deliveries",
+        )
+        .await;
+        let daemon_pid: i32 = daemon
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let (touched, ()) = tokio::join!(
+            daemon.batch_execute("LOCK TABLE dispatcher.outbox IN ROW EXCLUSIVE MODE"),
+            async {
+                wait_for_lock_wait(&db, &format!("pid = {daemon_pid}"), "outbox").await;
+                // The migration goes on to `attempts`, which the daemon holds: a deadlock.
+                reader
+                    .batch_execute("COMMIT")
+                    .await
+                    .expect("commit the reader");
+            }
+        );
+        // The migration was rolled back, so the daemon's transaction goes on and ends.
+        touched.expect("the daemon's transaction is not the one rolled back");
+        daemon
+            .batch_execute("COMMIT")
+            .await
+            .expect("commit the daemon's transaction");
+    };
+    let (migrated, ()) = tokio::join!(migrate(&path, &["--lock-timeout", "1min"]), deadlock);
+
+    assert!(migrated.status.success(), "{migrated}");
+    assert!(
+        migrated.stderr.contains("to end a deadlock"),
+        "the migration was not rolled back by a deadlock:\n{migrated}"
+    );
+    assert!(
+        migrated.stderr.contains("dispatcher.attempts"),
+        "the lock it waited for is not named:\n{migrated}"
+    );
+    assert_eq!(versions(&db).await, versions_from(1));
+}
+
+/// Polls until the session `who` (a condition on `pg_stat_activity`) waits for a lock on
+/// `dispatcher.table`.
+async fn wait_for_lock_wait(db: &TestDb, who: &str, table: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE a.{who} AND NOT l.granted AND l.relation = 'dispatcher.{table}'::regclass"
+    );
+    db.wait_for_count(&sql, 1).await;
+}
