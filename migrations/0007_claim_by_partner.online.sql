@@ -10,7 +10,7 @@
 -- stopped half-way is finished by the next (see src/store/migration.rs); an INVALID index
 -- left by an interrupted build is dropped and built again.
 --
--- Why: claims read each partner's due deliveries on their own (src/store/queue.rs,
+-- Why: claims read each partner's due deliveries on their own (src/store/queue/claim.rs,
 -- `claim_due`), so the claims for healthy partners never walk the backlog of a partner
 -- whose circuit breaker or full slots hold it; leases are read on their own (the
 -- rescuer). Retention reads only deliveries that ended, so an unfinished delivery's NULL

@@ -69,8 +69,9 @@ pub struct MigrateOptions {
     /// inserts queue behind a waiting ACCESS EXCLUSIVE request, so this is also the
     /// longest they wait for it); then it rolls back and is tried again.
     pub lock_timeout: Duration,
-    /// How many times a migration that could not take its lock is tried again, after
-    /// pauses of 1s, 2s, 4s and so on, before `migrate` gives up.
+    /// How many times a migration that could not take its lock (or that PostgreSQL
+    /// rolled back to end a deadlock) is tried again, after pauses of 1s, 2s, 4s and so
+    /// on, before `migrate` gives up.
     pub lock_retries: usize,
 }
 
@@ -104,6 +105,17 @@ pub enum SchemaError {
         tries: usize,
         waited: LockWait,
     },
+    #[error(
+        "migration {version:04} was rolled back to end a deadlock ({tries} tries): it waited \
+         for {}{}, whose transaction waited for a lock the migration held; try again",
+        waited.relation.as_deref().unwrap_or("a table"),
+        holders(&waited.holders)
+    )]
+    Deadlock {
+        version: i32,
+        tries: usize,
+        waited: LockWait,
+    },
     #[error("migration {version:04} cannot be applied as written: {error}")]
     Malformed {
         version: i32,
@@ -111,10 +123,18 @@ pub enum SchemaError {
     },
     #[error("migration {version:04} failed: {error}")]
     Migration { version: i32, error: DbError },
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[from] deadpool_postgres::PoolError),
+    /// Worded by [`DbError`] ("cannot connect to the database: …"), which hands no
+    /// driver error on as its source: the driver's would print PostgreSQL's DETAIL.
+    #[error("{0}")]
+    Connect(DbError),
     #[error("{0}")]
     Query(DbError),
+}
+
+impl From<deadpool_postgres::PoolError> for SchemaError {
+    fn from(error: deadpool_postgres::PoolError) -> SchemaError {
+        SchemaError::Connect(DbError::from(error))
+    }
 }
 
 impl From<tokio_postgres::Error> for SchemaError {
@@ -279,9 +299,34 @@ struct Migration<'a> {
 
 /// Why one try of a migration's transaction failed.
 enum TransactionError {
-    /// It could not take a lock within `lock_timeout`: worth another try.
-    LockTimeout(LockWait),
+    /// Another transaction's locks stopped it: worth another try.
+    Contended(Contention),
     Failed(tokio_postgres::Error),
+}
+
+/// How another transaction's locks stopped a migration's transaction. Either way
+/// PostgreSQL rolled it back and nothing of it is left, and the other transaction, once
+/// it ends, no longer stands in the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contention {
+    /// It could not take a lock within `lock_timeout` (55P03).
+    LockTimeout,
+    /// It held a lock another transaction waited for while it waited for one of that
+    /// transaction's, and PostgreSQL chose it to end the deadlock (40P01): e.g. 0003
+    /// holds ACCESS EXCLUSIVE on `outbox` and asks for `deliveries`, while a claim has
+    /// updated `deliveries` and waits to read `outbox`.
+    Deadlock,
+}
+
+impl Contention {
+    /// The contention a failure's SQLSTATE says, if any.
+    fn of(code: Option<&SqlState>) -> Option<Contention> {
+        match code {
+            Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => Some(Contention::LockTimeout),
+            Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED => Some(Contention::Deadlock),
+            _ => None,
+        }
+    }
 }
 
 impl Migration<'_> {
@@ -324,39 +369,69 @@ impl Migration<'_> {
     }
 
     /// Runs `sql` in one transaction under `lock_timeout`, with the version when it is
-    /// the migration's `last` step; a try that times out waiting for a lock is rolled
-    /// back and tried again after a pause, as often as `lock_retries` says.
+    /// the migration's `last` step; a try that times out waiting for a lock, or that
+    /// PostgreSQL rolls back to end a deadlock, is tried again after a pause, as often as
+    /// `lock_retries` says.
     async fn in_transaction(&self, sql: &str, last: bool) -> Result<(), SchemaError> {
         let tries = std::sync::atomic::AtomicUsize::new(0);
+        // Kept across tries: a wait seen in an earlier try still names the lock if the
+        // last one ended before the watcher looked.
+        let seen = std::sync::Mutex::new(None);
+        let waited = || {
+            seen.lock()
+                .ok()
+                .and_then(|seen| seen.clone())
+                .unwrap_or_default()
+        };
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_secs(1))
             .with_max_times(self.options.lock_retries);
         let outcome = (|| {
             tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.transaction_once(sql, last)
+            self.transaction_once(sql, last, &seen)
         })
         .retry(backoff)
-        .when(|error| matches!(error, TransactionError::LockTimeout(_)))
+        .when(|error| matches!(error, TransactionError::Contended(_)))
         .notify(|error, pause| {
-            if let TransactionError::LockTimeout(waited) = error {
-                tracing::warn!(
+            let TransactionError::Contended(contention) = error else {
+                return;
+            };
+            let waited = waited();
+            let relation = waited.relation.as_deref().unwrap_or("unknown");
+            match contention {
+                Contention::LockTimeout => tracing::warn!(
                     version = self.version,
-                    relation = waited.relation.as_deref().unwrap_or("unknown"),
+                    relation,
                     holders = ?waited.holders,
                     lock_timeout = %humantime::format_duration(self.options.lock_timeout),
                     ?pause,
                     "the migration could not take its lock in time (a long transaction holds it); rolled back, trying again"
-                );
+                ),
+                Contention::Deadlock => tracing::warn!(
+                    version = self.version,
+                    relation,
+                    holders = ?waited.holders,
+                    ?pause,
+                    "PostgreSQL rolled the migration back to end a deadlock with another transaction; trying again"
+                ),
             }
         })
         .await;
+        let tries = tries.load(std::sync::atomic::Ordering::Relaxed);
         match outcome {
             Ok(()) => Ok(()),
-            Err(TransactionError::LockTimeout(waited)) => Err(SchemaError::LockTimeout {
+            Err(TransactionError::Contended(Contention::LockTimeout)) => {
+                Err(SchemaError::LockTimeout {
+                    version: self.version,
+                    timeout: self.options.lock_timeout,
+                    tries,
+                    waited: waited(),
+                })
+            }
+            Err(TransactionError::Contended(Contention::Deadlock)) => Err(SchemaError::Deadlock {
                 version: self.version,
-                timeout: self.options.lock_timeout,
-                tries: tries.load(std::sync::atomic::Ordering::Relaxed),
-                waited,
+                tries,
+                waited: waited(),
             }),
             Err(TransactionError::Failed(error)) => Err(SchemaError::Migration {
                 version: self.version,
@@ -365,7 +440,14 @@ impl Migration<'_> {
         }
     }
 
-    async fn transaction_once(&self, sql: &str, record: bool) -> Result<(), TransactionError> {
+    /// One try of [`Migration::in_transaction`]; `seen` is where the lock it waits for is
+    /// noted.
+    async fn transaction_once(
+        &self,
+        sql: &str,
+        record: bool,
+        seen: &std::sync::Mutex<Option<LockWait>>,
+    ) -> Result<(), TransactionError> {
         let run = async {
             self.client.batch_execute("BEGIN").await?;
             let result = async {
@@ -389,19 +471,14 @@ impl Migration<'_> {
             }
             result
         };
-        let seen = std::sync::Mutex::new(None);
         let outcome = tokio::select! {
             outcome = run => outcome,
-            never = watch_lock_waits(self.watcher, self.pid, self.options.lock_timeout, &seen) => match never {},
+            never = watch_lock_waits(self.watcher, self.pid, self.options.lock_timeout, seen) => match never {},
         };
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                let waited = seen.into_inner().ok().flatten().unwrap_or_default();
-                Err(TransactionError::LockTimeout(waited))
-            }
-            Err(error) => Err(TransactionError::Failed(error)),
-        }
+        outcome.map_err(|error| match Contention::of(error.code()) {
+            Some(contention) => TransactionError::Contended(contention),
+            None => TransactionError::Failed(error),
+        })
     }
 
     /// Drops `index` (in the `dispatcher` schema, where every table of ours is) if an
@@ -444,19 +521,27 @@ async fn record_version(
 }
 
 /// Notes, while a migration's transaction runs, which lock backend `pid` waits for and
-/// who holds it: after a lock timeout PostgreSQL says only that it timed out.
+/// who holds it: after a lock timeout PostgreSQL says only that it timed out. It looks at
+/// once, then every tenth of `lock_timeout` (within 10-100 ms), so a wait that lasts
+/// the whole `lock_timeout` is seen about ten times over, even on a busy machine.
 async fn watch_lock_waits(
     watcher: &deadpool_postgres::Client,
     pid: i32,
     lock_timeout: Duration,
     seen: &std::sync::Mutex<Option<LockWait>>,
 ) -> Infallible {
-    let every = (lock_timeout / 4).clamp(Duration::from_millis(25), Duration::from_millis(250));
+    const SLOWEST: Duration = Duration::from_millis(100);
+    let every = match lock_timeout.is_zero() {
+        // No lock timeout: only a deadlock ends a wait, after PostgreSQL's 1s
+        // `deadlock_timeout`.
+        true => SLOWEST,
+        false => (lock_timeout / 10).clamp(Duration::from_millis(10), SLOWEST),
+    };
     loop {
-        tokio::time::sleep(every).await;
         let waiting = watcher
             .query_opt(
-                "SELECT l.relation::regclass::text, pg_blocking_pids(l.pid)
+                "SELECT l.relation::regclass::text AS relation,
+                        pg_blocking_pids(l.pid) AS holders
                  FROM pg_locks l
                  WHERE l.pid = $1 AND NOT l.granted AND l.locktype = 'relation'
                  LIMIT 1",
@@ -465,9 +550,56 @@ async fn watch_lock_waits(
             .await;
         if let (Ok(Some(row)), Ok(mut seen)) = (waiting, seen.lock()) {
             *seen = Some(LockWait {
-                relation: row.get(0),
-                holders: row.get(1),
+                relation: row.get("relation"),
+                holders: row.get("holders"),
             });
         }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use deadpool_postgres::{PoolError, TimeoutType};
+    use tokio_postgres::error::SqlState;
+
+    use super::{Contention, SchemaError};
+
+    #[test]
+    fn a_migration_stopped_by_a_lock_timeout_or_chosen_to_end_a_deadlock_is_tried_again() {
+        assert_eq!(
+            Contention::of(Some(&SqlState::LOCK_NOT_AVAILABLE)),
+            Some(Contention::LockTimeout)
+        );
+        assert_eq!(
+            Contention::of(Some(&SqlState::T_R_DEADLOCK_DETECTED)),
+            Some(Contention::Deadlock)
+        );
+        // A migration that fails for what it says fails the same way the next time.
+        for failed in [
+            SqlState::UNDEFINED_TABLE,
+            SqlState::CHECK_VIOLATION,
+            SqlState::QUERY_CANCELED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+        ] {
+            assert_eq!(Contention::of(Some(&failed)), None, "{}", failed.code());
+        }
+        assert_eq!(Contention::of(None), None, "no SQLSTATE: a lost connection");
+    }
+
+    #[test]
+    fn a_migrate_that_cannot_connect_says_so_without_handing_on_the_driver_error() {
+        let error = SchemaError::from(PoolError::Timeout(TimeoutType::Create));
+        assert_eq!(
+            error.to_string(),
+            "cannot connect to the database: Timeout occurred while creating a new object"
+        );
+        // A driver error as the source would print PostgreSQL's DETAIL and HINT in the
+        // chain `main` prints (`{error:?}`), and those can quote a row.
+        assert!(error.source().is_none(), "{error:?}");
+        let printed = format!("{:?}", anyhow::Error::from(error));
+        assert!(!printed.contains("Caused by"), "{printed}");
     }
 }

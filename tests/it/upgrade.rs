@@ -179,8 +179,6 @@ struct EnrollmentFlow {
 #[derive(Debug, Default)]
 struct Tally {
     done: u64,
-    /// Done while an index on `deliveries` was being built.
-    done_during_a_build: u64,
     failures: Vec<String>,
 }
 
@@ -248,34 +246,15 @@ struct OldDaemon {
 
 impl OldDaemon {
     async fn start(config: &TestConfig, db: &TestDb) -> OldDaemon {
-        let loaded = Config::parse(&config.text(db), "upgrade", None, |_| None).expect("config");
-        let mut client = db::pool(&loaded.database, loaded.database.pool_limits())
-            .expect("pool")
-            .get()
-            .await
-            .expect("a pooled connection");
-        client
-            .batch_execute("SET lock_timeout = '1s'")
-            .await
-            .expect("set lock_timeout");
-        let watcher = db.connect().await;
+        let (mut client, loaded) = OldDaemon::session(config, db).await;
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
                 let mut tally = Tally::default();
                 while !stop.load(Ordering::SeqCst) {
-                    let build_before = build_in_progress(&watcher).await;
                     match deliver_once(&mut client, &loaded).await {
-                        Ok(0) => {}
-                        Ok(recorded) => {
-                            tally.done += recorded;
-                            if build_before.is_some()
-                                && build_before == build_in_progress(&watcher).await
-                            {
-                                tally.done_during_a_build += recorded;
-                            }
-                        }
+                        Ok(recorded) => tally.done += recorded,
                         Err(error) => tally.failures.push(format!("{error:?}")),
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -284,6 +263,21 @@ impl OldDaemon {
             }
         });
         OldDaemon { stop, task }
+    }
+
+    /// A connection as the old daemon's pool gives it, and its configuration.
+    async fn session(config: &TestConfig, db: &TestDb) -> (deadpool_postgres::Client, Config) {
+        let loaded = Config::parse(&config.text(db), "upgrade", None, |_| None).expect("config");
+        let client = db::pool(&loaded.database, loaded.database.pool_limits())
+            .expect("pool")
+            .get()
+            .await
+            .expect("a pooled connection");
+        client
+            .batch_execute("SET lock_timeout = '1s'")
+            .await
+            .expect("set lock_timeout");
+        (client, loaded)
     }
 
     async fn stop(self) -> Tally {
@@ -323,17 +317,35 @@ async fn deliver_once(
     Ok(recorded.len() as u64)
 }
 
-/// The index on `deliveries` being built right now, if any (its builder and its oid).
-async fn build_in_progress(client: &tokio_postgres::Client) -> Option<(i32, i64)> {
+/// The index on `deliveries` whose concurrent build waits for the transactions writing
+/// to it to end, if any (its builder and its oid).
+async fn build_waiting_for_writers(client: &tokio_postgres::Client) -> Option<(i32, i64)> {
     client
         .query_opt(
             "SELECT pid, index_relid::int8 FROM pg_stat_progress_create_index
-             WHERE relid = 'dispatcher.deliveries'::regclass LIMIT 1",
+             WHERE relid = 'dispatcher.deliveries'::regclass
+               AND phase = 'waiting for writers before build'
+             LIMIT 1",
             &[],
         )
         .await
         .expect("read pg_stat_progress_create_index")
         .map(|row| (row.get(0), row.get(1)))
+}
+
+/// Polls until a concurrent build on `deliveries` waits for its writers; which one.
+async fn wait_for_build(db: &TestDb) -> (i32, i64) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(build) = build_waiting_for_writers(&db.client).await {
+            return build;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no index build started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -354,7 +366,44 @@ async fn migrating_a_long_history_stops_neither_enrollment_nor_delivery() {
     )
     .await;
 
-    let migrated = migrate(&path, &[]).await;
+    // A write of the daemon's to `deliveries`, slow to commit: the first concurrent build
+    // waits for it, in plain sight in pg_stat_progress_create_index, until it commits.
+    let writer = db.connect().await;
+    writer
+        .batch_execute("BEGIN; LOCK TABLE dispatcher.deliveries IN ROW EXCLUSIVE MODE")
+        .await
+        .expect("hold a write lock");
+    let during_the_build = async {
+        let build = wait_for_build(&db).await;
+        // The daemon's work goes on meanwhile: an event is routed, claimed and recorded
+        // (by this round or the old daemon's), and the ANALYZE it runs after a burst
+        // skips the table the build holds rather than wait for it.
+        let (mut client, loaded) = OldDaemon::session(&config, &db).await;
+        db.insert_event(ENROLLMENT, &enrollment_event("during-the-build"))
+            .await;
+        let delivered = "SELECT count(*) FROM dispatcher.deliveries
+                         WHERE patient_id = 'during-the-build' AND state = 'delivered'";
+        let started = std::time::Instant::now();
+        while db.count(delivered).await == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "nothing was delivered while the index was built"
+            );
+            deliver_once(&mut client, &loaded)
+                .await
+                .expect("a round of the daemon's work during the build");
+        }
+        queue::refresh_statistics(&client)
+            .await
+            .expect("ANALYZE during the build");
+        assert_eq!(
+            build_waiting_for_writers(&db.client).await,
+            Some(build),
+            "the build went on before the daemon's work was done"
+        );
+        writer.batch_execute("COMMIT").await.expect("commit");
+    };
+    let (migrated, ()) = tokio::join!(migrate(&path, &[]), during_the_build);
 
     let old_daemon = old_daemon.stop().await;
     let enrollment = enrollment.stop().await;
@@ -377,13 +426,9 @@ async fn migrating_a_long_history_stops_neither_enrollment_nor_delivery() {
         "the daemon's writes failed during the upgrade ({} recorded)",
         old_daemon.done
     );
-    assert!(
-        old_daemon.done_during_a_build > 0,
-        "the daemon recorded nothing while the indexes were built: {old_daemon:?}"
-    );
     eprintln!(
-        "during the upgrade: {} events inserted, {} deliveries recorded ({} while an index was built)",
-        enrollment.done, old_daemon.done, old_daemon.done_during_a_build
+        "during the upgrade: {} events inserted, {} deliveries recorded",
+        enrollment.done, old_daemon.done
     );
     assert_eq!(invalid_indexes(&db).await, Vec::<String>::new());
 
@@ -550,4 +595,86 @@ async fn a_new_database_gets_the_schema_the_shipped_migrations_built() {
         .iter()
         .any(|line| line.contains("deliveries_pending")));
     assert_eq!(schema, schema_of(&shipped).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_rolled_back_to_end_a_deadlock_is_tried_again() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    // 0003 locks `outbox`, then `deliveries`, then `attempts`, each ACCESS EXCLUSIVE.
+    let db = database_at(2).await;
+    let path = config.write(&db);
+
+    // A daemon's transaction that recorded an attempt and is about to touch the outbox.
+    // PostgreSQL ends a deadlock by rolling back the transaction whose `deadlock_timeout`
+    // runs out first once the cycle is closed: this one's waits far longer than the
+    // migration's (the default 1s), so the migration is the one rolled back.
+    let daemon = db.connect().await;
+    daemon
+        .batch_execute(
+            "SET deadlock_timeout = '1h'; BEGIN;
+             LOCK TABLE dispatcher.attempts IN ROW EXCLUSIVE MODE",
+        )
+        .await
+        .expect("hold a write lock on attempts");
+    // A support reader on `deliveries` keeps the migration waiting there, with the outbox
+    // locked, until the daemon's transaction waits for the outbox.
+    let reader = db.connect().await;
+    reader
+        .batch_execute("BEGIN; LOCK TABLE dispatcher.deliveries IN ACCESS SHARE MODE")
+        .await
+        .expect("hold a read lock on deliveries");
+
+    let deadlock = async {
+        wait_for_lock_wait(
+            &db,
+            "application_name = 'helparound-dispatcher migrate'",
+            "deliveries",
+        )
+        .await;
+        let daemon_pid: i32 = daemon
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let (touched, ()) = tokio::join!(
+            daemon.batch_execute("LOCK TABLE dispatcher.outbox IN ROW EXCLUSIVE MODE"),
+            async {
+                wait_for_lock_wait(&db, &format!("pid = {daemon_pid}"), "outbox").await;
+                // The migration goes on to `attempts`, which the daemon holds: a deadlock.
+                reader
+                    .batch_execute("COMMIT")
+                    .await
+                    .expect("commit the reader");
+            }
+        );
+        // The migration was rolled back, so the daemon's transaction goes on and ends.
+        touched.expect("the daemon's transaction is not the one rolled back");
+        daemon
+            .batch_execute("COMMIT")
+            .await
+            .expect("commit the daemon's transaction");
+    };
+    let (migrated, ()) = tokio::join!(migrate(&path, &["--lock-timeout", "1min"]), deadlock);
+
+    assert!(migrated.status.success(), "{migrated}");
+    assert!(
+        migrated.stderr.contains("to end a deadlock"),
+        "the migration was not rolled back by a deadlock:\n{migrated}"
+    );
+    assert!(
+        migrated.stderr.contains("dispatcher.attempts"),
+        "the lock it waited for is not named:\n{migrated}"
+    );
+    assert_eq!(versions(&db).await, versions_from(1));
+}
+
+/// Polls until the session `who` (a condition on `pg_stat_activity`) waits for a lock on
+/// `dispatcher.table`.
+async fn wait_for_lock_wait(db: &TestDb, who: &str, table: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE a.{who} AND NOT l.granted AND l.relation = 'dispatcher.{table}'::regclass"
+    );
+    db.wait_for_count(&sql, 1).await;
 }
