@@ -224,7 +224,7 @@ pub async fn ensure_current(client: &tokio_postgres::Client) -> Result<(), Schem
 /// next run takes up the current one again. Returns the versions applied.
 ///
 /// It runs on a connection of its own, taken out of `pool` with its own session settings
-/// ([`MIGRATE_SESSION`]); a second one from `pool` watches which lock a migration waits
+/// (`MIGRATE_SESSION`); a second one from `pool` watches which lock a migration waits
 /// for, to name it if the wait times out.
 pub async fn migrate(pool: &Pool, options: &MigrateOptions) -> Result<Vec<i32>, SchemaError> {
     let client = deadpool_postgres::Object::take(pool.get().await?);
