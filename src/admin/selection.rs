@@ -72,6 +72,33 @@ impl SelectionIn {
     ];
 }
 
+/// `selection` as the query string [`SelectionIn`] reads, with `state` as given (the
+/// overview shows `failed` when none is chosen): the one way a selection is written
+/// back, for the overview's links and for the audit trail.
+pub(crate) fn query_string(selection: &Selection, state: Option<&str>) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    let texts = [
+        ("state", state),
+        ("partner", selection.partner.as_deref()),
+        ("event_name", selection.event_name.as_deref()),
+        ("patient_id", selection.patient_id.as_deref()),
+    ];
+    for (name, value) in texts {
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    if let Some(event_id) = selection.event_id {
+        query.append_pair("event_id", &event_id.to_string());
+    }
+    for (name, at) in [("since", selection.since), ("until", selection.until)] {
+        if let Some(at) = at {
+            query.append_pair(name, &at.to_rfc3339());
+        }
+    }
+    query.finish()
+}
+
 impl From<SelectionIn> for Selection {
     fn from(selection: SelectionIn) -> Selection {
         let SelectionIn {

@@ -409,25 +409,8 @@ impl AdminState {
 
 /// A selection in the audit trail's words: its filters as a query string.
 fn described(selection: &Selection) -> String {
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
-    let texts = [
-        ("state", &selection.state),
-        ("partner", &selection.partner),
-        ("event_name", &selection.event_name),
-        ("patient_id", &selection.patient_id),
-    ];
-    for (name, value) in texts {
-        if let Some(value) = value {
-            query.append_pair(name, value);
-        }
-    }
-    if let Some(event_id) = selection.event_id {
-        query.append_pair("event_id", &event_id.to_string());
-    }
-    for (name, at) in [("since", selection.since), ("until", selection.until)] {
-        if let Some(at) = at {
-            query.append_pair(name, &at.to_rfc3339());
-        }
-    }
-    format!("deliveries?{}", query.finish())
+    format!(
+        "deliveries?{}",
+        super::selection::query_string(selection, selection.state.as_deref())
+    )
 }

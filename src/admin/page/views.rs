@@ -328,27 +328,10 @@ impl Listing<'_> {
 /// (`failed` by default, or `all`): what its links and its filter form ask for, in the
 /// names [`crate::admin::selection::SelectionIn`] reads.
 pub(crate) fn overview_address(selection: &Selection, shown_state: &str) -> String {
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
-    query.append_pair("state", shown_state);
-    let texts = [
-        ("partner", &selection.partner),
-        ("event_name", &selection.event_name),
-        ("patient_id", &selection.patient_id),
-    ];
-    for (name, value) in texts {
-        if let Some(value) = value {
-            query.append_pair(name, value);
-        }
-    }
-    if let Some(event_id) = selection.event_id {
-        query.append_pair("event_id", &event_id.to_string());
-    }
-    for (name, at) in [("since", selection.since), ("until", selection.until)] {
-        if let Some(at) = at {
-            query.append_pair(name, &at.to_rfc3339());
-        }
-    }
-    format!("/?{}", query.finish())
+    format!(
+        "/?{}",
+        crate::admin::selection::query_string(selection, Some(shown_state))
+    )
 }
 
 /// The overview's body: partners at a glance and over their last day, then a page of the
