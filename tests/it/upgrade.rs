@@ -40,13 +40,15 @@ fn shipped_migrations() -> Vec<(i32, String)> {
 }
 
 /// A database as the dispatcher that shipped migration `version` left it: every shipped
-/// file up to it, applied in one transaction, as that dispatcher's `migrate` did.
+/// file up to it, applied in one transaction, as that dispatcher's `migrate` did. A file
+/// written for today's runner, whose index builds run concurrently outside a
+/// transaction, is applied with plain builds, which leave the same schema.
 async fn database_at(version: i32) -> TestDb {
     let db = TestDb::unmigrated().await;
     let mut sql = String::from("BEGIN;\n");
     for (shipped, text) in shipped_migrations() {
         if shipped <= version {
-            sql.push_str(&text);
+            sql.push_str(&text.replace(" CONCURRENTLY", ""));
             sql.push_str(&format!(
                 "\n;INSERT INTO dispatcher.schema_migrations (version) VALUES ({shipped});\n"
             ));
