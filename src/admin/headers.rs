@@ -4,7 +4,9 @@
 //! referrer, no guessing of types, and nothing kept in a cache, as the page and the API
 //! show partners' answers, which may repeat patient data.
 
-use axum::extract::Request;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
     X_FRAME_OPTIONS,
@@ -26,13 +28,35 @@ pub(crate) fn nonce() -> String {
     NONCE.try_with(Clone::clone).unwrap_or_default()
 }
 
+/// Where the page's forms may lead besides this server: with sign-in through the identity
+/// provider, its origin, as the sign-in form's answer redirects there and a browser holds
+/// `form-action` to redirects too.
+#[derive(Clone, Default)]
+pub(crate) struct FormTargets(Arc<str>);
+
+impl FormTargets {
+    /// The origin of the provider's issuer URL (its authorization endpoint is on it), or
+    /// none without sign-in.
+    pub(crate) fn signing_in_at(issuer: Option<&str>) -> FormTargets {
+        let origin = issuer
+            .and_then(|issuer| url::Url::parse(issuer).ok())
+            .map(|url| url.origin().ascii_serialization())
+            .filter(|origin| origin != "null");
+        FormTargets(origin.unwrap_or_default().into())
+    }
+}
+
 /// Makes the answer with a fresh nonce and sets the headers on it.
-pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
+pub(crate) async fn security_headers(
+    State(targets): State<FormTargets>,
+    request: Request,
+    next: Next,
+) -> Response {
     let nonce = STANDARD.encode(rand::random::<[u8; 16]>());
     let mut response = NONCE.scope(nonce.clone(), next.run(request)).await;
     let headers = response.headers_mut();
     // Base64 is a valid header value; the fallback only satisfies the type.
-    let policy = HeaderValue::from_str(&policy(&nonce))
+    let policy = HeaderValue::from_str(&policy(&nonce, &targets))
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
     headers.insert(CONTENT_SECURITY_POLICY, policy);
     headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -42,10 +66,15 @@ pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
-fn policy(nonce: &str) -> String {
+fn policy(nonce: &str, targets: &FormTargets) -> String {
+    let provider = if targets.0.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", targets.0)
+    };
     format!(
         "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
-         img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+         img-src 'self'; form-action 'self'{provider}; frame-ancestors 'none'; base-uri 'none'"
     )
 }
 
@@ -55,11 +84,22 @@ mod tests {
 
     #[test]
     fn only_the_answers_own_script_and_style_run_and_nothing_frames_it() {
-        let policy = policy("abc");
+        let policy = policy("abc", &FormTargets::default());
         assert!(policy.contains("script-src 'nonce-abc';"), "{policy}");
         assert!(policy.contains("style-src 'nonce-abc';"), "{policy}");
         assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
         assert!(!policy.contains("unsafe"), "{policy}");
         assert_eq!(nonce(), "", "no nonce outside an answer");
+        assert!(policy.contains("form-action 'self';"), "{policy}");
+    }
+
+    #[test]
+    fn with_sign_in_the_forms_may_lead_to_the_identity_provider_and_nowhere_else() {
+        let targets = FormTargets::signing_in_at(Some("https://id.example.com:8443/realms/staff"));
+        let policy = policy("abc", &targets);
+        assert!(
+            policy.contains("form-action 'self' https://id.example.com:8443;"),
+            "{policy}"
+        );
     }
 }

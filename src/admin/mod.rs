@@ -107,6 +107,9 @@ impl AdminServer {
             .transpose()
             .map_err(std::io::Error::other)?
             .map(Arc::new);
+        let form_targets = headers::FormTargets::signing_in_at(
+            config.oidc.as_ref().map(|oidc| oidc.issuer.as_str()),
+        );
         let state = AdminState {
             pool: support_pool,
             daemon_pool,
@@ -120,7 +123,7 @@ impl AdminServer {
         Ok(AdminServer {
             listener,
             tls: config.tls.clone(),
-            router: router(state),
+            router: router(state, form_targets),
         })
     }
 
@@ -150,7 +153,7 @@ impl AdminServer {
     }
 }
 
-fn router(state: AdminState) -> Router {
+fn router(state: AdminState, form_targets: headers::FormTargets) -> Router {
     // The bearer check comes first, so a stranger learns nothing about what a post needs.
     let api = api::routes()
         .route_layer(from_fn_with_state(state.clone(), access::json_posts))
@@ -168,7 +171,7 @@ fn router(state: AdminState) -> Router {
         .nest("/api", api)
         .merge(pages)
         .layer(from_fn_with_state(state.clone(), access::known_hosts_only))
-        .layer(axum::middleware::from_fn(headers::security_headers));
+        .layer(from_fn_with_state(form_targets, headers::security_headers));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
