@@ -98,10 +98,23 @@ async fn support(
 ) -> anyhow::Result<()> {
     let database = DatabaseConfig::load(config, database_url)
         .with_context(|| format!("invalid configuration {}", config.display()))?;
-    let pool = db::pool(&database, database.pool_limits())?;
-    let mut client = pool.get().await.context("connecting to the database")?;
-    schema::ensure_current(&client).await?;
+    let (_, mut client) = connected(&database).await?;
     deliveries::run(command, &mut client, &mut std::io::stdout().lock()).await
+}
+
+/// A connection to a database that has every migration this binary knows, and the pool
+/// it came from: what each command but `migrate` and `run` starts with. The connect
+/// error is worded by `DbError`, so no driver error (whose chain can print a DETAIL)
+/// reaches the message.
+async fn connected(database: &DatabaseConfig) -> anyhow::Result<(db::Pool, db::Client)> {
+    let pool = db::pool(database, database.pool_limits())?;
+    let client = pool
+        .get()
+        .await
+        .map_err(db::DbError::from)
+        .context("connecting to the database")?;
+    schema::ensure_current(&client).await?;
+    Ok((pool, client))
 }
 
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
@@ -126,13 +139,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Run => daemon::run(config, &cli.config).await?,
         Command::Prune => {
-            let pool = db::pool(&config.database, config.database.pool_limits())?;
-            let client = pool
-                .get()
-                .await
-                .map_err(db::DbError::from)
-                .context("connecting to the database")?;
-            schema::ensure_current(&client).await?;
+            let (pool, client) = connected(&config.database).await?;
             drop(client);
             let report = retention::prune(&pool, &config.retention, &Shutdown::new()).await?;
             println!("{report}");
@@ -142,23 +149,11 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             command,
         } => support(&cli.config, database_url, command).await?,
         Command::Tokens(command) => {
-            let pool = db::pool(&config.database, config.database.pool_limits())?;
-            let client = pool
-                .get()
-                .await
-                .map_err(db::DbError::from)
-                .context("connecting to the database")?;
-            schema::ensure_current(&client).await?;
+            let (_, client) = connected(&config.database).await?;
             cli::tokens::run(command, &client, &mut std::io::stdout().lock()).await?;
         }
         Command::Audit(command) => {
-            let pool = db::pool(&config.database, config.database.pool_limits())?;
-            let client = pool
-                .get()
-                .await
-                .map_err(db::DbError::from)
-                .context("connecting to the database")?;
-            schema::ensure_current(&client).await?;
+            let (_, client) = connected(&config.database).await?;
             cli::tokens::audit(command, &client, &mut std::io::stdout().lock()).await?;
         }
         Command::Db(_) => unreachable!("handled before the configuration is read"),
