@@ -351,8 +351,8 @@ impl AdminState {
     }
 
     async fn cancel(&self, id: Uuid, actor: &str) -> Result<(), ApiError> {
-        let client = self.client().await?;
-        let report = support::cancel(&client, &[id], actor)
+        let mut client = self.client().await?;
+        let report = support::cancel(&mut client, &[id], actor)
             .await
             .map_err(DatabaseUnavailable::logged)?;
         match report.refused.first() {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::selection::SelectionFlags;
 use crate::admin::api::wire::{DeliveryDetailOut, DeliveryOut};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
+use crate::delivery::state::{DeliveryState, WAITING};
 use crate::store::circuits;
 use crate::store::db::{Client, DbError, GenericClient};
 use crate::store::support::{self, DeliveryDetail, DeliverySummary, Selection, SupportError};
@@ -78,7 +79,7 @@ pub async fn run(
             };
             retry(client, &selection, out).await
         }
-        DeliveriesCommand::Cancel { ids } => cancel(&*client, &ids, out).await,
+        DeliveriesCommand::Cancel { ids } => cancel(client, &ids, out).await,
     }
 }
 
@@ -223,7 +224,10 @@ fn print_detail(detail: &DeliveryDetail, out: &mut impl Write) -> anyhow::Result
         "patient      {}",
         d.patient_id.as_deref().unwrap_or("-")
     )?;
-    writeln!(out, "state        {}", d.state)?;
+    match d.state {
+        DeliveryState::Waiting => writeln!(out, "state        waiting: {WAITING}")?,
+        state => writeln!(out, "state        {state}")?,
+    }
     writeln!(out, "attempts     {}", d.tries())?;
     writeln!(out, "created      {}", d.created_at.to_rfc3339())?;
     if let Some(next) = d.next_attempt_at {
@@ -318,7 +322,7 @@ async fn retry(
 }
 
 async fn cancel(
-    client: &impl GenericClient,
+    client: &mut Client,
     ids: &[Uuid],
     out: &mut impl Write,
 ) -> anyhow::Result<()> {

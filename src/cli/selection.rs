@@ -9,8 +9,8 @@ use crate::store::support::Selection;
 /// Which deliveries, as flags. Ids are not a flag: `retry` takes them as arguments.
 #[derive(Debug, Default, clap::Args)]
 pub struct SelectionFlags {
-    /// pending (with in_flight), in_flight, delivered, rejected, dead, invalid,
-    /// cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
+    /// pending (with waiting and in_flight), waiting, in_flight, delivered, rejected,
+    /// dead, invalid, cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
     #[arg(long)]
     pub state: Option<String>,
     #[arg(long)]

@@ -231,6 +231,15 @@ impl Dispatcher {
         db::on_client(&self.pool, query).await
     }
 
+    /// [`Dispatcher::on_client`] for a statement that needs the connection to itself: a
+    /// transaction of its own.
+    async fn on_client_mut<T, E: Into<db::DbError>>(
+        &self,
+        query: impl AsyncFnOnce(&mut Client) -> Result<T, E>,
+    ) -> Result<T, db::DbError> {
+        db::on_client_mut(&self.pool, query).await
+    }
+
     /// Waits until `wakeup` (which the listener also sends once it is connected again
     /// after an outage), the poll interval, or [`db::RETRY_AFTER_ERROR`], whichever is first.
     async fn wait_after_db_error(&self, wakeup: &Notify) {

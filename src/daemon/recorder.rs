@@ -101,7 +101,7 @@ impl Dispatcher {
         let mut delay = Duration::from_millis(50);
         loop {
             let recorded = self
-                .on_client(async |client| queue::record(client, resolutions).await)
+                .on_client_mut(async |client| queue::record(client, resolutions).await)
                 .await;
             let error = match recorded {
                 Ok(ids) => {

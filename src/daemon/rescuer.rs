@@ -82,9 +82,9 @@ async fn rescue_once(
     metrics: &Metrics,
 ) -> Result<usize, db::DbError> {
     let config = live.snapshot();
-    let client = pool.get().await?;
+    let mut client = pool.get().await?;
     let rescued = queue::rescue_expired(
-        &client,
+        &mut client,
         config.dispatch.lease,
         config.retry.max_attempts,
         RESCUE_BATCH,

@@ -1,5 +1,9 @@
 //! The states a delivery moves through, as stored in `dispatcher.deliveries.state`.
 //!
+//! A delivery behind an unfinished earlier event of the same patient to the same partner
+//! starts `waiting` (per (partner, patient) order), and becomes `pending`, due at once, in
+//! the transaction that ends the last earlier one.
+//!
 //! `pending` → (claimed) `in_flight` → `delivered` | `rejected` | `dead` | `invalid`, or back
 //! to `pending` with a later `due_at` when an attempt failed and may be retried, or when
 //! its lease ran out with no result recorded, or straight from `pending` to `dead` if its
@@ -10,9 +14,16 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// What `waiting` means, in the words the page, the API's document, the CLI and the README
+/// all use.
+pub const WAITING: &str = "behind an earlier event of the same patient to this partner";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {
     Pending,
+    /// Behind an earlier event of the same patient to this partner that has not ended:
+    /// not due, not in the claim's path, pending once that one ends.
+    Waiting,
     InFlight,
     Delivered,
     Rejected,
@@ -24,8 +35,9 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    pub const ALL: [DeliveryState; 8] = [
+    pub const ALL: [DeliveryState; 9] = [
         DeliveryState::Pending,
+        DeliveryState::Waiting,
         DeliveryState::InFlight,
         DeliveryState::Delivered,
         DeliveryState::Rejected,
@@ -62,6 +74,7 @@ impl DeliveryState {
         matches!(
             self,
             DeliveryState::Pending
+                | DeliveryState::Waiting
                 | DeliveryState::Rejected
                 | DeliveryState::Dead
                 | DeliveryState::Invalid
@@ -72,6 +85,7 @@ impl DeliveryState {
     pub const fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
+            DeliveryState::Waiting => "waiting",
             DeliveryState::InFlight => "in_flight",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Rejected => "rejected",
@@ -90,7 +104,7 @@ impl fmt::Display for DeliveryState {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown delivery state `{0}`: use pending, in_flight, delivered, rejected, dead, invalid, cancelled, unrouted or failed")]
+#[error("unknown delivery state `{0}`: use pending, waiting, in_flight, delivered, rejected, dead, invalid, cancelled, unrouted or failed")]
 pub struct UnknownState(String);
 
 impl FromStr for DeliveryState {
@@ -104,11 +118,16 @@ impl FromStr for DeliveryState {
 }
 
 /// States as support names them: one state, `failed` (rejected, dead, invalid or
-/// unrouted), or `pending` (which includes in flight).
+/// unrouted), or `pending` (which includes waiting and in flight: every delivery that has
+/// not ended).
 pub fn parse_states(text: &str) -> Result<Vec<DeliveryState>, UnknownState> {
     Ok(match text {
         "failed" => DeliveryState::FAILED.to_vec(),
-        "pending" => vec![DeliveryState::Pending, DeliveryState::InFlight],
+        "pending" => vec![
+            DeliveryState::Pending,
+            DeliveryState::Waiting,
+            DeliveryState::InFlight,
+        ],
         other => vec![other.parse()?],
     })
 }

@@ -78,7 +78,7 @@ const BODY_EXPIRED: &str = "o.event IS NOT NULL
      AND NOT EXISTS (
          SELECT 1 FROM dispatcher.deliveries d
          WHERE d.event_id = o.id
-           AND (d.state IN ('pending', 'in_flight')
+           AND (d.state IN ('pending', 'waiting', 'in_flight')
                 OR d.ended_at IS NULL
                 OR d.ended_at >= now() - make_interval(days => $1)))";
 
@@ -185,7 +185,7 @@ pub async fn delete_ended_deliveries(
             "WITH expired AS (
                  SELECT id FROM dispatcher.deliveries
                  WHERE ended_at < now() - make_interval(days => $1)
-                   AND state NOT IN ('pending', 'in_flight')
+                   AND state NOT IN ('pending', 'waiting', 'in_flight')
                  ORDER BY ended_at
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED

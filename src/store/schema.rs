@@ -41,6 +41,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../migrations/0010_attempt_resent_after.sql"),
     ),
     (11, include_str!("../../migrations/0011_support_search.sql")),
+    (12, include_str!("../../migrations/0012_waiting.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

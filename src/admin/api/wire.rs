@@ -21,6 +21,8 @@ use crate::store::support::{
 #[schema(as = DeliveryState)]
 pub(crate) enum DeliveryStateOut {
     Pending,
+    /// Behind an earlier event of the same patient to this partner.
+    Waiting,
     InFlight,
     Delivered,
     Rejected,
@@ -34,6 +36,7 @@ impl From<DeliveryState> for DeliveryStateOut {
     fn from(state: DeliveryState) -> DeliveryStateOut {
         match state {
             DeliveryState::Pending => DeliveryStateOut::Pending,
+            DeliveryState::Waiting => DeliveryStateOut::Waiting,
             DeliveryState::InFlight => DeliveryStateOut::InFlight,
             DeliveryState::Delivered => DeliveryStateOut::Delivered,
             DeliveryState::Rejected => DeliveryStateOut::Rejected,
@@ -247,7 +250,7 @@ pub(crate) struct PartnerOut {
     pub delivered: i64,
     /// Rejected, dead, invalid or unrouted in the last 24 hours.
     pub failed: i64,
-    /// Pending or in flight, however old.
+    /// Pending, waiting or in flight, however old.
     pub pending: i64,
     pub oldest_pending_since: Option<DateTime<Utc>>,
     /// The partner's circuit breaker as last recorded; null if it never failed.

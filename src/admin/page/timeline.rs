@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
 use super::when::time;
-use crate::delivery::state::DeliveryState;
+use crate::delivery::state::{DeliveryState, WAITING};
 use crate::store::support::{AttemptSummary, DeliveryDetail, SupportAction};
 
 /// One line of the timeline.
@@ -78,7 +78,7 @@ fn outcome(detail: &DeliveryDetail, attempt: &AttemptSummary) -> (&'static str, 
     }
     match detail.summary.state {
         DeliveryState::Delivered => ("ok", "delivered".to_string()),
-        DeliveryState::Pending | DeliveryState::InFlight => {
+        DeliveryState::Pending | DeliveryState::Waiting | DeliveryState::InFlight => {
             ("failed", "failed; to be tried again".to_string())
         }
         ended => ("failed", format!("the delivery ended {ended}")),
@@ -98,6 +98,9 @@ fn what_next(detail: &DeliveryDetail, now: DateTime<Utc>) -> Markup {
         },
         (DeliveryState::InFlight, _) => html! {
             li.next #next-attempt { "attempt " (next_number) " is on its way to the partner now" }
+        },
+        (DeliveryState::Waiting, _) => html! {
+            li.next #next-attempt { "waiting: " (WAITING) "; due once that one ends" }
         },
         _ => html! {},
     }

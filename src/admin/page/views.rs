@@ -13,7 +13,7 @@ use crate::admin::headers;
 use crate::admin::state::{DeliveryPage, Page};
 use crate::config::identity::Role;
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
-use crate::delivery::state::DeliveryState;
+use crate::delivery::state::{DeliveryState, WAITING};
 use crate::store::support::chart::PartnerDay;
 use crate::store::support::{
     CancelRefused, DeliveryDetail, DeliverySummary, PartnerSummary, Rerouted, Resent, Selection,
@@ -155,7 +155,7 @@ th { background: #eef1f5; font-weight: 600; }
 th.num, td.num { text-align: right; }
 td.when, td.nowrap { white-space: nowrap; }
 .state { padding: .1rem .4rem; border-radius: .3rem; font-size: .8rem; background: #e1e4ea; }
-.state-delivered { background: #d3f2dc; } .state-pending, .state-in_flight { background: #fff1c2; }
+.state-delivered { background: #d3f2dc; } .state-pending, .state-waiting, .state-in_flight { background: #fff1c2; }
 .state-rejected, .state-dead, .state-invalid, .state-unrouted { background: #fbd5d5; }
 .error { color: #8a1c1c; max-width: 32rem; }
 .notice { padding: .6rem 1rem; border-radius: .3rem; }
@@ -190,7 +190,12 @@ fn age(since: DateTime<Utc>) -> String {
 }
 
 fn state_badge(state: DeliveryState) -> Markup {
-    html! { span class={ "state state-" (state.as_str()) } { (state.as_str()) } }
+    match state {
+        DeliveryState::Waiting => html! {
+            span class="state state-waiting" title=(format!("waiting: {WAITING}")) { "waiting" }
+        },
+        _ => html! { span class={ "state state-" (state.as_str()) } { (state.as_str()) } },
+    }
 }
 
 /// Resend and cancel buttons for the states where they can work, for support.
@@ -356,7 +361,7 @@ pub(super) fn overview(
         form.filters method="get" action="/" {
             label { "State"
                 select name="state" {
-                    @for option in ["failed", "all", "pending", "in_flight", "delivered", "rejected", "dead", "invalid", "cancelled", "unrouted"] {
+                    @for option in ["failed", "all", "pending", "waiting", "in_flight", "delivered", "rejected", "dead", "invalid", "cancelled", "unrouted"] {
                         option value=(option) selected[option == shown_state] { (option) }
                     }
                 }

@@ -244,6 +244,15 @@ pub async fn on_client<T, E: Into<DbError>>(
     query(&client).await.map_err(Into::into)
 }
 
+/// [`on_client`] for a query that opens a transaction of its own.
+pub async fn on_client_mut<T, E: Into<DbError>>(
+    pool: &Pool,
+    query: impl AsyncFnOnce(&mut Client) -> Result<T, E>,
+) -> Result<T, DbError> {
+    let mut client = pool.get().await?;
+    query(&mut client).await.map_err(Into::into)
+}
+
 /// A pool for every statement but LISTEN: the daemon's, or the admin server's own.
 pub fn pool(database: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbError> {
     let ConnectionConfig { mut postgres, tls } = connection_config(database)?;

@@ -7,6 +7,8 @@ use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::wait_from_seconds;
+use crate::delivery::outcome::Resolution;
+use crate::delivery::state::DeliveryState;
 use crate::delivery::ClaimedDelivery;
 
 /// How many deliveries a partner can send now: its free `max_in_flight` slots, or fewer
@@ -26,7 +28,7 @@ pub const BODY_ERASED: &str = "ended without sending: the event body was erased 
 
 /// The claim: `$1` limit, `$2` lease in seconds, `$3` claim token, `$4`/`$5` the
 /// configured partners and how many each can take now (0 while its slots are full or its
-/// circuit holds it), `$6` the error of a delivery whose body is gone ([`BODY_ERASED`]).
+/// circuit holds it).
 ///
 /// Each partner's due deliveries are read on their own (`LATERAL`, on
 /// `deliveries_pending`), at most as many as it has room for, so a held partner's backlog
@@ -68,7 +70,7 @@ pub(super) const CLAIM_DUE: &str = concat!(
                    WHERE earlier.partner = d.partner
                      AND earlier.patient_id = d.patient_id
                      AND earlier.event_id < d.event_id
-                     AND earlier.state IN ('pending', 'in_flight')
+                     AND earlier.state IN ('pending', 'waiting', 'in_flight')
                    OFFSET 0)
              ORDER BY d.due_at
              LIMIT room.free
@@ -101,22 +103,13 @@ pub(super) const CLAIM_DUE: &str = concat!(
              OFFSET 0
          ) AS o
      ),
-     -- One whose body is gone is ended, not sent (it takes a place in the batch and in its
-     -- partner's room, and the next claim takes the event after it).
-     picked AS (
-         SELECT ARRAY(SELECT id FROM due) AS ids,
-                ARRAY(SELECT id FROM due WHERE event IS NULL) AS gone
-     ),
      claimed AS (
          UPDATE dispatcher.deliveries d
-         SET state = CASE WHEN d.id = ANY(picked.gone) THEN 'dead' ELSE 'in_flight' END,
-             due_at = CASE WHEN d.id = ANY(picked.gone) THEN NULL
-                           ELSE now() + make_interval(secs => $2) END,
-             claim_token = CASE WHEN d.id = ANY(picked.gone) THEN NULL ELSE $3::uuid END,
-             ended_at = CASE WHEN d.id = ANY(picked.gone) THEN now() END,
-             last_error = CASE WHEN d.id = ANY(picked.gone) THEN $6::text ELSE d.last_error END
-         FROM picked
-         WHERE d.id = ANY(picked.ids)
+         SET state = 'in_flight',
+             due_at = now() + make_interval(secs => $2),
+             claim_token = $3::uuid
+         FROM due
+         WHERE d.id = due.id
          RETURNING d.id, d.event_id, d.partner, d.event_name,
                    d.attempt_count - d.attempts_before_resend AS attempts_used
      )
@@ -145,13 +138,15 @@ pub(super) const GENERIC_PLAN: &str =
 /// `room` (a partner not listed takes any number).
 ///
 /// Due means pending and due; a delivery whose lease ran out comes back through
-/// [`rescue_expired`](super::rescue_expired) first. A delivery waits while an earlier event for the same
-/// (partner, patient) is unfinished.
+/// [`rescue_expired`](super::rescue_expired) first. A delivery behind an unfinished earlier
+/// event for the same (partner, patient) is `waiting`, not pending, so the claim never
+/// reads it; its `NOT EXISTS` still holds order for the one race `order.rs` describes.
 /// `SKIP LOCKED` lets several daemons claim side by side without waiting on each other.
 ///
-/// A due delivery whose event body is gone cannot be sent, so it is not claimed but ended
-/// `dead` with [`BODY_ERASED`] (and logged), which lets the next claim take the later
-/// events of its (partner, patient).
+/// A due delivery whose event body is gone cannot be sent: it is claimed, then at once
+/// recorded `dead` with [`BODY_ERASED`] (and logged) like any result, which makes the next
+/// event of its (partner, patient) pending. Should the daemon stop in between, its lease
+/// runs out and the rescue returns it to be claimed again.
 pub async fn claim_due(
     client: &mut impl GenericClient,
     limit: usize,
@@ -181,7 +176,6 @@ pub async fn claim_due(
                 &claim_token,
                 &partners,
                 &free,
-                &BODY_ERASED,
             ],
         )
         .await?;
@@ -190,6 +184,7 @@ pub async fn claim_due(
         deliveries: Vec::with_capacity(rows.len()),
         ended_without_body: 0,
     };
+    let mut gone = Vec::new();
     for row in &rows {
         let id: Uuid = row.get("id");
         let event_id: i64 = row.get("event_id");
@@ -197,7 +192,15 @@ pub async fn claim_due(
         let Some(event) = row.get::<_, Option<String>>("event") else {
             tracing::warn!(delivery_id = %id, event_id, %partner,
                 "the event body was erased while it waited to be sent; ended the delivery dead");
-            claim.ended_without_body += 1;
+            gone.push(Resolution {
+                delivery_id: id,
+                claim_token,
+                state: DeliveryState::Dead,
+                due_in: None,
+                last_error: Some(BODY_ERASED.to_string()),
+                attempt: None,
+                learned_external_id: None,
+            });
             continue;
         };
         claim.deliveries.push(ClaimedDelivery {
@@ -211,6 +214,10 @@ pub async fn claim_due(
             external_id: row.get("external_id"),
             traceparent: row.get("traceparent"),
         });
+    }
+    if !gone.is_empty() {
+        let gone: Vec<&Resolution> = gone.iter().collect();
+        claim.ended_without_body = super::record(client, &gone).await?.len();
     }
     Ok(claim)
 }

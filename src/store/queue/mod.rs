@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 
+use uuid::Uuid;
+
+use crate::delivery::state::DeliveryState;
 use crate::delivery::NewDelivery;
 
 /// The partners that have pending deliveries, found by skipping through
@@ -31,16 +34,22 @@ macro_rules! partners_waiting {
 }
 
 mod claim;
+mod order;
 mod plan;
 mod record;
 mod rescue;
 
 pub use claim::{claim_due, until_next_due, Claim, PartnerRoom, BODY_ERASED};
+pub(crate) use order::{lock_patients, settle};
 pub use plan::{explain_claim_due, refresh_statistics};
 pub use record::record;
 pub use rescue::{rescue_expired, until_next_lease_end, ExpiredLease};
 
 /// Inserts routed deliveries; an (event, partner) pair that already has one is skipped.
+/// One behind an unfinished earlier event of its patient to its partner (routed before, or
+/// in this same batch) is inserted `waiting`; one of an event routed late (a producer's
+/// transaction that committed after later ones, or an unrouted event routed again) makes
+/// the pending ones behind it wait. See `order.rs`; the caller's transaction holds it all.
 pub async fn insert(
     client: &impl GenericClient,
     deliveries: &[NewDelivery],
@@ -72,7 +81,7 @@ pub async fn insert(
              ON CONFLICT (event_id, partner) DO NOTHING",
     )
     .await?;
-    client
+    let inserted = client
         .execute(
             &statement,
             &[
@@ -85,13 +94,23 @@ pub async fn insert(
                 &errors,
             ],
         )
-        .await
+        .await?;
+    let in_order: Vec<Uuid> = deliveries
+        .iter()
+        .filter(|delivery| delivery.state == DeliveryState::Pending)
+        .map(|delivery| delivery.id)
+        .collect();
+    order::lock_patients(client, &in_order).await?;
+    order::settle(client, &in_order).await?;
+    Ok(inserted)
 }
 
 /// One partner's unfinished deliveries, as the metrics report them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartnerQueue {
     pub partner: String,
+    /// Waiting ones included: as before they had a state of their own, the gauge counts
+    /// every delivery not yet claimed.
     pub pending: i64,
     pub in_flight: i64,
     /// Seconds the oldest due delivery (due and not yet claimed, or its lease run out)
@@ -107,12 +126,12 @@ pub async fn queue_by_partner(
     let rows = client
         .query(
             "SELECT partner,
-                    count(*) FILTER (WHERE state = 'pending') AS pending,
+                    count(*) FILTER (WHERE state IN ('pending', 'waiting')) AS pending,
                     count(*) FILTER (WHERE state = 'in_flight') AS in_flight,
                     COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
                         AS oldest_due_seconds
              FROM dispatcher.deliveries
-             WHERE state IN ('pending', 'in_flight') AND partner IS NOT NULL
+             WHERE state IN ('pending', 'waiting', 'in_flight') AND partner IS NOT NULL
              GROUP BY partner",
             &[],
         )

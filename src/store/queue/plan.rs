@@ -36,14 +36,14 @@ pub async fn explain_claim_due(
         transaction.batch_execute(GENERIC_PLAN).await?;
         transaction
             .batch_execute(&format!(
-                "PREPARE {NAME}(int8, float8, uuid, text[], int8[], text) AS {CLAIM_DUE}"
+                "PREPARE {NAME}(int8, float8, uuid, text[], int8[]) AS {CLAIM_DUE}"
             ))
             .await?;
         // Typed numbers, formatted: no text of anyone's reaches the statement.
         transaction
             .query(
                 &format!(
-                    "EXPLAIN EXECUTE {NAME}({limit}, {lease}, NULL, '{{}}', '{{}}', '')",
+                    "EXPLAIN EXECUTE {NAME}({limit}, {lease}, NULL, '{{}}', '{{}}')",
                     lease = lease.as_secs_f64()
                 ),
                 &[],

@@ -1,10 +1,13 @@
 //! Recording: each claim's result written back in batches, only while its claim is
 //! current.
 
+use std::collections::HashSet;
+
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::delivery::outcome::Resolution;
+use crate::delivery::state::DeliveryState;
 
 /// PostgreSQL text cannot hold NUL, and a partner's answer may contain it; one such
 /// answer must not make its whole batch unwritable.
@@ -12,12 +15,40 @@ fn storable(text: Option<&str>) -> Option<String> {
     text.map(|text| text.replace('\0', "\u{FFFD}"))
 }
 
-/// Writes a batch of resolutions in one statement and returns the ids written.
+/// Writes a batch of resolutions in one transaction and returns the ids written.
 ///
 /// A resolution is only written while its claim is current: if the lease ran out and
 /// another claim took the delivery, or support cancelled it, the stale result is dropped
-/// (attempt and learned id included) rather than overwrite a newer state.
+/// (attempt and learned id included) rather than overwrite a newer state. A delivery that
+/// ends makes the next waiting one of its (partner, patient) pending, in the same
+/// transaction (see `order.rs`, whose locks come first).
 pub async fn record(
+    client: &mut impl GenericClient,
+    resolutions: &[&Resolution],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = resolutions.iter().map(|r| r.delivery_id).collect();
+    let ending: Vec<Uuid> = resolutions
+        .iter()
+        .filter(|r| r.state != DeliveryState::Pending)
+        .map(|r| r.delivery_id)
+        .collect();
+    let transaction = client.transaction().await?;
+    // A retry changes nothing of its patient's order: only its own row is locked (in the
+    // same order as the rest, so no two transactions wait on each other).
+    super::order::lock(&transaction, &ids, &ending).await?;
+    let written = write(&transaction, resolutions).await?;
+    let recorded: HashSet<&Uuid> = written.iter().collect();
+    let ended: Vec<Uuid> = ending
+        .into_iter()
+        .filter(|id| recorded.contains(id))
+        .collect();
+    super::order::settle(&transaction, &ended).await?;
+    transaction.commit().await?;
+    Ok(written)
+}
+
+/// The statement that writes the resolutions.
+async fn write(
     client: &impl GenericClient,
     resolutions: &[&Resolution],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {

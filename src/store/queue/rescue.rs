@@ -32,8 +32,10 @@ const LEASE_EXPIRED: &str = "no result was recorded before the lease ran out (th
 /// be recorded (say it takes its daemon down every time) ends `dead` after
 /// `max_attempts` instead of being sent once a lease for ever. The claim token is
 /// cleared, so a result the old holder writes late is discarded (see [`record`](super::record)).
+/// One that ends `dead` makes the next waiting delivery of its (partner, patient) pending,
+/// in the same transaction.
 pub async fn rescue_expired(
-    client: &impl GenericClient,
+    client: &mut impl GenericClient,
     lease: Duration,
     max_attempts: u32,
     limit: usize,
@@ -41,15 +43,33 @@ pub async fn rescue_expired(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
     let lease_ms = i32::try_from(lease.as_millis()).unwrap_or(i32::MAX);
-    let statement = client.prepare_cached(
+    let transaction = client.transaction().await?;
+    // Found first, then locked with their (partner, patient)s in the order every
+    // transaction that changes a patient's order locks (see `order.rs`), then checked again.
+    let found = transaction
+        .prepare_cached(
+            "SELECT id FROM dispatcher.deliveries
+             WHERE state = 'in_flight' AND due_at <= now()
+             ORDER BY due_at
+             LIMIT $1",
+        )
+        .await?;
+    let expired: Vec<Uuid> = transaction
+        .query(&found, &[&limit])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    super::order::lock_patients(&transaction, &expired).await?;
+    let statement = transaction.prepare_cached(
         "WITH expired AS (
                  SELECT id, due_at AS lease_end,
                         attempt_count + 1 - attempts_before_resend >= $2 AS last_attempt
                  FROM dispatcher.deliveries
-                 WHERE state = 'in_flight' AND due_at <= now()
-                 ORDER BY due_at
-                 LIMIT $1
-                 FOR UPDATE SKIP LOCKED
+                 WHERE id = ANY($1) AND state = 'in_flight' AND due_at <= now()
              ),
              rescued AS (
                  UPDATE dispatcher.deliveries d
@@ -77,12 +97,19 @@ pub async fn rescue_expired(
              SELECT id, event_id, partner, event_name, state FROM rescued",
     )
     .await?;
-    let rows = client
+    let rows = transaction
         .query(
             &statement,
-            &[&limit, &max_attempts, &lease_ms, &LEASE_EXPIRED],
+            &[&expired, &max_attempts, &lease_ms, &LEASE_EXPIRED],
         )
         .await?;
+    let dead: Vec<Uuid> = rows
+        .iter()
+        .filter(|row| row.get::<_, &str>("state") == "dead")
+        .map(|row| row.get("id"))
+        .collect();
+    super::order::settle(&transaction, &dead).await?;
+    transaction.commit().await?;
     Ok(rows
         .iter()
         .map(|row| ExpiredLease {

@@ -93,11 +93,11 @@ pub async fn last_day(
                          SELECT started_at FROM dispatcher.attempts
                          WHERE delivery_id = d.id
                            AND NOT resent_after
-                           AND (number < d.attempt_count OR d.state IN ('pending', 'in_flight'))
+                           AND (number < d.attempt_count OR d.state IN ('pending', 'waiting', 'in_flight'))
                          OFFSET 0
                      ) a
                      WHERE d.partner IS NOT NULL
-                       AND (d.ended_at >= {FIRST_HOUR} OR d.state IN ('pending', 'in_flight'))
+                       AND (d.ended_at >= {FIRST_HOUR} OR d.state IN ('pending', 'waiting', 'in_flight'))
                        AND a.started_at >= {FIRST_HOUR}
                  ) counted
                  GROUP BY partner, hour

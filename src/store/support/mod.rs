@@ -17,6 +17,7 @@ use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::db::DbError;
+use super::queue;
 use crate::delivery::state::{DeliveryState, UnknownState};
 pub use resend::{resend, ErasedBody, ResendReport, Resent};
 pub use selection::Selection;
@@ -161,7 +162,7 @@ pub struct PartnerSummary {
     pub delivered: i64,
     /// Rejected, dead, invalid or unrouted in the last 24 hours.
     pub failed: i64,
-    /// Pending or in flight, however old.
+    /// Pending, waiting or in flight, however old.
     pub pending: i64,
     pub oldest_pending_since: Option<DateTime<Utc>>,
     /// The partner's circuit breaker as last recorded; null if it never failed.
@@ -177,11 +178,12 @@ pub async fn partner_summaries(
                     count(*) FILTER (WHERE state = 'delivered') AS delivered,
                     count(*) FILTER (WHERE state IN ('rejected', 'dead', 'invalid', 'unrouted'))
                         AS failed,
-                    count(*) FILTER (WHERE state IN ('pending', 'in_flight')) AS pending,
-                    min(created_at) FILTER (WHERE state IN ('pending', 'in_flight'))
+                    count(*) FILTER (WHERE state IN ('pending', 'waiting', 'in_flight')) AS pending,
+                    min(created_at) FILTER (WHERE state IN ('pending', 'waiting', 'in_flight'))
                         AS oldest_pending_since
              FROM dispatcher.deliveries
-             WHERE state IN ('pending', 'in_flight') OR created_at > now() - interval '24 hours'
+             WHERE state IN ('pending', 'waiting', 'in_flight')
+                OR created_at > now() - interval '24 hours'
              GROUP BY partner
              ORDER BY partner NULLS LAST",
             &[],
@@ -302,7 +304,7 @@ pub async fn show(
 
 /// The states [`cancel`] ends: those support can cancel
 /// ([`DeliveryState::can_cancel`]; a test holds the two together).
-const CANCELLABLE: &str = "('pending', 'rejected', 'dead', 'invalid', 'unrouted')";
+const CANCELLABLE: &str = "('pending', 'waiting', 'rejected', 'dead', 'invalid', 'unrouted')";
 
 /// An unrouted delivery's placeholder that support's resend removed so that its event
 /// is routed again: its old id leads here, to the event's deliveries now.
@@ -411,17 +413,21 @@ impl fmt::Display for CancelRefused {
     }
 }
 
-/// Ends pending or failed deliveries for good, and records who asked; says of each one
-/// asked for that it left alone which state kept it (as the statement saw it).
+/// Ends waiting, pending or failed deliveries for good, and records who asked; says of
+/// each one asked for that it left alone which state kept it (as the statement saw it).
 ///
 /// A delivery in flight is left alone: its request is on the wire, and cancelling now
-/// would drop the record of what the partner answered.
+/// would drop the record of what the partner answered. Cancelling the delivery ahead of a
+/// waiting one makes that one pending in the same transaction
+/// ([`crate::store::queue::settle`]).
 pub async fn cancel(
-    client: &impl GenericClient,
+    client: &mut impl GenericClient,
     ids: &[Uuid],
     actor: &str,
 ) -> Result<CancelReport, tokio_postgres::Error> {
-    let rows = client
+    let transaction = client.transaction().await?;
+    queue::lock_patients(&transaction, ids).await?;
+    let rows = transaction
         .query(
             &format!(
                 "WITH cancelled AS (
@@ -463,6 +469,8 @@ pub async fn cancel(
     report
         .refused
         .sort_by_key(|refused| ids.iter().position(|asked| *asked == refused.id));
+    queue::settle(&transaction, &report.cancelled).await?;
+    transaction.commit().await?;
     Ok(report)
 }
 

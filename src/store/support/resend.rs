@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::selection::{Params, CONDITIONS};
 use super::{Selection, SupportError};
 use crate::store::notify;
-use crate::store::{outbox, retention};
+use crate::store::{outbox, queue, retention};
 
 /// The states [`put_back`] sends again: those support can resend
 /// ([`crate::delivery::state::DeliveryState::can_resend`]; a test holds the two together)
@@ -130,7 +130,12 @@ pub async fn resend(
 ) -> Result<ResendReport, SupportError> {
     let params = Params::new(selection)?;
     let transaction = client.transaction().await?;
-    let resent = put_back(&transaction, &params, actor).await?;
+    let ended = resendable(&transaction, &params).await?;
+    queue::lock_patients(&transaction, &ended).await?;
+    let resent = put_back(&transaction, &ended, actor).await?;
+    // A resent earlier event holds its patient's later ones back again, as it is itself
+    // held behind an earlier one still unfinished (see queue::settle).
+    queue::settle(&transaction, &resent).await?;
     let removed = remove_placeholders(&transaction, &params, actor).await?;
     // After the resend: one that waited for retention to erase a body sees it erased here.
     let erased = match &selection.ids {
@@ -155,11 +160,29 @@ pub async fn resend(
     })
 }
 
-/// Puts the selected ended deliveries back to `pending` now, with a fresh set of
-/// attempts, and records who asked; their history stays. The last attempt is marked
-/// `resent_after` (the round it closed was not retried: the chart and the timeline read
-/// it), and the last status and error are the new round's, none yet. Returns the ids
-/// moved.
+/// The selected deliveries to partners that have ended: what [`put_back`] may resend,
+/// found first so that their (partner, patient)s are locked before any is touched.
+async fn resendable(
+    client: &impl GenericClient,
+    params: &Params<'_>,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id FROM dispatcher.deliveries
+                 WHERE {CONDITIONS} AND partner IS NOT NULL AND state IN {RESENDABLE}"
+            ),
+            &params.with(&[]),
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Puts the ended deliveries `ended` (of the selection, locked) back to `pending` now, with
+/// a fresh set of attempts, and records who asked; their history stays. The last attempt
+/// is marked `resent_after` (the round it closed was not retried: the chart and the
+/// timeline read it), and the last status and error are the new round's, none yet.
+/// Returns the ids moved.
 ///
 /// A delivery whose event body was erased is left alone. The event row is locked
 /// (`FOR SHARE`) so that retention cannot erase the body between this check and the
@@ -168,7 +191,7 @@ pub async fn resend(
 /// lock sees the body gone (see [`crate::store::retention::erase_event_bodies`]).
 async fn put_back(
     client: &impl GenericClient,
-    params: &Params<'_>,
+    ended: &[Uuid],
     actor: &str,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
@@ -177,11 +200,8 @@ async fn put_back(
                 "WITH kept AS (
                      SELECT d.id FROM dispatcher.deliveries d
                      JOIN dispatcher.outbox o ON o.id = d.event_id
-                     WHERE d.id IN (
-                           SELECT id FROM dispatcher.deliveries
-                           WHERE {CONDITIONS}
-                             AND partner IS NOT NULL
-                             AND state IN {RESENDABLE})
+                     WHERE d.id = ANY($1)
+                       AND d.state IN {RESENDABLE}
                        AND o.event IS NOT NULL
                      FOR SHARE OF o
                  ),
@@ -202,11 +222,11 @@ async fn put_back(
                  ),
                  recorded AS (
                      INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
-                     SELECT id, event_id, 'resend', $9 FROM resent
+                     SELECT id, event_id, 'resend', $2 FROM resent
                  )
                  SELECT id FROM resent"
             ),
-            &params.with(&[&actor]),
+            &[&ended, &actor],
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())

@@ -17,8 +17,8 @@ use crate::delivery::state::{self, DeliveryState, UnknownState};
 pub struct Selection {
     /// Only these deliveries: named by a command, never by a filter.
     pub ids: Option<Vec<Uuid>>,
-    /// pending (with in_flight), in_flight, delivered, rejected, dead, invalid,
-    /// cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
+    /// pending (with waiting and in_flight), waiting, in_flight, delivered, rejected,
+    /// dead, invalid, cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
     pub state: Option<String>,
     pub partner: Option<String>,
     pub event_name: Option<String>,

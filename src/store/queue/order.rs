@@ -1,0 +1,135 @@
+//! Per (partner, patient) order, kept in the state instead of checked at every claim: a
+//! delivery behind an unfinished earlier event of the same patient to the same partner is
+//! `waiting`, outside `deliveries_pending` and so outside the claim's path, and becomes
+//! `pending` in the transaction that ends the last earlier one.
+//!
+//! Every transaction that makes a delivery unfinished (routing, support's resend) or ends
+//! one (the record of a final result, the rescue that gives up, support's cancel) does the
+//! same three steps, in this order:
+//! 1. [`lock_patients`]: locks every unfinished delivery of the (partner, patient)s it
+//!    touches, in id order, so two such transactions on one patient run one after the
+//!    other, and never deadlock;
+//! 2. its own change;
+//! 3. [`settle`]: in a statement that starts after the locks were granted, so it sees what
+//!    the transaction before it committed, makes `waiting` exactly the pending deliveries
+//!    behind an unfinished earlier one and `pending` the first waiting one that has none.
+//!
+//! Why a lock: without it, a router could make an event wait behind one that a recorder
+//! is ending at that moment, each not seeing the other's change, and the event would wait
+//! for ever; two recorders ending the two unfinished deliveries ahead of a waiting one
+//! could each see the other's as unfinished. The claim itself (`pending` to `in_flight`)
+//! changes nothing here and takes no such lock (it skips locked rows). The claim still
+//! checks order (its `NOT EXISTS`), as before: the one case the locks cannot cover is a
+//! (partner, patient) with nothing unfinished to lock, where a resend and the routing of
+//! a later event meet; then both end `pending`, and the claim holds the later one back
+//! until the resent one ends, exactly as it held every waiting delivery before.
+
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+/// Locks the deliveries `ids` and every unfinished delivery of their (partner, patient)s,
+/// in id order, until the transaction ends. `FOR NO KEY UPDATE`: the claim's
+/// `FOR UPDATE SKIP LOCKED` passes them by meanwhile.
+pub(crate) async fn lock_patients(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<(), tokio_postgres::Error> {
+    lock(client, ids, ids).await
+}
+
+/// Locks the deliveries `rows`, and every unfinished delivery of the (partner, patient)s of
+/// the deliveries `patients_of`, in id order: the one order every transaction here takes
+/// its locks in, so none waits for another that waits for it.
+pub(crate) async fn lock(
+    client: &impl GenericClient,
+    rows: &[Uuid],
+    patients_of: &[Uuid],
+) -> Result<(), tokio_postgres::Error> {
+    if rows.is_empty() && patients_of.is_empty() {
+        return Ok(());
+    }
+    let statement = client
+        .prepare_cached(
+            "WITH patients AS (
+                 SELECT DISTINCT partner, patient_id FROM dispatcher.deliveries
+                 WHERE id = ANY($2) AND partner IS NOT NULL AND patient_id IS NOT NULL
+             ),
+             targets AS (
+                 SELECT id FROM dispatcher.deliveries WHERE id = ANY($1)
+                 UNION
+                 SELECT d.id FROM patients p
+                 JOIN dispatcher.deliveries d
+                   ON d.partner = p.partner AND d.patient_id = p.patient_id
+                 WHERE d.state IN ('pending', 'waiting', 'in_flight')
+             )
+             SELECT d.id FROM dispatcher.deliveries d
+             JOIN targets ON targets.id = d.id
+             ORDER BY d.id
+             FOR NO KEY UPDATE OF d",
+        )
+        .await?;
+    client.execute(&statement, &[&rows, &patients_of]).await?;
+    Ok(())
+}
+
+/// Puts the (partner, patient)s of the deliveries `ids` in order, after
+/// [`lock_patients`] in the same transaction: a pending delivery with an unfinished earlier
+/// one waits, and the first waiting one with none is pending again, due when it was due
+/// (a routed or resent one at once; one whose retry was ahead keeps its time). Only those
+/// can change: a later waiting one still has the first one ahead of it. Returns the ids
+/// that became pending.
+pub(crate) async fn settle(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statement = client
+        .prepare_cached(
+            "WITH patients AS (
+                 SELECT DISTINCT partner, patient_id FROM dispatcher.deliveries
+                 WHERE id = ANY($1) AND partner IS NOT NULL AND patient_id IS NOT NULL
+             ),
+             candidates AS (
+                 SELECT d.id, d.state, d.partner, d.patient_id, d.event_id
+                 FROM patients p
+                 JOIN dispatcher.deliveries d
+                   ON d.partner = p.partner AND d.patient_id = p.patient_id
+                 WHERE d.state = 'pending'
+                 UNION ALL
+                 SELECT first.id, first.state, first.partner, first.patient_id, first.event_id
+                 FROM patients p CROSS JOIN LATERAL (
+                     SELECT w.id, w.state, w.partner, w.patient_id, w.event_id
+                     FROM dispatcher.deliveries w
+                     WHERE w.partner = p.partner AND w.patient_id = p.patient_id
+                       AND w.state = 'waiting'
+                     ORDER BY w.event_id
+                     LIMIT 1
+                 ) AS first
+             ),
+             moved AS (
+                 SELECT c.id,
+                        CASE c.state WHEN 'pending' THEN 'waiting' ELSE 'pending' END AS state
+                 FROM candidates c
+                 WHERE (c.state = 'pending') = EXISTS (
+                     SELECT 1 FROM dispatcher.deliveries earlier
+                     WHERE earlier.partner = c.partner
+                       AND earlier.patient_id = c.patient_id
+                       AND earlier.event_id < c.event_id
+                       AND earlier.state IN ('pending', 'waiting', 'in_flight'))
+             )
+             UPDATE dispatcher.deliveries d
+             SET state = moved.state, due_at = COALESCE(d.due_at, now())
+             FROM moved
+             WHERE d.id = moved.id
+             RETURNING d.id, d.state",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&ids]).await?;
+    Ok(rows
+        .iter()
+        .filter(|row| row.get::<_, &str>("state") == "pending")
+        .map(|row| row.get("id"))
+        .collect())
+}
