@@ -9,13 +9,11 @@ ALTER TABLE dispatcher.deliveries ADD CONSTRAINT deliveries_state_check CHECK (s
     'pending', 'waiting', 'in_flight', 'delivered', 'rejected',
     'dead', 'invalid', 'cancelled', 'unrouted'));
 
--- The order's index covers every unfinished delivery, waiting ones included: a
--- (partner, patient)'s unfinished deliveries in event order, read to lock them and to
--- find the first that waits.
-CREATE INDEX deliveries_unfinished_by_patient_2 ON dispatcher.deliveries (partner, patient_id, event_id)
-    WHERE state IN ('pending', 'waiting', 'in_flight');
-DROP INDEX dispatcher.deliveries_unfinished_by_patient;
-ALTER INDEX dispatcher.deliveries_unfinished_by_patient_2 RENAME TO deliveries_unfinished_by_patient;
+-- Waiting deliveries have an index of their own, in event order per (partner, patient):
+-- where the next one to release is found. `deliveries_unfinished_by_patient` keeps only
+-- pending and in-flight ones, so nothing a claim reads or writes grows with what waits.
+CREATE INDEX deliveries_waiting ON dispatcher.deliveries (partner, patient_id, event_id)
+    WHERE state = 'waiting';
 
 -- What waits already: pending behind an earlier pending or in-flight delivery of the same
 -- (partner, patient), which is what the claim filtered out.

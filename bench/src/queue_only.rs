@@ -116,7 +116,9 @@ impl QueueOnly {
                         })
                         .collect();
                     let batch: Vec<&Resolution> = resolutions.iter().collect();
-                    let ids = queue::record(&mut client, &batch).await.context("recording")?;
+                    let ids = queue::record(&mut client, &batch)
+                        .await
+                        .context("recording")?;
                     recorded += ids.len() as u64;
                 }
             });

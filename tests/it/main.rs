@@ -39,4 +39,5 @@ mod telemetry;
 mod tidy;
 mod tls;
 mod upgrade;
+mod waiting;
 mod wakeup;

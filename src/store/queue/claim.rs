@@ -70,7 +70,7 @@ pub(super) const CLAIM_DUE: &str = concat!(
                    WHERE earlier.partner = d.partner
                      AND earlier.patient_id = d.patient_id
                      AND earlier.event_id < d.event_id
-                     AND earlier.state IN ('pending', 'waiting', 'in_flight')
+                     AND earlier.state IN ('pending', 'in_flight')
                    OFFSET 0)
              ORDER BY d.due_at
              LIMIT room.free
@@ -170,13 +170,7 @@ pub async fn claim_due(
     let rows = transaction
         .query(
             &statement,
-            &[
-                &limit,
-                &lease.as_secs_f64(),
-                &claim_token,
-                &partners,
-                &free,
-            ],
+            &[&limit, &lease.as_secs_f64(), &claim_token, &partners, &free],
         )
         .await?;
     transaction.commit().await?;

@@ -49,7 +49,9 @@ pub use rescue::{rescue_expired, until_next_lease_end, ExpiredLease};
 /// One behind an unfinished earlier event of its patient to its partner (routed before, or
 /// in this same batch) is inserted `waiting`; one of an event routed late (a producer's
 /// transaction that committed after later ones, or an unrouted event routed again) makes
-/// the pending ones behind it wait. See `order.rs`; the caller's transaction holds it all.
+/// the pending ones behind it wait. The insert's own look decides in the common case; the
+/// locks and [`settle`] that follow correct what a transaction committing meanwhile
+/// changed (see `order.rs`). The caller's transaction holds it all.
 pub async fn insert(
     client: &impl GenericClient,
     deliveries: &[NewDelivery],
@@ -71,13 +73,31 @@ pub async fn insert(
         errors.push(delivery.last_error.as_deref());
     }
     let statement = client.prepare_cached(
-        "INSERT INTO dispatcher.deliveries
+        "WITH new AS (
+                 SELECT *, count(*) FILTER (WHERE state = 'pending') OVER (
+                               PARTITION BY partner, patient_id ORDER BY event_id
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) > 0
+                               AS behind_this_batch
+                 FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+                      AS new(id, event_id, partner, event_name, patient_id, state, last_error)
+             )
+             INSERT INTO dispatcher.deliveries
                  (id, event_id, partner, event_name, patient_id, state, last_error, due_at, ended_at)
-             SELECT id, event_id, partner, event_name, patient_id, state, last_error,
+             SELECT id, event_id, partner, event_name, patient_id,
+                    -- What this look sees (a waiting one has a pending or in-flight one
+                    -- ahead of it); settled under the locks below.
+                    CASE WHEN state = 'pending' AND patient_id IS NOT NULL AND (
+                              behind_this_batch OR EXISTS (
+                                  SELECT 1 FROM dispatcher.deliveries earlier
+                                  WHERE earlier.partner = new.partner
+                                    AND earlier.patient_id = new.patient_id
+                                    AND earlier.event_id < new.event_id
+                                    AND earlier.state IN ('pending', 'in_flight')))
+                         THEN 'waiting' ELSE state END,
+                    last_error,
                     CASE WHEN state = 'pending' THEN now() END,
                     CASE WHEN state = 'pending' THEN NULL ELSE now() END
-             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-                  AS new(id, event_id, partner, event_name, patient_id, state, last_error)
+             FROM new
              ON CONFLICT (event_id, partner) DO NOTHING",
     )
     .await?;
@@ -119,7 +139,8 @@ pub struct PartnerQueue {
 }
 
 /// Every partner's queue in one grouped scan of the unfinished deliveries (the partial
-/// index `deliveries_unfinished_by_patient`), so reading it at each scrape costs little.
+/// indexes `deliveries_unfinished_by_patient` and `deliveries_waiting`), so reading it at
+/// each scrape costs little.
 pub async fn queue_by_partner(
     client: &impl GenericClient,
 ) -> Result<Vec<PartnerQueue>, tokio_postgres::Error> {
@@ -130,8 +151,11 @@ pub async fn queue_by_partner(
                     count(*) FILTER (WHERE state = 'in_flight') AS in_flight,
                     COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
                         AS oldest_due_seconds
-             FROM dispatcher.deliveries
-             WHERE state IN ('pending', 'waiting', 'in_flight') AND partner IS NOT NULL
+             FROM (SELECT partner, state, due_at FROM dispatcher.deliveries
+                   WHERE state IN ('pending', 'in_flight') AND partner IS NOT NULL
+                   UNION ALL
+                   SELECT partner, state, due_at FROM dispatcher.deliveries
+                   WHERE state = 'waiting' AND partner IS NOT NULL) AS unfinished
              GROUP BY partner",
             &[],
         )

@@ -60,7 +60,12 @@ pub(crate) async fn lock(
                  SELECT d.id FROM patients p
                  JOIN dispatcher.deliveries d
                    ON d.partner = p.partner AND d.patient_id = p.patient_id
-                 WHERE d.state IN ('pending', 'waiting', 'in_flight')
+                 WHERE d.state IN ('pending', 'in_flight')
+                 UNION
+                 SELECT d.id FROM patients p
+                 JOIN dispatcher.deliveries d
+                   ON d.partner = p.partner AND d.patient_id = p.patient_id
+                 WHERE d.state = 'waiting'
              )
              SELECT d.id FROM dispatcher.deliveries d
              JOIN targets ON targets.id = d.id
@@ -91,33 +96,32 @@ pub(crate) async fn settle(
                  SELECT DISTINCT partner, patient_id FROM dispatcher.deliveries
                  WHERE id = ANY($1) AND partner IS NOT NULL AND patient_id IS NOT NULL
              ),
-             candidates AS (
-                 SELECT d.id, d.state, d.partner, d.patient_id, d.event_id
-                 FROM patients p
-                 JOIN dispatcher.deliveries d
-                   ON d.partner = p.partner AND d.patient_id = p.patient_id
-                 WHERE d.state = 'pending'
-                 UNION ALL
-                 SELECT first.id, first.state, first.partner, first.patient_id, first.event_id
+             -- Each patient's unfinished deliveries, read on the order's two indexes
+             -- (never a partner's whole queue) and numbered in event order: whether any
+             -- unfinished one is ahead of each, and which waiting one comes first.
+             unfinished AS (
+                 SELECT u.id, u.state,
+                        row_number() OVER (PARTITION BY p.partner, p.patient_id
+                                           ORDER BY u.event_id) > 1 AS behind,
+                        row_number() OVER (PARTITION BY p.partner, p.patient_id, u.state
+                                           ORDER BY u.event_id) = 1 AS first_of_its_state
                  FROM patients p CROSS JOIN LATERAL (
-                     SELECT w.id, w.state, w.partner, w.patient_id, w.event_id
-                     FROM dispatcher.deliveries w
-                     WHERE w.partner = p.partner AND w.patient_id = p.patient_id
-                       AND w.state = 'waiting'
-                     ORDER BY w.event_id
-                     LIMIT 1
-                 ) AS first
+                     (SELECT d.id, d.state, d.event_id FROM dispatcher.deliveries d
+                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
+                        AND d.state IN ('pending', 'in_flight')
+                      OFFSET 0)
+                     UNION ALL
+                     (SELECT d.id, d.state, d.event_id FROM dispatcher.deliveries d
+                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
+                        AND d.state = 'waiting'
+                      OFFSET 0)
+                 ) AS u
              ),
              moved AS (
-                 SELECT c.id,
-                        CASE c.state WHEN 'pending' THEN 'waiting' ELSE 'pending' END AS state
-                 FROM candidates c
-                 WHERE (c.state = 'pending') = EXISTS (
-                     SELECT 1 FROM dispatcher.deliveries earlier
-                     WHERE earlier.partner = c.partner
-                       AND earlier.patient_id = c.patient_id
-                       AND earlier.event_id < c.event_id
-                       AND earlier.state IN ('pending', 'waiting', 'in_flight'))
+                 SELECT id, CASE state WHEN 'pending' THEN 'waiting' ELSE 'pending' END AS state
+                 FROM unfinished
+                 WHERE (state = 'pending' AND behind)
+                    OR (state = 'waiting' AND first_of_its_state AND NOT behind)
              )
              UPDATE dispatcher.deliveries d
              SET state = moved.state, due_at = COALESCE(d.due_at, now())

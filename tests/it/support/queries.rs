@@ -5,7 +5,7 @@
 use super::TestDb;
 
 /// The states of a delivery the dispatcher still has work to do with.
-const UNFINISHED: &str = "('pending', 'in_flight')";
+const UNFINISHED: &str = "('pending', 'waiting', 'in_flight')";
 
 /// Which deliveries a test asks about: every condition named must hold.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +28,7 @@ impl Deliveries {
         self.and(format!("state = {}", literal(state)))
     }
 
-    /// Still `pending` or `in_flight`: the dispatcher has more to do with them.
+    /// Still `pending`, `waiting` or `in_flight`: the dispatcher has more to do with them.
     pub fn unfinished(self) -> Deliveries {
         self.and(format!("state IN {UNFINISHED}"))
     }

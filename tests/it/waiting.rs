@@ -1,0 +1,461 @@
+//! Per-patient order without a cost: a partner back from an outage has its patients'
+//! first events in backoff and every later event of theirs waiting behind them. Those
+//! waiting deliveries are not in any claim's path, so a healthy partner's claims read
+//! exactly what they read without them; and each waiting delivery becomes pending when
+//! the one ahead of it ends, however it ends (delivered, dead, cancelled, given up after
+//! a lost lease), and waits again when an earlier event comes back (support's resend, an
+//! event whose producer committed late).
+
+use std::time::Duration;
+
+use crate::support::*;
+use dispatcher::config::Config;
+use dispatcher::delivery::outcome::Resolution;
+use dispatcher::delivery::state::DeliveryState;
+use dispatcher::store::db;
+use dispatcher::store::outbox::{self, Routed};
+use dispatcher::store::queue::{self, PartnerRoom};
+use dispatcher::store::support::{self, Selection};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The daemon's side of a test database: its configuration and one of its connections.
+struct Router {
+    config: Config,
+    client: deadpool_postgres::Client,
+}
+
+impl Router {
+    async fn of(config: &TestConfig, db: &TestDb) -> Router {
+        let config = Config::parse(&config.text(db), "waiting", None, |_| None).expect("config");
+        let client = db::pool(&config.database)
+            .expect("pool")
+            .get()
+            .await
+            .expect("a pooled connection");
+        Router { config, client }
+    }
+
+    /// Routes every event written so far, with the router's own code.
+    async fn route(&mut self) {
+        while outbox::route_new_events(&mut self.client, &self.config, 1000)
+            .await
+            .expect("route")
+            != Routed::Events(0)
+        {}
+    }
+
+    /// One claim of up to 100 with room for 100 of each partner, committed.
+    async fn claim(&mut self, partners: &[&str]) -> Vec<dispatcher::delivery::ClaimedDelivery> {
+        queue::claim_due(
+            &mut self.client,
+            100,
+            Duration::from_secs(60),
+            &room(partners),
+        )
+        .await
+        .expect("claim")
+        .deliveries
+    }
+
+    /// Records that the claimed delivery ended in `state`.
+    async fn record(
+        &mut self,
+        claimed: &dispatcher::delivery::ClaimedDelivery,
+        state: DeliveryState,
+    ) {
+        let resolution = Resolution {
+            delivery_id: claimed.id,
+            claim_token: claimed.claim_token,
+            state,
+            due_in: None,
+            last_error: None,
+            attempt: None,
+            learned_external_id: None,
+        };
+        let written = queue::record(&mut self.client, &[&resolution])
+            .await
+            .expect("record");
+        assert_eq!(written, [claimed.id], "the result is recorded");
+    }
+}
+
+fn room(partners: &[&str]) -> Vec<PartnerRoom> {
+    partners
+        .iter()
+        .map(|partner| PartnerRoom {
+            partner: partner.to_string(),
+            free: 100,
+        })
+        .collect()
+}
+
+/// `count` events (one per patient `prefix-1`..`prefix-count`) of `program`, written as
+/// the enrollment flow writes them.
+async fn write_events(db: &TestDb, event: (&str, Value), program: &str, prefix: &str, count: i64) {
+    let (name, template) = event;
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.outbox (event_name, event)
+             SELECT $1, jsonb_set(jsonb_set($2::jsonb, '{patient,id}', to_jsonb($3 || '-' || g)),
+                                  '{supportProgramId}', to_jsonb($4::text))
+             FROM generate_series(1, $5::int8) AS g",
+            &[&name, &template, &prefix, &program, &count],
+        )
+        .await
+        .expect("write the events");
+}
+
+/// What statements have read so far of every dispatcher table and index, by the
+/// statistics PostgreSQL keeps: rows and index entries, and buffers (hit or read).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+struct Reads {
+    rows: i64,
+    buffers: i64,
+}
+
+async fn reads_so_far(db: &TestDb) -> Reads {
+    let row = db
+        .client
+        .query_one(
+            "SELECT ((SELECT COALESCE(sum(seq_tup_read), 0) FROM pg_stat_user_tables
+                      WHERE schemaname = 'dispatcher')
+                   + (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
+                      WHERE schemaname = 'dispatcher'))::int8 AS rows,
+                    (SELECT COALESCE(sum(COALESCE(heap_blks_hit, 0) + COALESCE(heap_blks_read, 0)
+                                         + COALESCE(idx_blks_hit, 0) + COALESCE(idx_blks_read, 0)), 0)
+                     FROM pg_statio_user_tables WHERE schemaname = 'dispatcher')::int8 AS buffers",
+            &[],
+        )
+        .await
+        .expect("read the statistics");
+    Reads {
+        rows: row.get("rows"),
+        buffers: row.get("buffers"),
+    }
+}
+
+/// A partner ("back") returns from an outage: 5,000 patients' enrollments in backoff,
+/// and `later` tracker views of each patient written since; a healthy partner ("acme")
+/// has 100 events due. What one claim with room for both reads (rolled back).
+async fn a_claim_beside_a_partner_back_from_an_outage(later: i64) -> (Reads, i64) {
+    const PATIENTS: i64 = 5_000;
+    let acme = TestPartner::accepting("acme").await;
+    let back = TestPartner::accepting("back").await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&back, &[OTHER_PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+    write_events(
+        &db,
+        (ENROLLMENT, enrollment_event("t")),
+        OTHER_PROGRAM,
+        "back",
+        PATIENTS,
+    )
+    .await;
+    router.route().await;
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET due_at = now() + interval '1 hour', attempt_count = 3
+             WHERE partner = 'back'",
+            &[],
+        )
+        .await
+        .expect("the enrollments in backoff");
+    for _ in 0..later {
+        write_events(
+            &db,
+            (VIEWED_TRACKER, viewed_tracker_event("t")),
+            OTHER_PROGRAM,
+            "back",
+            PATIENTS,
+        )
+        .await;
+        router.route().await;
+    }
+    write_events(
+        &db,
+        (ENROLLMENT, enrollment_event("t")),
+        PROGRAM,
+        "acme",
+        100,
+    )
+    .await;
+    router.route().await;
+    // Without the index entries of rows updated since (a claim passes them by), so both
+    // claims find the tables in the same shape.
+    for table in ["deliveries", "outbox"] {
+        db.client
+            .batch_execute(&format!("VACUUM ANALYZE dispatcher.{table}"))
+            .await
+            .expect("vacuum");
+    }
+    let behind = db
+        .count("SELECT count(*) FROM dispatcher.deliveries WHERE partner = 'back' AND event_name <> 'HelpAround.Patient.CompleteEnrollment'")
+        .await;
+
+    // Routing and the questions above are counted before the claim: each backend
+    // reports what it read when it goes idle after this.
+    for client in [&*router.client, &db.client] {
+        client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .expect("flush the statistics so far");
+    }
+    let before = reads_so_far(&db).await;
+    let mut transaction = router.client.transaction().await.expect("begin");
+    let claim = queue::claim_due(
+        &mut transaction,
+        100,
+        Duration::from_secs(60),
+        &room(&["acme", "back"]),
+    )
+    .await
+    .expect("claim");
+    transaction.rollback().await.expect("roll back");
+    router
+        .client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush the claim's statistics");
+    let after = reads_so_far(&db).await;
+
+    assert_eq!(claim.deliveries.len(), 100, "the healthy partner's batch");
+    assert!(claim.deliveries.iter().all(|d| d.partner == "acme"));
+    let reads = Reads {
+        rows: after.rows - before.rows,
+        buffers: after.buffers - before.buffers,
+    };
+    (reads, behind)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_backlog_costs_the_claims_for_a_healthy_partner_nothing() {
+    let (without, _) = a_claim_beside_a_partner_back_from_an_outage(0).await;
+    let (beside, behind) = a_claim_beside_a_partner_back_from_an_outage(9).await;
+    eprintln!(
+        "a claim of 100 read {without:?} beside no waiting delivery, {beside:?} beside {behind}"
+    );
+    assert_eq!(
+        beside.rows, without.rows,
+        "beside {behind} deliveries waiting, a claim reads more rows and index entries than beside none"
+    );
+    // The same rows on the same index pages; only where the heap put the healthy
+    // partner's rows may differ by a few pages (the two databases were filled apart).
+    assert!(
+        beside.buffers <= without.buffers + without.buffers / 100,
+        "beside {behind} deliveries waiting, a claim reads {} buffers, beside none {}",
+        beside.buffers,
+        without.buffers
+    );
+    assert_eq!(behind, 45_000);
+}
+
+/// The states of one patient's deliveries to acme, in event order.
+async fn states_of(db: &TestDb, patient: &str) -> Vec<String> {
+    db.client
+        .query(
+            "SELECT state FROM dispatcher.deliveries WHERE patient_id = $1 AND partner = 'acme'
+             ORDER BY event_id",
+            &[&patient],
+        )
+        .await
+        .expect("states")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+async fn id_of(db: &TestDb, patient: &str, nth: i64) -> Uuid {
+    db.client
+        .query_one(
+            "SELECT id FROM dispatcher.deliveries WHERE patient_id = $1 AND partner = 'acme'
+             ORDER BY event_id OFFSET $2 LIMIT 1",
+            &[&patient, &nth],
+        )
+        .await
+        .expect("the delivery")
+        .get(0)
+}
+
+/// Writes an enrollment and then `trackers` tracker views of `patient`, and routes them.
+async fn a_patient_with_events(db: &TestDb, router: &mut Router, patient: &str, trackers: usize) {
+    db.insert_event(ENROLLMENT, &enrollment_event(patient))
+        .await;
+    for _ in 0..trackers {
+        db.insert_event(VIEWED_TRACKER, &viewed_tracker_event(patient))
+            .await;
+    }
+    router.route().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_way_an_event_ends_lets_the_next_one_of_its_patient_go() {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+
+    a_patient_with_events(&db, &mut router, "p", 2).await;
+    assert_eq!(states_of(&db, "p").await, ["pending", "waiting", "waiting"]);
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'waiting' AND due_at <= now()").await,
+        2,
+        "a waiting delivery keeps when it became due, for when it is released"
+    );
+
+    // Delivered: the next one is pending, due at once; the one after it still waits.
+    let claimed = router.claim(&["acme"]).await;
+    assert_eq!(
+        claimed.len(),
+        1,
+        "only the first event of the patient is claimed"
+    );
+    router.record(&claimed[0], DeliveryState::Delivered).await;
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["delivered", "pending", "waiting"]
+    );
+
+    // Dead (out of attempts): the last one goes.
+    let claimed = router.claim(&["acme"]).await;
+    assert_eq!(claimed.len(), 1);
+    router.record(&claimed[0], DeliveryState::Dead).await;
+    assert_eq!(states_of(&db, "p").await, ["delivered", "dead", "pending"]);
+
+    // Cancelled by support while pending, and while waiting.
+    a_patient_with_events(&db, &mut router, "q", 2).await;
+    let (first, second) = (id_of(&db, "q", 0).await, id_of(&db, "q", 1).await);
+    let mut client = db::pool(&router.config.database)
+        .expect("pool")
+        .get()
+        .await
+        .expect("client");
+    support::cancel(&mut client, &[second], "test")
+        .await
+        .expect("cancel");
+    assert_eq!(
+        states_of(&db, "q").await,
+        ["pending", "cancelled", "waiting"]
+    );
+    support::cancel(&mut client, &[first], "test")
+        .await
+        .expect("cancel");
+    assert_eq!(
+        states_of(&db, "q").await,
+        ["cancelled", "cancelled", "pending"]
+    );
+
+    // Given up after its last lease ran out with no result (its daemon died).
+    a_patient_with_events(&db, &mut router, "r", 1).await;
+    let first = id_of(&db, "r", 0).await;
+    let claimed = queue::claim_due(&mut router.client, 100, Duration::ZERO, &room(&["acme"]))
+        .await
+        .expect("claim")
+        .deliveries;
+    assert!(claimed.iter().any(|d| d.id == first));
+    let rescued = queue::rescue_expired(&mut router.client, Duration::ZERO, 1, 100)
+        .await
+        .expect("rescue");
+    assert!(!rescued.is_empty());
+    assert_eq!(states_of(&db, "r").await, ["dead", "pending"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resent_earlier_event_holds_the_later_ones_back_again() {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+    let mut client = db::pool(&router.config.database)
+        .expect("pool")
+        .get()
+        .await
+        .expect("client");
+
+    a_patient_with_events(&db, &mut router, "p", 2).await;
+    let claimed = router.claim(&["acme"]).await;
+    router.record(&claimed[0], DeliveryState::Rejected).await;
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["rejected", "pending", "waiting"]
+    );
+
+    // Support resends the rejected enrollment: it goes first again, as the claim has
+    // always held it (a later event waits while an earlier one is unfinished).
+    let first = id_of(&db, "p", 0).await;
+    support::resend(&mut client, &Selection::ids(&[first]), "test")
+        .await
+        .expect("resend");
+    assert_eq!(states_of(&db, "p").await, ["pending", "waiting", "waiting"]);
+    let claimed = router.claim(&["acme"]).await;
+    assert_eq!(claimed.iter().map(|d| d.id).collect::<Vec<_>>(), [first]);
+    router.record(&claimed[0], DeliveryState::Delivered).await;
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["delivered", "pending", "waiting"]
+    );
+
+    // Resent while the next one is on the wire: that one's request goes on (as before),
+    // the resent one is not held behind a later event, and the last one waits for both.
+    let on_the_wire = router.claim(&["acme"]).await;
+    assert_eq!(on_the_wire.len(), 1);
+    support::resend(&mut client, &Selection::ids(&[first]), "test")
+        .await
+        .expect("resend");
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["pending", "in_flight", "waiting"]
+    );
+    let resent = router.claim(&["acme"]).await;
+    assert_eq!(resent.iter().map(|d| d.id).collect::<Vec<_>>(), [first]);
+    router
+        .record(&on_the_wire[0], DeliveryState::Delivered)
+        .await;
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["in_flight", "delivered", "waiting"]
+    );
+    router.record(&resent[0], DeliveryState::Delivered).await;
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["delivered", "delivered", "pending"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_whose_producer_committed_late_goes_before_the_later_ones() {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+
+    // The enrollment's transaction takes its outbox id first and commits last.
+    let mut slow = db.connect().await;
+    let producer = slow.transaction().await.expect("begin");
+    producer
+        .execute(
+            "INSERT INTO dispatcher.outbox (event_name, event) VALUES ($1, $2)",
+            &[&ENROLLMENT, &enrollment_event("p")],
+        )
+        .await
+        .expect("insert the enrollment");
+    db.insert_event(VIEWED_TRACKER, &viewed_tracker_event("p"))
+        .await;
+    router.route().await;
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["pending"],
+        "the tracker view alone"
+    );
+
+    producer.commit().await.expect("commit the enrollment");
+    router.route().await;
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["pending", "waiting"],
+        "the enrollment goes first, the tracker view waits behind it"
+    );
+}
