@@ -15,7 +15,7 @@ use crate::procfs;
 
 /// The Standard Webhooks example secret: partners sign-check nothing here, but the
 /// dispatcher signs every request as it would for a real partner.
-const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A partner as the dispatcher is configured with it.
 #[derive(Debug, Clone)]

@@ -20,6 +20,7 @@ mod receiver;
 mod report;
 mod scenarios;
 mod table_health;
+mod waiting_backlog;
 
 use std::path::PathBuf;
 use std::time::Duration;

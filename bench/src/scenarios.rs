@@ -48,6 +48,12 @@ pub struct Sizes {
     /// The healthy partner's due deliveries, and the held partner's behind them.
     pub held_healthy: u64,
     pub held_backlog: u64,
+    /// The healthy partner's events beside a partner back from an outage, and that
+    /// partner's patients, each with this many events (the first in backoff, the rest
+    /// waiting behind it).
+    pub waiting_healthy: u64,
+    pub waiting_patients: u64,
+    pub waiting_each: u64,
     /// The machine's calibration: iterations of the CPU loop, seconds of `pgbench -S`.
     pub calibration_iterations: u64,
     pub pgbench_seconds: u64,
@@ -78,6 +84,9 @@ impl Sizes {
             end_to_end_events: n(20_000.0),
             held_healthy: n(10_000.0),
             held_backlog: n(1_000_000.0),
+            waiting_healthy: n(10_000.0),
+            waiting_patients: n(5_000.0),
+            waiting_each: 10,
             calibration_iterations: 500_000_000,
             pgbench_seconds: 5,
             deadline: Duration::from_secs(900),
@@ -105,6 +114,9 @@ impl Sizes {
             end_to_end_events: 300,
             held_healthy: 200,
             held_backlog: 2_000,
+            waiting_healthy: 200,
+            waiting_patients: 100,
+            waiting_each: 10,
             calibration_iterations: 20_000_000,
             pgbench_seconds: 1,
             deadline: Duration::from_secs(120),
@@ -130,6 +142,7 @@ impl Sizes {
                 "producer",
                 "producer-end-to-end",
                 "held-partner",
+                "waiting-backlog",
             ]
             .map(String::from),
         );
@@ -382,6 +395,7 @@ impl Bench {
             "producer" => self.producer().await,
             "producer-end-to-end" => self.end_to_end().await,
             "held-partner" => self.held_partner().await,
+            "waiting-backlog" => self.waiting_backlog().await,
             other => bail!("no scenario `{other}`"),
         }
     }
