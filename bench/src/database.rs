@@ -319,7 +319,7 @@ impl BenchDb {
             .query_one(
                 "SELECT NOT EXISTS (SELECT 1 FROM dispatcher.outbox WHERE routed_at IS NULL)
                     AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries
-                                    WHERE state IN ('pending', 'in_flight')
+                                    WHERE state IN ('pending', 'waiting', 'in_flight')
                                       AND ($1::text IS NULL OR partner = $1))",
                 &[&partner],
             )
@@ -400,7 +400,7 @@ impl BenchDb {
             .client
             .query_one(
                 "SELECT count(*) FROM dispatcher.deliveries
-                 WHERE state NOT IN ('pending', 'in_flight', 'delivered')",
+                 WHERE state NOT IN ('pending', 'waiting', 'in_flight', 'delivered')",
                 &[],
             )
             .await?
@@ -410,7 +410,7 @@ impl BenchDb {
                 .client
                 .query_opt(
                     "SELECT state || ': ' || COALESCE(last_error, '') FROM dispatcher.deliveries
-                     WHERE state NOT IN ('pending', 'in_flight', 'delivered') LIMIT 1",
+                     WHERE state NOT IN ('pending', 'waiting', 'in_flight', 'delivered') LIMIT 1",
                     &[],
                 )
                 .await?

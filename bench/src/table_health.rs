@@ -190,7 +190,7 @@ impl Bench {
                     .db
                     .client
                     .query_one(
-                        "SELECT count(*) FROM dispatcher.deliveries WHERE state IN ('pending', 'in_flight')",
+                        "SELECT count(*) FROM dispatcher.deliveries WHERE state IN ('pending', 'waiting', 'in_flight')",
                         &[],
                     )
                     .await?
