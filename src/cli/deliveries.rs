@@ -321,11 +321,7 @@ async fn retry(
     Ok(())
 }
 
-async fn cancel(
-    client: &mut Client,
-    ids: &[Uuid],
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
+async fn cancel(client: &mut Client, ids: &[Uuid], out: &mut impl Write) -> anyhow::Result<()> {
     let report = support::cancel(client, ids, &cli_actor())
         .await
         .map_err(DbError::from)

@@ -7,8 +7,14 @@
 //! (see [`queue::rescue_expired`]), logs each one and counts it in
 //! `dispatcher_leases_expired_total`. The claim only takes pending deliveries, so every
 //! lost claim passes through here and is counted.
+//!
+//! At start and every [`STRANDED_EVERY`] it also releases waiting deliveries that have
+//! nothing unfinished ahead of them ([`queue::release_stranded`]): what a daemon from
+//! before the `waiting` state, still running beside this one through an upgrade, leaves.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::wakeup::Wakeups;
 use crate::config::live::LiveConfig;
@@ -23,6 +29,12 @@ const RESCUE_BATCH: usize = 1000;
 /// The shortest wait between looks, so a lease another rescuer is busy with is not
 /// polled in a tight loop.
 const SOON: Duration = Duration::from_millis(50);
+/// How often the rescuer looks for waiting deliveries with nothing ahead of them. It reads
+/// every waiting delivery, so not at every pass; none should be there at all (see
+/// [`queue::release_stranded`]).
+const STRANDED_EVERY: Duration = Duration::from_secs(60);
+/// Stranded deliveries released per statement.
+const STRANDED_BATCH: usize = 1000;
 
 /// Runs until shutdown: rescues what has expired, then sleeps until the earliest lease
 /// held runs out.
@@ -33,7 +45,23 @@ pub(super) async fn run(
     wakeups: Wakeups,
     shutdown: Shutdown,
 ) {
+    let mut stranded_look = Instant::now();
     while !shutdown.is_stopping() {
+        if Instant::now() >= stranded_look {
+            stranded_look = match release_stranded(&pool).await {
+                Ok(released) if released == STRANDED_BATCH => Instant::now(),
+                Ok(released) => {
+                    if released > 0 {
+                        wakeups.deliveries.notify_one();
+                    }
+                    Instant::now() + STRANDED_EVERY
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "releasing stranded waiting deliveries failed; retrying");
+                    Instant::now() + db::RETRY_AFTER_ERROR
+                }
+            };
+        }
         let wait = match rescue_once(&pool, &live, &metrics).await {
             Ok(rescued) => {
                 if rescued > 0 {
@@ -74,6 +102,17 @@ async fn until_next_lease_end(pool: &Pool, live: &LiveConfig) -> Duration {
         Ok(None) => longest,
         Err(_) => longest.min(db::RETRY_AFTER_ERROR),
     }
+}
+
+/// Releases waiting deliveries with nothing ahead of them; returns how many.
+async fn release_stranded(pool: &Pool) -> Result<usize, db::DbError> {
+    let mut client = pool.get().await?;
+    let released = queue::release_stranded(&mut client, STRANDED_BATCH).await?;
+    for id in &released {
+        tracing::warn!(delivery_id = %id,
+            "a waiting delivery had nothing unfinished ahead of it (ended by a daemon from before the waiting state?); pending again");
+    }
+    Ok(released.len())
 }
 
 async fn rescue_once(

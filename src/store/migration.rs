@@ -18,8 +18,10 @@
 //!
 //! Only statements that block no reader and no writer may follow the marker (they run
 //! without `lock_timeout`, so they wait as long as they must): building and dropping an
-//! index concurrently, and renaming an index (a SHARE UPDATE EXCLUSIVE lock on the index
-//! alone). Anything else is refused when the file is read, which the tests below do for
+//! index concurrently, renaming an index (a SHARE UPDATE EXCLUSIVE lock on the index
+//! alone), and validating a constraint added `NOT VALID` (SHARE UPDATE EXCLUSIVE on the
+//! table: it reads every row, blocking neither reads nor writes). Anything else is
+//! refused when the file is read, which the tests below do for
 //! every shipped file.
 
 /// The line that ends a migration's transaction: each statement after it runs alone.
@@ -45,9 +47,9 @@ pub enum MigrationFileError {
     TwoMarkers,
     #[error(
         "statement {number} after `{NO_TRANSACTION}` is not `CREATE [UNIQUE] INDEX \
-         CONCURRENTLY IF NOT EXISTS`, `DROP INDEX CONCURRENTLY IF EXISTS` or `ALTER INDEX IF \
-         EXISTS ... RENAME TO`: only these run outside a transaction, blocking no insert and \
-         doing nothing when run again"
+         CONCURRENTLY IF NOT EXISTS`, `DROP INDEX CONCURRENTLY IF EXISTS`, `ALTER INDEX IF \
+         EXISTS ... RENAME TO` or `ALTER TABLE ... VALIDATE CONSTRAINT`: only these run \
+         outside a transaction, blocking no insert and doing nothing when run again"
     )]
     NotOnline { number: usize },
     #[error("a quote or comment after `{NO_TRANSACTION}` is never closed")]
@@ -117,6 +119,9 @@ fn classify(statement: &str) -> Option<Step<'_>> {
         ["ALTER", "INDEX", "IF", "EXISTS", _, "RENAME", "TO", _, ..] => {
             Some(Step::Alone(statement))
         }
+        // A constraint added `NOT VALID` in the transaction, checked against the rows
+        // already there (SHARE UPDATE EXCLUSIVE: reads and writes go on).
+        ["ALTER", "TABLE", _, "VALIDATE", "CONSTRAINT", _] => Some(Step::Alone(statement)),
         _ => None,
     }
 }
@@ -279,7 +284,8 @@ mod tests {
                     -- the index for b; a comment with a ; in it\n\
                     CREATE INDEX CONCURRENTLY IF NOT EXISTS t_b ON s.t (b) WHERE b <> ';';\n\
                     DROP INDEX CONCURRENTLY IF EXISTS s.t_old;\n\
-                    ALTER INDEX IF EXISTS s.t_b RENAME TO t_old;\n";
+                    ALTER INDEX IF EXISTS s.t_b RENAME TO t_old;\n\
+                    ALTER TABLE s.t VALIDATE CONSTRAINT t_b_positive;\n";
         assert_eq!(
             steps(file),
             Ok(vec![
@@ -291,6 +297,7 @@ mod tests {
                 },
                 Step::Alone("DROP INDEX CONCURRENTLY IF EXISTS s.t_old;"),
                 Step::Alone("ALTER INDEX IF EXISTS s.t_b RENAME TO t_old;"),
+                Step::Alone("ALTER TABLE s.t VALIDATE CONSTRAINT t_b_positive;"),
             ])
         );
     }
@@ -319,6 +326,7 @@ mod tests {
             "CREATE INDEX IF NOT EXISTS i ON t (a);",
             "DROP INDEX IF EXISTS i;",
             "ALTER TABLE t ADD COLUMN IF NOT EXISTS b int;",
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0);",
         ] {
             let file = format!("{NO_TRANSACTION}\nDROP INDEX CONCURRENTLY IF EXISTS x;\n{refused}");
             assert_eq!(

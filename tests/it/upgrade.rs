@@ -315,7 +315,7 @@ async fn deliver_once(
             learned_external_id: None,
         })
         .collect();
-    let recorded = queue::record(&*client, &resolutions.iter().collect::<Vec<_>>()).await?;
+    let recorded = queue::record(client, &resolutions.iter().collect::<Vec<_>>()).await?;
     Ok(recorded.len() as u64)
 }
 

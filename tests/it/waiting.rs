@@ -28,7 +28,7 @@ struct Router {
 impl Router {
     async fn of(config: &TestConfig, db: &TestDb) -> Router {
         let config = Config::parse(&config.text(db), "waiting", None, |_| None).expect("config");
-        let client = db::pool(&config.database)
+        let client = db::pool(&config.database, config.database.pool_limits())
             .expect("pool")
             .get()
             .await
@@ -328,11 +328,14 @@ async fn each_way_an_event_ends_lets_the_next_one_of_its_patient_go() {
     // Cancelled by support while pending, and while waiting.
     a_patient_with_events(&db, &mut router, "q", 2).await;
     let (first, second) = (id_of(&db, "q", 0).await, id_of(&db, "q", 1).await);
-    let mut client = db::pool(&router.config.database)
-        .expect("pool")
-        .get()
-        .await
-        .expect("client");
+    let mut client = db::pool(
+        &router.config.database,
+        router.config.database.pool_limits(),
+    )
+    .expect("pool")
+    .get()
+    .await
+    .expect("client");
     support::cancel(&mut client, &[second], "test")
         .await
         .expect("cancel");
@@ -369,11 +372,14 @@ async fn a_resent_earlier_event_holds_the_later_ones_back_again() {
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
     let mut router = Router::of(&config, &db).await;
-    let mut client = db::pool(&router.config.database)
-        .expect("pool")
-        .get()
-        .await
-        .expect("client");
+    let mut client = db::pool(
+        &router.config.database,
+        router.config.database.pool_limits(),
+    )
+    .expect("pool")
+    .get()
+    .await
+    .expect("client");
 
     a_patient_with_events(&db, &mut router, "p", 2).await;
     let claimed = router.claim(&["acme"]).await;
@@ -458,4 +464,36 @@ async fn an_event_whose_producer_committed_late_goes_before_the_later_ones() {
         ["pending", "waiting"],
         "the enrollment goes first, the tracker view waits behind it"
     );
+}
+
+/// Through an upgrade, a daemon from before the waiting state runs beside a new one: it
+/// ends deliveries and releases nothing behind them. The new daemon's rescuer finds the
+/// waiting delivery with nothing ahead of it, and the partner receives it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_an_old_daemon_left_waiting_is_released_and_sent() {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+    a_patient_with_events(&db, &mut router, "p", 1).await;
+    assert_eq!(states_of(&db, "p").await, ["pending", "waiting"]);
+
+    // What the old daemon's record does: the first ends, nothing else moves.
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET state = 'delivered', due_at = NULL, ended_at = now()
+             WHERE id = $1",
+            &[&id_of(&db, "p", 0).await],
+        )
+        .await
+        .expect("end the first as an old daemon would");
+    assert_eq!(states_of(&db, "p").await, ["delivered", "waiting"]);
+
+    let daemon = Daemon::start(&config, &db);
+    daemon
+        .wait_for_log("a waiting delivery had nothing unfinished ahead of it", 1)
+        .await;
+    let received = acme.wait_for_requests(1).await;
+    assert_eq!(received.len(), 1, "the tracker view, once");
+    db.wait_for_state("delivered", 2).await;
 }

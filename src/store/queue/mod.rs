@@ -40,6 +40,7 @@ mod record;
 mod rescue;
 
 pub use claim::{claim_due, until_next_due, Claim, PartnerRoom, BODY_ERASED};
+pub use order::release_stranded;
 pub(crate) use order::{lock_patients, settle};
 pub use plan::{explain_claim_due, refresh_statistics};
 pub use record::record;

@@ -137,3 +137,46 @@ pub(crate) async fn settle(
         .map(|row| row.get("id"))
         .collect())
 }
+
+/// Makes pending up to `limit` waiting deliveries that have nothing unfinished ahead of
+/// them, and returns their ids. Every transaction here that ends a delivery releases what
+/// waits behind it, so only a daemon from before migration 0012 (running beside this one
+/// through an upgrade: it ends deliveries and knows nothing of `waiting`) or a hand edit
+/// can leave one so; the rescuer looks now and then (see `daemon/rescuer.rs`) so that
+/// none waits for ever. It reads every waiting delivery's first index entries, so it is
+/// not for the claim's path.
+pub async fn release_stranded(
+    client: &mut impl GenericClient,
+    limit: usize,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let transaction = client.transaction().await?;
+    let found = transaction
+        .prepare_cached(
+            "SELECT w.id FROM dispatcher.deliveries w
+             WHERE w.state = 'waiting'
+               AND NOT EXISTS (
+                   SELECT 1 FROM dispatcher.deliveries earlier
+                   WHERE earlier.partner = w.partner
+                     AND earlier.patient_id = w.patient_id
+                     AND earlier.event_id < w.event_id
+                     AND earlier.state IN ('pending', 'waiting', 'in_flight'))
+             LIMIT $1",
+        )
+        .await?;
+    let stranded: Vec<Uuid> = transaction
+        .query(&found, &[&limit])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if stranded.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Locked, then settled, as any change to a patient's order is: a delivery ended or
+    // routed since the look above is seen by `settle`.
+    lock_patients(&transaction, &stranded).await?;
+    let released = settle(&transaction, &stranded).await?;
+    transaction.commit().await?;
+    Ok(released)
+}
