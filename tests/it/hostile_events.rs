@@ -632,8 +632,11 @@ fn contract_allows(kind: EventKind, text: &str) -> bool {
                 map.values_mut().for_each(normalize);
             }
             Value::Array(items) => items.iter_mut().for_each(normalize),
-            // Something no place in the contract takes.
-            Value::Number(number) if !(number.is_u64() || number.is_i64()) => {
+            // Something no place in the contract takes. `-0` and `0.0` are zero, a whole
+            // number (serde_json reads them as floats; values.rs's `zero`).
+            Value::Number(number)
+                if !(number.is_u64() || number.is_i64()) && number.as_f64() != Some(0.0) =>
+            {
                 *value = json!({"not a whole number": true});
             }
             _ => {}

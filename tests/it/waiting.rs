@@ -243,9 +243,10 @@ async fn a_waiting_backlog_costs_the_claims_for_a_healthy_partner_nothing() {
         "beside {behind} deliveries waiting, a claim reads more rows and index entries than beside none"
     );
     // The same rows on the same index pages; only where the heap put the healthy
-    // partner's rows may differ by a few pages (the two databases were filled apart).
+    // partner's rows may differ by a few pages (the two databases were filled apart:
+    // 2% was seen beside other tests). Before the waiting state it was 40 times as many.
     assert!(
-        beside.buffers <= without.buffers + without.buffers / 100,
+        beside.buffers <= without.buffers + without.buffers / 10,
         "beside {behind} deliveries waiting, a claim reads {} buffers, beside none {}",
         beside.buffers,
         without.buffers

@@ -553,8 +553,11 @@ async fn two_phase_commit_is_refused_whether_the_router_waits_or_is_busy() {
                 .execute(INSERT, &[&ENROLLMENT, &enrollment_event("two-phase-1")])
                 .await
                 .expect("insert");
+            // A name of its own each time: PostgreSQL sends the previous refusal before
+            // its backend has released the name, so a reused one can be "in use".
+            let gid = format!("enrollment-{router}-{}", trigger.replace(' ', "-"));
             let prepared = producer
-                .batch_execute("PREPARE TRANSACTION 'enrollment-1'")
+                .batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
                 .await;
             let error = prepared.expect_err(&format!(
                 "PREPARE TRANSACTION is refused while the router is {router}, trigger {trigger}"
