@@ -56,16 +56,7 @@ impl Bench {
             db.hold_partner(BACK).await?;
             let mut router = self.start_daemon(&setup, 1, None)?;
             let deadline = Instant::now() + self.sizes.deadline;
-            while db
-                .client
-                .query_one(
-                    "SELECT count(*) FROM dispatcher.outbox WHERE routed_at IS NULL",
-                    &[],
-                )
-                .await?
-                .get::<_, i64>(0)
-                > 0
-            {
+            while db.unrouted().await? > 0 {
                 router.check_running()?;
                 if Instant::now() > deadline {
                     bail!("waiting-backlog ({label}): the back partner's events were not routed in time");

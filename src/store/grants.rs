@@ -47,6 +47,8 @@ const DAEMON_READ_WRITE: &[&str] = &[
     "admin_sessions",
     "sign_in_requests",
     "api_tokens",
+    "routing_position",
+    "outbox_route_again",
 ];
 
 /// Every table of the schema, so a test can tell one that the grants forget.
@@ -62,6 +64,8 @@ pub const TABLES: &[&str] = &[
     "sign_in_requests",
     "api_tokens",
     "audit_log",
+    "routing_position",
+    "outbox_route_again",
 ];
 
 /// The SQL that gives each role what it needs and nothing else.
@@ -109,6 +113,7 @@ GRANT SELECT ON dispatcher.schema_migrations, dispatcher.deliveries, dispatcher.
     dispatcher.support_actions, dispatcher.partner_circuits TO {support};
 GRANT SELECT (id, event_name, created_at, routed_at, event_erased_at)
     ON dispatcher.outbox TO {support};
+GRANT EXECUTE ON FUNCTION dispatcher.unrouted_events() TO {daemon}, {support};
 GRANT SELECT, INSERT ON dispatcher.audit_log TO {support};
 
 -- Nobody but the owner changes the trail (its trigger refuses even the owner).

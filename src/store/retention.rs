@@ -70,10 +70,9 @@ fn days(days: u32) -> i32 {
     i32::try_from(days).unwrap_or(i32::MAX)
 }
 
-/// An event whose body may be erased: routed, with deliveries, all of them ended more
+/// An event whose body may be erased: routed (it has deliveries), all of them ended more
 /// than `$1` days ago. (`o` is the outbox row.)
 const BODY_EXPIRED: &str = "o.event IS NOT NULL
-     AND o.routed_at IS NOT NULL
      AND EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
      AND NOT EXISTS (
          SELECT 1 FROM dispatcher.deliveries d
@@ -222,7 +221,6 @@ pub async fn delete_events_without_deliveries(
             "WITH expired AS (
                  SELECT o.id FROM dispatcher.outbox o
                  WHERE o.event IS NULL
-                   AND o.routed_at IS NOT NULL
                    AND o.created_at < now() - make_interval(days => $1)
                    AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
                  ORDER BY o.created_at

@@ -33,6 +33,7 @@ mod overload;
 mod pg_roles;
 mod phi_logs;
 mod retention;
+mod routing;
 mod schemathesis;
 mod systemd;
 mod telemetry;

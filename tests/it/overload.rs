@@ -141,12 +141,8 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
     let inserted_in = started.elapsed();
 
     claim_plan(&mut client, "as the backlog is routed").await;
-    db.wait_for_count_within(
-        "SELECT count(*) FROM dispatcher.outbox WHERE routed_at IS NULL",
-        0,
-        drain_deadline,
-    )
-    .await;
+    db.wait_for_count_within("SELECT dispatcher.unrouted_events()", 0, drain_deadline)
+        .await;
     let routed_in = started.elapsed();
     let pending = db.count_deliveries(&Deliveries::all().unfinished()).await;
     // A claim reads the due deliveries in order and stops at its limit: no sort or hash
@@ -229,9 +225,9 @@ async fn seed_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
         db.client
             .execute(
                 "WITH events AS (
-                     INSERT INTO dispatcher.outbox (event_name, event, routed_at)
+                     INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
                      SELECT $1, jsonb_set($2::jsonb, '{patient,id}',
-                                          to_jsonb($3 || '-' || g)), now()
+                                          to_jsonb($3 || '-' || g)), now(), NULL
                      FROM generate_series(1, $4::int8) AS g
                      RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
                  )
@@ -462,11 +458,11 @@ async fn every_search_support_makes_is_found_by_an_index() {
     db.client
         .execute(
             "WITH events AS (
-                 INSERT INTO dispatcher.outbox (event_name, event, routed_at)
+                 INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
                  SELECT $1, jsonb_set(jsonb_set($2::jsonb, '{patient,id}',
                                                 to_jsonb('ha' || md5(g::text))),
                                       '{supportProgramId}', to_jsonb('program-' || g % 2000)),
-                        now()
+                        now(), NULL
                  FROM generate_series(1, $3::int8) AS g
                  RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
              ),

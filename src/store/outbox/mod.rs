@@ -15,9 +15,8 @@ use crate::delivery::NewDelivery;
 use crate::store::db::{refused_for_content, Refusal};
 use crate::store::{notify, queue};
 
-/// Only one daemon routes at a time, in outbox order, so per-patient ordering holds
-/// across daemons. Routing is one short transaction per batch, so this costs little.
-const ROUTING_LOCK: i64 = 0x6865_6c70_726f_7574; // "helprout"
+mod position;
+use position::Position;
 
 /// What one call of [`route_new_events`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,39 +88,19 @@ async fn route(
     };
     let mut transaction = client.transaction().await?;
     // Routing commits without waiting for its WAL flush: if the server crashes before
-    // the flush, the routing is lost whole, deliveries and `routed_at` together, and the
-    // events are routed again. Nothing is sent on the strength of it alone: a claim
+    // the flush, the routing is lost whole, deliveries and the routing position together,
+    // and the events are routed again. Nothing is sent on the strength of it alone: a claim
     // commits synchronously, which flushes the WAL up to it, this routing included. One
     // flush less between an event's commit and its request.
     transaction
         .batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
-    let try_lock = transaction
-        .prepare_cached("SELECT pg_try_advisory_xact_lock($1)")
-        .await?;
-    let locked: bool = transaction
-        .query_one(&try_lock, &[&ROUTING_LOCK])
-        .await?
-        .get(0);
-    if !locked {
+    // The routing position's row lock is the routing lock: only one daemon routes at a
+    // time, in order, so per-patient ordering holds across daemons.
+    let Some(mut position) = Position::lock(&transaction).await? else {
         return Ok(nothing(Routed::ByAnotherDaemon));
-    }
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let unrouted = transaction
-        .prepare_cached(
-            "SELECT id, event_name,
-                    jsonb_typeof(event) = 'object' AS is_object,
-                    CASE WHEN jsonb_typeof(event -> 'supportProgramId') = 'string'
-                         THEN event ->> 'supportProgramId' END AS support_program_id,
-                    CASE WHEN jsonb_typeof(event -> 'patient' -> 'id') = 'string'
-                         THEN event -> 'patient' ->> 'id' END AS patient_id
-             FROM dispatcher.outbox
-             WHERE routed_at IS NULL
-             ORDER BY id
-             LIMIT $1",
-        )
-        .await?;
-    let rows = transaction.query(&unrouted, &[&limit]).await?;
+    };
+    let rows = position.next_events(&transaction, limit).await?;
     if rows.is_empty() {
         return Ok(nothing(Routed::Events(0)));
     }
@@ -129,7 +108,7 @@ async fn route(
     let mut planned = Vec::with_capacity(rows.len());
     // Event i's deliveries are planned[starts[i]..starts[i + 1]].
     let mut starts = Vec::with_capacity(rows.len() + 1);
-    for row in &rows {
+    for row in rows.iter().map(|(_, row)| row) {
         let event = UnroutedEvent {
             id: row.get("id"),
             event_name: row.get("event_name"),
@@ -151,11 +130,7 @@ async fn route(
             insert_around_refusals(&mut transaction, &events, &planned, &starts).await?
         }
     };
-    let event_ids: Vec<i64> = events.iter().map(|event| event.id).collect();
-    let mark_routed = transaction
-        .prepare_cached("UPDATE dispatcher.outbox SET routed_at = now() WHERE id = ANY($1)")
-        .await?;
-    transaction.execute(&mark_routed, &[&event_ids]).await?;
+    position.passed(&transaction, &rows).await?;
     notify::notify_deliveries(&transaction).await?;
     transaction.commit().await?;
     Ok(RoutedAround {
@@ -219,7 +194,8 @@ pub async fn route_again(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "UPDATE dispatcher.outbox SET routed_at = NULL WHERE id = ANY($1)",
+            "INSERT INTO dispatcher.outbox_route_again (event_id)
+             SELECT unnest($1::int8[]) ON CONFLICT DO NOTHING",
             &[&event_ids],
         )
         .await?;
