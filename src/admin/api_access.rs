@@ -41,8 +41,8 @@ pub(crate) struct AuditQuery {
     /// Who: a provider user name, `token:<name>`, `cli:<user>`, ...
     actor: Option<String>,
     /// sign_in, sign_out, break_glass, api_authenticate, role_check, deliveries_read,
-    /// delivery_read, resend, cancel, bulk_resend, token_create, token_revoke, tokens_read,
-    /// audit_read.
+    /// delivery_read, body_read, resend, cancel, bulk_resend, token_create, token_revoke,
+    /// tokens_read, audit_read.
     action: Option<String>,
     /// What was touched: a delivery id, a token name.
     target: Option<String>,

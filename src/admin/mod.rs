@@ -25,6 +25,7 @@ mod health;
 mod metrics;
 mod oidc;
 pub(crate) mod page;
+mod received;
 mod rejection;
 pub(crate) mod selection;
 mod session;
@@ -39,6 +40,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::config::live::LiveConfig;
 use crate::config::{AdminConfig, AdminTls};
 use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -60,12 +62,14 @@ impl AdminServer {
     ///
     /// Support's questions (the API, the page) go through `support_pool`, the admin
     /// server's own; the probes and the scrape read the daemon's `daemon_pool`, whose
-    /// health they report.
+    /// health they report. `live` gives the partners' settings in force, for what a
+    /// partner received.
     pub async fn bind(
         config: &AdminConfig,
         support_pool: Pool,
         daemon_pool: Pool,
         metrics: Metrics,
+        live: LiveConfig,
     ) -> std::io::Result<AdminServer> {
         let mut listen = config.listen;
         let secured = config.token.is_some() || config.oidc.is_some();
@@ -119,6 +123,7 @@ impl AdminServer {
             ),
             metrics,
             oidc,
+            live,
         };
         Ok(AdminServer {
             listener,

@@ -15,6 +15,7 @@ use super::access::Access;
 use super::caller::Caller;
 use super::error::{ApiError, DatabaseUnavailable};
 use super::oidc::Oidc;
+use crate::config::live::LiveConfig;
 use crate::observe::metrics::Metrics;
 use crate::store::audit::{self, action, Outcome};
 use crate::store::circuits;
@@ -43,6 +44,9 @@ pub(crate) struct AdminState {
     pub(super) metrics: Metrics,
     /// `[admin.oidc]`: sign-in through the company's identity provider.
     pub(super) oidc: Option<Arc<Oidc>>,
+    /// The configuration in force: the partners' URLs and headers, for what a partner
+    /// received (`received.rs`).
+    pub(super) live: LiveConfig,
 }
 
 /// What the access checks take from the shared state.

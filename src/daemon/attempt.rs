@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use tracing::Instrument;
-use url::Url;
 
-use crate::config::{Config, Partner};
-use crate::contract::payload::{Event, EventKind, InvalidEvent};
+use crate::config::Config;
+use crate::contract::payload::InvalidEvent;
 use crate::delivery::outcome::{AttemptRecord, Outcome, Resolution};
+use crate::delivery::request::{self, Prepared};
 use crate::delivery::state::DeliveryState;
 use crate::delivery::ClaimedDelivery;
 use crate::observe::metrics::DeliveryLabels;
@@ -22,14 +22,6 @@ use crate::observe::traces;
 
 use super::slots::SendPermit;
 use super::Dispatcher;
-
-/// A request ready to go: the partner, the event checked against the contract, and the
-/// partner's URL for its kind.
-struct Request<'c> {
-    partner: &'c Partner,
-    event: Event,
-    url: &'c Url,
-}
 
 impl Dispatcher {
     /// One attempt, in its `attempt` span, logged and counted once resolved. Its numbers
@@ -127,7 +119,7 @@ impl Dispatcher {
         &self,
         config: &Arc<Config>,
         delivery: &ClaimedDelivery,
-        request: &Request<'_>,
+        request: &Prepared<'_>,
     ) -> Option<(Outcome, AttemptRecord)> {
         let sent_at = Utc::now();
         let body = request.event.to_body(sent_at);
@@ -212,22 +204,15 @@ impl Unsendable {
 
 /// The request for `delivery`: its partner, its event checked against the contract (with
 /// the partner's patient id, once known), and the partner's URL for the event's kind.
-fn prepare<'c>(config: &'c Config, delivery: &ClaimedDelivery) -> Result<Request<'c>, Unsendable> {
+fn prepare<'c>(config: &'c Config, delivery: &ClaimedDelivery) -> Result<Prepared<'c>, Unsendable> {
     let partner = config
         .partner(&delivery.partner)
         .ok_or(Unsendable::PartnerNotConfigured)?;
-    let kind = EventKind::from_name(&delivery.event_name).map_err(Unsendable::Invalid)?;
-    let mut event = Event::parse(kind, &delivery.event).map_err(Unsendable::Invalid)?;
-    if let Some(external_id) = &delivery.external_id {
-        event.merge_external_id(&partner.name, external_id);
-    }
-    let url = match kind {
-        EventKind::Enrollment => &partner.enrollment_url,
-        EventKind::ViewedTracker => &partner.user_action_url,
-    };
-    Ok(Request {
+    request::prepare(
         partner,
-        event,
-        url,
-    })
+        &delivery.event_name,
+        &delivery.event,
+        delivery.external_id.as_deref(),
+    )
+    .map_err(Unsendable::Invalid)
 }

@@ -100,9 +100,15 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let admin = &live.snapshot().admin;
     // Support's questions get connections of their own, so they never take the loops'.
     let support_pool = db::pool(database, admin.pool)?;
-    let admin = AdminServer::bind(admin, support_pool, pool.clone(), metrics.clone())
-        .await
-        .with_context(|| format!("starting the admin server on {}", admin.listen))?;
+    let admin = AdminServer::bind(
+        admin,
+        support_pool,
+        pool.clone(),
+        metrics.clone(),
+        live.clone(),
+    )
+    .await
+    .with_context(|| format!("starting the admin server on {}", admin.listen))?;
     let admin = tokio::spawn(admin.serve(shutdown.clone()));
     // Every partner's client is built here; a certificate that cannot be read ends the
     // start before systemd hears the daemon is ready.

@@ -1,8 +1,10 @@
 //! The delivery's rules, free of I/O: what an answer means, when to try again, when to
-//! leave a failing partner alone, and which partners an event goes to.
+//! leave a failing partner alone, which partners an event goes to, and the request a
+//! delivery makes.
 
 pub mod breaker;
 pub mod outcome;
+pub mod request;
 pub mod retry;
 pub mod routing;
 pub mod state;

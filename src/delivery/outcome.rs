@@ -55,11 +55,21 @@ struct AcceptedData {
     external_id: Option<String>,
 }
 
-/// The contract's 400 answer.
+/// The contract's 400 answer, and the shape a partner's error answer takes.
 #[derive(Deserialize)]
 struct Refused {
     #[serde(rename = "errorMessage")]
     error_message: Option<String>,
+}
+
+/// The partner's `errorMessage`, if its answer is JSON that has one. Invalid UTF-8 in the
+/// answer must not cost support the partner's message.
+fn partner_message(body: &[u8]) -> Option<String> {
+    let body = String::from_utf8_lossy(body);
+    serde_json::from_str::<Refused>(&body)
+        .ok()
+        .and_then(|refused| refused.error_message)
+        .filter(|message| !message.is_empty())
 }
 
 impl Outcome {
@@ -73,25 +83,23 @@ impl Outcome {
                     .and_then(|data| data.external_id)
                     .filter(|id| !id.is_empty()),
             },
-            400 | 413 | 415 | 422 => {
-                // Invalid UTF-8 in the answer must not cost support the partner's message.
-                let body = String::from_utf8_lossy(&answer.body);
-                let message = serde_json::from_str::<Refused>(&body)
-                    .ok()
-                    .and_then(|refused| refused.error_message);
-                Outcome::Rejected {
-                    reason: match message {
-                        Some(message) => format!("HTTP {status}: {message}"),
-                        None => format!("HTTP {status} without an errorMessage"),
-                    },
-                }
-            }
+            400 | 413 | 415 | 422 => Outcome::Rejected {
+                reason: match partner_message(&answer.body) {
+                    Some(message) => format!("HTTP {status}: {message}"),
+                    None => format!("HTTP {status} without an errorMessage"),
+                },
+            },
             300..=399 => Outcome::Failed {
                 reason: format!("HTTP {status}: redirects are not followed"),
                 retry_after: None,
             },
+            // A failing partner that says why (a 500 with an `errorMessage`) is worded
+            // with it: support reads the partner's words, not only a status.
             _ => Outcome::Failed {
-                reason: format!("HTTP {status}"),
+                reason: match partner_message(&answer.body) {
+                    Some(message) => format!("HTTP {status}: {message}"),
+                    None => format!("HTTP {status}"),
+                },
                 retry_after: answer
                     .retry_after
                     .filter(|_| status == 429 || status == 503),
@@ -431,6 +439,19 @@ mod tests {
         let due_in = resolution.due_in.expect("a retry is scheduled");
         let first = policy().delay_after(1, 0.0);
         assert!(due_in >= first && due_in <= first.mul_f64(1.0 + retry::MAX_JITTER));
+    }
+
+    #[test]
+    fn a_failing_partner_that_says_why_is_worded_with_its_message() {
+        let body = r#"{"errorMessage": "CRM database unavailable"}"#;
+        let resolution = resolved(0, &answer(500, body));
+        assert_eq!(resolution.state, DeliveryState::Pending);
+        assert_eq!(
+            resolution.last_error.as_deref(),
+            Some("HTTP 500: CRM database unavailable")
+        );
+        let resolution = resolved(0, &answer(503, "<html>busy</html>"));
+        assert_eq!(resolution.last_error.as_deref(), Some("HTTP 503"));
     }
 
     #[test]

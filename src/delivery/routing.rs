@@ -79,9 +79,12 @@ pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
         })
         .collect();
     if deliveries.is_empty() {
+        // Named, so ops know which program to add to a partner's `support_programs`.
         return placeholder(
             DeliveryState::Unrouted,
-            Some("no partner is configured for this support program".to_string()),
+            Some(format!(
+                "no partner is configured for support program {program}"
+            )),
         );
     }
     deliveries
@@ -165,6 +168,11 @@ mod tests {
         assert_eq!(deliveries.len(), 1);
         assert_eq!(deliveries[0].state, DeliveryState::Unrouted);
         assert_eq!(deliveries[0].partner, None);
+        assert_eq!(
+            deliveries[0].last_error.as_deref(),
+            Some("no partner is configured for support program prog-9"),
+            "names the program ops must add"
+        );
     }
 
     #[test]

@@ -8,16 +8,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use reqwest::dns::Resolve;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::RETRY_AFTER;
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use url::Url;
 
 use crate::config::{Config, DispatchConfig, Partner};
-use crate::contract::signing;
 use crate::http::auth::{Authenticator, Credential};
 use crate::http::error::{TransportError, TransportErrorKind};
 use crate::http::guard::{DestinationPolicy, GuardedResolver, SystemResolver};
+use crate::http::headers::{webhook_headers, TraceHeaders, AGENT};
 
 /// How much of a partner's answer is kept: enough for any contract answer and a useful
 /// error page, and a hostile partner cannot make us hold more.
@@ -27,8 +26,6 @@ pub const RESPONSE_BODY_CAP: usize = 16 * 1024;
 /// it cannot change under us). Over HTTP/1 hyper allows 100 header lines and ~400 KiB of
 /// head, which reqwest does not let us lower; both end a head without end in an error.
 const HTTP2_HEADER_LIST_CAP: u32 = 16 * 1024;
-
-pub const USER_AGENT: &str = concat!("HelpAround-Dispatcher/", env!("CARGO_PKG_VERSION"));
 
 /// What the partner answered, when it answered at all.
 #[derive(Debug)]
@@ -41,15 +38,6 @@ pub struct Answer {
     /// `request_timeout`). The status still stands: the partner decided when it sent it,
     /// and the body only informs. Kept with the attempt for support.
     pub body_error: Option<String>,
-}
-
-/// The W3C trace context of an attempt (`[telemetry]`), sent as `traceparent` and
-/// `tracestate` so the partner's side can join the event's trace. Outside the Standard
-/// Webhooks signature, which covers the id, the timestamp and the body only.
-#[derive(Debug, Clone)]
-pub struct TraceHeaders {
-    pub traceparent: HeaderValue,
-    pub tracestate: Option<HeaderValue>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +206,7 @@ impl PartnerClient {
     ) -> Result<PartnerClient, String> {
         let policy = Arc::new(DestinationPolicy::of(partner));
         let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
+            .user_agent(AGENT)
             .timeout(dispatch.request_timeout)
             .connect_timeout(dispatch.request_timeout)
             // A redirect is a failed attempt: following it would send health data to an
@@ -271,35 +259,18 @@ impl PartnerClient {
             None => None,
         };
         let timestamp = now.timestamp();
-        let signature = (!partner.signing_secrets.is_empty()).then(|| {
-            signing::signature_header(&partner.signing_secrets, webhook_id, timestamp, &body)
-        });
         let request = |credential: Option<&Credential>, body: Vec<u8>| {
-            let mut request = self
-                .http
-                .post(url.clone())
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            for (name, value) in &partner.headers {
-                // Checked when the config was loaded.
-                if let Ok(mut value) = HeaderValue::from_str(value.expose_secret()) {
-                    value.set_sensitive(true);
-                    request = request.header(name.clone(), value);
-                }
-            }
-            if let Some(credential) = credential {
-                request = request.header(AUTHORIZATION, credential.header.clone());
-            }
-            if let Some(signature) = &signature {
-                request = request
-                    .header("webhook-id", webhook_id)
-                    .header("webhook-timestamp", timestamp.to_string())
-                    .header("webhook-signature", signature.as_str());
-            }
-            if let Some(trace) = trace {
-                request = request.header("traceparent", trace.traceparent.clone());
-                if let Some(tracestate) = &trace.tracestate {
-                    request = request.header("tracestate", tracestate.clone());
-                }
+            let headers = webhook_headers(
+                partner,
+                webhook_id,
+                timestamp,
+                &body,
+                credential.map(|credential| &credential.header),
+                trace,
+            );
+            let mut request = self.http.post(url.clone());
+            for (name, value) in headers {
+                request = request.header(name, value);
             }
             request.body(body).send()
         };

@@ -1,11 +1,12 @@
 //! Talking to partners over HTTP: the client, the destination guard that keeps requests
 //! off internal networks (with the address classes it refuses), partner authentication,
 //! the transport errors they share, and the probe `check --connect` runs. Bottom up:
-//! address, guard, error, auth, client, probe.
+//! address, guard, error, auth, headers (what every request carries), client, probe.
 
 pub mod address;
 pub mod auth;
 pub mod client;
 pub mod error;
 pub mod guard;
+pub mod headers;
 pub mod probe;

@@ -34,7 +34,7 @@ use tracing_subscriber::Layer;
 
 use super::OWN_TARGET;
 use crate::config::telemetry::TelemetryConfig;
-use crate::http::client::TraceHeaders;
+use crate::http::headers::TraceHeaders;
 use crate::observe::otlp::{OtlpExporter, SCOPE};
 
 pub use crate::observe::otlp::ExporterError;

@@ -69,6 +69,8 @@ pub mod action {
     pub const ROLE_CHECK: &str = "role_check";
     pub const DELIVERIES_READ: &str = "deliveries_read";
     pub const DELIVERY_READ: &str = "delivery_read";
+    /// What a partner received, its body included (with the reason support gave).
+    pub const BODY_READ: &str = "body_read";
     pub const RESEND: &str = "resend";
     pub const CANCEL: &str = "cancel";
     pub const BULK_RESEND: &str = "bulk_resend";

@@ -772,3 +772,101 @@ async fn the_overview_charts_each_partners_day_and_a_delivery_shows_its_next_att
 
     browser.close().await.expect("end the browser session");
 }
+
+/// Support on the phone reads the list: the partner's own words for a failure, when the
+/// next try goes or that the partner's open circuit holds it, which support program an
+/// unrouted event names (the one ops must add), how long ago each was made (the exact
+/// time on hover), and a new delivery showing up without a click.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_list_says_when_each_delivery_goes_next_and_refreshes_on_its_own() {
+    let acme = TestPartner::start("acme", |_| {
+        Reply::status(
+            500,
+            json!({"errorMessage": "CRM database unavailable"}).to_string(),
+        )
+    })
+    .await;
+    let down = TestPartner::start("down", |_| Reply::status(503, "")).await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .partner(&down, &[OTHER_PROGRAM])
+        .circuit_breaker_failures("acme", 100)
+        .circuit_breaker_failures("down", 1)
+        .circuit_breaker_cool_down("down", Duration::from_secs(3600))
+        .retry_delays(Duration::from_secs(600), Duration::from_secs(600))
+        .admin_token(TOKEN);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("ha-list-acme"))
+        .await;
+    let mut held = enrollment_event("ha-list-down");
+    held["supportProgramId"] = json!(OTHER_PROGRAM);
+    db.insert_event(ENROLLMENT, &held).await;
+    let mut unknown = enrollment_event("ha-list-unknown");
+    unknown["supportProgramId"] = json!("prog-not-configured");
+    db.insert_event(ENROLLMENT, &unknown).await;
+    for partner in ["acme", "down"] {
+        db.wait_for_deliveries(
+            &Deliveries::of(partner).in_state("pending").with_attempts(1),
+            1,
+        )
+        .await;
+    }
+    db.wait_for_count(
+        "SELECT count(*) FROM dispatcher.partner_circuits WHERE partner = 'down' AND state = 'open'",
+        1,
+    )
+    .await;
+    db.wait_for_state("unrouted", 1).await;
+    let admin = daemon.admin_url().await;
+
+    let chromedriver = ChromeDriver::start();
+    let browser = chromedriver.browser().await;
+    browser.goto(&admin).await.expect("open the support page");
+    sign_in(&browser, "Dana Support", TOKEN).await;
+    wait_for(&browser, "section#charts").await;
+    browser
+        .goto(&format!("{admin}/?state=all"))
+        .await
+        .expect("list every delivery");
+    let row = |patient: &str| {
+        format!("table#deliveries tr[data-delivery]:has(td[data-patient='{patient}'])")
+    };
+    let failing = text(&wait_for(&browser, &row("ha-list-acme")).await).await;
+    assert!(
+        failing.contains("HTTP 500: CRM database unavailable"),
+        "the partner's errorMessage: {failing}"
+    );
+    let minutes: u64 = failing
+        .split("next in ")
+        .nth(1)
+        .and_then(|rest| rest.split_once('m'))
+        .and_then(|(minutes, _)| minutes.parse().ok())
+        .unwrap_or_else(|| panic!("the next try's time: {failing}"));
+    assert!(
+        (9..=12).contains(&minutes),
+        "ten minutes, plus jitter: {failing}"
+    );
+    let held = text(&wait_for(&browser, &row("ha-list-down")).await).await;
+    assert!(held.contains("held: circuit open"), "{held}");
+    let unrouted = text(&wait_for(&browser, &row("ha-list-unknown")).await).await;
+    assert!(
+        unrouted.contains("no partner is configured for support program prog-not-configured"),
+        "{unrouted}"
+    );
+    let created = wait_for(&browser, &format!("{} td.when time", row("ha-list-acme"))).await;
+    let exact = created
+        .attr("title")
+        .await
+        .expect("read the title")
+        .expect("the exact time on hover");
+    assert!(exact.ends_with(" UTC"), "{exact}");
+    let ago = text(&created).await;
+    assert!(ago.ends_with(" ago") || ago == "just now", "{ago}");
+
+    // A new event while the list is open: it appears without a click.
+    db.insert_event(ENROLLMENT, &enrollment_event("ha-list-later"))
+        .await;
+    wait_for(&browser, &row("ha-list-later")).await;
+    browser.close().await.expect("end the browser session");
+}

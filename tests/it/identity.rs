@@ -14,17 +14,17 @@ use crate::support::*;
 use fantoccini::Locator;
 use serde_json::json;
 
-const CLIENT_SECRET: &str = "client-secret-of-the-dispatcher";
+pub(crate) const CLIENT_SECRET: &str = "client-secret-of-the-dispatcher";
 const PARTNER_MESSAGE: &str = "member_id unknown to CRM";
 
 /// The test OpenID Provider, killed when dropped.
-struct Provider {
+pub(crate) struct Provider {
     child: Child,
-    issuer: String,
+    pub(crate) issuer: String,
 }
 
 impl Provider {
-    fn start(redirect_uri: &str) -> Provider {
+    pub(crate) fn start(redirect_uri: &str) -> Provider {
         let python = std::env::var("DISPATCHER_TEST_OIDC_PYTHON").expect(
             "DISPATCHER_TEST_OIDC_PYTHON is not set: run the tests with scripts/test, which makes the provider's venv",
         );
@@ -63,7 +63,7 @@ impl Drop for Provider {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
@@ -114,7 +114,7 @@ async fn bench() -> Bench {
     }
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -179,14 +179,15 @@ async fn callback(callback: &str, sign_in: &str) -> (u16, Option<String>, String
     (status, session, answer.text().await.unwrap_or_default())
 }
 
-async fn signed_in(admin: &str, user: &str) -> String {
+/// The session cookie of `user` (vera: viewer, dana: support, oscar: operator).
+pub(crate) async fn signed_in(admin: &str, user: &str) -> String {
     let (back, sign_in) = to_the_provider_and_back(admin, user, "").await;
     let (status, session, page) = callback(&back, &sign_in).await;
     assert_eq!(status, 200, "{user}: {page}");
     session.unwrap_or_else(|| panic!("{user} got no session: {page}"))
 }
 
-async fn get(url: &str, session: &str) -> (u16, String) {
+pub(crate) async fn get(url: &str, session: &str) -> (u16, String) {
     let answer = http()
         .get(url)
         .header("cookie", session)

@@ -32,6 +32,7 @@ mod operating;
 mod overload;
 mod pg_roles;
 mod phi_logs;
+mod received;
 mod retention;
 mod routing;
 mod schemathesis;

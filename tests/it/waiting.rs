@@ -238,9 +238,14 @@ async fn a_waiting_backlog_costs_the_claims_for_a_healthy_partner_nothing() {
     eprintln!(
         "a claim of 100 read {without:?} beside no waiting delivery, {beside:?} beside {behind}"
     );
-    assert_eq!(
-        beside.rows, without.rows,
-        "beside {behind} deliveries waiting, a claim reads more rows and index entries than beside none"
+    // At most what it reads beside none: the claim beside none has once been seen to read
+    // the back partner's 5,000 backed-off deliveries too (a plan of its own, from its own
+    // statistics), never the other way round.
+    assert!(
+        beside.rows <= without.rows,
+        "beside {behind} deliveries waiting, a claim reads {} rows and index entries, beside none {}",
+        beside.rows,
+        without.rows
     );
     // The same rows on the same index pages; only where the heap put the healthy
     // partner's rows may differ by a few pages (the two databases were filled apart:

@@ -3,6 +3,7 @@
 //! handlers by utoipa). What it says in JSON is its own ([`wire`]), made from the store's
 //! plain types, and what it reads is [`SelectionIn`] and [`Page`].
 
+mod received;
 pub(crate) mod wire;
 
 use axum::extract::State;
@@ -34,6 +35,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/deliveries/{id}/cancel", post(cancel_delivery))
         .route("/partners", get(partner_summaries))
         .merge(super::api_access::routes())
+        .merge(received::routes())
         .fallback(no_endpoint)
 }
 
@@ -46,6 +48,7 @@ async fn no_endpoint() -> ApiError {
 pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     let mut document = ApiDoc::openapi();
     document.merge(super::api_access::AccessDoc::openapi());
+    document.merge(received::ReceivedDoc::openapi());
     Json(document)
 }
 

@@ -4,9 +4,10 @@
 //! failed, with the partner's answer and buttons to resend or cancel; `/search` finds
 //! deliveries from one box by whatever the caller quoted (`search.rs`); `/deliveries/{id}` shows the
 //! delivery's attempts as a timeline, with the next one's schedule, every partner's
-//! answer in full, and who resent or cancelled it. The event body (the patient's
-//! name, birth date, insurance) is not read here at all: the page names patients by id.
-//! The partners' answers are shown verbatim, though, and a partner may repeat in its
+//! answer in full, who resent or cancelled it, and for support what the partner received
+//! (`received.rs`). The event body (the patient's name, birth date, insurance) is shown
+//! only there, on its own answer, for a reason the audit trail records: elsewhere the page
+//! names patients by id. The partners' answers are shown verbatim, though, and a partner may repeat in its
 //! answer what it was sent (a name, a birth date): so the page can show health data, and
 //! is for staff allowed to see it. Retention erases those answers with the bodies.
 
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 mod audit;
 mod chart;
+mod received;
 mod search;
 mod sign_in;
 mod timeline;
@@ -48,6 +50,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/deliveries/{id}", get(delivery))
         .route("/deliveries/{id}/resend", post(resend))
         .route("/deliveries/{id}/cancel", post(cancel))
+        .route("/deliveries/{id}/received", post(received::show))
         .route("/audit", get(audit::trail))
 }
 
@@ -110,7 +113,17 @@ async fn delivery(
         Err(error) => return Err(error.into()),
     };
     let body = views::delivery(&notice, &detail, &caller);
-    Ok(layout("Delivery", Some(&caller), body))
+    // What the partner received, for support: URL and masked headers, the body on request.
+    let received = if caller.sees_answers() {
+        received::section(id, state.received_headers(id).await)?
+    } else {
+        html! {}
+    };
+    Ok(layout(
+        "Delivery",
+        Some(&caller),
+        html! { (body) (received) },
+    ))
 }
 
 #[derive(Deserialize)]

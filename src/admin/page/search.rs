@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::views::{self, delivery_headings, delivery_row, layout_searched, url_encode, Notice};
+use super::views::{
+    self, delivery_headings, delivery_row, layout_searched, url_encode, Notice, REFRESH_SECONDS,
+};
 use super::{PageError, PAGE_ROWS};
 use crate::admin::caller::{Allowed, Caller, Viewer};
 use crate::admin::state::AdminState;
@@ -57,7 +59,7 @@ fn results(text: &str, found: &[Found], caller: &Caller) -> Markup {
         .collect();
     let whole_ids_only = text.chars().count() < MIN_PREFIX;
     html! {
-        section #results aria-label="Search results" {
+        section #results aria-label="Search results" data-refresh=(REFRESH_SECONDS) {
             h1 { "Search: " (text) }
             @if whole_ids_only {
                 p.notice.bad #prefix-too-short role="status" {

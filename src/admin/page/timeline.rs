@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
-use super::when::time;
+use super::when::{moment, time};
 use crate::delivery::state::{DeliveryState, WAITING};
 use crate::store::support::{AttemptSummary, DeliveryDetail, SupportAction};
 
@@ -93,7 +93,7 @@ fn what_next(detail: &DeliveryDetail, now: DateTime<Utc>) -> Markup {
         (DeliveryState::Pending, Some(due)) => html! {
             li.next #next-attempt {
                 span.when { (time(due)) } " next attempt (" (next_number) ") "
-                @if due > now { "in " (until(due, now)) } @else { "due now, waiting for a free slot" }
+                @if due > now { (moment(due, now)) } @else { "due now, waiting for a free slot" }
             }
         },
         (DeliveryState::InFlight, _) => html! {
@@ -104,17 +104,6 @@ fn what_next(detail: &DeliveryDetail, now: DateTime<Utc>) -> Markup {
         },
         _ => html! {},
     }
-}
-
-/// "3m", "1h 5m", "40s": to the second under a minute, else to the minute.
-fn until(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    let seconds = (due - now).num_seconds().max(0) as u64;
-    let rounded = if seconds < 60 {
-        seconds
-    } else {
-        (seconds + 30) / 60 * 60
-    };
-    humantime::format_duration(std::time::Duration::from_secs(rounded)).to_string()
 }
 
 #[cfg(test)]
@@ -154,6 +143,7 @@ mod tests {
                 last_error: None,
                 created_at: at("14:00:00"),
                 next_attempt_at: (state == DeliveryState::Pending).then(|| at("14:05:00")),
+                held_by_circuit: false,
             },
             event_erased_at: None,
             answers_erased_at: None,
@@ -174,7 +164,11 @@ mod tests {
         let html = timeline(&pending, at("14:02:00")).into_string();
         assert!(html.contains("attempt 1: HTTP 503 after 12 ms; failed; tried again"));
         assert!(html.contains("attempt 2: no answer after 12 ms; failed; to be tried again"));
-        assert!(html.contains("2026-12-01 14:05:00 UTC</span> next attempt (3) in 3m"));
+        assert!(
+            html.contains("2026-12-01 14:05:00 UTC</span> next attempt (3) <time"),
+            "{html}"
+        );
+        assert!(html.contains(">in 3m</time>"), "{html}");
         let late = timeline(&pending, at("14:06:00")).into_string();
         assert!(late.contains("due now"), "{late}");
     }
@@ -223,12 +217,5 @@ mod tests {
         assert!(timeline(&dead, at("15:00:00"))
             .into_string()
             .contains("the delivery ended dead"));
-    }
-
-    #[test]
-    fn the_wait_reads_to_the_minute_and_to_the_second_under_one() {
-        assert_eq!(until(at("14:03:10"), at("14:00:00")), "3m");
-        assert_eq!(until(at("15:05:00"), at("14:00:00")), "1h 5m");
-        assert_eq!(until(at("14:00:40"), at("14:00:00")), "40s");
     }
 }

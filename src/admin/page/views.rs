@@ -6,7 +6,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::when::time;
+use super::when::{moment, time};
 use super::{chart, timeline};
 use crate::admin::caller::Caller;
 use crate::admin::headers;
@@ -105,7 +105,7 @@ pub(super) fn layout_searched(
                 // The answer's nonce: the Content-Security-Policy runs nothing else.
                 @let nonce = headers::nonce();
                 style nonce=(nonce) { (STYLE) }
-                script nonce=(nonce) { (PreEscaped(CONFIRM)) }
+                script nonce=(nonce) { (PreEscaped(CONFIRM)) (PreEscaped(REFRESH)) }
             }
             body {
                 header {
@@ -142,6 +142,24 @@ const CONFIRM: &str = "document.addEventListener('submit', function (event) {
   if (question && !window.confirm(question)) { event.preventDefault(); }
 });";
 
+/// A page with lists marks them `data-refresh` (seconds): it reloads itself on that beat,
+/// so a support person on the phone sees a resend land, but not while they type, choose,
+/// select text or look at another tab. A script under the page's nonce, since the
+/// Content-Security-Policy allows no other.
+const REFRESH: &str = "
+document.addEventListener('DOMContentLoaded', function () {
+  var list = document.querySelector('[data-refresh]');
+  if (!list) { return; }
+  setInterval(function () {
+    var active = document.activeElement;
+    var busy = active && /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(active.tagName);
+    if (!document.hidden && !busy && !String(window.getSelection())) { window.location.reload(); }
+  }, 1000 * Number(list.getAttribute('data-refresh')));
+});";
+
+/// How often a page of lists reloads itself ([`REFRESH`]).
+pub(super) const REFRESH_SECONDS: u32 = 15;
+
 const STYLE: &str = "
 body { font-family: system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
 header { display: flex; justify-content: space-between; align-items: center; padding: .6rem 1.5rem; background: #1d3557; color: white; }
@@ -154,6 +172,7 @@ th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #e1e4e
 th { background: #eef1f5; font-weight: 600; }
 th.num, td.num { text-align: right; }
 td.when, td.nowrap { white-space: nowrap; }
+.next { color: #5a6272; font-size: .8rem; }
 .state { padding: .1rem .4rem; border-radius: .3rem; font-size: .8rem; background: #e1e4ea; }
 .state-delivered { background: #d3f2dc; } .state-pending, .state-waiting, .state-in_flight { background: #fff1c2; }
 .state-rejected, .state-dead, .state-invalid, .state-unrouted { background: #fbd5d5; }
@@ -184,9 +203,16 @@ ol#timeline li.next { border-left-color: #e0a100; border-left-style: dashed; }
 ol#timeline li.support { border-left-color: #1d3557; }
 ";
 
-fn age(since: DateTime<Utc>) -> String {
-    let seconds = (Utc::now() - since).num_seconds().max(0) as u64;
-    humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
+/// When a pending delivery goes out next, in the list's words: held while its partner's
+/// circuit is open, due now, or in how long.
+fn next_attempt(delivery: &DeliverySummary, now: DateTime<Utc>) -> Markup {
+    html! {
+        @if delivery.held_by_circuit {
+            span.next { "held: circuit open" }
+        } @else if let Some(at) = delivery.next_attempt_at {
+            @if at <= now { span.next { "due now" } } @else { span.next { "next " (moment(at, now)) } }
+        }
+    }
 }
 
 fn state_badge(state: DeliveryState) -> Markup {
@@ -377,7 +403,7 @@ pub(super) fn overview(
             (listing.hidden_filters())
             button type="submit" { "Show" }
         }
-        table #deliveries {
+        table #deliveries data-refresh=(REFRESH_SECONDS) {
             (delivery_headings())
             tbody {
                 @for delivery in &rows.deliveries {
@@ -420,7 +446,7 @@ pub(super) fn partners_at_a_glance(summaries: &[PartnerSummary], days: &[Partner
                         td.num { (summary.delivered) }
                         td.num { (summary.failed) }
                         td.num { (summary.pending) }
-                        td { @if let Some(since) = summary.oldest_pending_since { (age(since)) } @else { "–" } }
+                        td { @if let Some(since) = summary.oldest_pending_since { (moment(since, Utc::now())) } @else { "–" } }
                         td.circuit { (circuit(summary.circuit.as_ref())) }
                     }
                 }
@@ -445,13 +471,14 @@ pub(super) fn delivery_headings() -> Markup {
 
 /// One delivery in a table, with its buttons; `back` is where they return to.
 pub(super) fn delivery_row(delivery: &DeliverySummary, back: &str, caller: &Caller) -> Markup {
+    let now = Utc::now();
     html! {
         tr data-delivery=(delivery.id) {
-            td.when { (time(delivery.created_at)) }
+            td.when { (moment(delivery.created_at, now)) }
             td { (delivery.partner.as_deref().unwrap_or("–")) }
             td { (short_event_name(&delivery.event_name)) " " span.muted { "#" (delivery.event_id) } }
-            td.nowrap { (delivery.patient_id.as_deref().unwrap_or("–")) }
-            td { (state_badge(delivery.state)) }
+            td.nowrap data-patient=[delivery.patient_id.as_deref()] { (delivery.patient_id.as_deref().unwrap_or("–")) }
+            td.nowrap { (state_badge(delivery.state)) " " (next_attempt(delivery, now)) }
             td.num.nowrap { (delivery.tries()) }
             td.num { @if let Some(status) = delivery.last_status { (status) } @else { "–" } }
             td.error { (delivery.last_error.as_deref().unwrap_or("")) }
@@ -481,7 +508,13 @@ pub(super) fn delivery(notice: &Notice, detail: &DeliveryDetail, caller: &Caller
             dt { "Patient id" } dd { (summary.patient_id.as_deref().unwrap_or("–")) }
             dt { "State" } dd { (state_badge(summary.state)) }
             dt { "Created" } dd { (time(summary.created_at)) }
-            @if let Some(next) = summary.next_attempt_at { dt { "Next attempt" } dd { (time(next)) } }
+            @if summary.state == DeliveryState::Pending {
+                dt { "Next attempt" }
+                dd {
+                    @if summary.held_by_circuit { "held: the partner's circuit is open; it goes when a probe gets an answer" }
+                    @else if let Some(next) = summary.next_attempt_at { (time(next)) " (" (moment(next, Utc::now())) ")" }
+                }
+            }
             @if let Some(error) = &summary.last_error { dt { "Last error" } dd.error { (error) } }
             @if let Some(at) = *event_erased_at { dt { "Event body" } dd { "erased on " (time(at)) " (retention); it cannot be sent again" } }
             @if let Some(at) = *answers_erased_at { dt { "Partner's answers" } dd { "erased on " (time(at)) " (retention)" } }

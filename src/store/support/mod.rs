@@ -6,6 +6,7 @@
 //! say the same thing.
 
 pub mod chart;
+pub mod received;
 pub mod resend;
 pub mod search;
 mod selection;
@@ -61,11 +62,17 @@ pub struct DeliverySummary {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Pending, but its partner's circuit is open: nothing goes out to the partner until
+    /// a probe gets an answer, whatever `next_attempt_at` says.
+    pub held_by_circuit: bool,
 }
 
 const SUMMARY_COLUMNS: &str = "id, event_id, partner, event_name, patient_id, state, attempt_count,
      last_status, last_error, created_at, CASE WHEN state = 'pending' THEN due_at END AS next_attempt_at,
-     attempt_count - attempts_before_resend AS attempts_since_resend";
+     attempt_count - attempts_before_resend AS attempts_since_resend,
+     state = 'pending' AND EXISTS (
+         SELECT 1 FROM dispatcher.partner_circuits c
+         WHERE c.partner = deliveries.partner AND c.state <> 'closed') AS held_by_circuit";
 
 impl DeliverySummary {
     fn from_row(row: &tokio_postgres::Row) -> DeliverySummary {
@@ -86,6 +93,7 @@ impl DeliverySummary {
             created_at: row.get("created_at"),
             next_attempt_at: row.get("next_attempt_at"),
             attempts_since_resend: row.get("attempts_since_resend"),
+            held_by_circuit: row.get("held_by_circuit"),
         }
     }
 
