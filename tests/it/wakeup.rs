@@ -231,8 +231,9 @@ async fn a_producer_that_may_only_insert_can_commit_and_wakes_the_router() {
 }
 
 /// Every advisory lock key the dispatcher has used: the wake-up's up to migration 0007
-/// ("helpwake", which each producer's commit took shared), the routing lock ("helprout",
-/// `store::outbox`) and the migrations' ("helpmigr", `store::schema`).
+/// ("helpwake", which each producer's commit took shared), the routing lock up to
+/// migration 0013 ("helprout", now the routing position's row) and the migrations'
+/// ("helpmigr", `store::schema`).
 const DISPATCHER_ADVISORY_KEYS: [i64; 3] = [
     0x6865_6c70_7761_6b65,
     0x6865_6c70_726f_7574,
@@ -423,8 +424,9 @@ async fn a_synchronous_replica_answering_after(
     })
 }
 
-/// The routing lock (`store::outbox`): held by a daemon while it routes a batch.
-const ROUTING_LOCK: i64 = 0x6865_6c70_726f_7574;
+/// The routing lock (`store/outbox/position.rs`): the routing position's row, held by a
+/// daemon while it routes a batch.
+const ROUTING_LOCK: &str = "SELECT 1 FROM dispatcher.routing_position FOR UPDATE";
 
 /// Two daemons: one has said it waits and is on its last look before sleeping when the
 /// other holds the routing lock. An event committed just before, by a producer that saw
@@ -477,19 +479,17 @@ async fn the_last_look_before_sleeping_is_made_even_when_another_daemon_routes_a
     late.commit().await.expect("commit");
     // The other daemon takes the routing lock; then the sleep check goes on, says yes
     // (the producer has committed), and the last look finds the routing lock taken.
-    let other_daemon = db.connect().await;
-    other_daemon
-        .query_one("SELECT pg_advisory_lock($1)", &[&ROUTING_LOCK])
+    let mut other_daemon = db.connect().await;
+    let routing = other_daemon.transaction().await.expect("begin");
+    routing
+        .batch_execute(ROUTING_LOCK)
         .await
         .expect("take the routing lock");
     hold.rollback().await.expect("release the flag");
     daemon.wait_for_log(LOCKED_OUT_OF_THE_LAST_LOOK, 1).await;
 
     // The other daemon's batch ends: it found nothing (its look was taken too early).
-    other_daemon
-        .query_one("SELECT pg_advisory_unlock($1)", &[&ROUTING_LOCK])
-        .await
-        .expect("release the routing lock");
+    routing.rollback().await.expect("release the routing lock");
 
     wait_until_delivered(&db, late_id).await;
 }
