@@ -51,7 +51,7 @@ pub use rescue::{rescue_expired, until_next_lease_end, ExpiredLease};
 /// in this same batch) is inserted `waiting`; one of an event routed late (a producer's
 /// transaction that committed after later ones, or an unrouted event routed again) makes
 /// the pending ones behind it wait. The insert's own look decides in the common case; the
-/// locks and [`settle`] that follow correct what a transaction committing meanwhile
+/// locks and `settle` that follow correct what a transaction committing meanwhile
 /// changed (see `order.rs`). The caller's transaction holds it all.
 pub async fn insert(
     client: &impl GenericClient,

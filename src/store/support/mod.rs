@@ -427,7 +427,7 @@ impl fmt::Display for CancelRefused {
 /// A delivery in flight is left alone: its request is on the wire, and cancelling now
 /// would drop the record of what the partner answered. Cancelling the delivery ahead of a
 /// waiting one makes that one pending in the same transaction
-/// ([`crate::store::queue::settle`]).
+/// (`store::queue::settle`).
 pub async fn cancel(
     client: &mut impl GenericClient,
     ids: &[Uuid],
