@@ -254,7 +254,38 @@ impl AdminState {
     /// What support's search box finds for `text`: every way it can be read, each
     /// reading's deliveries (at most `limit`), in the order they are shown. A text no id
     /// could be is refused, saying why.
-    pub(crate) async fn search(&self, text: &str, limit: i64) -> Result<Vec<Found>, ApiError> {
+    /// What a search finds, as `caller` may see it (see [`AdminState::page_for`]): the
+    /// partners' answers for support, the read audited first; none for a viewer.
+    pub(crate) async fn search_for(
+        &self,
+        caller: &Caller,
+        text: &str,
+        limit: i64,
+    ) -> Result<Vec<Found>, ApiError> {
+        let mut found = self.search(text, limit).await?;
+        let mut rows = found
+            .iter_mut()
+            .flat_map(|found| found.deliveries.iter_mut());
+        if !caller.sees_answers() {
+            rows.for_each(|row| hide_answer(&mut row.last_error));
+        } else if rows.any(|row| row.last_error.is_some()) {
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("q", text)
+                .finish();
+            let target = format!("search?{query}");
+            self.audit(
+                caller,
+                action::DELIVERIES_READ,
+                Some(&target),
+                Outcome::Ok,
+                None,
+            )
+            .await?;
+        }
+        Ok(found)
+    }
+
+    async fn search(&self, text: &str, limit: i64) -> Result<Vec<Found>, ApiError> {
         let readings =
             Reading::all_of(text).map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
         let client = self.client().await?;

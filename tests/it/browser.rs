@@ -3,9 +3,8 @@
 //! failed, resend it, check the record.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/test installs them when
-//! missing); `CHROMIUM` and `CHROMEDRIVER` name other binaries. Set
-//! `SUPPORT_PAGE_SCREENSHOTS=docs` to keep the screenshots of the overview and of a
-//! delivery (`support-page-overview.png`, `support-page-delivery.png`) the README shows.
+//! missing); `CHROMIUM` and `CHROMEDRIVER` name other binaries. The screenshots the
+//! README shows are taken in `screenshots.rs`.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -18,7 +17,7 @@ use crate::support::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "support-token-for-the-browser-tests";
+pub(crate) const TOKEN: &str = "support-token-for-the-browser-tests";
 const PARTNER_MESSAGE: &str = "Patient is already enrolled in program";
 /// How long to wait for the browser, a page or an element before failing.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -202,7 +201,7 @@ pub(crate) async fn text(element: &fantoccini::elements::Element) -> String {
 }
 
 /// Fills in the login form and presses "Sign in", as a person would.
-async fn sign_in(browser: &Client, name: &str, token: &str) {
+pub(crate) async fn sign_in(browser: &Client, name: &str, token: &str) {
     wait_for(browser, "form[action='/login'] input[name='name']")
         .await
         .send_keys(name)
@@ -400,7 +399,7 @@ async fn a_wrong_token_leaves_you_on_the_login_page_without_a_session() {
 
 /// A screenshot of the whole page, checked to be a PNG. `keep` names it in the directory
 /// `SUPPORT_PAGE_SCREENSHOTS` when that is set; otherwise it goes to a scratch directory.
-async fn screenshot(browser: &Client, keep: Option<&str>) {
+pub(crate) async fn screenshot(browser: &Client, keep: Option<&str>) {
     let kept = keep.and_then(|name| {
         std::env::var_os("SUPPORT_PAGE_SCREENSHOTS").map(|dir| PathBuf::from(dir).join(name))
     });
@@ -421,7 +420,7 @@ async fn screenshot(browser: &Client, keep: Option<&str>) {
 }
 
 /// Names no page text could contain by chance, so finding one means it leaked.
-fn with_personal_data(mut event: Value) -> (Value, Vec<String>) {
+pub(crate) fn with_personal_data(mut event: Value) -> (Value, Vec<String>) {
     event["patient"]["firstName"] = json!("Philomena");
     event["patient"]["lastName"] = json!("Quackenbush");
     event["patient"]["phoneNumber"] = json!("+447700900461");
@@ -437,7 +436,7 @@ fn with_personal_data(mut event: Value) -> (Value, Vec<String>) {
     (event, personal)
 }
 
-async fn assert_no_personal_data(browser: &Client, personal: &[String]) {
+pub(crate) async fn assert_no_personal_data(browser: &Client, personal: &[String]) {
     let source = browser.source().await.expect("read the page");
     let path = current_path(browser).await;
     for value in personal {
@@ -449,7 +448,7 @@ async fn assert_no_personal_data(browser: &Client, personal: &[String]) {
 }
 
 /// The page's address once it contains `text` (after a click that navigates).
-async fn wait_for_url_containing(browser: &Client, text: &str) -> String {
+pub(crate) async fn wait_for_url_containing(browser: &Client, text: &str) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let url = browser
@@ -496,7 +495,7 @@ async fn rows_of(browser: &Client, css: &str) -> Vec<String> {
 }
 
 /// Types into the header's search box and presses Search.
-async fn search(browser: &Client, text: &str) {
+pub(crate) async fn search(browser: &Client, text: &str) {
     let input = wait_for(browser, "header form.search input[name='q']").await;
     input.clear().await.expect("clear the search box");
     input.send_keys(text).await.expect("type the search");
@@ -737,7 +736,7 @@ async fn the_overview_charts_each_partners_day_and_a_delivery_shows_its_next_att
         .expect("read the bars");
     assert_eq!(bars.len(), 1, "this hour's bar");
     assert_no_personal_data(&browser, &personal).await;
-    screenshot(&browser, Some("support-page-overview.png")).await;
+    screenshot(&browser, None).await;
 
     let pending = db
         .deliveries()
@@ -768,7 +767,7 @@ async fn the_overview_charts_each_partners_day_and_a_delivery_shows_its_next_att
         "ten minutes, plus jitter: {next}"
     );
     assert_no_personal_data(&browser, &personal).await;
-    screenshot(&browser, Some("support-page-delivery.png")).await;
+    screenshot(&browser, None).await;
 
     browser.close().await.expect("end the browser session");
 }

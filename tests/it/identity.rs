@@ -241,11 +241,20 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
     assert!(shown.contains("vera (viewer)"), "{shown}");
     assert_eq!(post(&format!("{page}/resend"), &vera).await, 403);
     assert_eq!(get(&format!("{admin}/audit"), &vera).await.0, 403);
+    let search = format!("{admin}/search?q=ha-identity-1");
+    let (status, found) = get(&search, &vera).await;
+    assert_eq!(status, 200);
+    assert!(
+        found.contains("ha-identity-1") && !found.contains(PARTNER_MESSAGE),
+        "a viewer's search shows no answer: {found}"
+    );
 
     // Support sees the answer (and that is recorded first) and resends, under its name.
     let dana = signed_in(admin, "dana").await;
     let (_, shown) = get(&page, &dana).await;
     assert!(shown.contains(PARTNER_MESSAGE), "{shown}");
+    let (_, found) = get(&search, &dana).await;
+    assert!(found.contains(PARTNER_MESSAGE), "{found}");
     assert_eq!(post(&format!("{page}/resend"), &dana).await, 303);
     assert_eq!(get(&format!("{admin}/audit"), &dana).await.0, 403);
     db.wait_for_count(
@@ -271,6 +280,8 @@ async fn each_person_gets_the_role_of_their_groups_and_what_they_read_or_do_is_a
         ("action = 'role_check' AND outcome = 'refused' AND actor = 'dana'", 1),
         (&format!("action = 'delivery_read' AND actor = 'dana' AND target = '{delivery}'"), 1),
         ("action = 'delivery_read' AND actor = 'vera'", 0),
+        ("action = 'deliveries_read' AND actor = 'dana' AND target = 'search?q=ha-identity-1'", 1),
+        ("action = 'deliveries_read' AND actor = 'vera'", 0),
         (&format!("action = 'resend' AND outcome = 'ok' AND actor = 'dana' AND target = '{delivery}' AND via = 'page'"), 1),
         ("action = 'audit_read' AND actor = 'oscar'", 1),
     ] {

@@ -36,6 +36,7 @@ mod received;
 mod retention;
 mod routing;
 mod schemathesis;
+mod screenshots;
 mod systemd;
 mod telemetry;
 mod tidy;

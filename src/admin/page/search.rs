@@ -32,7 +32,7 @@ pub(super) async fn search(
     if text.is_empty() {
         return Ok(Redirect::to("/").into_response());
     }
-    let found = state.search(text, PAGE_ROWS).await?;
+    let found = state.search_for(&caller, text, PAGE_ROWS).await?;
     let delivery = found
         .iter()
         .filter(|found| matches!(found.reading, Reading::Delivery(_)))
