@@ -35,6 +35,7 @@ mod phi_logs;
 mod received;
 mod retention;
 mod schemathesis;
+mod standby;
 mod systemd;
 mod telemetry;
 mod tidy;
