@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use dispatcher::cli::{self, check, deliveries, Cli, Command};
-use dispatcher::config::{Config, DatabaseConfig, LogFormat, LOG_FORMAT_ENV};
+use dispatcher::config::{Config, DatabaseConfig, LogFormat, SupportConfig, LOG_FORMAT_ENV};
 use dispatcher::daemon;
 use dispatcher::observe::logging;
 use dispatcher::observe::traces::Traces;
@@ -90,16 +90,32 @@ fn exit(result: anyhow::Result<()>, format: LogFormat) -> ExitCode {
     }
 }
 
-/// `dispatcher deliveries …`: `[database]` of the file (or `--database-url`), nothing else.
+/// `dispatcher deliveries …`: `[database]` of the file (or `--database-url`) and
+/// `[support]` (list and show read its standby), nothing else.
 async fn support(
     config: &Path,
     database_url: Option<String>,
     command: deliveries::DeliveriesCommand,
 ) -> anyhow::Result<()> {
-    let database = DatabaseConfig::load(config, database_url)
-        .with_context(|| format!("invalid configuration {}", config.display()))?;
-    let (_, mut client) = connected(&database).await?;
-    deliveries::run(command, &mut client, &mut std::io::stdout().lock()).await
+    let invalid = || format!("invalid configuration {}", config.display());
+    let database = DatabaseConfig::load(config, database_url).with_context(invalid)?;
+    let support = SupportConfig::load(config).with_context(invalid)?;
+    // The schema is checked on the primary, where the writes go.
+    let (primary, mut client) = connected(&database).await?;
+    let standby = support
+        .standby
+        .as_ref()
+        .map(|standby| db::standby_pool(standby, standby.pool_limits()))
+        .transpose()?;
+    let readers = deliveries::Readers { primary, standby };
+    deliveries::run(
+        command,
+        &mut client,
+        &readers,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )
+    .await
 }
 
 /// A connection to a database that has every migration this binary knows, and the pool

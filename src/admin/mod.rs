@@ -61,12 +61,14 @@ impl AdminServer {
     /// loopback only.
     ///
     /// Support's questions (the API, the page) go through `support_pool`, the admin
-    /// server's own; the probes and the scrape read the daemon's `daemon_pool`, whose
+    /// server's own, their reads through `standby_pool` when there is one (`[support]
+    /// database_url`); the probes and the scrape read the daemon's `daemon_pool`, whose
     /// health they report. `live` gives the partners' settings in force, for what a
     /// partner received.
     pub async fn bind(
         config: &AdminConfig,
         support_pool: Pool,
+        standby_pool: Option<Pool>,
         daemon_pool: Pool,
         metrics: Metrics,
         live: LiveConfig,
@@ -116,6 +118,8 @@ impl AdminServer {
         );
         let state = AdminState {
             pool: support_pool,
+            standby: standby_pool,
+            pinned: None,
             daemon_pool,
             access: Arc::new(
                 Access::new(config.token.clone(), config.oidc.is_some(), hosts, https)

@@ -20,6 +20,7 @@ use crate::observe::metrics::Metrics;
 use crate::store::audit::{self, action, Outcome};
 use crate::store::circuits;
 use crate::store::db::{Client, Pool};
+use crate::store::standby::{self, ReadFrom};
 use crate::store::support::chart::{self, PartnerDay};
 use crate::store::support::search::{self, Found, Reading};
 use crate::store::support::{
@@ -35,8 +36,15 @@ const MAX_PAGE: i64 = 1000;
 pub(crate) struct AdminState {
     /// The admin server's own connections, for everything support asks: few, and with a
     /// short `statement_timeout` (`[admin]`), so no question of support's can hold the
-    /// daemon's.
+    /// daemon's. Everything written (resend, cancel, the audit trail, sessions, tokens) and
+    /// everything read beside a write goes here, to the primary.
     pub(super) pool: Pool,
+    /// `[support] database_url`'s standby, on the same limits: the deliveries, partners,
+    /// charts and searches support reads ([`AdminState::reader`]). `None`: the primary.
+    pub(super) standby: Option<Pool>,
+    /// For one request, set by [`AdminState::reading`]: the pool its reads go to, chosen
+    /// once with the lag the page shows beside them.
+    pub(super) pinned: Option<Pool>,
     /// The daemon's pool, for `/readyz` and the scrape: they report on it, and ask it
     /// only short questions of their own, each bounded by a timeout.
     pub(super) daemon_pool: Pool,
@@ -212,7 +220,7 @@ impl AdminState {
                 "limit must be between 1 and {MAX_PAGE}"
             )));
         }
-        let client = self.client().await?;
+        let client = self.reader().await?;
         match (page.after, page.before) {
             (Some(_), Some(_)) => Err(ApiError::BadRequest(
                 "page with after or with before, not both".to_string(),
@@ -288,7 +296,7 @@ impl AdminState {
     async fn search(&self, text: &str, limit: i64) -> Result<Vec<Found>, ApiError> {
         let readings =
             Reading::all_of(text).map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let mut found = Vec::with_capacity(readings.len());
         for reading in readings {
             found.push(
@@ -302,19 +310,43 @@ impl AdminState {
 
     /// Each partner's last 24 hours by hour, for the overview's chart.
     pub(crate) async fn last_day(&self) -> Result<Vec<PartnerDay>, ApiError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         Ok(chart::last_day(&client)
             .await
             .map_err(DatabaseUnavailable::logged)?)
     }
 
+    /// A connection to the primary: for every write, and what is read beside one.
     pub(crate) async fn client(&self) -> Result<Client, DatabaseUnavailable> {
         self.pool.get().await.map_err(DatabaseUnavailable::logged)
     }
 
+    /// A connection for support's reads: where [`AdminState::reading`] chose for this
+    /// request, else the standby when there is one and it answers, else the primary.
+    pub(crate) async fn reader(&self) -> Result<Client, DatabaseUnavailable> {
+        match &self.pinned {
+            Some(pool) => pool.get().await.map_err(DatabaseUnavailable::logged),
+            None => standby::read_client(&self.pool, self.standby.as_ref())
+                .await
+                .map_err(DatabaseUnavailable::logged),
+        }
+    }
+
+    /// This state with its reads held to one server for a request, and what the page
+    /// says about them: the standby and its lag, measured before anything is read (so what
+    /// is read is at least that fresh), or the primary and why.
+    pub(crate) async fn reading(&self) -> (AdminState, ReadFrom) {
+        let from = standby::read_from(&self.pool, self.standby.as_ref()).await;
+        let pinned = AdminState {
+            pinned: Some(from.pool(&self.pool, self.standby.as_ref()).clone()),
+            ..self.clone()
+        };
+        (pinned, from)
+    }
+
     /// Each partner at a glance, with its circuit breaker.
     pub(crate) async fn partner_summaries(&self) -> Result<Vec<PartnerSummary>, ApiError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let mut summaries = support::partner_summaries(&client)
             .await
             .map_err(DatabaseUnavailable::logged)?;
@@ -334,7 +366,7 @@ impl AdminState {
 
     /// One delivery; for the id of a placeholder support re-routed, where it went.
     pub(crate) async fn detail(&self, id: Uuid) -> Result<DeliveryDetail, ApiError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         if let Some(detail) = support::show(&client, id)
             .await
             .map_err(DatabaseUnavailable::logged)?

@@ -25,7 +25,24 @@ pub async fn describe(config: &Config, path: &Path, out: &mut impl Write) -> io:
         path.display(),
         config.partners.len()
     )?;
-    describe_database(&config.database, out)?;
+    describe_database(
+        &config.database,
+        ("the database", "database.url", "database.ca_file"),
+        out,
+    )?;
+    if let Some(standby) = &config.support.standby {
+        writeln!(
+            out,
+            "support reads from the standby in support.database_url (the support page, the \
+             API, deliveries list and show); resend, cancel and the audit trail write to \
+             the primary"
+        )?;
+        describe_database(
+            standby,
+            ("the standby", "support.database_url", "support.ca_file"),
+            out,
+        )?;
+    }
     if config.partners.is_empty() {
         writeln!(
             out,
@@ -42,14 +59,19 @@ pub async fn describe(config: &Config, path: &Path, out: &mut impl Write) -> io:
 }
 
 /// Patient events cross the network to a database on another host: without verify-full
-/// (or verify-ca) anyone in the path can read them, or pose as the database.
-fn describe_database(database: &DatabaseConfig, out: &mut impl Write) -> io::Result<()> {
+/// (or verify-ca) anyone in the path can read them, or pose as the database. The warning
+/// calls it `name`, and names the keys that configure it.
+fn describe_database(
+    database: &DatabaseConfig,
+    (name, url_key, ca_key): (&str, &str, &str),
+    out: &mut impl Write,
+) -> io::Result<()> {
     for host in database.connection.unverified_remote_hosts() {
         writeln!(
             out,
-            "warning: the database at {host} is reached without verifying its certificate \
+            "warning: {name} at {host} is reached without verifying its certificate \
              (sslmode={}): patient data can be read or altered on the way; set \
-             sslmode=verify-full in database.url (and database.ca_file for a private CA)",
+             sslmode=verify-full in {url_key} (and {ca_key} for a private CA)",
             database.connection.ssl_mode
         )?;
     }

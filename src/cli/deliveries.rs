@@ -12,7 +12,8 @@ use crate::admin::api::wire::{DeliveryDetailOut, DeliveryOut};
 use crate::delivery::breaker::{CircuitState, PartnerCircuit};
 use crate::delivery::state::{DeliveryState, WAITING};
 use crate::store::circuits;
-use crate::store::db::{Client, DbError, GenericClient};
+use crate::store::db::{Client, DbError, GenericClient, Pool};
+use crate::store::standby::{self, ReadFrom};
 use crate::store::support::{self, DeliveryDetail, DeliverySummary, Selection, SupportError};
 
 #[derive(Subcommand)]
@@ -50,11 +51,39 @@ pub enum DeliveriesCommand {
     },
 }
 
-/// Runs one `dispatcher deliveries` subcommand on a database whose schema is current.
+/// Where `list` and `show` read: the primary, or the standby of `[support]
+/// database_url` when there is one and it can be read.
+pub struct Readers {
+    pub primary: Pool,
+    pub standby: Option<Pool>,
+}
+
+impl Readers {
+    /// A connection for reading, having said in `notes` (stderr, away from a `--json`
+    /// answer) where it leads when that is not simply the primary: the standby and how
+    /// far behind it is, or the primary and why not the standby.
+    async fn client(&self, notes: &mut impl Write) -> anyhow::Result<Client> {
+        let from = standby::read_from(&self.primary, self.standby.as_ref()).await;
+        if from != ReadFrom::Primary {
+            writeln!(notes, "{from}")?;
+        }
+        from.pool(&self.primary, self.standby.as_ref())
+            .get()
+            .await
+            .map_err(DbError::from)
+            .context("connecting to the database")
+    }
+}
+
+/// Runs one `dispatcher deliveries` subcommand on a database whose schema is current:
+/// writes (and the audit trail) on `client`, the primary; `list` and `show` read from
+/// `readers`, saying where in `notes`.
 pub async fn run(
     command: DeliveriesCommand,
     client: &mut Client,
+    readers: &Readers,
     out: &mut impl Write,
+    notes: &mut impl Write,
 ) -> anyhow::Result<()> {
     match command {
         DeliveriesCommand::List {
@@ -62,8 +91,14 @@ pub async fn run(
             after,
             limit,
             json,
-        } => list(&*client, &selection.into(), after, limit, json, out).await,
-        DeliveriesCommand::Show { id, json } => show(&*client, id, json, out).await,
+        } => {
+            let reader = readers.client(notes).await?;
+            list(&reader, &selection.into(), after, limit, json, out).await
+        }
+        DeliveriesCommand::Show { id, json } => {
+            let reader = readers.client(notes).await?;
+            show(&reader, &*client, id, json, out).await
+        }
         DeliveriesCommand::Retry { ids, selection } => {
             let selection = Selection::from(selection);
             if ids.is_empty() && selection.names_nothing() {
@@ -177,19 +212,21 @@ fn table_line(row: &DeliverySummary) -> String {
     )
 }
 
+/// Reads the delivery on `reader`, records the read on `primary` before printing it.
 async fn show(
-    client: &impl GenericClient,
+    reader: &impl GenericClient,
+    primary: &impl GenericClient,
     id: Uuid,
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let Some(detail) = support::show(client, id)
+    let Some(detail) = support::show(reader, id)
         .await
         .map_err(DbError::from)
         .context("reading the delivery")?
     else {
         // A placeholder support re-routed: say where it went.
-        match support::rerouted(client, id)
+        match support::rerouted(reader, id)
             .await
             .context("reading the delivery")?
         {
@@ -199,7 +236,7 @@ async fn show(
     };
     // It shows the partners' answers: recorded before it is printed.
     audited(
-        client,
+        primary,
         action::DELIVERY_READ,
         Some(&id.to_string()),
         Outcome::Ok,

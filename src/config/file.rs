@@ -33,6 +33,17 @@ pub(super) fn read_database(table: Option<toml::Value>) -> Result<RawDatabase, C
     })
 }
 
+/// The `[support]` table alone, as [`read`] reads it (a file without one: no standby).
+pub(super) fn read_support(table: Option<toml::Value>) -> Result<RawSupport, ConfigError> {
+    let Some(table) = table else {
+        return Ok(RawSupport::default());
+    };
+    serde_path_to_error::deserialize(table).map_err(|error| {
+        let key = format!("support.{}", error.path());
+        ConfigError::key(key, without_values(error.into_inner().message()))
+    })
+}
+
 /// serde quotes a wrongly typed value in its message (`invalid type: string "…"`); the
 /// value may be a secret, so it is cut out. The key names the place well enough.
 fn without_values(message: &str) -> String {
@@ -64,7 +75,17 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) support: RawSupport,
     pub(super) telemetry: Option<RawTelemetry>,
+}
+
+/// `[support]`: where support's reads go.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSupport {
+    pub(super) database_url: Option<String>,
+    pub(super) ca_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -429,13 +450,18 @@ mod tests {
                 "[partners.auth]\nkind = \"bearer\"\ntoken = ",
             )
             .replace("# audience = ", "audience = ")
-            .replace("# allowed_hosts = ", "allowed_hosts = ");
+            .replace("# allowed_hosts = ", "allowed_hosts = ")
+            .replace(
+                "# [support]\n# database_url = ",
+                "[support]\ndatabase_url = ",
+            );
         let config = Config::parse(&uncommented, "dispatcher.sample.toml", None, |name| {
             Some(match name {
                 "ACME_SIGNING_SECRET" | "ACME_NEXT_SIGNING_SECRET" | "GLOBEX_SIGNING_SECRET" => {
                     "whsec_Z2xvYmV4LXNlY3JldA==".into()
                 }
                 "DISPATCHER_DATABASE_URL" => "postgres://dispatcher@127.0.0.1/dispatcher".into(),
+                "DISPATCHER_STANDBY_URL" => "postgres://support@127.0.0.1:5433/dispatcher".into(),
                 "DISPATCHER_ADMIN_TOKEN" => "a-token-of-at-least-24-characters".into(),
                 _ => "value".into(),
             })
@@ -447,6 +473,7 @@ mod tests {
             config.partners[0].auth,
             Some(AuthConfig::Bearer { .. })
         ));
+        assert!(config.support.standby.is_some());
     }
 
     #[test]

@@ -177,6 +177,20 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
         "admin.statement_timeout",
         running.admin.pool.statement_timeout != new.admin.pool.statement_timeout,
     );
+    keep(
+        "support.database_url",
+        running
+            .support
+            .standby
+            .as_ref()
+            .map(|s| s.url.expose_secret())
+            != new.support.standby.as_ref().map(|s| s.url.expose_secret()),
+    );
+    keep(
+        "support.ca_file",
+        running.support.standby.as_ref().and_then(|s| s.ca.as_ref())
+            != new.support.standby.as_ref().and_then(|s| s.ca.as_ref()),
+    );
     keep("retention", running.retention != new.retention);
     keep("telemetry", running.telemetry != new.telemetry);
     keep(
@@ -196,6 +210,7 @@ fn keep_restart_only_settings(running: &Config, new: &mut Config) -> Vec<&'stati
     new.dispatch.shutdown_grace = was.shutdown_grace;
     new.log = running.log.clone();
     new.admin = running.admin.clone();
+    new.support = running.support.clone();
     new.retention = running.retention.clone();
     new.telemetry = running.telemetry.clone();
     changed
@@ -241,18 +256,23 @@ mod tests {
         let before = live.snapshot();
         write(
             &dir,
-            &FILE
+            &(FILE
                 .replace("crm.example/enroll", "new-crm.example/enroll")
                 .replace("pool_size = 8", "pool_size = 2")
                 .replace("concurrency = 256", "concurrency = 16")
-                .replace("batch_size = 100", "batch_size = 10"),
+                .replace("batch_size = 100", "batch_size = 10")
+                + "\n[support]\ndatabase_url = \"postgres://support@127.0.0.1:5433/dispatcher\"\n"),
         );
 
         let reloaded = live.reload().expect("valid new file");
 
         assert_eq!(
             reloaded.needs_restart,
-            vec!["database.pool_size", "dispatch.concurrency"]
+            vec![
+                "database.pool_size",
+                "dispatch.concurrency",
+                "support.database_url"
+            ]
         );
         let after = live.snapshot();
         assert_eq!(
@@ -262,6 +282,10 @@ mod tests {
         assert_eq!(after.dispatch.batch_size, 10, "batch_size applies live");
         assert_eq!(after.database.pool_size, 8);
         assert_eq!(after.dispatch.concurrency, 256);
+        assert!(
+            after.support.standby.is_none(),
+            "the standby takes a restart"
+        );
         assert_eq!(
             before.partners[0].enrollment_url.as_str(),
             "https://crm.example/enroll",

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::error::{ConfigError, Problems};
-use super::{file, secrets, Config, DatabaseConfig, DATABASE_URL_ENV};
+use super::{file, secrets, Config, DatabaseConfig, SupportConfig, DATABASE_URL_ENV};
 
 impl Config {
     /// Reads and validates the config file; `DISPATCHER_DATABASE_URL` overrides `[database] url`.
@@ -44,15 +44,10 @@ impl Config {
         );
         // The file's keys do not hang on the variables' values: an unknown one is named too.
         let raw = problems.check(file::read(document));
-        // Relative file names (TLS files, secret files) are read from beside the config.
-        let base_dir = Path::new(path)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
         match raw {
             // Values are checked once every variable is set: an unset one is named already.
             Some(raw) if problems.is_empty() => raw
-                .validate(env_database_url, &base_dir)
+                .validate(env_database_url, &base_dir(path))
                 .map_err(|problems| problems.into_error(path)),
             _ => Err(problems.into_error(path)),
         }
@@ -91,14 +86,7 @@ impl DatabaseConfig {
         url: Option<String>,
         lookup_env: impl Fn(&str) -> Option<String>,
     ) -> Result<DatabaseConfig, ConfigError> {
-        let document: toml::Value = toml::from_str(text).map_err(|error| ConfigError::Syntax {
-            path: path.to_string(),
-            message: error.message().to_string(),
-        })?;
-        let mut database = match document {
-            toml::Value::Table(mut table) => table.remove("database"),
-            _ => None,
-        };
+        let mut database = table_of(text, path, "database")?;
         if let (Some(toml::Value::Table(table)), Some(_)) = (&mut database, &url) {
             table.remove("url");
         }
@@ -112,18 +100,84 @@ impl DatabaseConfig {
             );
         }
         let raw = problems.check(file::read_database(database));
-        let base_dir = Path::new(path)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
         match raw {
-            Some(raw) if problems.is_empty() => raw.validate(url, &base_dir).map_err(|problem| {
+            Some(raw) if problems.is_empty() => {
+                raw.validate(url, &base_dir(path)).map_err(|problem| {
+                    problems.note(problem);
+                    problems.into_error(path)
+                })
+            }
+            _ => Err(problems.into_error(path)),
+        }
+    }
+}
+
+impl SupportConfig {
+    /// Only `[support]` of the config file, for `dispatcher deliveries` beside
+    /// [`DatabaseConfig::load`]: its list and show read the standby named there. A file
+    /// that is absent names none.
+    pub fn load(path: &Path) -> Result<SupportConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(SupportConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        SupportConfig::parse(&text, &path.display().to_string(), |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Reads `[support]` of config text.
+    pub fn parse(
+        text: &str,
+        path: &str,
+        lookup_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<SupportConfig, ConfigError> {
+        let mut support = table_of(text, path, "support")?;
+        let mut problems = Problems::default();
+        if let Some(table) = &mut support {
+            secrets::expand_env(
+                table,
+                &mut "support".to_string(),
+                &lookup_env,
+                &mut problems,
+            );
+        }
+        match problems.check(file::read_support(support)) {
+            Some(raw) if problems.is_empty() => raw.validate(&base_dir(path)).map_err(|problem| {
                 problems.note(problem);
                 problems.into_error(path)
             }),
             _ => Err(problems.into_error(path)),
         }
     }
+}
+
+/// One table of config text, unread: `None` when the file has none.
+fn table_of(text: &str, path: &str, name: &str) -> Result<Option<toml::Value>, ConfigError> {
+    let document: toml::Value = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+        path: path.to_string(),
+        message: error.message().to_string(),
+    })?;
+    Ok(match document {
+        toml::Value::Table(mut table) => table.remove(name),
+        _ => None,
+    })
+}
+
+/// Where relative file names (TLS files, secret files) are read from: beside the config.
+fn base_dir(path: &str) -> std::path::PathBuf {
+    Path::new(path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -171,5 +225,26 @@ signing_secret = "${ACME_SIGNING_SECRET}"
             .map(|error| error.to_string())
             .unwrap_or_default();
         assert!(error.contains("DISPATCHER_DATABASE_URL"), "{error}");
+    }
+
+    #[test]
+    fn support_reads_the_standby_of_the_support_table_alone() {
+        let file = format!("{FILE}\n[support]\ndatabase_url = \"${{STANDBY_URL}}\"\n");
+        let env = |name: &str| {
+            (name == "STANDBY_URL")
+                .then(|| "postgres://support:pw@standby.internal/dispatcher".into())
+        };
+        let support = SupportConfig::parse(&file, "dispatcher.toml", env).expect("read");
+        let standby = support.standby.expect("a standby");
+        assert_eq!(standby.connection.remote_hosts(), ["standby.internal"]);
+        let none = SupportConfig::parse(FILE, "dispatcher.toml", |_| None).expect("read");
+        assert!(none.standby.is_none());
+        let error = SupportConfig::parse(&file, "dispatcher.toml", |_| None)
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("STANDBY_URL"), "{error}");
+        let absent = SupportConfig::load(Path::new("/nonexistent/dispatcher.toml"));
+        assert!(absent.expect("no file, no standby").standby.is_none());
     }
 }

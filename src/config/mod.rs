@@ -59,6 +59,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub partners: Vec<Partner>,
     pub admin: AdminConfig,
+    /// `[support]`: where support's reads go.
+    pub support: SupportConfig,
     pub log: LogConfig,
     /// `[telemetry]`: absent, no trace is exported.
     pub telemetry: Option<TelemetryConfig>,
@@ -156,6 +158,17 @@ pub struct DatabaseConfig {
     pub connection: ConnectionUrl,
     /// `ca_file`: what `verify-ca`/`verify-full` trust instead of the web PKI roots.
     pub ca: Option<DatabaseCa>,
+}
+
+/// `[support]`: where support's questions are answered.
+#[derive(Debug, Clone, Default)]
+pub struct SupportConfig {
+    /// `database_url` (and `ca_file`): a hot standby of `[database]` that the support
+    /// page's, the API's and `dispatcher deliveries list`/`show`'s reads go to; their
+    /// writes (resend, cancel, the audit trail) still go to the primary. `None`: every
+    /// question goes to the primary. Its `pool_size` is not read: the admin server's
+    /// `[admin]` limits size its pool, and a command opens one connection.
+    pub standby: Option<DatabaseConfig>,
 }
 
 /// A pool of database connections: how many it opens, and how long a statement on one

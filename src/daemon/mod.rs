@@ -100,9 +100,19 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let admin = &live.snapshot().admin;
     // Support's questions get connections of their own, so they never take the loops'.
     let support_pool = db::pool(database, admin.pool)?;
+    // `[support] database_url`: their reads go to the standby, on the same limits.
+    let standby = &live.snapshot().support.standby;
+    let standby_pool = standby
+        .as_ref()
+        .map(|standby| db::standby_pool(standby, admin.pool))
+        .transpose()?;
+    if standby_pool.is_some() {
+        tracing::info!("support's reads go to the standby (support.database_url)");
+    }
     let admin = AdminServer::bind(
         admin,
         support_pool,
+        standby_pool,
         pool.clone(),
         metrics.clone(),
         live.clone(),

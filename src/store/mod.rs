@@ -11,5 +11,6 @@ pub mod queue;
 pub mod retention;
 pub mod schema;
 pub mod sessions;
+pub mod standby;
 pub mod support;
 pub mod tokens;

@@ -12,18 +12,7 @@ const TOKEN: &str = "support-token-for-the-admin-tests";
 
 /// A partner that refuses the given patients with the contract's 400 and takes the rest.
 async fn partner_refusing(name: &str, refused: &'static [&'static str]) -> TestPartner {
-    TestPartner::start(name, move |request| {
-        if refused.contains(&request.patient_id().as_str()) {
-            Reply::status(
-                400,
-                json!({"success": false, "errorMessage": "Patient is already enrolled in program"})
-                    .to_string(),
-            )
-        } else {
-            Reply::accepted(request)
-        }
-    })
-    .await
+    TestPartner::refusing(name, refused).await
 }
 
 fn ids(page: &Value) -> Vec<String> {

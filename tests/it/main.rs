@@ -37,6 +37,7 @@ mod retention;
 mod routing;
 mod schemathesis;
 mod screenshots;
+mod standby;
 mod systemd;
 mod telemetry;
 mod tidy;

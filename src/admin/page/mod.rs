@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 mod audit;
 mod chart;
+mod read_from;
 mod received;
 mod search;
 mod sign_in;
@@ -63,6 +64,7 @@ async fn overview(
     Query(page): Query<Page>,
 ) -> Result<Markup, PageError> {
     let (selection, shown_state) = listed(selection);
+    let (state, from) = state.reading().await;
     // The rows first: they refuse a wrong state before the database is asked anything.
     let rows = state
         .page_for(
@@ -83,6 +85,7 @@ async fn overview(
         page: &page,
     };
     let body = views::overview(&notice, &summaries, &days, &rows, &listing, &caller);
+    let body = html! { (read_from::note(&from)) (body) };
     Ok(layout("Deliveries", Some(&caller), body))
 }
 
@@ -100,15 +103,13 @@ async fn delivery(
     Path(id): Path<Uuid>,
     Query(notice): Query<Notice>,
 ) -> Result<Markup, PageError> {
+    let (state, from) = state.reading().await;
     let detail = match state.detail_for(&caller, id).await {
         Ok(detail) => detail,
         // A placeholder support re-routed: its old id leads to the event's deliveries.
         Err(ApiError::Rerouted(rerouted)) => {
-            return Ok(layout(
-                "Delivery",
-                Some(&caller),
-                views::rerouted(&rerouted),
-            ))
+            let body = html! { (read_from::note(&from)) (views::rerouted(&rerouted)) };
+            return Ok(layout("Delivery", Some(&caller), body));
         }
         Err(error) => return Err(error.into()),
     };
@@ -119,11 +120,8 @@ async fn delivery(
     } else {
         html! {}
     };
-    Ok(layout(
-        "Delivery",
-        Some(&caller),
-        html! { (body) (received) },
-    ))
+    let body = html! { (read_from::note(&from)) (body) (received) };
+    Ok(layout("Delivery", Some(&caller), body))
 }
 
 #[derive(Deserialize)]

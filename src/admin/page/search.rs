@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
 
+use super::read_from;
 use super::views::{
     self, delivery_headings, delivery_row, layout_searched, url_encode, Notice, REFRESH_SECONDS,
 };
@@ -32,6 +33,7 @@ pub(super) async fn search(
     if text.is_empty() {
         return Ok(Redirect::to("/").into_response());
     }
+    let (state, from) = state.reading().await;
     let found = state.search_for(&caller, text, PAGE_ROWS).await?;
     let delivery = found
         .iter()
@@ -43,6 +45,7 @@ pub(super) async fn search(
     let summaries = state.partner_summaries().await?;
     let days = state.last_day().await?;
     let body = html! {
+        (read_from::note(&from))
         (notice.render())
         (results(text, &found, &caller))
         (views::partners_at_a_glance(&summaries, &days))

@@ -18,12 +18,12 @@ use secrecy::SecretString;
 use crate::config::database::{ConnectionUrl, DatabaseCa, SslMode};
 use crate::config::error::Problems;
 use crate::config::file::{
-    defaults, RawConfig, RawDatabase, RawDispatch, RawPartner, RawRetention, RawRetry,
+    defaults, RawConfig, RawDatabase, RawDispatch, RawPartner, RawRetention, RawRetry, RawSupport,
 };
 use crate::config::secrets::{beside_config, read_certificates};
 use crate::config::{
     Config, ConfigError, DatabaseConfig, DispatchConfig, LogConfig, Partner, RetentionConfig,
-    RetryPolicy, DATABASE_URL_ENV,
+    RetryPolicy, SupportConfig, DATABASE_URL_ENV,
 };
 
 impl RawConfig {
@@ -42,6 +42,7 @@ impl RawConfig {
         let retention = problems.check(self.retention.validate());
         let partners = validate_partners(self.partners, base_dir, &mut problems);
         let admin = problems.check(self.admin.validate(base_dir));
+        let support = problems.check(self.support.validate(base_dir));
         let telemetry = problems.check(
             self.telemetry
                 .map(|telemetry| telemetry.validate(base_dir))
@@ -54,9 +55,10 @@ impl RawConfig {
             Some(retention),
             Some(partners),
             Some(admin),
+            Some(support),
             Some(telemetry),
         ) = (
-            database, dispatch, retry, retention, partners, admin, telemetry,
+            database, dispatch, retry, retention, partners, admin, support, telemetry,
         )
         else {
             return Err(problems);
@@ -68,6 +70,7 @@ impl RawConfig {
             retention,
             partners,
             admin,
+            support,
             log: LogConfig {
                 format: self.log.format,
             },
@@ -92,7 +95,12 @@ impl RawDatabase {
             .map_err(|error| ConfigError::key("database.url", error.to_string()))?;
         let ca = match self.ca_file {
             None => None,
-            Some(file) => Some(database_ca(&file, connection.ssl_mode, base_dir)?),
+            Some(file) => Some(database_ca(
+                ("database.ca_file", "database.url"),
+                &file,
+                connection.ssl_mode,
+                base_dir,
+            )?),
         };
         Ok(DatabaseConfig {
             url: SecretString::from(url),
@@ -103,15 +111,56 @@ impl RawDatabase {
     }
 }
 
-/// `database.ca_file`: only where the certificate is verified, lest ops believe a CA
-/// protects a link that `require` leaves open to anyone's certificate.
-fn database_ca(file: &str, ssl_mode: SslMode, base_dir: &Path) -> Result<DatabaseCa, ConfigError> {
-    const KEY: &str = "database.ca_file";
+impl RawSupport {
+    /// The standby, read as `[database]`'s URL and CA are: the same `sslmode` rules, its
+    /// own `ca_file` (a standby's certificate may come from another CA).
+    pub(in crate::config) fn validate(self, base_dir: &Path) -> Result<SupportConfig, ConfigError> {
+        let Some(url) = self.database_url else {
+            if self.ca_file.is_some() {
+                return Err(ConfigError::key(
+                    "support.ca_file",
+                    "is only used with support.database_url",
+                ));
+            }
+            return Ok(SupportConfig::default());
+        };
+        let connection = ConnectionUrl::parse(&url)
+            .map_err(|error| ConfigError::key("support.database_url", error.to_string()))?;
+        let ca = match self.ca_file {
+            None => None,
+            Some(file) => Some(database_ca(
+                ("support.ca_file", "support.database_url"),
+                &file,
+                connection.ssl_mode,
+                base_dir,
+            )?),
+        };
+        Ok(SupportConfig {
+            standby: Some(DatabaseConfig {
+                url: SecretString::from(url),
+                // Not read (see `SupportConfig`): a command's one connection.
+                pool_size: 1,
+                connection,
+                ca,
+            }),
+        })
+    }
+}
+
+/// A `ca_file` (`database.ca_file`, `support.ca_file`: `key`, beside the URL at
+/// `url_key`): only where the certificate is verified, lest ops believe a CA protects a
+/// link that `require` leaves open to anyone's certificate.
+fn database_ca(
+    (key, url_key): (&str, &str),
+    file: &str,
+    ssl_mode: SslMode,
+    base_dir: &Path,
+) -> Result<DatabaseCa, ConfigError> {
     if !ssl_mode.verifies() {
         return Err(ConfigError::key(
-            KEY,
+            key,
             format!(
-                "is only used with sslmode=verify-full or verify-ca, and database.url has \
+                "is only used with sslmode=verify-full or verify-ca, and {url_key} has \
                  sslmode={ssl_mode}{}",
                 if ssl_mode == SslMode::default() {
                     " (the default)"
@@ -122,10 +171,10 @@ fn database_ca(file: &str, ssl_mode: SslMode, base_dir: &Path) -> Result<Databas
         ));
     }
     let mut roots = rustls::RootCertStore::empty();
-    for certificate in read_certificates(KEY, file, base_dir)? {
+    for certificate in read_certificates(key, file, base_dir)? {
         roots.add(certificate).map_err(|error| {
             ConfigError::key(
-                KEY,
+                key,
                 format!("holds a certificate that cannot be a CA: {error}"),
             )
         })?;
@@ -358,6 +407,63 @@ mod tests {
             assert!(
                 error.contains(named) && error.contains(says),
                 "{url} {keys}: {error}"
+            );
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_standby_is_read_as_the_database_is_and_named_by_its_own_keys() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("dispatcher.toml").display().to_string();
+        let ca = rcgen::generate_simple_self_signed(vec!["standby.internal".to_string()])
+            .expect("CA certificate");
+        std::fs::write(dir.path().join("standby-ca.pem"), ca.cert.pem()).expect("write");
+        let support = |keys: &str| {
+            let text = format!("{MINIMAL}\n[support]\n{keys}\n");
+            Config::parse(&text, &path, None, |_| None).map(|config| config.support)
+        };
+        let remote = "postgres://support:hunter2@standby.internal/dispatcher";
+
+        assert!(support("").expect("valid").standby.is_none());
+        let standby = support(&format!(
+            "database_url = \"{remote}?sslmode=verify-full\"\nca_file = \"standby-ca.pem\""
+        ))
+        .expect("valid")
+        .standby
+        .expect("a standby");
+        assert_eq!(standby.connection.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(
+            standby.ca.map(|ca| ca.path),
+            Some(dir.path().join("standby-ca.pem"))
+        );
+
+        for (keys, named, says) in [
+            (
+                format!("database_url = \"{remote}?sslmode=verify_full\""),
+                "support.database_url",
+                "sslmode must be one of",
+            ),
+            (
+                format!("database_url = \"{remote}\"\nca_file = \"standby-ca.pem\""),
+                "support.ca_file",
+                "support.database_url has sslmode=prefer",
+            ),
+            (
+                "ca_file = \"standby-ca.pem\"".to_string(),
+                "support.ca_file",
+                "only used with support.database_url",
+            ),
+            (
+                format!("database_url = \"{remote}\"\npool_size = 3"),
+                "support",
+                "pool_size",
+            ),
+        ] {
+            let error = support(&keys).unwrap_err().to_string();
+            assert!(
+                error.contains(named) && error.contains(says),
+                "{keys}: {error}"
             );
             assert!(!error.contains("hunter2"), "{error}");
         }

@@ -255,6 +255,37 @@ pub async fn on_client_mut<T, E: Into<DbError>>(
 
 /// A pool for every statement but LISTEN: the daemon's, or the admin server's own.
 pub fn pool(database: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbError> {
+    builder(database, limits)?
+        .build()
+        .map_err(|error| DbError::Pool(error.to_string()))
+}
+
+/// A pool on the standby support reads (`[support] database_url`): a connection to a
+/// server that is not in recovery (a standby since promoted, a URL naming another server)
+/// is refused as it opens, so nothing is read from it as if it were a copy of the primary.
+pub fn standby_pool(standby: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbError> {
+    use deadpool_postgres::{Hook, HookError};
+    builder(standby, limits)?
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                let row = client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .map_err(HookError::Backend)?;
+                match row.get::<_, bool>(0) {
+                    true => Ok(()),
+                    false => Err(HookError::message(super::standby::NOT_A_STANDBY)),
+                }
+            })
+        }))
+        .build()
+        .map_err(|error| DbError::Pool(error.to_string()))
+}
+
+fn builder(
+    database: &DatabaseConfig,
+    limits: PoolLimits,
+) -> Result<deadpool_postgres::PoolBuilder, DbError> {
     let ConnectionConfig { mut postgres, tls } = connection_config(database)?;
     // After the session settings, so this pool's own timeout is the one that holds.
     let options = format!(
@@ -276,16 +307,14 @@ pub fn pool(database: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbErr
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    Ok(Pool::builder(manager)
         .max_size(limits.size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .timeouts(Timeouts {
             wait: Some(CONNECT_TIMEOUT),
             create: Some(CONNECT_TIMEOUT),
             recycle: Some(CONNECT_TIMEOUT),
-        })
-        .build()
-        .map_err(|error| DbError::Pool(error.to_string()))
+        }))
 }
 
 #[cfg(test)]

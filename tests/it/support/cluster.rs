@@ -1,6 +1,7 @@
 //! A PostgreSQL cluster of a test's own, which the test may stop and start again: the
-//! database outage ops know. (The shared cluster from `scripts/with-postgres` serves every
-//! other test and must never be stopped.)
+//! database outage ops know; and a hot standby streaming from it ([`Cluster::standby`]),
+//! whose replay a test may pause. (The shared cluster from `scripts/with-postgres` serves
+//! every other test and must never be stopped.)
 //!
 //! It needs `DISPATCHER_TEST_PG_BINDIR` (where `initdb` and `pg_ctl` are) and, when the
 //! tests run as root, `DISPATCHER_TEST_PG_USER` (PostgreSQL refuses to run as root):
@@ -9,6 +10,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
 
 use super::tls::Issued;
 
@@ -43,23 +47,7 @@ impl Cluster {
     }
 
     fn start_new(tls: Option<&Issued>) -> Cluster {
-        let bindir = std::env::var_os("DISPATCHER_TEST_PG_BINDIR").map(PathBuf::from).expect(
-            "DISPATCHER_TEST_PG_BINDIR is not set: run the tests with scripts/test, which exports it",
-        );
-        let run_as = std::env::var("DISPATCHER_TEST_PG_USER").ok();
-        let dir = tempfile::Builder::new()
-            .prefix("dispatcher-cluster.")
-            .tempdir()
-            .expect("cluster directory");
-        if let Some(user) = &run_as {
-            run(Command::new("chown").arg(user).arg(dir.path()));
-        }
-        let mut cluster = Cluster {
-            bindir,
-            run_as,
-            dir,
-            port: 0,
-        };
+        let cluster = Cluster::unstarted();
         let initdb = cluster.pg("initdb", |command| {
             command
                 .arg("-D")
@@ -71,20 +59,136 @@ impl Cluster {
         if let Some(certificate) = tls {
             cluster.serve_tls_only(certificate);
         }
+        cluster.started()
+    }
+
+    /// A hot standby of this cluster, as ops make one: `pg_basebackup -R` (the base
+    /// backup, `standby.signal` and `primary_conninfo`), started on a port of its own and
+    /// streaming from this one over 127.0.0.1 (initdb's `pg_hba.conf` lets replication in
+    /// from there).
+    pub fn standby(&self) -> Cluster {
+        let standby = Cluster::unstarted();
+        let port = self.port.to_string();
+        let backup = standby.pg("pg_basebackup", |command| {
+            command
+                .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+                .arg("-D")
+                .arg(standby.data())
+                .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
+        });
+        assert!(
+            backup.status.success(),
+            "pg_basebackup failed:\n{}",
+            text(&backup)
+        );
+        standby.started()
+    }
+
+    /// A cluster directory, owned by the server's user, with nothing in it yet.
+    fn unstarted() -> Cluster {
+        let bindir = std::env::var_os("DISPATCHER_TEST_PG_BINDIR").map(PathBuf::from).expect(
+            "DISPATCHER_TEST_PG_BINDIR is not set: run the tests with scripts/test, which exports it",
+        );
+        // Where pg_ctl really is: a directory of links to initdb and pg_ctl alone (found
+        // first on PATH) would lack pg_basebackup.
+        let bindir = std::fs::canonicalize(bindir.join("pg_ctl"))
+            .ok()
+            .and_then(|pg_ctl| pg_ctl.parent().map(Path::to_path_buf))
+            .unwrap_or(bindir);
+        let run_as = std::env::var("DISPATCHER_TEST_PG_USER").ok();
+        let dir = tempfile::Builder::new()
+            .prefix("dispatcher-cluster.")
+            .tempdir()
+            .expect("cluster directory");
+        if let Some(user) = &run_as {
+            run(Command::new("chown").arg(user).arg(dir.path()));
+        }
+        Cluster {
+            bindir,
+            run_as,
+            dir,
+            port: 0,
+        }
+    }
+
+    /// Starts the cluster in `data/` on a free port.
+    fn started(mut self) -> Cluster {
         // A port that was free a moment ago may be taken before the server binds it (other
         // tests start clusters too): then try another.
         for _ in 0..20 {
-            cluster.port = free_port();
-            if cluster.try_start() {
-                return cluster;
+            self.port = free_port();
+            if self.try_start() {
+                return self;
             }
             assert!(
-                cluster.server_log().contains("could not bind"),
+                self.server_log().contains("could not bind"),
                 "PostgreSQL did not start; its log:\n{}",
-                cluster.server_log()
+                self.server_log()
             );
         }
         panic!("PostgreSQL found no free port to listen on");
+    }
+
+    /// `url` (a database's URL on another cluster, e.g. a [`super::TestDb`]'s on the
+    /// primary) with this cluster's port: the same database here.
+    pub fn url_of(&self, url: &str) -> String {
+        let database = url.rsplit_once('/').map_or("postgres", |(_, name)| name);
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// On a standby: stops replaying the WAL it receives (`pg_wal_replay_pause()`), and
+    /// waits until it has stopped, so that nothing the primary commits from now on shows
+    /// here until [`Cluster::resume_replay`].
+    pub async fn pause_replay(&self) {
+        let client = self.connect().await;
+        client
+            .execute("SELECT pg_wal_replay_pause()", &[])
+            .await
+            .expect("pause replay");
+        self.wait_for(&client, "SELECT pg_get_wal_replay_pause_state() = 'paused'")
+            .await;
+    }
+
+    pub async fn resume_replay(&self) {
+        self.connect()
+            .await
+            .execute("SELECT pg_wal_replay_resume()", &[])
+            .await
+            .expect("resume replay");
+    }
+
+    /// On a standby: waits until it has replayed all that `primary` has written so far.
+    pub async fn wait_until_replayed(&self, primary: &Cluster) {
+        let written: String = primary
+            .connect()
+            .await
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("the primary's WAL position")
+            .get(0);
+        let replayed = format!("SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn");
+        self.wait_for(&self.connect().await, &replayed).await;
+    }
+
+    /// Polls `condition` (a boolean query) until it holds; fails after a minute.
+    async fn wait_for(&self, client: &tokio_postgres::Client, condition: &str) {
+        for _ in 0..1200 {
+            let row = client.query_one(condition, &[]).await.expect(condition);
+            if row.get::<_, bool>(0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("`{condition}` did not hold within a minute");
+    }
+
+    /// A connection to the `postgres` database, as the superuser.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.admin_url(), NoTls)
+            .await
+            .expect("connect to the cluster");
+        tokio::spawn(connection);
+        client
     }
 
     /// The URL of the cluster's `postgres` database, as the superuser.

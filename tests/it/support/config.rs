@@ -53,11 +53,13 @@ impl Dispatch {
     }
 }
 
-/// `[database]`, when a test reaches its database another way than [`TestDb::url`].
+/// `[database]`, when a test reaches its database another way than [`TestDb::url`]; and
+/// `[support] database_url`, the standby support reads from, when it has one.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Database {
     pub url: Option<String>,
     pub ca_file: Option<String>,
+    pub standby_url: Option<String>,
 }
 
 /// `[admin]`.
@@ -261,6 +263,12 @@ impl TestConfig {
         self
     }
 
+    /// The hot standby support's reads go to (`[support] database_url`).
+    pub fn standby_url(mut self, url: &str) -> TestConfig {
+        self.database.standby_url = Some(url.into());
+        self
+    }
+
     /// Where the admin server listens (by default a free loopback port).
     pub fn admin_listen(mut self, address: &str) -> TestConfig {
         self.admin.listen = address.into();
@@ -362,6 +370,9 @@ impl TestConfig {
         }
         if let Some(oidc) = oidc {
             text.push_str(&format!("\n[admin.oidc]\n{oidc}"));
+        }
+        if let Some(standby_url) = &self.database.standby_url {
+            text.push_str(&format!("\n[support]\ndatabase_url = \"{standby_url}\"\n"));
         }
         if let Some(Retention {
             payload_days,

@@ -250,6 +250,24 @@ impl TestPartner {
         TestPartner::start(name, Reply::accepted).await
     }
 
+    /// A partner that refuses the given patients with the contract's 400 (their
+    /// deliveries end `rejected`, waiting for support, with its answer to show) and takes
+    /// the rest.
+    pub async fn refusing(name: &str, refused: &'static [&'static str]) -> TestPartner {
+        TestPartner::start(name, move |request| {
+            if refused.contains(&request.patient_id().as_str()) {
+                Reply::status(
+                    400,
+                    json!({"success": false, "errorMessage": "Patient is already enrolled in program"})
+                        .to_string(),
+                )
+            } else {
+                Reply::accepted(request)
+            }
+        })
+        .await
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("partner log").clone()
     }
