@@ -7,13 +7,16 @@ mod received;
 pub(crate) mod wire;
 
 use axum::extract::State;
-use axum::routing::{get, post};
+use std::sync::Arc;
+
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+use super::access::{json_post, Access};
 use super::caller::{Allowed, Operator, Support, Viewer};
 use super::error::{ApiError, ErrorBody};
 use super::rejection::{ApiJson, ApiPath, ApiQuery};
@@ -26,16 +29,21 @@ use wire::{
     DeliveryStateOut, ErasedBodyOut, PartnerOut, ResendOut, SupportActionOut,
 };
 
-pub(crate) fn routes() -> Router<AdminState> {
+/// The API's routes; every post takes JSON only and none from another site
+/// ([`json_post`]).
+pub(crate) fn routes(access: &Arc<Access>) -> Router<AdminState> {
     Router::new()
         .route("/deliveries", get(list_deliveries))
-        .route("/deliveries/retry", post(retry_matching))
+        .route("/deliveries/retry", json_post(access, retry_matching))
         .route("/deliveries/{id}", get(show_delivery))
-        .route("/deliveries/{id}/retry", post(retry_delivery))
-        .route("/deliveries/{id}/cancel", post(cancel_delivery))
+        .route("/deliveries/{id}/retry", json_post(access, retry_delivery))
+        .route(
+            "/deliveries/{id}/cancel",
+            json_post(access, cancel_delivery),
+        )
         .route("/partners", get(partner_summaries))
-        .merge(super::api_access::routes())
-        .merge(received::routes())
+        .merge(super::api_access::routes(access))
+        .merge(received::routes(access))
         .fallback(no_endpoint)
 }
 
@@ -86,7 +94,7 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         BulkRetried,
         ErrorBody
     )),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &BulkRetryNamesOne),
     security(("bearer" = []))
 )]
 pub(crate) struct ApiDoc;
@@ -107,6 +115,24 @@ impl utoipa::Modify for BearerToken {
                     .build(),
             ),
         );
+    }
+}
+
+/// `BulkRetry` names at least one field (`minProperties: 1`): the server refuses an empty
+/// selection, which would resend everything that failed. Said here because utoipa 5.5's
+/// `min_properties` attribute writes `maxProperties`.
+struct BulkRetryNamesOne;
+
+impl utoipa::Modify for BulkRetryNamesOne {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{schema::Schema, RefOr};
+        let schema = openapi
+            .components
+            .as_mut()
+            .and_then(|components| components.schemas.get_mut("BulkRetry"));
+        if let Some(RefOr::T(Schema::Object(object))) = schema {
+            object.min_properties = Some(1);
+        }
     }
 }
 
@@ -162,6 +188,11 @@ pub(crate) async fn show_delivery(
 #[utoipa::path(
     post,
     path = "/api/deliveries/{id}/retry",
+    request_body(
+        content = serde_json::Value,
+        content_type = "application/json",
+        description = "Ignored: send `{}`. Only the `Content-Type: application/json` matters (the API's guard against other sites' pages)."
+    ),
     params(
         ("id" = Uuid, Path, description = "The delivery id"),
         ("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")
@@ -194,6 +225,11 @@ pub(crate) struct Cancelled {
 #[utoipa::path(
     post,
     path = "/api/deliveries/{id}/cancel",
+    request_body(
+        content = serde_json::Value,
+        content_type = "application/json",
+        description = "Ignored: send `{}`. Only the `Content-Type: application/json` matters (the API's guard against other sites' pages)."
+    ),
     params(
         ("id" = Uuid, Path, description = "The delivery id"),
         ("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")
