@@ -47,6 +47,7 @@ const DAEMON_READ_WRITE: &[&str] = &[
     "admin_sessions",
     "sign_in_requests",
     "api_tokens",
+    "idempotency_keys",
 ];
 
 /// Every table of the schema, so a test can tell one that the grants forget.
@@ -62,6 +63,7 @@ pub const TABLES: &[&str] = &[
     "sign_in_requests",
     "api_tokens",
     "audit_log",
+    "idempotency_keys",
 ];
 
 /// The SQL that gives each role what it needs and nothing else.

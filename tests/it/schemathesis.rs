@@ -76,8 +76,13 @@ async fn the_api_keeps_every_promise_of_its_openapi_document() {
     db.wait_for_deliveries(&Deliveries::all().ended(), 3).await;
     let base = daemon.admin_url().await;
 
+    // Every check on; the file adds one answer a valid bulk retry may get (it says why).
+    let settings =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/schemathesis.toml");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(&schemathesis)
+            .arg("--config-file")
+            .arg(&settings)
             .arg("run")
             .arg(format!("{base}/api/openapi.json"))
             .args(["--url", &base])

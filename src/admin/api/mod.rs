@@ -3,12 +3,14 @@
 //! handlers by utoipa). What it says in JSON is its own ([`wire`]), made from the store's
 //! plain types, and what it reads is [`SelectionIn`] and [`Page`].
 
+mod idempotent;
 mod received;
 pub(crate) mod wire;
 
 use axum::extract::State;
 use std::sync::Arc;
 
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -23,7 +25,9 @@ use super::rejection::{ApiJson, ApiPath, ApiQuery};
 use super::selection::{QuerySelection, SelectionIn, StateFilter};
 use super::state::{AdminState, Page};
 use crate::store::audit::action;
-use crate::store::support::{self, Selection};
+use crate::store::idempotency::{self, Answer, Keyed};
+use crate::store::support::{self, ResendReport, Selection};
+use idempotent::IdempotencyKey;
 use wire::{
     AttemptOut, CircuitOut, CircuitStateOut, DeliveryDetailOut, DeliveryOut, DeliveryPageOut,
     DeliveryStateOut, ErasedBodyOut, PartnerOut, ResendOut, SupportActionOut,
@@ -256,35 +260,41 @@ pub(crate) async fn cancel_delivery(
 
 #[derive(Serialize, ToSchema)]
 pub(crate) struct BulkRetried {
-    /// How many deliveries this request touched: 0 when repeated.
+    /// How many deliveries this request touched: 0 when repeated (with the same
+    /// `Idempotency-Key`, a repeat gets the first answer instead).
     pub touched: usize,
     #[serde(flatten)]
     pub report: ResendOut,
 }
 
 /// Resends every ended delivery the selection matches: failed ones (rejected, dead,
-/// invalid, unrouted) unless `state` says otherwise. Safe to repeat: a delivery already
-/// pending again is not touched twice.
+/// invalid, unrouted) unless `state` says otherwise. A delivery already pending again is
+/// not touched twice; with an `Idempotency-Key`, a repeat of the request touches nothing
+/// at all and gets the first answer.
 #[utoipa::path(
     post,
     path = "/api/deliveries/retry",
     request_body = SelectionIn,
-    params(("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")),
+    params(
+        ("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "A key of the caller's choosing (a UUID, say), new for each new request. The first answer to a request with the key is kept for 24 hours, per caller; a repeat of the same request with the key gets that answer again (status and body) and touches nothing, and one sent while the first is still running waits for it. The same key with another request is refused (422).")
+    ),
     responses(
         (status = 200, body = BulkRetried),
-        (status = 400, description = "No selection, a wrong state, or a body that is not JSON", body = ErrorBody),
+        (status = 400, description = "No selection, a wrong state, a body that is not JSON, or an Idempotency-Key that is not 1 to 255 visible ASCII characters", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 403, description = "Sent from another site's page, or the caller's role is not operator", body = ErrorBody),
         (status = 415, description = "Not sent as application/json", body = ErrorBody),
-        (status = 422, description = "A field of the wrong type, or unknown", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, null or unknown; or an Idempotency-Key used for another request", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn retry_matching(
     Allowed(caller, ..): Allowed<Operator>,
     State(state): State<AdminState>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiJson(selection): ApiJson<SelectionIn>,
-) -> Result<Json<BulkRetried>, ApiError> {
+) -> Result<Response, ApiError> {
     let selection = Selection::from(selection);
     if selection.names_nothing() {
         return Err(ApiError::BadRequest(
@@ -294,27 +304,74 @@ pub(crate) async fn retry_matching(
     }
     selection.states().map_err(support::SupportError::from)?;
     let selection = selection.failed_unless_stated();
-    let mut client = state.client().await?;
-    let result = support::resend(&mut client, &selection, &caller.support_actor())
-        .await
-        .map_err(ApiError::from);
+    let described = state.described(&selection);
+    let actor = caller.support_actor();
+    let keyed = key.map(|key| {
+        idempotent::Keyed::new(
+            &caller,
+            key,
+            &format!("POST /api/deliveries/retry {described}"),
+        )
+    });
+    // The connection goes back before the audit takes one: two requests each holding one
+    // and waiting for a second would empty a small pool.
+    let result = async {
+        let mut client = state.client().await?;
+        match &keyed {
+            None => support::resend(&mut client, &selection, &actor)
+                .await
+                .map(Keyed::Done),
+            Some(keyed) => {
+                idempotency::resend_once(&mut client, keyed.as_key(), &selection, &actor, answer)
+                    .await
+            }
+        }
+        .map_err(ApiError::from)
+    }
+    .await;
+    let result = match result {
+        Ok(Keyed::Reused) => Err(idempotent::reused()),
+        other => other,
+    };
     let target = match &result {
-        Ok(report) => format!(
-            "{} (touched {})",
-            state.described(&selection),
-            report.touched()
-        ),
-        Err(_) => state.described(&selection),
+        Ok(Keyed::Done(report)) => format!("{described} (touched {})", report.touched()),
+        Ok(_) => format!("{described} (repeated {}: touched 0)", idempotent::HEADER),
+        Err(_) => described,
     };
     state
         .audited(&caller, action::BULK_RESEND, &target, &result)
         .await?;
-    let report = result?;
-    tracing::info!(touched = report.touched(), "bulk resend by support");
-    Ok(Json(BulkRetried {
+    match result? {
+        Keyed::Done(report) => {
+            tracing::info!(touched = report.touched(), "bulk resend by support");
+            Ok(idempotent::respond(answer(&report)))
+        }
+        Keyed::Replayed(kept) => Ok(idempotent::respond(kept)),
+        Keyed::Reused => Err(idempotent::reused()),
+    }
+}
+
+/// A bulk resend's answer, as sent and as kept under an `Idempotency-Key`.
+fn answer(report: &ResendReport) -> Answer {
+    let body = BulkRetried {
         touched: report.touched(),
-        report: report.into(),
-    }))
+        report: ResendOut {
+            resent: report.resent.clone(),
+            rerouted: report.rerouted.clone(),
+            erased: report
+                .erased
+                .iter()
+                .map(|erased| ErasedBodyOut {
+                    id: erased.id,
+                    erased_at: erased.erased_at,
+                })
+                .collect(),
+        },
+    };
+    Answer {
+        status: 200,
+        body: serde_json::to_string(&body).expect("a BulkRetried is always JSON"),
+    }
 }
 
 /// Each partner's deliveries at a glance, and its circuit breaker: `circuit.state` is

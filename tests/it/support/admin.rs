@@ -53,6 +53,18 @@ impl AdminClient {
         .await
     }
 
+    /// [`AdminClient::post`] with an `Idempotency-Key`.
+    pub async fn post_keyed(&self, path: &str, body: &Value, key: &str) -> (u16, Value) {
+        self.send(
+            self.request(reqwest::Method::POST, path)
+                .header("content-type", "application/json")
+                .header("x-actor", "alice")
+                .header("idempotency-key", key)
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     /// The raw answer, for pages and redirects.
     pub async fn raw(&self, request: reqwest::RequestBuilder) -> reqwest::Response {
         request.send().await.expect("admin server answers")
