@@ -80,3 +80,100 @@ async fn two_concurrent_bulk_resends_with_one_idempotency_key_resend_once_and_an
     let (status, error) = admin.post_keyed(path, &selection, "two words").await;
     assert_eq!(status, 400, "a key is visible ASCII: {error}");
 }
+
+/// The value of the hidden field `name` in a page's HTML.
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no field {name} in {page}"))
+        + marker.len();
+    page[start..]
+        .split('"')
+        .next()
+        .expect("a value")
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_operator_resends_in_bulk_from_the_page_exactly_what_the_preview_counted() {
+    let acme = partner_refusing_everything("acme").await;
+    let config = TestConfig::new()
+        .partner(&acme, &[PROGRAM])
+        .admin_token("bulk-page-break-glass-token");
+    let db = TestDb::migrated(&config).await;
+    for patient in ["p-1", "p-2", "p-3"] {
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+    }
+    let daemon = Daemon::start(&config, &db);
+    db.wait_for_deliveries(&Deliveries::of("acme").in_state("rejected"), 3)
+        .await;
+    let page = AdminClient::of(&daemon, None).await;
+    let oscar = db.signed_in("oscar", "operator").await;
+
+    let preview_path =
+        "/bulk?preview=1&partner=acme&state=rejected&since=2020-01-01T00%3A00&until=";
+    let (status, preview) = page.page_as(&oscar, preview_path).await;
+    assert_eq!(status, 200, "{preview}");
+    assert!(
+        preview.contains("3 deliveries would be resent"),
+        "{preview}"
+    );
+    let fields = |digest: &str| {
+        [
+            ("partner", "acme".to_string()),
+            ("state", "rejected".to_string()),
+            ("since", "2020-01-01T00:00".to_string()),
+            ("until", String::new()),
+            ("digest", digest.to_string()),
+        ]
+    };
+    let previewed = fields(&hidden(&preview, "digest"));
+    let previewed: Vec<(&str, &str)> = previewed.iter().map(|(n, v)| (*n, v.as_str())).collect();
+
+    // A fourth fails after the preview: the confirmation resends nothing, shows 4.
+    db.insert_event(ENROLLMENT, &enrollment_event("p-4")).await;
+    db.wait_for_deliveries(&Deliveries::of("acme").in_state("rejected"), 4)
+        .await;
+    let (status, changed) = page.post_form_as(&oscar, "/bulk/resend", &previewed).await;
+    assert_eq!(status, 200, "{changed}");
+    assert!(changed.contains("changed since the preview"), "{changed}");
+    assert!(
+        changed.contains("4 deliveries would be resent"),
+        "{changed}"
+    );
+    assert_eq!(resends(&db).await, 0, "nothing resent beyond the preview");
+
+    let confirmed = fields(&hidden(&changed, "digest"));
+    let confirmed: Vec<(&str, &str)> = confirmed.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (status, done) = page.post_form_as(&oscar, "/bulk/resend", &confirmed).await;
+    assert_eq!(status, 200, "{done}");
+    assert!(done.contains("4 deliveries resent."), "{done}");
+    assert_eq!(resends(&db).await, 4);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM dispatcher.audit_log WHERE action = 'bulk_resend'
+             AND actor = 'oscar' AND outcome = 'ok' AND target LIKE '%partner=acme%touched 4%'"
+        )
+        .await,
+        1
+    );
+
+    // Support and viewers get no form, and their confirmation is refused.
+    for role in ["support", "viewer"] {
+        let session = db.signed_in(&format!("{role}-person"), role).await;
+        let (status, _) = page.page_as(&session, preview_path).await;
+        assert_eq!(status, 403, "{role} sees no bulk form");
+        let (_, overview) = page.page_as(&session, "/").await;
+        assert!(
+            !overview.contains("href=\"/bulk\""),
+            "{role} gets no link to it"
+        );
+        let (status, _) = page
+            .post_form_as(&session, "/bulk/resend", &confirmed)
+            .await;
+        assert_eq!(status, 403, "{role} cannot resend in bulk");
+    }
+    assert_eq!(resends(&db).await, 4);
+}
