@@ -19,11 +19,13 @@ use std::sync::Arc;
 
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::handler::Handler;
 use axum::http::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use axum::http::Extensions;
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{post, MethodRouter};
 use axum::serve::IncomingStream;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -208,6 +210,17 @@ fn misdirected() -> Response {
          with a token: [admin] allowed_hosts)\n",
     )
         .into_response()
+}
+
+/// `post(handler)` behind [`json_posts`]: on the method alone, so another method an
+/// address does not have is still answered 405, not 415.
+pub(crate) fn json_post<H, T, S>(access: &Arc<Access>, handler: H) -> MethodRouter<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    post(handler).route_layer(from_fn_with_state(access.clone(), json_posts))
 }
 
 /// Lets an API post (or any request that changes something) through only with a JSON

@@ -2,32 +2,51 @@
 //! personal API tokens (`/api/tokens`). Wire types here, the statements in
 //! `store::audit` and `store::tokens`; the routes join the API's in `api.rs`.
 
-use axum::extract::{Path, Query, State};
-use axum::routing::{get, post};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
+use super::access::{json_post, Access};
 use super::caller::{Allowed, Operator};
 use super::error::{ApiError, DatabaseUnavailable, ErrorBody};
+use super::input;
+use super::rejection::{ApiJson, ApiPath, ApiQuery};
 use super::state::AdminState;
 use crate::config::identity::Role;
 use crate::store::audit::{self, action, Outcome};
 use crate::store::tokens::{self, ApiToken, TokenError};
 
-pub(crate) fn routes() -> Router<AdminState> {
+pub(crate) fn routes(access: &Arc<Access>) -> Router<AdminState> {
     Router::new()
         .route("/audit", get(read_audit))
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{token}/revoke", post(revoke_token))
+        .route(
+            "/tokens",
+            get(list_tokens).merge(json_post(access, create_token)),
+        )
+        .route(
+            "/tokens/{name_or_id}/revoke",
+            json_post(access, revoke_token),
+        )
 }
 
 #[derive(OpenApi)]
 #[openapi(
     paths(read_audit, list_tokens, create_token, revoke_token),
-    components(schemas(AuditPage, AuditEntry, TokenView, NewToken, CreatedToken, ErrorBody))
+    components(schemas(
+        AuditPage,
+        AuditEntry,
+        TokenView,
+        NewToken,
+        TokenRole,
+        CreatedToken,
+        ErrorBody
+    ))
 )]
 pub(crate) struct AccessDoc;
 
@@ -39,18 +58,25 @@ const MAX_ENTRIES: i64 = 1000;
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
     /// Who: a provider user name, `token:<name>`, `cli:<user>`, ...
+    #[param(pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "input::text")]
     actor: Option<String>,
     /// sign_in, sign_out, break_glass, api_authenticate, role_check, deliveries_read,
     /// delivery_read, body_read, resend, cancel, bulk_resend, token_create, token_revoke,
     /// tokens_read, audit_read.
+    #[param(pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "input::text")]
     action: Option<String>,
     /// What was touched: a delivery id, a token name.
+    #[param(pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "input::text")]
     target: Option<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     /// The `next_before` of the previous page.
     before: Option<i64>,
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -87,15 +113,16 @@ pub(crate) struct AuditPage {
     params(AuditQuery),
     responses(
         (status = 200, body = AuditPage),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "A parameter cannot be read", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "The caller's role is not operator", body = ErrorBody)
+        (status = 403, description = "The caller's role is not operator", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn read_audit(
     Allowed(caller, ..): Allowed<Operator>,
     State(state): State<AdminState>,
-    Query(query): Query<AuditQuery>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_ENTRIES);
     if !(1..=MAX_ENTRIES).contains(&limit) {
@@ -185,7 +212,8 @@ impl From<ApiToken> for TokenView {
     responses(
         (status = 200, body = [TokenView]),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "The caller's role is not operator", body = ErrorBody)
+        (status = 403, description = "The caller's role is not operator", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn list_tokens(
@@ -202,16 +230,48 @@ pub(crate) async fn list_tokens(
     Ok(Json(tokens.into_iter().map(TokenView::from).collect()))
 }
 
-/// A token to create.
+/// A token to create. The document's patterns are the server's own checks
+/// (`tokens::valid_name`, and [`lifetime`] before `tokens::expires_at`).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewToken {
-    /// Unique among live tokens, e.g. the script's name.
+    /// Unique among live tokens, e.g. the script's name: 1 to 64 characters, no control
+    /// character, not only spaces.
+    #[schema(
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
-    /// viewer, support or operator.
+    #[schema(value_type = TokenRole)]
     role: String,
-    /// How long it lives, at most a year: "90d", "12h".
+    /// How long it lives, in days or hours, at most a year (366 days): "90d", "12h".
+    #[schema(
+        pattern = "^(?:(?:[1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d|(?:[1-9]|[1-9][0-9]{1,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h)$"
+    )]
     expires: String,
+}
+
+/// The roles a token can carry, as the OpenAPI document lists them (the server reads the
+/// text: `Role`'s `FromStr`).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TokenRole {
+    Viewer,
+    Support,
+    Operator,
+}
+
+/// Whether `expires` is a lifetime as the API writes it: a whole number of days (`d`) or
+/// hours (`h`), no leading zero; its length is `tokens::expires_at`'s to judge.
+fn lifetime(expires: &str) -> bool {
+    let number = expires
+        .strip_suffix('d')
+        .or_else(|| expires.strip_suffix('h'))
+        .unwrap_or_default();
+    !number.is_empty()
+        && !number.starts_with('0')
+        && number.bytes().all(|byte| byte.is_ascii_digit())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -239,16 +299,19 @@ impl From<TokenError> for ApiError {
     request_body = NewToken,
     responses(
         (status = 200, body = CreatedToken),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "A body that is not JSON, a name, role or lifetime refused", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "The caller's role is not operator", body = ErrorBody),
-        (status = 409, description = "A live token has this name", body = ErrorBody)
+        (status = 403, description = "Sent from another site's page, or the caller's role is not operator", body = ErrorBody),
+        (status = 409, description = "A live token has this name", body = ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = ErrorBody),
+        (status = 422, description = "A field missing, unknown or of the wrong type", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn create_token(
     Allowed(caller, ..): Allowed<Operator>,
     State(state): State<AdminState>,
-    Json(new): Json<NewToken>,
+    ApiJson(new): ApiJson<NewToken>,
 ) -> Result<Json<CreatedToken>, ApiError> {
     let result = async {
         let role: Role =
@@ -257,6 +320,9 @@ pub(crate) async fn create_token(
                 .map_err(|error: crate::config::identity::UnknownRole| {
                     ApiError::BadRequest(format!("role: {error}"))
                 })?;
+        if !lifetime(&new.expires) {
+            return Err(TokenError::BadExpiry.into());
+        }
         let expires_at = tokens::expires_at(&new.expires)?;
         let client = state.client().await?;
         Ok::<_, ApiError>(
@@ -284,21 +350,33 @@ pub(crate) async fn create_token(
 /// Revokes the live token with this name or id (operators).
 #[utoipa::path(
     post,
-    path = "/api/tokens/{token}/revoke",
-    params(("token" = String, Path, description = "The token's name or id")),
+    path = "/api/tokens/{name_or_id}/revoke",
+    request_body(
+        content = serde_json::Value,
+        content_type = "application/json",
+        description = "Ignored: send `{}`. Only the `Content-Type: application/json` matters (the API's guard against other sites' pages)."
+    ),
+    params(("name_or_id" = String, Path, description = "The token's name or id")),
     responses(
         (status = 200, body = TokenView),
+        (status = 400, description = "The path cannot be read", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "The caller's role is not operator", body = ErrorBody),
-        (status = 404, description = "No live token has this name or id", body = ErrorBody)
+        (status = 403, description = "Sent from another site's page, or the caller's role is not operator", body = ErrorBody),
+        (status = 404, description = "No live token has this name or id", body = ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn revoke_token(
     Allowed(caller, ..): Allowed<Operator>,
     State(state): State<AdminState>,
-    Path(token): Path<String>,
+    ApiPath(token): ApiPath<String>,
 ) -> Result<Json<TokenView>, ApiError> {
     let result = async {
+        if token.contains('\0') {
+            // No name can hold one (PostgreSQL's text cannot): no such token.
+            return Err(ApiError::Missing(format!("no live token named {token:?}")));
+        }
         let client = state.client().await?;
         tokens::revoke(&client, &token, &caller.support_actor())
             .await

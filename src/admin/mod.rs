@@ -22,6 +22,7 @@ mod caller;
 mod error;
 mod headers;
 mod health;
+mod input;
 mod metrics;
 mod oidc;
 pub(crate) mod page;
@@ -163,9 +164,9 @@ impl AdminServer {
 }
 
 fn router(state: AdminState, form_targets: headers::FormTargets) -> Router {
-    // The bearer check comes first, so a stranger learns nothing about what a post needs.
-    let api = api::routes()
-        .route_layer(from_fn_with_state(state.clone(), access::json_posts))
+    // The bearer check comes first, so a stranger learns nothing about what a post needs
+    // (each post's JSON and origin check sits on its own route: `access::json_post`).
+    let api = api::routes(&state.access)
         .route_layer(from_fn_with_state(state.clone(), session::api_caller));
     let pages = page::routes()
         .route_layer(from_fn_with_state(state.clone(), session::page_caller))

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
+use super::input;
 use crate::store::support::Selection;
 
 /// A selection as a request names it. As the API's body an unknown field is refused
@@ -22,22 +23,38 @@ use crate::store::support::Selection;
 #[into_params(parameter_in = Query)]
 #[schema(
     as = BulkRetry,
-    description = "The deliveries to resend in bulk: the fields of the list's filter, at least one of\nthem. An unknown field is refused rather than ignored, so a typo cannot widen the\nselection."
+    description = "The deliveries to resend in bulk: the fields of the list's filter, at least one of\nthem (none of them null). An unknown field is refused rather than ignored, so a typo\ncannot widen the selection."
 )]
 pub(crate) struct SelectionIn {
     /// pending (with in_flight), in_flight, delivered, rejected, dead, invalid,
     /// cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
     #[param(value_type = Option<StateFilter>)]
-    #[schema(value_type = Option<StateFilter>)]
+    #[schema(value_type = Option<StateFilter>, nullable = false)]
+    #[serde(default, deserialize_with = "input::text")]
     pub state: Option<String>,
+    #[param(pattern = "^[^\\x00]*$")]
+    #[schema(nullable = false, pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "input::text")]
     pub partner: Option<String>,
+    #[param(pattern = "^[^\\x00]*$")]
+    #[schema(nullable = false, pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "input::text")]
     pub event_name: Option<String>,
+    #[param(pattern = "^[^\\x00]*$")]
+    #[schema(nullable = false, pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "input::text")]
     pub patient_id: Option<String>,
     /// The outbox id of the event the deliveries carry.
+    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "input::whole")]
     pub event_id: Option<i64>,
     /// Created at or after this time (RFC 3339).
+    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "input::present")]
     pub since: Option<DateTime<Utc>>,
     /// Created before this time (RFC 3339).
+    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "input::present")]
     pub until: Option<DateTime<Utc>>,
 }
 

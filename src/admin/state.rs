@@ -69,7 +69,8 @@ impl FromRef<AdminState> for Arc<Access> {
 pub(crate) struct Page {
     /// The `next_after` of the previous page.
     pub after: Option<Uuid>,
-    /// The `previous_before` of the next page, to page back (not with `after`).
+    /// The `previous_before` of the next page, to page back; with `after`, only the
+    /// deliveries between the two.
     pub before: Option<Uuid>,
     /// Rows per page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -222,9 +223,6 @@ impl AdminState {
         }
         let client = self.reader().await?;
         match (page.after, page.before) {
-            (Some(_), Some(_)) => Err(ApiError::BadRequest(
-                "page with after or with before, not both".to_string(),
-            )),
             (after, None) => {
                 let deliveries = support::list(&client, selection, after, limit).await?;
                 let next_after = deliveries
@@ -237,6 +235,22 @@ impl AdminState {
                     deliveries,
                     next_after,
                     previous_before,
+                })
+            }
+            (Some(after), Some(before)) => {
+                // Between the two: older than `after`, newer than `before`. Newest first,
+                // so the rows past `before` are the page's tail, and the range ends there.
+                let mut deliveries = support::list(&client, selection, Some(after), limit).await?;
+                let full = deliveries.len() as i64 == limit;
+                deliveries.retain(|row| row.id > before);
+                let next_after = deliveries
+                    .last()
+                    .filter(|_| full && deliveries.len() as i64 == limit)
+                    .map(|last| last.id);
+                Ok(DeliveryPage {
+                    previous_before: deliveries.first().map(|first| first.id),
+                    next_after,
+                    deliveries,
                 })
             }
             (None, Some(before)) => {

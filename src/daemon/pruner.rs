@@ -18,6 +18,7 @@ pub(super) async fn run(pool: Pool, retention: RetentionConfig, shutdown: Shutdo
                 events_deleted = report.events_deleted,
                 audit_entries_deleted = report.audit_entries_deleted,
                 sessions_deleted = report.sessions_deleted,
+                idempotency_keys_deleted = report.idempotency_keys_deleted,
                 duration_ms = started.elapsed().as_millis() as u64,
                 "pruned"
             ),

@@ -93,25 +93,32 @@ pub struct Entry<'a> {
     pub reason: Option<&'a str>,
 }
 
-/// Appends one entry.
+/// Appends one entry. A NUL character, which PostgreSQL's text cannot hold, is kept as
+/// U+FFFD: a caller's odd text must not keep their request out of the trail.
 pub async fn record(
     client: &impl GenericClient,
     entry: &Entry<'_>,
 ) -> Result<(), tokio_postgres::Error> {
+    let storable = |text: &str| text.replace('\0', "\u{FFFD}");
+    let (actor, target, reason) = (
+        storable(entry.actor),
+        entry.target.map(storable),
+        entry.reason.map(storable),
+    );
     client
         .execute(
             "INSERT INTO dispatcher.audit_log
                  (actor, subject, role, via, action, target, outcome, reason)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
-                &entry.actor,
+                &actor,
                 &entry.subject,
                 &entry.role.map(Role::as_str),
                 &entry.via.as_str(),
                 &entry.action,
-                &entry.target,
+                &target,
                 &entry.outcome.as_str(),
-                &entry.reason,
+                &reason,
             ],
         )
         .await?;

@@ -49,6 +49,7 @@ const DAEMON_READ_WRITE: &[&str] = &[
     "api_tokens",
     "routing_position",
     "outbox_route_again",
+    "idempotency_keys",
 ];
 
 /// Every table of the schema, so a test can tell one that the grants forget.
@@ -66,6 +67,7 @@ pub const TABLES: &[&str] = &[
     "audit_log",
     "routing_position",
     "outbox_route_again",
+    "idempotency_keys",
 ];
 
 /// The SQL that gives each role what it needs and nothing else.

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod circuits;
 pub mod db;
 pub mod grants;
+pub mod idempotency;
 pub mod migration;
 pub mod notify;
 pub mod outbox;

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::db::DbError;
 use crate::config::RetentionConfig;
 use crate::shutdown::Shutdown;
-use crate::store::{audit, sessions};
+use crate::store::{audit, idempotency, sessions};
 
 /// How long a sign-in may take at the identity provider before it is forgotten (the
 /// callback refuses an older one; the pruner deletes it).
@@ -37,6 +37,8 @@ pub struct PruneReport {
     pub audit_entries_deleted: u64,
     /// Expired sessions and abandoned sign-ins (`store::sessions`).
     pub sessions_deleted: u64,
+    /// The API's idempotency keys past their 24 hours (`store::idempotency`).
+    pub idempotency_keys_deleted: u64,
 }
 
 impl PruneReport {
@@ -51,13 +53,14 @@ impl std::fmt::Display for PruneReport {
             f,
             "erased {} event bodies and the partners' answers to {} deliveries; \
              deleted {} deliveries (with their attempts) and {} events; \
-             deleted {} audit entries and {} expired sessions",
+             deleted {} audit entries, {} expired sessions and {} idempotency keys",
             self.event_bodies_erased,
             self.answers_erased,
             self.deliveries_deleted,
             self.events_deleted,
             self.audit_entries_deleted,
-            self.sessions_deleted
+            self.sessions_deleted,
+            self.idempotency_keys_deleted
         )
     }
 }
@@ -288,6 +291,7 @@ pub async fn prune(
     })
     .await?;
     let sessions_deleted = sessions::prune(&pool.get().await?, SIGN_IN_MAX_AGE).await?;
+    let idempotency_keys_deleted = idempotency::prune(&pool.get().await?).await?;
     Ok(PruneReport {
         event_bodies_erased,
         answers_erased,
@@ -295,6 +299,7 @@ pub async fn prune(
         events_deleted,
         audit_entries_deleted,
         sessions_deleted,
+        idempotency_keys_deleted,
     })
 }
 

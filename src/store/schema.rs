@@ -46,6 +46,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         13,
         include_str!("../../migrations/0013_routing_position.sql"),
     ),
+    (
+        14,
+        include_str!("../../migrations/0014_idempotency_keys.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

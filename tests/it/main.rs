@@ -14,6 +14,7 @@ mod support;
 mod admin;
 mod auth;
 mod browser;
+mod bulk;
 mod check_connect;
 mod cli;
 mod crashes;

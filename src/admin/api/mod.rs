@@ -3,39 +3,51 @@
 //! handlers by utoipa). What it says in JSON is its own ([`wire`]), made from the store's
 //! plain types, and what it reads is [`SelectionIn`] and [`Page`].
 
+mod idempotent;
 mod received;
 pub(crate) mod wire;
 
 use axum::extract::State;
-use axum::routing::{get, post};
+use std::sync::Arc;
+
+use axum::response::Response;
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+use super::access::{json_post, Access};
 use super::caller::{Allowed, Operator, Support, Viewer};
 use super::error::{ApiError, ErrorBody};
 use super::rejection::{ApiJson, ApiPath, ApiQuery};
 use super::selection::{QuerySelection, SelectionIn, StateFilter};
 use super::state::{AdminState, Page};
 use crate::store::audit::action;
-use crate::store::support::{self, Selection};
+use crate::store::idempotency::{self, Answer, Keyed};
+use crate::store::support::{self, ResendReport, Selection};
+use idempotent::IdempotencyKey;
 use wire::{
     AttemptOut, CircuitOut, CircuitStateOut, DeliveryDetailOut, DeliveryOut, DeliveryPageOut,
     DeliveryStateOut, ErasedBodyOut, PartnerOut, ResendOut, SupportActionOut,
 };
 
-pub(crate) fn routes() -> Router<AdminState> {
+/// The API's routes; every post takes JSON only and none from another site
+/// ([`json_post`]).
+pub(crate) fn routes(access: &Arc<Access>) -> Router<AdminState> {
     Router::new()
         .route("/deliveries", get(list_deliveries))
-        .route("/deliveries/retry", post(retry_matching))
+        .route("/deliveries/retry", json_post(access, retry_matching))
         .route("/deliveries/{id}", get(show_delivery))
-        .route("/deliveries/{id}/retry", post(retry_delivery))
-        .route("/deliveries/{id}/cancel", post(cancel_delivery))
+        .route("/deliveries/{id}/retry", json_post(access, retry_delivery))
+        .route(
+            "/deliveries/{id}/cancel",
+            json_post(access, cancel_delivery),
+        )
         .route("/partners", get(partner_summaries))
-        .merge(super::api_access::routes())
-        .merge(received::routes())
+        .merge(super::api_access::routes(access))
+        .merge(received::routes(access))
         .fallback(no_endpoint)
 }
 
@@ -86,7 +98,7 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         BulkRetried,
         ErrorBody
     )),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &BulkRetryNamesOne),
     security(("bearer" = []))
 )]
 pub(crate) struct ApiDoc;
@@ -107,6 +119,24 @@ impl utoipa::Modify for BearerToken {
                     .build(),
             ),
         );
+    }
+}
+
+/// `BulkRetry` names at least one field (`minProperties: 1`): the server refuses an empty
+/// selection, which would resend everything that failed. Said here because utoipa 5.5's
+/// `min_properties` attribute writes `maxProperties`.
+struct BulkRetryNamesOne;
+
+impl utoipa::Modify for BulkRetryNamesOne {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{schema::Schema, RefOr};
+        let schema = openapi
+            .components
+            .as_mut()
+            .and_then(|components| components.schemas.get_mut("BulkRetry"));
+        if let Some(RefOr::T(Schema::Object(object))) = schema {
+            object.min_properties = Some(1);
+        }
     }
 }
 
@@ -162,6 +192,11 @@ pub(crate) async fn show_delivery(
 #[utoipa::path(
     post,
     path = "/api/deliveries/{id}/retry",
+    request_body(
+        content = serde_json::Value,
+        content_type = "application/json",
+        description = "Ignored: send `{}`. Only the `Content-Type: application/json` matters (the API's guard against other sites' pages)."
+    ),
     params(
         ("id" = Uuid, Path, description = "The delivery id"),
         ("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")
@@ -194,6 +229,11 @@ pub(crate) struct Cancelled {
 #[utoipa::path(
     post,
     path = "/api/deliveries/{id}/cancel",
+    request_body(
+        content = serde_json::Value,
+        content_type = "application/json",
+        description = "Ignored: send `{}`. Only the `Content-Type: application/json` matters (the API's guard against other sites' pages)."
+    ),
     params(
         ("id" = Uuid, Path, description = "The delivery id"),
         ("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")
@@ -220,35 +260,41 @@ pub(crate) async fn cancel_delivery(
 
 #[derive(Serialize, ToSchema)]
 pub(crate) struct BulkRetried {
-    /// How many deliveries this request touched: 0 when repeated.
+    /// How many deliveries this request touched: 0 when repeated (with the same
+    /// `Idempotency-Key`, a repeat gets the first answer instead).
     pub touched: usize,
     #[serde(flatten)]
     pub report: ResendOut,
 }
 
 /// Resends every ended delivery the selection matches: failed ones (rejected, dead,
-/// invalid, unrouted) unless `state` says otherwise. Safe to repeat: a delivery already
-/// pending again is not touched twice.
+/// invalid, unrouted) unless `state` says otherwise. A delivery already pending again is
+/// not touched twice; with an `Idempotency-Key`, a repeat of the request touches nothing
+/// at all and gets the first answer.
 #[utoipa::path(
     post,
     path = "/api/deliveries/retry",
     request_body = SelectionIn,
-    params(("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only")),
+    params(
+        ("X-Actor" = Option<String>, Header, description = "Who is asking, with the break-glass token only"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "A key of the caller's choosing (a UUID, say), new for each new request. The first answer to a request with the key is kept for 24 hours, per caller; a repeat of the same request with the key gets that answer again (status and body) and touches nothing, and one sent while the first is still running waits for it. The same key with another request is refused (422).")
+    ),
     responses(
         (status = 200, body = BulkRetried),
-        (status = 400, description = "No selection, a wrong state, or a body that is not JSON", body = ErrorBody),
+        (status = 400, description = "No selection, a wrong state, a body that is not JSON, or an Idempotency-Key that is not 1 to 255 visible ASCII characters", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 403, description = "Sent from another site's page, or the caller's role is not operator", body = ErrorBody),
         (status = 415, description = "Not sent as application/json", body = ErrorBody),
-        (status = 422, description = "A field of the wrong type, or unknown", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, null or unknown; or an Idempotency-Key used for another request", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody)
     )
 )]
 pub(crate) async fn retry_matching(
     Allowed(caller, ..): Allowed<Operator>,
     State(state): State<AdminState>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiJson(selection): ApiJson<SelectionIn>,
-) -> Result<Json<BulkRetried>, ApiError> {
+) -> Result<Response, ApiError> {
     let selection = Selection::from(selection);
     if selection.names_nothing() {
         return Err(ApiError::BadRequest(
@@ -258,27 +304,74 @@ pub(crate) async fn retry_matching(
     }
     selection.states().map_err(support::SupportError::from)?;
     let selection = selection.failed_unless_stated();
-    let mut client = state.client().await?;
-    let result = support::resend(&mut client, &selection, &caller.support_actor())
-        .await
-        .map_err(ApiError::from);
+    let described = state.described(&selection);
+    let actor = caller.support_actor();
+    let keyed = key.map(|key| {
+        idempotent::Keyed::new(
+            &caller,
+            key,
+            &format!("POST /api/deliveries/retry {described}"),
+        )
+    });
+    // The connection goes back before the audit takes one: two requests each holding one
+    // and waiting for a second would empty a small pool.
+    let result = async {
+        let mut client = state.client().await?;
+        match &keyed {
+            None => support::resend(&mut client, &selection, &actor)
+                .await
+                .map(Keyed::Done),
+            Some(keyed) => {
+                idempotency::resend_once(&mut client, keyed.as_key(), &selection, &actor, answer)
+                    .await
+            }
+        }
+        .map_err(ApiError::from)
+    }
+    .await;
+    let result = match result {
+        Ok(Keyed::Reused) => Err(idempotent::reused()),
+        other => other,
+    };
     let target = match &result {
-        Ok(report) => format!(
-            "{} (touched {})",
-            state.described(&selection),
-            report.touched()
-        ),
-        Err(_) => state.described(&selection),
+        Ok(Keyed::Done(report)) => format!("{described} (touched {})", report.touched()),
+        Ok(_) => format!("{described} (repeated {}: touched 0)", idempotent::HEADER),
+        Err(_) => described,
     };
     state
         .audited(&caller, action::BULK_RESEND, &target, &result)
         .await?;
-    let report = result?;
-    tracing::info!(touched = report.touched(), "bulk resend by support");
-    Ok(Json(BulkRetried {
+    match result? {
+        Keyed::Done(report) => {
+            tracing::info!(touched = report.touched(), "bulk resend by support");
+            Ok(idempotent::respond(answer(&report)))
+        }
+        Keyed::Replayed(kept) => Ok(idempotent::respond(kept)),
+        Keyed::Reused => Err(idempotent::reused()),
+    }
+}
+
+/// A bulk resend's answer, as sent and as kept under an `Idempotency-Key`.
+fn answer(report: &ResendReport) -> Answer {
+    let body = BulkRetried {
         touched: report.touched(),
-        report: report.into(),
-    }))
+        report: ResendOut {
+            resent: report.resent.clone(),
+            rerouted: report.rerouted.clone(),
+            erased: report
+                .erased
+                .iter()
+                .map(|erased| ErasedBodyOut {
+                    id: erased.id,
+                    erased_at: erased.erased_at,
+                })
+                .collect(),
+        },
+    };
+    Answer {
+        status: 200,
+        body: serde_json::to_string(&body).expect("a BulkRetried is always JSON"),
+    }
 }
 
 /// Each partner's deliveries at a glance, and its circuit breaker: `circuit.state` is

@@ -3,22 +3,27 @@
 //! A POST, not a GET: it carries the reason, and its answer is patient data that no cache,
 //! proxy log or browser history should keep (every answer is `Cache-Control: no-store`).
 
+use std::sync::Arc;
+
 use axum::extract::State;
-use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+use crate::admin::access::{json_post, Access};
 use crate::admin::caller::{Allowed, Support};
 use crate::admin::error::{ApiError, ErrorBody};
 use crate::admin::received::{ReceivedView, ShownBody};
 use crate::admin::rejection::{ApiJson, ApiPath};
 use crate::admin::state::AdminState;
 
-pub(crate) fn routes() -> Router<AdminState> {
-    Router::new().route("/deliveries/{id}/received", post(show_received))
+pub(crate) fn routes(access: &Arc<Access>) -> Router<AdminState> {
+    Router::new().route(
+        "/deliveries/{id}/received",
+        json_post(access, show_received),
+    )
 }
 
 #[derive(OpenApi)]
@@ -34,8 +39,12 @@ pub(crate) struct ReceivedDoc;
 #[schema(as = Reason)]
 pub(crate) struct ReasonIn {
     /// A sentence or a ticket number: 1 to 500 characters, not only spaces, no control
-    /// characters but line breaks and tabs.
-    #[schema(min_length = 1, max_length = 500)]
+    /// characters but line breaks and tabs (the pattern is `checked_reason`'s rule).
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$"
+    )]
     reason: String,
 }
 

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 mod audit;
+mod bulk;
 mod chart;
 mod read_from;
 mod received;
@@ -53,6 +54,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/deliveries/{id}/cancel", post(cancel))
         .route("/deliveries/{id}/received", post(received::show))
         .route("/audit", get(audit::trail))
+        .merge(bulk::routes())
 }
 
 /// The overview: partners at a glance, then the selected deliveries (failed by default).

@@ -122,6 +122,7 @@ pub(super) fn layout_searched(
                     @if let Some(caller) = signed_in {
                         @if caller.role.allows(Role::Operator) {
                             a.brand href="/audit" { "Audit trail" }
+                            a.brand href="/bulk" { "Resend in bulk" }
                         }
                         form.logout method="post" action="/logout" {
                             span { "Signed in as " (caller.actor) " (" (caller.role) ")" }

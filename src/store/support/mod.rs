@@ -6,6 +6,7 @@
 //! say the same thing.
 
 pub mod chart;
+pub mod preview;
 pub mod received;
 pub mod resend;
 pub mod search;

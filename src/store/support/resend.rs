@@ -128,28 +128,39 @@ pub async fn resend(
     selection: &Selection,
     actor: &str,
 ) -> Result<ResendReport, SupportError> {
-    let params = Params::new(selection)?;
     let transaction = client.transaction().await?;
-    let ended = resendable(&transaction, &params).await?;
-    queue::lock_patients(&transaction, &ended).await?;
-    let resent = put_back(&transaction, &ended, actor).await?;
+    let report = resend_in(&transaction, selection, actor).await?;
+    transaction.commit().await?;
+    Ok(report)
+}
+
+/// [`resend`] inside the caller's transaction, which commits it (the API's idempotency
+/// key is written in the same one: `store::idempotency`).
+pub(in crate::store) async fn resend_in(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    selection: &Selection,
+    actor: &str,
+) -> Result<ResendReport, SupportError> {
+    let params = Params::new(selection)?;
+    let ended = resendable(transaction, &params).await?;
+    queue::lock_patients(transaction, &ended).await?;
+    let resent = put_back(transaction, &ended, actor).await?;
     // A resent earlier event holds its patient's later ones back again, as it is itself
     // held behind an earlier one still unfinished (see queue::settle).
-    queue::settle(&transaction, &resent).await?;
-    let removed = remove_placeholders(&transaction, &params, actor).await?;
+    queue::settle(transaction, &resent).await?;
+    let removed = remove_placeholders(transaction, &params, actor).await?;
     // After the resend: one that waited for retention to erase a body sees it erased here.
     let erased = match &selection.ids {
-        Some(ids) => retention::erased_bodies(&transaction, ids).await?,
+        Some(ids) => retention::erased_bodies(transaction, ids).await?,
         None => Vec::new(),
     };
     let event_ids: Vec<i64> = removed.iter().map(|(_, event_id)| *event_id).collect();
     if !event_ids.is_empty() {
-        outbox::route_again(&transaction, &event_ids).await?;
+        outbox::route_again(transaction, &event_ids).await?;
     }
     if !resent.is_empty() {
-        notify::notify_deliveries(&transaction).await?;
+        notify::notify_deliveries(transaction).await?;
     }
-    transaction.commit().await?;
     Ok(ResendReport {
         resent,
         rerouted: removed.into_iter().map(|(id, _)| id).collect(),

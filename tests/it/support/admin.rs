@@ -53,6 +53,52 @@ impl AdminClient {
         .await
     }
 
+    /// [`AdminClient::post`] with an `Idempotency-Key`.
+    pub async fn post_keyed(&self, path: &str, body: &Value, key: &str) -> (u16, Value) {
+        self.send(
+            self.request(reqwest::Method::POST, path)
+                .header("content-type", "application/json")
+                .header("x-actor", "alice")
+                .header("idempotency-key", key)
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// A page as someone signed in with `session` (a cookie value) sees it: the status
+    /// and the HTML.
+    pub async fn page_as(&self, session: &str, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("dispatcher_session={session}"))
+            .send()
+            .await
+            .expect("admin server answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("page"))
+    }
+
+    /// A page's form posted as someone signed in with `session`: the status and the HTML.
+    pub async fn post_form_as(
+        &self,
+        session: &str,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> (u16, String) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", format!("dispatcher_session={session}"))
+            .header("origin", &self.base)
+            .form(fields)
+            .send()
+            .await
+            .expect("admin server answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("page"))
+    }
+
     /// The raw answer, for pages and redirects.
     pub async fn raw(&self, request: reqwest::RequestBuilder) -> reqwest::Response {
         request.send().await.expect("admin server answers")

@@ -203,3 +203,20 @@ impl TestDb {
             .await;
     }
 }
+
+impl TestDb {
+    /// A page session for `actor` with `role` (viewer, support or operator), as a sign-in
+    /// through the identity provider leaves it; returns the cookie's value.
+    pub async fn signed_in(&self, actor: &str, role: &str) -> String {
+        let secret = format!("test-session-{actor}-{role}");
+        self.client
+            .execute(
+                "INSERT INTO dispatcher.admin_sessions (id_hash, actor, subject, role, expires_at)
+                 VALUES (sha256(convert_to($1, 'UTF8')), $2, $2, $3, now() + interval '1 hour')",
+                &[&secret, &actor, &role],
+            )
+            .await
+            .expect("a session");
+        secret
+    }
+}
