@@ -42,6 +42,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (11, include_str!("../../migrations/0011_support_search.sql")),
     (12, include_str!("../../migrations/0012_waiting.sql")),
+    (15, include_str!("../../migrations/0015_wakeup_once.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

@@ -94,13 +94,14 @@ async fn schema_of(db: &TestDb) -> Vec<String> {
     rows.iter().map(|row| row.get(0)).collect()
 }
 
-/// The versions `migrate` applies from `first` on: up to the latest shipped migration.
+/// The versions `migrate` applies from `first` on: every shipped migration's (a branch's
+/// number may leave a gap until the lead renumbers it on merge).
 fn versions_from(first: i32) -> Vec<i32> {
-    let latest = shipped_migrations()
-        .last()
+    shipped_migrations()
+        .iter()
         .map(|(v, _)| *v)
-        .expect("a migration");
-    (first..=latest).collect()
+        .filter(|v| *v >= first)
+        .collect()
 }
 
 async fn versions(db: &TestDb) -> Vec<i32> {
