@@ -12,6 +12,7 @@ mod calibration;
 mod daemon;
 mod database;
 mod held_partner;
+mod notifications;
 mod procfs;
 mod producer;
 mod producers;

@@ -1,6 +1,7 @@
 //! What the outbox costs the enrollment flow: the `producer` scenario (8 connections
 //! committing one event per transaction as fast as they can, into the outbox with and
-//! without its wake-up, and into a plain copy of the table) and `producer-end-to-end`
+//! without its wake-up, and into a plain copy of the table; then both again in bursts,
+//! each starting with the router asleep) and `producer-end-to-end`
 //! (16 producers' events delivered as they commit, against a drain of as many committed
 //! rows).
 //!
@@ -13,7 +14,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::daemon::Daemon;
 use crate::database::Patients;
-use crate::producer::{Producer, Stop};
+use crate::notifications::OutboxNotifications;
+use crate::producer::{FlatOut, Producer, Stop};
 use crate::report::{self, Metric, Target};
 use crate::scenarios::{
     wal_per_delivery, ArrivalCounter, Arrivals, Bench, CpuWindow, Setup, Until,
@@ -46,10 +48,22 @@ enum Leg {
     NoWakeup,
     /// User triggers disabled, v1's statement-level `pg_notify` trigger added.
     V1Notify,
+    /// The plain copy in bursts, each started once the router sleeps (as it does).
+    PlainBursts,
+    /// The outbox in bursts, each started once the router has delivered the last one and
+    /// sleeps: what a burst after a quiet spell pays for waking it.
+    OutboxBursts,
 }
 
 impl Leg {
-    const ALL: [Leg; 4] = [Leg::Plain, Leg::Outbox, Leg::NoWakeup, Leg::V1Notify];
+    const ALL: [Leg; 6] = [
+        Leg::Plain,
+        Leg::Outbox,
+        Leg::NoWakeup,
+        Leg::V1Notify,
+        Leg::PlainBursts,
+        Leg::OutboxBursts,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -57,14 +71,20 @@ impl Leg {
             Leg::Outbox => "outbox",
             Leg::NoWakeup => "no_wakeup",
             Leg::V1Notify => "v1_notify",
+            Leg::PlainBursts => "plain_bursts",
+            Leg::OutboxBursts => "outbox_bursts",
         }
     }
 
     fn table(self) -> &'static str {
         match self {
-            Leg::Plain => "bench.outbox_plain",
+            Leg::Plain | Leg::PlainBursts => "bench.outbox_plain",
             _ => "dispatcher.outbox",
         }
+    }
+
+    fn in_bursts(self) -> bool {
+        matches!(self, Leg::PlainBursts | Leg::OutboxBursts)
     }
 }
 
@@ -122,6 +142,7 @@ impl Bench {
         let duration = Duration::from_secs_f64(self.sizes.producer_seconds);
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); Leg::ALL.len()];
         let mut wal: Vec<Vec<f64>> = vec![Vec::new(); Leg::ALL.len()];
+        let mut notifies_per_burst = Vec::new();
         for round in 0..self.sizes.producer_rounds {
             for (index, leg) in Leg::ALL.into_iter().enumerate() {
                 // Every leg starts from empty tables, right after a checkpoint (whose
@@ -137,13 +158,27 @@ impl Bench {
                 self.arm(&setup, leg).await?;
                 let mut counter = ArrivalCounter::start(self, Arrivals::Nginx).await?;
                 let wal_start = self.cluster.wal_bytes().await?;
-                let produced = producer
-                    .flat_out(leg.table(), Stop::After(duration), "producer-")
-                    .await?;
+                let produced = match leg.in_bursts() {
+                    false => {
+                        producer
+                            .flat_out(leg.table(), Stop::After(duration), "producer-")
+                            .await?
+                    }
+                    true => {
+                        let (produced, notifies) = self
+                            .bursts(&setup, &producer, leg, &mut daemon, &mut counter)
+                            .await?;
+                        if leg == Leg::OutboxBursts {
+                            let bursts = self.sizes.producer_bursts.max(1) as f64;
+                            notifies_per_burst.push(notifies as f64 / bursts);
+                        }
+                        produced
+                    }
+                };
                 // The legs on the outbox also wait for the daemon to deliver what was
                 // committed, so the next leg starts with an idle daemon; the WAL per
                 // event then includes delivering it.
-                if leg != Leg::Plain {
+                if leg.table() == "dispatcher.outbox" {
                     self.wait_delivered(&setup, &mut daemon, &mut counter, produced.commits)
                         .await
                         .with_context(|| format!("leg {}", leg.name()))?;
@@ -180,24 +215,98 @@ impl Bench {
                 report::median(&wal[index]),
             ));
         }
-        let [plain, outbox, no_wakeup, v1_notify] = [0, 1, 2, 3].map(|i| medians[i]);
+        let [plain, outbox, no_wakeup, v1_notify, plain_bursts, outbox_bursts] =
+            [0, 1, 2, 3, 4, 5].map(|i| medians[i]);
         metrics.extend([
-            Metric::new("outbox_to_plain", "x", outbox / plain).target(Target::AtLeast(0.9)),
+            Metric::new("outbox_to_plain", "x", outbox / plain).target(Target::AtLeast(0.95)),
+            Metric::new(
+                "outbox_bursts_to_plain_bursts",
+                "x",
+                outbox_bursts / plain_bursts,
+            )
+            .target(Target::AtLeast(0.85)),
+            Metric::new(
+                "outbox_bursts.notifies_per_burst",
+                "",
+                report::median(&notifies_per_burst),
+            ),
             Metric::new("v1_notify_to_plain", "x", v1_notify / plain),
             Metric::new("outbox_to_no_wakeup", "x", outbox / no_wakeup),
             Metric::new("producers", "", PRODUCERS as f64),
             Metric::new("rounds", "", self.sizes.producer_rounds as f64),
             Metric::new("seconds_per_leg", "s", self.sizes.producer_seconds),
+            Metric::new("burst_events", "", self.sizes.producer_burst_events as f64),
+            Metric::new("bursts_per_leg", "", self.sizes.producer_bursts as f64),
             Metric::new("outbox.user_triggers", "", shipped.len() as f64),
         ]);
         Ok(metrics)
+    }
+
+    /// A bursts leg: `producer_bursts` bursts of `producer_burst_events` events, each
+    /// started once the router sleeps (it delivered all before, and its wake-up flag,
+    /// `dispatcher.router_waiting`, reads "waiting"). Its rate counts the bursts' time
+    /// only, not the waits between them; also returns the NOTIFYs the bursts sent.
+    async fn bursts(
+        &self,
+        setup: &Setup,
+        producer: &Producer,
+        leg: Leg,
+        daemon: &mut Daemon,
+        counter: &mut ArrivalCounter<'_>,
+    ) -> Result<(FlatOut, u64)> {
+        let mut notifications = OutboxNotifications::listen(&setup.db.url).await?;
+        let mut all = FlatOut {
+            commits: 0,
+            seconds: 0.0,
+            started_unix: crate::daemon::unix_now(),
+        };
+        for burst in 0..self.sizes.producer_bursts {
+            if leg == Leg::OutboxBursts {
+                self.wait_delivered(setup, daemon, counter, all.commits)
+                    .await?;
+            }
+            self.wait_router_asleep(setup).await?;
+            let events = Stop::Events(self.sizes.producer_burst_events);
+            let done = producer
+                .flat_out(leg.table(), events, &format!("burst-{burst}-"))
+                .await?;
+            all.commits += done.commits;
+            all.seconds += done.seconds;
+        }
+        Ok((all, notifications.count().await?))
+    }
+
+    /// Waits until the router's wake-up flag reads "waiting" (1): the router sleeps, or
+    /// is on its last look before it, so the next commit is the first of a burst after
+    /// a quiet spell (both the schema of before issue 22 and after have this flag).
+    async fn wait_router_asleep(&self, setup: &Setup) -> Result<()> {
+        let deadline = Instant::now() + self.sizes.deadline;
+        loop {
+            let waiting: i64 = setup
+                .db
+                .client
+                .query_one("SELECT last_value FROM dispatcher.router_waiting", &[])
+                .await
+                .context("reading the router's wake-up flag")?
+                .get(0);
+            if waiting == 1 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the router did not go to sleep within {:?}",
+                    self.sizes.deadline
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Sets the outbox's triggers up for `leg`.
     async fn arm(&self, setup: &Setup, leg: Leg) -> Result<()> {
         let client = &setup.db.client;
         match leg {
-            Leg::Plain | Leg::Outbox => return Ok(()),
+            Leg::Plain | Leg::Outbox | Leg::PlainBursts | Leg::OutboxBursts => return Ok(()),
             Leg::NoWakeup => client
                 .batch_execute("ALTER TABLE dispatcher.outbox DISABLE TRIGGER USER")
                 .await
@@ -238,7 +347,7 @@ impl Bench {
     async fn disarm(&self, setup: &Setup, leg: Leg, shipped: &[ShippedTrigger]) -> Result<()> {
         let mut statements: Vec<String> = shipped.iter().map(ShippedTrigger::restore).collect();
         match leg {
-            Leg::Plain | Leg::Outbox => return Ok(()),
+            Leg::Plain | Leg::Outbox | Leg::PlainBursts | Leg::OutboxBursts => return Ok(()),
             Leg::NoWakeup => {}
             Leg::V1Notify => {
                 statements.insert(

@@ -43,6 +43,9 @@ pub struct Sizes {
     /// runs (alternated) within one run.
     pub producer_seconds: f64,
     pub producer_rounds: usize,
+    /// The producer scenario's legs in bursts: events per burst, and bursts per leg.
+    pub producer_burst_events: u64,
+    pub producer_bursts: usize,
     /// Events the end-to-end scenario's producers commit, and the drain it is compared with.
     pub end_to_end_events: u64,
     /// The healthy partner's due deliveries, and the held partner's behind them.
@@ -81,6 +84,8 @@ impl Sizes {
             baseline_workers: 32,
             producer_seconds: 10.0,
             producer_rounds: 2,
+            producer_burst_events: 200,
+            producer_bursts: 40,
             end_to_end_events: n(20_000.0),
             held_healthy: n(10_000.0),
             held_backlog: n(1_000_000.0),
@@ -111,6 +116,8 @@ impl Sizes {
             baseline_workers: 8,
             producer_seconds: 1.0,
             producer_rounds: 1,
+            producer_burst_events: 20,
+            producer_bursts: 3,
             end_to_end_events: 300,
             held_healthy: 200,
             held_backlog: 2_000,

@@ -7,11 +7,14 @@
 //!
 //! It also keeps the outbox's wake-up flag (`store::notify`): while it routes it looks
 //! again by itself and producers send no NOTIFY; only when it finds nothing does it mark
-//! itself waiting and sleep until one. No committed event is stranded: it sleeps only
+//! itself waiting and sleep until one, and the first producer to commit then marks it
+//! busy and notifies (one NOTIFY per sleep). No committed event is stranded: it sleeps only
 //! after `router_may_sleep` said every producer that saw it busy has committed, and one
-//! more look found nothing (the argument is in migrations 0006 and 0008). That last look
+//! more look found nothing (the argument is in migrations 0006, 0008 and 0015). That last look
 //! is made even when another daemon holds the routing lock at that moment: it is tried
-//! again until it is made.
+//! again until it is made. A wake-up by the poll interval goes through the same steps
+//! before it sleeps again, so a producer that marked it busy and rolled back delays the
+//! events after it by one poll at most.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,9 +70,11 @@ struct WakeupFlag {
     /// The flag may read waiting: the next batch this daemon routes sets it to busy.
     maybe_waiting: bool,
     /// This daemon routed since `router_may_sleep` last said true (or it has just started,
-    /// and the flag may read busy from a daemon that died): it must not sleep on NOTIFY
+    /// and the flag may read busy from a daemon that died, or its poll interval woke it,
+    /// and it may read busy from a producer that rolled back): it must not sleep on NOTIFY
     /// before it has marked the flag waiting itself, got true, and looked once more.
-    /// Whoever sets the flag busy therefore keeps looking until it has set it back.
+    /// Whoever sets the flag busy, or routes the event of a producer that did, therefore
+    /// keeps looking until it has set it back.
     owes_waiting: bool,
     last_look: LastLook,
     mid_commit_pause: Duration,
@@ -139,7 +144,11 @@ impl Dispatcher {
                     tracing::debug!("waiting for new events");
                     tokio::select! {
                         () = self.wakeups.outbox.notified() => {}
-                        () = tokio::time::sleep(config.dispatch.poll_interval) => {}
+                        // A producer that found this router waiting marks it woken before
+                        // its NOTIFY; if it then rolls back, the flag says "busy" with no
+                        // router awake. So a router woken by the poll interval says it
+                        // waits again even if it finds nothing: one poll puts the flag right.
+                        () = tokio::time::sleep(config.dispatch.poll_interval) => flag.owes_waiting = true,
                         () = self.shutdown.stopping() => {}
                     }
                 }
@@ -173,8 +182,10 @@ impl Dispatcher {
         }
         if !flag.owes_waiting {
             // Nothing routed since `router_may_sleep` said true and a look found nothing
-            // (this is that look, or a wake-up that found nothing new): every producer
-            // since read "waiting" and notifies, or read "busy" from a daemon that owes.
+            // (this is that look, or a NOTIFY that found nothing new): every producer since
+            // read "waiting" and notifies, or read "busy" from a daemon that owes, or from
+            // a producer that notifies, whose event a daemon routes and then owes
+            // (migration 0015; one that rolled back is the poll interval's).
             return Next::Sleep;
         }
         flag.maybe_waiting = true;

@@ -1,9 +1,10 @@
 //! The NOTIFY channels that wake daemons, the statements that send on them, and the one
-//! that listens. The outbox trigger (migrations 0001, 0006 and 0008) sends on
+//! that listens. The outbox trigger (migrations 0001, 0006, 0008 and 0015) sends on
 //! [`OUTBOX_CHANNEL`] too, but only while a router waits for it: the router says so with
-//! [`router_may_sleep`] and takes it back with [`router_busy`], so producers pay for a
-//! NOTIFY (a global lock at their commit) only when one is needed. The daemon's listener
-//! (`daemon::wakeup`) LISTENs on both channels.
+//! [`router_may_sleep`] and takes it back with [`router_busy`], and the producer that
+//! notifies takes it back too, so producers pay for a NOTIFY (a global lock at their
+//! commit) once per sleep of the router. The daemon's listener (`daemon::wakeup`) LISTENs
+//! on both channels.
 //!
 //! The flag and the wake-up lock are the dispatcher's own (migration 0008): an unlogged
 //! sequence, so setting it takes no transaction id and waits on no WAL flush or replica,

@@ -50,6 +50,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         14,
         include_str!("../../migrations/0014_idempotency_keys.sql"),
     ),
+    (15, include_str!("../../migrations/0015_wakeup_once.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

@@ -150,6 +150,138 @@ async fn a_repeatable_read_producer_with_an_older_snapshot_wakes_the_router() {
     wait_until_delivered(&db, id).await;
 }
 
+/// A burst after a quiet spell (issue 22): the first commit that finds the router waiting
+/// marks it woken and notifies; the commits after it find it woken and send no NOTIFY,
+/// each of which would take PostgreSQL's global notify lock in turn at its commit. The
+/// daemon is stopped once asleep, so only the producers touch the flag; a daemon started
+/// afterwards delivers the whole burst.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_commits_after_the_router_fell_asleep_sends_one_notify() {
+    const BURST: usize = 20;
+    let (_partner, config, db, mut daemon) = a_daemon_asleep().await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait_exit().await.success(), "{}", daemon.log_text());
+    assert!(db.router_waiting().await, "the router fell asleep waiting");
+    let mut listener = OutboxListener::start(&db).await;
+
+    for event in 0..BURST {
+        // A connection each, as the enrollment flow's many are.
+        let producer = db.connect().await;
+        producer
+            .execute(
+                INSERT,
+                &[&ENROLLMENT, &enrollment_event(&format!("burst-{event}"))],
+            )
+            .await
+            .expect("the producer commits");
+    }
+
+    assert_eq!(listener.count_heard().await, 1, "NOTIFYs sent by the burst");
+    let _daemon = Daemon::start(&config, &db);
+    db.wait_for_state("delivered", i64::try_from(BURST).expect("count"))
+        .await;
+}
+
+/// The window the one NOTIFY per sleep opens: a producer reads "busy" set not by a router
+/// but by the producer that woke it, and commits only after the woken router's look. The
+/// router that routed the waking event owes a sleep check, which fails while this
+/// producer holds the wake-up lock and, once it has committed, is followed by a look that
+/// finds its event. Both triggers run at their inserts here (SET CONSTRAINTS ALL
+/// IMMEDIATE), so the second reads the flag before the first commits, every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_that_saw_another_wake_the_router_and_commits_after_its_look_is_delivered() {
+    let (_partner, _config, db, _daemon) = a_daemon_asleep().await;
+    let mut listener = OutboxListener::start(&db).await;
+    let mut connections = [db.connect().await, db.connect().await];
+    let [waking, late] = &mut connections;
+    let waking = waking.transaction().await.expect("begin");
+    let late = late.transaction().await.expect("begin");
+    let mut ids = Vec::new();
+    for (producer, patient) in [(&waking, "woke-1"), (&late, "after-woke-1")] {
+        producer
+            .batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+            .await
+            .expect("immediate triggers");
+        let id: i64 = producer
+            .query_one(INSERT, &[&ENROLLMENT, &enrollment_event(patient)])
+            .await
+            .expect("insert")
+            .get(0);
+        ids.push(id);
+    }
+    assert!(
+        !db.router_waiting().await,
+        "the first producer marked the router woken"
+    );
+
+    waking.commit().await.expect("commit");
+    wait_until_delivered(&db, ids[0]).await;
+    late.commit().await.expect("commit");
+
+    wait_until_delivered(&db, ids[1]).await;
+    assert_eq!(
+        listener.count_heard().await,
+        1,
+        "only the first producer notified"
+    );
+}
+
+/// A producer that found the router waiting marks it woken at its commit, before its
+/// NOTIFY, which PostgreSQL sends only if the transaction commits. One that rolls back
+/// after its trigger ran (here its own deferred constraint fails at commit) leaves the
+/// flag saying "woken" and no router woken: the commits after it send no NOTIFY, and the
+/// poll interval covers them. A router woken by its poll interval says it waits again,
+/// even when it finds nothing, so the flag is right again after one poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_producer_rolls_back_its_wake_up_the_next_poll_makes_the_router_wait_again() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .poll_interval(Duration::from_millis(500));
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    wait_until_asleep(&daemon).await;
+    db.wait_for_router_waiting().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE enrollment_checks (patient text UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await
+        .expect("the enrollment flow's own deferred constraint");
+    let mut listener = OutboxListener::start(&db).await;
+
+    // The outbox's trigger runs first at the commit (its event was queued first), then
+    // the enrollment flow's own check fails and the transaction rolls back.
+    let mut producer = db.connect().await;
+    let failing = producer.transaction().await.expect("begin");
+    failing
+        .execute(INSERT, &[&ENROLLMENT, &enrollment_event("rolled-back-1")])
+        .await
+        .expect("insert");
+    failing
+        .batch_execute("INSERT INTO enrollment_checks VALUES ('twice'), ('twice')")
+        .await
+        .expect("the duplicate is checked at commit");
+    let error = failing.commit().await.expect_err("the commit fails");
+    assert_eq!(error.code(), Some(&SqlState::UNIQUE_VIOLATION), "{error}");
+    assert_eq!(
+        listener.count_heard().await,
+        0,
+        "a rolled-back NOTIFY is not sent"
+    );
+
+    db.wait_for_router_waiting().await;
+    let id = db
+        .insert_event(ENROLLMENT, &enrollment_event("after-1"))
+        .await;
+    assert_eq!(
+        listener.count_heard().await,
+        1,
+        "the next commit wakes the router"
+    );
+    wait_until_delivered(&db, id).await;
+}
+
 /// Two daemons, one routing lock: the one locked out does not say it waits for the other,
 /// and however the two take turns, every event of bursts from several producers, and a
 /// lone one after them, is delivered.
@@ -535,11 +667,14 @@ async fn two_phase_commit_is_refused_whether_the_router_waits_or_is_busy() {
     wait_until_asleep(&daemon).await;
 
     for router in ["waiting", "busy"] {
-        if router == "busy" {
-            db.mark_router_busy().await;
-        }
-        assert_eq!(db.router_waiting().await, router == "waiting");
         for trigger in ["at the PREPARE", "at the insert"] {
+            // A refused PREPARE that found the router waiting has marked it woken (and
+            // sent nothing): each case sets the state it names.
+            match router {
+                "waiting" => db.mark_router_waiting().await,
+                _ => db.mark_router_busy().await,
+            }
+            assert_eq!(db.router_waiting().await, router == "waiting");
             let producer = db.connect().await;
             let immediate = match trigger {
                 "at the insert" => "SET CONSTRAINTS ALL IMMEDIATE;",

@@ -197,6 +197,14 @@ impl TestDb {
             .expect("mark the router busy");
     }
 
+    /// What a router going to sleep does: producers notify from now on.
+    pub async fn mark_router_waiting(&self) {
+        self.client
+            .execute("SELECT setval('dispatcher.router_waiting', 1)", &[])
+            .await
+            .expect("mark the router waiting");
+    }
+
     /// Polls until the flag says a router waits.
     pub async fn wait_for_router_waiting(&self) {
         self.wait_for_count("SELECT last_value FROM dispatcher.router_waiting", 1)
@@ -218,5 +226,62 @@ impl TestDb {
             .await
             .expect("a session");
         secret
+    }
+}
+
+/// A session LISTENing on the outbox's channel (`dispatcher_outbox`), as a daemon's
+/// listener does: it counts the NOTIFYs producers' commits send.
+pub struct OutboxListener {
+    client: tokio_postgres::Client,
+    heard: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+/// The payload of the listener's own NOTIFY, which closes a count (producers send '').
+const END_OF_COUNT: &str = "end of count";
+
+impl OutboxListener {
+    pub async fn start(db: &TestDb) -> OutboxListener {
+        let (client, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect the listener");
+        let (sender, heard) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) =
+                futures_util::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                if let tokio_postgres::AsyncMessage::Notification(note) = message {
+                    let _ = sender.send(note.payload().to_string());
+                }
+            }
+        });
+        client
+            .batch_execute("LISTEN dispatcher_outbox")
+            .await
+            .expect("listen on the outbox's channel");
+        OutboxListener { client, heard }
+    }
+
+    /// How many NOTIFYs were heard since the last count. The listener then notifies
+    /// itself: PostgreSQL delivers notifications in commit order, so everything a
+    /// commit that ended before this call sent is heard before its own.
+    pub async fn count_heard(&mut self) -> usize {
+        self.client
+            .execute(
+                "SELECT pg_notify('dispatcher_outbox', $1)",
+                &[&END_OF_COUNT],
+            )
+            .await
+            .expect("notify the end of the count");
+        let mut count = 0;
+        loop {
+            let heard = tokio::time::timeout(std::time::Duration::from_secs(60), self.heard.recv())
+                .await
+                .expect("the listener's own NOTIFY arrives")
+                .expect("the listener's connection is open");
+            match heard.as_str() {
+                END_OF_COUNT => return count,
+                _ => count += 1,
+            }
+        }
     }
 }
