@@ -133,6 +133,45 @@ impl Cluster {
             .get(0))
     }
 
+    /// The WAL position written up to, as PostgreSQL writes an LSN.
+    pub async fn wal_position(&self) -> Result<String> {
+        Ok(self
+            .admin
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .context("reading the WAL insert position")?
+            .get(0))
+    }
+
+    /// The WAL records from `from` to what is flushed now, counted and sized by type
+    /// (`pg_waldump --stats=record`, from the server's own bin directory): where a run's
+    /// WAL went. Everything on the server is in it (autovacuum, other databases).
+    pub async fn wal_records(&self, from: &str) -> Result<String> {
+        let row = self
+            .admin
+            .query_one(
+                "SELECT pg_current_wal_flush_lsn()::text,
+                        current_setting('data_directory'),
+                        (SELECT setting FROM pg_config WHERE name = 'BINDIR')",
+                &[],
+            )
+            .await
+            .context("reading the WAL flush position and where PostgreSQL is")?;
+        let (to, data, bin): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let output = tokio::process::Command::new(format!("{bin}/pg_waldump"))
+            .args(["--stats=record", "--path"])
+            .arg(format!("{data}/pg_wal"))
+            .args(["--start", from, "--end", &to])
+            .output()
+            .await
+            .with_context(|| format!("running {bin}/pg_waldump"))?;
+        Ok(format!(
+            "pg_waldump --stats=record {from} .. {to}\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+
     /// Runs a statement on the whole server (e.g. `ALTER SYSTEM`).
     pub async fn execute(&self, sql: &str) -> Result<()> {
         self.admin

@@ -523,6 +523,7 @@ impl Bench {
         db.reset_statement_stats(&self.cluster).await?;
         let mut counter = ArrivalCounter::start(self, arrivals).await?;
         let wal_start = self.cluster.wal_bytes().await?;
+        let wal_from = self.cluster.wal_position().await?;
         let window = CpuWindow::open(self, &[db.backend]);
         let mut running = Vec::with_capacity(daemons);
         for number in 0..daemons {
@@ -559,6 +560,14 @@ impl Bench {
         let peak_rss_mib = running.iter().map(Daemon::peak_rss_mib).fold(0.0, f64::max);
         let cpu = window.close();
         let wal_bytes = self.cluster.wal_bytes().await? - wal_start;
+        if std::env::var_os("BENCH_WAL_RECORDS").is_some() {
+            let records = self.cluster.wal_records(&wal_from).await?;
+            let path = self
+                .work_dir
+                .join(format!("{}-wal-records.txt", setup.label));
+            std::fs::write(&path, records)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         for daemon in running {
             daemon.stop(Duration::from_secs(30)).await?;
         }
