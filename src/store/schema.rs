@@ -51,6 +51,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../migrations/0014_idempotency_keys.sql"),
     ),
     (15, include_str!("../../migrations/0015_wakeup_once.sql")),
+    (
+        16,
+        include_str!("../../migrations/0016_deliveries_event_key.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

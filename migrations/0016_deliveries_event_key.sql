@@ -1,0 +1,16 @@
+-- The deliveries' foreign key to the outbox goes (issue 22). Each delivery's insert
+-- checked it by locking its event's outbox row (FOR KEY SHARE): a WAL record per
+-- delivery, and, on the first lock of each outbox page after a checkpoint, a full image
+-- of that page (8 KB for about six 1.2 KB events). pg_waldump over a drain of 20,000
+-- events: 33 MB of full-page images under Heap/LOCK, 35% of all the WAL the dispatcher
+-- wrote (docs/benchmarks.md).
+--
+-- What it guarded holds without it: routing inserts an event's deliveries in the
+-- transaction that read the event, and the one statement that deletes outbox rows
+-- (retention, `delete_events_without_deliveries`) takes only events that have no
+-- delivery, whose bodies were erased (so no routing or resend can give them one again),
+-- under a row lock, and only once they have none (`tests/it/retention.rs`).
+--
+-- Dropping a constraint takes ACCESS EXCLUSIVE on both tables for a moment (catalog
+-- only), under the migration's lock_timeout.
+ALTER TABLE dispatcher.deliveries DROP CONSTRAINT IF EXISTS deliveries_event_id_fkey;
