@@ -13,7 +13,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::access::{json_post, Access};
-use super::caller::{Allowed, Operator};
+use super::allowed::{Allowed, Operator};
 use super::error::{ApiError, DatabaseUnavailable, ErrorBody};
 use super::input;
 use super::rejection::{ApiJson, ApiPath, ApiQuery};

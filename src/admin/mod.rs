@@ -8,7 +8,7 @@
 //! | `/login`, `/auth/…`, `/logout` | signing in and out | open |
 //! | `/` and below | support staff in a browser | the identity provider (or break-glass), then a session cookie |
 //!
-//! Each page and API handler names the role it needs (`caller::Allowed`); what a caller
+//! Each page and API handler names the role it needs (`allowed::Allowed`); what a caller
 //! did that shows partners' answers or changes something is audited (`store::audit`).
 //!
 //! The API and the page also answer only to the host names the server is published
@@ -16,6 +16,7 @@
 //! listen`, over HTTPS when `[admin] tls_cert`/`tls_key` are set, and stops with it.
 
 mod access;
+mod allowed;
 pub(crate) mod api;
 mod api_access;
 mod caller;

@@ -13,9 +13,7 @@
 //! skipping rows other transactions hold, so dispatch never waits on pruning. Several
 //! daemons may prune at once.
 
-use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
-use uuid::Uuid;
 
 use super::db::DbError;
 use crate::config::RetentionConfig;
@@ -236,26 +234,6 @@ pub async fn delete_events_without_deliveries(
             &[&days(metadata_days), &batch_limit(limit)],
         )
         .await
-}
-
-/// Of these deliveries, the ones whose event body was erased, with when.
-pub async fn erased_bodies(
-    client: &impl GenericClient,
-    delivery_ids: &[Uuid],
-) -> Result<Vec<(Uuid, DateTime<Utc>)>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT d.id, o.event_erased_at
-             FROM dispatcher.deliveries d
-             JOIN dispatcher.outbox o ON o.id = d.event_id
-             WHERE d.id = ANY($1) AND o.event_erased_at IS NOT NULL",
-            &[&delivery_ids],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| (row.get("id"), row.get("event_erased_at")))
-        .collect())
 }
 
 /// One pruning pass: every step, batch after batch, until a batch comes back short.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio_postgres::types::PgLsn;
 
-use crate::store::db::{Client, DbError, GenericClient, Pool};
+use crate::store::db::{Client, DbError, GenericClient, Pool, NOT_A_STANDBY};
 
 /// The standby's replay, as it reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,9 +199,6 @@ async fn lag(primary: &Pool, standby: &Pool) -> Result<Lag, String> {
         newest_change_age: replay.newest_change_age,
     })
 }
-
-/// Why a server named as the standby is not read.
-pub(crate) const NOT_A_STANDBY: &str = "it is not in recovery, so not a standby of the primary";
 
 /// A connection for one of support's reads that shows no lag (the API's): the standby's
 /// when one is configured and answers (its pool opens none to a server not in recovery),

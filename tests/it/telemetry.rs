@@ -181,11 +181,14 @@ async fn one_trace_runs_from_the_enrollment_to_the_partners_answer() {
             "no {name} span: {spans:#?}"
         );
     }
-    // Routing and claiming that found nothing (every poll interval) send no span.
+    // Routing and claiming that found nothing (every poll interval) send no span. A
+    // batch that failed (a connection not had in time, on a loaded machine) keeps its
+    // span without a count, as traces.rs says.
     for (name, count) in [("route", "events"), ("claim", "deliveries")] {
         for span in spans.iter().filter(|span| span["name"] == name) {
-            let count = attribute(span, count).expect("count")["intValue"].clone();
-            assert_ne!(count, "0", "an idle {name} span: {span:#}");
+            if let Some(count) = attribute(span, count) {
+                assert_ne!(count["intValue"], "0", "an idle {name} span: {span:#}");
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::access::{json_post, Access};
-use super::caller::{Allowed, Operator, Support, Viewer};
+use super::allowed::{Allowed, Operator, Support, Viewer};
 use super::error::{ApiError, ErrorBody};
 use super::rejection::{ApiJson, ApiPath, ApiQuery};
 use super::selection::{QuerySelection, SelectionIn, StateFilter};

@@ -13,7 +13,7 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::admin::access::{json_post, Access};
-use crate::admin::caller::{Allowed, Support};
+use crate::admin::allowed::{Allowed, Support};
 use crate::admin::error::{ApiError, ErrorBody};
 use crate::admin::received::{ReceivedView, ShownBody};
 use crate::admin::rejection::{ApiJson, ApiPath};

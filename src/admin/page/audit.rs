@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::views::layout;
 use super::when::time;
 use super::PageError;
-use crate::admin::caller::{Allowed, Operator};
+use crate::admin::allowed::{Allowed, Operator};
 use crate::admin::error::{ApiError, DatabaseUnavailable};
 use crate::admin::state::AdminState;
 use crate::store::audit::{self, action, Outcome};

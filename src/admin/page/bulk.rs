@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::views::layout;
 use super::PageError;
-use crate::admin::caller::{Allowed, Operator};
+use crate::admin::allowed::{Allowed, Operator};
 use crate::admin::error::ApiError;
 use crate::admin::state::AdminState;
 use crate::store::audit::{action, Outcome};

@@ -30,7 +30,7 @@ mod timeline;
 mod views;
 mod when;
 
-use super::caller::{Allowed, Support, Viewer};
+use super::allowed::{Allowed, Support, Viewer};
 use super::error::ApiError;
 use super::selection::QuerySelection;
 use super::state::{AdminState, Page};

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::views::layout;
 use super::when::time;
 use super::PageError;
-use crate::admin::caller::{Allowed, Support};
+use crate::admin::allowed::{Allowed, Support};
 use crate::admin::error::ApiError;
 use crate::admin::received::{ReceivedView, ShownBody, REASON_MAX_CHARS};
 use crate::admin::state::AdminState;

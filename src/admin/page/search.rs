@@ -13,7 +13,8 @@ use super::views::{
     self, delivery_headings, delivery_row, layout_searched, url_encode, Notice, REFRESH_SECONDS,
 };
 use super::{PageError, PAGE_ROWS};
-use crate::admin::caller::{Allowed, Caller, Viewer};
+use crate::admin::allowed::{Allowed, Viewer};
+use crate::admin::caller::Caller;
 use crate::admin::state::AdminState;
 use crate::store::support::search::{Found, Reading, MIN_PREFIX};
 

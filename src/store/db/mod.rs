@@ -260,6 +260,9 @@ pub fn pool(database: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbErr
         .map_err(|error| DbError::Pool(error.to_string()))
 }
 
+/// Why a server named as the standby is not read.
+pub(crate) const NOT_A_STANDBY: &str = "it is not in recovery, so not a standby of the primary";
+
 /// A pool on the standby support reads (`[support] database_url`): a connection to a
 /// server that is not in recovery (a standby since promoted, a URL naming another server)
 /// is refused as it opens, so nothing is read from it as if it were a copy of the primary.
@@ -274,7 +277,7 @@ pub fn standby_pool(standby: &DatabaseConfig, limits: PoolLimits) -> Result<Pool
                     .map_err(HookError::Backend)?;
                 match row.get::<_, bool>(0) {
                     true => Ok(()),
-                    false => Err(HookError::message(super::standby::NOT_A_STANDBY)),
+                    false => Err(HookError::message(NOT_A_STANDBY)),
                 }
             })
         }))

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::selection::{Params, CONDITIONS};
 use super::{Selection, SupportError};
 use crate::store::notify;
-use crate::store::{outbox, queue, retention};
+use crate::store::{outbox, queue};
 
 /// The states [`put_back`] sends again: those support can resend
 /// ([`crate::delivery::state::DeliveryState::can_resend`]; a test holds the two together)
@@ -151,7 +151,7 @@ pub(in crate::store) async fn resend_in(
     let removed = remove_placeholders(transaction, &params, actor).await?;
     // After the resend: one that waited for retention to erase a body sees it erased here.
     let erased = match &selection.ids {
-        Some(ids) => retention::erased_bodies(transaction, ids).await?,
+        Some(ids) => erased_bodies(transaction, ids).await?,
         None => Vec::new(),
     };
     let event_ids: Vec<i64> = removed.iter().map(|(_, event_id)| *event_id).collect();
@@ -281,5 +281,25 @@ async fn remove_placeholders(
     Ok(rows
         .iter()
         .map(|row| (row.get("id"), row.get("event_id")))
+        .collect())
+}
+
+/// Of these deliveries, the ones whose event body was erased, with when.
+async fn erased_bodies(
+    client: &impl GenericClient,
+    delivery_ids: &[Uuid],
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT d.id, o.event_erased_at
+             FROM dispatcher.deliveries d
+             JOIN dispatcher.outbox o ON o.id = d.event_id
+             WHERE d.id = ANY($1) AND o.event_erased_at IS NOT NULL",
+            &[&delivery_ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get("id"), row.get("event_erased_at")))
         .collect())
 }
