@@ -909,9 +909,15 @@ fn hostile_events_read_back_from_jsonb_are_refused_the_same_way() {
                 return Ok(());
             };
             let read_back = check_outcome(attack.kind, &stored);
-            prop_assert_eq!(
-                direct.is_ok(),
-                read_back.is_ok(),
+            // jsonb keeps a number as its value: `0.1e1` is stored, and read back, as `1`,
+            // a whole number the contract takes (and the daemon only ever reads events
+            // back from jsonb). Only then may the text alone be refused and its read-back
+            // taken.
+            let normalized_to_whole = matches!(&attack.hostility, Hostility::Replace(number)
+                if number.contains(['e', 'E'])
+                    && serde_json::from_str::<f64>(number).is_ok_and(|value| value.fract() == 0.0));
+            prop_assert!(
+                direct.is_ok() == read_back.is_ok() || (normalized_to_whole && read_back.is_ok()),
                 "{:?} / {:?}",
                 direct,
                 read_back
