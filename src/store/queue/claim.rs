@@ -131,15 +131,8 @@ pub(super) const CLAIM_DUE: &str = concat!(
 /// that depends on the table's size: each lookup is forced per delivery (`OFFSET 0`), and
 /// no table is read by a sequential scan (every access has its index), which is what
 /// `tests/it/overload.rs` holds it to.
-///
-/// Nor may it sort what an index already orders (`enable_sort = off`; the sorts every
-/// plan needs stay): a partner's due deliveries could also be found on
-/// `deliveries_unfinished_by_patient` and sorted by due time, which reads every pending
-/// delivery of that partner, due or in backoff (5,000 a claim, seen once in a few runs of
-/// `tests/it/waiting.rs`, when the statistics made a sort look cheap), where
-/// `deliveries_pending` reads only the due ones, in order.
-pub(super) const GENERIC_PLAN: &str = "SET LOCAL plan_cache_mode = force_generic_plan; \
-     SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off";
+pub(super) const GENERIC_PLAN: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// Claims up to `limit` due deliveries for `lease`, and no more of a partner's than its
 /// `room` (a partner not listed takes any number).
