@@ -12,7 +12,7 @@ const TOKEN: &str = "support-token-for-the-admin-tests";
 
 /// A partner that refuses the given patients with the contract's 400 and takes the rest.
 async fn partner_refusing(name: &str, refused: &'static [&'static str]) -> TestPartner {
-    TestPartner::refusing(name, refused).await
+    TestPartner::refusing(name, refused, ALREADY_ENROLLED).await
 }
 
 fn ids(page: &Value) -> Vec<String> {

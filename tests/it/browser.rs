@@ -18,7 +18,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
 pub(crate) const TOKEN: &str = "support-token-for-the-browser-tests";
-const PARTNER_MESSAGE: &str = "Patient is already enrolled in program";
+const PARTNER_MESSAGE: &str = ALREADY_ENROLLED;
 /// How long to wait for the browser, a page or an element before failing.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -672,17 +672,7 @@ async fn support_pages_through_a_long_list_and_back_keeping_the_filters() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_overview_charts_each_partners_day_and_a_delivery_shows_its_next_attempt() {
-    let acme = TestPartner::start("acme", |request| {
-        if request.patient_id() == "ha-chart-refused" {
-            Reply::status(
-                400,
-                json!({"success": false, "errorMessage": PARTNER_MESSAGE}).to_string(),
-            )
-        } else {
-            Reply::accepted(request)
-        }
-    })
-    .await;
+    let acme = TestPartner::refusing("acme", &["ha-chart-refused"], PARTNER_MESSAGE).await;
     let wobbly = TestPartner::start("wobbly", |_| Reply::status(503, "")).await;
     let config = TestConfig::new()
         .partner(&acme, &[PROGRAM])

@@ -6,7 +6,6 @@
 
 use crate::browser::*;
 use crate::support::*;
-use serde_json::json;
 
 /// The partner's answer to the patient it does not know, the issue's own example.
 const UNKNOWN_MEMBER: &str = "member_id unknown to CRM";
@@ -14,17 +13,7 @@ const UNKNOWN_MEMBER: &str = "member_id unknown to CRM";
 #[tokio::test(flavor = "multi_thread")]
 async fn support_compares_what_the_partner_received_with_its_refusal_and_the_trail_says_who_looked()
 {
-    let acme = TestPartner::start("acme", |request| {
-        if request.patient_id() == "ha61236024160af" {
-            Reply::status(
-                400,
-                json!({"success": false, "errorMessage": UNKNOWN_MEMBER}).to_string(),
-            )
-        } else {
-            Reply::accepted(request)
-        }
-    })
-    .await;
+    let acme = TestPartner::refusing("acme", &["ha61236024160af"], UNKNOWN_MEMBER).await;
     let config = TestConfig::new()
         .partner(&acme, &[PROGRAM])
         .admin_token(TOKEN);

@@ -26,7 +26,7 @@ struct Replicated {
 
 impl Replicated {
     async fn start() -> Replicated {
-        let acme = TestPartner::refusing("acme", &["p-first", "p-second"]).await;
+        let acme = TestPartner::refusing("acme", &["p-first", "p-second"], ALREADY_ENROLLED).await;
         let primary = Cluster::new();
         let standby = primary.standby();
         let config = TestConfig::new().partner(&acme, &[PROGRAM]);
@@ -295,7 +295,7 @@ async fn while_the_standby_is_down_support_reads_the_primary_and_is_told_so() {
 /// itself, as a standby since promoted would be) is not read as a standby.
 #[tokio::test]
 async fn a_support_database_that_is_no_standby_is_not_read_as_one() {
-    let acme = TestPartner::refusing("acme", &["p-first"]).await;
+    let acme = TestPartner::refusing("acme", &["p-first"], ALREADY_ENROLLED).await;
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
     let config = config.standby_url(&db.url);

@@ -28,12 +28,13 @@ struct Router {
 impl Router {
     async fn of(config: &TestConfig, db: &TestDb) -> Router {
         let config = Config::parse(&config.text(db), "waiting", None, |_| None).expect("config");
-        let client = db::pool(&config.database, config.database.pool_limits())
-            .expect("pool")
-            .get()
-            .await
-            .expect("a pooled connection");
+        let client = connection(&config).await;
         Router { config, client }
+    }
+
+    /// Another connection as the daemon's pool gives it, e.g. for support's actions.
+    async fn another_connection(&self) -> deadpool_postgres::Client {
+        connection(&self.config).await
     }
 
     /// Routes every event written so far, with the router's own code.
@@ -78,6 +79,15 @@ impl Router {
             .expect("record");
         assert_eq!(written, [claimed.id], "the result is recorded");
     }
+}
+
+/// A connection as the daemon's pool of `config` gives it.
+async fn connection(config: &Config) -> deadpool_postgres::Client {
+    db::pool(&config.database, config.database.pool_limits())
+        .expect("pool")
+        .get()
+        .await
+        .expect("a pooled connection")
 }
 
 fn room(partners: &[&str]) -> Vec<PartnerRoom> {
@@ -338,14 +348,7 @@ async fn each_way_an_event_ends_lets_the_next_one_of_its_patient_go() {
     // Cancelled by support while pending, and while waiting.
     a_patient_with_events(&db, &mut router, "q", 2).await;
     let (first, second) = (id_of(&db, "q", 0).await, id_of(&db, "q", 1).await);
-    let mut client = db::pool(
-        &router.config.database,
-        router.config.database.pool_limits(),
-    )
-    .expect("pool")
-    .get()
-    .await
-    .expect("client");
+    let mut client = router.another_connection().await;
     support::cancel(&mut client, &[second], "test")
         .await
         .expect("cancel");
@@ -382,14 +385,7 @@ async fn a_resent_earlier_event_holds_the_later_ones_back_again() {
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
     let mut router = Router::of(&config, &db).await;
-    let mut client = db::pool(
-        &router.config.database,
-        router.config.database.pool_limits(),
-    )
-    .expect("pool")
-    .get()
-    .await
-    .expect("client");
+    let mut client = router.another_connection().await;
 
     a_patient_with_events(&db, &mut router, "p", 2).await;
     let claimed = router.claim(&["acme"]).await;

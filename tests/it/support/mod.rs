@@ -24,7 +24,7 @@ pub use admin::AdminClient;
 pub use config::{partner_config, Dispatch, Retention, TestConfig};
 pub use daemon::{dispatcher, finish, Daemon, Output};
 pub use db::TestDb;
-pub use partner::{per_webhook_id, Received, Reply, TestPartner};
+pub use partner::{per_webhook_id, Received, Reply, TestPartner, ALREADY_ENROLLED};
 pub use queries::{Deliveries, OutboxListener};
 
 pub const PROGRAM: &str = "78ef982b-00ea-39c2-a875-f549c40e92ad";

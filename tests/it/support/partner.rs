@@ -139,6 +139,9 @@ pub struct TestPartner {
     count: Arc<AtomicUsize>,
 }
 
+/// What a partner that already has the patient answers (the contract's example 400).
+pub const ALREADY_ENROLLED: &str = "Patient is already enrolled in program";
+
 impl TestPartner {
     pub async fn start(
         name: &str,
@@ -250,16 +253,19 @@ impl TestPartner {
         TestPartner::start(name, Reply::accepted).await
     }
 
-    /// A partner that refuses the given patients with the contract's 400 (their
-    /// deliveries end `rejected`, waiting for support, with its answer to show) and takes
-    /// the rest.
-    pub async fn refusing(name: &str, refused: &'static [&'static str]) -> TestPartner {
+    /// A partner that refuses the given patients with the contract's 400 and `message`
+    /// as its `errorMessage` (their deliveries end `rejected`, waiting for support, with
+    /// its answer to show) and takes the rest.
+    pub async fn refusing(
+        name: &str,
+        refused: &'static [&'static str],
+        message: &'static str,
+    ) -> TestPartner {
         TestPartner::start(name, move |request| {
             if refused.contains(&request.patient_id().as_str()) {
                 Reply::status(
                     400,
-                    json!({"success": false, "errorMessage": "Patient is already enrolled in program"})
-                        .to_string(),
+                    json!({"success": false, "errorMessage": message}).to_string(),
                 )
             } else {
                 Reply::accepted(request)
