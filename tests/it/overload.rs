@@ -2,7 +2,9 @@
 //! first thousands with 503). The daemon's memory stays bounded whatever the backlog,
 //! each claim walks an index rather than the backlog, and once the partner recovers the
 //! backlog drains until every event is delivered. A partner held back (its circuit open)
-//! with a long backlog costs the claims for the other partners nothing.
+//! with a long backlog costs the claims for the other partners nothing, and a claim reads
+//! the batch it takes, never the backlog behind it or the ended deliveries kept for
+//! support.
 //!
 //! 30,000 events by default (well under a minute in CI); `DISPATCHER_SOAK=1` makes it
 //! 1,000,000 (run by hand: it takes many minutes). Both print what they measured (see
@@ -315,6 +317,70 @@ async fn a_partner_held_with_a_long_backlog_is_not_walked_by_the_claims_for_the_
         read < HELD_BACKLOG / 10,
         "a claim of 100 read {read} rows and index entries of the deliveries: it walked \
          the held partner's backlog of {HELD_BACKLOG}"
+    );
+}
+
+/// Ended deliveries as support keeps them (`metadata_days`), `count` of them to `partner`,
+/// each with its event, delivered a month ago, then ANALYZE. Their ids are earlier than
+/// any delivery routed since, as the time-ordered ids the router makes are.
+async fn seed_ended_deliveries(db: &TestDb, partner: &str, count: i64) {
+    db.client
+        .execute(
+            "WITH events AS (
+                 INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
+                 SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('past-' || g)),
+                        now(), NULL
+                 FROM generate_series(1, $4::int8) AS g
+                 RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
+             )
+             INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, attempt_count,
+                  created_at, ended_at)
+             SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(id), 12, '0'))::uuid, id, $3,
+                    event_name, patient_id, 'delivered', 1,
+                    now() - interval '30 days', now() - interval '30 days'
+             FROM events",
+            &[&ENROLLMENT, &enrollment_event("template"), &partner, &count],
+        )
+        .await
+        .expect("seed ended deliveries");
+    db.client
+        .batch_execute("ANALYZE dispatcher.deliveries")
+        .await
+        .expect("analyze");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
+    // A month of history, and the backlog of an outage that just ended, all due: each
+    // claim reads the batch it takes, not the history, however long support keeps it.
+    const HISTORY: i64 = 30_000;
+    const BACKLOG: i64 = 30_000;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    seed_ended_deliveries(&db, "acme", HISTORY).await;
+    seed_due_deliveries(&db, &[("acme", BACKLOG, Duration::ZERO)]).await;
+    let mut client = daemon_connection(&config, &db).await;
+    claim_plan(&mut client, "beside a month of history").await;
+
+    let before = delivery_entries_read(&db).await;
+    let mut transaction = client.transaction().await.expect("begin");
+    let claim = queue::claim_due(&mut transaction, 100, Duration::from_secs(60), &[])
+        .await
+        .expect("claim");
+    transaction.rollback().await.expect("roll back");
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush the claim's statistics");
+    let read = delivery_entries_read(&db).await - before;
+
+    assert_eq!(claim.deliveries.len(), 100, "a batch of the backlog");
+    assert!(
+        read < HISTORY / 10,
+        "a claim of 100 read {read} rows and index entries of the deliveries: it walked \
+         the backlog ({BACKLOG}) or the history ({HISTORY})"
     );
 }
 

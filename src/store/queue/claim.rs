@@ -82,12 +82,15 @@ pub(super) const CLAIM_DUE: &str = concat!(
      -- Locked in due order, skipping what another daemon holds, up to the limit. A row
      -- claimed and committed since this statement began is no longer pending, and the
      -- lock's recheck leaves it out.
+     -- Found by id, each on the primary key (`= ANY(ARRAY(...))`): a join here leaves the
+     -- plan a choice, and a generic plan made beside a large backlog hashed the whole
+     -- backlog, or merged along the primary key through every delivery ever made.
      locked AS (
          SELECT d.id, d.event_id, d.partner, d.patient_id
-         FROM candidate
-         JOIN dispatcher.deliveries d ON d.id = candidate.id
-         WHERE d.state = 'pending' AND d.due_at <= now()
-         ORDER BY candidate.due_at
+         FROM dispatcher.deliveries d
+         WHERE d.id = ANY(ARRAY(SELECT candidate.id FROM candidate))
+           AND d.state = 'pending' AND d.due_at <= now()
+         ORDER BY d.due_at
          LIMIT $1
          FOR UPDATE OF d SKIP LOCKED
      ),
@@ -108,8 +111,7 @@ pub(super) const CLAIM_DUE: &str = concat!(
          SET state = 'in_flight',
              due_at = now() + make_interval(secs => $2),
              claim_token = $3::uuid
-         FROM due
-         WHERE d.id = due.id
+         WHERE d.id = ANY(ARRAY(SELECT due.id FROM due))
          RETURNING d.id, d.event_id, d.partner, d.event_name,
                    d.attempt_count - d.attempts_before_resend AS attempts_used
      )
