@@ -14,6 +14,10 @@
 //!    the transaction before it committed, makes `waiting` exactly the pending deliveries
 //!    behind an unfinished earlier one and `pending` the first waiting one that has none.
 //!
+//! Routing skips the steps for a new delivery whose patient has nothing else unfinished
+//! with its partner in the insert's view (see `insert` in `mod.rs`): they would lock only
+//! the new row, which no other transaction sees yet, and change nothing.
+//!
 //! Why a lock: without it, a router could make an event wait behind one that a recorder
 //! is ending at that moment, each not seeing the other's change, and the event would wait
 //! for ever; two recorders ending the two unfinished deliveries ahead of a waiting one
