@@ -16,7 +16,9 @@
 //!
 //! Routing skips the steps for a new delivery whose patient has nothing else unfinished
 //! with its partner in the insert's view (see `insert` in `mod.rs`): they would lock only
-//! the new row, which no other transaction sees yet, and change nothing.
+//! the new row, which no other transaction sees yet, and change nothing. The record skips
+//! step 3 for an ended delivery whose write, made under the locks, saw nothing else
+//! unfinished of its patient (see `record.rs`).
 //!
 //! Why a lock: without it, a router could make an event wait behind one that a recorder
 //! is ending at that moment, each not seeing the other's change, and the event would wait

@@ -37,21 +37,36 @@ pub async fn record(
     // same order as the rest, so no two transactions wait on each other).
     super::order::lock(&transaction, &ids, &ending).await?;
     let written = write(&transaction, resolutions).await?;
-    let recorded: HashSet<&Uuid> = written.iter().collect();
+    let in_order: HashSet<&Uuid> = written
+        .iter()
+        .filter(|write| write.in_order)
+        .map(|write| &write.id)
+        .collect();
     let ended: Vec<Uuid> = ending
         .into_iter()
-        .filter(|id| recorded.contains(id))
+        .filter(|id| in_order.contains(id))
         .collect();
     super::order::settle(&transaction, &ended).await?;
     transaction.commit().await?;
-    Ok(written)
+    Ok(written.into_iter().map(|write| write.id).collect())
+}
+
+/// A resolution written.
+struct Written {
+    id: Uuid,
+    /// Its patient has another unfinished delivery to its partner, as the write saw it:
+    /// if it ended, that patient's order is settled. The write starts after the locks
+    /// were granted, so it sees every delivery routed or resent behind this one (they lock
+    /// it first, see `order.rs`); one routed later waits for this transaction and settles
+    /// itself. With none, `settle` would change nothing.
+    in_order: bool,
 }
 
 /// The statement that writes the resolutions.
 async fn write(
     client: &impl GenericClient,
     resolutions: &[&Resolution],
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+) -> Result<Vec<Written>, tokio_postgres::Error> {
     let mut ids = Vec::with_capacity(resolutions.len());
     let mut tokens = Vec::with_capacity(resolutions.len());
     let mut states = Vec::with_capacity(resolutions.len());
@@ -103,7 +118,18 @@ async fn write(
                      ended_at = CASE WHEN r.state = 'pending' THEN NULL ELSE now() END
                  FROM result r
                  WHERE d.id = r.id AND d.claim_token = r.claim_token AND d.state = 'in_flight'
-                 RETURNING d.id, r.claim_token, d.attempt_count, d.partner, d.patient_id
+                 RETURNING d.id, r.claim_token, d.attempt_count, d.partner, d.patient_id,
+                           d.patient_id IS NOT NULL AND (
+                               EXISTS (SELECT 1 FROM dispatcher.deliveries other
+                                       WHERE other.partner = d.partner
+                                         AND other.patient_id = d.patient_id
+                                         AND other.id <> d.id
+                                         AND other.state IN ('pending', 'in_flight'))
+                               OR EXISTS (SELECT 1 FROM dispatcher.deliveries other
+                                          WHERE other.partner = d.partner
+                                            AND other.patient_id = d.patient_id
+                                            AND other.state = 'waiting'))
+                               AS in_order
              ),
              attempt AS (
                  INSERT INTO dispatcher.attempts
@@ -121,7 +147,7 @@ async fn write(
                  ON CONFLICT (partner, patient_id)
                  DO UPDATE SET external_id = excluded.external_id, learned_at = now()
              )
-             SELECT id FROM updated",
+             SELECT id, in_order FROM updated",
         )
         .await?;
     let rows = client
@@ -144,5 +170,11 @@ async fn write(
             ],
         )
         .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|row| Written {
+            id: row.get("id"),
+            in_order: row.get("in_order"),
+        })
+        .collect())
 }
