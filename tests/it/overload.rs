@@ -18,6 +18,7 @@ use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::store::db;
 use dispatcher::store::queue::{self, PartnerRoom};
+use dispatcher::store::support;
 use dispatcher::store::support::search::{self, Reading};
 use serde_json::Value;
 
@@ -164,9 +165,11 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
         );
     }
     let (claimed, claim_took) = timed_claim(&mut client).await;
-    assert_eq!(
-        claimed, 100,
-        "a claim takes its whole batch from the backlog"
+    // The daemon's circuit probe may be taking one of the first 100 at that moment (a
+    // claim reads as many of a partner's as it has room for, and skips a locked one).
+    assert!(
+        (99..=100).contains(&claimed),
+        "a claim takes its whole batch from the backlog: it took {claimed}"
     );
 
     recovered.store(true, Ordering::SeqCst);
@@ -612,6 +615,52 @@ async fn every_search_support_makes_is_found_by_an_index() {
                 .iter()
                 .any(|delivery| delivery.patient_id.as_deref() == Some(patient.as_str())),
             "{reading:?} does not find the patient's delivery"
+        );
+    }
+}
+
+/// Support's lists of what is stuck and of what failed, beside a month of delivered
+/// deliveries: each is found by an index (`deliveries_undelivered`, the queue's own),
+/// never by reading the delivered ones, however long support keeps them.
+#[tokio::test(flavor = "multi_thread")]
+async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivered() {
+    const HISTORY: i64 = 30_000;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    seed_ended_deliveries(&db, "acme", HISTORY).await;
+    // The month's first ten gave up, and ten are due now.
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET state = 'dead'
+             WHERE id IN (SELECT id FROM dispatcher.deliveries ORDER BY id LIMIT 10)",
+            &[],
+        )
+        .await
+        .expect("ten dead");
+    seed_due_deliveries(&db, &[("acme", 10, Duration::ZERO)]).await;
+    let client = daemon_connection(&config, &db).await;
+
+    for state in ["pending", "failed"] {
+        let selection = support::Selection {
+            state: Some(state.to_string()),
+            ..support::Selection::default()
+        };
+        let before = delivery_entries_read(&db).await;
+        let listed = support::list(&client, &selection, None, 50)
+            .await
+            .expect("list");
+        client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .expect("flush the list's statistics");
+        let read = delivery_entries_read(&db).await - before;
+
+        assert_eq!(listed.len(), 10, "the {state} ones");
+        assert!(
+            read < HISTORY / 10,
+            "the list of {state} deliveries read {read} rows and index entries: it walked \
+             the {HISTORY} delivered ones"
         );
     }
 }
