@@ -26,9 +26,11 @@ pub mod telemetry;
 mod testing;
 mod validate;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
@@ -315,14 +317,30 @@ pub struct CircuitConfig {
     pub cool_down: Duration,
 }
 
-/// A partner's TLS settings beyond the public web PKI.
+/// A partner's TLS settings beyond the public web PKI, each in two forms: reqwest's for
+/// the partner's client (`http/client.rs`), and rustls's for the one connection
+/// `check --connect` opens itself to hear a partner out (`http/late_alert.rs`), since
+/// reqwest's cannot be read back.
 #[derive(Debug, Clone, Default)]
 pub struct PartnerTls {
     /// `ca_bundle`: trusted in addition to the built-in roots (a partner's private CA).
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// The same roots, as rustls takes them.
+    pub extra_roots_der: Vec<CertificateDer<'static>>,
     /// `client_cert` + `client_key`: presented when the partner asks for a client
     /// certificate (mTLS). Its `Debug` prints nothing of the key.
     pub client_identity: Option<reqwest::Identity>,
+    /// The same certificate and key, as rustls takes them.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// `client_cert` + `client_key` as rustls takes them: the certificate chain and its key.
+/// Its `Debug` prints nothing of the key.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Shared: a key is not `Clone`.
+    pub key: Arc<PrivateKeyDer<'static>>,
 }
 
 impl Config {

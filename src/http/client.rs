@@ -221,6 +221,8 @@ impl PartnerClient {
             .http2_max_header_list_size(HTTP2_HEADER_LIST_CAP)
             .tcp_nodelay(true)
             .use_rustls_tls();
+        // `check --connect` builds the same TLS for rustls (`late_alert::client_config`):
+        // a change here is a change there.
         for root in &partner.tls.extra_roots {
             builder = builder.add_root_certificate(root.clone());
         }

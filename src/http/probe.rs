@@ -13,9 +13,12 @@
 //! TLS handshake would not do: under TLS 1.3 a partner that refuses our client
 //! certificate says so only after the handshake, on the first read, so a handshake alone
 //! would pass a partner that refuses every delivery. Whatever status the partner
-//! answers, the connection works. For a token URL the partner's token source then
+//! answers, the connection works. When the request fails for a reason its error does not
+//! name, the partner is heard out on one more connection (`hear_out`), for the alert
+//! the HTTP client may have lost. For a token URL the partner's token source then
 //! fetches a token, which is dropped unseen.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +34,7 @@ use crate::http::auth::AuthError;
 use crate::http::client::PartnerClient;
 use crate::http::error::{causes, TransportError};
 use crate::http::guard::{GuardError, GuardedResolver, SystemResolver};
+use crate::http::late_alert::late_alert;
 
 /// Which of a partner's URLs a probe is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,14 +169,20 @@ async fn probe(
     // A client of its own for each URL, so that each is timed on a fresh connection.
     let client = PartnerClient::new(dispatch, partner, Arc::new(SystemResolver))
         .map_err(ProbeError::Client)?;
-    let resolved_in = resolve(&client, url, timeout).await?;
+    let resolved = resolve(&client, url, timeout).await?;
     let started = Instant::now();
-    let response = client
+    let response = match client
         .http
         .request(Method::OPTIONS, url.clone())
         .send()
         .await
-        .map_err(|error| ProbeError::of_connection(error, url, partner, timeout))?;
+    {
+        Ok(response) => response,
+        Err(error) => {
+            let failure = ProbeError::of_connection(error, url, partner, timeout);
+            return Err(hear_out(failure, partner, url, &resolved.addresses, timeout).await);
+        }
+    };
     let answered_in = started.elapsed();
     let status = response.status().as_u16();
     drop(response);
@@ -193,12 +203,29 @@ async fn probe(
         _ => None,
     };
     Ok(Reached {
-        resolved_in,
+        resolved_in: resolved.took,
         tls: url.scheme() == "https",
         answered_in,
         status,
         token_in,
     })
+}
+
+/// Where a URL's host is, as the destination guard lets the partner's client reach it.
+struct Resolved {
+    /// How long DNS took; `None` when the host is an address.
+    took: Option<Duration>,
+    /// With the URL's port.
+    addresses: Vec<SocketAddr>,
+}
+
+impl Resolved {
+    fn address(address: IpAddr, port: u16) -> Resolved {
+        Resolved {
+            took: None,
+            addresses: vec![SocketAddr::new(address, port)],
+        }
+    }
 }
 
 /// Resolves the URL's host through the partner's destination guard, as its client's
@@ -207,10 +234,19 @@ async fn resolve(
     client: &PartnerClient,
     url: &Url,
     timeout: Duration,
-) -> Result<Option<Duration>, ProbeError> {
+) -> Result<Resolved, ProbeError> {
     client.policy.check_url(url).map_err(ProbeError::Refused)?;
-    let Some(Host::Domain(host)) = url.host() else {
-        return Ok(None);
+    let port = url.port_or_known_default().unwrap_or_default();
+    let host = match url.host() {
+        Some(Host::Domain(host)) => host,
+        Some(Host::Ipv4(address)) => return Ok(Resolved::address(address.into(), port)),
+        Some(Host::Ipv6(address)) => return Ok(Resolved::address(address.into(), port)),
+        None => {
+            return Ok(Resolved {
+                took: None,
+                addresses: Vec::new(),
+            })
+        }
     };
     let started = Instant::now();
     let name: Name = host.parse().map_err(|_| {
@@ -221,7 +257,12 @@ async fn resolve(
     })?;
     let resolver = GuardedResolver::new(client.policy.clone(), Arc::new(SystemResolver));
     match tokio::time::timeout(timeout, resolver.resolve(name)).await {
-        Ok(Ok(_)) => Ok(Some(started.elapsed())),
+        Ok(Ok(addresses)) => Ok(Resolved {
+            took: Some(started.elapsed()),
+            addresses: addresses
+                .map(|address| SocketAddr::new(address.ip(), port))
+                .collect(),
+        }),
         Ok(Err(error)) => Err(match error.downcast::<GuardError>() {
             Ok(guard) if guard.is_refused() => ProbeError::Refused(*guard),
             Ok(guard) => ProbeError::Dns(*guard),
@@ -234,6 +275,36 @@ async fn resolve(
             host: host.to_string(),
             timeout,
         }),
+    }
+}
+
+/// Why the `OPTIONS` request failed: `failure` as [`ProbeError::of_connection`] worded
+/// it, unless it names nothing and the partner, heard out on a connection of our own,
+/// sends an alert once the TLS handshake is done ([`late_alert`]). Under TLS 1.3 that is
+/// when a partner refuses our client certificate, and reqwest's pool can lose it: when
+/// the alert ends the connection after the pool took it as ready but before our request
+/// went out, the request fails "connection was not ready" and the alert, the
+/// connection's own error, is in no error's source chain (hyper-util only logs it).
+async fn hear_out(
+    failure: ProbeError,
+    partner: &Partner,
+    url: &Url,
+    addresses: &[SocketAddr],
+    timeout: Duration,
+) -> ProbeError {
+    // Where the tests make the pool lose the alert, every time (`--features failpoints`,
+    // FAILPOINTS=probe-alert-lost=return).
+    #[cfg(feature = "failpoints")]
+    let failure = fail::eval("probe-alert-lost", |_| {
+        ProbeError::Connect("connection was not ready (fail point probe-alert-lost)".into())
+    })
+    .unwrap_or(failure);
+    let (ProbeError::Connect(_), "https", Some(host)) = (&failure, url.scheme(), url.host()) else {
+        return failure;
+    };
+    match tokio::time::timeout(timeout, late_alert(&partner.tls, host, addresses)).await {
+        Ok(Some(alert)) => ProbeError::of_tls(&rustls::Error::AlertReceived(alert), url, partner),
+        Ok(None) | Err(_) => failure,
     }
 }
 

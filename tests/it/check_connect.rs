@@ -16,6 +16,11 @@ const LOCAL: &str = "allow_networks = [\"127.0.0.0/8\", \"::1/128\"]\n";
 
 /// `dispatcher check --connect` on a configuration holding these `[[partners]]` tables.
 async fn check_connect(dir: &Path, partners: &str) -> Output {
+    check_connect_with_env(dir, partners, &[]).await
+}
+
+/// The same, with these environment variables (`FAILPOINTS`).
+async fn check_connect_with_env(dir: &Path, partners: &str, env: &[(&str, &str)]) -> Output {
     let path = dir.join("dispatcher.toml");
     let text = format!(
         "[database]\nurl = \"postgres://dispatcher@127.0.0.1:1/nowhere\"\n\n\
@@ -23,7 +28,9 @@ async fn check_connect(dir: &Path, partners: &str) -> Output {
     );
     std::fs::write(&path, text).expect("write config");
     let mut command = dispatcher(&path);
-    command.args(["check", "--connect"]);
+    command
+        .args(["check", "--connect"])
+        .envs(env.iter().copied());
     finish(command).await
 }
 
@@ -266,23 +273,44 @@ async fn an_expired_certificate_is_named_with_its_date() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_certificate_missing_or_unknown_to_the_partner_is_named() {
+    client_certificate_refusals_are_named(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs `--features failpoints` (scripts/test sets it)"
+)]
+async fn a_client_certificate_refusal_the_connection_pool_lost_is_still_named() {
+    // Under TLS 1.3 the partner refuses our certificate once our handshake is done. On a
+    // busy machine the HTTP client's pool can take the connection as ready, and its
+    // request then fails "connection was not ready" with the partner's alert lost: the
+    // fail point makes it lose the alert every time.
+    client_certificate_refusals_are_named(&[("FAILPOINTS", "probe-alert-lost=return")]).await;
+}
+
+/// A partner behind mTLS probed without a client certificate, then with one from a CA
+/// it never heard of: both refusals named, and no request reaches it.
+async fn client_certificate_refusals_are_named(env: &[(&str, &str)]) {
     let (acme, partner_ca, _our_ca) = mtls_partner().await;
     let dir = tempfile::tempdir().expect("temp dir");
     // Our files, but a client certificate from a CA the partner never heard of.
     let tls = write_tls_files(dir.path(), &partner_ca, &TestCa::new("Someone else's CA"));
 
-    let without = check_connect(
+    let without = check_connect_with_env(
         dir.path(),
         &partner(
             "acme",
             &acme.base_url,
             &format!("{LOCAL}ca_bundle = \"acme-ca.pem\"\n"),
         ),
+        env,
     )
     .await;
-    let stranger = check_connect(
+    let stranger = check_connect_with_env(
         dir.path(),
         &partner("acme", &acme.base_url, &format!("{LOCAL}{tls}")),
+        env,
     )
     .await;
 
@@ -296,7 +324,7 @@ async fn a_client_certificate_missing_or_unknown_to_the_partner_is_named() {
         &stranger,
         "acme",
         "enrollment",
-        &["the partner refused our client certificate"],
+        &["the partner refused our client certificate (UnknownCA)"],
     );
     assert!(acme.received().is_empty());
 }

@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 use url::Url;
 
@@ -13,7 +16,7 @@ use super::{duration, positive};
 use crate::config::auth::{AuthConfig, OAuthClientCredentials};
 use crate::config::file::{RawAuth, RawPartner};
 use crate::config::secrets::{read_pem, secret_text};
-use crate::config::{CircuitConfig, ConfigError, Partner, PartnerTls};
+use crate::config::{CircuitConfig, ClientCertificate, ConfigError, Partner, PartnerTls};
 use crate::contract::payload::{fits_identifier, IDENTIFIER_TOO_LONG};
 use crate::contract::signing::SigningSecret;
 
@@ -287,10 +290,18 @@ fn partner_tls(
     let mut tls = PartnerTls::default();
     if let Some(file) = ca_bundle {
         let pem = read_pem(&key("ca_bundle"), &file, base_dir)?;
-        tls.extra_roots = reqwest::Certificate::from_pem_bundle(&pem)
+        tls.extra_roots_der = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
             .ok()
             .filter(|roots| !roots.is_empty())
             .ok_or_else(|| ConfigError::key(key("ca_bundle"), "holds no PEM certificate"))?;
+        // As reqwest's own from_pem_bundle makes them, from the same parse.
+        tls.extra_roots = tls
+            .extra_roots_der
+            .iter()
+            .map(|root| reqwest::Certificate::from_der(root))
+            .collect::<Result<_, _>>()
+            .map_err(|_| ConfigError::key(key("ca_bundle"), "holds no PEM certificate"))?;
     }
     match (client_cert, client_key) {
         (None, None) => {}
@@ -308,7 +319,8 @@ fn partner_tls(
         }
         (Some(cert_file), Some(key_file)) => {
             let mut pem = read_pem(&key("client_cert"), &cert_file, base_dir)?;
-            if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+            let certificates = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+            if certificates.map_or(true, |certificates| certificates.is_empty()) {
                 return Err(ConfigError::key(
                     key("client_cert"),
                     "holds no PEM certificate",
@@ -316,15 +328,26 @@ fn partner_tls(
             }
             pem.push(b'\n');
             pem.extend(read_pem(&key("client_key"), &key_file, base_dir)?);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
-                ConfigError::key(
+            let identity = reqwest::Identity::from_pem(&pem);
+            // The same for rustls, as reqwest reads it: every certificate of the two
+            // files, and the last key.
+            let chain = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+            let last_key = PrivateKeyDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map(|mut keys| keys.pop());
+            // The key's bytes are not kept beyond the identity and its rustls twin.
+            pem.fill(0);
+            let (Ok(identity), Ok(chain), Ok(Some(last_key))) = (identity, chain, last_key) else {
+                return Err(ConfigError::key(
                     key("client_key"),
                     "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
-                )
+                ));
+            };
+            tls.client_identity = Some(identity);
+            tls.client_certificate = Some(ClientCertificate {
+                chain,
+                key: Arc::new(last_key),
             });
-            // The key's bytes are not kept beyond the identity.
-            pem.fill(0);
-            tls.client_identity = Some(identity?);
         }
     }
     Ok(tls)
