@@ -664,3 +664,52 @@ async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivere
         );
     }
 }
+
+/// The overview, beside a month of delivered deliveries: each partner's last day and its
+/// queue are counted from what ended in the day and what is unfinished, never by reading
+/// the month. It is on every page support opens.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_of_the_last_day_does_not_read_the_month_before_it() {
+    const HISTORY: i64 = 30_000;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    seed_ended_deliveries(&db, "acme", HISTORY).await;
+    // Today: ten due, and the last ten of the month delivered again (resent) an hour ago.
+    seed_due_deliveries(&db, &[("acme", 10, Duration::ZERO)]).await;
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET ended_at = now() - interval '1 hour'
+             WHERE id IN (SELECT id FROM dispatcher.deliveries
+                          WHERE state = 'delivered' ORDER BY id DESC LIMIT 10)",
+            &[],
+        )
+        .await
+        .expect("ten delivered today");
+    let client = daemon_connection(&config, &db).await;
+
+    let before = delivery_entries_read(&db).await;
+    let summaries = support::partner_summaries(&client)
+        .await
+        .expect("the overview");
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush the overview's statistics");
+    let read = delivery_entries_read(&db).await - before;
+
+    assert!(
+        read < HISTORY / 10,
+        "the overview read {read} rows and index entries: it walked the month's {HISTORY} \
+         deliveries"
+    );
+    let acme = summaries
+        .iter()
+        .find(|summary| summary.partner.as_deref() == Some("acme"))
+        .expect("acme's summary");
+    assert_eq!(
+        (acme.delivered, acme.pending),
+        (10, 10),
+        "delivered in the last day, and due"
+    );
+}

@@ -246,9 +246,9 @@ impl From<PartnerCircuit> for CircuitOut {
 pub(crate) struct PartnerOut {
     /// `null` gathers the events that reached no partner.
     pub partner: Option<String>,
-    /// Delivered in the last 24 hours.
+    /// Ended delivered in the last 24 hours.
     pub delivered: i64,
-    /// Rejected, dead, invalid or unrouted in the last 24 hours.
+    /// Ended rejected, dead, invalid or unrouted in the last 24 hours.
     pub failed: i64,
     /// Pending, waiting or in flight, however old.
     pub pending: i64,
