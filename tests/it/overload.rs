@@ -222,6 +222,33 @@ async fn delivery_entries_read(db: &TestDb) -> i64 {
     .await
 }
 
+/// How many rows and index entries of the deliveries were read since `before` (a
+/// [`delivery_entries_read`]), once `client`'s backend has reported what it read: it
+/// reports before it answers the flush.
+async fn entries_read_since(db: &TestDb, client: &deadpool_postgres::Client, before: i64) -> i64 {
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush the statistics");
+    delivery_entries_read(db).await - before
+}
+
+/// A claim of 100 with `room`, in a transaction rolled back so nothing changes, and how
+/// many rows and index entries of the deliveries it read.
+async fn claim_read(
+    db: &TestDb,
+    client: &mut deadpool_postgres::Client,
+    room: &[PartnerRoom],
+) -> (queue::Claim, i64) {
+    let before = delivery_entries_read(db).await;
+    let mut transaction = client.transaction().await.expect("begin");
+    let claim = queue::claim_due(&mut transaction, 100, Duration::from_secs(60), room)
+        .await
+        .expect("claim");
+    transaction.rollback().await.expect("roll back");
+    (claim, entries_read_since(db, client, before).await)
+}
+
 /// Due deliveries as the router would have left them, `count` for each partner, each
 /// partner's due `overdue` ago, then ANALYZE. Events are the contract's enrollment, one
 /// patient each.
@@ -298,18 +325,7 @@ async fn a_partner_held_with_a_long_backlog_is_not_walked_by_the_claims_for_the_
     let mut client = daemon_connection(&config, &db).await;
     let room = room(&[("held", 0), ("acme", 100)]);
 
-    let before = delivery_entries_read(&db).await;
-    let mut transaction = client.transaction().await.expect("begin");
-    let claim = queue::claim_due(&mut transaction, 100, Duration::from_secs(60), &room)
-        .await
-        .expect("claim");
-    transaction.rollback().await.expect("roll back");
-    // The claim's backend reports what it read before it answers this.
-    client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .expect("flush the claim's statistics");
-    let read = delivery_entries_read(&db).await - before;
+    let (claim, read) = claim_read(&db, &mut client, &room).await;
 
     assert_eq!(claim.deliveries.len(), 100, "the healthy partner's batch");
     assert!(
@@ -367,17 +383,7 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
     let mut client = daemon_connection(&config, &db).await;
     claim_plan(&mut client, "beside a month of history").await;
 
-    let before = delivery_entries_read(&db).await;
-    let mut transaction = client.transaction().await.expect("begin");
-    let claim = queue::claim_due(&mut transaction, 100, Duration::from_secs(60), &[])
-        .await
-        .expect("claim");
-    transaction.rollback().await.expect("roll back");
-    client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .expect("flush the claim's statistics");
-    let read = delivery_entries_read(&db).await - before;
+    let (claim, read) = claim_read(&db, &mut client, &[]).await;
 
     assert_eq!(claim.deliveries.len(), 100, "a batch of the backlog");
     assert!(
@@ -650,11 +656,7 @@ async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivere
         let listed = support::list(&client, &selection, None, 50)
             .await
             .expect("list");
-        client
-            .batch_execute("SELECT pg_stat_force_next_flush()")
-            .await
-            .expect("flush the list's statistics");
-        let read = delivery_entries_read(&db).await - before;
+        let read = entries_read_since(&db, &client, before).await;
 
         assert_eq!(listed.len(), 10, "the {state} ones");
         assert!(
@@ -692,11 +694,7 @@ async fn the_overview_of_the_last_day_does_not_read_the_month_before_it() {
     let summaries = support::partner_summaries(&client)
         .await
         .expect("the overview");
-    client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .expect("flush the overview's statistics");
-    let read = delivery_entries_read(&db).await - before;
+    let read = entries_read_since(&db, &client, before).await;
 
     assert!(
         read < HISTORY / 10,
