@@ -93,26 +93,19 @@ pub async fn insert(
                  FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
                       AS new(id, event_id, partner, event_name, patient_id, state, last_error)
              ),
-             -- What this look sees, for each pending one: an unfinished one ahead of it
-             -- (it waits), any other unfinished one (its order is settled under the
-             -- locks, see above).
+             -- What this look sees, for each pending one: the patient's earliest
+             -- unfinished delivery to its partner (one read of the order's index, in
+             -- event order): ahead of it, it waits; anywhere, or any waiting one, its
+             -- order is settled under the locks (see above).
              seen AS (
                  SELECT new.*,
-                        state = 'pending' AND patient_id IS NOT NULL AND (
-                            behind_this_batch OR EXISTS (
-                                SELECT 1 FROM dispatcher.deliveries earlier
-                                WHERE earlier.partner = new.partner
-                                  AND earlier.patient_id = new.patient_id
-                                  AND earlier.event_id < new.event_id
-                                  AND earlier.state IN ('pending', 'in_flight')))
+                        new.state = 'pending' AND new.patient_id IS NOT NULL AND (
+                            new.behind_this_batch
+                            OR COALESCE(ahead.event_id < new.event_id, false))
                             AS behind,
-                        state = 'pending' AND patient_id IS NOT NULL AND (
-                            siblings_in_batch
-                            OR EXISTS (
-                                SELECT 1 FROM dispatcher.deliveries other
-                                WHERE other.partner = new.partner
-                                  AND other.patient_id = new.patient_id
-                                  AND other.state IN ('pending', 'in_flight'))
+                        new.state = 'pending' AND new.patient_id IS NOT NULL AND (
+                            new.siblings_in_batch
+                            OR ahead.event_id IS NOT NULL
                             OR EXISTS (
                                 SELECT 1 FROM dispatcher.deliveries other
                                 WHERE other.partner = new.partner
@@ -120,6 +113,15 @@ pub async fn insert(
                                   AND other.state = 'waiting'))
                             AS in_order
                  FROM new
+                 LEFT JOIN LATERAL (
+                     SELECT other.event_id FROM dispatcher.deliveries other
+                     WHERE new.state = 'pending'
+                       AND other.partner = new.partner
+                       AND other.patient_id = new.patient_id
+                       AND other.state IN ('pending', 'in_flight')
+                     ORDER BY other.event_id
+                     LIMIT 1
+                 ) AS ahead ON true
              ),
              inserted AS (
                  INSERT INTO dispatcher.deliveries

@@ -119,7 +119,7 @@ async fn write(
                  FROM result r
                  WHERE d.id = r.id AND d.claim_token = r.claim_token AND d.state = 'in_flight'
                  RETURNING d.id, r.claim_token, d.attempt_count, d.partner, d.patient_id,
-                           d.patient_id IS NOT NULL AND (
+                           r.state <> 'pending' AND d.patient_id IS NOT NULL AND (
                                EXISTS (SELECT 1 FROM dispatcher.deliveries other
                                        WHERE other.partner = d.partner
                                          AND other.patient_id = d.patient_id
