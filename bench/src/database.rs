@@ -312,6 +312,36 @@ impl BenchDb {
         Ok(())
     }
 
+    /// A delivery to `partner`, delivered yesterday after one attempt, for every event
+    /// that has none: the history support keeps (issue 22's `history` scenario), within
+    /// every retention period, so that no pruning runs during the measurement.
+    pub async fn seed_ended_deliveries(&self, partner: &str) -> Result<()> {
+        self.client
+            .execute(
+                "WITH ended AS (
+                     INSERT INTO dispatcher.deliveries
+                         (id, event_id, partner, event_name, patient_id, state, attempt_count,
+                          last_status, created_at, ended_at)
+                     SELECT public.bench_uuid_v7(), id, $1, event_name,
+                            event -> 'patient' ->> 'id', 'delivered', 1, 200,
+                            now() - interval '1 day', now() - interval '1 day'
+                     FROM dispatcher.outbox o
+                     WHERE NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
+                     ORDER BY id
+                     RETURNING id
+                 )
+                 INSERT INTO dispatcher.attempts
+                     (delivery_id, number, started_at, duration_ms, http_status, response_body)
+                 SELECT id, 1, now() - interval '1 day', 40, 200,
+                        '{\"data\": {\"externalId\": \"crm-1\"}}'
+                 FROM ended",
+                &[&partner],
+            )
+            .await
+            .context("seeding ended deliveries")?;
+        Ok(())
+    }
+
     /// After seeding: statistics and visibility as autovacuum would have left a backlog
     /// that built up over time, and a checkpoint so the measurement does not pay for the
     /// seeding's writes.

@@ -12,6 +12,7 @@ mod calibration;
 mod daemon;
 mod database;
 mod held_partner;
+mod history;
 mod notifications;
 mod procfs;
 mod producer;
@@ -53,7 +54,8 @@ struct Cli {
     runs: Option<usize>,
     /// Only this scenario (repeatable): drain, stream-1000, stream-5000 (or `stream` for
     /// both), idle, deep-backlog, slow-partner, ordering, two-daemons, baseline,
-    /// producer, producer-end-to-end (`producer` selects both), held-partner; with
+    /// producer, producer-end-to-end (`producer` selects both), held-partner,
+    /// waiting-backlog, history; with
     /// --smoke also table-health (otherwise a mode of its own: `table-health`).
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,

@@ -57,6 +57,9 @@ pub struct Sizes {
     pub waiting_healthy: u64,
     pub waiting_patients: u64,
     pub waiting_each: u64,
+    /// The partner's due deliveries, and the ended ones kept beside them.
+    pub history_backlog: u64,
+    pub history_rows: u64,
     /// The machine's calibration: iterations of the CPU loop, seconds of `pgbench -S`.
     pub calibration_iterations: u64,
     pub pgbench_seconds: u64,
@@ -92,6 +95,8 @@ impl Sizes {
             waiting_healthy: n(10_000.0),
             waiting_patients: n(5_000.0),
             waiting_each: 10,
+            history_backlog: n(10_000.0),
+            history_rows: n(1_000_000.0),
             calibration_iterations: 500_000_000,
             pgbench_seconds: 5,
             deadline: Duration::from_secs(900),
@@ -124,6 +129,8 @@ impl Sizes {
             waiting_healthy: 200,
             waiting_patients: 100,
             waiting_each: 10,
+            history_backlog: 200,
+            history_rows: 2_000,
             calibration_iterations: 20_000_000,
             pgbench_seconds: 1,
             deadline: Duration::from_secs(120),
@@ -150,6 +157,7 @@ impl Sizes {
                 "producer-end-to-end",
                 "held-partner",
                 "waiting-backlog",
+                "history",
             ]
             .map(String::from),
         );
@@ -403,6 +411,7 @@ impl Bench {
             "producer-end-to-end" => self.end_to_end().await,
             "held-partner" => self.held_partner().await,
             "waiting-backlog" => self.waiting_backlog().await,
+            "history" => self.history().await,
             other => bail!("no scenario `{other}`"),
         }
     }

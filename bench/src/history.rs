@@ -1,0 +1,82 @@
+//! The `history` scenario (issue 22): does the history support keeps (ended deliveries,
+//! with their attempts, for `metadata_days`) slow the queue? A claim should cost the same
+//! beside a year of it as beside none.
+//!
+//! The history is older than the backlog, as it is in production: its ids (time-ordered)
+//! come before every delivery due, so a plan that walks the primary key in order reads
+//! the whole history before it reaches the first due delivery. It is another partner's
+//! (`archived`, no longer configured), so that the run counts only the backlog's
+//! deliveries; the tables and indexes hold it all the same.
+
+use anyhow::Result;
+
+use crate::database::Patients;
+use crate::report::{Metric, Target};
+use crate::scenarios::{Arrivals, Bench, Until};
+
+/// The partner the history was delivered to.
+const ARCHIVED: &str = "archived";
+
+impl Bench {
+    /// `alone`: the partner's backlog only; `with_history`: the same backlog beside the
+    /// history, seeded first. Both seeded by SQL, then `VACUUM ANALYZE`.
+    pub(crate) async fn history(&self) -> Result<Vec<Metric>> {
+        let backlog = self.sizes.history_backlog;
+        let partners = [self.fast_partner()];
+        let mut metrics = Vec::new();
+        let mut rates = Vec::new();
+        let mut claims = Vec::new();
+        for (label, history) in [("alone", 0), ("with_history", self.sizes.history_rows)] {
+            let setup = self
+                .setup(&format!("history-{label}"), &partners, "")
+                .await?;
+            if history > 0 {
+                setup
+                    .db
+                    .seed_events(history, Patients::Distinct, "past-", true)
+                    .await?;
+                setup.db.seed_ended_deliveries(ARCHIVED).await?;
+            }
+            setup
+                .db
+                .seed_events(backlog, Patients::Distinct, "due-", true)
+                .await?;
+            setup
+                .db
+                .seed_pending_deliveries("fast", std::time::Duration::ZERO)
+                .await?;
+            setup.db.settle().await?;
+            let outcome = self
+                .run_dispatcher(
+                    &setup,
+                    1,
+                    Arrivals::Nginx,
+                    Until::AllEnded {
+                        partner: Some("fast".into()),
+                        expected: backlog,
+                    },
+                    None,
+                )
+                .await?;
+            self.finish(setup).await?;
+            metrics.extend(outcome.metrics(label));
+            metrics.push(Metric::new(
+                format!("{label}.history_rows"),
+                "",
+                history as f64,
+            ));
+            rates.push(outcome.per_second());
+            claims.push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
+        }
+        metrics.push(
+            Metric::new("with_history_to_alone", "x", rates[1] / rates[0])
+                .target(Target::AtLeast(0.9)),
+        );
+        metrics.push(Metric::new(
+            "with_history_to_alone_claim_time",
+            "x",
+            claims[1] / claims[0],
+        ));
+        Ok(metrics)
+    }
+}
