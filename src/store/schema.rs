@@ -55,10 +55,6 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         16,
         include_str!("../../migrations/0016_deliveries_event_key.sql"),
     ),
-    (
-        17,
-        include_str!("../../migrations/0017_deliveries_undelivered.sql"),
-    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

@@ -626,7 +626,7 @@ async fn every_search_support_makes_is_found_by_an_index() {
 }
 
 /// Support's lists of what is stuck and of what failed, beside a month of delivered
-/// deliveries: each is found by an index (`deliveries_undelivered`, the queue's own),
+/// deliveries: each is found by an index (`deliveries_by_state`, the queue's own),
 /// never by reading the delivered ones, however long support keeps them.
 #[tokio::test(flavor = "multi_thread")]
 async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivered() {
