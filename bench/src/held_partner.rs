@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use crate::daemon::PartnerSite;
 use crate::database::Patients;
 use crate::report::{Metric, Target};
-use crate::scenarios::{Arrivals, Bench, Until};
+use crate::scenarios::{second_to_first, Arrivals, Bench, Until};
 
 /// The held partner: never reached, its circuit open for the whole run.
 const HELD: &str = "held";
@@ -85,14 +85,12 @@ impl Bench {
             rates.push(outcome.per_second());
             claims.push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
         }
-        metrics.push(
-            Metric::new("with_held_to_alone", "x", rates[1] / rates[0])
-                .target(Target::AtLeast(0.9)),
-        );
-        metrics.push(Metric::new(
+        metrics.extend(second_to_first(
+            "with_held_to_alone",
             "with_held_to_alone_claim_time",
-            "x",
-            claims[1] / claims[0],
+            Target::AtLeast(0.9),
+            &rates,
+            &claims,
         ));
         Ok(metrics)
     }

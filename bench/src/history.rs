@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use crate::database::Patients;
 use crate::report::{Metric, Target};
-use crate::scenarios::{Arrivals, Bench, Until};
+use crate::scenarios::{second_to_first, Arrivals, Bench, Until};
 
 /// The partner the history was delivered to.
 const ARCHIVED: &str = "archived";
@@ -68,14 +68,12 @@ impl Bench {
             rates.push(outcome.per_second());
             claims.push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
         }
-        metrics.push(
-            Metric::new("with_history_to_alone", "x", rates[1] / rates[0])
-                .target(Target::AtLeast(0.9)),
-        );
-        metrics.push(Metric::new(
+        metrics.extend(second_to_first(
+            "with_history_to_alone",
             "with_history_to_alone_claim_time",
-            "x",
-            claims[1] / claims[0],
+            Target::AtLeast(0.9),
+            &rates,
+            &claims,
         ));
         Ok(metrics)
     }

@@ -339,6 +339,26 @@ pub(crate) struct RunOutcome {
 }
 
 /// WAL bytes per delivery, the figure every scenario reports next to its CPU.
+/// A scenario's second leg against its first (each slice holds the two legs' figures):
+/// the ratio of their rates, named `rate_name` and held to `target`, and of their mean
+/// claim times, named `claim_name`.
+pub(crate) fn second_to_first(
+    rate_name: &str,
+    claim_name: &str,
+    target: Target,
+    rates: &[f64],
+    claims: &[f64],
+) -> Vec<Metric> {
+    let ratio = |figures: &[f64]| match figures {
+        [first, second, ..] => second / first,
+        _ => f64::NAN,
+    };
+    vec![
+        Metric::new(rate_name, "x", ratio(rates)).target(target),
+        Metric::new(claim_name, "x", ratio(claims)),
+    ]
+}
+
 pub(crate) fn wal_per_delivery(wal_bytes: i64, deliveries: f64) -> Metric {
     Metric::new(
         "wal_bytes_per_delivery",
@@ -809,14 +829,12 @@ impl Bench {
             rates.push(outcome.per_second());
             claims.push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
         }
-        metrics.push(
-            Metric::new("large_to_small_throughput", "x", rates[1] / rates[0])
-                .target(Target::AtLeast(0.8)),
-        );
-        metrics.push(Metric::new(
+        metrics.extend(second_to_first(
+            "large_to_small_throughput",
             "large_to_small_claim_time",
-            "x",
-            claims[1] / claims[0],
+            Target::AtLeast(0.8),
+            &rates,
+            &claims,
         ));
         Ok(metrics)
     }
