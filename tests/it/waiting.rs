@@ -12,6 +12,7 @@ use crate::support::*;
 use dispatcher::config::Config;
 use dispatcher::delivery::outcome::Resolution;
 use dispatcher::delivery::state::DeliveryState;
+use dispatcher::delivery::NewDelivery;
 use dispatcher::store::db;
 use dispatcher::store::outbox::{self, Routed};
 use dispatcher::store::queue::{self, PartnerRoom};
@@ -434,6 +435,67 @@ async fn a_resent_earlier_event_holds_the_later_ones_back_again() {
     assert_eq!(
         states_of(&db, "p").await,
         ["delivered", "delivered", "pending"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resend_meeting_the_routing_of_a_later_event_still_sends_the_earlier_first() {
+    // The one meeting the order's locks cannot cover (see order.rs): support resends the
+    // patient's rejected enrollment while the router, which saw nothing of the patient
+    // unfinished, routes a tracker view without taking them. Each commits without seeing
+    // the other, so both are pending; the claim holds the later one back.
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+    let mut support_client = router.another_connection().await;
+    a_patient_with_events(&db, &mut router, "p", 0).await;
+    let claimed = router.claim(&["acme"]).await;
+    router.record(&claimed[0], DeliveryState::Rejected).await;
+    let enrollment = id_of(&db, "p", 0).await;
+    let tracker_event = db
+        .insert_event(VIEWED_TRACKER, &viewed_tracker_event("p"))
+        .await;
+
+    let mut routing = router.another_connection().await;
+    let transaction = routing.transaction().await.expect("begin the routing");
+    let tracker = Uuid::now_v7();
+    queue::insert(
+        &transaction,
+        &[NewDelivery {
+            id: tracker,
+            event_id: tracker_event,
+            partner: Some("acme".to_string()),
+            event_name: VIEWED_TRACKER.to_string(),
+            patient_id: Some("p".to_string()),
+            state: DeliveryState::Pending,
+            last_error: None,
+        }],
+    )
+    .await
+    .expect("route the tracker view");
+    support::resend(&mut support_client, &Selection::ids(&[enrollment]), "test")
+        .await
+        .expect("resend the enrollment");
+    transaction.commit().await.expect("commit the routing");
+    assert_eq!(
+        states_of(&db, "p").await,
+        ["pending", "pending"],
+        "neither saw the other"
+    );
+
+    let claimed = router.claim(&["acme"]).await;
+    assert_eq!(
+        claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [enrollment],
+        "the enrollment goes first"
+    );
+    router.record(&claimed[0], DeliveryState::Delivered).await;
+    let claimed = router.claim(&["acme"]).await;
+    assert_eq!(
+        claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [tracker],
+        "then the tracker view"
     );
 }
 
