@@ -237,7 +237,7 @@ pub fn program() -> String {
 
 impl BenchDb {
     /// Puts `count` events into the outbox in one statement, with patient ids
-    /// `<prefix><n>`. `routed` marks them routed (for [`BenchDb::seed_pending_deliveries`]).
+    /// `<prefix><n>`. `routed` marks them routed (for [`BenchDb::seed_routed_backlog`]).
     pub async fn seed_events(
         &self,
         count: u64,
@@ -292,10 +292,20 @@ impl BenchDb {
         Ok(())
     }
 
-    /// A pending delivery to `partner` for every outbox event that has none yet, as
-    /// routing would have made them (see the dispatcher's `store::queue::insert`): a
-    /// backlog already routed, due `overdue` ago (zero: due now).
-    pub async fn seed_pending_deliveries(&self, partner: &str, overdue: Duration) -> Result<()> {
+    /// `count` events (a patient each, `<prefix><n>`) and a pending delivery to `partner`
+    /// for each, as routing would have made them (see the dispatcher's
+    /// `store::queue::insert`): a backlog already routed, due `overdue` ago (zero: due
+    /// now).
+    pub async fn seed_routed_backlog(
+        &self,
+        partner: &str,
+        count: u64,
+        prefix: &str,
+        overdue: Duration,
+    ) -> Result<()> {
+        self.seed_events(count, Patients::Distinct, prefix, true)
+            .await?;
+        // For every event that has none yet: the ones just written.
         self.client
             .execute(
                 "INSERT INTO dispatcher.deliveries
@@ -312,10 +322,19 @@ impl BenchDb {
         Ok(())
     }
 
-    /// A delivery to `partner`, delivered yesterday after one attempt, for every event
-    /// that has none: the history support keeps (issue 22's `history` scenario), within
-    /// every retention period, so that no pruning runs during the measurement.
-    pub async fn seed_ended_deliveries(&self, partner: &str) -> Result<()> {
+    /// `count` events (a patient each, `<prefix><n>`), each with a delivery to `partner`
+    /// delivered yesterday after one attempt: the history support keeps (issue 22's
+    /// `history` scenario), within every retention period, so that no pruning runs during
+    /// the measurement.
+    pub async fn seed_ended_deliveries(
+        &self,
+        partner: &str,
+        count: u64,
+        prefix: &str,
+    ) -> Result<()> {
+        self.seed_events(count, Patients::Distinct, prefix, true)
+            .await?;
+        // For every event that has none yet: the ones just written.
         self.client
             .execute(
                 "WITH ended AS (

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::daemon::PartnerSite;
-use crate::database::Patients;
 use crate::report::{Metric, Target};
 use crate::scenarios::{second_to_first, Arrivals, Bench, Until};
 
@@ -41,17 +40,12 @@ impl Bench {
             if backlog > 0 {
                 setup
                     .db
-                    .seed_events(backlog, Patients::Distinct, "held-", true)
+                    .seed_routed_backlog(HELD, backlog, "held-", HELD_OVERDUE)
                     .await?;
-                setup.db.seed_pending_deliveries(HELD, HELD_OVERDUE).await?;
             }
             setup
                 .db
-                .seed_events(healthy, Patients::Distinct, "healthy-", true)
-                .await?;
-            setup
-                .db
-                .seed_pending_deliveries("fast", Duration::ZERO)
+                .seed_routed_backlog("fast", healthy, "healthy-", Duration::ZERO)
                 .await?;
             setup.db.hold_partner(HELD).await?;
             setup.db.settle().await?;
@@ -60,10 +54,7 @@ impl Bench {
                     &setup,
                     1,
                     Arrivals::Nginx,
-                    Until::AllEnded {
-                        partner: Some("fast".into()),
-                        expected: healthy,
-                    },
+                    Until::ended_for("fast", healthy),
                     None,
                 )
                 .await?;

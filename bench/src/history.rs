@@ -8,9 +8,10 @@
 //! (`archived`, no longer configured), so that the run counts only the backlog's
 //! deliveries; the tables and indexes hold it all the same.
 
+use std::time::Duration;
+
 use anyhow::Result;
 
-use crate::database::Patients;
 use crate::report::{Metric, Target};
 use crate::scenarios::{second_to_first, Arrivals, Bench, Until};
 
@@ -33,17 +34,12 @@ impl Bench {
             if history > 0 {
                 setup
                     .db
-                    .seed_events(history, Patients::Distinct, "past-", true)
+                    .seed_ended_deliveries(ARCHIVED, history, "past-")
                     .await?;
-                setup.db.seed_ended_deliveries(ARCHIVED).await?;
             }
             setup
                 .db
-                .seed_events(backlog, Patients::Distinct, "due-", true)
-                .await?;
-            setup
-                .db
-                .seed_pending_deliveries("fast", std::time::Duration::ZERO)
+                .seed_routed_backlog("fast", backlog, "due-", Duration::ZERO)
                 .await?;
             setup.db.settle().await?;
             let outcome = self
@@ -51,10 +47,7 @@ impl Bench {
                     &setup,
                     1,
                     Arrivals::Nginx,
-                    Until::AllEnded {
-                        partner: Some("fast".into()),
-                        expected: backlog,
-                    },
+                    Until::ended_for("fast", backlog),
                     None,
                 )
                 .await?;

@@ -304,6 +304,14 @@ pub(crate) enum Until {
 }
 
 impl Until {
+    /// Every delivery to `partner` ended, `expected` of them reaching the partner.
+    pub(crate) fn ended_for(partner: &str, expected: u64) -> Until {
+        Until::AllEnded {
+            partner: Some(partner.into()),
+            expected,
+        }
+    }
+
     pub(crate) fn all(expected: u64) -> Until {
         Until::AllEnded {
             partner: None,
@@ -478,11 +486,7 @@ impl Bench {
         let setup = self.setup(label, &[self.fast_partner()], "").await?;
         setup
             .db
-            .seed_events(events, Patients::Distinct, patients, true)
-            .await?;
-        setup
-            .db
-            .seed_pending_deliveries("fast", Duration::ZERO)
+            .seed_routed_backlog("fast", events, patients, Duration::ZERO)
             .await?;
         setup.db.settle().await?;
         Ok(setup)
@@ -865,10 +869,7 @@ impl Bench {
                     &setup,
                     1,
                     Arrivals::Nginx,
-                    Until::AllEnded {
-                        partner: Some("fast".into()),
-                        expected: events,
-                    },
+                    Until::ended_for("fast", events),
                     Some(self.sizes.slow_cap),
                 )
                 .await?;

@@ -73,9 +73,8 @@ impl Bench {
                 ))
                 .await
                 .context("the back partner's first events in backoff")?;
-            db.seed_events(healthy, Patients::Distinct, "healthy-", true)
+            db.seed_routed_backlog("fast", healthy, "healthy-", Duration::ZERO)
                 .await?;
-            db.seed_pending_deliveries("fast", Duration::ZERO).await?;
             db.settle().await?;
             let behind = patients * (each - 1);
             let outcome = self
@@ -83,10 +82,7 @@ impl Bench {
                     &setup,
                     1,
                     Arrivals::Nginx,
-                    Until::AllEnded {
-                        partner: Some("fast".into()),
-                        expected: healthy,
-                    },
+                    Until::ended_for("fast", healthy),
                     None,
                 )
                 .await?;
