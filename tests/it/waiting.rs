@@ -66,19 +66,37 @@ impl Router {
         claimed: &dispatcher::delivery::ClaimedDelivery,
         state: DeliveryState,
     ) {
-        let resolution = Resolution {
-            delivery_id: claimed.id,
-            claim_token: claimed.claim_token,
-            state,
-            due_in: None,
-            last_error: None,
-            attempt: None,
-            learned_external_id: None,
-        };
-        let written = queue::record(&mut self.client, &[&resolution])
+        let written = queue::record(&mut self.client, &[&ended(claimed, state)])
             .await
             .expect("record");
         assert_eq!(written, [claimed.id], "the result is recorded");
+    }
+}
+
+/// The claimed delivery's result: it ended in `state`.
+fn ended(claimed: &dispatcher::delivery::ClaimedDelivery, state: DeliveryState) -> Resolution {
+    Resolution {
+        delivery_id: claimed.id,
+        claim_token: claimed.claim_token,
+        state,
+        due_in: None,
+        last_error: None,
+        attempt: None,
+        learned_external_id: None,
+    }
+}
+
+/// The delivery `id` of `patient`'s tracker view, the outbox event `event_id`, to acme, as
+/// the router routes it.
+fn tracker_view_to_acme(id: Uuid, event_id: i64, patient: &str) -> NewDelivery {
+    NewDelivery {
+        id,
+        event_id,
+        partner: Some("acme".to_string()),
+        event_name: VIEWED_TRACKER.to_string(),
+        patient_id: Some(patient.to_string()),
+        state: DeliveryState::Pending,
+        last_error: None,
     }
 }
 
@@ -462,15 +480,7 @@ async fn a_resend_meeting_the_routing_of_a_later_event_still_sends_the_earlier_f
     let tracker = Uuid::now_v7();
     queue::insert(
         &transaction,
-        &[NewDelivery {
-            id: tracker,
-            event_id: tracker_event,
-            partner: Some("acme".to_string()),
-            event_name: VIEWED_TRACKER.to_string(),
-            patient_id: Some("p".to_string()),
-            state: DeliveryState::Pending,
-            last_error: None,
-        }],
+        &[tracker_view_to_acme(tracker, tracker_event, "p")],
     )
     .await
     .expect("route the tracker view");
@@ -497,6 +507,141 @@ async fn a_resend_meeting_the_routing_of_a_later_event_still_sends_the_earlier_f
         [tracker],
         "then the tracker view"
     );
+}
+
+/// Which of the two transactions of a race commits first; the other runs into its locks.
+#[derive(Debug, Clone, Copy)]
+enum First {
+    /// The router's, routing the patient's tracker view while the enrollment is on the wire.
+    Routing,
+    /// The recorder's, writing the enrollment's 200.
+    Record,
+}
+
+/// The race the record's skip of `settle` rests on (see `record.rs`), with no rescuer to
+/// hide a loss: its `release_stranded` would free a stranded tracker view within a minute,
+/// while the patient's partner waits. Each order ends with the tracker view due at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tracker_view_routed_while_the_enrollment_is_recorded_is_not_left_waiting() {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+    tracker_view_routed_while_the_enrollment_is_recorded(&db, &mut router, "p", First::Routing)
+        .await;
+    tracker_view_routed_while_the_enrollment_is_recorded(&db, &mut router, "q", First::Record)
+        .await;
+}
+
+/// `patient`'s enrollment is claimed; the router routes their tracker view (behind the
+/// enrollment, so `waiting` in its view) while the recorder writes the enrollment's 200,
+/// each in a transaction of its own; `first` commits first. Then the tracker view is
+/// pending and the next claim takes it. (When the record comes first, the routing's view
+/// is inside `insert`; that it waited for the record's lock on the enrollment says it saw
+/// the enrollment unfinished.)
+async fn tracker_view_routed_while_the_enrollment_is_recorded(
+    db: &TestDb,
+    router: &mut Router,
+    patient: &str,
+    first: First,
+) {
+    a_patient_with_events(db, router, patient, 0).await;
+    let claimed = router.claim(&["acme"]).await;
+    let [enrollment] = &claimed[..] else {
+        panic!("the enrollment alone is claimed: {claimed:?}")
+    };
+    let delivered = ended(enrollment, DeliveryState::Delivered);
+    let tracker_event = db
+        .insert_event(VIEWED_TRACKER, &viewed_tracker_event(patient))
+        .await;
+    let tracker = Uuid::now_v7();
+    let routed = tracker_view_to_acme(tracker, tracker_event, patient);
+    let mut routing = router.another_connection().await;
+    let mut recording = router.another_connection().await;
+
+    let second_waited = match first {
+        First::Routing => {
+            let transaction = routing.transaction().await.expect("begin the routing");
+            queue::insert(&transaction, &[routed])
+                .await
+                .expect("route the tracker view");
+            let in_its_view: String = transaction
+                .query_one(
+                    "SELECT state FROM dispatcher.deliveries WHERE id = $1",
+                    &[&tracker],
+                )
+                .await
+                .expect("the tracker view")
+                .get(0);
+            assert_eq!(in_its_view, "waiting", "routed behind the enrollment");
+            let pid = backend_pid(&recording).await;
+            let record =
+                tokio::spawn(async move { queue::record(&mut recording, &[&delivered]).await });
+            let waited = db.blocked_before_done(pid, &record).await;
+            transaction.commit().await.expect("commit the routing");
+            let written = record.await.expect("the record's task").expect("record");
+            assert_eq!(written, [enrollment.id], "the 200 is recorded");
+            waited
+        }
+        First::Record => {
+            // `record` commits its own transaction: run inside one held open here, that
+            // commit only releases a savepoint, and its locks and write stay uncommitted.
+            let mut transaction = recording.transaction().await.expect("begin the record");
+            let written = queue::record(&mut transaction, &[&delivered])
+                .await
+                .expect("record");
+            assert_eq!(written, [enrollment.id], "the 200 is recorded");
+            let pid = backend_pid(&routing).await;
+            let route = tokio::spawn(async move {
+                let transaction = routing.transaction().await?;
+                queue::insert(&transaction, &[routed]).await?;
+                transaction.commit().await
+            });
+            let waited = db.blocked_before_done(pid, &route).await;
+            transaction.commit().await.expect("commit the record");
+            route
+                .await
+                .expect("the routing's task")
+                .expect("route the tracker view");
+            waited
+        }
+    };
+
+    let (later, earlier) = match first {
+        First::Routing => ("record", "routing"),
+        First::Record => ("routing", "record"),
+    };
+    let met = if second_waited {
+        "waited for"
+    } else {
+        "did not wait for"
+    };
+    assert_eq!(
+        states_of(db, patient).await,
+        ["delivered", "pending"],
+        "the {later} {met} the {earlier}'s locks; the tracker view must not be left waiting"
+    );
+    let claimed = router.claim(&["acme"]).await;
+    assert_eq!(
+        claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [tracker],
+        "the tracker view is due at once"
+    );
+    // Their meeting, as the skip's argument has it: whichever comes second sees the
+    // other's commit because it waited for it.
+    assert!(
+        second_waited,
+        "the {later} {met} the {earlier}'s locks on the enrollment"
+    );
+}
+
+/// The server process behind `client`, as `pg_stat_activity` names it.
+async fn backend_pid(client: &deadpool_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("the backend's pid")
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

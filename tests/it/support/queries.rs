@@ -212,6 +212,34 @@ impl TestDb {
     }
 }
 
+/// Races between two transactions, one of them spawned to run into the other's locks.
+impl TestDb {
+    /// Polls until the spawned `task` has finished (`false`), or the backend `pid` it runs
+    /// on waits for a lock another transaction holds (`true`); fails after a generous
+    /// deadline. Then the test ends the other transaction, knowing which way they met.
+    pub async fn blocked_before_done<T>(
+        &self,
+        pid: i32,
+        task: &tokio::task::JoinHandle<T>,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        let blocked = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+        );
+        while !task.is_finished() {
+            if self.count(&blocked).await == 1 {
+                return true;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "backend {pid} neither finished nor waited for a lock within 60s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
 impl TestDb {
     /// A page session for `actor` with `role` (viewer, support or operator), as a sign-in
     /// through the identity provider leaves it; returns the cookie's value.
