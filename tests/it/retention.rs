@@ -3,7 +3,7 @@
 //! what was erased and when.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 use dispatcher::config::Config;
@@ -410,28 +410,6 @@ async fn remove_hold(db: &TestDb) {
         .expect("remove the hold");
 }
 
-/// Waits until `task` has finished (`false`), or the backend `pid` waits for a lock
-/// another transaction holds (`true`).
-async fn blocked_before_done<T>(db: &TestDb, pid: i32, task: &tokio::task::JoinHandle<T>) -> bool {
-    let started = Instant::now();
-    while !task.is_finished() {
-        let blocked = db
-            .count(&format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
-            ))
-            .await;
-        if blocked == 1 {
-            return true;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "backend {pid} neither finished nor waited for a lock within 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn support_resending_while_retention_erases_the_body_never_strands_the_patient() {
     let acme = TestPartner::accepting("acme").await;
@@ -476,7 +454,7 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
         )
         .await
     });
-    let resend_waited = blocked_before_done(&db, support_pid, &resend).await;
+    let resend_waited = db.blocked_before_done(support_pid, &resend).await;
     release_outbox_updates(&db).await;
     let erased = erase.await.expect("erase task").expect("erase");
     let resent = resend.await.expect("resend task").expect("resend").resent;
