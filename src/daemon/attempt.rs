@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -20,13 +22,44 @@ use crate::delivery::ClaimedDelivery;
 use crate::observe::metrics::DeliveryLabels;
 use crate::observe::traces;
 
+use super::recorder::Finished;
 use super::slots::SendPermit;
 use super::Dispatcher;
 
 impl Dispatcher {
+    /// Starts the attempt at a delivery this daemon claimed (by a claim, or as the router
+    /// inserted it), as a task of `attempts`, which sends its resolution to the recorder.
+    /// `capacity` is held until that resolution is written; `send_permit` lets it go out
+    /// now (without one it is handed back unattempted).
+    pub(super) fn start_attempt(
+        self: &Arc<Self>,
+        attempts: &mut JoinSet<()>,
+        results: &mpsc::Sender<Finished>,
+        delivery: ClaimedDelivery,
+        capacity: OwnedSemaphorePermit,
+        send_permit: Option<SendPermit>,
+        claimed_at: Instant,
+    ) {
+        let dispatcher = self.clone();
+        let results = results.clone();
+        attempts.spawn(async move {
+            let labels = DeliveryLabels::of(&delivery);
+            let resolution = dispatcher
+                .attempt_delivery(&delivery, &labels, claimed_at, send_permit)
+                .await;
+            let _ = results
+                .send(Finished {
+                    resolution,
+                    labels,
+                    _capacity: capacity,
+                })
+                .await;
+        });
+    }
+
     /// One attempt, in its `attempt` span, logged and counted once resolved. Its numbers
     /// are recorded as i64: an exported span (`[telemetry]`) keeps those as integers.
-    pub(super) async fn attempt_delivery(
+    async fn attempt_delivery(
         &self,
         delivery: &ClaimedDelivery,
         labels: &DeliveryLabels,

@@ -12,7 +12,6 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::observe::metrics::DeliveryLabels;
 use crate::store::db::DbError;
 use crate::store::queue::{self, PartnerRoom};
 
@@ -81,25 +80,18 @@ impl Dispatcher {
         tracing::debug!(count = claimed.len(), "claimed deliveries");
         self.metrics.claimed(claimed.len());
         for delivery in claimed {
-            let Some(permit) = permits.pop() else { break };
+            let Some(capacity) = permits.pop() else { break };
             let send_permit = config
                 .partner(&delivery.partner)
                 .and_then(|partner| self.partner_slots.send_permit(partner, &self.breakers));
-            let dispatcher = self.clone();
-            let results = results.clone();
-            attempts.spawn(async move {
-                let labels = DeliveryLabels::of(&delivery);
-                let resolution = dispatcher
-                    .attempt_delivery(&delivery, &labels, claimed_at, send_permit)
-                    .await;
-                let _ = results
-                    .send(Finished {
-                        resolution,
-                        labels,
-                        _capacity: permit,
-                    })
-                    .await;
-            });
+            self.start_attempt(
+                attempts,
+                results,
+                delivery,
+                capacity,
+                send_permit,
+                claimed_at,
+            );
         }
         Ok(ClaimOutcome::Claimed)
     }

@@ -3,7 +3,8 @@
 //! with its own pool)
 //! and hands over to the [`Dispatcher`], which runs the loops that do the work, one file
 //! each:
-//! - `router`: fans new outbox events out into deliveries;
+//! - `router`: fans new outbox events out into deliveries, claiming as it inserts them
+//!   those it can send at once, and starts their attempts;
 //! - `claimer`: claims due deliveries in batches and starts one `attempt` task each;
 //! - `recorder`: writes the attempts' resolutions back in batches;
 //! - beside them, `pruner` erases and deletes what is past retention, `rescuer` returns
@@ -197,7 +198,7 @@ impl Dispatcher {
             self.wakeups.clone(),
             self.shutdown.clone(),
         ));
-        let router = tokio::spawn(self.clone().route_events());
+
         // Its own task, taking a pool connection per short batch: dispatch never waits on it.
         let pruner = tokio::spawn(pruner::run(
             self.pool.clone(),
@@ -218,13 +219,14 @@ impl Dispatcher {
         ));
         let (results, pending_results) = mpsc::channel(config.dispatch.concurrency);
         let recorder = tokio::spawn(self.clone().record_resolutions(pending_results));
+        let router = tokio::spawn(self.clone().route_events(results.clone()));
 
         self.clone().claim_deliveries(results).await;
 
-        // The claimer has dropped its sender once every attempt finished; the recorder
-        // drains what is left and stops.
-        let _ = recorder.await;
+        // The claimer and the router drop their senders once every attempt they started
+        // finished; the recorder drains what is left and stops.
         let _ = router.await;
+        let _ = recorder.await;
         let _ = pruner.await;
         let _ = statistics.await;
         let _ = rescuer.await;

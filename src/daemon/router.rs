@@ -1,5 +1,8 @@
 //! The router: fans new outbox events out into deliveries, one short transaction per
-//! batch (`store::outbox`), and wakes the claimer for them. A batch PostgreSQL refuses
+//! batch (`store::outbox`), and wakes the claimer for those it leaves pending. While it
+//! keeps up with the outbox, it claims as it inserts them the deliveries a claim would
+//! take at once, and starts their attempts itself (see `store::queue::SendNow`); in a
+//! burst (a full batch) it leaves them all to the claimer, in due order. A batch PostgreSQL refuses
 //! for what one of its events holds is routed again around that event, which ends
 //! `invalid` with the database's reason: no event holds up the ones after it. After a
 //! burst it asks for the deliveries' statistics to be refreshed (`statistics`, beside
@@ -17,15 +20,20 @@
 //! events after it by one poll at most.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::delivery::NewDelivery;
 use crate::store::db::{self, DbError};
 use crate::store::notify;
-use crate::store::outbox::{self, Routed};
+use crate::store::outbox::{self, Routed, RoutingRound};
 
+use super::recorder::Finished;
+use super::slots::Reservations;
 use super::Dispatcher;
 
 /// Outbox events routed per transaction.
@@ -84,7 +92,13 @@ impl Dispatcher {
     /// Routes until shutdown: at once while batches come back full, after [`BUSY_PAUSE`]
     /// while they come back partial, and when the outbox is empty, after a NOTIFY (sent
     /// only once this router said it waits) or the poll interval, the fallback for all.
-    pub(super) async fn route_events(self: Arc<Self>) {
+    ///
+    /// While it keeps up (its last batch was not full), it claims the deliveries it routes
+    /// that its daemon can send at once, and starts their attempts itself, each under
+    /// `results` like the claimer's; on shutdown it waits for them.
+    pub(super) async fn route_events(self: Arc<Self>, results: mpsc::Sender<Finished>) {
+        let mut attempts = JoinSet::new();
+        let mut keeping_up = true;
         let (mut burst, mut refresh_at) = (0, STATISTICS_AFTER);
         let mut flag = WakeupFlag {
             maybe_waiting: true,
@@ -94,14 +108,23 @@ impl Dispatcher {
         };
         while !self.shutdown.is_stopping() {
             let config = self.live.snapshot();
-            let routed = match self.route_batch(&config).await {
+            while attempts.try_join_next().is_some() {}
+            let round = match self
+                .route_batch(&config, keeping_up, &mut attempts, &results)
+                .await
+            {
                 Err(DbError::Query(error)) if db::refused_for_content(&error).is_some() => {
                     self.route_around_refusals(&config).await
                 }
-                routed => routed,
+                round => round,
             };
-            let next = match routed {
-                Ok(Routed::Events(count)) => {
+            let next = match round {
+                Ok(RoutingRound {
+                    routed: Routed::Events(count),
+                    pending,
+                    ..
+                }) => {
+                    keeping_up = count < ROUTE_BATCH;
                     burst += count;
                     if burst >= refresh_at {
                         // Its own task: the router never waits on an ANALYZE.
@@ -111,14 +134,17 @@ impl Dispatcher {
                     if count < ROUTE_BATCH {
                         (burst, refresh_at) = (0, STATISTICS_AFTER);
                     }
-                    self.after_routing(count, &mut flag).await
+                    self.after_routing(count, pending, &mut flag).await
                 }
                 // Another daemon routes and marks the flag waiting before it sleeps; marking
                 // it here would only make producers notify while that daemon is busy. But a
                 // daemon that owes the flag keeps looking: the other may be on its last look
                 // before sleeping, leaving this one's "busy" on the flag. So does one whose
                 // last look this was. The poll interval covers a daemon that dies while busy.
-                Ok(Routed::ByAnotherDaemon) => {
+                Ok(RoutingRound {
+                    routed: Routed::ByAnotherDaemon,
+                    ..
+                }) => {
                     if flag.last_look == LastLook::Due {
                         tracing::debug!("another daemon holds the routing lock at the last look before sleeping; looking again");
                         flag.last_look = LastLook::LockedOut;
@@ -154,15 +180,18 @@ impl Dispatcher {
                 }
             }
         }
+        while attempts.join_next().await.is_some() {}
     }
 
-    /// After a look that routed `count` events: busy while there were any, otherwise on
-    /// the way to sleep.
-    async fn after_routing(&self, count: usize, flag: &mut WakeupFlag) -> Next {
+    /// After a look that routed `count` events, leaving `pending` deliveries for a claim:
+    /// busy while there were any, otherwise on the way to sleep.
+    async fn after_routing(&self, count: usize, pending: usize, flag: &mut WakeupFlag) -> Next {
         flag.last_look = LastLook::Made;
+        if pending > 0 {
+            self.wakeups.deliveries.notify_one();
+        }
         if count > 0 {
             tracing::debug!(events = count, "routed");
-            self.wakeups.deliveries.notify_one();
             flag.owes_waiting = true;
             flag.mid_commit_pause = MID_COMMIT_PAUSE;
             if flag.maybe_waiting {
@@ -211,26 +240,90 @@ impl Dispatcher {
         }
     }
 
-    /// Routes up to [`ROUTE_BATCH`] events, in a `route` span.
-    async fn route_batch(&self, config: &Config) -> Result<Routed, DbError> {
-        let span = tracing::info_span!("route", events = tracing::field::Empty);
+    /// Routes up to [`ROUTE_BATCH`] events, in a `route` span. With `claim`, offers to
+    /// claim each delivery this daemon can send now (`Reservations`), and starts an
+    /// attempt for each the routing claimed.
+    async fn route_batch(
+        self: &Arc<Self>,
+        config: &Config,
+        claim: bool,
+        attempts: &mut JoinSet<()>,
+        results: &mpsc::Sender<Finished>,
+    ) -> Result<RoutingRound, DbError> {
+        let span = tracing::info_span!(
+            "route",
+            events = tracing::field::Empty,
+            deliveries_claimed = tracing::field::Empty
+        );
         async {
             let mut client = self.pool.get().await?;
-            let routed = outbox::route_new_events(&mut client, config, ROUTE_BATCH).await?;
-            if let Routed::Events(count) = routed {
+            let mut reservations = Reservations::default();
+            let mut offer =
+                |delivery: &NewDelivery| claim && self.reserve(config, &mut reservations, delivery);
+            // Taken before the transaction: the lease starts when the database begins it.
+            let claimed_at = Instant::now();
+            let mut round =
+                outbox::route_and_claim(&mut client, config, ROUTE_BATCH, &mut offer).await?;
+            drop(client);
+            if let Routed::Events(count) = round.routed {
                 let events = i64::try_from(count).unwrap_or(i64::MAX);
                 tracing::Span::current().record("events", events);
             }
-            Ok(routed)
+            if !round.claimed.is_empty() {
+                let claimed = i64::try_from(round.claimed.len()).unwrap_or(i64::MAX);
+                tracing::Span::current().record("deliveries_claimed", claimed);
+                self.metrics.claimed(round.claimed.len());
+            }
+            for delivery in std::mem::take(&mut round.claimed) {
+                // Only offered deliveries are claimed, and each offered one has its own.
+                let Some((capacity, send_permit)) = reservations.take(delivery.id) else {
+                    tracing::error!(delivery_id = %delivery.id,
+                        "claimed as routed without a reservation; its lease will return it");
+                    continue;
+                };
+                self.start_attempt(
+                    attempts,
+                    results,
+                    delivery,
+                    capacity,
+                    Some(send_permit),
+                    claimed_at,
+                );
+            }
+            Ok(round)
         }
         .instrument(span)
         .await
     }
 
+    /// Reserves what sending `delivery` at once takes: false when its partner is not
+    /// configured, or this daemon has no capacity or that partner no room now.
+    fn reserve(
+        &self,
+        config: &Config,
+        reservations: &mut Reservations,
+        delivery: &NewDelivery,
+    ) -> bool {
+        let Some(partner) = delivery
+            .partner
+            .as_deref()
+            .and_then(|name| config.partner(name))
+        else {
+            return false;
+        };
+        reservations.reserve(
+            delivery.id,
+            &self.capacity,
+            &self.partner_slots,
+            partner,
+            &self.breakers,
+        )
+    }
+
     /// Routes the batch PostgreSQL just refused around the events it refuses, in a
     /// `route` span: each of those ends `invalid` with the database's reason, logged with
     /// its id and counted.
-    async fn route_around_refusals(&self, config: &Config) -> Result<Routed, DbError> {
+    async fn route_around_refusals(&self, config: &Config) -> Result<RoutingRound, DbError> {
         let span = tracing::info_span!("route", events = tracing::field::Empty);
         async {
             let mut client = self.pool.get().await?;
@@ -246,7 +339,7 @@ impl Dispatcher {
                 let events = i64::try_from(count).unwrap_or(i64::MAX);
                 tracing::Span::current().record("events", events);
             }
-            Ok(around.routed)
+            Ok(around)
         }
         .instrument(span)
         .await

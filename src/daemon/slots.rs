@@ -1,12 +1,14 @@
 //! Per-partner `max_in_flight` slots, and the [`SendPermit`] that lets one claimed
 //! delivery go out now: a slot and its circuit breaker's admission, taken as the delivery
-//! is claimed, so no claimed delivery waits for its partner.
+//! is claimed, so no claimed delivery waits for its partner. The router takes them, with
+//! capacity, before it offers to claim what it routes ([`Reservations`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::Utc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
 
 use crate::config::Partner;
 use crate::delivery::breaker::{Admission, Breakers};
@@ -69,4 +71,40 @@ impl PartnerSlots {
 pub(super) struct SendPermit {
     _slot: OwnedSemaphorePermit,
     pub(super) admission: Admission,
+}
+
+/// What the router holds for each delivery it offers to claim as it routes it
+/// (`store::queue::SendNow`): capacity and a send permit, taken before the routing
+/// statement so that what it claims goes out at once. Dropped, whatever was not claimed
+/// is given back.
+#[derive(Default)]
+pub(super) struct Reservations {
+    by_delivery: HashMap<Uuid, (OwnedSemaphorePermit, SendPermit)>,
+}
+
+impl Reservations {
+    /// Reserves for `delivery` one of `capacity`'s permits and a send permit to
+    /// `partner`; false, with nothing kept, when either is not to be had now.
+    pub(super) fn reserve(
+        &mut self,
+        delivery: Uuid,
+        capacity: &Arc<Semaphore>,
+        slots: &PartnerSlots,
+        partner: &Partner,
+        breakers: &Arc<Breakers>,
+    ) -> bool {
+        let Ok(capacity) = capacity.clone().try_acquire_owned() else {
+            return false;
+        };
+        let Some(send) = slots.send_permit(partner, breakers) else {
+            return false;
+        };
+        self.by_delivery.insert(delivery, (capacity, send));
+        true
+    }
+
+    /// What was reserved for `delivery`, to send it with.
+    pub(super) fn take(&mut self, delivery: Uuid) -> Option<(OwnedSemaphorePermit, SendPermit)> {
+        self.by_delivery.remove(&delivery)
+    }
 }

@@ -9,82 +9,12 @@
 use std::time::Duration;
 
 use crate::support::*;
-use dispatcher::config::Config;
-use dispatcher::delivery::outcome::Resolution;
 use dispatcher::delivery::state::DeliveryState;
 use dispatcher::delivery::NewDelivery;
-use dispatcher::store::db;
-use dispatcher::store::outbox::{self, Routed};
-use dispatcher::store::queue::{self, PartnerRoom};
+use dispatcher::store::queue;
 use dispatcher::store::support::{self, Selection};
 use serde_json::Value;
 use uuid::Uuid;
-
-/// The daemon's side of a test database: its configuration and one of its connections.
-struct Router {
-    config: Config,
-    client: deadpool_postgres::Client,
-}
-
-impl Router {
-    async fn of(config: &TestConfig, db: &TestDb) -> Router {
-        let config = Config::parse(&config.text(db), "waiting", None, |_| None).expect("config");
-        let client = connection(&config).await;
-        Router { config, client }
-    }
-
-    /// Another connection as the daemon's pool gives it, e.g. for support's actions.
-    async fn another_connection(&self) -> deadpool_postgres::Client {
-        connection(&self.config).await
-    }
-
-    /// Routes every event written so far, with the router's own code.
-    async fn route(&mut self) {
-        while outbox::route_new_events(&mut self.client, &self.config, 1000)
-            .await
-            .expect("route")
-            != Routed::Events(0)
-        {}
-    }
-
-    /// One claim of up to 100 with room for 100 of each partner, committed.
-    async fn claim(&mut self, partners: &[&str]) -> Vec<dispatcher::delivery::ClaimedDelivery> {
-        queue::claim_due(
-            &mut self.client,
-            100,
-            Duration::from_secs(60),
-            &room(partners),
-        )
-        .await
-        .expect("claim")
-        .deliveries
-    }
-
-    /// Records that the claimed delivery ended in `state`.
-    async fn record(
-        &mut self,
-        claimed: &dispatcher::delivery::ClaimedDelivery,
-        state: DeliveryState,
-    ) {
-        let written = queue::record(&mut self.client, &[&ended(claimed, state)])
-            .await
-            .expect("record");
-        assert_eq!(written, [claimed.id], "the result is recorded");
-    }
-}
-
-/// The claimed delivery's result: it ended in `state`.
-fn ended(claimed: &dispatcher::delivery::ClaimedDelivery, state: DeliveryState) -> Resolution {
-    Resolution {
-        delivery_id: claimed.id,
-        claim_token: claimed.claim_token,
-        state,
-        due_in: None,
-        last_error: None,
-        attempt: None,
-        learned_external_id: None,
-    }
-}
 
 /// The delivery `id` of `patient`'s tracker view, the outbox event `event_id`, to acme, as
 /// the router routes it.
@@ -98,25 +28,6 @@ fn tracker_view_to_acme(id: Uuid, event_id: i64, patient: &str) -> NewDelivery {
         state: DeliveryState::Pending,
         last_error: None,
     }
-}
-
-/// A connection as the daemon's pool of `config` gives it.
-async fn connection(config: &Config) -> deadpool_postgres::Client {
-    db::pool(&config.database, config.database.pool_limits())
-        .expect("pool")
-        .get()
-        .await
-        .expect("a pooled connection")
-}
-
-fn room(partners: &[&str]) -> Vec<PartnerRoom> {
-    partners
-        .iter()
-        .map(|partner| PartnerRoom {
-            partner: partner.to_string(),
-            free: 100,
-        })
-        .collect()
 }
 
 /// `count` events (one per patient `prefix-1`..`prefix-count`) of `program`, written as
@@ -481,6 +392,7 @@ async fn a_resend_meeting_the_routing_of_a_later_event_still_sends_the_earlier_f
     queue::insert(
         &transaction,
         &[tracker_view_to_acme(tracker, tracker_event, "p")],
+        queue::SendNow::NONE,
     )
     .await
     .expect("route the tracker view");
@@ -562,7 +474,7 @@ async fn tracker_view_routed_while_the_enrollment_is_recorded(
     let second_waited = match first {
         First::Routing => {
             let transaction = routing.transaction().await.expect("begin the routing");
-            queue::insert(&transaction, &[routed])
+            queue::insert(&transaction, &[routed], queue::SendNow::NONE)
                 .await
                 .expect("route the tracker view");
             let in_its_view: String = transaction
@@ -594,7 +506,7 @@ async fn tracker_view_routed_while_the_enrollment_is_recorded(
             let pid = backend_pid(&routing).await;
             let route = tokio::spawn(async move {
                 let transaction = routing.transaction().await?;
-                queue::insert(&transaction, &[routed]).await?;
+                queue::insert(&transaction, &[routed], queue::SendNow::NONE).await?;
                 transaction.commit().await
             });
             let waited = db.blocked_before_done(pid, &route).await;

@@ -8,11 +8,14 @@
 use std::ops::Range;
 
 use deadpool_postgres::GenericClient;
+use uuid::Uuid;
 
 use crate::config::Config;
 use crate::delivery::routing::{self, UnroutedEvent};
-use crate::delivery::NewDelivery;
+use crate::delivery::state::DeliveryState;
+use crate::delivery::{ClaimedDelivery, NewDelivery};
 use crate::store::db::{refused_for_content, Refusal};
+use crate::store::queue::{Inserted, SendNow};
 use crate::store::{notify, queue};
 
 mod position;
@@ -27,12 +30,29 @@ pub enum Routed {
     ByAnotherDaemon,
 }
 
-/// What one call of [`route_new_events_around_refusals`] did: the events routed (the
-/// refused ones among them) and the ones PostgreSQL refused.
+/// What one routing transaction did: the events routed (any refused ones among them),
+/// the ones PostgreSQL refused, and what it left for a claim or claimed itself.
 #[derive(Debug)]
-pub struct RoutedAround {
+pub struct RoutingRound {
     pub routed: Routed,
+    /// Refused events, each ended `invalid` ([`route_new_events_around_refusals`] only).
     pub refused: Vec<RefusedEvent>,
+    /// Deliveries left `pending`: when none, no claimer needs waking.
+    pub pending: usize,
+    /// Claimed as they were inserted ([`route_and_claim`] only), to be sent now by the
+    /// daemon that offered them.
+    pub claimed: Vec<ClaimedDelivery>,
+}
+
+impl RoutingRound {
+    fn nothing(routed: Routed) -> RoutingRound {
+        RoutingRound {
+            routed,
+            refused: Vec::new(),
+            pending: 0,
+            claimed: Vec::new(),
+        }
+    }
 }
 
 /// An event whose deliveries PostgreSQL refused to store; it was ended `invalid` with the
@@ -43,28 +63,45 @@ pub struct RefusedEvent {
     pub reason: Refusal,
 }
 
-/// Fans out up to `limit` unrouted events into deliveries, inserted in one statement. A
-/// value in one of them that PostgreSQL refuses (see [`refused_for_content`]) fails the
-/// whole batch: then [`route_new_events_around_refusals`] routes it.
+/// Fans out up to `limit` unrouted events into deliveries, inserted in one statement, all
+/// left for a claim. A value in one of them that PostgreSQL refuses (see
+/// [`refused_for_content`]) fails the whole batch: then
+/// [`route_new_events_around_refusals`] routes it.
 pub async fn route_new_events(
     client: &mut deadpool_postgres::Client,
     config: &Config,
     limit: usize,
 ) -> Result<Routed, tokio_postgres::Error> {
-    let routed = route(client, config, limit, Refusals::FailTheBatch).await?;
-    Ok(routed.routed)
+    let round = route(client, config, limit, Refusals::FailTheBatch, &mut |_| {
+        false
+    })
+    .await?;
+    Ok(round.routed)
+}
+
+/// [`route_new_events`], claiming as it inserts them the deliveries `offer` says its
+/// daemon can send now and a claim would take at once (see [`queue::SendNow`]). The
+/// transaction then commits synchronously: they are sent on the strength of it.
+pub async fn route_and_claim(
+    client: &mut deadpool_postgres::Client,
+    config: &Config,
+    limit: usize,
+    offer: &mut (dyn FnMut(&NewDelivery) -> bool + Send),
+) -> Result<RoutingRound, tokio_postgres::Error> {
+    route(client, config, limit, Refusals::FailTheBatch, offer).await
 }
 
 /// Fans out the same events as [`route_new_events`], when PostgreSQL refused that batch
 /// for what it holds: finds the events whose deliveries it refuses and ends each
 /// `invalid` with the database's reason (SQLSTATE and message), and routes the others,
-/// in one transaction, so no event can hold up the ones after it.
+/// in one transaction, so no event can hold up the ones after it. All are left for a
+/// claim.
 pub async fn route_new_events_around_refusals(
     client: &mut deadpool_postgres::Client,
     config: &Config,
     limit: usize,
-) -> Result<RoutedAround, tokio_postgres::Error> {
-    route(client, config, limit, Refusals::EndTheEvent).await
+) -> Result<RoutingRound, tokio_postgres::Error> {
+    route(client, config, limit, Refusals::EndTheEvent, &mut |_| false).await
 }
 
 /// What routing does with an event whose deliveries PostgreSQL refuses.
@@ -81,28 +118,17 @@ async fn route(
     config: &Config,
     limit: usize,
     refusals: Refusals,
-) -> Result<RoutedAround, tokio_postgres::Error> {
-    let nothing = |routed| RoutedAround {
-        routed,
-        refused: Vec::new(),
-    };
+    offer: &mut (dyn FnMut(&NewDelivery) -> bool + Send),
+) -> Result<RoutingRound, tokio_postgres::Error> {
     let mut transaction = client.transaction().await?;
-    // Routing commits without waiting for its WAL flush: if the server crashes before
-    // the flush, the routing is lost whole, deliveries and the routing position together,
-    // and the events are routed again. Nothing is sent on the strength of it alone: a claim
-    // commits synchronously, which flushes the WAL up to it, this routing included. One
-    // flush less between an event's commit and its request.
-    transaction
-        .batch_execute("SET LOCAL synchronous_commit = off")
-        .await?;
     // The routing position's row lock is the routing lock: only one daemon routes at a
     // time, in order, so per-patient ordering holds across daemons.
     let Some(mut position) = Position::lock(&transaction).await? else {
-        return Ok(nothing(Routed::ByAnotherDaemon));
+        return Ok(RoutingRound::nothing(Routed::ByAnotherDaemon));
     };
     let rows = position.next_events(&transaction, limit).await?;
     if rows.is_empty() {
-        return Ok(nothing(Routed::Events(0)));
+        return Ok(RoutingRound::nothing(Routed::Events(0)));
     }
     let mut events = Vec::with_capacity(rows.len());
     let mut planned = Vec::with_capacity(rows.len());
@@ -121,21 +147,50 @@ async fn route(
         events.push(event);
     }
     starts.push(planned.len());
-    let refused = match refusals {
+    let (inserted, refused) = match refusals {
         Refusals::FailTheBatch => {
-            queue::insert(&transaction, &planned).await?;
-            Vec::new()
+            let offered: Vec<Uuid> = planned
+                .iter()
+                .filter(|delivery| delivery.state == DeliveryState::Pending && offer(delivery))
+                .map(|delivery| delivery.id)
+                .collect();
+            let send_now = SendNow {
+                offered: &offered,
+                claim_token: Uuid::new_v4(),
+                lease: config.dispatch.lease,
+            };
+            (
+                queue::insert(&transaction, &planned, send_now).await?,
+                Vec::new(),
+            )
         }
         Refusals::EndTheEvent => {
             insert_around_refusals(&mut transaction, &events, &planned, &starts).await?
         }
     };
     position.passed(&transaction, &rows).await?;
-    notify::notify_deliveries(&transaction).await?;
+    if inserted.pending > 0 {
+        notify::notify_deliveries(&transaction).await?;
+    }
+    if inserted.claimed.is_empty() {
+        // Nothing is sent on the strength of this routing alone, so it commits without
+        // waiting for its WAL flush: if the server crashes before the flush, the routing
+        // is lost whole, deliveries and the routing position together, and the events are
+        // routed again. A claim commits synchronously, which flushes the WAL up to it,
+        // this routing included. One flush less between an event's commit and its
+        // request. What it claimed itself is sent once it commits, so then it waits: a
+        // routing lost after its requests went out would be routed again under new
+        // delivery ids, and the partner would see the event twice under two webhook-ids.
+        transaction
+            .batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+    }
     transaction.commit().await?;
-    Ok(RoutedAround {
+    Ok(RoutingRound {
         routed: Routed::Events(rows.len()),
         refused,
+        pending: inserted.pending,
+        claimed: inserted.claimed,
     })
 }
 
@@ -151,7 +206,8 @@ async fn insert_around_refusals(
     events: &[UnroutedEvent],
     planned: &[NewDelivery],
     starts: &[usize],
-) -> Result<Vec<RefusedEvent>, tokio_postgres::Error> {
+) -> Result<(Inserted, Vec<RefusedEvent>), tokio_postgres::Error> {
+    let mut all = Inserted::default();
     let mut refused = Vec::new();
     // A stack of ranges of events, the earliest on top.
     let mut parts: Vec<Range<usize>> = Vec::new();
@@ -159,10 +215,12 @@ async fn insert_around_refusals(
     while let Some(part) = parts.pop() {
         let savepoint = transaction.savepoint("route_part").await?;
         let deliveries = &planned[starts[part.start]..starts[part.end]];
-        let inserted = queue::insert(&savepoint, deliveries).await;
+        let inserted = queue::insert(&savepoint, deliveries, SendNow::NONE).await;
         let reason = match inserted {
-            Ok(_) => {
+            Ok(inserted) => {
                 savepoint.commit().await?;
+                all.count += inserted.count;
+                all.pending += inserted.pending;
                 continue;
             }
             Err(error) => match refused_for_content(&error) {
@@ -178,13 +236,16 @@ async fn insert_around_refusals(
             continue;
         }
         let event = &events[part.start];
-        queue::insert(&*transaction, &[routing::refused(event, &reason)]).await?;
+        let invalid = [routing::refused(event, &reason)];
+        all.count += queue::insert(&*transaction, &invalid, SendNow::NONE)
+            .await?
+            .count;
         refused.push(RefusedEvent {
             event_id: event.id,
             reason,
         });
     }
-    Ok(refused)
+    Ok((all, refused))
 }
 
 /// Marks events for routing again, e.g. after a partner for their program was added.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::wait_from_seconds;
@@ -182,33 +183,23 @@ pub async fn claim_due(
     };
     let mut gone = Vec::new();
     for row in &rows {
+        if let Some(event) = row.get::<_, Option<String>>("event") {
+            claim.deliveries.push(claimed(row, claim_token, event));
+            continue;
+        }
         let id: Uuid = row.get("id");
         let event_id: i64 = row.get("event_id");
         let partner: String = row.get("partner");
-        let Some(event) = row.get::<_, Option<String>>("event") else {
-            tracing::warn!(delivery_id = %id, event_id, %partner,
+        tracing::warn!(delivery_id = %id, event_id, %partner,
                 "the event body was erased while it waited to be sent; ended the delivery dead");
-            gone.push(Resolution {
-                delivery_id: id,
-                claim_token,
-                state: DeliveryState::Dead,
-                due_in: None,
-                last_error: Some(BODY_ERASED.to_string()),
-                attempt: None,
-                learned_external_id: None,
-            });
-            continue;
-        };
-        claim.deliveries.push(ClaimedDelivery {
-            id,
+        gone.push(Resolution {
+            delivery_id: id,
             claim_token,
-            event_id,
-            partner,
-            event_name: row.get("event_name"),
-            attempts_used: u32::try_from(row.get::<_, i32>("attempts_used")).unwrap_or(0),
-            event,
-            external_id: row.get("external_id"),
-            traceparent: row.get("traceparent"),
+            state: DeliveryState::Dead,
+            due_in: None,
+            last_error: Some(BODY_ERASED.to_string()),
+            attempt: None,
+            learned_external_id: None,
         });
     }
     if !gone.is_empty() {
@@ -216,6 +207,23 @@ pub async fn claim_due(
         claim.ended_without_body = super::record(client, &gone).await?.len();
     }
     Ok(claim)
+}
+
+/// A claimed delivery from a row of the claim's columns (`id`, `event_id`, `partner`,
+/// `event_name`, `attempts_used`, `external_id`, `traceparent`) and its event's body. The
+/// claim and routing's claim as it inserts (`insert`) return the same columns.
+pub(super) fn claimed(row: &Row, claim_token: Uuid, event: String) -> ClaimedDelivery {
+    ClaimedDelivery {
+        id: row.get("id"),
+        claim_token,
+        event_id: row.get("event_id"),
+        partner: row.get("partner"),
+        event_name: row.get("event_name"),
+        attempts_used: u32::try_from(row.get::<_, i32>("attempts_used")).unwrap_or(0),
+        event,
+        external_id: row.get("external_id"),
+        traceparent: row.get("traceparent"),
+    }
 }
 
 /// What one [`claim_due`] did.

@@ -11,7 +11,7 @@ use deadpool_postgres::GenericClient;
 
 use uuid::Uuid;
 
-use crate::delivery::NewDelivery;
+use crate::delivery::{ClaimedDelivery, NewDelivery};
 
 /// The partners that have pending deliveries, found by skipping through
 /// `deliveries_pending` one partner at a time (a loose index scan): a few index probes
@@ -45,25 +45,69 @@ pub use plan::{explain_claim_due, refresh_statistics};
 pub use record::record;
 pub use rescue::{rescue_expired, until_next_lease_end, ExpiredLease};
 
+/// The deliveries a routing transaction may claim for its own daemon as it inserts them:
+/// `offered` (the ones its daemon holds a slot and capacity for), under `claim_token`
+/// for `lease`.
+///
+/// A delivery claimed as it is inserted is written once, `in_flight`, instead of
+/// inserted `pending` and updated by a claim: one write of the wide row and of its index
+/// entries less, and one commit less between the event's commit and its request. So only
+/// where a claim would have taken it at once and nothing else: it is first in its
+/// patient's order (nothing else unfinished with its partner, none beside it in the
+/// batch), and its partner has no delivery already due, which a claim takes first, in
+/// due order. Anything else is inserted as [`insert`] says, for a claim to take.
+#[derive(Debug, Clone, Copy)]
+pub struct SendNow<'a> {
+    pub offered: &'a [Uuid],
+    pub claim_token: Uuid,
+    pub lease: Duration,
+}
+
+impl SendNow<'_> {
+    /// Nothing is offered: every delivery is left for a claim.
+    pub const NONE: SendNow<'static> = SendNow {
+        offered: &[],
+        claim_token: Uuid::nil(),
+        lease: Duration::ZERO,
+    };
+}
+
+/// What one [`insert`] did.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// Deliveries inserted; an (event, partner) pair that already had one is skipped.
+    pub count: u64,
+    /// Deliveries left `pending` for a claim, the inserted ones and any a late event's
+    /// order made pending again: when none, there is nothing to wake a claimer for.
+    pub pending: usize,
+    /// Claimed as they were inserted ([`SendNow`]): to be sent now, by the daemon that
+    /// offered them, once the transaction has committed.
+    pub claimed: Vec<ClaimedDelivery>,
+}
+
 /// Inserts routed deliveries; an (event, partner) pair that already has one is skipped.
 /// One behind an unfinished earlier event of its patient to its partner (routed before, or
 /// in this same batch) is inserted `waiting`; one of an event routed late (a producer's
 /// transaction that committed after later ones, or an unrouted event routed again) makes
 /// the pending ones behind it wait. The insert's own look decides in the common case; the
 /// locks and `settle` that follow correct what a transaction committing meanwhile
-/// changed (see `order.rs`). The caller's transaction holds it all.
+/// changed (see `order.rs`). The caller's transaction holds it all. Of the deliveries
+/// `send_now` offers, those a claim would take at once are inserted claimed.
 ///
 /// Only a delivery whose patient has another unfinished delivery to its partner, in the
 /// insert's view or in this batch, goes through the locks and `settle`: for any other the
 /// locks would hold nothing but itself, unseen by other transactions until commit, and
 /// `settle` would change nothing. (The one thing a later look could see is a resend of an
-/// earlier event committing meanwhile: the race `order.rs` leaves to the claim.) In a
-/// burst of new patients, that is every delivery: the locks and settle of 1,000-delivery
-/// batches were a tenth of PostgreSQL's work in the `drain` bench.
+/// earlier event committing meanwhile: the race `order.rs` leaves to the claim. Against
+/// a delivery claimed here, it is what a resend of an earlier event does against any
+/// later one already in flight: both go out.) In a burst of new patients, that is every
+/// delivery: the locks and settle of 1,000-delivery batches were a tenth of PostgreSQL's
+/// work in the `drain` bench.
 pub async fn insert(
     client: &impl GenericClient,
     deliveries: &[NewDelivery],
-) -> Result<u64, tokio_postgres::Error> {
+    send_now: SendNow<'_>,
+) -> Result<Inserted, tokio_postgres::Error> {
     let mut ids = Vec::with_capacity(deliveries.len());
     let mut event_ids = Vec::with_capacity(deliveries.len());
     let mut partners = Vec::with_capacity(deliveries.len());
@@ -123,20 +167,58 @@ pub async fn insert(
                      LIMIT 1
                  ) AS ahead ON true
              ),
+             -- The offered partners with deliveries already due: a claim takes those
+             -- first, so new ones of theirs wait their turn (one probe of
+             -- `deliveries_pending` each).
+             queued AS (
+                 SELECT listed.partner
+                 FROM (SELECT DISTINCT partner FROM new WHERE id = ANY($8)) AS listed
+                 WHERE EXISTS (
+                     SELECT 1 FROM dispatcher.deliveries due
+                     WHERE due.partner = listed.partner AND due.state = 'pending'
+                       AND due.due_at <= now())
+             ),
+             -- Claimed as inserted: offered, first in its patient's order, its partner with
+             -- nothing due before it, and its event's body there to send (read in this
+             -- statement's snapshot, which the final select reads it from too).
+             placed AS (
+                 SELECT seen.*, body.event AS body, body.traceparent,
+                        body.event IS NOT NULL AS claimed
+                 FROM seen
+                 LEFT JOIN LATERAL (
+                     SELECT o.event::text AS event, o.traceparent
+                     FROM dispatcher.outbox o
+                     WHERE seen.id = ANY($8) AND seen.state = 'pending' AND NOT seen.in_order
+                       AND NOT EXISTS (SELECT 1 FROM queued WHERE queued.partner = seen.partner)
+                       AND o.id = seen.event_id
+                 ) AS body ON true
+             ),
              inserted AS (
                  INSERT INTO dispatcher.deliveries
-                     (id, event_id, partner, event_name, patient_id, state, last_error, due_at, ended_at)
+                     (id, event_id, partner, event_name, patient_id, state, last_error,
+                      due_at, ended_at, claim_token)
                  SELECT id, event_id, partner, event_name, patient_id,
-                        CASE WHEN behind THEN 'waiting' ELSE state END,
+                        CASE WHEN behind THEN 'waiting'
+                             WHEN claimed THEN 'in_flight'
+                             ELSE state END,
                         last_error,
-                        CASE WHEN state = 'pending' THEN now() END,
-                        CASE WHEN state = 'pending' THEN NULL ELSE now() END
-                 FROM seen
+                        CASE WHEN claimed THEN now() + make_interval(secs => $9)
+                             WHEN state = 'pending' THEN now() END,
+                        CASE WHEN state = 'pending' THEN NULL ELSE now() END,
+                        CASE WHEN claimed THEN $10::uuid END
+                 FROM placed
                  ON CONFLICT (event_id, partner) DO NOTHING
-                 RETURNING id
+                 RETURNING id, state
              )
-             SELECT inserted.id, seen.in_order
-             FROM inserted JOIN seen ON seen.id = inserted.id",
+             SELECT inserted.id, inserted.state, placed.in_order,
+                    placed.event_id, placed.partner, placed.event_name, 0 AS attempts_used,
+                    placed.body AS event, placed.traceparent,
+                    CASE WHEN inserted.state = 'in_flight' THEN
+                        (SELECT known.external_id FROM dispatcher.partner_patients known
+                         WHERE known.partner = placed.partner
+                           AND known.patient_id = placed.patient_id)
+                    END AS external_id
+             FROM inserted JOIN placed ON placed.id = inserted.id",
     )
     .await?;
     let rows = client
@@ -150,17 +232,35 @@ pub async fn insert(
                 &patient_ids,
                 &states,
                 &errors,
+                &send_now.offered,
+                &send_now.lease.as_secs_f64(),
+                &send_now.claim_token,
             ],
         )
         .await?;
-    let in_order: Vec<Uuid> = rows
-        .iter()
-        .filter(|row| row.get::<_, bool>("in_order"))
-        .map(|row| row.get("id"))
-        .collect();
+    let mut inserted = Inserted {
+        count: u64::try_from(rows.len()).unwrap_or(u64::MAX),
+        ..Inserted::default()
+    };
+    let mut in_order = Vec::new();
+    for row in &rows {
+        match row.get::<_, &str>("state") {
+            "in_flight" => {
+                if let Some(event) = row.get::<_, Option<String>>("event") {
+                    let delivery = claim::claimed(row, send_now.claim_token, event);
+                    inserted.claimed.push(delivery);
+                }
+            }
+            "pending" => inserted.pending += 1,
+            _ => {}
+        }
+        if row.get::<_, bool>("in_order") {
+            in_order.push(row.get("id"));
+        }
+    }
     order::lock_patients(client, &in_order).await?;
-    order::settle(client, &in_order).await?;
-    Ok(u64::try_from(rows.len()).unwrap_or(u64::MAX))
+    inserted.pending += order::settle(client, &in_order).await?.len();
+    Ok(inserted)
 }
 
 /// One partner's unfinished deliveries, as the metrics report them.

@@ -3,7 +3,7 @@
 //!
 //! `db` and `queries` hold the database and the questions tests ask it, `partner` the
 //! partners, `config` the file the daemon reads, `daemon` the binary, `admin` its admin
-//! server; `cluster`, `tls` and `raw` serve the tests of outages, certificates and
+//! server; `router` plays the daemon's steps one at a time; `cluster`, `tls` and `raw` serve the tests of outages, certificates and
 //! hostile answers. This file holds the contract's constants and example events.
 
 mod admin;
@@ -14,6 +14,7 @@ mod db;
 mod partner;
 mod queries;
 pub mod raw;
+mod router;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ pub use daemon::{dispatcher, finish, Daemon, Output};
 pub use db::TestDb;
 pub use partner::{per_webhook_id, Received, Reply, TestPartner, ALREADY_ENROLLED};
 pub use queries::{Deliveries, OutboxListener};
+pub use router::{ended, room, Router};
 
 pub const PROGRAM: &str = "78ef982b-00ea-39c2-a875-f549c40e92ad";
 /// A second support program, for a partner that serves only it.
