@@ -191,6 +191,9 @@ pub async fn insert(
                      WHERE seen.id = ANY($8) AND seen.state = 'pending' AND NOT seen.in_order
                        AND NOT EXISTS (SELECT 1 FROM queued WHERE queued.partner = seen.partner)
                        AND o.id = seen.event_id
+                     -- A lookup per offered delivery: joined, the plan read and hashed
+                     -- the whole outbox for a batch that offered none.
+                     OFFSET 0
                  ) AS body ON true
              ),
              inserted AS (
