@@ -169,14 +169,16 @@ pub async fn insert(
              ),
              -- The offered partners with deliveries already due: a claim takes those
              -- first, so new ones of theirs wait their turn (one probe of
-             -- `deliveries_pending` each).
-             queued AS (
+             -- `deliveries_pending` each). Once per statement: inlined, it ran again for
+             -- every offered delivery, over the whole batch.
+             queued AS MATERIALIZED (
                  SELECT listed.partner
                  FROM (SELECT DISTINCT partner FROM new WHERE id = ANY($8)) AS listed
                  WHERE EXISTS (
                      SELECT 1 FROM dispatcher.deliveries due
                      WHERE due.partner = listed.partner AND due.state = 'pending'
-                       AND due.due_at <= now())
+                       AND due.due_at <= now()
+                     ORDER BY due.due_at)
              ),
              -- Claimed as inserted: offered, first in its patient's order, its partner with
              -- nothing due before it, and its event's body there to send (read in this
