@@ -88,7 +88,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             .context("installing the SIGHUP handler")?,
     );
     let database = &live.snapshot().database;
-    let pool = db::pool(database, database.pool_limits())?;
+    let pool = db::daemon_pool(database)?;
     let client = tokio::select! {
         client = pool.get() => client
             .map_err(db::DbError::from)

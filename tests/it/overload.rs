@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use dispatcher::config::Config;
+use dispatcher::delivery::state::DeliveryState;
 use dispatcher::store::db;
 use dispatcher::store::queue::{self, PartnerRoom};
 use dispatcher::store::support;
@@ -253,6 +254,15 @@ async fn claim_read(
 /// partner's due `overdue` ago, then ANALYZE. Events are the contract's enrollment, one
 /// patient each.
 async fn seed_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
+    insert_due_deliveries(db, backlogs).await;
+    db.client
+        .batch_execute("ANALYZE dispatcher.deliveries")
+        .await
+        .expect("analyze");
+}
+
+/// [`seed_due_deliveries`] without the ANALYZE: the plans made before stay.
+async fn insert_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
     for (partner, count, overdue) in backlogs {
         db.client
             .execute(
@@ -279,17 +289,13 @@ async fn seed_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
             .await
             .expect("seed due deliveries");
     }
-    db.client
-        .batch_execute("ANALYZE dispatcher.deliveries")
-        .await
-        .expect("analyze");
 }
 
 /// A pooled connection of the daemon's own kind (its session settings and statement
 /// cache), for its claim's SQL.
 async fn daemon_connection(config: &TestConfig, db: &TestDb) -> deadpool_postgres::Client {
     let loaded = Config::parse(&config.text(db), "overload", None, |_| None).expect("config");
-    db::pool(&loaded.database, loaded.database.pool_limits())
+    db::daemon_pool(&loaded.database)
         .expect("pool")
         .get()
         .await
@@ -343,6 +349,15 @@ async fn a_partner_held_with_a_long_backlog_is_not_walked_by_the_claims_for_the_
 /// each with its event, delivered a month ago, then ANALYZE. Their ids are earlier than
 /// any delivery routed since, as the time-ordered ids the router makes are.
 async fn seed_ended_deliveries(db: &TestDb, partner: &str, count: i64) {
+    insert_ended_deliveries(db, partner, count).await;
+    db.client
+        .batch_execute("ANALYZE dispatcher.deliveries")
+        .await
+        .expect("analyze");
+}
+
+/// [`seed_ended_deliveries`] without the ANALYZE: the plans made before stay.
+async fn insert_ended_deliveries(db: &TestDb, partner: &str, count: i64) {
     db.client
         .execute(
             "WITH events AS (
@@ -363,10 +378,6 @@ async fn seed_ended_deliveries(db: &TestDb, partner: &str, count: i64) {
         )
         .await
         .expect("seed ended deliveries");
-    db.client
-        .batch_execute("ANALYZE dispatcher.deliveries")
-        .await
-        .expect("analyze");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -390,6 +401,50 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
         read < HISTORY / 10,
         "a claim of 100 read {read} rows and index entries of the deliveries: it walked \
          the backlog ({BACKLOG}) or the history ({HISTORY})"
+    );
+}
+
+/// A partner's 200 recorded a month into a stream of new patients, beside another
+/// partner's backlog, reads that patient's deliveries, not the month or the backlog. The
+/// statement that locks a patient's order found the rows to lock by joins; its generic
+/// plan, made while the table was small (a daemon started on a new database) and kept
+/// while the table grew, read every delivery, or every unfinished one, at each record:
+/// half of PostgreSQL's time in the `stream-1000` bench.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_recorded_beside_a_month_of_history_reads_its_patients_deliveries() {
+    const HISTORY: i64 = 30_000;
+    const BACKLOG: i64 = 30_000;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+    // Each statement planned once and the plan kept, as PostgreSQL comes to do with a
+    // daemon's prepared statements.
+    router
+        .client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .expect("generic plans");
+    db.insert_event(ENROLLMENT, &enrollment_event("first"))
+        .await;
+    let first = router.route_and_claim().await.claimed;
+    router.record(&first[0], DeliveryState::Delivered).await;
+    // The month that follows, and a held partner's backlog, with no ANALYZE since: the
+    // plans made above stay.
+    insert_ended_deliveries(&db, "acme", HISTORY).await;
+    insert_due_deliveries(&db, &[("held", BACKLOG, Duration::from_secs(3600))]).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("today"))
+        .await;
+    let today = router.route_and_claim().await.claimed;
+    assert_eq!(today.len(), 1);
+
+    let before = delivery_entries_read(&db).await;
+    router.record(&today[0], DeliveryState::Delivered).await;
+    let read = entries_read_since(&db, &router.client, before).await;
+    assert!(
+        read < HISTORY / 10,
+        "recording one result read {read} rows and index entries of the deliveries: it \
+         walked the history ({HISTORY}) or the backlog ({BACKLOG})"
     );
 }
 

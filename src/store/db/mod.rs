@@ -195,6 +195,9 @@ pub(crate) const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 ///   runs in 3-5; every statement here is short, so JIT never pays for itself.
 const SESSION_SETTINGS: &str = "-c statement_timeout=60s -c jit=off";
 
+/// The daemon's connections' settings beside those (see [`daemon_pool`]).
+const DAEMON_SETTINGS: &str = "-c enable_seqscan=off";
+
 /// A connection of its own, outside the pool (the LISTEN one): what must be driven for
 /// its client's statements to complete, and what its notifications arrive on.
 pub type ListenConnection =
@@ -255,7 +258,27 @@ pub async fn on_client_mut<T, E: Into<DbError>>(
 
 /// A pool for every statement but LISTEN: the daemon's, or the admin server's own.
 pub fn pool(database: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbError> {
-    builder(database, limits)?
+    builder(database, limits, "")?
+        .build()
+        .map_err(|error| DbError::Pool(error.to_string()))
+}
+
+/// The daemon's own pool: [`pool`] with its limits, whose connections plan without
+/// sequential scans wherever an index serves.
+///
+/// The daemon's statements are prepared once per connection, and PostgreSQL soon runs
+/// each on a generic plan, made from the table as it was then and kept until the next
+/// ANALYZE of it. Made beside a small table (a daemon started on a new database, a stream
+/// of new patients that never triggers the router's ANALYZE), that plan reads the table
+/// whole to find a few rows by id, and goes on doing so as the table grows: the record's
+/// lock of a patient's order read every delivery ever made at each result, half of
+/// PostgreSQL's time in the `stream-1000` bench. Every statement the daemon runs finds its
+/// rows by an index by design (`tests/it/overload.rs` holds the claim and the record to
+/// it), so its connections leave the planner no sequential scan where an index serves.
+/// Support's and the commands' pools plan as PostgreSQL chooses: their questions are not
+/// all index-shaped.
+pub fn daemon_pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
+    builder(database, database.pool_limits(), DAEMON_SETTINGS)?
         .build()
         .map_err(|error| DbError::Pool(error.to_string()))
 }
@@ -268,7 +291,7 @@ pub(crate) const NOT_A_STANDBY: &str = "it is not in recovery, so not a standby 
 /// is refused as it opens, so nothing is read from it as if it were a copy of the primary.
 pub fn standby_pool(standby: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbError> {
     use deadpool_postgres::{Hook, HookError};
-    builder(standby, limits)?
+    builder(standby, limits, "")?
         .post_create(Hook::async_fn(|client, _| {
             Box::pin(async move {
                 let row = client
@@ -285,14 +308,16 @@ pub fn standby_pool(standby: &DatabaseConfig, limits: PoolLimits) -> Result<Pool
         .map_err(|error| DbError::Pool(error.to_string()))
 }
 
+/// A pool's builder: `limits`, and `settings` (`-c name=value ...`) after the session's.
 fn builder(
     database: &DatabaseConfig,
     limits: PoolLimits,
+    settings: &str,
 ) -> Result<deadpool_postgres::PoolBuilder, DbError> {
     let ConnectionConfig { mut postgres, tls } = connection_config(database)?;
     // After the session settings, so this pool's own timeout is the one that holds.
     let options = format!(
-        "{} -c statement_timeout={}ms",
+        "{} -c statement_timeout={}ms {settings}",
         postgres.get_options().unwrap_or_default(),
         limits.statement_timeout.as_millis()
     );

@@ -60,21 +60,27 @@ pub(crate) async fn lock(
                  SELECT DISTINCT partner, patient_id FROM dispatcher.deliveries
                  WHERE id = ANY($2) AND partner IS NOT NULL AND patient_id IS NOT NULL
              ),
+             -- Each patient's unfinished deliveries read on the order's two indexes, a
+             -- lookup per patient (`OFFSET 0`), and the rows to lock then found by id:
+             -- joined, the statement's generic plan, made while the table was small,
+             -- read every delivery (and every unfinished one) at each call.
              targets AS (
-                 SELECT id FROM dispatcher.deliveries WHERE id = ANY($1)
+                 SELECT unnest($1::uuid[]) AS id
                  UNION
-                 SELECT d.id FROM patients p
-                 JOIN dispatcher.deliveries d
-                   ON d.partner = p.partner AND d.patient_id = p.patient_id
-                 WHERE d.state IN ('pending', 'in_flight')
-                 UNION
-                 SELECT d.id FROM patients p
-                 JOIN dispatcher.deliveries d
-                   ON d.partner = p.partner AND d.patient_id = p.patient_id
-                 WHERE d.state = 'waiting'
+                 SELECT u.id FROM patients p CROSS JOIN LATERAL (
+                     (SELECT d.id FROM dispatcher.deliveries d
+                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
+                        AND d.state IN ('pending', 'in_flight')
+                      OFFSET 0)
+                     UNION ALL
+                     (SELECT d.id FROM dispatcher.deliveries d
+                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
+                        AND d.state = 'waiting'
+                      OFFSET 0)
+                 ) AS u
              )
              SELECT d.id FROM dispatcher.deliveries d
-             JOIN targets ON targets.id = d.id
+             WHERE d.id = ANY(ARRAY(SELECT targets.id FROM targets))
              ORDER BY d.id
              FOR NO KEY UPDATE OF d",
         )
@@ -124,15 +130,17 @@ pub(crate) async fn settle(
                  ) AS u
              ),
              moved AS (
-                 SELECT id, CASE state WHEN 'pending' THEN 'waiting' ELSE 'pending' END AS state
-                 FROM unfinished
+                 SELECT id FROM unfinished
                  WHERE (state = 'pending' AND behind)
                     OR (state = 'waiting' AND first_of_its_state AND NOT behind)
              )
+             -- Each moves to the other state: pending waits, waiting is pending again.
+             -- Found by id (a join left the generic plan free to read the whole table);
+             -- their states cannot change meanwhile, under `lock_patients`.
              UPDATE dispatcher.deliveries d
-             SET state = moved.state, due_at = COALESCE(d.due_at, now())
-             FROM moved
-             WHERE d.id = moved.id
+             SET state = CASE d.state WHEN 'pending' THEN 'waiting' ELSE 'pending' END,
+                 due_at = COALESCE(d.due_at, now())
+             WHERE d.id = ANY(ARRAY(SELECT moved.id FROM moved))
              RETURNING d.id, d.state",
         )
         .await?;

@@ -86,7 +86,7 @@ pub fn ended(claimed: &ClaimedDelivery, state: DeliveryState) -> Resolution {
 
 /// A connection as the daemon's pool of `config` gives it.
 async fn connection(config: &Config) -> deadpool_postgres::Client {
-    db::pool(&config.database, config.database.pool_limits())
+    db::daemon_pool(&config.database)
         .expect("pool")
         .get()
         .await
