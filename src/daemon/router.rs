@@ -2,11 +2,12 @@
 //! batch (`store::outbox`), and wakes the claimer for those it leaves pending. While it
 //! keeps up with the outbox, it claims as it inserts them the deliveries a claim would
 //! take at once, and starts their attempts itself (see `store::queue::SendNow`); in a
-//! burst (a full batch) it leaves them all to the claimer, in due order. A batch PostgreSQL refuses
-//! for what one of its events holds is routed again around that event, which ends
-//! `invalid` with the database's reason: no event holds up the ones after it. After a
-//! burst it asks for the deliveries' statistics to be refreshed (`statistics`, beside
-//! it), so the claim's plan keeps up with the backlog; it never waits for that.
+//! burst (a full batch) it leaves them all to the claimer, in due order. A batch
+//! PostgreSQL refuses for what one of its events holds is routed again around that
+//! event, which ends `invalid` with the database's reason: no event holds up the ones
+//! after it. After a burst it asks for the deliveries' statistics to be refreshed
+//! (`statistics`, beside it), so the claim's plan keeps up with the backlog; it never
+//! waits for that.
 //!
 //! It also keeps the outbox's wake-up flag (`store::notify`): while it routes it looks
 //! again by itself and producers send no NOTIFY; only when it finds nothing does it mark
