@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 
 use crate::daemon::PartnerSite;
 use crate::report::{Metric, Target};
-use crate::scenarios::{second_to_first, Arrivals, Bench, Until};
+use crate::scenarios::{Arrivals, Bench, Legs, Until};
 
 /// The held partner: never reached, its circuit open for the whole run.
 const HELD: &str = "held";
@@ -32,9 +32,7 @@ impl Bench {
                 max_in_flight: None,
             },
         ];
-        let mut metrics = Vec::new();
-        let mut rates = Vec::new();
-        let mut claims = Vec::new();
+        let mut legs = Legs::default();
         for (label, backlog) in [("alone", 0), ("with_held", self.sizes.held_backlog)] {
             let setup = self.setup(&format!("held-{label}"), &partners, "").await?;
             if backlog > 0 {
@@ -67,22 +65,17 @@ impl Bench {
                      deliveries still pending: its circuit did not hold"
                 );
             }
-            metrics.extend(outcome.metrics(label));
-            metrics.push(Metric::new(
+            legs.ran(label, &outcome);
+            legs.push(Metric::new(
                 format!("{label}.held_backlog_rows"),
                 "",
                 backlog as f64,
             ));
-            rates.push(outcome.per_second());
-            claims.push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
         }
-        metrics.extend(second_to_first(
+        Ok(legs.second_to_first(
             "with_held_to_alone",
             "with_held_to_alone_claim_time",
             Target::AtLeast(0.9),
-            &rates,
-            &claims,
-        ));
-        Ok(metrics)
+        ))
     }
 }

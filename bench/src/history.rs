@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::report::{Metric, Target};
-use crate::scenarios::{second_to_first, Arrivals, Bench, Until};
+use crate::scenarios::{Arrivals, Bench, Legs, Until};
 
 /// The partner the history was delivered to.
 const ARCHIVED: &str = "archived";
@@ -24,9 +24,7 @@ impl Bench {
     pub(crate) async fn history(&self) -> Result<Vec<Metric>> {
         let backlog = self.sizes.history_backlog;
         let partners = [self.fast_partner()];
-        let mut metrics = Vec::new();
-        let mut rates = Vec::new();
-        let mut claims = Vec::new();
+        let mut legs = Legs::default();
         for (label, history) in [("alone", 0), ("with_history", self.sizes.history_rows)] {
             let setup = self
                 .setup(&format!("history-{label}"), &partners, "")
@@ -52,22 +50,17 @@ impl Bench {
                 )
                 .await?;
             self.finish(setup).await?;
-            metrics.extend(outcome.metrics(label));
-            metrics.push(Metric::new(
+            legs.ran(label, &outcome);
+            legs.push(Metric::new(
                 format!("{label}.history_rows"),
                 "",
                 history as f64,
             ));
-            rates.push(outcome.per_second());
-            claims.push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
         }
-        metrics.extend(second_to_first(
+        Ok(legs.second_to_first(
             "with_history_to_alone",
             "with_history_to_alone_claim_time",
             Target::AtLeast(0.9),
-            &rates,
-            &claims,
-        ));
-        Ok(metrics)
+        ))
     }
 }

@@ -346,27 +346,51 @@ pub(crate) struct RunOutcome {
     wal_bytes: i64,
 }
 
-/// WAL bytes per delivery, the figure every scenario reports next to its CPU.
-/// A scenario's second leg against its first (each slice holds the two legs' figures):
-/// the ratio of their rates, named `rate_name` and held to `target`, and of their mean
-/// claim times, named `claim_name`.
-pub(crate) fn second_to_first(
-    rate_name: &str,
-    claim_name: &str,
-    target: Target,
-    rates: &[f64],
-    claims: &[f64],
-) -> Vec<Metric> {
-    let ratio = |figures: &[f64]| match figures {
-        [first, second, ..] => second / first,
-        _ => f64::NAN,
-    };
-    vec![
-        Metric::new(rate_name, "x", ratio(rates)).target(target),
-        Metric::new(claim_name, "x", ratio(claims)),
-    ]
+/// A two-leg scenario's figures as its legs run: each leg's metrics under its label, and
+/// its rate and mean claim time, for the ratios of the second leg to the first.
+#[derive(Default)]
+pub(crate) struct Legs {
+    metrics: Vec<Metric>,
+    rates: Vec<f64>,
+    claims: Vec<f64>,
 }
 
+impl Legs {
+    /// A leg's run, its figures named `<label>.<figure>`.
+    pub(crate) fn ran(&mut self, label: &str, outcome: &RunOutcome) {
+        self.metrics.extend(outcome.metrics(label));
+        self.rates.push(outcome.per_second());
+        self.claims
+            .push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
+    }
+
+    /// A figure of the scenario's own.
+    pub(crate) fn push(&mut self, metric: Metric) {
+        self.metrics.push(metric);
+    }
+
+    /// Every figure, then the second leg against the first: the ratio of their rates,
+    /// named `rate_name` and held to `target`, and of their mean claim times, named
+    /// `claim_name`.
+    pub(crate) fn second_to_first(
+        mut self,
+        rate_name: &str,
+        claim_name: &str,
+        target: Target,
+    ) -> Vec<Metric> {
+        let ratio = |figures: &[f64]| match figures {
+            [first, second, ..] => second / first,
+            _ => f64::NAN,
+        };
+        self.metrics
+            .push(Metric::new(rate_name, "x", ratio(&self.rates)).target(target));
+        self.metrics
+            .push(Metric::new(claim_name, "x", ratio(&self.claims)));
+        self.metrics
+    }
+}
+
+/// WAL bytes per delivery, the figure every scenario reports next to its CPU.
 pub(crate) fn wal_per_delivery(wal_bytes: i64, deliveries: f64) -> Metric {
     Metric::new(
         "wal_bytes_per_delivery",
@@ -810,9 +834,7 @@ impl Bench {
     /// backlog of pending (already routed) deliveries.
     async fn deep_backlog(&self) -> Result<Vec<Metric>> {
         let window = self.sizes.deep_window.min(self.sizes.deep_small);
-        let mut metrics = Vec::new();
-        let mut rates = Vec::new();
-        let mut claims = Vec::new();
+        let mut legs = Legs::default();
         for (label, backlog) in [
             ("small", self.sizes.deep_small),
             ("large", self.sizes.deep_large),
@@ -824,23 +846,18 @@ impl Bench {
                 .run_dispatcher(&setup, 1, Arrivals::Nginx, Until::Delivered(window), None)
                 .await?;
             self.finish(setup).await?;
-            metrics.push(Metric::new(
+            legs.push(Metric::new(
                 format!("{label}.backlog_rows"),
                 "",
                 backlog as f64,
             ));
-            metrics.extend(outcome.metrics(label));
-            rates.push(outcome.per_second());
-            claims.push(outcome.claim.map_or(f64::NAN, |(mean, _)| mean));
+            legs.ran(label, &outcome);
         }
-        metrics.extend(second_to_first(
+        Ok(legs.second_to_first(
             "large_to_small_throughput",
             "large_to_small_claim_time",
             Target::AtLeast(0.8),
-            &rates,
-            &claims,
-        ));
-        Ok(metrics)
+        ))
     }
 
     /// One slow partner (every answer takes 2 s) beside the fast one, both taking the
