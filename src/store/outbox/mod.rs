@@ -219,7 +219,6 @@ async fn insert_around_refusals(
         let reason = match inserted {
             Ok(inserted) => {
                 savepoint.commit().await?;
-                all.count += inserted.count;
                 all.pending += inserted.pending;
                 continue;
             }
@@ -237,9 +236,8 @@ async fn insert_around_refusals(
         }
         let event = &events[part.start];
         let invalid = [routing::refused(event, &reason)];
-        all.count += queue::insert(&*transaction, &invalid, SendNow::NONE)
-            .await?
-            .count;
+        // Ended `invalid`: nothing pending, nothing claimed.
+        queue::insert(&*transaction, &invalid, SendNow::NONE).await?;
         refused.push(RefusedEvent {
             event_id: event.id,
             reason,

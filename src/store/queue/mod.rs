@@ -75,8 +75,6 @@ impl SendNow<'_> {
 /// What one [`insert`] did.
 #[derive(Debug, Default)]
 pub struct Inserted {
-    /// Deliveries inserted; an (event, partner) pair that already had one is skipped.
-    pub count: u64,
     /// Deliveries left `pending` for a claim, the inserted ones and any a late event's
     /// order made pending again: when none, there is nothing to wake a claimer for.
     pub pending: usize,
@@ -243,10 +241,7 @@ pub async fn insert(
             ],
         )
         .await?;
-    let mut inserted = Inserted {
-        count: u64::try_from(rows.len()).unwrap_or(u64::MAX),
-        ..Inserted::default()
-    };
+    let mut inserted = Inserted::default();
     let mut in_order = Vec::new();
     for row in &rows {
         match row.get::<_, &str>("state") {
