@@ -33,6 +33,38 @@
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
+/// `patients`, the (partner, patient)s of the deliveries whose ids are the statement's
+/// parameter `$ids`, and `unfinished`, each one's unfinished deliveries (partner,
+/// patient_id, id, state, event_id), read on the order's two indexes, a lookup per
+/// patient (`OFFSET 0`), never a partner's whole queue: the look the lock and `settle`
+/// share.
+macro_rules! unfinished_of_patients {
+    ($ids:literal) => {
+        concat!(
+            "patients AS (
+                 SELECT DISTINCT partner, patient_id FROM dispatcher.deliveries
+                 WHERE id = ANY(",
+            $ids,
+            ") AND partner IS NOT NULL AND patient_id IS NOT NULL
+             ),
+             unfinished AS (
+                 SELECT p.partner, p.patient_id, u.id, u.state, u.event_id
+                 FROM patients p CROSS JOIN LATERAL (
+                     (SELECT d.id, d.state, d.event_id FROM dispatcher.deliveries d
+                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
+                        AND d.state IN ('pending', 'in_flight')
+                      OFFSET 0)
+                     UNION ALL
+                     (SELECT d.id, d.state, d.event_id FROM dispatcher.deliveries d
+                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
+                        AND d.state = 'waiting'
+                      OFFSET 0)
+                 ) AS u
+             )"
+        )
+    };
+}
+
 /// Locks the deliveries `ids` and every unfinished delivery of their (partner, patient)s,
 /// in id order, until the transaction ends. `FOR NO KEY UPDATE`: the claim's
 /// `FOR UPDATE SKIP LOCKED` passes them by meanwhile.
@@ -55,35 +87,23 @@ pub(crate) async fn lock(
         return Ok(());
     }
     let statement = client
-        .prepare_cached(
-            "WITH patients AS (
-                 SELECT DISTINCT partner, patient_id FROM dispatcher.deliveries
-                 WHERE id = ANY($2) AND partner IS NOT NULL AND patient_id IS NOT NULL
-             ),
-             -- Each patient's unfinished deliveries read on the order's two indexes, a
-             -- lookup per patient (`OFFSET 0`), and the rows to lock then found by id:
-             -- joined, the statement's generic plan, made while the table was small,
-             -- read every delivery (and every unfinished one) at each call.
+        .prepare_cached(concat!(
+            "WITH ",
+            unfinished_of_patients!("$2"),
+            ",
+             -- The rows to lock found by id: joined, the statement's generic plan, made
+             -- while the table was small, read every delivery (and every unfinished one)
+             -- at each call.
              targets AS (
                  SELECT unnest($1::uuid[]) AS id
                  UNION
-                 SELECT u.id FROM patients p CROSS JOIN LATERAL (
-                     (SELECT d.id FROM dispatcher.deliveries d
-                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
-                        AND d.state IN ('pending', 'in_flight')
-                      OFFSET 0)
-                     UNION ALL
-                     (SELECT d.id FROM dispatcher.deliveries d
-                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
-                        AND d.state = 'waiting'
-                      OFFSET 0)
-                 ) AS u
+                 SELECT id FROM unfinished
              )
              SELECT d.id FROM dispatcher.deliveries d
              WHERE d.id = ANY(ARRAY(SELECT targets.id FROM targets))
              ORDER BY d.id
-             FOR NO KEY UPDATE OF d",
-        )
+             FOR NO KEY UPDATE OF d"
+        ))
         .await?;
     client.execute(&statement, &[&rows, &patients_of]).await?;
     Ok(())
@@ -103,34 +123,22 @@ pub(crate) async fn settle(
         return Ok(Vec::new());
     }
     let statement = client
-        .prepare_cached(
-            "WITH patients AS (
-                 SELECT DISTINCT partner, patient_id FROM dispatcher.deliveries
-                 WHERE id = ANY($1) AND partner IS NOT NULL AND patient_id IS NOT NULL
-             ),
-             -- Each patient's unfinished deliveries, read on the order's two indexes
-             -- (never a partner's whole queue) and numbered in event order: whether any
-             -- unfinished one is ahead of each, and which waiting one comes first.
-             unfinished AS (
-                 SELECT u.id, u.state,
-                        row_number() OVER (PARTITION BY p.partner, p.patient_id
-                                           ORDER BY u.event_id) > 1 AS behind,
-                        row_number() OVER (PARTITION BY p.partner, p.patient_id, u.state
-                                           ORDER BY u.event_id) = 1 AS first_of_its_state
-                 FROM patients p CROSS JOIN LATERAL (
-                     (SELECT d.id, d.state, d.event_id FROM dispatcher.deliveries d
-                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
-                        AND d.state IN ('pending', 'in_flight')
-                      OFFSET 0)
-                     UNION ALL
-                     (SELECT d.id, d.state, d.event_id FROM dispatcher.deliveries d
-                      WHERE d.partner = p.partner AND d.patient_id = p.patient_id
-                        AND d.state = 'waiting'
-                      OFFSET 0)
-                 ) AS u
+        .prepare_cached(concat!(
+            "WITH ",
+            unfinished_of_patients!("$1"),
+            ",
+             -- Numbered in event order: whether any unfinished one is ahead of each, and
+             -- which waiting one comes first.
+             numbered AS (
+                 SELECT id, state,
+                        row_number() OVER (PARTITION BY partner, patient_id
+                                           ORDER BY event_id) > 1 AS behind,
+                        row_number() OVER (PARTITION BY partner, patient_id, state
+                                           ORDER BY event_id) = 1 AS first_of_its_state
+                 FROM unfinished
              ),
              moved AS (
-                 SELECT id FROM unfinished
+                 SELECT id FROM numbered
                  WHERE (state = 'pending' AND behind)
                     OR (state = 'waiting' AND first_of_its_state AND NOT behind)
              )
@@ -141,8 +149,8 @@ pub(crate) async fn settle(
              SET state = CASE d.state WHEN 'pending' THEN 'waiting' ELSE 'pending' END,
                  due_at = COALESCE(d.due_at, now())
              WHERE d.id = ANY(ARRAY(SELECT moved.id FROM moved))
-             RETURNING d.id, d.state",
-        )
+             RETURNING d.id, d.state"
+        ))
         .await?;
     let rows = client.query(&statement, &[&ids]).await?;
     Ok(rows
