@@ -126,15 +126,6 @@ async fn events_written_before_the_routing_position_are_routed_the_old_way() {
     drop(daemon);
 }
 
-/// Every delivery's state, in event order.
-async fn states(db: &TestDb) -> Vec<String> {
-    let deliveries = db.deliveries().await;
-    deliveries
-        .iter()
-        .map(|delivery| delivery["state"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 /// An enrollment to a partner with nothing queued goes out without waiting for a claim:
 /// the routing that inserts it claims it, so its row is written once (in flight, with
 /// the routing's claim token), not inserted pending and then updated by a claim.
@@ -156,7 +147,7 @@ async fn an_enrollment_to_a_partner_with_nothing_queued_is_claimed_as_it_is_rout
     );
     assert_eq!(round.pending, 0, "nothing left for a claim");
     assert_eq!(
-        states(&db).await,
+        db.states_of("p").await,
         ["in_flight"],
         "in flight under the routing's claim"
     );
@@ -226,7 +217,7 @@ async fn a_tracker_view_behind_an_enrollment_in_flight_is_not_claimed_as_routed(
 
     let round = router.route_and_claim().await;
     assert!(round.claimed.is_empty(), "claimed out of order: {round:?}");
-    assert_eq!(states(&db).await, ["in_flight", "waiting"]);
+    assert_eq!(db.states_of("p").await, ["in_flight", "waiting"]);
     router
         .record(&enrollment[0], DeliveryState::Delivered)
         .await;

@@ -203,21 +203,6 @@ async fn a_waiting_backlog_costs_the_claims_for_a_healthy_partner_nothing() {
     assert_eq!(behind, 45_000);
 }
 
-/// The states of one patient's deliveries to acme, in event order.
-async fn states_of(db: &TestDb, patient: &str) -> Vec<String> {
-    db.client
-        .query(
-            "SELECT state FROM dispatcher.deliveries WHERE patient_id = $1 AND partner = 'acme'
-             ORDER BY event_id",
-            &[&patient],
-        )
-        .await
-        .expect("states")
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
-
 async fn id_of(db: &TestDb, patient: &str, nth: i64) -> Uuid {
     db.client
         .query_one(
@@ -249,7 +234,7 @@ async fn each_way_an_event_ends_lets_the_next_one_of_its_patient_go() {
     let mut router = Router::of(&config, &db).await;
 
     a_patient_with_events(&db, &mut router, "p", 2).await;
-    assert_eq!(states_of(&db, "p").await, ["pending", "waiting", "waiting"]);
+    assert_eq!(db.states_of("p").await, ["pending", "waiting", "waiting"]);
     assert_eq!(
         db.count("SELECT count(*) FROM dispatcher.deliveries WHERE state = 'waiting' AND due_at <= now()").await,
         2,
@@ -264,16 +249,13 @@ async fn each_way_an_event_ends_lets_the_next_one_of_its_patient_go() {
         "only the first event of the patient is claimed"
     );
     router.record(&claimed[0], DeliveryState::Delivered).await;
-    assert_eq!(
-        states_of(&db, "p").await,
-        ["delivered", "pending", "waiting"]
-    );
+    assert_eq!(db.states_of("p").await, ["delivered", "pending", "waiting"]);
 
     // Dead (out of attempts): the last one goes.
     let claimed = router.claim(&["acme"]).await;
     assert_eq!(claimed.len(), 1);
     router.record(&claimed[0], DeliveryState::Dead).await;
-    assert_eq!(states_of(&db, "p").await, ["delivered", "dead", "pending"]);
+    assert_eq!(db.states_of("p").await, ["delivered", "dead", "pending"]);
 
     // Cancelled by support while pending, and while waiting.
     a_patient_with_events(&db, &mut router, "q", 2).await;
@@ -282,15 +264,12 @@ async fn each_way_an_event_ends_lets_the_next_one_of_its_patient_go() {
     support::cancel(&mut client, &[second], "test")
         .await
         .expect("cancel");
-    assert_eq!(
-        states_of(&db, "q").await,
-        ["pending", "cancelled", "waiting"]
-    );
+    assert_eq!(db.states_of("q").await, ["pending", "cancelled", "waiting"]);
     support::cancel(&mut client, &[first], "test")
         .await
         .expect("cancel");
     assert_eq!(
-        states_of(&db, "q").await,
+        db.states_of("q").await,
         ["cancelled", "cancelled", "pending"]
     );
 
@@ -306,7 +285,7 @@ async fn each_way_an_event_ends_lets_the_next_one_of_its_patient_go() {
         .await
         .expect("rescue");
     assert!(!rescued.is_empty());
-    assert_eq!(states_of(&db, "r").await, ["dead", "pending"]);
+    assert_eq!(db.states_of("r").await, ["dead", "pending"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -320,10 +299,7 @@ async fn a_resent_earlier_event_holds_the_later_ones_back_again() {
     a_patient_with_events(&db, &mut router, "p", 2).await;
     let claimed = router.claim(&["acme"]).await;
     router.record(&claimed[0], DeliveryState::Rejected).await;
-    assert_eq!(
-        states_of(&db, "p").await,
-        ["rejected", "pending", "waiting"]
-    );
+    assert_eq!(db.states_of("p").await, ["rejected", "pending", "waiting"]);
 
     // Support resends the rejected enrollment: it goes first again, as the claim has
     // always held it (a later event waits while an earlier one is unfinished).
@@ -331,14 +307,11 @@ async fn a_resent_earlier_event_holds_the_later_ones_back_again() {
     support::resend(&mut client, &Selection::ids(&[first]), "test")
         .await
         .expect("resend");
-    assert_eq!(states_of(&db, "p").await, ["pending", "waiting", "waiting"]);
+    assert_eq!(db.states_of("p").await, ["pending", "waiting", "waiting"]);
     let claimed = router.claim(&["acme"]).await;
     assert_eq!(claimed.iter().map(|d| d.id).collect::<Vec<_>>(), [first]);
     router.record(&claimed[0], DeliveryState::Delivered).await;
-    assert_eq!(
-        states_of(&db, "p").await,
-        ["delivered", "pending", "waiting"]
-    );
+    assert_eq!(db.states_of("p").await, ["delivered", "pending", "waiting"]);
 
     // Resent while the next one is on the wire: that one's request goes on (as before),
     // the resent one is not held behind a later event, and the last one waits for both.
@@ -347,22 +320,19 @@ async fn a_resent_earlier_event_holds_the_later_ones_back_again() {
     support::resend(&mut client, &Selection::ids(&[first]), "test")
         .await
         .expect("resend");
-    assert_eq!(
-        states_of(&db, "p").await,
-        ["pending", "in_flight", "waiting"]
-    );
+    assert_eq!(db.states_of("p").await, ["pending", "in_flight", "waiting"]);
     let resent = router.claim(&["acme"]).await;
     assert_eq!(resent.iter().map(|d| d.id).collect::<Vec<_>>(), [first]);
     router
         .record(&on_the_wire[0], DeliveryState::Delivered)
         .await;
     assert_eq!(
-        states_of(&db, "p").await,
+        db.states_of("p").await,
         ["in_flight", "delivered", "waiting"]
     );
     router.record(&resent[0], DeliveryState::Delivered).await;
     assert_eq!(
-        states_of(&db, "p").await,
+        db.states_of("p").await,
         ["delivered", "delivered", "pending"]
     );
 }
@@ -401,7 +371,7 @@ async fn a_resend_meeting_the_routing_of_a_later_event_still_sends_the_earlier_f
         .expect("resend the enrollment");
     transaction.commit().await.expect("commit the routing");
     assert_eq!(
-        states_of(&db, "p").await,
+        db.states_of("p").await,
         ["pending", "pending"],
         "neither saw the other"
     );
@@ -529,7 +499,7 @@ async fn tracker_view_routed_while_the_enrollment_is_recorded(
         "did not wait for"
     };
     assert_eq!(
-        states_of(db, patient).await,
+        db.states_of(patient).await,
         ["delivered", "pending"],
         "the {later} {met} the {earlier}'s locks; the tracker view must not be left waiting"
     );
@@ -577,7 +547,7 @@ async fn an_event_whose_producer_committed_late_goes_before_the_later_ones() {
         .await;
     router.route().await;
     assert_eq!(
-        states_of(&db, "p").await,
+        db.states_of("p").await,
         ["pending"],
         "the tracker view alone"
     );
@@ -585,7 +555,7 @@ async fn an_event_whose_producer_committed_late_goes_before_the_later_ones() {
     producer.commit().await.expect("commit the enrollment");
     router.route().await;
     assert_eq!(
-        states_of(&db, "p").await,
+        db.states_of("p").await,
         ["pending", "waiting"],
         "the enrollment goes first, the tracker view waits behind it"
     );
@@ -601,7 +571,7 @@ async fn a_delivery_an_old_daemon_left_waiting_is_released_and_sent() {
     let db = TestDb::migrated(&config).await;
     let mut router = Router::of(&config, &db).await;
     a_patient_with_events(&db, &mut router, "p", 1).await;
-    assert_eq!(states_of(&db, "p").await, ["pending", "waiting"]);
+    assert_eq!(db.states_of("p").await, ["pending", "waiting"]);
 
     // What the old daemon's record does: the first ends, nothing else moves.
     db.client
@@ -612,7 +582,7 @@ async fn a_delivery_an_old_daemon_left_waiting_is_released_and_sent() {
         )
         .await
         .expect("end the first as an old daemon would");
-    assert_eq!(states_of(&db, "p").await, ["delivered", "waiting"]);
+    assert_eq!(db.states_of("p").await, ["delivered", "waiting"]);
 
     let daemon = Daemon::start(&config, &db);
     daemon

@@ -212,6 +212,23 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The states of one patient's deliveries to acme, in event order.
+    pub async fn states_of(&self, patient: &str) -> Vec<String> {
+        self.client
+            .query(
+                "SELECT state FROM dispatcher.deliveries WHERE patient_id = $1 AND partner = 'acme'
+                 ORDER BY event_id",
+                &[&patient],
+            )
+            .await
+            .expect("states")
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+}
+
 /// Races between two transactions, one of them spawned to run into the other's locks.
 impl TestDb {
     /// Polls until the spawned `task` has finished (`false`), or the backend `pid` it runs
