@@ -55,6 +55,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         16,
         include_str!("../../migrations/0016_deliveries_event_key.sql"),
     ),
+    (
+        17,
+        include_str!("../../migrations/0017_claim_token_in_flight.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

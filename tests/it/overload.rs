@@ -448,6 +448,67 @@ async fn a_result_recorded_beside_a_month_of_history_reads_its_patients_deliveri
     );
 }
 
+/// A partner's 200 recorded after a day's stream, before autovacuum came by: the write
+/// finds its row by id, not among the entries every delivery sent since left behind. Each
+/// claim adds an entry to the index of deliveries in flight, which stays (dead) after the
+/// result is recorded until a vacuum removes it; the write's generic plan read that whole
+/// index, dead entries and all, and joined it to the results (45 buffers a delivery in the
+/// `stream-1000` bench, its largest daemon statement).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_recorded_after_a_day_of_sending_reads_its_own_delivery() {
+    const SENT: i64 = 30_000;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    db.client
+        .batch_execute("ALTER TABLE dispatcher.deliveries SET (autovacuum_enabled = off)")
+        .await
+        .expect("no vacuum until the test ends");
+    let mut router = Router::of(&config, &db).await;
+    router
+        .client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .expect("generic plans");
+    db.insert_event(ENROLLMENT, &enrollment_event("first"))
+        .await;
+    let first = router.route_and_claim().await.claimed;
+    router.record(&first[0], DeliveryState::Delivered).await;
+    // The day: each delivery claimed, then its result recorded.
+    insert_ended_deliveries(&db, "acme", SENT).await;
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET state = 'in_flight', ended_at = NULL,
+                 due_at = now() + interval '1 minute'
+             WHERE patient_id LIKE 'past-%'",
+            &[],
+        )
+        .await
+        .expect("the day's claims");
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET state = 'delivered', due_at = NULL,
+                 ended_at = now()
+             WHERE patient_id LIKE 'past-%'",
+            &[],
+        )
+        .await
+        .expect("the day's results");
+    db.insert_event(ENROLLMENT, &enrollment_event("today"))
+        .await;
+    let today = router.route_and_claim().await.claimed;
+    assert_eq!(today.len(), 1);
+
+    let before = delivery_entries_read(&db).await;
+    router.record(&today[0], DeliveryState::Delivered).await;
+    let read = entries_read_since(&db, &router.client, before).await;
+    assert!(
+        read < SENT / 10,
+        "recording one result read {read} rows and index entries of the deliveries: it \
+         walked what the day's {SENT} deliveries left in the indexes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_locks_only_the_deliveries_it_takes() {
     // Three partners with work due and room for a whole batch each: one claim of 100

@@ -117,7 +117,11 @@ async fn write(
                                        ELSE d.last_error END,
                      ended_at = CASE WHEN r.state = 'pending' THEN NULL ELSE now() END
                  FROM result r
-                 WHERE d.id = r.id AND d.claim_token = r.claim_token AND d.state = 'in_flight'
+                 -- By primary key, and the current claim's token, which means in flight
+                 -- (migration 0017's constraint): a `state = 'in_flight'` here let the
+                 -- generic plan read the in-flight index whole instead, with the dead
+                 -- entry each delivery sent since the last vacuum left there.
+                 WHERE d.id = ANY($1) AND d.id = r.id AND d.claim_token = r.claim_token
                  RETURNING d.id, r.claim_token, d.attempt_count, d.partner, d.patient_id,
                            r.state <> 'pending' AND d.patient_id IS NOT NULL AND (
                                EXISTS (SELECT 1 FROM dispatcher.deliveries other
