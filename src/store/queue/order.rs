@@ -34,7 +34,7 @@ use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 /// `patients`, the (partner, patient)s of the deliveries whose ids are the statement's
-/// parameter `$ids`, and `unfinished`, each one's unfinished deliveries (partner,
+/// parameter `$ids` (found by primary key), and `unfinished`, each one's unfinished deliveries (partner,
 /// patient_id, id, state, event_id), read on the order's two indexes, a lookup per
 /// patient (`OFFSET 0`), never a partner's whole queue: the look the lock and `settle`
 /// share.
@@ -42,10 +42,17 @@ macro_rules! unfinished_of_patients {
     ($ids:literal) => {
         concat!(
             "patients AS (
-                 SELECT DISTINCT partner, patient_id FROM dispatcher.deliveries
-                 WHERE id = ANY(",
+                 SELECT DISTINCT partner, patient_id FROM (
+                     SELECT partner, patient_id FROM dispatcher.deliveries
+                     WHERE id = ANY(",
             $ids,
-            ") AND partner IS NOT NULL AND patient_id IS NOT NULL
+            ")
+                     -- By id alone: with `patient_id IS NOT NULL` beside it, a generic
+                     -- plan made while the table held a few rows read the patient index
+                     -- whole instead, every delivery kept, at each call.
+                     OFFSET 0
+                 ) AS given
+                 WHERE partner IS NOT NULL AND patient_id IS NOT NULL
              ),
              unfinished AS (
                  SELECT p.partner, p.patient_id, u.id, u.state, u.event_id
