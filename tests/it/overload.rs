@@ -404,61 +404,18 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
     );
 }
 
-/// A partner's 200 recorded a month into a stream of new patients, beside another
-/// partner's backlog, reads that patient's deliveries, not the month or the backlog. The
-/// statement that locks a patient's order found the rows to lock by joins; its generic
-/// plan, made while the table was small (a daemon started on a new database) and kept
-/// while the table grew, read every delivery, or every unfinished one, at each record:
-/// half of PostgreSQL's time in the `stream-1000` bench.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_result_recorded_beside_a_month_of_history_reads_its_patients_deliveries() {
-    const HISTORY: i64 = 30_000;
-    const BACKLOG: i64 = 30_000;
-    let partner = TestPartner::accepting("acme").await;
-    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
-    let db = TestDb::migrated(&config).await;
-    let mut router = Router::of(&config, &db).await;
-    // Each statement planned once and the plan kept, as PostgreSQL comes to do with a
-    // daemon's prepared statements.
-    router
-        .client
-        .batch_execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .expect("generic plans");
-    db.insert_event(ENROLLMENT, &enrollment_event("first"))
-        .await;
-    let first = router.route_and_claim().await.claimed;
-    router.record(&first[0], DeliveryState::Delivered).await;
-    // The month that follows, and a held partner's backlog, with no ANALYZE since: the
-    // plans made above stay.
-    insert_ended_deliveries(&db, "acme", HISTORY).await;
-    insert_due_deliveries(&db, &[("held", BACKLOG, Duration::from_secs(3600))]).await;
-    db.insert_event(ENROLLMENT, &enrollment_event("today"))
-        .await;
-    let today = router.route_and_claim().await.claimed;
-    assert_eq!(today.len(), 1);
-
-    let before = delivery_entries_read(&db).await;
-    router.record(&today[0], DeliveryState::Delivered).await;
-    let read = entries_read_since(&db, &router.client, before).await;
-    assert!(
-        read < HISTORY / 10,
-        "recording one result read {read} rows and index entries of the deliveries: it \
-         walked the history ({HISTORY}) or the backlog ({BACKLOG})"
-    );
-}
-
-/// A partner's 200 recorded after a day of sending, before autovacuum came by, reads that
-/// delivery and its patient's, whenever the daemon made its plans: on a new database, or
-/// beside the day's first few hundred deliveries. Two generic plans made while the table
-/// was small read it whole for each result as it grew: the write's, the in-flight index
-/// with the dead entry every delivery sent since the last vacuum left there (45 buffers a
-/// delivery in the `stream-1000` bench, its largest daemon statement); and the order's
-/// lock, every delivery with a patient, to find the patients of the results (2 ms a call
-/// in one `stream-1000` run of three).
+/// A partner's 200 recorded after a day of sending, before autovacuum came by, and beside
+/// another partner's backlog, reads that delivery and its patient's, whenever the daemon
+/// made its plans: on a new database, or beside the day's first few hundred deliveries.
+/// Generic plans made while the table was small, and kept as it grew (a steady stream
+/// never triggers the router's ANALYZE), read it whole for each result: the order's lock
+/// found the rows to lock by joins (half of PostgreSQL's time in the `stream-1000`
+/// bench), then the patients of the results on the patient index; the write read the
+/// in-flight index, with the dead entry every delivery sent since the last vacuum left.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_result_recorded_after_a_day_of_sending_reads_its_own_delivery() {
     const SENT: i64 = 30_000;
+    const BACKLOG: i64 = 30_000;
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
@@ -504,7 +461,8 @@ async fn a_result_recorded_after_a_day_of_sending_reads_its_own_delivery() {
         )
         .await
         .expect("the day's results");
-    // What those two statements read is reported now, not during a record below.
+    insert_due_deliveries(&db, &[("held", BACKLOG, Duration::from_secs(3600))]).await;
+    // What those statements read is reported now, not during a record below.
     db.client
         .batch_execute("SELECT pg_stat_force_next_flush()")
         .await
@@ -521,7 +479,7 @@ async fn a_result_recorded_after_a_day_of_sending_reads_its_own_delivery() {
         assert!(
             read < SENT / 10,
             "recording one result with plans made at {moment} read {read} rows and index \
-             entries of the deliveries: it walked the day's {SENT}"
+             entries of the deliveries: it walked the day's {SENT} or the backlog ({BACKLOG})"
         );
     }
 }
