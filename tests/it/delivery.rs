@@ -219,6 +219,36 @@ async fn a_later_event_carries_the_partner_id_learned_from_the_enrollment_answer
     );
 }
 
+/// A known patient's tracker view answered with the id the partner gave at enrollment:
+/// nothing to learn, so nothing is written (each such 200 wrote the patient's id again).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_id_given_again_is_not_written_again() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let _daemon = Daemon::start(&config, &db);
+
+    db.insert_event(ENROLLMENT, &enrollment_event("p-42")).await;
+    let viewed = db
+        .insert_event(VIEWED_TRACKER, &viewed_tracker_event("p-42"))
+        .await;
+    db.wait_for_state("delivered", 2).await;
+
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM dispatcher.partner_patients known
+             WHERE known.partner = 'acme' AND known.patient_id = 'p-42'
+               AND known.learned_at < (
+                   SELECT a.started_at FROM dispatcher.attempts a
+                   JOIN dispatcher.deliveries d ON d.id = a.delivery_id
+                   WHERE d.event_id = {viewed})"
+        ))
+        .await,
+        1,
+        "the id is as learned from the enrollment's answer, not written again"
+    );
+}
+
 /// R13 for the partner's answer: an `externalId` over 255 characters could not be sent
 /// in a later body, so it is not remembered; the attempt says why (not what), the
 /// delivery is delivered all the same, and the later event goes without it.

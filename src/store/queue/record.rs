@@ -150,6 +150,9 @@ async fn write(
                  WHERE r.learned_external_id IS NOT NULL AND u.patient_id IS NOT NULL
                  ON CONFLICT (partner, patient_id)
                  DO UPDATE SET external_id = excluded.external_id, learned_at = now()
+                 -- The same id confirmed again (each 200 of a known patient's tracker
+                 -- views) writes nothing: a new row version and its WAL per event.
+                 WHERE partner_patients.external_id IS DISTINCT FROM excluded.external_id
              )
              SELECT id, in_order FROM updated",
         )

@@ -21,8 +21,9 @@ pub struct StoredRequest {
     /// When its latest attempt was sent (the body's `sendDate`); `None` before the first.
     pub sent_at: Option<DateTime<Utc>>,
     /// The partner's own id for the patient (R9) if it was known when that attempt was
-    /// claimed: learned (or last confirmed) before it, or some 200 of the partner's for
-    /// this patient came before it. One first learned later was not in that body.
+    /// claimed: learned (first given, or changed to) before it, or some 200 of the
+    /// partner's for this patient came before it. One first learned later was not in that
+    /// body.
     pub external_id: Option<String>,
 }
 
