@@ -59,6 +59,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         17,
         include_str!("../../migrations/0017_claim_token_in_flight.sql"),
     ),
+    (
+        18,
+        include_str!("../../migrations/0018_deliveries_ended_by_state.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

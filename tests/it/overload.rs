@@ -717,8 +717,9 @@ async fn every_search_support_makes_is_found_by_an_index() {
 }
 
 /// Support's lists of what is stuck and of what failed, beside a month of delivered
-/// deliveries: each is found by an index (`deliveries_by_state`, the queue's own),
-/// never by reading the delivered ones, however long support keeps them.
+/// deliveries: the stuck by the queue's own indexes (one per state), the failed by
+/// `deliveries_ended_by_state`, never by reading the delivered ones, however long
+/// support keeps them.
 #[tokio::test(flavor = "multi_thread")]
 async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivered() {
     const HISTORY: i64 = 30_000;
@@ -736,6 +737,15 @@ async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivere
         .await
         .expect("ten dead");
     seed_due_deliveries(&db, &[("acme", 10, Duration::ZERO)]).await;
+    // Three of those are on the wire: "pending" lists them too.
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET state = 'in_flight', claim_token = gen_random_uuid()
+             WHERE id IN (SELECT id FROM dispatcher.deliveries WHERE state = 'pending' LIMIT 3)",
+            &[],
+        )
+        .await
+        .expect("three in flight");
     let client = daemon_connection(&config, &db).await;
 
     for state in ["pending", "failed"] {
@@ -759,8 +769,8 @@ async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivere
 }
 
 /// The overview, beside a month of delivered deliveries: each partner's last day and its
-/// queue are counted from what ended in the day and what is unfinished, never by reading
-/// the month. It is on every page support opens.
+/// queue, and its chart of the day's hours, are counted from what ended in the day and
+/// what is unfinished, never by reading the month. It is on every page support opens.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_overview_of_the_last_day_does_not_read_the_month_before_it() {
     const HISTORY: i64 = 30_000;
@@ -800,5 +810,15 @@ async fn the_overview_of_the_last_day_does_not_read_the_month_before_it() {
         (acme.delivered, acme.pending),
         (10, 10),
         "delivered in the last day, and due"
+    );
+
+    let before = delivery_entries_read(&db).await;
+    support::chart::last_day(&client).await.expect("the chart");
+    let read = entries_read_since(&db, &client, before).await;
+
+    assert!(
+        read < HISTORY / 10,
+        "the chart read {read} rows and index entries: it walked the month's {HISTORY} \
+         deliveries"
     );
 }

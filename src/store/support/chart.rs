@@ -57,14 +57,15 @@ const FIRST_HOUR: &str = "(date_trunc('hour', now(), 'UTC') - interval '23 hours
 /// Each partner with something in its last 24 hours, by name.
 ///
 /// It walks only the recent work, whatever the history kept: the deliveries that ended
-/// since the first hour (index `deliveries_ended`) or have not ended
-/// (`deliveries_unfinished_by_patient`),
-/// and the attempts of those by primary key. An attempt in the window belongs to one of
-/// them, as a delivery's `ended_at` is never before its last attempt. `OFFSET 0` keeps
-/// the attempts a lookup per delivery: joined freely, the planner would rather scan every
-/// attempt ever kept. An attempt counts as retried when a later one followed, or one is
-/// scheduled or on the wire; an attempt support resent after is not a retry, for every
-/// resend (each marks its attempt `resent_after`, which the timeline reads too).
+/// since the first hour (index `deliveries_ended`) or have not ended (the queue's
+/// indexes, one per state: each state is named apart, as `deliveries_ended_by_state`
+/// holds no unfinished delivery), and the attempts of those by primary key. An attempt
+/// in the window belongs to one of them, as a delivery's `ended_at` is never before its
+/// last attempt. `OFFSET 0` keeps the attempts a lookup per delivery: joined freely, the
+/// planner would rather scan every attempt ever kept. An attempt counts as retried when a
+/// later one followed, or one is scheduled or on the wire; an attempt support resent
+/// after is not a retry, for every resend (each marks its attempt `resent_after`, which
+/// the timeline reads too).
 pub async fn last_day(
     client: &impl GenericClient,
 ) -> Result<Vec<PartnerDay>, tokio_postgres::Error> {
@@ -97,7 +98,8 @@ pub async fn last_day(
                          OFFSET 0
                      ) a
                      WHERE d.partner IS NOT NULL
-                       AND (d.ended_at >= {FIRST_HOUR} OR d.state IN ('pending', 'waiting', 'in_flight'))
+                       AND (d.ended_at >= {FIRST_HOUR}
+                            OR d.state = 'pending' OR d.state = 'waiting' OR d.state = 'in_flight')
                        AND a.started_at >= {FIRST_HOUR}
                  ) counted
                  GROUP BY partner, hour

@@ -181,9 +181,11 @@ pub struct PartnerSummary {
 pub async fn partner_summaries(
     client: &impl GenericClient,
 ) -> Result<Vec<PartnerSummary>, tokio_postgres::Error> {
-    // The unfinished on the queue's index, the ended on `deliveries_ended`: what this
-    // reads follows the queue and the day, never the history support keeps (it read
-    // every delivery kept, by `created_at`, which no index leads with).
+    // The unfinished on the queue's indexes (one per state, so each state is a condition
+    // of its own: `deliveries_ended_by_state` holds no unfinished delivery), the ended on
+    // `deliveries_ended`: what this reads follows the queue and the day, never the
+    // history support keeps (it read every delivery kept, by `created_at`, which no index
+    // leads with).
     let rows = client
         .query(
             "SELECT partner,
@@ -194,7 +196,7 @@ pub async fn partner_summaries(
                     min(created_at) FILTER (WHERE state IN ('pending', 'waiting', 'in_flight'))
                         AS oldest_pending_since
              FROM (SELECT partner, state, created_at FROM dispatcher.deliveries
-                   WHERE state IN ('pending', 'waiting', 'in_flight')
+                   WHERE state = 'pending' OR state = 'waiting' OR state = 'in_flight'
                    UNION ALL
                    SELECT partner, state, created_at FROM dispatcher.deliveries
                    WHERE ended_at > now() - interval '24 hours') AS today

@@ -70,8 +70,19 @@ impl Selection {
 /// The conditions of a [`Selection`], as parameters `$1` to `$8`; a statement's own
 /// parameters follow from `$9`. A patient id is compared in the "C" collation, the one
 /// of its index (`deliveries_by_patient`): equality means the same either way.
+///
+/// Each unfinished state is a condition of its own, and the ended ones one together:
+/// `deliveries_ended_by_state` holds only ended deliveries, so `state = ANY($2)` alone
+/// would leave a list of the unfinished (support's "pending") no index but the primary
+/// key's, read through the history. Each statement is planned with its values (a
+/// custom plan), so the states not asked for fall away and each one asked for finds its
+/// queue index (`deliveries_pending`, `deliveries_waiting`, `deliveries_in_flight`).
 pub(super) const CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
-     AND ($2::text[] IS NULL OR state = ANY($2))
+     AND ($2::text[] IS NULL
+          OR (state = ANY($2) AND state NOT IN ('pending', 'waiting', 'in_flight'))
+          OR (state = 'pending' AND 'pending' = ANY($2))
+          OR (state = 'waiting' AND 'waiting' = ANY($2))
+          OR (state = 'in_flight' AND 'in_flight' = ANY($2)))
      AND ($3::text IS NULL OR partner = $3)
      AND ($4::text IS NULL OR event_name = $4)
      AND ($5::text IS NULL OR patient_id COLLATE \"C\" = $5)
