@@ -822,3 +822,59 @@ async fn the_overview_of_the_last_day_does_not_read_the_month_before_it() {
          deliveries"
     );
 }
+
+/// The rescuer's look for waiting deliveries with nothing unfinished ahead of them,
+/// beside a month of delivered deliveries: it reads the queue (what waits, and what is
+/// ahead of it), never the month.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_look_for_stranded_waiting_deliveries_does_not_read_the_month() {
+    const HISTORY: i64 = 30_000;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    seed_ended_deliveries(&db, "acme", HISTORY).await;
+    // Ten due, one for each of acme-1 to acme-10; a later event of acme-1 waits behind
+    // its due one, and one of a patient with nothing ahead waits for nothing (stranded).
+    insert_due_deliveries(&db, &[("acme", 10, Duration::ZERO)]).await;
+    db.client
+        .execute(
+            "WITH events AS (
+                 INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
+                 SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb(patient)), now(), NULL
+                 FROM unnest(ARRAY['acme-1', 'stranded']) AS patient
+                 RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
+             )
+             INSERT INTO dispatcher.deliveries (id, event_id, partner, event_name, patient_id, state)
+             SELECT gen_random_uuid(), id, 'acme', event_name, patient_id, 'waiting' FROM events",
+            &[&ENROLLMENT, &enrollment_event("template")],
+        )
+        .await
+        .expect("seed waiting deliveries");
+    db.client
+        .batch_execute("ANALYZE dispatcher.deliveries")
+        .await
+        .expect("analyze");
+    let mut client = daemon_connection(&config, &db).await;
+
+    let before = delivery_entries_read(&db).await;
+    let released = queue::release_stranded(&mut client, 100)
+        .await
+        .expect("release the stranded");
+    let read = entries_read_since(&db, &client, before).await;
+
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM dispatcher.deliveries
+             WHERE patient_id = 'stranded' AND state = 'pending'"
+        )
+        .await,
+        1,
+        "the stranded one is released"
+    );
+    assert_eq!(released.len(), 1, "only the stranded one: {released:?}");
+    assert!(
+        read < HISTORY / 10,
+        "the look for stranded deliveries read {read} rows and index entries: it walked \
+         the month's {HISTORY} deliveries"
+    );
+}

@@ -173,7 +173,9 @@ pub(crate) async fn settle(
 /// through an upgrade: it ends deliveries and knows nothing of `waiting`) or a hand edit
 /// can leave one so; the rescuer looks now and then (see `daemon/rescuer.rs`) so that
 /// none waits for ever. It reads every waiting delivery's first index entries, so it is
-/// not for the claim's path.
+/// not for the claim's path. What is ahead is read on the order's two indexes
+/// (`deliveries_unfinished_by_patient`, `deliveries_waiting`), so the states are named as
+/// their predicates: no index holds all three (`deliveries_ended_by_state` none of them).
 pub async fn release_stranded(
     client: &mut impl GenericClient,
     limit: usize,
@@ -189,7 +191,7 @@ pub async fn release_stranded(
                    WHERE earlier.partner = w.partner
                      AND earlier.patient_id = w.patient_id
                      AND earlier.event_id < w.event_id
-                     AND earlier.state IN ('pending', 'waiting', 'in_flight'))
+                     AND (earlier.state IN ('pending', 'in_flight') OR earlier.state = 'waiting'))
              LIMIT $1",
         )
         .await?;
