@@ -80,20 +80,28 @@ pub(super) const CLAIM_DUE: &str = concat!(
          ORDER BY chosen.due_at
          LIMIT 2 * $1
      ),
-     -- Locked in due order, skipping what another daemon holds, up to the limit. A row
-     -- claimed and committed since this statement began is no longer pending, and the
-     -- lock's recheck leaves it out.
+     -- Locked in due order, skipping what another daemon holds, up to the limit.
      -- Found by id, each on the primary key (`= ANY(ARRAY(...))`): a join here leaves the
      -- plan a choice, and a generic plan made beside a large backlog hashed the whole
-     -- backlog, or merged along the primary key through every delivery ever made.
+     -- backlog, or merged along the primary key through every delivery ever made. And
+     -- by id alone: with `state = 'pending'` beside it, a generic plan made beside a
+     -- small table walked `deliveries_pending` in due order, the whole backlog, to find
+     -- the candidates. So the state is checked above the lock, on the row as locked: one
+     -- claimed by another daemon since this statement began is due only when its lease
+     -- ends, and the lock's recheck of `due_at` leaves it out; one made to wait since is
+     -- locked until this claim commits, and left out here.
      locked AS (
-         SELECT d.id, d.event_id, d.partner, d.patient_id
-         FROM dispatcher.deliveries d
-         WHERE d.id = ANY(ARRAY(SELECT candidate.id FROM candidate))
-           AND d.state = 'pending' AND d.due_at <= now()
-         ORDER BY d.due_at
-         LIMIT $1
-         FOR UPDATE OF d SKIP LOCKED
+         SELECT taken.id, taken.event_id, taken.partner, taken.patient_id
+         FROM (
+             SELECT d.id, d.event_id, d.partner, d.patient_id, d.state
+             FROM dispatcher.deliveries d
+             WHERE d.id = ANY(ARRAY(SELECT candidate.id FROM candidate))
+               AND d.due_at <= now()
+             ORDER BY d.due_at
+             LIMIT $1
+             FOR UPDATE OF d SKIP LOCKED
+         ) AS taken
+         WHERE taken.state = 'pending'
      ),
      due AS (
          SELECT locked.id, o.event, o.traceparent,

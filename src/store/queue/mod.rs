@@ -166,17 +166,23 @@ pub async fn insert(
                  ) AS ahead ON true
              ),
              -- The offered partners with deliveries already due: a claim takes those
-             -- first, so new ones of theirs wait their turn (one probe of
-             -- `deliveries_pending` each). Once per statement: inlined, it ran again for
-             -- every offered delivery, over the whole batch.
+             -- first, so new ones of theirs wait their turn. One probe of
+             -- `deliveries_pending` each, whatever plan statistics from a small table
+             -- make: `LIMIT 1`, so it is never a join over every due delivery, and in
+             -- due order, which only that index gives (an `EXISTS` was made a join; and
+             -- unordered, the probe went by the order's index, through every unfinished
+             -- delivery of the partner, dead entries included). Once per statement:
+             -- inlined, it ran again for every offered delivery, over the whole batch.
              queued AS MATERIALIZED (
                  SELECT listed.partner
                  FROM (SELECT DISTINCT partner FROM new WHERE id = ANY($8)) AS listed
-                 WHERE EXISTS (
+                 CROSS JOIN LATERAL (
                      SELECT 1 FROM dispatcher.deliveries due
                      WHERE due.partner = listed.partner AND due.state = 'pending'
                        AND due.due_at <= now()
-                     ORDER BY due.due_at)
+                     ORDER BY due.due_at
+                     LIMIT 1
+                 ) AS due
              ),
              -- Claimed as inserted: offered, first in its patient's order, its partner with
              -- nothing due before it, and its event's body there to send (read in this
