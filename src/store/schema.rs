@@ -63,6 +63,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         18,
         include_str!("../../migrations/0018_deliveries_ended_by_state.sql"),
     ),
+    (
+        19,
+        include_str!("../../migrations/0019_order_index_of_patients.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

@@ -405,8 +405,8 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
 }
 
 /// After a day of sending, before autovacuum came by, and beside a held partner's
-/// backlog, routing an event, claiming a batch and recording a result each read what they
-/// take, whenever the daemon made its plans: on a new database, or beside the day's first
+/// backlog, routing an event, claiming a batch, recording a result and the rescuer's tick
+/// each read what they take, whenever the daemon made its plans: on a new database, or beside the day's first
 /// few hundred deliveries. Generic plans made while the table was small, and kept as it
 /// grew (a stream never triggers the router's ANALYZE, and a backlog smaller than a tenth
 /// of the history never triggers autovacuum's), chose a partial index by its stale
@@ -417,7 +417,9 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
 /// - the record's lock found the rows to lock by joins (half of PostgreSQL's time in the
 ///   `stream-1000` bench), then the patients of the results on the patient index;
 /// - the record's write read the in-flight index, with the dead entry every delivery sent
-///   since the last vacuum left there.
+///   since the last vacuum left there;
+/// - the rescuer's look for expired leases and for the next lease's end went through the
+///   order's index, every pending delivery, at every tick.
 #[tokio::test(flavor = "multi_thread")]
 async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_take() {
     const SENT: i64 = 30_000;
@@ -445,6 +447,12 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
         insert_due_deliveries(&db, &[("held", 1, Duration::ZERO)]).await;
         let held = router.claim(&["held"]).await;
         router.record(&held[0], DeliveryState::Delivered).await;
+        queue::rescue_expired(&mut router.client, Duration::from_secs(60), 5, 100)
+            .await
+            .expect("rescue");
+        queue::until_next_lease_end(&router.client)
+            .await
+            .expect("the next lease's end");
         db.insert_event(ENROLLMENT, &enrollment_event(moment)).await;
         let first = router.route_and_claim().await.claimed;
         router.record(&first[0], DeliveryState::Delivered).await;
@@ -491,13 +499,31 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
         let before = delivery_entries_read(&db).await;
         router.record(&today[0], DeliveryState::Delivered).await;
         let record = entries_read_since(&db, &router.client, before).await;
+        // The rescuer's tick: no lease has run out; when does the next one? The first
+        // tick after the day passes the day's dead entries in the in-flight index once,
+        // in lease order, and marks them; what a tick reads after that is measured.
+        let before = delivery_entries_read(&db).await;
+        queue::until_next_lease_end(&router.client)
+            .await
+            .expect("the next lease's end");
+        entries_read_since(&db, &router.client, before).await;
+        let before = delivery_entries_read(&db).await;
+        let rescued = queue::rescue_expired(&mut router.client, Duration::from_secs(60), 5, 100)
+            .await
+            .expect("rescue");
+        queue::until_next_lease_end(&router.client)
+            .await
+            .expect("the next lease's end");
+        let rescue = entries_read_since(&db, &router.client, before).await;
+        assert!(rescued.is_empty());
         assert!(
-            [routing, claim, record]
+            [routing, claim, record, rescue]
                 .iter()
                 .all(|read| *read < SENT / 10),
             "with plans made at {moment}, routing one event read {routing} rows and index \
-             entries of the deliveries, claiming 100 read {claim} and recording one result \
-             {record}: the day's {SENT} or the backlog of {BACKLOG} were walked"
+             entries of the deliveries, claiming 100 read {claim}, recording one result \
+             {record} and the rescuer's tick {rescue}: the day's {SENT} or the backlog of \
+             {BACKLOG} were walked"
         );
     }
 }

@@ -282,9 +282,9 @@ pub struct PartnerQueue {
     pub oldest_due_seconds: f64,
 }
 
-/// Every partner's queue in one grouped scan of the unfinished deliveries (the partial
-/// indexes `deliveries_unfinished_by_patient` and `deliveries_waiting`), so reading it at
-/// each scrape costs little.
+/// Every partner's queue in one grouped scan of the unfinished deliveries, each state on
+/// its own partial index (`deliveries_pending`, `deliveries_in_flight`,
+/// `deliveries_waiting`), so reading it at each scrape costs little.
 pub async fn queue_by_partner(
     client: &impl GenericClient,
 ) -> Result<Vec<PartnerQueue>, tokio_postgres::Error> {
@@ -296,7 +296,10 @@ pub async fn queue_by_partner(
                     COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
                         AS oldest_due_seconds
              FROM (SELECT partner, state, due_at FROM dispatcher.deliveries
-                   WHERE state IN ('pending', 'in_flight') AND partner IS NOT NULL
+                   WHERE state = 'pending' AND partner IS NOT NULL
+                   UNION ALL
+                   SELECT partner, state, due_at FROM dispatcher.deliveries
+                   WHERE state = 'in_flight' AND partner IS NOT NULL
                    UNION ALL
                    SELECT partner, state, due_at FROM dispatcher.deliveries
                    WHERE state = 'waiting' AND partner IS NOT NULL) AS unfinished

@@ -190,6 +190,9 @@ pub async fn release_stranded(
                    SELECT 1 FROM dispatcher.deliveries earlier
                    WHERE earlier.partner = w.partner
                      AND earlier.patient_id = w.patient_id
+                     -- Said outright: the order's index holds only deliveries with a
+                     -- patient, and an equality in a join does not tell the planner so.
+                     AND earlier.patient_id IS NOT NULL
                      AND earlier.event_id < w.event_id
                      AND (earlier.state IN ('pending', 'in_flight') OR earlier.state = 'waiting'))
              LIMIT $1",
