@@ -9,7 +9,10 @@
 --
 -- Online: added NOT VALID (a moment of ACCESS EXCLUSIVE, catalog only, under the
 -- migration's lock_timeout), then validated beside the daemon's writes (SHARE UPDATE
--- EXCLUSIVE: it reads the table but blocks no insert or update).
+-- EXCLUSIVE: it reads the table but blocks no insert or update). A run stopped during
+-- the validation (it reads the whole history) starts this file again: the first part
+-- drops what it added, so it runs twice.
+ALTER TABLE dispatcher.deliveries DROP CONSTRAINT IF EXISTS deliveries_claimed_in_flight;
 ALTER TABLE dispatcher.deliveries
     ADD CONSTRAINT deliveries_claimed_in_flight CHECK (claim_token IS NULL OR state = 'in_flight') NOT VALID;
 

@@ -1,6 +1,6 @@
 -- The order's index of unfinished deliveries (partner, patient_id, event_id) keeps only
--- deliveries with a patient (issue 22). Every statement that reads it asks for one
--- patient's deliveries, and a patient id it names implies `patient_id IS NOT NULL`; a
+-- deliveries with a patient (issue 22). The statements that read it ask for one
+-- patient's deliveries, and the patient id they name implies `patient_id IS NOT NULL`; a
 -- statement that asks only for a state no longer finds it usable. Before, its predicate
 -- (pending or in flight) was implied by `state = 'pending'` and by `state = 'in_flight'`,
 -- so each such question had two partial indexes to choose from, and statistics taken

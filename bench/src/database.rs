@@ -195,6 +195,12 @@ $$;";
 pub enum Patients {
     /// Every event for a patient of its own.
     Distinct,
+    /// Every event for a patient of its own, whose id (a hash of `<prefix><n>`) falls
+    /// anywhere in the patient indexes, among other seeds' too, as real patients' ids do, instead of next to
+    /// the one before: each new delivery then writes a leaf page of its own in every index
+    /// keyed by patient, and after a checkpoint the first write of each page writes it
+    /// whole, which a large history makes the common case.
+    Scattered,
     /// This many events per patient, one after another in outbox order: an enrollment,
     /// then viewed-tracker events.
     EventsEach(u64),
@@ -246,9 +252,10 @@ impl BenchDb {
         routed: bool,
     ) -> Result<()> {
         let per_patient = match patients {
-            Patients::Distinct => 1,
+            Patients::Distinct | Patients::Scattered => 1,
             Patients::EventsEach(each) => each.max(1),
         };
+        let scattered = matches!(patients, Patients::Scattered);
         let patient_count = count.div_ceil(per_patient);
         let enrollment = example_event(ENROLLMENT).to_string();
         let viewed = example_event(VIEWED_TRACKER).to_string();
@@ -269,7 +276,8 @@ impl BenchDb {
                     "INSERT INTO dispatcher.outbox ({columns})
                  SELECT CASE WHEN k = 0 THEN $1 ELSE $2 END,
                         jsonb_set(CASE WHEN k = 0 THEN $3::text::jsonb ELSE $4::text::jsonb END,
-                                  '{{patient,id}}', to_jsonb($5::text || p::text)),
+                                  '{{patient,id}}', to_jsonb(CASE WHEN $10
+                                      THEN md5($5::text || p::text) ELSE $5::text || p::text END)),
                         CASE WHEN $8 THEN now() END{xid}
                  FROM generate_series(0, $6::int8 - 1) AS p, generate_series(0, $7::int8 - 1) AS k
                  WHERE p * $7::int8 + k < $9::int8
@@ -285,6 +293,7 @@ impl BenchDb {
                     &(per_patient as i64),
                     &routed,
                     &(count as i64),
+                    &scattered,
                 ],
             )
             .await
@@ -292,19 +301,19 @@ impl BenchDb {
         Ok(())
     }
 
-    /// `count` events (a patient each, `<prefix><n>`) and a pending delivery to `partner`
-    /// for each, as routing would have made them (see the dispatcher's
+    /// `count` events (a patient each, as `patients` says: `Distinct` or `Scattered`) and a
+    /// pending delivery to `partner` for each, as routing would have made them (see the dispatcher's
     /// `store::queue::insert`): a backlog already routed, due `overdue` ago (zero: due
     /// now).
     pub async fn seed_routed_backlog(
         &self,
         partner: &str,
         count: u64,
+        patients: Patients,
         prefix: &str,
         overdue: Duration,
     ) -> Result<()> {
-        self.seed_events(count, Patients::Distinct, prefix, true)
-            .await?;
+        self.seed_events(count, patients, prefix, true).await?;
         // For every event that has none yet: the ones just written.
         self.client
             .execute(
@@ -322,18 +331,18 @@ impl BenchDb {
         Ok(())
     }
 
-    /// `count` events (a patient each, `<prefix><n>`), each with a delivery to `partner`
-    /// delivered yesterday after one attempt: the history support keeps (issue 22's
+    /// `count` events (a patient each, as `patients` says: `Distinct` or `Scattered`), each
+    /// with a delivery to `partner` delivered yesterday after one attempt: the history support keeps (issue 22's
     /// `history` scenario), within every retention period, so that no pruning runs during
     /// the measurement.
     pub async fn seed_ended_deliveries(
         &self,
         partner: &str,
         count: u64,
+        patients: Patients,
         prefix: &str,
     ) -> Result<()> {
-        self.seed_events(count, Patients::Distinct, prefix, true)
-            .await?;
+        self.seed_events(count, patients, prefix, true).await?;
         // For every event that has none yet: the ones just written.
         self.client
             .execute(
@@ -421,9 +430,14 @@ impl BenchDb {
         let row = self
             .client
             .query_one(
+                // Each unfinished state on its own partial index: one `IN` of all three
+                // matches none, and read the table (the history included) at each poll.
                 "SELECT NOT EXISTS (SELECT 1 FROM dispatcher.deliveries
-                                    WHERE state IN ('pending', 'waiting', 'in_flight')
-                                      AND ($1::text IS NULL OR partner = $1))",
+                                    WHERE state = 'pending' AND ($1::text IS NULL OR partner = $1))
+                    AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries
+                                    WHERE state = 'waiting' AND ($1::text IS NULL OR partner = $1))
+                    AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries
+                                    WHERE state = 'in_flight' AND ($1::text IS NULL OR partner = $1))",
                 &[&partner],
             )
             .await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::daemon::PartnerSite;
+use crate::database::Patients;
 use crate::report::{Metric, Target};
 use crate::scenarios::{Arrivals, Bench, Legs, Until};
 
@@ -38,12 +39,18 @@ impl Bench {
             if backlog > 0 {
                 setup
                     .db
-                    .seed_routed_backlog(HELD, backlog, "held-", HELD_OVERDUE)
+                    .seed_routed_backlog(HELD, backlog, Patients::Distinct, "held-", HELD_OVERDUE)
                     .await?;
             }
             setup
                 .db
-                .seed_routed_backlog("fast", healthy, "healthy-", Duration::ZERO)
+                .seed_routed_backlog(
+                    "fast",
+                    healthy,
+                    Patients::Distinct,
+                    "healthy-",
+                    Duration::ZERO,
+                )
                 .await?;
             setup.db.hold_partner(HELD).await?;
             setup.db.settle().await?;

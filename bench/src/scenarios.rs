@@ -510,7 +510,7 @@ impl Bench {
         let setup = self.setup(label, &[self.fast_partner()], "").await?;
         setup
             .db
-            .seed_routed_backlog("fast", events, patients, Duration::ZERO)
+            .seed_routed_backlog("fast", events, Patients::Distinct, patients, Duration::ZERO)
             .await?;
         setup.db.settle().await?;
         Ok(setup)

@@ -73,8 +73,14 @@ impl Bench {
                 ))
                 .await
                 .context("the back partner's first events in backoff")?;
-            db.seed_routed_backlog("fast", healthy, "healthy-", Duration::ZERO)
-                .await?;
+            db.seed_routed_backlog(
+                "fast",
+                healthy,
+                Patients::Distinct,
+                "healthy-",
+                Duration::ZERO,
+            )
+            .await?;
             db.settle().await?;
             let behind = patients * (each - 1);
             let outcome = self

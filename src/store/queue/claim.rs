@@ -34,9 +34,9 @@ pub const BODY_ERASED: &str = "ended without sending: the event body was erased 
 /// Each partner's due deliveries are read on their own (`LATERAL`, on
 /// `deliveries_pending`), at most as many as it has room for, so a held partner's backlog
 /// is never walked; the earliest due across partners are then locked and taken. Choosing
-/// before locking keeps the locks to the rows taken: locking inside each partner's read
-/// would lock every partner's share, and the rows left out would stay locked (and be
-/// skipped by other daemons) until the claim commits. The statement is prepared once per
+/// before locking keeps the locks to the rows taken (but for the race `locked` describes):
+/// locking inside each partner's read would lock every partner's share, and the rows left
+/// out would stay locked (and be skipped by other daemons) until the claim commits. The statement is prepared once per
 /// connection and runs on a generic plan (see [`GENERIC_PLAN`]).
 pub(super) const CLAIM_DUE: &str = concat!(
     "WITH RECURSIVE ",
@@ -86,10 +86,13 @@ pub(super) const CLAIM_DUE: &str = concat!(
      -- backlog, or merged along the primary key through every delivery ever made. And
      -- by id alone: with `state = 'pending'` beside it, a generic plan made beside a
      -- small table walked `deliveries_pending` in due order, the whole backlog, to find
-     -- the candidates. So the state is checked above the lock, on the row as locked: one
-     -- claimed by another daemon since this statement began is due only when its lease
-     -- ends, and the lock's recheck of `due_at` leaves it out; one made to wait since is
-     -- locked until this claim commits, and left out here.
+     -- the candidates. So the state is checked above the lock, on the row as locked. A
+     -- candidate changed by a transaction that committed since this statement began is
+     -- still locked until this claim commits, and not taken: one claimed by another
+     -- daemon is due only when its lease ends (the lock's recheck of `due_at` leaves it
+     -- out of the limit); one made to wait since counts against the limit, and is left
+     -- out here. Only in that race does a claim lock a row it does not take, or take
+     -- fewer than it could.
      locked AS (
          SELECT taken.id, taken.event_id, taken.partner, taken.patient_id
          FROM (

@@ -173,9 +173,11 @@ pub(crate) async fn settle(
 /// through an upgrade: it ends deliveries and knows nothing of `waiting`) or a hand edit
 /// can leave one so; the rescuer looks now and then (see `daemon/rescuer.rs`) so that
 /// none waits for ever. It reads every waiting delivery's first index entries, so it is
-/// not for the claim's path. What is ahead is read on the order's two indexes
-/// (`deliveries_unfinished_by_patient`, `deliveries_waiting`), so the states are named as
-/// their predicates: no index holds all three (`deliveries_ended_by_state` none of them).
+/// not for the claim's path. What is ahead of each is looked up on the order's two
+/// indexes (`deliveries_unfinished_by_patient`, `deliveries_waiting`), one `NOT EXISTS`
+/// each, named as their predicates: no index holds all three states, and one look for
+/// either was planned as a scan of every unfinished delivery, a held partner's backlog
+/// included.
 pub async fn release_stranded(
     client: &mut impl GenericClient,
     limit: usize,
@@ -190,11 +192,14 @@ pub async fn release_stranded(
                    SELECT 1 FROM dispatcher.deliveries earlier
                    WHERE earlier.partner = w.partner
                      AND earlier.patient_id = w.patient_id
-                     -- Said outright: the order's index holds only deliveries with a
-                     -- patient, and an equality in a join does not tell the planner so.
-                     AND earlier.patient_id IS NOT NULL
                      AND earlier.event_id < w.event_id
-                     AND (earlier.state IN ('pending', 'in_flight') OR earlier.state = 'waiting'))
+                     AND earlier.state IN ('pending', 'in_flight'))
+               AND NOT EXISTS (
+                   SELECT 1 FROM dispatcher.deliveries earlier
+                   WHERE earlier.partner = w.partner
+                     AND earlier.patient_id = w.patient_id
+                     AND earlier.event_id < w.event_id
+                     AND earlier.state = 'waiting')
              LIMIT $1",
         )
         .await?;
