@@ -525,6 +525,46 @@ async fn a_long_enrollment_transaction_makes_migrate_give_up_and_say_so_instead_
     assert_eq!(db.count_events().await, enrollment.done as i64 + 1);
 }
 
+/// Migration 0017 validates its constraint over the whole history after adding it: a row
+/// a hand edit left claimed but not in flight stops it there, with the constraint added.
+/// Once ops mend the row, the next `migrate` runs 0017 again from its start and finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validation_stopped_by_a_hand_edited_row_is_finished_by_the_next_migrate() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = database_at(16).await;
+    let path = config.write(&db);
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, due_at, claim_token)
+             VALUES (gen_random_uuid(), 1, 'acme', $1, 'p-1', 'pending', now(), gen_random_uuid())",
+            &[&ENROLLMENT],
+        )
+        .await
+        .expect("a hand-edited delivery: pending, yet claimed");
+
+    let stopped = migrate(&path, &[]).await;
+    assert!(!stopped.status.success(), "{stopped}");
+    assert!(
+        stopped.stderr.contains("migration 0017 failed")
+            && stopped.stderr.contains("deliveries_claimed_in_flight"),
+        "{stopped}"
+    );
+    assert_eq!(versions(&db).await, versions_from(1)[..16].to_vec());
+
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET claim_token = NULL WHERE state = 'pending'",
+            &[],
+        )
+        .await
+        .expect("mend the row");
+    let finished = migrate(&path, &[]).await;
+    assert!(finished.status.success(), "{finished}");
+    assert_eq!(versions(&db).await, versions_from(1));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_build_cut_short_is_finished_by_the_next_migrate() {
     let partner = TestPartner::accepting("acme").await;
