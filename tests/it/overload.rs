@@ -412,7 +412,8 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
 /// of the history never triggers autovacuum's), chose a partial index by its stale
 /// estimate of one row and read it whole at each call:
 /// - routing's look for partners with deliveries due read every due delivery, the held
-///   partner's backlog included;
+///   partner's backlog included, and its look for a patient's waiting deliveries every
+///   waiting one;
 /// - the claim's lock of the rows it chose walked the whole due backlog in due order;
 /// - the record's lock found the rows to lock by joins (half of PostgreSQL's time in the
 ///   `stream-1000` bench), then the patients of the results on the patient index;
@@ -478,8 +479,20 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
         )
         .await
         .expect("the day's results");
-    // And the held partner's outage.
+    // And the held partner's outage: each patient's event due, and the next one waiting
+    // behind it.
     insert_due_deliveries(&db, &[("held", BACKLOG, Duration::from_secs(3600))]).await;
+    db.client
+        .execute(
+            "INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state)
+             SELECT gen_random_uuid(), event_id + 1000000000, partner, event_name, patient_id,
+                    'waiting'
+             FROM dispatcher.deliveries WHERE partner = 'held' AND state = 'pending'",
+            &[],
+        )
+        .await
+        .expect("the held partner's waiting deliveries");
     // What those statements read is reported now, not during a step below.
     db.client
         .batch_execute("SELECT pg_stat_force_next_flush()")

@@ -152,7 +152,10 @@ pub async fn insert(
                                 SELECT 1 FROM dispatcher.deliveries other
                                 WHERE other.partner = new.partner
                                   AND other.patient_id = new.patient_id
-                                  AND other.state = 'waiting'))
+                                  AND other.state = 'waiting'
+                                -- A lookup per delivery: without it, a plan made beside a
+                                -- small table hashed every waiting delivery at each batch.
+                                OFFSET 0))
                             AS in_order
                  FROM new
                  LEFT JOIN LATERAL (
