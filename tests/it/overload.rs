@@ -464,7 +464,7 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
     db.client
         .execute(
             "UPDATE dispatcher.deliveries SET state = 'in_flight', ended_at = NULL,
-                 due_at = now() + interval '1 minute'
+                 due_at = now() - interval '1 minute'
              WHERE patient_id LIKE 'past-%'",
             &[],
         )
@@ -512,14 +512,22 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
         let before = delivery_entries_read(&db).await;
         router.record(&today[0], DeliveryState::Delivered).await;
         let record = entries_read_since(&db, &router.client, before).await;
-        // The rescuer's tick: no lease has run out; when does the next one? The first
-        // tick after the day passes the day's dead entries in the in-flight index once,
-        // in lease order, and marks them; what a tick reads after that is measured.
+        // The rescuer's tick, once a lease of the batch has run out. The first tick after
+        // the day passes the day's dead entries in the in-flight index once, in lease
+        // order, and marks them; what a tick reads after that is measured.
         let before = delivery_entries_read(&db).await;
         queue::until_next_lease_end(&router.client)
             .await
             .expect("the next lease's end");
         entries_read_since(&db, &router.client, before).await;
+        db.client
+            .execute(
+                "UPDATE dispatcher.deliveries SET due_at = now() - interval '1 second'
+                 WHERE id = $1",
+                &[&batch[0].id],
+            )
+            .await
+            .expect("a lease runs out");
         let before = delivery_entries_read(&db).await;
         let rescued = queue::rescue_expired(&mut router.client, Duration::from_secs(60), 5, 100)
             .await
@@ -528,7 +536,7 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
             .await
             .expect("the next lease's end");
         let rescue = entries_read_since(&db, &router.client, before).await;
-        assert!(rescued.is_empty());
+        assert_eq!(rescued.len(), 1, "the lease that ran out");
         assert!(
             [routing, claim, record, rescue]
                 .iter()
