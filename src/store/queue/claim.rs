@@ -36,8 +36,9 @@ pub const BODY_ERASED: &str = "ended without sending: the event body was erased 
 /// is never walked; the earliest due across partners are then locked and taken. Choosing
 /// before locking keeps the locks to the rows taken (but for the race `locked` describes):
 /// locking inside each partner's read would lock every partner's share, and the rows left
-/// out would stay locked (and be skipped by other daemons) until the claim commits. The statement is prepared once per
-/// connection and runs on a generic plan (see [`GENERIC_PLAN`]).
+/// out would stay locked (and be skipped by other daemons) until the claim commits. The
+/// statement is prepared once per connection and runs on a generic plan (see
+/// [`GENERIC_PLAN`]).
 pub(super) const CLAIM_DUE: &str = concat!(
     "WITH RECURSIVE ",
     partners_waiting!(),
