@@ -196,10 +196,10 @@ pub enum Patients {
     /// Every event for a patient of its own.
     Distinct,
     /// Every event for a patient of its own, whose id (a hash of `<prefix><n>`) falls
-    /// anywhere in the patient indexes, among other seeds' too, as real patients' ids do, instead of next to
-    /// the one before: each new delivery then writes a leaf page of its own in every index
-    /// keyed by patient, and after a checkpoint the first write of each page writes it
-    /// whole, which a large history makes the common case.
+    /// anywhere in the patient indexes, among other seeds' too, as real patients' ids do,
+    /// instead of next to the one before: each new delivery then writes a leaf page of its
+    /// own in every index keyed by patient, and after a checkpoint the first write of each
+    /// page writes it whole, which a large history makes the common case.
     Scattered,
     /// This many events per patient, one after another in outbox order: an enrollment,
     /// then viewed-tracker events.
@@ -302,9 +302,9 @@ impl BenchDb {
     }
 
     /// `count` events (a patient each, as `patients` says: `Distinct` or `Scattered`) and a
-    /// pending delivery to `partner` for each, as routing would have made them (see the dispatcher's
-    /// `store::queue::insert`): a backlog already routed, due `overdue` ago (zero: due
-    /// now).
+    /// pending delivery to `partner` for each, as routing would have made them (see the
+    /// dispatcher's `store::queue::insert`): a backlog already routed, due `overdue` ago
+    /// (zero: due now).
     pub async fn seed_routed_backlog(
         &self,
         partner: &str,
@@ -332,9 +332,9 @@ impl BenchDb {
     }
 
     /// `count` events (a patient each, as `patients` says: `Distinct` or `Scattered`), each
-    /// with a delivery to `partner` delivered yesterday after one attempt: the history support keeps (issue 22's
-    /// `history` scenario), within every retention period, so that no pruning runs during
-    /// the measurement.
+    /// with a delivery to `partner` delivered yesterday after one attempt: the history
+    /// support keeps (issue 22's `history` scenario), within every retention period, so
+    /// that no pruning runs during the measurement.
     pub async fn seed_ended_deliveries(
         &self,
         partner: &str,

@@ -404,13 +404,13 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
     );
 }
 
-/// After a day of sending, before autovacuum came by, and beside a held partner's
-/// backlog, routing an event, claiming a batch, recording a result and the rescuer's tick
-/// each read what they take, whenever the daemon made its plans: on a new database, or beside the day's first
-/// few hundred deliveries. Generic plans made while the table was small, and kept as it
-/// grew (a stream never triggers the router's ANALYZE, and a backlog smaller than a tenth
-/// of the history never triggers autovacuum's), chose a partial index by its stale
-/// estimate of one row and read it whole at each call:
+/// After a day of sending, before autovacuum came by, and beside a held partner's backlog,
+/// routing an event, claiming a batch, recording a result and the rescuer's tick each read
+/// what they take, whenever the daemon made its plans: on a new database, or beside the
+/// day's first few hundred deliveries. Generic plans made while the table was small, and
+/// kept as it grew (a stream never triggers the router's ANALYZE, and a backlog smaller
+/// than a tenth of the history never triggers autovacuum's), chose a partial index by its
+/// stale estimate of one row and read it whole at each call:
 /// - routing's look for partners with deliveries due read every due delivery, the held
 ///   partner's backlog included, and its look for a patient's waiting deliveries every
 ///   waiting one;

@@ -34,10 +34,10 @@ use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 /// `patients`, the (partner, patient)s of the deliveries whose ids are the statement's
-/// parameter `$ids` (found by primary key), and `unfinished`, each one's unfinished deliveries (partner,
-/// patient_id, id, state, event_id), read on the order's two indexes, a lookup per
-/// patient (`OFFSET 0`), never a partner's whole queue: the look the lock and `settle`
-/// share.
+/// parameter `$ids` (found by primary key), and `unfinished`, each one's unfinished
+/// deliveries (partner, patient_id, id, state, event_id), read on the order's two indexes,
+/// a lookup per patient (`OFFSET 0`), never a partner's whole queue: the look the lock and
+/// `settle` share.
 macro_rules! unfinished_of_patients {
     ($ids:literal) => {
         concat!(
