@@ -404,6 +404,18 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
     );
 }
 
+/// The rescuer's tick, as `daemon/rescuer.rs` makes it: the leases that ran out returned
+/// to the queue, then a look at when the next one runs out.
+async fn rescuer_tick(router: &mut Router) -> Vec<queue::ExpiredLease> {
+    let rescued = queue::rescue_expired(&mut router.client, Duration::from_secs(60), 5, 100)
+        .await
+        .expect("rescue");
+    queue::until_next_lease_end(&router.client)
+        .await
+        .expect("the next lease's end");
+    rescued
+}
+
 /// After a day of sending, before autovacuum came by, and beside a held partner's backlog,
 /// routing an event, claiming a batch, recording a result and the rescuer's tick each read
 /// what they take, whenever the daemon made its plans: on a new database, or beside the
@@ -448,12 +460,7 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
         insert_due_deliveries(&db, &[("held", 1, Duration::ZERO)]).await;
         let held = router.claim(&["held"]).await;
         router.record(&held[0], DeliveryState::Delivered).await;
-        queue::rescue_expired(&mut router.client, Duration::from_secs(60), 5, 100)
-            .await
-            .expect("rescue");
-        queue::until_next_lease_end(&router.client)
-            .await
-            .expect("the next lease's end");
+        rescuer_tick(&mut router).await;
         db.insert_event(ENROLLMENT, &enrollment_event(moment)).await;
         let first = router.route_and_claim().await.claimed;
         router.record(&first[0], DeliveryState::Delivered).await;
@@ -529,12 +536,7 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
             .await
             .expect("a lease runs out");
         let before = delivery_entries_read(&db).await;
-        let rescued = queue::rescue_expired(&mut router.client, Duration::from_secs(60), 5, 100)
-            .await
-            .expect("rescue");
-        queue::until_next_lease_end(&router.client)
-            .await
-            .expect("the next lease's end");
+        let rescued = rescuer_tick(&mut router).await;
         let rescue = entries_read_since(&db, &router.client, before).await;
         assert_eq!(rescued.len(), 1, "the lease that ran out");
         assert!(

@@ -273,8 +273,9 @@ pub fn pool(database: &DatabaseConfig, limits: PoolLimits) -> Result<Pool, DbErr
 /// whole to find a few rows by id, and goes on doing so as the table grows: the record's
 /// lock of a patient's order read every delivery ever made at each result, half of
 /// PostgreSQL's time in the `stream-1000` bench. Every statement the daemon runs finds its
-/// rows by an index by design (`tests/it/overload.rs` holds the claim and the record to
-/// it), so its connections leave the planner no sequential scan where an index serves.
+/// rows by an index by design (`tests/it/overload.rs` holds routing, the claim, the record
+/// and the rescuer to it), so its connections leave the planner no sequential scan where
+/// an index serves.
 /// Support's and the commands' pools plan as PostgreSQL chooses: their questions are not
 /// all index-shaped.
 pub fn daemon_pool(database: &DatabaseConfig) -> Result<Pool, DbError> {
