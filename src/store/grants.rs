@@ -50,6 +50,7 @@ const DAEMON_READ_WRITE: &[&str] = &[
     "routing_position",
     "outbox_route_again",
     "idempotency_keys",
+    "leases",
 ];
 
 /// Every table of the schema, so a test can tell one that the grants forget.
@@ -68,6 +69,7 @@ pub const TABLES: &[&str] = &[
     "routing_position",
     "outbox_route_again",
     "idempotency_keys",
+    "leases",
 ];
 
 /// The SQL that gives each role what it needs and nothing else.

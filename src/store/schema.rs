@@ -67,6 +67,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         19,
         include_str!("../../migrations/0019_order_index_of_patients.sql"),
     ),
+    (20, include_str!("../../migrations/0020_claim_in_place.sql")),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the
