@@ -16,11 +16,16 @@
 -- versions (about 96% of claims were HOT at 50 in the study); pages written before keep
 -- what they have.
 --
--- A daemon from before 0020 still running: the constraint below refuses its claims and
--- its routing (both write `in_flight`), so it cannot take a delivery this version has
--- claimed; it still records what it holds (by token) until it is replaced. The rows in
--- flight when this runs are moved to the new form with their token and lease, so
--- whichever daemon holds them records them, and the rescuer returns them if none does.
+-- A daemon from before 0020 still running beside this version claims by writing
+-- `in_flight` and the lease's end into `due_at`, and its claim takes any pending row that
+-- is due, claimed or not. The trigger below stores its claims in the new form (with a
+-- lease row, so the rescuer finds them) and leaves out of them a row this version has
+-- claimed (the row is skipped: the old claim does not return it, so it is not sent
+-- twice). Its rescuer looks for `in_flight` rows, finds none, and leaves its lost claims
+-- to this version's. A later migration drops the trigger, once no daemon from before
+-- 0020 can be running. The rows in flight when this runs are moved to the new form with
+-- their token and lease, so whichever daemon holds them records them.
+--
 -- The transaction takes ACCESS EXCLUSIVE on `deliveries` for a moment (catalog only, and
 -- the in-flight rows' update), under the migration's lock_timeout. A run stopped in the
 -- validation starts this file again: each step does nothing the second time.
@@ -46,6 +51,30 @@ ON CONFLICT (claim_token) DO NOTHING;
 UPDATE dispatcher.deliveries
 SET state = 'pending', leased_until = due_at
 WHERE state = 'in_flight';
+
+CREATE OR REPLACE FUNCTION dispatcher.claim_from_before_0020() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.claim_token IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    NEW.state := 'pending';
+    NEW.claim_token := COALESCE(NEW.claim_token, gen_random_uuid());
+    NEW.leased_until := NEW.due_at;
+    NEW.due_at := CASE WHEN TG_OP = 'UPDATE' THEN OLD.due_at ELSE now() END;
+    INSERT INTO dispatcher.leases AS l (claim_token, lease_end, deliveries)
+    VALUES (NEW.claim_token, NEW.leased_until, ARRAY[NEW.id])
+    ON CONFLICT (claim_token) DO UPDATE
+        SET deliveries = l.deliveries || excluded.deliveries,
+            lease_end = greatest(l.lease_end, excluded.lease_end);
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS deliveries_claimed_before_0020 ON dispatcher.deliveries;
+CREATE TRIGGER deliveries_claimed_before_0020
+    BEFORE INSERT OR UPDATE OF state ON dispatcher.deliveries
+    FOR EACH ROW WHEN (NEW.state = 'in_flight')
+    EXECUTE FUNCTION dispatcher.claim_from_before_0020();
 
 -- A claim token means claimed, which is now `pending` with a token.
 ALTER TABLE dispatcher.deliveries DROP CONSTRAINT IF EXISTS deliveries_claimed_in_flight;

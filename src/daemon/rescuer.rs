@@ -24,8 +24,8 @@ use crate::shutdown::Shutdown;
 use crate::store::db::{self, Pool};
 use crate::store::queue;
 
-/// Deliveries rescued per statement.
-const RESCUE_BATCH: usize = 1000;
+/// Leases that ran out ended per statement (each of up to a claim's deliveries).
+const RESCUE_BATCH: usize = 100;
 /// The shortest wait between looks, so a lease another rescuer is busy with is not
 /// polled in a tight loop.
 const SOON: Duration = Duration::from_millis(50);
@@ -67,7 +67,8 @@ pub(super) async fn run(
                 if rescued > 0 {
                     wakeups.deliveries.notify_one();
                 }
-                if rescued == RESCUE_BATCH {
+                // Until a look finds none: more leases may have run out meanwhile.
+                if rescued > 0 {
                     continue;
                 }
                 until_next_lease_end(&pool, &live).await

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use crate::support::*;
 use dispatcher::config::Config;
-use dispatcher::delivery::outcome::{AttemptRecord, Resolution};
-use dispatcher::delivery::state::DeliveryState;
 use dispatcher::store::{db, queue};
 use tokio::task::JoinHandle;
 
@@ -320,29 +318,54 @@ async fn deliver_once(
     config: &Config,
 ) -> Result<u64, tokio_postgres::Error> {
     route_as_released(client, config).await?;
-    let claim = queue::claim_due(client, 100, Duration::from_secs(60), &[]).await?;
-    let resolutions: Vec<Resolution> = claim
-        .deliveries
-        .iter()
-        .map(|delivery| Resolution {
-            delivery_id: delivery.id,
-            claim_token: delivery.claim_token,
-            state: DeliveryState::Delivered,
-            due_in: None,
-            last_error: None,
-            attempt: Some(AttemptRecord {
-                started_at: chrono::Utc::now(),
-                duration: Duration::from_millis(1),
-                http_status: Some(200),
-                error_kind: None,
-                error: None,
-                response_body: None,
-            }),
-            learned_external_id: None,
-        })
-        .collect();
-    let recorded = queue::record(client, &resolutions.iter().collect::<Vec<_>>()).await?;
-    Ok(recorded.len() as u64)
+    let claim_token = uuid::Uuid::new_v4();
+    let claimed = claim_as_released(client, claim_token).await?;
+    record_as_released(client, claim_token, &claimed).await
+}
+
+/// The claim as the releases before migration 0020 made it: the delivery moved to
+/// `in_flight` under the claim's token, the lease's end in `due_at`, taken from any due
+/// pending delivery. After 0020, its trigger stores such a claim as this version does and
+/// leaves out a delivery this version has claimed.
+async fn claim_as_released(
+    client: &deadpool_postgres::Client,
+    claim_token: uuid::Uuid,
+) -> Result<Vec<uuid::Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "UPDATE dispatcher.deliveries
+             SET state = 'in_flight', due_at = now() + interval '60 seconds', claim_token = $1
+             WHERE id IN (SELECT id FROM dispatcher.deliveries
+                          WHERE state = 'pending' AND due_at <= now()
+                          ORDER BY due_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+            &[&claim_token],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// The record of a 200 as the releases before migration 0020 wrote it, by the claim's
+/// token. How many it recorded.
+async fn record_as_released(
+    client: &deadpool_postgres::Client,
+    claim_token: uuid::Uuid,
+    claimed: &[uuid::Uuid],
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "WITH recorded AS (
+                 UPDATE dispatcher.deliveries
+                 SET state = 'delivered', due_at = NULL, claim_token = NULL, ended_at = now(),
+                     attempt_count = attempt_count + 1, last_status = 200
+                 WHERE id = ANY($1) AND claim_token = $2
+                 RETURNING id, attempt_count
+             )
+             INSERT INTO dispatcher.attempts (delivery_id, number, started_at, duration_ms, http_status)
+             SELECT id, attempt_count, now(), 1, 200 FROM recorded",
+            &[&claimed, &claim_token],
+        )
+        .await
 }
 
 /// The index on `deliveries` whose concurrent build waits for the transactions writing
@@ -742,4 +765,48 @@ async fn wait_for_lock_wait(db: &TestDb, who: &str, table: &str) {
          WHERE a.{who} AND NOT l.granted AND l.relation = 'dispatcher.{table}'::regclass"
     );
     db.wait_for_count(&sql, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_from_before_0020_beside_this_one_never_sends_what_this_one_claimed() {
+    // An upgrade under way: this version's daemon claims as 0020 stores it, while one
+    // from before still claims by writing `in_flight`, from any due pending delivery.
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    for patient in ["first", "second"] {
+        db.insert_event(ENROLLMENT, &enrollment_event(patient)).await;
+    }
+    let mut router = Router::of(&config, &db).await;
+    router.route().await;
+    let ours = router.claim(&[]).await;
+    assert_eq!(ours.len(), 2);
+    db.insert_event(ENROLLMENT, &enrollment_event("third")).await;
+    router.route().await;
+
+    let theirs_token = uuid::Uuid::new_v4();
+    let theirs = claim_as_released(&router.client, theirs_token)
+        .await
+        .expect("the old daemon's claim");
+
+    assert_eq!(theirs.len(), 1, "only the delivery nobody had claimed");
+    assert!(ours.iter().all(|claimed| !theirs.contains(&claimed.id)));
+    // Its claim is stored as this version's are, and its lease can be rescued.
+    db.client
+        .batch_execute(&format!(
+            "UPDATE dispatcher.deliveries SET leased_until = now() - interval '1 second'
+             WHERE claim_token = '{theirs_token}';
+             UPDATE dispatcher.leases SET lease_end = now() - interval '1 second'
+             WHERE claim_token = '{theirs_token}'"
+        ))
+        .await
+        .expect("the old daemon dies, its lease runs out");
+    let rescued = queue::rescue_expired(&mut router.client, Duration::from_secs(60), 5, 100)
+        .await
+        .expect("rescue");
+    assert_eq!(
+        rescued.iter().map(|lost| lost.id).collect::<Vec<_>>(),
+        theirs,
+        "the old daemon's lost claim is rescued by this version"
+    );
 }

@@ -67,6 +67,9 @@ pub(super) const CLAIM_DUE: &str = concat!(
              WHERE d.partner = room.partner
                AND d.state = 'pending'
                AND d.due_at <= now()
+               -- Claimed ones keep their place in `deliveries_pending` (at most the
+               -- partner's `max_in_flight`, at the head of its due order): passed over.
+               AND d.claim_token IS NULL
                AND NOT EXISTS (
                    SELECT 1 FROM dispatcher.deliveries earlier
                    WHERE earlier.partner = d.partner
@@ -90,10 +93,10 @@ pub(super) const CLAIM_DUE: &str = concat!(
      -- the candidates. So the state is checked above the lock, on the row as locked. A
      -- candidate changed by a transaction that committed since this statement began is
      -- still locked until this claim commits, and not taken: one claimed by another
-     -- daemon is due only when its lease ends (the lock's recheck of `due_at` leaves it
-     -- out of the limit); one made to wait since counts against the limit, and is left
-     -- out here. Only in that race does a claim lock a row it does not take, or take
-     -- fewer than it could.
+     -- daemon holds a token (the lock's recheck of `claim_token` leaves it out of the
+     -- limit); one made to wait since counts against the limit, and is left out here.
+     -- Only in that race does a claim lock a row it does not take, or take fewer than it
+     -- could.
      locked AS (
          SELECT taken.id, taken.event_id, taken.partner, taken.patient_id
          FROM (
@@ -101,6 +104,7 @@ pub(super) const CLAIM_DUE: &str = concat!(
              FROM dispatcher.deliveries d
              WHERE d.id = ANY(ARRAY(SELECT candidate.id FROM candidate))
                AND d.due_at <= now()
+               AND d.claim_token IS NULL
              ORDER BY d.due_at
              LIMIT $1
              FOR UPDATE OF d SKIP LOCKED
@@ -119,14 +123,23 @@ pub(super) const CLAIM_DUE: &str = concat!(
              OFFSET 0
          ) AS o
      ),
+     -- In place (migration 0020): the state, `due_at` and every other indexed column
+     -- stay as they are, so the new version is written beside the old one with no
+     -- index entry (a HOT update) where the page has room.
      claimed AS (
          UPDATE dispatcher.deliveries d
-         SET state = 'in_flight',
-             due_at = now() + make_interval(secs => $2),
-             claim_token = $3::uuid
+         SET claim_token = $3::uuid,
+             leased_until = now() + make_interval(secs => $2)
          WHERE d.id = ANY(ARRAY(SELECT due.id FROM due))
          RETURNING d.id, d.event_id, d.partner, d.event_name,
                    d.attempt_count - d.attempts_before_resend AS attempts_used
+     ),
+     -- What the rescuer finds the lease by when it runs out.
+     lease AS (
+         INSERT INTO dispatcher.leases (claim_token, lease_end, deliveries)
+         SELECT $3::uuid, now() + make_interval(secs => $2), array_agg(claimed.id)
+         FROM claimed
+         HAVING count(*) > 0
      )
      SELECT claimed.id, claimed.event_id, claimed.partner, claimed.event_name,
             claimed.attempts_used, due.event, due.external_id, due.traceparent
@@ -152,7 +165,7 @@ pub(super) const GENERIC_PLAN: &str =
 /// Claims up to `limit` due deliveries for `lease`, and no more of a partner's than its
 /// `room` (a partner not listed takes any number).
 ///
-/// Due means pending and due; a delivery whose lease ran out comes back through
+/// Due means pending, due and not claimed; a delivery whose lease ran out comes back through
 /// [`rescue_expired`](super::rescue_expired) first. A delivery behind an unfinished earlier
 /// event for the same (partner, patient) is `waiting`, not pending, so the claim never
 /// reads it; its `NOT EXISTS` still holds order for the one race `order.rs` describes.

@@ -49,9 +49,8 @@ pub use rescue::{rescue_expired, until_next_lease_end, ExpiredLease};
 /// `offered` (the ones its daemon holds a slot and capacity for), under `claim_token`
 /// for `lease`.
 ///
-/// A delivery claimed as it is inserted is written once, `in_flight`, instead of
-/// inserted `pending` and updated by a claim: one write of the wide row and of its index
-/// entries less, and one commit less between the event's commit and its request. So only
+/// A delivery claimed as it is inserted is written once, claimed, instead of inserted
+/// and updated by a claim: one write of the wide row less, and one commit less between the event's commit and its request. So only
 /// where a claim would have taken it at once and nothing else: it is first in its
 /// patient's order (nothing else unfinished with its partner, none beside it in the
 /// batch), and its partner has no delivery already due, which a claim takes first, in
@@ -183,6 +182,8 @@ pub async fn insert(
                      SELECT 1 FROM dispatcher.deliveries due
                      WHERE due.partner = listed.partner AND due.state = 'pending'
                        AND due.due_at <= now()
+                       -- Claimed ones (at most its `max_in_flight`) are not waiting.
+                       AND due.claim_token IS NULL
                      ORDER BY due.due_at
                      LIMIT 1
                  ) AS due
@@ -205,27 +206,34 @@ pub async fn insert(
                      OFFSET 0
                  ) AS body ON true
              ),
+             -- Claimed as the claim stores it (migration 0020): pending, with the
+             -- claim's token and the lease's end.
              inserted AS (
                  INSERT INTO dispatcher.deliveries
                      (id, event_id, partner, event_name, patient_id, state, last_error,
-                      due_at, ended_at, claim_token)
+                      due_at, ended_at, claim_token, leased_until)
                  SELECT id, event_id, partner, event_name, patient_id,
-                        CASE WHEN behind THEN 'waiting'
-                             WHEN claimed THEN 'in_flight'
-                             ELSE state END,
+                        CASE WHEN behind THEN 'waiting' ELSE state END,
                         last_error,
-                        CASE WHEN claimed THEN now() + make_interval(secs => $9)
-                             WHEN state = 'pending' THEN now() END,
+                        CASE WHEN state = 'pending' THEN now() END,
                         CASE WHEN state = 'pending' THEN NULL ELSE now() END,
-                        CASE WHEN claimed THEN $10::uuid END
+                        CASE WHEN claimed THEN $10::uuid END,
+                        CASE WHEN claimed THEN now() + make_interval(secs => $9) END
                  FROM placed
                  ON CONFLICT (event_id, partner) DO NOTHING
-                 RETURNING id, state
+                 RETURNING id, state, claim_token IS NOT NULL AS claimed
+             ),
+             lease AS (
+                 INSERT INTO dispatcher.leases (claim_token, lease_end, deliveries)
+                 SELECT $10::uuid, now() + make_interval(secs => $9), array_agg(inserted.id)
+                 FROM inserted
+                 WHERE inserted.claimed
+                 HAVING count(*) > 0
              )
-             SELECT inserted.id, inserted.state, placed.in_order,
+             SELECT inserted.id, inserted.state, inserted.claimed, placed.in_order,
                     placed.event_id, placed.partner, placed.event_name, 0 AS attempts_used,
                     placed.body AS event, placed.traceparent,
-                    CASE WHEN inserted.state = 'in_flight' THEN
+                    CASE WHEN inserted.claimed THEN
                         (SELECT known.external_id FROM dispatcher.partner_patients known
                          WHERE known.partner = placed.partner
                            AND known.patient_id = placed.patient_id)
@@ -253,15 +261,13 @@ pub async fn insert(
     let mut inserted = Inserted::default();
     let mut in_order = Vec::new();
     for row in &rows {
-        match row.get::<_, &str>("state") {
-            "in_flight" => {
-                if let Some(event) = row.get::<_, Option<String>>("event") {
-                    let delivery = claim::claimed(row, send_now.claim_token, event);
-                    inserted.claimed.push(delivery);
-                }
+        if row.get::<_, bool>("claimed") {
+            if let Some(event) = row.get::<_, Option<String>>("event") {
+                let delivery = claim::claimed(row, send_now.claim_token, event);
+                inserted.claimed.push(delivery);
             }
-            "pending" => inserted.pending += 1,
-            _ => {}
+        } else if row.get::<_, &str>("state") == "pending" {
+            inserted.pending += 1;
         }
         if row.get::<_, bool>("in_order") {
             in_order.push(row.get("id"));
@@ -286,7 +292,7 @@ pub struct PartnerQueue {
 }
 
 /// Every partner's queue in one grouped scan of the unfinished deliveries, each state on
-/// its own partial index (`deliveries_pending`, `deliveries_in_flight`,
+/// its own partial index (`deliveries_pending`, which holds the claimed ones too, and
 /// `deliveries_waiting`), so reading it at each scrape costs little.
 pub async fn queue_by_partner(
     client: &impl GenericClient,
@@ -294,17 +300,17 @@ pub async fn queue_by_partner(
     let rows = client
         .query(
             "SELECT partner,
-                    count(*) FILTER (WHERE state IN ('pending', 'waiting')) AS pending,
-                    count(*) FILTER (WHERE state = 'in_flight') AS in_flight,
-                    COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
+                    count(*) FILTER (WHERE claim_token IS NULL) AS pending,
+                    count(*) FILTER (WHERE claim_token IS NOT NULL) AS in_flight,
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(due) FILTER (WHERE due <= now())), 0)::float8
                         AS oldest_due_seconds
-             FROM (SELECT partner, state, due_at FROM dispatcher.deliveries
+             FROM (SELECT partner, claim_token,
+                          -- A claimed one is due again when its lease ends.
+                          CASE WHEN claim_token IS NULL THEN due_at ELSE leased_until END AS due
+                   FROM dispatcher.deliveries
                    WHERE state = 'pending' AND partner IS NOT NULL
                    UNION ALL
-                   SELECT partner, state, due_at FROM dispatcher.deliveries
-                   WHERE state = 'in_flight' AND partner IS NOT NULL
-                   UNION ALL
-                   SELECT partner, state, due_at FROM dispatcher.deliveries
+                   SELECT partner, claim_token, due_at FROM dispatcher.deliveries
                    WHERE state = 'waiting' AND partner IS NOT NULL) AS unfinished
              GROUP BY partner",
             &[],

@@ -23,7 +23,7 @@
 //! Why a lock: without it, a router could make an event wait behind one that a recorder
 //! is ending at that moment, each not seeing the other's change, and the event would wait
 //! for ever; two recorders ending the two unfinished deliveries ahead of a waiting one
-//! could each see the other's as unfinished. The claim itself (`pending` to `in_flight`)
+//! could each see the other's as unfinished. The claim itself (a token on a `pending` row)
 //! changes nothing here and takes no such lock (it skips locked rows). The claim still
 //! checks order (its `NOT EXISTS`), as before: the one case the locks cannot cover is a
 //! (partner, patient) with nothing unfinished to lock, where a resend and the routing of

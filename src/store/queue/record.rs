@@ -47,6 +47,10 @@ pub async fn record(
         .filter(|id| in_order.contains(id))
         .collect();
     super::order::settle(&transaction, &ended).await?;
+    let mut claims: Vec<Uuid> = resolutions.iter().map(|r| r.claim_token).collect();
+    claims.sort_unstable();
+    claims.dedup();
+    super::rescue::end_leases_recorded(&transaction, &claims).await?;
     transaction.commit().await?;
     Ok(written.into_iter().map(|write| write.id).collect())
 }
@@ -111,16 +115,18 @@ async fn write(
                  SET state = r.state,
                      due_at = now() + make_interval(secs => r.due_in),
                      claim_token = NULL,
+                     leased_until = NULL,
                      attempt_count = d.attempt_count + r.attempted::int,
                      last_status = CASE WHEN r.attempted THEN r.http_status ELSE d.last_status END,
                      last_error = CASE WHEN r.attempted OR r.error IS NOT NULL THEN r.error
                                        ELSE d.last_error END,
                      ended_at = CASE WHEN r.state = 'pending' THEN NULL ELSE now() END
                  FROM result r
-                 -- By primary key, and the current claim's token, which means in flight
-                 -- (migration 0017's constraint): a `state = 'in_flight'` here let the
-                 -- generic plan read the in-flight index whole instead, with the dead
-                 -- entry each delivery sent since the last vacuum left there.
+                 -- By primary key, and the current claim's token, which means claimed
+                 -- (migration 0020's constraint): a state beside them (`in_flight`
+                 -- before 0020) let the generic plan read that state's index whole
+                 -- instead, with the dead entry each delivery sent since the last vacuum
+                 -- left there.
                  WHERE d.id = ANY($1) AND d.id = r.id AND d.claim_token = r.claim_token
                  RETURNING d.id, r.claim_token, d.attempt_count, d.partner, d.patient_id,
                            r.state <> 'pending' AND d.patient_id IS NOT NULL AND (

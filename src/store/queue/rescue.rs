@@ -24,8 +24,9 @@ pub struct ExpiredLease {
 const LEASE_EXPIRED: &str = "no result was recorded before the lease ran out (the daemon \
      stopped or could not reach the database); the partner may have received it";
 
-/// Returns up to `limit` deliveries whose lease ran out while in flight to the queue:
-/// their daemon died, or could not record the result before the lease ended.
+/// Ends up to `limit` leases that ran out (`dispatcher.leases`, one per claim) and returns
+/// to the queue the deliveries that still held them: their daemon died, or could not
+/// record the result before the lease ended.
 ///
 /// The lost claim counts as an attempt (the request may have reached the partner) and is
 /// recorded as one, with error kind `lease_expired`. So a delivery whose result can never
@@ -44,32 +45,47 @@ pub async fn rescue_expired(
     let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
     let lease_ms = i32::try_from(lease.as_millis()).unwrap_or(i32::MAX);
     let transaction = client.transaction().await?;
-    // Found first, then locked with their (partner, patient)s in the order every
-    // transaction that changes a patient's order locks (see `order.rs`), then checked again.
+    // The leases that ran out, each taken by one rescuer (`SKIP LOCKED`), and of their
+    // deliveries those that still hold them (the others were recorded or handed back).
+    // Then those are locked with their (partner, patient)s in the order every
+    // transaction that changes a patient's order locks (see `order.rs`), and checked
+    // again by the update.
     let found = transaction
         .prepare_cached(
-            "SELECT id FROM dispatcher.deliveries
-             WHERE state = 'in_flight' AND due_at <= now()
-             ORDER BY due_at
-             LIMIT $1",
+            "SELECT ended.claim_token, held.id
+             FROM (SELECT l.claim_token, l.deliveries FROM dispatcher.leases l
+                   WHERE l.lease_end <= now()
+                   ORDER BY l.lease_end
+                   LIMIT $1
+                   FOR UPDATE SKIP LOCKED) AS ended
+             LEFT JOIN LATERAL (
+                 SELECT d.id FROM dispatcher.deliveries d
+                 WHERE d.id = ANY(ended.deliveries) AND d.claim_token = ended.claim_token
+                 -- By primary key, one lease at a time, whatever the table looked like
+                 -- when the plan was made.
+                 OFFSET 0
+             ) AS held ON true",
         )
         .await?;
-    let expired: Vec<Uuid> = transaction
-        .query(&found, &[&limit])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    if expired.is_empty() {
+    let mut leases = Vec::new();
+    let mut expired = Vec::new();
+    for row in transaction.query(&found, &[&limit]).await? {
+        leases.push(row.get::<_, Uuid>("claim_token"));
+        if let Some(id) = row.get::<_, Option<Uuid>>("id") {
+            expired.push(id);
+        }
+    }
+    if leases.is_empty() {
         return Ok(Vec::new());
     }
+    leases.dedup();
     super::order::lock_patients(&transaction, &expired).await?;
     let statement = transaction.prepare_cached(
         "WITH expired AS (
-                 SELECT id, due_at AS lease_end,
+                 SELECT id, leased_until AS lease_end,
                         attempt_count + 1 - attempts_before_resend >= $2 AS last_attempt
                  FROM dispatcher.deliveries
-                 WHERE id = ANY($1) AND state = 'in_flight' AND due_at <= now()
+                 WHERE id = ANY($1) AND claim_token = ANY($5) AND leased_until <= now()
              ),
              rescued AS (
                  UPDATE dispatcher.deliveries d
@@ -77,6 +93,7 @@ pub async fn rescue_expired(
                      due_at = CASE WHEN e.last_attempt THEN NULL ELSE now() END,
                      ended_at = CASE WHEN e.last_attempt THEN now() END,
                      claim_token = NULL,
+                     leased_until = NULL,
                      attempt_count = d.attempt_count + 1,
                      last_status = NULL,
                      last_error = CASE WHEN e.last_attempt
@@ -100,9 +117,13 @@ pub async fn rescue_expired(
     let rows = transaction
         .query(
             &statement,
-            &[&expired, &max_attempts, &lease_ms, &LEASE_EXPIRED],
+            &[&expired, &max_attempts, &lease_ms, &LEASE_EXPIRED, &leases],
         )
         .await?;
+    let ended = transaction
+        .prepare_cached("DELETE FROM dispatcher.leases WHERE claim_token = ANY($1)")
+        .await?;
+    transaction.execute(&ended, &[&leases]).await?;
     let dead: Vec<Uuid> = rows
         .iter()
         .filter(|row| row.get::<_, &str>("state") == "dead")
@@ -133,10 +154,36 @@ pub async fn until_next_lease_end(
 ) -> Result<Option<Duration>, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8
-             FROM dispatcher.deliveries WHERE state = 'in_flight'",
+            "SELECT EXTRACT(EPOCH FROM min(lease_end) - now())::float8
+             FROM dispatcher.leases",
             &[],
         )
         .await?;
     Ok(wait_from_seconds(row.get(0)))
+}
+
+/// Ends the leases of `claims` whose deliveries were all recorded or handed back, so the
+/// rescuer does not wake for them. Run by the record, in its transaction, after its
+/// writes. A lease a rescuer holds now is left to it (`SKIP LOCKED`: waiting for it
+/// here, with the deliveries' locks held, could deadlock with its own wait for them),
+/// and so is one whose last deliveries two records finish at the same moment, each
+/// seeing the other's as still held: the rescuer ends those when they run out.
+pub(super) async fn end_leases_recorded(
+    client: &impl GenericClient,
+    claims: &[Uuid],
+) -> Result<(), tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "DELETE FROM dispatcher.leases
+             WHERE claim_token IN (
+                 SELECT l.claim_token FROM dispatcher.leases l
+                 WHERE l.claim_token = ANY($1)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM dispatcher.deliveries d
+                       WHERE d.id = ANY(l.deliveries) AND d.claim_token = l.claim_token)
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .await?;
+    client.execute(&statement, &[&claims]).await?;
+    Ok(())
 }
