@@ -557,6 +557,52 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
     }
 }
 
+/// The deliveries' row updates so far, and how many of them were HOT (written beside the
+/// old version, with no index entry).
+async fn delivery_updates(db: &TestDb, client: &deadpool_postgres::Client) -> (i64, i64) {
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush the statistics");
+    let row = db
+        .client
+        .query_one(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+             WHERE schemaname = 'dispatcher' AND relname = 'deliveries'",
+            &[],
+        )
+        .await
+        .expect("the deliveries' updates");
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_writes_no_index_entry() {
+    // Ten new deliveries, on a page with room for their claimed versions: the claim
+    // changes no indexed column, so each is updated in place (HOT), and none of the
+    // table's indexes gets an entry. Before, the claim wrote one in five of them.
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    for n in 0..10 {
+        db.insert_event(ENROLLMENT, &enrollment_event(&format!("patient-{n}")))
+            .await;
+    }
+    let mut router = Router::of(&config, &db).await;
+    router.route().await;
+    let (updates, hot) = delivery_updates(&db, &router.client).await;
+
+    let claimed = router.claim(&[]).await;
+
+    let (updates_after, hot_after) = delivery_updates(&db, &router.client).await;
+    assert_eq!(claimed.len(), 10);
+    assert_eq!(
+        (updates_after - updates, hot_after - hot),
+        (10, 10),
+        "(updates, of them HOT) of the claim of 10"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_locks_only_the_deliveries_it_takes() {
     // Three partners with work due and room for a whole batch each: one claim of 100

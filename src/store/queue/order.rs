@@ -35,7 +35,8 @@ use uuid::Uuid;
 
 /// `patients`, the (partner, patient)s of the deliveries whose ids are the statement's
 /// parameter `$ids` (found by primary key), and `unfinished`, each one's unfinished
-/// deliveries (partner, patient_id, id, state, event_id), read on the order's two indexes,
+/// deliveries (partner, patient_id, id, state, event_id; a claimed one's state
+/// `in_flight`), read on the order's two indexes,
 /// a lookup per patient (`OFFSET 0`), never a partner's whole queue: the look the lock and
 /// `settle` share.
 macro_rules! unfinished_of_patients {
@@ -57,7 +58,13 @@ macro_rules! unfinished_of_patients {
              unfinished AS (
                  SELECT p.partner, p.patient_id, u.id, u.state, u.event_id
                  FROM patients p CROSS JOIN LATERAL (
-                     (SELECT d.id, d.state, d.event_id FROM dispatcher.deliveries d
+                     -- A claimed one is in flight (a token on a `pending` row, migration
+                     -- 0020): it finishes, whatever comes before it, so `settle` never
+                     -- makes it wait.
+                     (SELECT d.id,
+                             CASE WHEN d.claim_token IS NULL THEN d.state ELSE 'in_flight' END AS state,
+                             d.event_id
+                      FROM dispatcher.deliveries d
                       WHERE d.partner = p.partner AND d.patient_id = p.patient_id
                         AND d.state IN ('pending', 'in_flight')
                       OFFSET 0)
