@@ -485,7 +485,8 @@ async fn a_late_200_from_a_frozen_daemon_does_not_revive_a_delivery_support_canc
     let (a, _b) = a_frozen_daemon_holding_a_200(&cluster, &config, &mut db, &partner).await;
     partner.wait_for_requests(2).await;
     db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE state = 'pending' AND last_status = 503",
+        "SELECT count(*) FROM dispatcher.deliveries
+         WHERE state = 'pending' AND claim_token IS NULL AND last_status = 503",
         1,
     )
     .await;
@@ -638,9 +639,9 @@ const NOT_SETTLED: &str = "
                CASE
                    WHEN d.state = 'pending' AND d.due_at > now() AND d.claim_token IS NULL
                        THEN NULL
-                   WHEN d.state = 'in_flight' AND d.due_at <= now()
+                   WHEN d.claim_token IS NOT NULL AND d.leased_until <= now()
                        THEN 'in flight with an expired lease'
-                   WHEN d.state = 'in_flight' THEN 'still in flight'
+                   WHEN d.claim_token IS NOT NULL THEN 'still in flight'
                    WHEN d.state = 'pending' THEN 'pending, with no next attempt in the future'
                    WHEN d.state NOT IN ('delivered', 'rejected', 'dead', 'invalid', 'cancelled')
                        THEN 'not a final state'

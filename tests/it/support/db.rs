@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_postgres::NoTls;
 
+use super::queries::SHOWN_STATE;
 use super::{dispatcher, TestConfig};
 
 /// A database of its own for one test, migrated by the real binary.
@@ -144,11 +145,16 @@ impl TestDb {
         panic!("waited {deadline:?} for `{sql}` to be {expected}; it is {last}");
     }
 
+    /// Every delivery's row, its `state` as shown (`in_flight` while claimed: see
+    /// [`SHOWN_STATE`]).
     pub async fn deliveries(&self) -> Vec<Value> {
         let rows = self
             .client
             .query(
-                "SELECT to_jsonb(d) FROM dispatcher.deliveries d ORDER BY event_id, partner",
+                &format!(
+                    "SELECT to_jsonb(d) || jsonb_build_object('state', {SHOWN_STATE})
+                     FROM dispatcher.deliveries d ORDER BY event_id, partner"
+                ),
                 &[],
             )
             .await

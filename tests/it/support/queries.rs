@@ -4,8 +4,16 @@
 
 use super::TestDb;
 
-/// The states of a delivery the dispatcher still has work to do with.
+/// The states of a delivery the dispatcher still has work to do with (a claimed one is
+/// stored `pending`).
 const UNFINISHED: &str = "('pending', 'waiting', 'in_flight')";
+
+/// A delivery's state as support and the tests name it, over the row `d`: since
+/// migration 0020 a claimed delivery is stored `pending` with a claim token, and is
+/// `in_flight` to everyone who reads it. Written here apart from the store's own, so the
+/// tests read it as the migration defines it.
+pub(super) const SHOWN_STATE: &str =
+    "CASE WHEN d.claim_token IS NOT NULL THEN 'in_flight' ELSE d.state END";
 
 /// Which deliveries a test asks about: every condition named must hold.
 #[derive(Clone, Debug, Default)]
@@ -24,8 +32,9 @@ impl Deliveries {
         Deliveries::all().and(format!("partner = {}", literal(partner)))
     }
 
+    /// In `state` as shown (`in_flight`: claimed).
     pub fn in_state(self, state: &str) -> Deliveries {
-        self.and(format!("state = {}", literal(state)))
+        self.and(format!("{SHOWN_STATE} = {}", literal(state)))
     }
 
     /// Still `pending`, `waiting` or `in_flight`: the dispatcher has more to do with them.
@@ -43,9 +52,10 @@ impl Deliveries {
         self.and("ended_at IS NOT NULL".to_string())
     }
 
-    /// Due: to be claimed at once, not after a delay or a lease.
+    /// Due: to be claimed at once, not after a delay, nor claimed already (a claimed one
+    /// keeps the `due_at` it fell due at).
     pub fn due(self) -> Deliveries {
-        self.and("due_at <= now()".to_string())
+        self.and("due_at <= now() AND claim_token IS NULL".to_string())
     }
 
     /// With exactly `attempts` attempts spent.
@@ -74,7 +84,7 @@ impl Deliveries {
 
     /// The count, as SQL (also what a failed wait prints).
     fn count_sql(&self) -> String {
-        let mut sql = "SELECT count(*) FROM dispatcher.deliveries".to_string();
+        let mut sql = "SELECT count(*) FROM dispatcher.deliveries d".to_string();
         if !self.conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&self.conditions.join(" AND "));
@@ -135,11 +145,11 @@ impl TestDb {
             .await
     }
 
-    /// The ids of the deliveries in `state`, in no particular order.
+    /// The ids of the deliveries in `state` (as shown), in no particular order.
     pub async fn ids_in_state(&self, state: &str) -> Vec<String> {
         self.client
             .query(
-                "SELECT id::text FROM dispatcher.deliveries WHERE state = $1",
+                &format!("SELECT id::text FROM dispatcher.deliveries d WHERE {SHOWN_STATE} = $1"),
                 &[&state],
             )
             .await
@@ -213,12 +223,15 @@ impl TestDb {
 }
 
 impl TestDb {
-    /// The states of one patient's deliveries to acme, in event order.
+    /// The states (as shown) of one patient's deliveries to acme, in event order.
     pub async fn states_of(&self, patient: &str) -> Vec<String> {
         self.client
             .query(
-                "SELECT state FROM dispatcher.deliveries WHERE patient_id = $1 AND partner = 'acme'
-                 ORDER BY event_id",
+                &format!(
+                    "SELECT {SHOWN_STATE} FROM dispatcher.deliveries d
+                     WHERE patient_id = $1 AND partner = 'acme'
+                     ORDER BY event_id"
+                ),
                 &[&patient],
             )
             .await
@@ -226,6 +239,124 @@ impl TestDb {
             .iter()
             .map(|row| row.get(0))
             .collect()
+    }
+}
+
+/// Deliveries put in flight by hand, as the claim stores a claim.
+impl TestDb {
+    /// Claims the pending deliveries `ids` as one claim of a daemon would (migration 0020):
+    /// each stays `pending`, due when it fell due, with the claim's fresh token and the
+    /// lease's end, and the lease goes to `dispatcher.leases`, where support and the
+    /// rescuer find it. Returns the claim token.
+    pub async fn claim_by_hand(&self, ids: &[&str], lease: std::time::Duration) -> uuid::Uuid {
+        let token = uuid::Uuid::new_v4();
+        let claimed: i64 = self
+            .client
+            .query_one(
+                "WITH claimed AS (
+                     UPDATE dispatcher.deliveries
+                     SET claim_token = $2, leased_until = now() + make_interval(secs => $3)
+                     WHERE id = ANY($1::text[]::uuid[])
+                       AND state = 'pending' AND claim_token IS NULL
+                     RETURNING id, leased_until
+                 ),
+                 leased AS (
+                     INSERT INTO dispatcher.leases (claim_token, lease_end, deliveries)
+                     SELECT $2, max(leased_until), array_agg(id) FROM claimed
+                 )
+                 SELECT count(*) FROM claimed",
+                &[&ids, &token, &lease.as_secs_f64()],
+            )
+            .await
+            .expect("claim by hand")
+            .get(0);
+        assert_eq!(
+            claimed,
+            ids.len() as i64,
+            "every one of {ids:?} was pending and unclaimed"
+        );
+        token
+    }
+}
+
+/// A long history beside the queue, and what PostgreSQL read of the deliveries, for the
+/// scenarios that hold support's statements to the queue's indexes.
+impl TestDb {
+    /// `count` deliveries to `partner`, each of an event of its own, made and delivered
+    /// `days_ago` days and an hour ago; then ANALYZE, so plans see them.
+    pub async fn seed_delivered_history(&self, partner: &str, count: i64, days_ago: i32) {
+        self.seed_deliveries(partner, count, "delivered", days_ago)
+            .await
+    }
+
+    /// `count` deliveries to `partner` due since an hour ago, as a partner held back (its
+    /// circuit open, its slots full) leaves them; then ANALYZE.
+    pub async fn seed_due_backlog(&self, partner: &str, count: i64) {
+        self.seed_deliveries(partner, count, "pending", 0).await
+    }
+
+    async fn seed_deliveries(&self, partner: &str, count: i64, state: &str, days_ago: i32) {
+        self.client
+            .execute(
+                "WITH events AS (
+                     INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
+                     SELECT $1, jsonb_set($2::jsonb, '{patient,id}',
+                                          to_jsonb($5 || '-' || g)),
+                            now(), NULL
+                     FROM generate_series(1, $4::int8) AS g
+                     RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
+                 )
+                 INSERT INTO dispatcher.deliveries
+                     (id, event_id, partner, event_name, patient_id, state, attempt_count,
+                      created_at, due_at, ended_at)
+                 SELECT gen_random_uuid(), id, $3, event_name, patient_id, $5,
+                        CASE WHEN $5 = 'pending' THEN 0 ELSE 1 END, made,
+                        CASE WHEN $5 = 'pending' THEN made END,
+                        CASE WHEN $5 = 'pending' THEN NULL ELSE made END
+                 FROM events,
+                      LATERAL (SELECT now() - make_interval(days => $6, hours => 1) AS made) AS t",
+                &[
+                    &super::ENROLLMENT,
+                    &super::enrollment_event("template"),
+                    &partner,
+                    &count,
+                    &state,
+                    &days_ago,
+                ],
+            )
+            .await
+            .expect("seed deliveries");
+        self.client
+            .batch_execute("ANALYZE dispatcher.deliveries")
+            .await
+            .expect("analyze");
+    }
+
+    /// How many rows and index entries of `dispatcher.deliveries` PostgreSQL has read so
+    /// far (sequential scans and index scans), by the statistics every backend reports.
+    pub async fn delivery_entries_read(&self) -> i64 {
+        self.count(
+            "SELECT (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables
+                     WHERE schemaname = 'dispatcher' AND relname = 'deliveries')
+                  + (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
+                     WHERE schemaname = 'dispatcher' AND relname = 'deliveries')::int8",
+        )
+        .await
+    }
+
+    /// How many rows and index entries of the deliveries were read since `before` (a
+    /// [`TestDb::delivery_entries_read`]), once `client`'s backend has reported what it
+    /// read: it reports before it answers the flush.
+    pub async fn delivery_entries_read_since(
+        &self,
+        client: &deadpool_postgres::Client,
+        before: i64,
+    ) -> i64 {
+        client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .expect("flush the statistics");
+        self.delivery_entries_read().await - before
     }
 }
 
