@@ -1159,6 +1159,148 @@ async fn the_overview_charts_each_partners_day_counting_retries_but_not_resends(
 }
 
 /// The nonce of a Content-Security-Policy: the one script and style it lets run.
+/// A delivery whose first try failed, claimed again as the claim stores it since
+/// migration 0020 (`pending`, with a claim token): the overview counts it in its
+/// partner's queue (pending, waiting or in flight) and the chart that first try as
+/// retried (another is on the wire). Neither reads a month of delivered deliveries to
+/// find it: the claimed one is found among the pending, on their index.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_counts_a_claimed_delivery_in_flight_without_reading_the_history() {
+    const HISTORY: i64 = 3_000;
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("p-claimed"))
+        .await;
+    let mut router = Router::of(&config, &db).await;
+    router.route().await;
+    let [claimed] = &db.ids_in_state("pending").await[..] else {
+        panic!("one delivery, pending")
+    };
+    db.client
+        .execute(
+            "WITH tried AS (
+                 INSERT INTO dispatcher.attempts
+                     (delivery_id, number, started_at, duration_ms, http_status)
+                 VALUES ($1::text::uuid, 1, now(), 20, 503)
+             )
+             UPDATE dispatcher.deliveries SET attempt_count = 1, last_status = 503
+             WHERE id = $1::text::uuid",
+            &[claimed],
+        )
+        .await
+        .expect("a first try that failed");
+    db.claim_by_hand(&[claimed.as_str()], Duration::from_secs(300))
+        .await;
+    db.seed_delivered_history("acme", HISTORY, 30).await;
+    let client = &router.client;
+
+    let before = db.delivery_entries_read().await;
+    let summaries = dispatcher::store::support::partner_summaries(client)
+        .await
+        .expect("the overview");
+    let read = db.delivery_entries_read_since(client, before).await;
+    let acme_today = summaries
+        .iter()
+        .find(|summary| summary.partner.as_deref() == Some("acme"))
+        .expect("acme's summary");
+    assert_eq!(
+        (acme_today.delivered, acme_today.failed, acme_today.pending),
+        (0, 0, 1),
+        "the claimed one is in acme's queue; the month's are not today's"
+    );
+    assert!(acme_today.oldest_pending_since.is_some());
+    assert!(
+        read < HISTORY / 10,
+        "the overview read {read} rows and index entries: it walked the {HISTORY} delivered"
+    );
+
+    let before = db.delivery_entries_read().await;
+    let days = dispatcher::store::support::chart::last_day(client)
+        .await
+        .expect("the chart");
+    let read = db.delivery_entries_read_since(client, before).await;
+    let acme_day = days
+        .iter()
+        .find(|day| day.partner == "acme")
+        .expect("acme's day");
+    assert_eq!(
+        (acme_day.total().retried, acme_day.total().delivered),
+        (1, 0),
+        "its first try is retried: the claim is on the wire"
+    );
+    assert!(
+        read < HISTORY / 10,
+        "the chart read {read} rows and index entries: it walked the {HISTORY} delivered"
+    );
+}
+
+/// Support's list of what is in flight, beside a held partner's backlog of due
+/// deliveries and a month of delivered ones. Claimed deliveries are stored `pending`
+/// (migration 0020), in the backlog's own index: support finds them through their leases,
+/// never by reading the backlog or the history; and a lease whose delivery was recorded
+/// since (leases stay until the rescuer deletes them) lists nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn support_lists_what_is_in_flight_without_reading_the_backlog() {
+    const BACKLOG: i64 = 3_000;
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    db.seed_due_backlog("acme", BACKLOG).await;
+    db.seed_delivered_history("acme", BACKLOG, 30).await;
+    let mut first_due: Vec<String> = db
+        .client
+        .query(
+            "SELECT id::text FROM dispatcher.deliveries WHERE state = 'pending'
+             ORDER BY due_at, id LIMIT 4",
+            &[],
+        )
+        .await
+        .expect("the first due")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let recorded = first_due.pop().expect("four due");
+    db.claim_by_hand(&[recorded.as_str()], Duration::from_secs(300))
+        .await;
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries
+             SET state = 'delivered', claim_token = NULL, leased_until = NULL, due_at = NULL,
+                 ended_at = now()
+             WHERE id = $1::text::uuid",
+            &[&recorded],
+        )
+        .await
+        .expect("its 200 recorded");
+    let claimed: Vec<&str> = first_due.iter().map(String::as_str).collect();
+    db.claim_by_hand(&claimed, Duration::from_secs(300)).await;
+    let router = Router::of(&config, &db).await;
+
+    let in_flight = dispatcher::store::support::Selection {
+        state: Some("in_flight".into()),
+        ..Default::default()
+    };
+    let before = db.delivery_entries_read().await;
+    let listed = dispatcher::store::support::list(&router.client, &in_flight, None, 50)
+        .await
+        .expect("list");
+    let read = db.delivery_entries_read_since(&router.client, before).await;
+
+    let mut listed: Vec<String> = listed
+        .iter()
+        .map(|delivery| delivery.id.to_string())
+        .collect();
+    listed.sort();
+    first_due.sort();
+    assert_eq!(listed, first_due, "the three claimed, not the one recorded");
+    assert!(
+        read < BACKLOG / 10,
+        "the list of what is in flight read {read} rows and index entries: it walked the \
+         {BACKLOG} due or the {BACKLOG} delivered"
+    );
+}
+
 fn policy_nonce(policy: &str) -> String {
     let start = policy.find("script-src 'nonce-").expect("a script nonce") + 18;
     policy[start..policy[start..].find('\'').expect("quoted") + start].to_string()

@@ -372,6 +372,88 @@ async fn a_delivery_in_flight_cannot_be_cancelled_so_its_answer_is_never_lost() 
     assert_eq!(attempts[0]["http_status"], 200, "{detail}");
 }
 
+/// Since the claim became a HOT update (migration 0020) a claimed delivery is stored
+/// `pending` with its claim token and lease. Support still sees it in flight: listed as
+/// in flight and never as pending, with no next attempt (its request is on the wire), and
+/// refused a cancel, so the partner's answer is never lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn support_sees_a_claimed_delivery_in_flight_and_cannot_cancel_it() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    // Routed by the router's own code; no daemon runs, so nothing is sent.
+    for patient in ["p-claimed", "p-due"] {
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+    }
+    Router::of(&config, &db).await.route().await;
+    let claimed = delivery_id_of_patient(&db, "p-claimed").await;
+    let due = delivery_id_of_patient(&db, "p-due").await;
+    db.claim_by_hand(&[&claimed], Duration::from_secs(300))
+        .await;
+
+    let in_flight = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "in_flight", "--json"],
+    )
+    .await;
+    let in_flight = in_flight.as_array().expect("a JSON array");
+    assert_eq!(in_flight.len(), 1, "{in_flight:?}");
+    assert_eq!(in_flight[0]["id"], claimed.as_str());
+    assert_eq!(in_flight[0]["state"], "in_flight");
+    // Support's "pending" is every unfinished delivery: each is shown as what it is.
+    let unfinished = cli_json(
+        &path,
+        &["deliveries", "list", "--state", "pending", "--json"],
+    )
+    .await;
+    let shown: std::collections::BTreeMap<&str, (&str, bool)> = unfinished
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|row| {
+            let id = row["id"].as_str().expect("id");
+            let state = row["state"].as_str().expect("state");
+            (id, (state, row["next_attempt_at"].is_null()))
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (due.as_str(), ("pending", false)),
+            (claimed.as_str(), ("in_flight", true)),
+        ]
+        .into(),
+        "the due one with its next attempt, the claimed one in flight with none"
+    );
+    let detail = cli_json(&path, &["deliveries", "show", &claimed, "--json"]).await;
+    assert_eq!(detail["state"], "in_flight", "{detail}");
+    assert!(detail["next_attempt_at"].is_null(), "{detail}");
+
+    let refused = cli(&path, &["deliveries", "cancel", &claimed]).await;
+    assert!(!refused.status.success(), "{refused}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "{claimed}: not cancelled: it is in flight right now"
+        )),
+        "{refused}"
+    );
+    assert_eq!(
+        db.count_deliveries(&Deliveries::all().with_id(&claimed).in_state("in_flight"))
+            .await,
+        1,
+        "still claimed, its answer still to be recorded"
+    );
+    // The pending one beside it is cancelled as ever.
+    cli_ok(&path, &["deliveries", "cancel", &due]).await;
+    assert_eq!(
+        db.count_deliveries(&Deliveries::all().with_id(&due).in_state("cancelled"))
+            .await,
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unrouted_events_are_listed_for_support() {
     let acme = TestPartner::accepting("acme").await;

@@ -63,9 +63,10 @@ const FIRST_HOUR: &str = "(date_trunc('hour', now(), 'UTC') - interval '23 hours
 /// in the window belongs to one of them, as a delivery's `ended_at` is never before its
 /// last attempt. `OFFSET 0` keeps the attempts a lookup per delivery: joined freely, the
 /// planner would rather scan every attempt ever kept. An attempt counts as retried when a
-/// later one followed, or one is scheduled or on the wire; an attempt support resent
-/// after is not a retry, for every resend (each marks its attempt `resent_after`, which
-/// the timeline reads too).
+/// later one followed, or one is scheduled or on the wire (in flight: stored `pending`
+/// with a claim token since migration 0020, so among the pending here); an attempt
+/// support resent after is not a retry, for every resend (each marks its attempt
+/// `resent_after`, which the timeline reads too).
 pub async fn last_day(
     client: &impl GenericClient,
 ) -> Result<Vec<PartnerDay>, tokio_postgres::Error> {
@@ -94,12 +95,12 @@ pub async fn last_day(
                          SELECT started_at FROM dispatcher.attempts
                          WHERE delivery_id = d.id
                            AND NOT resent_after
-                           AND (number < d.attempt_count OR d.state IN ('pending', 'waiting', 'in_flight'))
+                           AND (number < d.attempt_count OR d.state IN ('pending', 'waiting'))
                          OFFSET 0
                      ) a
                      WHERE d.partner IS NOT NULL
                        AND (d.ended_at >= {FIRST_HOUR}
-                            OR d.state = 'pending' OR d.state = 'waiting' OR d.state = 'in_flight')
+                            OR d.state = 'pending' OR d.state = 'waiting')
                        AND a.started_at >= {FIRST_HOUR}
                  ) counted
                  GROUP BY partner, hour

@@ -5,6 +5,23 @@
 //! `dispatcher.support_actions`; the words for what they did are here too, so the three
 //! say the same thing.
 
+/// A delivery's state as support, the API, the CLI and the metrics name it, as SQL over
+/// the deliveries row `$alias`. Since migration 0020 a claimed delivery is stored
+/// `pending` with a claim token (and `leased_until`), so that the claim changes no indexed
+/// column and its update stays HOT; the people reading it still see `in_flight`, as they
+/// always did. Every state support returns is read through this one expression.
+macro_rules! shown_state {
+    ($alias:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $alias,
+            ".claim_token IS NOT NULL THEN 'in_flight' ELSE ",
+            $alias,
+            ".state END"
+        )
+    };
+}
+
 pub mod chart;
 pub mod preview;
 pub mod received;
@@ -68,12 +85,22 @@ pub struct DeliverySummary {
     pub held_by_circuit: bool,
 }
 
-const SUMMARY_COLUMNS: &str = "id, event_id, partner, event_name, patient_id, state, attempt_count,
-     last_status, last_error, created_at, CASE WHEN state = 'pending' THEN due_at END AS next_attempt_at,
+/// A claimed delivery keeps the `due_at` it fell due at: it has no next attempt (its
+/// request is on the wire) and no circuit holds it.
+const SUMMARY_COLUMNS: &str = concat!(
+    "id, event_id, partner, event_name, patient_id, ",
+    shown_state!("deliveries"),
+    " AS state, attempt_count, last_status, last_error, created_at,
+     CASE WHEN ",
+    shown_state!("deliveries"),
+    " = 'pending' THEN due_at END AS next_attempt_at,
      attempt_count - attempts_before_resend AS attempts_since_resend,
-     state = 'pending' AND EXISTS (
+     ",
+    shown_state!("deliveries"),
+    " = 'pending' AND EXISTS (
          SELECT 1 FROM dispatcher.partner_circuits c
-         WHERE c.partner = deliveries.partner AND c.state <> 'closed') AS held_by_circuit";
+         WHERE c.partner = deliveries.partner AND c.state <> 'closed') AS held_by_circuit"
+);
 
 impl DeliverySummary {
     fn from_row(row: &tokio_postgres::Row) -> DeliverySummary {
@@ -185,23 +212,29 @@ pub async fn partner_summaries(
     // of its own: `deliveries_ended_by_state` holds no unfinished delivery), the ended on
     // `deliveries_ended`: what this reads follows the queue and the day, never the
     // history support keeps (it read every delivery kept, by `created_at`, which no index
-    // leads with).
+    // leads with). The claimed ones are among the pending (`deliveries_pending`), counted
+    // in flight by their shown state; no stored state is `in_flight` since migration 0020,
+    // and no index would serve one.
     let rows = client
         .query(
-            "SELECT partner,
+            concat!(
+                "SELECT partner,
                     count(*) FILTER (WHERE state = 'delivered') AS delivered,
                     count(*) FILTER (WHERE state IN ('rejected', 'dead', 'invalid', 'unrouted'))
                         AS failed,
                     count(*) FILTER (WHERE state IN ('pending', 'waiting', 'in_flight')) AS pending,
                     min(created_at) FILTER (WHERE state IN ('pending', 'waiting', 'in_flight'))
                         AS oldest_pending_since
-             FROM (SELECT partner, state, created_at FROM dispatcher.deliveries
-                   WHERE state = 'pending' OR state = 'waiting' OR state = 'in_flight'
+             FROM (SELECT partner, ",
+                shown_state!("deliveries"),
+                " AS state, created_at FROM dispatcher.deliveries
+                   WHERE state = 'pending' OR state = 'waiting'
                    UNION ALL
                    SELECT partner, state, created_at FROM dispatcher.deliveries
                    WHERE ended_at > now() - interval '24 hours') AS today
              GROUP BY partner
-             ORDER BY partner NULLS LAST",
+             ORDER BY partner NULLS LAST"
+            ),
             &[],
         )
         .await?;
@@ -430,11 +463,13 @@ impl fmt::Display for CancelRefused {
 }
 
 /// Ends waiting, pending or failed deliveries for good, and records who asked; says of
-/// each one asked for that it left alone which state kept it (as the statement saw it).
+/// each one asked for that it left alone which state kept it (as the statement saw it,
+/// shown as support knows it).
 ///
 /// A delivery in flight is left alone: its request is on the wire, and cancelling now
-/// would drop the record of what the partner answered. Cancelling the delivery ahead of a
-/// waiting one makes that one pending in the same transaction
+/// would drop the record of what the partner answered. It is stored `pending` with a
+/// claim token (migration 0020), so the token is what refuses it. Cancelling the delivery
+/// ahead of a waiting one makes that one pending in the same transaction
 /// (`store::queue::settle`).
 pub async fn cancel(
     client: &mut impl GenericClient,
@@ -451,16 +486,18 @@ pub async fn cancel(
                  SET state = 'cancelled', due_at = NULL, claim_token = NULL, ended_at = now()
                  WHERE id = ANY($1)
                    AND state IN {CANCELLABLE}
+                   AND claim_token IS NULL
                  RETURNING id, event_id
              ),
              recorded AS (
                  INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
                  SELECT id, event_id, 'cancel', $2 FROM cancelled
              )
-             SELECT asked.id, cancelled.id IS NOT NULL, d.state
+             SELECT asked.id, cancelled.id IS NOT NULL, {shown} AS state
              FROM (SELECT DISTINCT unnest($1::uuid[]) AS id) asked
              LEFT JOIN cancelled ON cancelled.id = asked.id
-             LEFT JOIN dispatcher.deliveries d ON d.id = asked.id"
+             LEFT JOIN dispatcher.deliveries d ON d.id = asked.id",
+                shown = shown_state!("d")
             ),
             &[&ids, &actor],
         )

@@ -14,6 +14,7 @@ pub struct StoredRequest {
     /// `None` for an event that reached no partner.
     pub partner: Option<String>,
     pub event_name: String,
+    /// As support knows it: `in_flight` while claimed.
     pub state: DeliveryState,
     /// The stored `event` JSON, as the claim reads it; `None` once erased.
     pub event: Option<String>,
@@ -34,7 +35,10 @@ pub async fn stored_request(
 ) -> Result<Option<StoredRequest>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT d.partner, d.event_name, d.state, o.event::text AS event, o.event_erased_at,
+            concat!(
+                "SELECT d.partner, d.event_name, ",
+                shown_state!("d"),
+                " AS state, o.event::text AS event, o.event_erased_at,
                     latest.started_at,
                     (SELECT known.external_id FROM dispatcher.partner_patients known
                      WHERE known.partner = d.partner AND known.patient_id = d.patient_id
@@ -54,7 +58,8 @@ pub async fn stored_request(
                  SELECT a.started_at FROM dispatcher.attempts a
                  WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1
              ) latest ON true
-             WHERE d.id = $1",
+             WHERE d.id = $1"
+            ),
             &[&id],
         )
         .await?;

@@ -18,7 +18,8 @@ pub struct Selection {
     /// Only these deliveries: named by a command, never by a filter.
     pub ids: Option<Vec<Uuid>>,
     /// pending (with waiting and in_flight), waiting, in_flight, delivered, rejected,
-    /// dead, invalid, cancelled, unrouted, or failed (rejected, dead, invalid, unrouted).
+    /// dead, invalid, cancelled, unrouted, or failed (rejected, dead, invalid, unrouted):
+    /// states as shown (a claimed delivery is in_flight, whatever its stored state).
     pub state: Option<String>,
     pub partner: Option<String>,
     pub event_name: Option<String>,
@@ -76,13 +77,33 @@ impl Selection {
 /// would leave a list of the unfinished (support's "pending") no index but the primary
 /// key's, read through the history. Each statement is planned with its values (a
 /// custom plan), so the states not asked for fall away and each one asked for finds its
-/// queue index (`deliveries_pending`, `deliveries_waiting`, `deliveries_in_flight`).
+/// own way in, with no second index for stale statistics to prefer: pending on
+/// `deliveries_pending`, waiting on `deliveries_waiting`, in flight through
+/// `dispatcher.leases`.
+///
+/// States are the shown ones (`shown_state!`): a claimed delivery is stored `pending`
+/// with a claim token (migration 0020). So pending is `state = 'pending'` without a
+/// token, and in flight is a token (which the CHECK `deliveries_claimed_pending` allows
+/// only on a pending row). `deliveries_pending` holds the claimed ones too, at most
+/// `max_in_flight` a partner, but finding them there would read the whole pending
+/// backlog, however long a held partner's is; so in flight alone is found by the ids in
+/// `dispatcher.leases`, each by primary key, kept where the delivery still carries a
+/// token (most of a lease's deliveries ended since). It reads every lease the rescuer has
+/// not deleted: those not ended, and the ended ones it has not come to yet, whose
+/// deliveries still show in flight until it does; about one lease's worth of claims,
+/// never the backlog or the history. That condition names no state, so stale statistics
+/// cannot send it to `deliveries_pending`. Asked with pending (support's "pending" is
+/// every unfinished state), they are the pending ones with a token, and the leases are
+/// not read.
 pub(super) const CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
      AND ($2::text[] IS NULL
           OR (state = ANY($2) AND state NOT IN ('pending', 'waiting', 'in_flight'))
-          OR (state = 'pending' AND 'pending' = ANY($2))
+          OR (state = 'pending' AND 'pending' = ANY($2)
+              AND (claim_token IS NULL OR 'in_flight' = ANY($2)))
           OR (state = 'waiting' AND 'waiting' = ANY($2))
-          OR (state = 'in_flight' AND 'in_flight' = ANY($2)))
+          OR ('in_flight' = ANY($2) AND NOT ('pending' = ANY($2))
+              AND id = ANY(ARRAY(SELECT unnest(l.deliveries) FROM dispatcher.leases l))
+              AND claim_token IS NOT NULL))
      AND ($3::text IS NULL OR partner = $3)
      AND ($4::text IS NULL OR event_name = $4)
      AND ($5::text IS NULL OR patient_id COLLATE \"C\" = $5)
