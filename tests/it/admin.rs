@@ -1238,8 +1238,8 @@ async fn the_overview_counts_a_claimed_delivery_in_flight_without_reading_the_hi
 /// Support's list of what is in flight, beside a held partner's backlog of due
 /// deliveries and a month of delivered ones. Claimed deliveries are stored `pending`
 /// (migration 0020), in the backlog's own index: support finds them through their leases,
-/// never by reading the backlog or the history; and a lease whose delivery was recorded
-/// since (leases stay until the rescuer deletes them) lists nothing.
+/// never by reading the backlog or the history; and a delivery of a lease still open that
+/// was recorded since is not in flight.
 #[tokio::test(flavor = "multi_thread")]
 async fn support_lists_what_is_in_flight_without_reading_the_backlog() {
     const BACKLOG: i64 = 3_000;
@@ -1260,9 +1260,9 @@ async fn support_lists_what_is_in_flight_without_reading_the_backlog() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let recorded = first_due.pop().expect("four due");
-    db.claim_by_hand(&[recorded.as_str()], Duration::from_secs(300))
-        .await;
+    let claim: Vec<&str> = first_due.iter().map(String::as_str).collect();
+    db.claim_by_hand(&claim, Duration::from_secs(300)).await;
+    let recorded = first_due.pop().expect("four claimed");
     db.client
         .execute(
             "UPDATE dispatcher.deliveries
@@ -1273,8 +1273,6 @@ async fn support_lists_what_is_in_flight_without_reading_the_backlog() {
         )
         .await
         .expect("its 200 recorded");
-    let claimed: Vec<&str> = first_due.iter().map(String::as_str).collect();
-    db.claim_by_hand(&claimed, Duration::from_secs(300)).await;
     let router = Router::of(&config, &db).await;
 
     let in_flight = dispatcher::store::support::Selection {
@@ -1293,11 +1291,71 @@ async fn support_lists_what_is_in_flight_without_reading_the_backlog() {
         .collect();
     listed.sort();
     first_due.sort();
-    assert_eq!(listed, first_due, "the three claimed, not the one recorded");
+    assert_eq!(
+        listed, first_due,
+        "the three still claimed, not the one recorded"
+    );
     assert!(
         read < BACKLOG / 10,
         "the list of what is in flight read {read} rows and index entries: it walked the \
          {BACKLOG} due or the {BACKLOG} delivered"
+    );
+}
+
+/// A delivery the daemon has claimed (stored `pending` with its claim token since
+/// migration 0020) is in flight to the API and the page while its request is on the
+/// wire: listed so, with no next attempt, and neither cancels it, each saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn neither_the_api_nor_the_page_cancels_a_delivery_on_the_wire() {
+    // The answer comes long after the test is done: the request stays on the wire.
+    let partner = TestPartner::start("acme", |request| {
+        Reply::accepted(request).after(Duration::from_secs(60))
+    })
+    .await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .request_timeout(Duration::from_secs(90))
+        .lease(Duration::from_secs(120));
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    let id = partner.wait_for_requests(1).await[0].webhook_id();
+    let admin = AdminClient::of(&daemon, None).await;
+
+    let (status, listed) = admin.get("/api/deliveries?state=in_flight").await;
+    assert_eq!((status, ids(&listed)), (200, vec![id.clone()]), "{listed}");
+    let (_, detail) = admin.get(&format!("/api/deliveries/{id}")).await;
+    assert_eq!(detail["state"], "in_flight", "{detail}");
+    assert!(detail["next_attempt_at"].is_null(), "{detail}");
+
+    let (status, refused) = admin
+        .post(&format!("/api/deliveries/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not cancelled: it is in flight right now"),
+        "{refused}"
+    );
+    let pressed = admin
+        .raw(
+            admin
+                .http()
+                .post(format!("{}/deliveries/{id}/cancel", admin.base))
+                .form(&[("back", format!("/deliveries/{id}"))]),
+        )
+        .await;
+    assert_eq!(
+        pressed.headers()["location"],
+        format!("/deliveries/{id}?notice=not-cancelled-in-flight&delivery={id}").as_str()
+    );
+    assert_eq!(
+        db.count_deliveries(&Deliveries::all().with_id(&id).in_state("in_flight"))
+            .await,
+        1,
+        "still on the wire, its answer still to be recorded"
     );
 }
 

@@ -88,13 +88,13 @@ impl Selection {
 /// `max_in_flight` a partner, but finding them there would read the whole pending
 /// backlog, however long a held partner's is; so in flight alone is found by the ids in
 /// `dispatcher.leases`, each by primary key, kept where the delivery still carries a
-/// token (most of a lease's deliveries ended since). It reads every lease the rescuer has
-/// not deleted: those not ended, and the ended ones it has not come to yet, whose
-/// deliveries still show in flight until it does; about one lease's worth of claims,
-/// never the backlog or the history. That condition names no state, so stale statistics
-/// cannot send it to `deliveries_pending`. Asked with pending (support's "pending" is
-/// every unfinished state), they are the pending ones with a token, and the leases are
-/// not read.
+/// token (a lease's other deliveries may have ended since). It reads every lease not yet
+/// deleted, ran out or not: the record deletes one once all its deliveries are recorded,
+/// the rescuer one that ran out, and until then its deliveries still holding the token
+/// show in flight. So it reads the open claims, never the backlog or the history. That
+/// condition names no state, so stale statistics cannot send it to `deliveries_pending`.
+/// Asked with pending (support's "pending" is every unfinished state), they are the
+/// pending ones with a token, and the leases are not read.
 pub(super) const CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
      AND ($2::text[] IS NULL
           OR (state = ANY($2) AND state NOT IN ('pending', 'waiting', 'in_flight'))
