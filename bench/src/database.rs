@@ -430,14 +430,13 @@ impl BenchDb {
         let row = self
             .client
             .query_one(
-                // Each unfinished state on its own partial index: one `IN` of all three
-                // matches none, and read the table (the history included) at each poll.
+                // Each unfinished state on its own partial index: one `IN` of both
+                // matches neither, and read the table (the history included) at each poll.
+                // A claimed delivery is `pending` with a token (migration 0020).
                 "SELECT NOT EXISTS (SELECT 1 FROM dispatcher.deliveries
                                     WHERE state = 'pending' AND ($1::text IS NULL OR partner = $1))
                     AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries
-                                    WHERE state = 'waiting' AND ($1::text IS NULL OR partner = $1))
-                    AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries
-                                    WHERE state = 'in_flight' AND ($1::text IS NULL OR partner = $1))",
+                                    WHERE state = 'waiting' AND ($1::text IS NULL OR partner = $1))",
                 &[&partner],
             )
             .await?;

@@ -1,4 +1,6 @@
-//! The states a delivery moves through, as stored in `dispatcher.deliveries.state`.
+//! The states a delivery moves through, as people see them: `dispatcher.deliveries.state`,
+//! but for `in_flight`, which is stored `pending` with a claim token since migration 0020
+//! (so that the claim changes no indexed column; `store`'s `shown_state!` reads it back).
 //!
 //! A delivery behind an unfinished earlier event of the same patient to the same partner
 //! starts `waiting` (per (partner, patient) order), and becomes `pending`, due at once, in

@@ -114,7 +114,7 @@ GRANT INSERT (event_name, event, traceparent) ON dispatcher.outbox TO {producer}
 
 -- Support's command line: reads, never a body; appends its own audit entries.
 GRANT SELECT ON dispatcher.schema_migrations, dispatcher.deliveries, dispatcher.attempts,
-    dispatcher.support_actions, dispatcher.partner_circuits TO {support};
+    dispatcher.support_actions, dispatcher.partner_circuits, dispatcher.leases TO {support};
 GRANT SELECT (id, event_name, created_at, routed_at, event_erased_at)
     ON dispatcher.outbox TO {support};
 GRANT EXECUTE ON FUNCTION dispatcher.unrouted_events() TO {daemon}, {support};

@@ -211,29 +211,6 @@ async fn a_backlog_far_larger_than_the_partner_takes_drains_in_bounded_memory() 
     );
 }
 
-/// How many rows and index entries of `dispatcher.deliveries` PostgreSQL has read so far
-/// (sequential scans and index scans), by the statistics every backend reports.
-async fn delivery_entries_read(db: &TestDb) -> i64 {
-    db.count(
-        "SELECT (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables
-                 WHERE schemaname = 'dispatcher' AND relname = 'deliveries')
-              + (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
-                 WHERE schemaname = 'dispatcher' AND relname = 'deliveries')::int8",
-    )
-    .await
-}
-
-/// How many rows and index entries of the deliveries were read since `before` (a
-/// [`delivery_entries_read`]), once `client`'s backend has reported what it read: it
-/// reports before it answers the flush.
-async fn entries_read_since(db: &TestDb, client: &deadpool_postgres::Client, before: i64) -> i64 {
-    client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .expect("flush the statistics");
-    delivery_entries_read(db).await - before
-}
-
 /// A claim of 100 with `room`, in a transaction rolled back so nothing changes, and how
 /// many rows and index entries of the deliveries it read.
 async fn claim_read(
@@ -241,13 +218,13 @@ async fn claim_read(
     client: &mut deadpool_postgres::Client,
     room: &[PartnerRoom],
 ) -> (queue::Claim, i64) {
-    let before = delivery_entries_read(db).await;
+    let before = db.delivery_entries_read().await;
     let mut transaction = client.transaction().await.expect("begin");
     let claim = queue::claim_due(&mut transaction, 100, Duration::from_secs(60), room)
         .await
         .expect("claim");
     transaction.rollback().await.expect("roll back");
-    (claim, entries_read_since(db, client, before).await)
+    (claim, db.delivery_entries_read_since(client, before).await)
 }
 
 /// Due deliveries as the router would have left them, `count` for each partner, each
@@ -520,16 +497,16 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
     for (moment, mut router) in routers {
         db.insert_event(ENROLLMENT, &enrollment_event(&format!("{moment} again")))
             .await;
-        let before = delivery_entries_read(&db).await;
+        let before = db.delivery_entries_read().await;
         let today = router.route_and_claim().await.claimed;
-        let routing = entries_read_since(&db, &router.client, before).await;
-        let before = delivery_entries_read(&db).await;
+        let routing = db.delivery_entries_read_since(&router.client, before).await;
+        let before = db.delivery_entries_read().await;
         let batch = router.claim(&["held"]).await;
-        let claim = entries_read_since(&db, &router.client, before).await;
+        let claim = db.delivery_entries_read_since(&router.client, before).await;
         assert_eq!((today.len(), batch.len()), (1, 100));
-        let before = delivery_entries_read(&db).await;
+        let before = db.delivery_entries_read().await;
         router.record(&today[0], DeliveryState::Delivered).await;
-        let record = entries_read_since(&db, &router.client, before).await;
+        let record = db.delivery_entries_read_since(&router.client, before).await;
         // The rescuer's tick, once the batch's lease has run out.
         db.client
             .batch_execute(&format!(
@@ -541,9 +518,9 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
             ))
             .await
             .expect("the batch's lease runs out");
-        let before = delivery_entries_read(&db).await;
+        let before = db.delivery_entries_read().await;
         let rescued = rescuer_tick(&mut router).await;
-        let rescue = entries_read_since(&db, &router.client, before).await;
+        let rescue = db.delivery_entries_read_since(&router.client, before).await;
         assert_eq!(rescued.len(), 100, "the batch whose lease ran out");
         assert!(
             [routing, claim, record, rescue]
@@ -873,11 +850,11 @@ async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivere
             state: Some(state.to_string()),
             ..support::Selection::default()
         };
-        let before = delivery_entries_read(&db).await;
+        let before = db.delivery_entries_read().await;
         let listed = support::list(&client, &selection, None, 50)
             .await
             .expect("list");
-        let read = entries_read_since(&db, &client, before).await;
+        let read = db.delivery_entries_read_since(&client, before).await;
 
         assert_eq!(listed.len(), 10, "the {state} ones");
         assert!(
@@ -911,11 +888,11 @@ async fn the_overview_of_the_last_day_does_not_read_the_month_before_it() {
         .expect("ten delivered today");
     let client = daemon_connection(&config, &db).await;
 
-    let before = delivery_entries_read(&db).await;
+    let before = db.delivery_entries_read().await;
     let summaries = support::partner_summaries(&client)
         .await
         .expect("the overview");
-    let read = entries_read_since(&db, &client, before).await;
+    let read = db.delivery_entries_read_since(&client, before).await;
 
     assert!(
         read < HISTORY / 10,
@@ -932,9 +909,9 @@ async fn the_overview_of_the_last_day_does_not_read_the_month_before_it() {
         "delivered in the last day, and due"
     );
 
-    let before = delivery_entries_read(&db).await;
+    let before = db.delivery_entries_read().await;
     support::chart::last_day(&client).await.expect("the chart");
-    let read = entries_read_since(&db, &client, before).await;
+    let read = db.delivery_entries_read_since(&client, before).await;
 
     assert!(
         read < HISTORY / 10,
@@ -984,11 +961,11 @@ async fn the_look_for_stranded_waiting_deliveries_does_not_read_the_month() {
         .expect("analyze");
     let mut client = daemon_connection(&config, &db).await;
 
-    let before = delivery_entries_read(&db).await;
+    let before = db.delivery_entries_read().await;
     let released = queue::release_stranded(&mut client, 100)
         .await
         .expect("release the stranded");
-    let read = entries_read_since(&db, &client, before).await;
+    let read = db.delivery_entries_read_since(&client, before).await;
 
     assert_eq!(
         db.count(

@@ -775,13 +775,15 @@ async fn a_daemon_from_before_0020_beside_this_one_never_sends_what_this_one_cla
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
     for patient in ["first", "second"] {
-        db.insert_event(ENROLLMENT, &enrollment_event(patient)).await;
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
     }
     let mut router = Router::of(&config, &db).await;
     router.route().await;
     let ours = router.claim(&[]).await;
     assert_eq!(ours.len(), 2);
-    db.insert_event(ENROLLMENT, &enrollment_event("third")).await;
+    db.insert_event(ENROLLMENT, &enrollment_event("third"))
+        .await;
     router.route().await;
 
     let theirs_token = uuid::Uuid::new_v4();

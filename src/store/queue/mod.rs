@@ -299,20 +299,25 @@ pub async fn queue_by_partner(
 ) -> Result<Vec<PartnerQueue>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT partner,
-                    count(*) FILTER (WHERE claim_token IS NULL) AS pending,
-                    count(*) FILTER (WHERE claim_token IS NOT NULL) AS in_flight,
-                    COALESCE(EXTRACT(EPOCH FROM now() - min(due) FILTER (WHERE due <= now())), 0)::float8
-                        AS oldest_due_seconds
-             FROM (SELECT partner, claim_token,
-                          -- A claimed one is due again when its lease ends.
-                          CASE WHEN claim_token IS NULL THEN due_at ELSE leased_until END AS due
-                   FROM dispatcher.deliveries
-                   WHERE state = 'pending' AND partner IS NOT NULL
-                   UNION ALL
-                   SELECT partner, claim_token, due_at FROM dispatcher.deliveries
-                   WHERE state = 'waiting' AND partner IS NOT NULL) AS unfinished
-             GROUP BY partner",
+            concat!(
+                "SELECT partner,
+                        count(*) FILTER (WHERE state <> 'in_flight') AS pending,
+                        count(*) FILTER (WHERE state = 'in_flight') AS in_flight,
+                        COALESCE(EXTRACT(EPOCH FROM now() - min(due) FILTER (WHERE due <= now())), 0)::float8
+                            AS oldest_due_seconds
+                 FROM (SELECT d.partner, ",
+                shown_state!("d"),
+                " AS state,
+                              -- A claimed one is due again when its lease ends.
+                              CASE WHEN d.claim_token IS NULL THEN d.due_at ELSE d.leased_until END
+                                  AS due
+                       FROM dispatcher.deliveries d
+                       WHERE d.state = 'pending' AND d.partner IS NOT NULL
+                       UNION ALL
+                       SELECT partner, state, due_at FROM dispatcher.deliveries
+                       WHERE state = 'waiting' AND partner IS NOT NULL) AS unfinished
+                 GROUP BY partner"
+            ),
             &[],
         )
         .await?;

@@ -61,9 +61,9 @@ macro_rules! unfinished_of_patients {
                      -- A claimed one is in flight (a token on a `pending` row, migration
                      -- 0020): it finishes, whatever comes before it, so `settle` never
                      -- makes it wait.
-                     (SELECT d.id,
-                             CASE WHEN d.claim_token IS NULL THEN d.state ELSE 'in_flight' END AS state,
-                             d.event_id
+                     (SELECT d.id, ",
+            shown_state!("d"),
+            " AS state, d.event_id
                       FROM dispatcher.deliveries d
                       WHERE d.partner = p.partner AND d.patient_id = p.patient_id
                         AND d.state IN ('pending', 'in_flight')

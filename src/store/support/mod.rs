@@ -5,23 +5,6 @@
 //! `dispatcher.support_actions`; the words for what they did are here too, so the three
 //! say the same thing.
 
-/// A delivery's state as support, the API, the CLI and the metrics name it, as SQL over
-/// the deliveries row `$alias`. Since migration 0020 a claimed delivery is stored
-/// `pending` with a claim token (and `leased_until`), so that the claim changes no indexed
-/// column and its update stays HOT; the people reading it still see `in_flight`, as they
-/// always did. Every state support returns is read through this one expression.
-macro_rules! shown_state {
-    ($alias:literal) => {
-        concat!(
-            "CASE WHEN ",
-            $alias,
-            ".claim_token IS NOT NULL THEN 'in_flight' ELSE ",
-            $alias,
-            ".state END"
-        )
-    };
-}
-
 pub mod chart;
 pub mod preview;
 pub mod received;
