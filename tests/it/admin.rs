@@ -1192,7 +1192,7 @@ async fn the_overview_counts_a_claimed_delivery_in_flight_without_reading_the_hi
         .expect("a first try that failed");
     db.claim_by_hand(&[claimed.as_str()], Duration::from_secs(300))
         .await;
-    db.seed_delivered_history("acme", HISTORY, 30).await;
+    db.seed_ended_deliveries("acme", HISTORY).await;
     let client = &router.client;
 
     let before = db.delivery_entries_read().await;
@@ -1246,8 +1246,9 @@ async fn support_lists_what_is_in_flight_without_reading_the_backlog() {
     let acme = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    db.seed_due_backlog("acme", BACKLOG).await;
-    db.seed_delivered_history("acme", BACKLOG, 30).await;
+    db.seed_due_deliveries(&[("acme", BACKLOG, Duration::from_secs(3600))])
+        .await;
+    db.seed_ended_deliveries("acme", BACKLOG).await;
     let mut first_due: Vec<String> = db
         .client
         .query(

@@ -227,47 +227,6 @@ async fn claim_read(
     (claim, db.delivery_entries_read_since(client, before).await)
 }
 
-/// Due deliveries as the router would have left them, `count` for each partner, each
-/// partner's due `overdue` ago, then ANALYZE. Events are the contract's enrollment, one
-/// patient each.
-async fn seed_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
-    insert_due_deliveries(db, backlogs).await;
-    db.client
-        .batch_execute("ANALYZE dispatcher.deliveries")
-        .await
-        .expect("analyze");
-}
-
-/// [`seed_due_deliveries`] without the ANALYZE: the plans made before stay.
-async fn insert_due_deliveries(db: &TestDb, backlogs: &[(&str, i64, Duration)]) {
-    for (partner, count, overdue) in backlogs {
-        db.client
-            .execute(
-                "WITH events AS (
-                     INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
-                     SELECT $1, jsonb_set($2::jsonb, '{patient,id}',
-                                          to_jsonb($3 || '-' || g)), now(), NULL
-                     FROM generate_series(1, $4::int8) AS g
-                     RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
-                 )
-                 INSERT INTO dispatcher.deliveries
-                     (id, event_id, partner, event_name, patient_id, state, due_at)
-                 SELECT gen_random_uuid(), id, $3, event_name, patient_id, 'pending',
-                        now() - make_interval(secs => $5)
-                 FROM events",
-                &[
-                    &ENROLLMENT,
-                    &enrollment_event("template"),
-                    partner,
-                    count,
-                    &overdue.as_secs_f64(),
-                ],
-            )
-            .await
-            .expect("seed due deliveries");
-    }
-}
-
 /// A pooled connection of the daemon's own kind (its session settings and statement
 /// cache), for its claim's SQL.
 async fn daemon_connection(config: &TestConfig, db: &TestDb) -> deadpool_postgres::Client {
@@ -297,13 +256,10 @@ async fn a_partner_held_with_a_long_backlog_is_not_walked_by_the_claims_for_the_
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    seed_due_deliveries(
-        &db,
-        &[
-            ("held", HELD_BACKLOG, Duration::from_secs(3600)),
-            ("acme", 100, Duration::ZERO),
-        ],
-    )
+    db.seed_due_deliveries(&[
+        ("held", HELD_BACKLOG, Duration::from_secs(3600)),
+        ("acme", 100, Duration::ZERO),
+    ])
     .await;
     let mut client = daemon_connection(&config, &db).await;
     let room = room(&[("held", 0), ("acme", 100)]);
@@ -322,41 +278,6 @@ async fn a_partner_held_with_a_long_backlog_is_not_walked_by_the_claims_for_the_
     );
 }
 
-/// Ended deliveries as support keeps them (`metadata_days`), `count` of them to `partner`,
-/// each with its event, delivered a month ago, then ANALYZE. Their ids are earlier than
-/// any delivery routed since, as the time-ordered ids the router makes are.
-async fn seed_ended_deliveries(db: &TestDb, partner: &str, count: i64) {
-    insert_ended_deliveries(db, partner, count).await;
-    db.client
-        .batch_execute("ANALYZE dispatcher.deliveries")
-        .await
-        .expect("analyze");
-}
-
-/// [`seed_ended_deliveries`] without the ANALYZE: the plans made before stay.
-async fn insert_ended_deliveries(db: &TestDb, partner: &str, count: i64) {
-    db.client
-        .execute(
-            "WITH events AS (
-                 INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
-                 SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('past-' || g)),
-                        now(), NULL
-                 FROM generate_series(1, $4::int8) AS g
-                 RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
-             )
-             INSERT INTO dispatcher.deliveries
-                 (id, event_id, partner, event_name, patient_id, state, attempt_count,
-                  created_at, ended_at)
-             SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(id), 12, '0'))::uuid, id, $3,
-                    event_name, patient_id, 'delivered', 1,
-                    now() - interval '30 days', now() - interval '30 days'
-             FROM events",
-            &[&ENROLLMENT, &enrollment_event("template"), &partner, &count],
-        )
-        .await
-        .expect("seed ended deliveries");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
     // A month of history, and the backlog of an outage that just ended, all due: each
@@ -366,8 +287,9 @@ async fn a_claim_reads_the_batch_it_takes_not_the_backlog_or_the_history() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    seed_ended_deliveries(&db, "acme", HISTORY).await;
-    seed_due_deliveries(&db, &[("acme", BACKLOG, Duration::ZERO)]).await;
+    db.seed_ended_deliveries("acme", HISTORY).await;
+    db.seed_due_deliveries(&[("acme", BACKLOG, Duration::ZERO)])
+        .await;
     let mut client = daemon_connection(&config, &db).await;
     claim_plan(&mut client, "beside a month of history").await;
 
@@ -426,7 +348,7 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
     let mut routers = Vec::new();
     for (moment, already_sent) in [("new", 0), ("morning", 10), ("noon", 300)] {
         if already_sent > 0 {
-            seed_ended_deliveries(&db, "acme", already_sent).await;
+            db.seed_ended_deliveries("acme", already_sent).await;
         }
         let mut router = Router::of(&config, &db).await;
         router
@@ -434,7 +356,8 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
             .batch_execute("SET plan_cache_mode = force_generic_plan")
             .await
             .expect("generic plans");
-        insert_due_deliveries(&db, &[("held", 1, Duration::ZERO)]).await;
+        db.insert_due_deliveries(&[("held", 1, Duration::ZERO)])
+            .await;
         let held = router.claim(&["held"]).await;
         router.record(&held[0], DeliveryState::Delivered).await;
         rescuer_tick(&mut router).await;
@@ -444,7 +367,7 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
         routers.push((moment, router));
     }
     // The rest of the day: each delivery claimed, then its result recorded.
-    insert_ended_deliveries(&db, "acme", SENT).await;
+    db.insert_ended_deliveries("acme", SENT).await;
     db.client
         .execute(
             "UPDATE dispatcher.deliveries SET state = 'pending', ended_at = NULL,
@@ -466,7 +389,8 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
         .expect("the day's results");
     // And the held partner's outage: each patient's event due, and the next one waiting
     // behind it.
-    insert_due_deliveries(&db, &[("held", BACKLOG, Duration::from_secs(3600))]).await;
+    db.insert_due_deliveries(&[("held", BACKLOG, Duration::from_secs(3600))])
+        .await;
     db.client
         .execute(
             "INSERT INTO dispatcher.deliveries
@@ -588,14 +512,11 @@ async fn a_claim_locks_only_the_deliveries_it_takes() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    seed_due_deliveries(
-        &db,
-        &[
-            ("acme", 100, Duration::from_secs(30)),
-            ("globex", 100, Duration::from_secs(20)),
-            ("initech", 100, Duration::from_secs(10)),
-        ],
-    )
+    db.seed_due_deliveries(&[
+        ("acme", 100, Duration::from_secs(30)),
+        ("globex", 100, Duration::from_secs(20)),
+        ("initech", 100, Duration::from_secs(10)),
+    ])
     .await;
     let mut client = daemon_connection(&config, &db).await;
     let room = room(&[("acme", 100), ("globex", 100), ("initech", 100)]);
@@ -822,7 +743,7 @@ async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivere
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    seed_ended_deliveries(&db, "acme", HISTORY).await;
+    db.seed_ended_deliveries("acme", HISTORY).await;
     // The month's first ten gave up, and ten are due now.
     db.client
         .execute(
@@ -832,7 +753,8 @@ async fn support_lists_what_is_stuck_or_failed_without_reading_what_was_delivere
         )
         .await
         .expect("ten dead");
-    seed_due_deliveries(&db, &[("acme", 10, Duration::ZERO)]).await;
+    db.seed_due_deliveries(&[("acme", 10, Duration::ZERO)])
+        .await;
     // Three of those are on the wire: "pending" lists them too.
     db.client
         .execute(
@@ -874,9 +796,10 @@ async fn the_overview_of_the_last_day_does_not_read_the_month_before_it() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    seed_ended_deliveries(&db, "acme", HISTORY).await;
+    db.seed_ended_deliveries("acme", HISTORY).await;
     // Today: ten due, and the last ten of the month delivered again (resent) an hour ago.
-    seed_due_deliveries(&db, &[("acme", 10, Duration::ZERO)]).await;
+    db.seed_due_deliveries(&[("acme", 10, Duration::ZERO)])
+        .await;
     db.client
         .execute(
             "UPDATE dispatcher.deliveries SET ended_at = now() - interval '1 hour'
@@ -929,17 +852,14 @@ async fn the_look_for_stranded_waiting_deliveries_does_not_read_the_month() {
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
-    seed_ended_deliveries(&db, "acme", HISTORY).await;
+    db.seed_ended_deliveries("acme", HISTORY).await;
     // Ten due, one for each of acme-1 to acme-10; a later event of acme-1 waits behind
     // its due one, and one of a patient with nothing ahead waits for nothing (stranded).
     // And a held partner's backlog, which the look must not walk either.
-    insert_due_deliveries(
-        &db,
-        &[
-            ("acme", 10, Duration::ZERO),
-            ("held", HISTORY, Duration::from_secs(3600)),
-        ],
-    )
+    db.insert_due_deliveries(&[
+        ("acme", 10, Duration::ZERO),
+        ("held", HISTORY, Duration::from_secs(3600)),
+    ])
     .await;
     db.client
         .execute(

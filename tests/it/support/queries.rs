@@ -279,57 +279,89 @@ impl TestDb {
     }
 }
 
-/// A long history beside the queue, and what PostgreSQL read of the deliveries, for the
-/// scenarios that hold support's statements to the queue's indexes.
+/// A long history and a backlog beside the queue, and what PostgreSQL read of the
+/// deliveries, for the scenarios that hold the daemon's and support's statements to the
+/// queue's indexes.
 impl TestDb {
-    /// `count` deliveries to `partner`, each of an event of its own, made and delivered
-    /// `days_ago` days and an hour ago; then ANALYZE, so plans see them.
-    pub async fn seed_delivered_history(&self, partner: &str, count: i64, days_ago: i32) {
-        self.seed_deliveries(partner, count, "delivered", days_ago)
+    /// Due deliveries as the router would have left them, `count` for each partner, each
+    /// partner's due `overdue` ago, then ANALYZE. Events are the contract's enrollment, one
+    /// patient each.
+    pub async fn seed_due_deliveries(&self, backlogs: &[(&str, i64, std::time::Duration)]) {
+        self.insert_due_deliveries(backlogs).await;
+        self.client
+            .batch_execute("ANALYZE dispatcher.deliveries")
             .await
+            .expect("analyze");
     }
 
-    /// `count` deliveries to `partner` due since an hour ago, as a partner held back (its
-    /// circuit open, its slots full) leaves them; then ANALYZE.
-    pub async fn seed_due_backlog(&self, partner: &str, count: i64) {
-        self.seed_deliveries(partner, count, "pending", 0).await
+    /// [`TestDb::seed_due_deliveries`] without the ANALYZE: the plans made before stay.
+    pub async fn insert_due_deliveries(&self, backlogs: &[(&str, i64, std::time::Duration)]) {
+        for (partner, count, overdue) in backlogs {
+            self.client
+                .execute(
+                    "WITH events AS (
+                         INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
+                         SELECT $1, jsonb_set($2::jsonb, '{patient,id}',
+                                              to_jsonb($3 || '-' || g)), now(), NULL
+                         FROM generate_series(1, $4::int8) AS g
+                         RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
+                     )
+                     INSERT INTO dispatcher.deliveries
+                         (id, event_id, partner, event_name, patient_id, state, due_at)
+                     SELECT gen_random_uuid(), id, $3, event_name, patient_id, 'pending',
+                            now() - make_interval(secs => $5)
+                     FROM events",
+                    &[
+                        &super::ENROLLMENT,
+                        &super::enrollment_event("template"),
+                        partner,
+                        count,
+                        &overdue.as_secs_f64(),
+                    ],
+                )
+                .await
+                .expect("seed due deliveries");
+        }
     }
 
-    async fn seed_deliveries(&self, partner: &str, count: i64, state: &str, days_ago: i32) {
+    /// Ended deliveries as support keeps them (`metadata_days`), `count` of them to `partner`,
+    /// each with its event, delivered a month ago, then ANALYZE. Their ids are earlier than
+    /// any delivery routed since, as the time-ordered ids the router makes are.
+    pub async fn seed_ended_deliveries(&self, partner: &str, count: i64) {
+        self.insert_ended_deliveries(partner, count).await;
+        self.client
+            .batch_execute("ANALYZE dispatcher.deliveries")
+            .await
+            .expect("analyze");
+    }
+
+    /// [`TestDb::seed_ended_deliveries`] without the ANALYZE: the plans made before stay.
+    pub async fn insert_ended_deliveries(&self, partner: &str, count: i64) {
         self.client
             .execute(
                 "WITH events AS (
                      INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
-                     SELECT $1, jsonb_set($2::jsonb, '{patient,id}',
-                                          to_jsonb($5 || '-' || g)),
+                     SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('past-' || g)),
                             now(), NULL
                      FROM generate_series(1, $4::int8) AS g
                      RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
                  )
                  INSERT INTO dispatcher.deliveries
                      (id, event_id, partner, event_name, patient_id, state, attempt_count,
-                      created_at, due_at, ended_at)
-                 SELECT gen_random_uuid(), id, $3, event_name, patient_id, $5,
-                        CASE WHEN $5 = 'pending' THEN 0 ELSE 1 END, made,
-                        CASE WHEN $5 = 'pending' THEN made END,
-                        CASE WHEN $5 = 'pending' THEN NULL ELSE made END
-                 FROM events,
-                      LATERAL (SELECT now() - make_interval(days => $6, hours => 1) AS made) AS t",
+                      created_at, ended_at)
+                 SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(id), 12, '0'))::uuid, id, $3,
+                        event_name, patient_id, 'delivered', 1,
+                        now() - interval '30 days', now() - interval '30 days'
+                 FROM events",
                 &[
                     &super::ENROLLMENT,
                     &super::enrollment_event("template"),
                     &partner,
                     &count,
-                    &state,
-                    &days_ago,
                 ],
             )
             .await
-            .expect("seed deliveries");
-        self.client
-            .batch_execute("ANALYZE dispatcher.deliveries")
-            .await
-            .expect("analyze");
+            .expect("seed ended deliveries");
     }
 
     /// How many rows and index entries of `dispatcher.deliveries` PostgreSQL has read so
