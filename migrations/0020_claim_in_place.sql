@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS dispatcher.leases (
 );
 CREATE INDEX IF NOT EXISTS leases_by_end ON dispatcher.leases (lease_end);
 
+-- 0017's constraint (a claim token only while `in_flight`) goes before the rows in
+-- flight are moved to the new form; its replacement comes after them.
+ALTER TABLE dispatcher.deliveries DROP CONSTRAINT IF EXISTS deliveries_claimed_in_flight;
+
 UPDATE dispatcher.deliveries
 SET claim_token = COALESCE(claim_token, gen_random_uuid())
 WHERE state = 'in_flight' AND claim_token IS NULL;
@@ -49,6 +53,9 @@ FROM dispatcher.deliveries
 WHERE state = 'in_flight'
 GROUP BY claim_token
 ON CONFLICT (claim_token) DO NOTHING;
+-- Their `due_at` (the lease's end, as the claim before 0020 wrote it) stays: the time
+-- each fell due is gone, and a claimed one's `due_at` orders nothing until it is
+-- recorded or rescued.
 UPDATE dispatcher.deliveries
 SET state = 'pending', leased_until = due_at
 WHERE state = 'in_flight';
@@ -78,7 +85,6 @@ CREATE TRIGGER deliveries_claimed_before_0020
     EXECUTE FUNCTION dispatcher.claim_from_before_0020();
 
 -- A claim token means claimed, which is now `pending` with a token.
-ALTER TABLE dispatcher.deliveries DROP CONSTRAINT IF EXISTS deliveries_claimed_in_flight;
 ALTER TABLE dispatcher.deliveries DROP CONSTRAINT IF EXISTS deliveries_claimed_pending;
 ALTER TABLE dispatcher.deliveries
     ADD CONSTRAINT deliveries_claimed_pending CHECK (claim_token IS NULL OR state = 'pending') NOT VALID;

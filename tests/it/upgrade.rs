@@ -812,3 +812,70 @@ async fn a_daemon_from_before_0020_beside_this_one_never_sends_what_this_one_cla
         "the old daemon's lost claim is rescued by this version"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_in_flight_through_0020_are_recorded_by_their_daemon_or_rescued() {
+    // Two deliveries in flight under a daemon from before 0020, one pending behind them,
+    // when 0020 runs: the one its daemon answers is recorded, the one whose daemon died is
+    // rescued when its lease runs out, the pending one is left for a claim.
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = database_at(19).await;
+    let path = config.write(&db);
+    let (old, loaded) = OldDaemon::session(&config, &db).await;
+    let mut claims = Vec::new();
+    for patient in ["answered", "lost"] {
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+        route_as_released(&old, &loaded).await.expect("route");
+        let token = uuid::Uuid::new_v4();
+        let claimed = claim_as_released(&old, token).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        claims.push((token, claimed));
+    }
+    db.insert_event(ENROLLMENT, &enrollment_event("pending"))
+        .await;
+    route_as_released(&old, &loaded).await.expect("route");
+
+    let migrated = migrate(&path, &[]).await;
+    assert!(migrated.status.success(), "{migrated}");
+
+    for (patient, state) in [
+        ("answered", "in_flight"),
+        ("lost", "in_flight"),
+        ("pending", "pending"),
+    ] {
+        assert_eq!(db.states_of(patient).await, [state], "{patient}");
+    }
+    let (answered, lost) = (&claims[0], &claims[1]);
+    let recorded = record_as_released(&old, answered.0, &answered.1)
+        .await
+        .expect("the old daemon records its answer");
+    assert_eq!(recorded, 1);
+    db.client
+        .batch_execute(
+            "UPDATE dispatcher.deliveries SET leased_until = now() - interval '1 second'
+             WHERE claim_token IS NOT NULL;
+             UPDATE dispatcher.leases SET lease_end = now() - interval '1 second'",
+        )
+        .await
+        .expect("the leases run out");
+    let mut router = Router::of(&config, &db).await;
+    let rescued = queue::rescue_expired(&mut router.client, Duration::from_secs(60), 5, 100)
+        .await
+        .expect("rescue");
+
+    assert_eq!(
+        rescued.iter().map(|lost| lost.id).collect::<Vec<_>>(),
+        lost.1,
+        "the lost claim is rescued, the answered one is not"
+    );
+    for (patient, state) in [
+        ("answered", "delivered"),
+        ("lost", "pending"),
+        ("pending", "pending"),
+    ] {
+        assert_eq!(db.states_of(patient).await, [state], "{patient}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM dispatcher.leases").await, 0);
+}
