@@ -19,13 +19,13 @@
 --
 -- A daemon from before 0020 still running beside this version claims by writing
 -- `in_flight` and the lease's end into `due_at`, and its claim takes any pending row that
--- is due, claimed or not. The trigger below stores its claims in the new form (with a
--- lease row, so the rescuer finds them) and leaves out of them a row this version has
--- claimed (the row is skipped: the old claim does not return it, so it is not sent
--- twice). Its rescuer looks for `in_flight` rows, finds none, and leaves its lost claims
--- to this version's. A later migration drops the trigger, once no daemon from before
--- 0020 can be running. The rows in flight when this runs are moved to the new form with
--- their token and lease, so whichever daemon holds them records them.
+-- is due, claimed or not. The triggers below put what it writes in the new form (see
+-- them) and leave out of its claims a row this version has claimed, so nothing is sent
+-- twice. Its rescuer looks for `in_flight` rows, finds none, and leaves its lost claims
+-- to this version's; `deliveries_in_flight` stays (empty) so that its looks for them
+-- stay cheap. A later migration drops the triggers and that index, once no daemon from
+-- before 0020 can be running. The rows in flight when this runs are moved to the new
+-- form with their token and lease, so whichever daemon holds them records them.
 --
 -- The transaction takes ACCESS EXCLUSIVE on `deliveries` for a moment (catalog only, and
 -- the in-flight rows' update), under the migration's lock_timeout. A run stopped in the
@@ -54,22 +54,40 @@ WHERE state = 'in_flight'
 GROUP BY claim_token
 ON CONFLICT (claim_token) DO NOTHING;
 -- Their `due_at` (the lease's end, as the claim before 0020 wrote it) stays: the time
--- each fell due is gone, and a claimed one's `due_at` orders nothing until it is
--- recorded or rescued.
+-- each fell due is gone. Nothing reads a claimed one's `due_at` until it is recorded or
+-- rescued, which set it again.
 UPDATE dispatcher.deliveries
 SET state = 'pending', leased_until = due_at
 WHERE state = 'in_flight';
 
+-- What a daemon from before 0020 writes, put in this version's terms:
+-- - its claim of an unclaimed delivery (`in_flight`, the lease's end in `due_at`) is
+--   stored as this version's claim, with a lease row for the rescuer;
+-- - its claim, cancel or settle (`waiting`) of a delivery already claimed is skipped
+--   (the row is left as it is and the statement does not return it): a claimed delivery
+--   finishes, as this version's own cancel and settle leave it to;
+-- - its routing's claim as it inserts is stored as a plain pending delivery, due now,
+--   for a claim (its router sends only what comes back `in_flight`, so it does not send
+--   this one, and a claim by either version takes it).
+-- SECURITY DEFINER: the old daemon's role was granted nothing on `leases` (grants come
+-- after `migrate`), and its claims must not fail meanwhile.
 CREATE OR REPLACE FUNCTION dispatcher.claim_from_before_0020() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, dispatcher AS $$
 BEGIN
-    IF TG_OP = 'UPDATE' AND OLD.claim_token IS NOT NULL THEN
+    IF TG_OP = 'INSERT' THEN
+        NEW.state := 'pending';
+        NEW.claim_token := NULL;
+        NEW.leased_until := NULL;
+        NEW.due_at := now();
+        RETURN NEW;
+    END IF;
+    IF OLD.claim_token IS NOT NULL THEN
         RETURN NULL;
     END IF;
     NEW.state := 'pending';
     NEW.claim_token := COALESCE(NEW.claim_token, gen_random_uuid());
     NEW.leased_until := NEW.due_at;
-    NEW.due_at := CASE WHEN TG_OP = 'UPDATE' THEN OLD.due_at ELSE now() END;
+    NEW.due_at := OLD.due_at;
     INSERT INTO dispatcher.leases AS l (claim_token, lease_end, deliveries)
     VALUES (NEW.claim_token, NEW.leased_until, ARRAY[NEW.id])
     ON CONFLICT (claim_token) DO UPDATE
@@ -79,8 +97,14 @@ BEGIN
 END
 $$;
 DROP TRIGGER IF EXISTS deliveries_claimed_before_0020 ON dispatcher.deliveries;
+DROP TRIGGER IF EXISTS deliveries_routed_before_0020 ON dispatcher.deliveries;
 CREATE TRIGGER deliveries_claimed_before_0020
-    BEFORE INSERT OR UPDATE OF state ON dispatcher.deliveries
+    BEFORE UPDATE OF state ON dispatcher.deliveries
+    FOR EACH ROW WHEN (NEW.state = 'in_flight'
+                       OR (NEW.state IN ('cancelled', 'waiting') AND OLD.claim_token IS NOT NULL))
+    EXECUTE FUNCTION dispatcher.claim_from_before_0020();
+CREATE TRIGGER deliveries_routed_before_0020
+    BEFORE INSERT ON dispatcher.deliveries
     FOR EACH ROW WHEN (NEW.state = 'in_flight')
     EXECUTE FUNCTION dispatcher.claim_from_before_0020();
 
@@ -92,4 +116,3 @@ ALTER TABLE dispatcher.deliveries
 -- dispatcher:no-transaction
 
 ALTER TABLE dispatcher.deliveries VALIDATE CONSTRAINT deliveries_claimed_pending;
-DROP INDEX CONCURRENTLY IF EXISTS dispatcher.deliveries_in_flight;

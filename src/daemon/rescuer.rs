@@ -24,8 +24,9 @@ use crate::shutdown::Shutdown;
 use crate::store::db::{self, Pool};
 use crate::store::queue;
 
-/// Leases that ran out ended per statement (each of up to a claim's deliveries).
-const RESCUE_BATCH: usize = 100;
+/// Leases that ran out ended per transaction, each of up to a claim's deliveries
+/// (`dispatch.batch_size`).
+const RESCUE_BATCH: usize = 10;
 /// The shortest wait between looks, so a lease another rescuer is busy with is not
 /// polled in a tight loop.
 const SOON: Duration = Duration::from_millis(50);

@@ -328,7 +328,7 @@ async fn deliver_once(
 /// pending delivery. After 0020, its trigger stores such a claim as this version does and
 /// leaves out a delivery this version has claimed.
 async fn claim_as_released(
-    client: &deadpool_postgres::Client,
+    client: &tokio_postgres::Client,
     claim_token: uuid::Uuid,
 ) -> Result<Vec<uuid::Uuid>, tokio_postgres::Error> {
     let rows = client
@@ -767,10 +767,37 @@ async fn wait_for_lock_wait(db: &TestDb, who: &str, table: &str) {
     db.wait_for_count(&sql, 1).await;
 }
 
+/// A connection as a daemon from before 0020, under a role granted what that release's
+/// `db grants` gave it on `deliveries`, and nothing on `dispatcher.leases` (the grants are
+/// run again only after `migrate`).
+async fn old_daemon_role(db: &TestDb) -> tokio_postgres::Client {
+    let role = format!(
+        "old_daemon_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA dispatcher TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON dispatcher.deliveries TO {role};"
+        ))
+        .await
+        .expect("the old daemon's role");
+    let mut url = url::Url::parse(&db.url).expect("test database URL");
+    url.set_username(&role).expect("a URL with a user");
+    url.set_password(None).expect("a URL with a user");
+    let (client, connection) = tokio_postgres::connect(url.as_str(), tokio_postgres::NoTls)
+        .await
+        .expect("connect as the old daemon");
+    tokio::spawn(connection);
+    client
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_from_before_0020_beside_this_one_never_sends_what_this_one_claimed() {
     // An upgrade under way: this version's daemon claims as 0020 stores it, while one
-    // from before still claims by writing `in_flight`, from any due pending delivery.
+    // from before still claims by writing `in_flight`, from any due pending delivery, and
+    // still cancels and routes as it did.
     let partner = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&partner, &[PROGRAM]);
     let db = TestDb::migrated(&config).await;
@@ -785,14 +812,43 @@ async fn a_daemon_from_before_0020_beside_this_one_never_sends_what_this_one_cla
     db.insert_event(ENROLLMENT, &enrollment_event("third"))
         .await;
     router.route().await;
+    let old = old_daemon_role(&db).await;
 
+    // Its claim takes only what nobody had claimed.
     let theirs_token = uuid::Uuid::new_v4();
-    let theirs = claim_as_released(&router.client, theirs_token)
+    let theirs = claim_as_released(&old, theirs_token)
         .await
         .expect("the old daemon's claim");
-
     assert_eq!(theirs.len(), 1, "only the delivery nobody had claimed");
     assert!(ours.iter().all(|claimed| !theirs.contains(&claimed.id)));
+    // Its support page's cancel leaves a delivery on the wire alone.
+    let cancelled = old
+        .execute(
+            "UPDATE dispatcher.deliveries
+             SET state = 'cancelled', due_at = NULL, claim_token = NULL, ended_at = now()
+             WHERE id = $1 AND state IN ('pending', 'waiting', 'rejected', 'dead', 'invalid')",
+            &[&ours[0].id],
+        )
+        .await
+        .expect("the old daemon's cancel");
+    assert_eq!(cancelled, 0, "a delivery in flight is not cancelled");
+    assert_eq!(db.states_of("first").await, ["in_flight"]);
+    // Its routing's claim as it inserts is left for a claim, due now: its router sends
+    // only what comes back `in_flight`.
+    let routed = old
+        .query_one(
+            "INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, due_at, claim_token)
+             VALUES (gen_random_uuid(), 1000, 'acme', $1, 'fourth', 'in_flight',
+                     now() + interval '60 seconds', gen_random_uuid())
+             RETURNING state",
+            &[&ENROLLMENT],
+        )
+        .await
+        .expect("the old daemon's routing");
+    assert_eq!(routed.get::<_, &str>(0), "pending");
+    assert_eq!(db.states_of("fourth").await, ["pending"]);
+
     // Its claim is stored as this version's are, and its lease can be rescued.
     db.client
         .batch_execute(&format!(

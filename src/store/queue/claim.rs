@@ -67,8 +67,9 @@ pub(super) const CLAIM_DUE: &str = concat!(
              WHERE d.partner = room.partner
                AND d.state = 'pending'
                AND d.due_at <= now()
-               -- Claimed ones keep their place in `deliveries_pending` (at most the
-               -- partner's `max_in_flight`, at the head of its due order): passed over.
+               -- Claimed ones keep their place in `deliveries_pending`, at the head of
+               -- its due order (at most the partner's `max_in_flight` for each daemon,
+               -- and lost claims until they are rescued): passed over.
                AND d.claim_token IS NULL
                AND NOT EXISTS (
                    SELECT 1 FROM dispatcher.deliveries earlier
@@ -277,7 +278,7 @@ pub async fn until_next_due(
                  FROM waiting CROSS JOIN LATERAL (
                      SELECT d.due_at FROM dispatcher.deliveries d
                      WHERE d.partner = waiting.partner AND d.state = 'pending'
-                       AND d.due_at > now()
+                       AND d.due_at > now() AND d.claim_token IS NULL
                      ORDER BY d.due_at
                      LIMIT 1
                  ) AS next"

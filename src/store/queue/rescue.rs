@@ -174,14 +174,18 @@ pub(super) async fn end_leases_recorded(
 ) -> Result<(), tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
+            // Each lease by its key and each of its deliveries by id (`ARRAY(...)`, `OFFSET
+            // 0`): a plan made beside a few hundred analyzed deliveries hashed the whole
+            // table against the leases instead, and would have kept doing so.
             "DELETE FROM dispatcher.leases
-             WHERE claim_token IN (
+             WHERE claim_token = ANY(ARRAY(
                  SELECT l.claim_token FROM dispatcher.leases l
                  WHERE l.claim_token = ANY($1)
                    AND NOT EXISTS (
                        SELECT 1 FROM dispatcher.deliveries d
-                       WHERE d.id = ANY(l.deliveries) AND d.claim_token = l.claim_token)
-                 FOR UPDATE SKIP LOCKED)",
+                       WHERE d.id = ANY(l.deliveries) AND d.claim_token = l.claim_token
+                       OFFSET 0)
+                 FOR UPDATE SKIP LOCKED))",
         )
         .await?;
     client.execute(&statement, &[&claims]).await?;

@@ -84,8 +84,8 @@ impl Selection {
 /// States are the shown ones (`shown_state!`): a claimed delivery is stored `pending`
 /// with a claim token (migration 0020). So pending is `state = 'pending'` without a
 /// token, and in flight is a token (which the CHECK `deliveries_claimed_pending` allows
-/// only on a pending row). `deliveries_pending` holds the claimed ones too, at most
-/// `max_in_flight` a partner, but finding them there would read the whole pending
+/// only on a pending row). `deliveries_pending` holds the claimed ones too (at most a
+/// partner's `max_in_flight` for each daemon), but finding them there would read the whole pending
 /// backlog, however long a held partner's is; so in flight alone is found by the ids in
 /// `dispatcher.leases`, each by primary key, kept where the delivery still carries a
 /// token (a lease's other deliveries may have ended since). It reads every lease not yet
