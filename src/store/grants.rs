@@ -51,6 +51,7 @@ const DAEMON_READ_WRITE: &[&str] = &[
     "outbox_route_again",
     "idempotency_keys",
     "leases",
+    "retention_position",
 ];
 
 /// Every table of the schema, so a test can tell one that the grants forget.
@@ -70,6 +71,7 @@ pub const TABLES: &[&str] = &[
     "outbox_route_again",
     "idempotency_keys",
     "leases",
+    "retention_position",
 ];
 
 /// The SQL that gives each role what it needs and nothing else.

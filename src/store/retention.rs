@@ -9,9 +9,9 @@
 //!
 //! Erasing leaves a mark (`event_erased_at`, `answers_erased_at`, `answer_erased_at`), so
 //! support sees "erased on `<date>`" instead of a gap. Every step runs in batches of
-//! `batch_size` rows, one short transaction each (one statement, or two for the bodies),
-//! skipping rows other transactions hold, so dispatch never waits on pruning. Several
-//! daemons may prune at once.
+//! `batch_size` rows, one short transaction each (one statement, or two for the bodies
+//! and the answers), skipping rows other transactions hold, so dispatch never waits on
+//! pruning. Several daemons may prune at once.
 
 use deadpool_postgres::{GenericClient, Pool};
 
@@ -140,20 +140,30 @@ pub async fn erase_event_bodies(
 /// `payload_days` ago: the attempts' response bodies, the error texts of attempts that got
 /// an answer (they quote it, e.g. an `errorMessage`), and the delivery's last error when
 /// it came from an answer. Our own texts (timeouts, connection errors) stay.
+///
+/// In the order the deliveries ended, from `retention_position.answers_erased_through`
+/// (migration 0021): before it, every delivery's answers are erased, so a pass reads
+/// what it erases, not the erased months that `metadata_days` keeps. Then the position
+/// moves up to the earliest delivery of the range still kept (one a resend or another
+/// pass held), or to the range's end. The update of each delivery changes no indexed
+/// column, so it is written beside the old version (HOT).
 pub async fn erase_answers(
-    client: &impl GenericClient,
+    client: &mut impl GenericClient,
     payload_days: u32,
     limit: usize,
 ) -> Result<u64, tokio_postgres::Error> {
-    client
+    let transaction = client.transaction().await?;
+    let erased = transaction
         .execute(
             "WITH expired AS (
-                 SELECT id FROM dispatcher.deliveries
-                 WHERE answers_erased_at IS NULL
-                   AND ended_at < now() - make_interval(days => $1)
-                 ORDER BY ended_at
+                 SELECT d.id FROM dispatcher.deliveries d
+                 WHERE d.ended_at >= (SELECT answers_erased_through
+                                      FROM dispatcher.retention_position)
+                   AND d.ended_at < now() - make_interval(days => $1)
+                   AND d.answers_erased_at IS NULL
+                 ORDER BY d.ended_at
                  LIMIT $2
-                 FOR NO KEY UPDATE SKIP LOCKED
+                 FOR NO KEY UPDATE OF d SKIP LOCKED
              ),
              erased_attempts AS (
                  UPDATE dispatcher.attempts a
@@ -170,7 +180,22 @@ pub async fn erase_answers(
              WHERE d.id = expired.id",
             &[&days(payload_days), &batch_limit(limit)],
         )
-        .await
+        .await?;
+    // A later statement than the erase, so it sees the erase's rows as erased.
+    transaction
+        .execute(
+            "UPDATE dispatcher.retention_position p
+             SET answers_erased_through = COALESCE(
+                     (SELECT min(d.ended_at) FROM dispatcher.deliveries d
+                      WHERE d.ended_at >= p.answers_erased_through
+                        AND d.ended_at < now() - make_interval(days => $1)
+                        AND d.answers_erased_at IS NULL),
+                     greatest(p.answers_erased_through, now() - make_interval(days => $1)))",
+            &[&days(payload_days)],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(erased)
 }
 
 /// Deletes up to `limit` deliveries that ended more than `metadata_days` ago; their
@@ -238,7 +263,7 @@ pub async fn delete_events_without_deliveries(
 
 /// One pruning pass: every step, batch after batch, until a batch comes back short.
 /// Each batch takes a connection of the pool only for its short transaction (one
-/// statement, or two for erasing bodies). Stops between batches when `shutdown` begins.
+/// statement, or two for erasing bodies and answers). Stops between batches when `shutdown` begins.
 pub async fn prune(
     pool: &Pool,
     retention: &RetentionConfig,
@@ -251,8 +276,8 @@ pub async fn prune(
         erase_event_bodies(&mut client, payload_days, batch).await
     })
     .await?;
-    let answers_erased = in_batches(pool, batch, shutdown, |client| async move {
-        erase_answers(&client, payload_days, batch).await
+    let answers_erased = in_batches(pool, batch, shutdown, |mut client| async move {
+        erase_answers(&mut client, payload_days, batch).await
     })
     .await?;
     let deliveries_deleted = in_batches(pool, batch, shutdown, |client| async move {

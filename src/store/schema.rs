@@ -68,6 +68,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../migrations/0019_order_index_of_patients.sql"),
     ),
     (20, include_str!("../../migrations/0020_claim_in_place.sql")),
+    (
+        21,
+        include_str!("../../migrations/0021_answers_erased_in_order.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

@@ -262,7 +262,9 @@ async fn no_health_data_or_secret_is_printed_even_at_trace_level() {
     db.client
         .batch_execute(
             "UPDATE dispatcher.outbox SET created_at = now() - interval '31 days';
-             UPDATE dispatcher.deliveries SET ended_at = now() - interval '31 days'",
+             UPDATE dispatcher.deliveries SET ended_at = now() - interval '31 days';
+             UPDATE dispatcher.retention_position
+             SET answers_erased_through = now() - interval '32 days'",
         )
         .await
         .expect("backdate everything");

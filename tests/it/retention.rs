@@ -32,6 +32,17 @@ async fn backdate(db: &TestDb, patient: &str, days: i32) {
         )
         .await
         .expect("backdate the deliveries");
+    // Where the answers' erase has got to, as its passes would have left it had these
+    // deliveries ended then (it moves only forward, in the order deliveries end).
+    db.client
+        .execute(
+            "UPDATE dispatcher.retention_position
+             SET answers_erased_through = least(answers_erased_through,
+                                                now() - make_interval(days => $1 + 1))",
+            &[&days],
+        )
+        .await
+        .expect("backdate the answers' erase");
 }
 
 async fn ok(config: &Path, args: &[&str]) -> Output {
@@ -554,4 +565,100 @@ async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
         body_kept(&db, "p-late").await,
         "the pending delivery has its body"
     );
+}
+
+/// The deliveries' row updates so far, and how many of them were HOT (written beside the
+/// old version, with no index entry), once every backend that wrote has reported.
+async fn delivery_updates(db: &TestDb) -> (i64, i64) {
+    db.client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush the statistics");
+    let row = db
+        .client
+        .query_one(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+             WHERE schemaname = 'dispatcher' AND relname = 'deliveries'",
+            &[],
+        )
+        .await
+        .expect("the deliveries' updates");
+    (row.get(0), row.get(1))
+}
+
+/// Three patients delivered a month ago, the daemon stopped: what a pass finds past
+/// `payload_days`.
+async fn delivered_a_month_ago(patients: &[&str]) -> (TestDb, TestConfig, std::path::PathBuf) {
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let path = config.write(&db);
+    let daemon = Daemon::start(&config, &db);
+    for patient in patients {
+        db.insert_event(ENROLLMENT, &enrollment_event(patient))
+            .await;
+    }
+    db.wait_for_state("delivered", patients.len() as i64).await;
+    drop(daemon);
+    for patient in patients {
+        backdate(&db, patient, 31).await;
+    }
+    (db, config, path)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erasing_the_answers_writes_no_index_entry() {
+    // The erase marks each delivery (`answers_erased_at`, its last error): no index names
+    // either, so each is updated in place, with no entry in any of the table's indexes.
+    let (db, _config, path) = delivered_a_month_ago(&["p-1", "p-2", "p-3"]).await;
+    let (updates, hot) = delivery_updates(&db).await;
+
+    let output = ok(&path, &["prune"]).await;
+
+    assert!(
+        output.stdout.contains("answers to 3 deliveries"),
+        "{output}"
+    );
+    let (updates_after, hot_after) = delivery_updates(&db).await;
+    assert_eq!(
+        (updates_after - updates, hot_after - hot),
+        (3, 3),
+        "(updates, of them HOT) of the erase of 3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_a_pass_could_not_take_are_erased_by_the_next() {
+    // A transaction holds one delivery while the pass runs (support resending it, which
+    // it then gave up): the pass erases the others, and the next erases that one too,
+    // though the others, which ended after it, were erased before.
+    let (db, _config, path) = delivered_a_month_ago(&["p-held", "p-2", "p-3"]).await;
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries SET ended_at = ended_at - interval '1 hour'
+             WHERE patient_id = 'p-held'",
+            &[],
+        )
+        .await
+        .expect("the held one ended first");
+    let held = delivery_ids(&db, "p-held").await.remove(0);
+    let holder = db.connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM dispatcher.deliveries WHERE id = '{held}' FOR UPDATE"
+        ))
+        .await
+        .expect("hold the delivery");
+
+    let first = ok(&path, &["prune"]).await;
+    assert!(first.stdout.contains("answers to 2 deliveries"), "{first}");
+    assert_eq!(answers_kept(&db, &held).await, 1);
+    holder.batch_execute("ROLLBACK").await.expect("let it go");
+    let second = ok(&path, &["prune"]).await;
+
+    assert!(
+        second.stdout.contains("answers to 1 deliveries"),
+        "{second}"
+    );
+    assert_eq!(answers_kept(&db, &held).await, 0);
 }
