@@ -458,25 +458,6 @@ async fn routing_claiming_and_recording_after_a_day_of_sending_read_what_they_ta
     }
 }
 
-/// The deliveries' row updates so far, and how many of them were HOT (written beside the
-/// old version, with no index entry).
-async fn delivery_updates(db: &TestDb, client: &deadpool_postgres::Client) -> (i64, i64) {
-    client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .expect("flush the statistics");
-    let row = db
-        .client
-        .query_one(
-            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
-             WHERE schemaname = 'dispatcher' AND relname = 'deliveries'",
-            &[],
-        )
-        .await
-        .expect("the deliveries' updates");
-    (row.get(0), row.get(1))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_writes_no_index_entry() {
     // Ten new deliveries, on a page with room for their claimed versions: the claim
@@ -491,11 +472,11 @@ async fn a_claim_writes_no_index_entry() {
     }
     let mut router = Router::of(&config, &db).await;
     router.route().await;
-    let (updates, hot) = delivery_updates(&db, &router.client).await;
+    let (updates, hot) = db.delivery_updates(&router.client).await;
 
     let claimed = router.claim(&[]).await;
 
-    let (updates_after, hot_after) = delivery_updates(&db, &router.client).await;
+    let (updates_after, hot_after) = db.delivery_updates(&router.client).await;
     assert_eq!(claimed.len(), 10);
     assert_eq!(
         (updates_after - updates, hot_after - hot),

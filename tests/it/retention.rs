@@ -567,25 +567,6 @@ async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
     );
 }
 
-/// The deliveries' row updates so far, and how many of them were HOT (written beside the
-/// old version, with no index entry), once every backend that wrote has reported.
-async fn delivery_updates(db: &TestDb) -> (i64, i64) {
-    db.client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .expect("flush the statistics");
-    let row = db
-        .client
-        .query_one(
-            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
-             WHERE schemaname = 'dispatcher' AND relname = 'deliveries'",
-            &[],
-        )
-        .await
-        .expect("the deliveries' updates");
-    (row.get(0), row.get(1))
-}
-
 /// Three patients delivered a month ago, the daemon stopped: what a pass finds past
 /// `payload_days`.
 async fn delivered_a_month_ago(patients: &[&str]) -> (TestDb, TestConfig, std::path::PathBuf) {
@@ -611,7 +592,7 @@ async fn erasing_the_answers_writes_no_index_entry() {
     // The erase marks each delivery (`answers_erased_at`, its last error): no index names
     // either, so each is updated in place, with no entry in any of the table's indexes.
     let (db, _config, path) = delivered_a_month_ago(&["p-1", "p-2", "p-3"]).await;
-    let (updates, hot) = delivery_updates(&db).await;
+    let (updates, hot) = db.delivery_updates(&db.client).await;
 
     let output = ok(&path, &["prune"]).await;
 
@@ -619,7 +600,7 @@ async fn erasing_the_answers_writes_no_index_entry() {
         output.stdout.contains("answers to 3 deliveries"),
         "{output}"
     );
-    let (updates_after, hot_after) = delivery_updates(&db).await;
+    let (updates_after, hot_after) = db.delivery_updates(&db.client).await;
     assert_eq!(
         (updates_after - updates, hot_after - hot),
         (3, 3),

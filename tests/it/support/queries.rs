@@ -364,6 +364,26 @@ impl TestDb {
             .expect("seed ended deliveries");
     }
 
+    /// The deliveries' row updates so far, and how many of them were HOT (written beside
+    /// the old version, with no index entry), once `client`'s backend has reported (a
+    /// finished process's have).
+    pub async fn delivery_updates(&self, client: &tokio_postgres::Client) -> (i64, i64) {
+        client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .expect("flush the statistics");
+        let row = self
+            .client
+            .query_one(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                 WHERE schemaname = 'dispatcher' AND relname = 'deliveries'",
+                &[],
+            )
+            .await
+            .expect("the deliveries' updates");
+        (row.get(0), row.get(1))
+    }
+
     /// How many rows and index entries of `dispatcher.deliveries` PostgreSQL has read so
     /// far (sequential scans and index scans), by the statistics every backend reports.
     pub async fn delivery_entries_read(&self) -> i64 {
