@@ -219,8 +219,11 @@ impl Resolution {
                     .error
                     .get_or_insert_with(|| EXTERNAL_ID_TOO_LONG.to_string());
             }
+            // The id we already had, given again (each 200 of a known patient's tracker
+            // views), is nothing to learn: writing it would only lock its row again.
             Outcome::Delivered { external_id } => {
-                resolution.learned_external_id = external_id;
+                resolution.learned_external_id =
+                    external_id.filter(|id| Some(id) != delivery.external_id.as_ref());
             }
             Outcome::Rejected { reason } => {
                 resolution.state = DeliveryState::Rejected;
@@ -402,6 +405,32 @@ mod tests {
         let attempt = resolution.attempt.expect("an attempt is recorded");
         assert_eq!(attempt.http_status, Some(200));
         assert_eq!(attempt.response_body.as_deref(), Some(body));
+    }
+
+    #[test]
+    fn a_partner_id_given_again_is_nothing_to_learn_and_a_new_one_is() {
+        let known = ClaimedDelivery {
+            external_id: Some("crm-1".into()),
+            ..claimed(0)
+        };
+        let again = answer(200, r#"{"data": {"externalId": "crm-1"}}"#);
+        let resolution = Resolution::after_attempt(
+            &known,
+            &policy(),
+            Outcome::of_answer(&again),
+            AttemptRecord::answered(Utc::now(), Duration::from_millis(5), &again),
+        );
+        assert_eq!(resolution.state, DeliveryState::Delivered);
+        assert_eq!(resolution.learned_external_id, None);
+
+        let changed = answer(200, r#"{"data": {"externalId": "crm-2"}}"#);
+        let resolution = Resolution::after_attempt(
+            &known,
+            &policy(),
+            Outcome::of_answer(&changed),
+            AttemptRecord::answered(Utc::now(), Duration::from_millis(5), &changed),
+        );
+        assert_eq!(resolution.learned_external_id.as_deref(), Some("crm-2"));
     }
 
     #[test]

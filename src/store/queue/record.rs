@@ -157,7 +157,8 @@ async fn write(
                  ON CONFLICT (partner, patient_id)
                  DO UPDATE SET external_id = excluded.external_id, learned_at = now()
                  -- The same id confirmed again (each 200 of a known patient's tracker
-                 -- views) writes nothing: a new row version and its WAL per event.
+                 -- views) is not sent at all (`Resolution::after_attempt`); one the row
+                 -- holds already, however it got there, writes nothing here either.
                  WHERE partner_patients.external_id IS DISTINCT FROM excluded.external_id
              )
              SELECT id, in_order FROM updated",
