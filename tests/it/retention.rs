@@ -643,3 +643,21 @@ async fn answers_a_pass_could_not_take_are_erased_by_the_next() {
     );
     assert_eq!(answers_kept(&db, &held).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_erase_position_the_answers_are_still_erased() {
+    // Someone deleted the position's row by hand: the pass starts from the beginning
+    // rather than erasing nothing.
+    let (db, _config, path) = delivered_a_month_ago(&["p-1", "p-2"]).await;
+    db.client
+        .batch_execute("DELETE FROM dispatcher.retention_position")
+        .await
+        .expect("lose the position");
+
+    let output = ok(&path, &["prune"]).await;
+
+    assert!(
+        output.stdout.contains("answers to 2 deliveries"),
+        "{output}"
+    );
+}
