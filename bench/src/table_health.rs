@@ -138,10 +138,12 @@ impl Bench {
                  CREATE TRIGGER bench_shift_ended BEFORE UPDATE ON dispatcher.deliveries
                      FOR EACH ROW WHEN (NEW.ended_at IS NOT NULL AND OLD.ended_at IS NULL)
                      EXECUTE FUNCTION public.bench_shift_ended();
-                 -- Where the answers' erase has got to, in the same shifted time.
+                 -- Where the answers' erase has got to, in the same shifted time, with a
+                 -- margin longer than any transaction that ends a delivery (one that began
+                 -- before a pass and commits after it has an earlier end).
                  CREATE FUNCTION public.bench_shift_erased() RETURNS trigger LANGUAGE plpgsql AS $$
                  BEGIN NEW.answers_erased_through := least(NEW.answers_erased_through,
-                     now() - make_interval(secs => {shift})); RETURN NEW; END $$;
+                     now() - make_interval(secs => {shift}) - interval '5 minutes'); RETURN NEW; END $$;
                  CREATE TRIGGER bench_shift_erased BEFORE UPDATE ON dispatcher.retention_position
                      FOR EACH ROW EXECUTE FUNCTION public.bench_shift_erased();
                  UPDATE dispatcher.retention_position SET answers_erased_through = now();"

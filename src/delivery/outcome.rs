@@ -220,7 +220,9 @@ impl Resolution {
                     .get_or_insert_with(|| EXTERNAL_ID_TOO_LONG.to_string());
             }
             // The id we already had, given again (each 200 of a known patient's tracker
-            // views), is nothing to learn: writing it would only lock its row again.
+            // views), is nothing to learn: writing it would only lock its row again. "Had"
+            // is as the claim read it; should another delivery of the patient have taught
+            // a different id since (only a resend's race runs two at once), that one stays.
             Outcome::Delivered { external_id } => {
                 resolution.learned_external_id =
                     external_id.filter(|id| Some(id) != delivery.external_id.as_ref());

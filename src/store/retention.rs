@@ -145,8 +145,10 @@ pub async fn erase_event_bodies(
 /// (migration 0021): before it, every delivery's answers are erased, so a pass reads
 /// what it erases, not the erased months that `metadata_days` keeps. Then the position
 /// moves up to the earliest delivery of the range still kept (one a resend or another
-/// pass held), or to the range's end. The update of each delivery changes no indexed
-/// column, so it is written beside the old version (HOT).
+/// pass held), or to the range's end. So a delivery held for long (an idle transaction)
+/// keeps the position on it, and each batch reads the erased entries after it again,
+/// within the `payload_days` window, until it is let go. The update of each delivery
+/// changes no indexed column, so it is written beside the old version (HOT).
 pub async fn erase_answers(
     client: &mut impl GenericClient,
     payload_days: u32,

@@ -72,6 +72,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         21,
         include_str!("../../migrations/0021_answers_erased_in_order.sql"),
     ),
+    (
+        22,
+        include_str!("../../migrations/0022_deliveries_fillfactor_40.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the
