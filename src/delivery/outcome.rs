@@ -415,24 +415,25 @@ mod tests {
             external_id: Some("crm-1".into()),
             ..claimed(0)
         };
-        let again = answer(200, r#"{"data": {"externalId": "crm-1"}}"#);
-        let resolution = Resolution::after_attempt(
-            &known,
-            &policy(),
-            Outcome::of_answer(&again),
-            AttemptRecord::answered(Utc::now(), Duration::from_millis(5), &again),
+        let answered = |external_id: &str| {
+            let answer = answer(
+                200,
+                &format!(r#"{{"data": {{"externalId": "{external_id}"}}}}"#),
+            );
+            Resolution::after_attempt(
+                &known,
+                &policy(),
+                Outcome::of_answer(&answer),
+                AttemptRecord::answered(Utc::now(), Duration::from_millis(5), &answer),
+            )
+        };
+        let again = answered("crm-1");
+        assert_eq!(again.state, DeliveryState::Delivered);
+        assert_eq!(again.learned_external_id, None);
+        assert_eq!(
+            answered("crm-2").learned_external_id.as_deref(),
+            Some("crm-2")
         );
-        assert_eq!(resolution.state, DeliveryState::Delivered);
-        assert_eq!(resolution.learned_external_id, None);
-
-        let changed = answer(200, r#"{"data": {"externalId": "crm-2"}}"#);
-        let resolution = Resolution::after_attempt(
-            &known,
-            &policy(),
-            Outcome::of_answer(&changed),
-            AttemptRecord::answered(Utc::now(), Duration::from_millis(5), &changed),
-        );
-        assert_eq!(resolution.learned_external_id.as_deref(), Some("crm-2"));
     }
 
     #[test]
