@@ -136,12 +136,9 @@ pub(super) const CLAIM_DUE: &str = concat!(
                    d.attempt_count - d.attempts_before_resend AS attempts_used
      ),
      -- What the rescuer finds the lease by when it runs out.
-     lease AS (
-         INSERT INTO dispatcher.leases (claim_token, lease_end, deliveries)
-         SELECT $3::uuid, now() + make_interval(secs => $2), array_agg(claimed.id)
-         FROM claimed
-         HAVING count(*) > 0
-     )
+     ",
+    lease_of!("claimed", "$3", "$2"),
+    "
      SELECT claimed.id, claimed.event_id, claimed.partner, claimed.event_name,
             claimed.attempts_used, due.event, due.external_id, due.traceparent
      FROM claimed JOIN due ON due.id = claimed.id"

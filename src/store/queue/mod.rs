@@ -32,6 +32,30 @@ macro_rules! partners_waiting {
     };
 }
 
+/// The lease of a claim, as the `lease` CTE of the statement that claims: one row of
+/// `dispatcher.leases` with the claim's token (`$token`), its end (`$secs` from now, the
+/// expression the statement sets the claimed deliveries' `leased_until` by, so the
+/// rescuer's look at the lease and at its deliveries agree) and the ids of `$from`; none
+/// when `$from` is empty.
+macro_rules! lease_of {
+    ($from:literal, $token:literal, $secs:literal) => {
+        concat!(
+            "lease AS (
+                 INSERT INTO dispatcher.leases (claim_token, lease_end, deliveries)
+                 SELECT ",
+            $token,
+            "::uuid, now() + make_interval(secs => ",
+            $secs,
+            "), array_agg(id)
+                 FROM ",
+            $from,
+            "
+                 HAVING count(*) > 0
+             )"
+        )
+    };
+}
+
 mod claim;
 mod order;
 mod plan;
@@ -121,7 +145,7 @@ pub async fn insert(
         states.push(delivery.state.as_str());
         errors.push(delivery.last_error.as_deref());
     }
-    let statement = client.prepare_cached(
+    let statement = client.prepare_cached(concat!(
         "WITH new AS (
                  SELECT *,
                         count(*) FILTER (WHERE state = 'pending') OVER (
@@ -223,13 +247,9 @@ pub async fn insert(
                  ON CONFLICT (event_id, partner) DO NOTHING
                  RETURNING id, state, claim_token IS NOT NULL AS claimed
              ),
-             lease AS (
-                 INSERT INTO dispatcher.leases (claim_token, lease_end, deliveries)
-                 SELECT $10::uuid, now() + make_interval(secs => $9), array_agg(inserted.id)
-                 FROM inserted
-                 WHERE inserted.claimed
-                 HAVING count(*) > 0
-             )
+             ",
+            lease_of!("inserted WHERE inserted.claimed", "$10", "$9"),
+            "
              SELECT inserted.id, inserted.state, inserted.claimed, placed.in_order,
                     placed.event_id, placed.partner, placed.event_name, 0 AS attempts_used,
                     placed.body AS event, placed.traceparent,
@@ -238,8 +258,8 @@ pub async fn insert(
                          WHERE known.partner = placed.partner
                            AND known.patient_id = placed.patient_id)
                     END AS external_id
-             FROM inserted JOIN placed ON placed.id = inserted.id",
-    )
+             FROM inserted JOIN placed ON placed.id = inserted.id"
+    ))
     .await?;
     let rows = client
         .query(

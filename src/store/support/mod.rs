@@ -466,7 +466,7 @@ pub async fn cancel(
             &format!(
                 "WITH cancelled AS (
                  UPDATE dispatcher.deliveries
-                 SET state = 'cancelled', due_at = NULL, claim_token = NULL, ended_at = now()
+                 SET state = 'cancelled', due_at = NULL, ended_at = now()
                  WHERE id = ANY($1)
                    AND state IN {CANCELLABLE}
                    AND claim_token IS NULL
