@@ -1,8 +1,9 @@
 //! The delivery's rules, free of I/O: what an answer means, when to try again, when to
-//! leave a failing partner alone, which partners an event goes to, and the request a
-//! delivery makes.
+//! leave a failing partner alone, which partners an event goes to, the request a
+//! delivery makes, and its id.
 
 pub mod breaker;
+pub mod id;
 pub mod outcome;
 pub mod request;
 pub mod retry;

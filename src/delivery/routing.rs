@@ -6,12 +6,11 @@
 //! is stored and indexed with each delivery: a few thousand characters of it are more
 //! than PostgreSQL can index, and would make the whole routing batch fail.
 
-use uuid::Uuid;
-
 use crate::config::Config;
 use crate::contract::payload::{
     fits_identifier, EventKind, IDENTIFIER_TOO_LONG, MAX_IDENTIFIER_CHARS,
 };
+use crate::delivery::id::DeliveryIds;
 use crate::delivery::state::DeliveryState;
 use crate::delivery::NewDelivery;
 
@@ -27,17 +26,18 @@ pub struct UnroutedEvent {
     pub patient_id: Option<String>,
 }
 
-/// One delivery per partner of the event's support program, each with its own id.
+/// One delivery per partner of the event's support program, each with its own id of
+/// `ids` (the routing transaction's).
 ///
 /// An event that reaches no partner still gets one row (partner NULL) so support sees it:
 /// `unrouted` when no partner takes its program, `invalid` when it cannot be routed at all.
-pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
+pub fn route(config: &Config, event: &UnroutedEvent, ids: &mut DeliveryIds) -> Vec<NewDelivery> {
     // A patient id over R13's limit is kept in the outbox only: it is not an id to search
     // by, and stored with the delivery it could be too long to index.
     let patient_id = event.patient_id.clone().filter(|id| fits_identifier(id));
-    let placeholder = |state, reason: Option<String>| {
+    let placeholder = |ids: &mut DeliveryIds, state, reason: Option<String>| {
         vec![NewDelivery {
-            id: Uuid::now_v7(),
+            id: ids.next_id(),
             event_id: event.id,
             partner: None,
             event_name: event.event_name.clone(),
@@ -64,12 +64,12 @@ pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
         None
     };
     if let Some(reason) = unroutable {
-        return placeholder(DeliveryState::Invalid, Some(reason));
+        return placeholder(ids, DeliveryState::Invalid, Some(reason));
     }
     let deliveries: Vec<NewDelivery> = config
         .partners_of(program)
         .map(|partner| NewDelivery {
-            id: Uuid::now_v7(),
+            id: ids.next_id(),
             event_id: event.id,
             partner: Some(partner.name.clone()),
             event_name: event.event_name.clone(),
@@ -81,6 +81,7 @@ pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
     if deliveries.is_empty() {
         // Named, so ops know which program to add to a partner's `support_programs`.
         return placeholder(
+            ids,
             DeliveryState::Unrouted,
             Some(format!(
                 "no partner is configured for support program {program}"
@@ -95,9 +96,14 @@ pub fn route(config: &Config, event: &UnroutedEvent) -> Vec<NewDelivery> {
 /// database's `reason`, so the events after it are routed. It carries as little of the
 /// event as it can, since something in the event was refused: no partner, no patient id,
 /// and the event's name cut to 255 characters (the contract's two names are far shorter).
-pub fn refused(event: &UnroutedEvent, reason: &impl std::fmt::Display) -> NewDelivery {
+/// Its id is of `ids`, the routing transaction's.
+pub fn refused(
+    event: &UnroutedEvent,
+    reason: &impl std::fmt::Display,
+    ids: &mut DeliveryIds,
+) -> NewDelivery {
     NewDelivery {
-        id: Uuid::now_v7(),
+        id: ids.next_id(),
         event_id: event.id,
         partner: None,
         event_name: event
@@ -115,7 +121,10 @@ pub fn refused(event: &UnroutedEvent, reason: &impl std::fmt::Display) -> NewDel
 
 #[cfg(test)]
 mod tests {
+    use chrono::Timelike;
+
     use super::*;
+    use crate::delivery::id;
 
     fn config() -> Config {
         Config::parse(
@@ -140,6 +149,15 @@ mod tests {
         .unwrap()
     }
 
+    /// Routed as a transaction whose `now()` is now.
+    fn route_now(event: &UnroutedEvent) -> Vec<NewDelivery> {
+        route(
+            &config(),
+            event,
+            &mut DeliveryIds::made_at(chrono::Utc::now()),
+        )
+    }
+
     fn event(program: &str) -> UnroutedEvent {
         UnroutedEvent {
             id: 7,
@@ -152,7 +170,7 @@ mod tests {
 
     #[test]
     fn an_event_goes_to_every_partner_of_its_program_with_distinct_ids() {
-        let deliveries = route(&config(), &event("prog-1"));
+        let deliveries = route_now(&event("prog-1"));
         let partners: Vec<_> = deliveries
             .iter()
             .map(|d| d.partner.clone().unwrap())
@@ -164,7 +182,7 @@ mod tests {
 
     #[test]
     fn an_event_of_an_unknown_program_is_kept_as_unrouted() {
-        let deliveries = route(&config(), &event("prog-9"));
+        let deliveries = route_now(&event("prog-9"));
         assert_eq!(deliveries.len(), 1);
         assert_eq!(deliveries[0].state, DeliveryState::Unrouted);
         assert_eq!(deliveries[0].partner, None);
@@ -179,7 +197,7 @@ mod tests {
     fn an_event_without_a_program_is_invalid() {
         let mut broken = event("");
         broken.support_program_id = None;
-        let deliveries = route(&config(), &broken);
+        let deliveries = route_now(&broken);
         assert_eq!(deliveries[0].state, DeliveryState::Invalid);
         assert_eq!(
             deliveries[0].last_error.as_deref(),
@@ -194,7 +212,7 @@ mod tests {
         let long = "x".repeat(3_008);
         let mut event = event("prog-1");
         event.patient_id = Some(long.clone());
-        let deliveries = route(&config(), &event);
+        let deliveries = route_now(&event);
         assert_eq!(deliveries.len(), 1);
         assert_eq!(deliveries[0].state, DeliveryState::Invalid);
         assert_eq!(
@@ -205,7 +223,7 @@ mod tests {
 
         let mut event = self::event(&long);
         event.patient_id = Some("é".repeat(255));
-        let deliveries = route(&config(), &event);
+        let deliveries = route_now(&event);
         assert_eq!(
             deliveries[0].last_error.as_deref(),
             Some("supportProgramId must be at most 255 characters")
@@ -215,7 +233,38 @@ mod tests {
             Some("é".repeat(255).as_str())
         );
 
-        let deliveries = route(&config(), &self::event(&"é".repeat(255)));
+        let deliveries = route_now(&self::event(&"é".repeat(255)));
         assert_eq!(deliveries[0].state, DeliveryState::Unrouted);
+    }
+
+    /// Every delivery routing makes (to partners, an unrouted or invalid placeholder, the
+    /// one of an event the database refused) has an id of the routing transaction's time,
+    /// whatever this process's clock says: an hour from now here.
+    #[test]
+    fn every_delivery_id_is_of_the_routing_transactions_time() {
+        let routed_at = chrono::Utc::now() + chrono::Duration::hours(1);
+        let millisecond = routed_at
+            .with_nanosecond(routed_at.timestamp_subsec_millis() * 1_000_000)
+            .expect("a millisecond");
+        let mut ids = DeliveryIds::made_at(routed_at);
+        let mut invalid = event("");
+        invalid.support_program_id = None;
+        let mut made = route(&config(), &event("prog-1"), &mut ids);
+        made.extend(route(&config(), &event("prog-9"), &mut ids));
+        made.extend(route(&config(), &invalid, &mut ids));
+        made.push(refused(&event("prog-2"), &"too long", &mut ids));
+
+        let states: Vec<DeliveryState> = made.iter().map(|delivery| delivery.state).collect();
+        use DeliveryState::*;
+        assert_eq!(states, [Pending, Pending, Unrouted, Invalid, Invalid]);
+        let times: Vec<_> = made
+            .iter()
+            .map(|delivery| id::made_at(delivery.id))
+            .collect();
+        assert_eq!(times, vec![Some(millisecond); 5]);
+        assert!(
+            made.windows(2).all(|pair| pair[0].id < pair[1].id),
+            "increasing in the order they were made"
+        );
     }
 }

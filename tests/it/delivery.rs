@@ -463,6 +463,66 @@ async fn a_retry_is_timed_by_the_database_clock_when_the_daemon_clock_runs_ahead
     assert_eq!(partner.received().len(), 2, "a 503, then the retry");
 }
 
+/// A delivery's id is a UUIDv7 of its `created_at`'s millisecond, PostgreSQL's clock,
+/// whatever the daemon's says (`delivery/id.rs`): support reads a window of delivered
+/// deliveries as a range of ids (migration 0023). The daemon runs an hour ahead; its
+/// deliveries to a partner (claimed by routing as it inserts them, or left for a claim),
+/// an unrouted event's placeholder and an invalid event's all carry the database's time.
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_ids_are_of_the_database_clock_when_the_daemon_clock_runs_ahead() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let _daemon = Daemon::start_with_clock_ahead(&config, &db, "+1h");
+
+    for patient in 0..20 {
+        db.insert_event(ENROLLMENT, &enrollment_event(&format!("p-{patient}")))
+            .await;
+    }
+    let mut orphan = enrollment_event("p-orphan");
+    orphan["supportProgramId"] = json!("no-such-program");
+    db.insert_event(ENROLLMENT, &orphan).await;
+    db.insert_event("HelpAround.Patient.NoSuchEvent", &enrollment_event("p-x"))
+        .await;
+    db.wait_for_state("delivered", 20).await;
+
+    let rows = db
+        .client
+        .query(
+            "SELECT d.id, d.state, d.created_at,
+                    (SELECT min(a.started_at) FROM dispatcher.attempts a
+                     WHERE a.delivery_id = d.id) AS sent_at
+             FROM dispatcher.deliveries d ORDER BY d.id",
+            &[],
+        )
+        .await
+        .expect("the deliveries");
+    let states: Vec<&str> = rows.iter().map(|row| row.get("state")).collect();
+    assert_eq!(states.len(), 22, "{states:?}");
+    assert!(states.contains(&"unrouted") && states.contains(&"invalid"));
+    let delivered = rows
+        .iter()
+        .find(|row| row.get::<_, &str>("state") == "delivered")
+        .expect("a delivered one");
+    let sent_at: chrono::DateTime<chrono::Utc> = delivered.get("sent_at");
+    let created_at: chrono::DateTime<chrono::Utc> = delivered.get("created_at");
+    assert!(
+        sent_at - created_at > chrono::Duration::minutes(50),
+        "the daemon's clock (its attempts' start) runs an hour ahead"
+    );
+    for row in &rows {
+        let id: uuid::Uuid = row.get("id");
+        let created_at: chrono::DateTime<chrono::Utc> = row.get("created_at");
+        let millisecond = chrono::DateTime::from_timestamp_millis(created_at.timestamp_millis());
+        assert_eq!(
+            dispatcher::delivery::id::made_at(id),
+            millisecond,
+            "the id of a {} delivery is of its created_at",
+            row.get::<_, &str>("state")
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn server_errors_and_timeouts_are_retried_with_growing_spacing() {
     // First try: a 500; second: no answer within the request timeout; third: a 502; then accepted.

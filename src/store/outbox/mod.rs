@@ -11,6 +11,7 @@ use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::delivery::id::DeliveryIds;
 use crate::delivery::routing::{self, UnroutedEvent};
 use crate::delivery::state::DeliveryState;
 use crate::delivery::{ClaimedDelivery, NewDelivery};
@@ -130,6 +131,10 @@ async fn route(
     if rows.is_empty() {
         return Ok(RoutingRound::nothing(Routed::Events(0)));
     }
+    // Of the database's clock, not this daemon's: the ids' time is the `created_at` the
+    // insert stores (its default, this transaction's `now()`), so support reads a window
+    // of them by the primary key.
+    let mut ids = DeliveryIds::made_at(position.now);
     let mut events = Vec::with_capacity(rows.len());
     let mut planned = Vec::with_capacity(rows.len());
     // Event i's deliveries are planned[starts[i]..starts[i + 1]].
@@ -143,7 +148,7 @@ async fn route(
             patient_id: row.get("patient_id"),
         };
         starts.push(planned.len());
-        planned.extend(routing::route(config, &event));
+        planned.extend(routing::route(config, &event, &mut ids));
         events.push(event);
     }
     starts.push(planned.len());
@@ -165,7 +170,7 @@ async fn route(
             )
         }
         Refusals::EndTheEvent => {
-            insert_around_refusals(&mut transaction, &events, &planned, &starts).await?
+            insert_around_refusals(&mut transaction, &events, &planned, &starts, &mut ids).await?
         }
     };
     position.passed(&transaction, &rows).await?;
@@ -198,14 +203,15 @@ async fn route(
 /// `planned[starts[i]..starts[i + 1]]`), halving the events under a savepoint wherever
 /// PostgreSQL refuses what they hold, down to the single events it refuses; each of
 /// those gets one `invalid` delivery with the database's reason instead
-/// ([`routing::refused`]). A refusal of that delivery too, or any error but a refusal of
-/// content, fails the whole: then the refusal was not of the event, and routing is tried
-/// again later.
+/// ([`routing::refused`], its id of `ids`). A refusal of that delivery too, or any error
+/// but a refusal of content, fails the whole: then the refusal was not of the event, and
+/// routing is tried again later.
 async fn insert_around_refusals(
     transaction: &mut deadpool_postgres::Transaction<'_>,
     events: &[UnroutedEvent],
     planned: &[NewDelivery],
     starts: &[usize],
+    ids: &mut DeliveryIds,
 ) -> Result<(Inserted, Vec<RefusedEvent>), tokio_postgres::Error> {
     let mut all = Inserted::default();
     let mut refused = Vec::new();
@@ -235,7 +241,7 @@ async fn insert_around_refusals(
             continue;
         }
         let event = &events[part.start];
-        let invalid = [routing::refused(event, &reason)];
+        let invalid = [routing::refused(event, &reason, ids)];
         // Ended `invalid`: nothing pending, nothing claimed.
         queue::insert(&*transaction, &invalid, SendNow::NONE).await?;
         refused.push(RefusedEvent {

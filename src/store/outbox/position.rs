@@ -6,6 +6,7 @@
 //! written before the migration and not yet routed (the old way: `routed_at`), and those
 //! whose transactions committed between `through` and `upto`.
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
@@ -31,6 +32,9 @@ pub(super) enum Source {
 /// The routing position, locked for this transaction: only one daemon routes at a time.
 /// Snapshots and transaction ids travel as PostgreSQL's text for them.
 pub(super) struct Position {
+    /// The transaction's `now()`: the `created_at` of the deliveries it inserts, and the
+    /// time of their ids.
+    pub(super) now: DateTime<Utc>,
     through: String,
     upto: Option<String>,
     after: Option<(String, i64)>,
@@ -44,7 +48,7 @@ impl Position {
     ) -> Result<Option<Position>, tokio_postgres::Error> {
         let statement = client
             .prepare_cached(
-                "SELECT through::text AS through, upto::text AS upto,
+                "SELECT now() AS now, through::text AS through, upto::text AS upto,
                         after_xid::text AS after_xid, after_id
                  FROM dispatcher.routing_position
                  FOR UPDATE SKIP LOCKED",
@@ -58,6 +62,7 @@ impl Position {
             _ => None,
         };
         Ok(Some(Position {
+            now: row.get("now"),
             through: row.get("through"),
             upto: row.get("upto"),
             after,

@@ -113,7 +113,9 @@ pub struct Inserted {
 /// the pending ones behind it wait. The insert's own look decides in the common case; the
 /// locks and `settle` that follow correct what a transaction committing meanwhile
 /// changed (see `order.rs`). The caller's transaction holds it all. Of the deliveries
-/// `send_now` offers, those a claim would take at once are inserted claimed.
+/// `send_now` offers, those a claim would take at once are inserted claimed. Their
+/// `created_at` is its default, the transaction's `now()`, the time their ids must be of
+/// (`delivery/id.rs`: routing reads it with its position).
 ///
 /// Only a delivery whose patient has another unfinished delivery to its partner, in the
 /// insert's view or in this batch, goes through the locks and `settle`: for any other the
