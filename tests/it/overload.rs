@@ -884,3 +884,102 @@ async fn the_look_for_stranded_waiting_deliveries_does_not_read_the_month() {
          the month's {HISTORY} deliveries or the backlog of {HISTORY}"
     );
 }
+
+/// A connection of support's own pool, as the admin server and the CLI open it: it plans
+/// as PostgreSQL chooses, sequential scans included (`store::db::pool`).
+async fn support_connection(config: &TestConfig, db: &TestDb) -> deadpool_postgres::Client {
+    let loaded = Config::parse(&config.text(db), "overload", None, |_| None).expect("config");
+    db::pool(&loaded.database, loaded.admin.pool)
+        .expect("pool")
+        .get()
+        .await
+        .expect("a pooled connection")
+}
+
+/// A month of deliveries to `partner` delivered a second after they were made, `per_day`
+/// of them each day from 30 days ago to a day ago, each of an event of its own, with ids
+/// as the router makes them (a UUIDv7 of their `created_at`'s millisecond,
+/// `delivery/id.rs`); then ANALYZE.
+async fn seed_a_month_delivered(db: &TestDb, partner: &str, per_day: i64) {
+    db.client
+        .execute(
+            "WITH events AS (
+                 INSERT INTO dispatcher.outbox (event_name, event, routed_at, xid)
+                 SELECT $1, jsonb_set($2::jsonb, '{patient,id}', to_jsonb('month-' || g)),
+                        now(), NULL
+                 FROM generate_series(1, 29 * $4::int8) AS g
+                 RETURNING id, event_name, event -> 'patient' ->> 'id' AS patient_id
+             ),
+             made AS (
+                 SELECT events.*,
+                        now() - interval '30 days'
+                            + (row_number() OVER (ORDER BY id) - 1)
+                              * (interval '1 day' / $4::float8) AS made
+                 FROM events
+             )
+             INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, attempt_count,
+                  created_at, ended_at)
+             SELECT (lpad(to_hex(floor(extract(epoch FROM made) * 1000)::int8), 12, '0')
+                     || '70008000' || lpad(to_hex(id), 12, '0'))::uuid,
+                    id, $3, event_name, patient_id, 'delivered', 1,
+                    made, made + interval '1 second'
+             FROM made",
+            &[
+                &ENROLLMENT,
+                &enrollment_event("template"),
+                &partner,
+                &per_day,
+            ],
+        )
+        .await
+        .expect("seed a month delivered");
+    db.client
+        .batch_execute("ANALYZE dispatcher.deliveries")
+        .await
+        .expect("analyze");
+}
+
+/// Support's list of what was delivered, newest first, beside a month of it and a
+/// queue: the newest by the primary key (ids are ordered by time), never the month.
+#[tokio::test(flavor = "multi_thread")]
+async fn support_lists_the_newest_delivered_without_reading_the_month() {
+    const PER_DAY: i64 = 1_000;
+    const HISTORY: i64 = 29 * PER_DAY;
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    seed_a_month_delivered(&db, "acme", PER_DAY).await;
+    db.seed_due_deliveries(&[("acme", 10, Duration::ZERO)]).await;
+    let newest: Vec<uuid::Uuid> = db
+        .client
+        .query(
+            "SELECT id FROM dispatcher.deliveries WHERE state = 'delivered'
+             ORDER BY created_at DESC LIMIT 50",
+            &[],
+        )
+        .await
+        .expect("the newest delivered")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let client = support_connection(&config, &db).await;
+    let selection = support::Selection {
+        state: Some("delivered".to_string()),
+        ..support::Selection::default()
+    };
+
+    let before = db.delivery_entries_read().await;
+    let listed = support::list(&client, &selection, None, 50)
+        .await
+        .expect("list");
+    let read = db.delivery_entries_read_since(&client, before).await;
+
+    let ids: Vec<uuid::Uuid> = listed.iter().map(|delivery| delivery.id).collect();
+    assert_eq!(ids, newest, "the 50 delivered last, newest first");
+    assert!(
+        read < HISTORY / 10,
+        "the list of delivered deliveries read {read} rows and index entries: it walked \
+         the month's {HISTORY}"
+    );
+}
