@@ -181,12 +181,14 @@ impl Cluster {
     }
 }
 
-/// The ids the dispatcher gives deliveries are UUIDv7 (time-ordered); seeded deliveries
-/// get the same kind, so the primary key index grows the same way.
+/// The ids the dispatcher gives deliveries are UUIDv7 of their `created_at`'s millisecond
+/// (`delivery/id.rs`); seeded deliveries get the same kind, of the `created_at` they are
+/// seeded with (`at`), so the primary key index grows the same way and a delivered one
+/// has no entry in `deliveries_ended_by_state`, as the daemon's have none (migration 0023).
 const UUID_V7: &str = "
-CREATE FUNCTION public.bench_uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
+CREATE FUNCTION public.bench_uuid_v7(at timestamptz) RETURNS uuid LANGUAGE sql VOLATILE AS $$
   SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
-           PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+           PLACING substring(int8send(floor(extract(epoch FROM at) * 1000)::bigint) FROM 3)
            FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
 $$;";
 
@@ -319,7 +321,7 @@ impl BenchDb {
             .execute(
                 "INSERT INTO dispatcher.deliveries
                      (id, event_id, partner, event_name, patient_id, state, due_at)
-                 SELECT public.bench_uuid_v7(), id, $1, event_name, event -> 'patient' ->> 'id',
+                 SELECT public.bench_uuid_v7(now()), id, $1, event_name, event -> 'patient' ->> 'id',
                         'pending', now() - make_interval(secs => $2)
                  FROM dispatcher.outbox o
                  WHERE NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
@@ -350,7 +352,7 @@ impl BenchDb {
                      INSERT INTO dispatcher.deliveries
                          (id, event_id, partner, event_name, patient_id, state, attempt_count,
                           last_status, created_at, ended_at)
-                     SELECT public.bench_uuid_v7(), id, $1, event_name,
+                     SELECT public.bench_uuid_v7(now() - interval '1 day'), id, $1, event_name,
                             event -> 'patient' ->> 'id', 'delivered', 1, 200,
                             now() - interval '1 day', now() - interval '1 day'
                      FROM dispatcher.outbox o

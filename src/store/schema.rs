@@ -76,6 +76,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         22,
         include_str!("../../migrations/0022_deliveries_fillfactor_40.sql"),
     ),
+    (
+        23,
+        include_str!("../../migrations/0023_delivered_out_of_ended_by_state.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

@@ -68,12 +68,31 @@ impl Selection {
     }
 }
 
+/// The least (`min`) or greatest (`max`) id of the window's delivered deliveries whose id
+/// is off the database's clock (see [`CONDITIONS`]), by `deliveries_ended_by_state`, whose
+/// predicate this names; none when there are none. PostgreSQL 15 has no `min` of a uuid:
+/// a uuid's text sorts as its bytes in the "C" collation.
+macro_rules! off_clock {
+    ($aggregate:literal) => {
+        concat!(
+            "(SELECT ",
+            $aggregate,
+            "(o.id::text COLLATE \"C\")::uuid FROM dispatcher.deliveries o
+              WHERE o.state = 'delivered'
+                AND dispatcher.delivery_id_off_clock(o.id, o.created_at)
+                AND ($6::timestamptz IS NULL OR o.created_at >= $6)
+                AND ($7::timestamptz IS NULL OR o.created_at < $7))"
+        )
+    };
+}
+
 /// The conditions of a [`Selection`], as parameters `$1` to `$8`; a statement's own
 /// parameters follow from `$9`. A patient id is compared in the "C" collation, the one
 /// of its index (`deliveries_by_patient`): equality means the same either way.
 ///
 /// Each unfinished state is a condition of its own, and the ended ones one together:
-/// `deliveries_ended_by_state` holds only ended deliveries, so `state = ANY($2)` alone
+/// `deliveries_ended_by_state` holds only ended deliveries (and of the delivered, only
+/// those whose id is off the database's clock: see below), so `state = ANY($2)` alone
 /// would leave a list of the unfinished (support's "pending") no index but the primary
 /// key's, read through the history. Each statement is planned with its values (a
 /// custom plan), so the states not asked for fall away and each one asked for finds its
@@ -95,7 +114,19 @@ impl Selection {
 /// condition names no state, so stale statistics cannot send it to `deliveries_pending`.
 /// Asked with pending (support's "pending" is every unfinished state), they are the
 /// pending ones with a token, and the leases are not read.
-pub(super) const CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
+///
+/// A time window of delivered deliveries is a range of the primary key: no other index
+/// holds them since migration 0023 (a delivered one had an entry in
+/// `deliveries_ended_by_state` only for this). A delivery's id is of its `created_at`'s
+/// millisecond (`delivery/id.rs`), so the window's deliveries lie between the least ids
+/// of its two ends; widened to the least and greatest id of the window's delivered
+/// deliveries whose id is off that clock (made before 0023, or by a daemon from before
+/// it: `deliveries_ended_by_state` keeps those, `off_clock!`). The `created_at`
+/// conditions stay, so the range only narrows what is read. Of the other states, only
+/// delivered (which support asks for alone) has no index by time: the range is asked
+/// for it only, so it cannot lead another's plan from its own index.
+pub(super) const CONDITIONS: &str = concat!(
+    "($1::uuid[] IS NULL OR id = ANY($1))
      AND ($2::text[] IS NULL
           OR (state = ANY($2) AND state NOT IN ('pending', 'waiting', 'in_flight'))
           OR (state = 'pending' AND 'pending' = ANY($2)
@@ -109,7 +140,22 @@ pub(super) const CONDITIONS: &str = "($1::uuid[] IS NULL OR id = ANY($1))
      AND ($5::text IS NULL OR patient_id COLLATE \"C\" = $5)
      AND ($6::timestamptz IS NULL OR created_at >= $6)
      AND ($7::timestamptz IS NULL OR created_at < $7)
-     AND ($8::bigint IS NULL OR event_id = $8)";
+     AND ($8::bigint IS NULL OR event_id = $8)
+     AND ($2::text[] IS DISTINCT FROM '{delivered}'
+          OR ($6::timestamptz IS NULL AND $7::timestamptz IS NULL)
+          OR id BETWEEN
+             LEAST(dispatcher.first_uuid_of_millis(COALESCE(dispatcher.unix_millis($6), 0)),
+                   ",
+    off_clock!("min"),
+    ")
+             AND GREATEST(
+                   dispatcher.first_uuid_of_millis(
+                       -- 2^48 - 1: the last millisecond a UUIDv7 holds.
+                       COALESCE(dispatcher.unix_millis($7) + 1, 281474976710655)),
+                   ",
+    off_clock!("max"),
+    "))"
+);
 
 /// A selection's values in the order of [`CONDITIONS`].
 pub(super) struct Params<'a> {
