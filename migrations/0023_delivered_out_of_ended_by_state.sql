@@ -25,9 +25,12 @@
 -- primary key range could miss, whoever made them.
 --
 -- The functions are IMMUTABLE (an index predicate must be) and inlined by the planner,
--- so support's conditions name the same expression as the predicate and prove it. The
--- millisecond of a `timestamptz` is read from its distance to 1970 (an interval: no time
--- zone), as a UUIDv7 counts it.
+-- so support's conditions name the same expression as the predicate and prove it. They
+-- are granted to PUBLIC, whatever default privileges a site set: every role that writes
+-- a delivery evaluates the predicate (without EXECUTE, the daemon's role could not
+-- record a 200), and support's role reads a window through them. The millisecond of a
+-- `timestamptz` is read from its distance to 1970 (an interval: no time zone), as a
+-- UUIDv7 counts it.
 --
 -- Built, then the old index dropped and the new one renamed, each on its own outside a
 -- transaction, as 0019 does: the enrollment flow's inserts and the daemon's writes go on,
@@ -51,6 +54,10 @@ CREATE OR REPLACE FUNCTION dispatcher.delivery_id_off_clock(id uuid, created_at 
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN id < dispatcher.first_uuid_of_millis(dispatcher.unix_millis(created_at))
         OR id >= dispatcher.first_uuid_of_millis(dispatcher.unix_millis(created_at) + 1);
+
+GRANT EXECUTE ON FUNCTION dispatcher.unix_millis(timestamptz),
+    dispatcher.first_uuid_of_millis(int8),
+    dispatcher.delivery_id_off_clock(uuid, timestamptz) TO PUBLIC;
 
 -- dispatcher:no-transaction
 

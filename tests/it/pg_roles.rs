@@ -179,6 +179,21 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
         listed.status.success() && listed.stdout.contains(&id),
         "{listed}"
     );
+    // A window of delivered deliveries is a range of ids, by migration 0023's functions.
+    let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let listed = finish(cli(&[
+        "deliveries",
+        "list",
+        "--state",
+        "delivered",
+        "--since",
+        &an_hour_ago,
+    ]))
+    .await;
+    assert!(
+        listed.status.success() && listed.stdout.contains(&id),
+        "{listed}"
+    );
     let shown = finish(cli(&["deliveries", "show", &id])).await;
     assert!(shown.status.success(), "{shown}");
     let trail = finish(cli(&["audit", "--action", "delivery_read"])).await;
