@@ -36,3 +36,36 @@ echo "--- a claim and a record meanwhile (prepared before, run 1.5 s in; lock_ti
 grep -v "^$" /tmp/q3/cr.out | sed "s/^/    /"
 echo "--- the reader:"; sed 's/^/    /' /tmp/q3/reader.out
 echo "--- the DETACH (lock_timeout 5s):"; sed 's/^/    /' /tmp/q3/detach.out
+echo "### the same, with the claim's lock and update and the record's order lock naming the parent (ended_at IS NULL: the parent locked first, as the DDL locks it)"
+psql -Xq -d "$db" -c "SELECT dispatcher.q3_create_day(current_date - 2)" >/dev/null 2>&1 # again, if the DETACH above went through
+psql -Xq -d "$db" -f "$here/q3_concurrency_setup.sql" >/dev/null 2>&1
+psql -Xq -d "$db" -c "VACUUM ANALYZE dispatcher.deliveries" >/dev/null
+{ printf '\\o /dev/null\n'; cat "$stmts"
+  cat <<'SQL'
+PREPARE claimp(uuid) AS
+WITH locked AS (
+    SELECT d.id FROM dispatcher.deliveries d
+    WHERE d.ended_at IS NULL AND d.partner = 'partner-1' AND d.state = 'pending'
+      AND d.claim_token IS NULL AND d.due_at <= now()
+    ORDER BY d.due_at LIMIT 100 FOR UPDATE OF d SKIP LOCKED)
+UPDATE dispatcher.deliveries d SET claim_token = $1, leased_until = now() + interval '5 min'
+WHERE d.ended_at IS NULL AND d.id = ANY(ARRAY(SELECT id FROM locked)) RETURNING d.id;
+PREPARE lockp(uuid[]) AS
+SELECT d.id FROM dispatcher.deliveries d WHERE d.ended_at IS NULL AND d.id = ANY($1) ORDER BY d.id FOR NO KEY UPDATE OF d;
+SQL
+  printf '\\o\nSET lock_timeout = %s;\nSELECT pg_sleep(1.5);\n\\timing on\n' "'1s'"
+  printf "BEGIN; EXECUTE claimp(gen_random_uuid()); COMMIT;\n"
+  printf "BEGIN; EXECUTE lockp('{00000000-0000-7000-8000-0000000000a1,00000000-0000-7000-8000-0000000000a2}');\n"
+  printf "EXECUTE write('{00000000-0000-7000-8000-0000000000a1}', '{00000000-0000-4000-8000-0000000000f1}', '{NULL}'); COMMIT;\n"
+  printf "SELECT pg_sleep(2);\n"
+  printf "BEGIN; EXECUTE claimp(gen_random_uuid()); COMMIT;\n"
+} >/tmp/q3/cr2.sql
+psql -X -d "$db" -f /tmp/q3/cr2.sql >/tmp/q3/cr2.out 2>&1 &
+sleep 0.2
+psql -X -d "$db" -c "SELECT count(*), pg_sleep(3) FROM dispatcher.deliveries WHERE patient_id = 'nobody'" >/tmp/q3/reader2.out 2>&1 &
+sleep 0.5
+psql -X -d "$db" -c "SET lock_timeout = '5s'" -c "\\timing on" -c "ALTER TABLE dispatcher.deliveries DETACH PARTITION dispatcher.deliveries_$(date -u -d "2 days ago" +%Y%m%d)" >/tmp/q3/detach2.out 2>&1 &
+wait
+echo "--- a claim and a record meanwhile (prepared before, run 1.5 s in; lock_timeout 1s), then a claim 2 s later:"
+grep -v "^$" /tmp/q3/cr2.out | sed "s/^/    /"
+echo "--- the DETACH (lock_timeout 5s):"; sed 's/^/    /' /tmp/q3/detach2.out

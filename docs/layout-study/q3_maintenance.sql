@@ -1,7 +1,7 @@
 -- Question 3, part 4: a new day beside a DEFAULT partition, and a day dropped. On the
--- Day names and dates are those of the run (2026-12-05): edit them for another date.
 -- database q3_fill.sql filled (a queue of 200,000, a day of 1,000,000 ended yesterday).
 -- psql -e; \timing on; DEBUG1 messages to the client.
+-- Day names and dates are those of the run (2026-12-05): edit them for another date.
 \set VERBOSITY terse
 \timing on
 SET search_path = dispatcher;

@@ -1,7 +1,7 @@
 -- Question 3, part 6: support's and the daemon's reads with deliveries partitioned BY RANGE
--- Day names and dates are those of the run (2026-12-05): edit them for another date.
 -- (ended_at): 60 day partitions of ~16,667 ended deliveries (1,000,000), and a queue of
 -- 10,000 (q3_reads.sh fills it). psql -e.
+-- Day names and dates are those of the run (2026-12-05): edit them for another date.
 \set VERBOSITY terse
 SELECT id AS old_id FROM dispatcher.deliveries_20261110 LIMIT 1 OFFSET 5000 \gset
 SELECT id AS queued_id FROM dispatcher.deliveries_queue LIMIT 1 OFFSET 5000 \gset
