@@ -56,8 +56,8 @@ pair "3a. the claim (FOR UPDATE SKIP LOCKED) while a cancel of U1 holds its row,
 
 # The claim's `locked` step as the claim runs it, its candidates read first (here slowed by
 # pg_sleep, so the cancel commits between the statement's snapshot and its lock).
-pair "3b. the claim's lock (FOR UPDATE SKIP LOCKED) of a candidate a cancel moved after the claim's snapshot (B first, A 0.3 s later)" \
-  "SELECT pg_sleep(0.3); $cancel COMMIT;" \
+pair "3b. the claim's lock (FOR UPDATE SKIP LOCKED) of a candidate a cancel moved after the claim's snapshot (A waits 0.8 s, so B's snapshot comes first; B's candidates take 1 s)" \
+  "SELECT pg_sleep(0.8); $cancel COMMIT;" \
   "SELECT d.id FROM QUEUE d
    WHERE d.id = ANY(ARRAY(SELECT c.id FROM QUEUE c WHERE c.state = 'pending' AND c.claim_token IS NULL
                           AND c.due_at <= now() AND pg_sleep(1) IS NOT NULL))
