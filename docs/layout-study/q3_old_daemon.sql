@@ -26,3 +26,8 @@ SELECT tgrelid::regclass, tgname FROM pg_trigger WHERE NOT tgisinternal AND tgre
 -- Its retention deletes deliveries, and no longer their attempts (the foreign key and its
 -- ON DELETE CASCADE are gone).
 SELECT conname FROM pg_constraint WHERE conrelid = 'dispatcher.attempts'::regclass AND contype = 'f';
+-- Had the old table kept the name dispatcher.deliveries (the parent named otherwise), an
+-- old daemon's record would update the partition itself: past the cutover, the end it
+-- writes belongs to a day, and the update is refused instead of moving the row.
+UPDATE dispatcher.deliveries_queue SET state = 'delivered', ended_at = now()
+WHERE id = (SELECT id FROM dispatcher.deliveries_queue WHERE state = 'pending' LIMIT 1);
