@@ -348,23 +348,21 @@ impl BenchDb {
         // For every event that has none yet: the ones just written.
         self.client
             .execute(
-                "WITH ended AS (
-                     INSERT INTO dispatcher.deliveries
-                         (id, event_id, partner, event_name, patient_id, state, attempt_count,
-                          last_status, created_at, ended_at)
-                     SELECT public.bench_uuid_v7(now() - interval '1 day'), id, $1, event_name,
-                            event -> 'patient' ->> 'id', 'delivered', 1, 200,
-                            now() - interval '1 day', now() - interval '1 day'
-                     FROM dispatcher.outbox o
-                     WHERE NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
-                     ORDER BY id
-                     RETURNING id
-                 )
-                 INSERT INTO dispatcher.attempts
-                     (delivery_id, number, started_at, duration_ms, http_status, response_body)
-                 SELECT id, 1, now() - interval '1 day', 40, 200,
+                // Each delivered at its first attempt, which the record keeps in the
+                // delivery's row (migration 0024).
+                "INSERT INTO dispatcher.deliveries
+                     (id, event_id, partner, event_name, patient_id, state, attempt_count,
+                      last_status, created_at, ended_at, first_attempt_started_at,
+                      first_attempt_duration_ms, first_attempt_http_status,
+                      first_attempt_response_body)
+                 SELECT public.bench_uuid_v7(now() - interval '1 day'), id, $1, event_name,
+                        event -> 'patient' ->> 'id', 'delivered', 1, 200,
+                        now() - interval '1 day', now() - interval '1 day',
+                        now() - interval '1 day', 40, 200,
                         '{\"data\": {\"externalId\": \"crm-1\"}}'
-                 FROM ended",
+                 FROM dispatcher.outbox o
+                 WHERE NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
+                 ORDER BY id",
                 &[&partner],
             )
             .await

@@ -99,7 +99,7 @@ GRANT USAGE ON SCHEMA dispatcher TO {daemon}, {producer}, {support};
 
 -- The daemon: the queue, the outbox (routed, erased, deleted; never inserted), sessions
 -- and tokens; the audit trail read and appended only.
-GRANT SELECT ON dispatcher.schema_migrations TO {daemon};
+GRANT SELECT ON dispatcher.schema_migrations, dispatcher.every_attempt TO {daemon};
 GRANT SELECT, UPDATE, DELETE ON dispatcher.outbox TO {daemon};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {read_write} TO {daemon};
 GRANT SELECT, INSERT, DELETE ON dispatcher.support_actions TO {daemon};
@@ -116,7 +116,8 @@ GRANT INSERT (event_name, event, traceparent) ON dispatcher.outbox TO {producer}
 
 -- Support's command line: reads, never a body; appends its own audit entries.
 GRANT SELECT ON dispatcher.schema_migrations, dispatcher.deliveries, dispatcher.attempts,
-    dispatcher.support_actions, dispatcher.partner_circuits, dispatcher.leases TO {support};
+    dispatcher.every_attempt, dispatcher.support_actions, dispatcher.partner_circuits,
+    dispatcher.leases TO {support};
 GRANT SELECT (id, event_name, created_at, routed_at, event_erased_at)
     ON dispatcher.outbox TO {support};
 GRANT EXECUTE ON FUNCTION dispatcher.unrouted_events() TO {daemon}, {support};

@@ -139,7 +139,8 @@ pub async fn erase_event_bodies(
 /// Erases the partners' answers to up to `limit` deliveries that ended more than
 /// `payload_days` ago: the attempts' response bodies, the error texts of attempts that got
 /// an answer (they quote it, e.g. an `errorMessage`), and the delivery's last error when
-/// it came from an answer. Our own texts (timeouts, connection errors) stay.
+/// it came from an answer; a first attempt's in the delivery's row. Our own texts
+/// (timeouts, connection errors) stay.
 ///
 /// In the order the deliveries ended, from `retention_position.answers_erased_through`
 /// (migration 0021): before it, every delivery's answers are erased, so a pass reads
@@ -180,7 +181,14 @@ pub async fn erase_answers(
              )
              UPDATE dispatcher.deliveries d
              SET answers_erased_at = now(),
-                 last_error = CASE WHEN d.last_status IS NULL THEN d.last_error END
+                 last_error = CASE WHEN d.last_status IS NULL THEN d.last_error END,
+                 -- The first attempt, kept in the row (migration 0024), as `attempts` above.
+                 first_attempt_response_body = NULL,
+                 first_attempt_error = CASE WHEN d.first_attempt_http_status IS NULL
+                                            THEN d.first_attempt_error END,
+                 first_attempt_answer_erased_at = CASE
+                     WHEN d.first_attempt_started_at IS NOT NULL
+                     THEN COALESCE(d.first_attempt_answer_erased_at, now()) END
              FROM expired
              WHERE d.id = expired.id",
             &[&days(payload_days), &batch_limit(limit)],

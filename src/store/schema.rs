@@ -80,6 +80,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         23,
         include_str!("../../migrations/0023_delivered_out_of_ended_by_state.sql"),
     ),
+    (
+        24,
+        include_str!("../../migrations/0024_first_attempt_in_row.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

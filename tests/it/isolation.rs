@@ -136,7 +136,7 @@ async fn a_partner_that_times_out_never_has_more_than_max_in_flight_requests_ope
     assert!(hanging.open_requests() <= 2);
     let timeouts = db
         .count(
-            "SELECT count(*) FROM dispatcher.attempts a JOIN dispatcher.deliveries d ON d.id = a.delivery_id
+            "SELECT count(*) FROM dispatcher.every_attempt a JOIN dispatcher.deliveries d ON d.id = a.delivery_id
              WHERE d.partner = 'hanging' AND a.error_kind = 'timeout' AND a.http_status IS NULL",
         )
         .await;

@@ -1090,3 +1090,38 @@ async fn support_reads_a_window_of_delivered_a_week_ago_without_reading_the_mont
         );
     }
 }
+
+/// Support asks what a partner received for one delivery, beside a month of deliveries:
+/// the partner's id for the patient was in it if some 200 of that patient's came before,
+/// which the look checks on that patient's deliveries and their attempts, each by key,
+/// never every delivery's first attempt (`every_attempt` read otherwise than by a
+/// delivery's id).
+#[tokio::test(flavor = "multi_thread")]
+async fn support_sees_what_a_partner_received_without_reading_the_month() {
+    const HISTORY: i64 = 30_000;
+    let acme = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&acme, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    db.wait_for_state("delivered", 1).await;
+    drop(daemon);
+    let [delivered] = &db.ids_in_state("delivered").await[..] else {
+        panic!("one delivery, delivered")
+    };
+    db.seed_ended_deliveries("acme", HISTORY).await;
+    let support = support_connection(&config, &db).await;
+
+    let before = db.delivery_entries_read().await;
+    let request =
+        support::received::stored_request(&support, delivered.parse().expect("a delivery id"))
+            .await
+            .expect("support's look")
+            .expect("the delivery");
+
+    let read = db.delivery_entries_read_since(&support, before).await;
+    // The partner's id was learned from this delivery's own answer, so it was not in
+    // what the partner received: the look went through that patient's attempts.
+    assert_eq!(request.external_id, None);
+    assert!(read < 100, "read {read} rows and entries beside {HISTORY}");
+}

@@ -79,7 +79,7 @@ async fn body_kept(db: &TestDb, patient: &str) -> bool {
 
 async fn answers_kept(db: &TestDb, delivery_id: &str) -> i64 {
     db.count(&format!(
-        "SELECT count(*) FROM dispatcher.attempts
+        "SELECT count(*) FROM dispatcher.every_attempt
          WHERE delivery_id = '{delivery_id}' AND response_body IS NOT NULL"
     ))
     .await
@@ -660,4 +660,61 @@ async fn without_the_erase_position_the_answers_are_still_erased() {
         output.stdout.contains("answers to 2 deliveries"),
         "{output}"
     );
+}
+
+/// A daemon from before migration 0024, still running beside this one during an upgrade,
+/// erases the answers with its own statement, which knows nothing of the first attempt
+/// kept in the delivery's row: that answer is erased with the rest all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_from_before_0024_erasing_the_answers_erases_the_first_attempts_too() {
+    let (db, _config, _path) = delivered_a_month_ago(&["p-1"]).await;
+    let delivery = delivery_ids(&db, "p-1").await.remove(0);
+    assert_eq!(answers_kept(&db, &delivery).await, 1);
+
+    // 0021's erase of a delivery as released (its update of `attempts` finds nothing).
+    db.client
+        .execute(
+            "UPDATE dispatcher.deliveries d
+             SET answers_erased_at = now(),
+                 last_error = CASE WHEN d.last_status IS NULL THEN d.last_error END
+             WHERE d.id = $1::text::uuid",
+            &[&delivery],
+        )
+        .await
+        .expect("the old daemon's erase");
+
+    assert_eq!(answers_kept(&db, &delivery).await, 0);
+    let attempts = db.attempts(&delivery).await;
+    assert!(
+        !attempts[0]["answer_erased_at"].is_null(),
+        "the erase is marked: {attempts:?}"
+    );
+}
+
+/// The erase of the answers erases a first attempt kept in the delivery's row by itself:
+/// migration 0024's trigger, which does it for a daemon from before 0024, will go.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasing_the_answers_erases_the_first_attempts_in_the_rows() {
+    let (db, _config, path) = delivered_a_month_ago(&["p-1", "p-2"]).await;
+    db.client
+        .batch_execute(
+            "ALTER TABLE dispatcher.deliveries DISABLE TRIGGER deliveries_first_attempt_before_0024",
+        )
+        .await
+        .expect("without the upgrade's trigger");
+
+    let output = ok(&path, &["prune"]).await;
+
+    assert!(
+        output.stdout.contains("answers to 2 deliveries"),
+        "{output}"
+    );
+    for delivery in [
+        delivery_ids(&db, "p-1").await,
+        delivery_ids(&db, "p-2").await,
+    ]
+    .concat()
+    {
+        assert_eq!(answers_kept(&db, &delivery).await, 0);
+    }
 }

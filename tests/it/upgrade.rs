@@ -935,3 +935,43 @@ async fn deliveries_in_flight_through_0020_are_recorded_by_their_daemon_or_rescu
     }
     assert_eq!(db.count("SELECT count(*) FROM dispatcher.leases").await, 0);
 }
+
+/// A daemon from before migration 0024, beside this one during an upgrade, resends a
+/// delivery that ended at its first attempt with its own statement, which marks only rows
+/// of `attempts`: the first attempt, kept in the delivery's row, is marked as the one the
+/// resend came after all the same, so the chart does not count it as retried and the
+/// timeline shows where the round ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_from_before_0024_resending_marks_the_first_attempt_in_the_row() {
+    let partner = TestPartner::start("acme", |_| {
+        Reply::status(400, r#"{"errorMessage": "unknown program"}"#)
+    })
+    .await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    db.wait_for_state("rejected", 1).await;
+    drop(daemon);
+    let [rejected] = &db.ids_in_state("rejected").await[..] else {
+        panic!("one delivery, rejected")
+    };
+
+    // 0023's resend as released: the delivery put back, its last attempt's row marked.
+    db.client
+        .batch_execute(&format!(
+            "UPDATE dispatcher.deliveries
+             SET state = 'pending', due_at = now(), ended_at = NULL,
+                 attempts_before_resend = attempt_count, answers_erased_at = NULL,
+                 last_status = NULL, last_error = NULL
+             WHERE id = '{rejected}';
+             UPDATE dispatcher.attempts SET resent_after = true
+             WHERE delivery_id = '{rejected}' AND number = 1;"
+        ))
+        .await
+        .expect("the old daemon's resend");
+
+    let attempts = db.attempts(rejected).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0]["resent_after"], true, "{attempts:?}");
+}

@@ -103,7 +103,8 @@ async fn write(
     let statement = client
         .prepare_cached(
             "WITH result AS (
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[],
+                 SELECT r.*, r.attempted AND r.state <> 'pending' AS last_attempt
+                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[],
                                       $5::text[], $6::bool[], $7::int4[], $8::timestamptz[],
                                       $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[])
                      AS r(id, claim_token, state, due_in, error, attempted, http_status,
@@ -120,7 +121,23 @@ async fn write(
                      last_status = CASE WHEN r.attempted THEN r.http_status ELSE d.last_status END,
                      last_error = CASE WHEN r.attempted OR r.error IS NOT NULL THEN r.error
                                        ELSE d.last_error END,
-                     ended_at = CASE WHEN r.state = 'pending' THEN NULL ELSE now() END
+                     ended_at = CASE WHEN r.state = 'pending' THEN NULL ELSE now() END,
+                     -- A delivery that ends at its first attempt keeps it in its row
+                     -- (migration 0024); a retried one's attempts are rows of `attempts`,
+                     -- so its row carries no answer through its retries' claims.
+                     -- `d.attempt_count` is the count before this attempt.
+                     first_attempt_started_at = CASE WHEN r.last_attempt AND d.attempt_count = 0
+                         THEN r.started_at ELSE d.first_attempt_started_at END,
+                     first_attempt_duration_ms = CASE WHEN r.last_attempt AND d.attempt_count = 0
+                         THEN r.duration_ms ELSE d.first_attempt_duration_ms END,
+                     first_attempt_http_status = CASE WHEN r.last_attempt AND d.attempt_count = 0
+                         THEN r.http_status ELSE d.first_attempt_http_status END,
+                     first_attempt_error_kind = CASE WHEN r.last_attempt AND d.attempt_count = 0
+                         THEN r.error_kind ELSE d.first_attempt_error_kind END,
+                     first_attempt_error = CASE WHEN r.last_attempt AND d.attempt_count = 0
+                         THEN r.attempt_error ELSE d.first_attempt_error END,
+                     first_attempt_response_body = CASE WHEN r.last_attempt AND d.attempt_count = 0
+                         THEN r.response_body ELSE d.first_attempt_response_body END
                  FROM result r
                  -- By primary key, and the current claim's token, which means claimed
                  -- (migration 0020's constraint): a state beside them (`in_flight`
@@ -147,7 +164,7 @@ async fn write(
                  SELECT u.id, u.attempt_count, r.started_at, r.duration_ms, r.http_status,
                         r.error_kind, r.attempt_error, r.response_body
                  FROM updated u JOIN result r ON r.id = u.id AND r.claim_token = u.claim_token
-                 WHERE r.attempted
+                 WHERE r.attempted AND NOT (r.last_attempt AND u.attempt_count = 1)
              ),
              learned AS (
                  INSERT INTO dispatcher.partner_patients (partner, patient_id, external_id)

@@ -98,7 +98,19 @@ pub async fn rescue_expired(
                      last_status = NULL,
                      last_error = CASE WHEN e.last_attempt
                          THEN $4 || ' (gave up after ' || (d.attempt_count + 1 - d.attempts_before_resend) || ' attempts)'
-                         ELSE $4 END
+                         ELSE $4 END,
+                     -- A delivery that gives up at its first attempt keeps it in its row,
+                     -- as the record keeps one (migration 0024); any other is a row of
+                     -- `attempts`.
+                     first_attempt_started_at = CASE WHEN e.last_attempt AND d.attempt_count = 0
+                         THEN e.lease_end - make_interval(secs => $3::int4 / 1000.0)
+                         ELSE d.first_attempt_started_at END,
+                     first_attempt_duration_ms = CASE WHEN e.last_attempt AND d.attempt_count = 0
+                         THEN $3 ELSE d.first_attempt_duration_ms END,
+                     first_attempt_error_kind = CASE WHEN e.last_attempt AND d.attempt_count = 0
+                         THEN 'lease_expired' ELSE d.first_attempt_error_kind END,
+                     first_attempt_error = CASE WHEN e.last_attempt AND d.attempt_count = 0
+                         THEN $4 ELSE d.first_attempt_error END
                  FROM expired e
                  WHERE d.id = e.id
                  RETURNING d.id, d.event_id, d.partner, d.event_name, d.state, d.attempt_count,
@@ -110,6 +122,7 @@ pub async fn rescue_expired(
                  SELECT id, attempt_count, lease_end - make_interval(secs => $3::int4 / 1000.0),
                         $3, 'lease_expired', $4
                  FROM rescued
+                 WHERE NOT (state = 'dead' AND attempt_count = 1)
              )
              SELECT id, event_id, partner, event_name, state FROM rescued",
     )

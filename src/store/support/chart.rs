@@ -59,9 +59,9 @@ const FIRST_HOUR: &str = "(date_trunc('hour', now(), 'UTC') - interval '23 hours
 /// It walks only the recent work, whatever the history kept: the deliveries that ended
 /// since the first hour (index `deliveries_ended`) or have not ended (the queue's
 /// indexes, one per state: each state is named apart, as `deliveries_ended_by_state`
-/// holds no unfinished delivery), and the attempts of those by primary key. An attempt
-/// in the window belongs to one of them, as a delivery's `ended_at` is never before its
-/// last attempt. `OFFSET 0` keeps the attempts a lookup per delivery: joined freely, the
+/// holds no unfinished delivery), and the attempts of those by primary key, the first
+/// from the delivery's own row (migration 0024). An attempt in the window belongs to one
+/// of them, as a delivery's `ended_at` is never before its last attempt. `OFFSET 0` keeps the attempts a lookup per delivery: joined freely, the
 /// planner would rather scan every attempt ever kept. An attempt counts as retried when a
 /// later one followed, or one is scheduled or on the wire (in flight: stored `pending`
 /// with a claim token since migration 0020, so among the pending here); an attempt
@@ -92,11 +92,16 @@ pub async fn last_day(
                      SELECT d.partner, date_trunc('hour', a.started_at, 'UTC'), 0, 0, 1, 0
                      FROM dispatcher.deliveries d
                      CROSS JOIN LATERAL (
-                         SELECT started_at FROM dispatcher.attempts
-                         WHERE delivery_id = d.id
-                           AND NOT resent_after
-                           AND (number < d.attempt_count OR d.state IN ('pending', 'waiting'))
-                         OFFSET 0
+                         (SELECT started_at FROM dispatcher.attempts
+                          WHERE delivery_id = d.id
+                            AND NOT resent_after
+                            AND (number < d.attempt_count OR d.state IN ('pending', 'waiting'))
+                          OFFSET 0)
+                         UNION ALL
+                         SELECT d.first_attempt_started_at
+                         WHERE d.first_attempt_started_at IS NOT NULL
+                           AND NOT COALESCE(d.first_attempt_resent_after, false)
+                           AND (1 < d.attempt_count OR d.state IN ('pending', 'waiting'))
                      ) a
                      WHERE d.partner IS NOT NULL
                        AND (d.ended_at >= {FIRST_HOUR}

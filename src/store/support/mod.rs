@@ -295,7 +295,7 @@ pub async fn show(
                     CASE WHEN error_kind IS NULL OR error IS NULL THEN coalesce(error, error_kind)
                          ELSE error_kind || ': ' || error END AS error,
                     response_body, answer_erased_at, resent_after
-             FROM dispatcher.attempts WHERE delivery_id = $1 ORDER BY number",
+             FROM dispatcher.every_attempt WHERE delivery_id = $1 ORDER BY number",
             &[&id],
         )
         .await?;

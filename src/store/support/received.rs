@@ -46,16 +46,24 @@ pub async fn stored_request(
                             OR known.learned_at <= latest.started_at
                             OR EXISTS (
                                 SELECT 1 FROM dispatcher.deliveries other
-                                JOIN dispatcher.attempts taught ON taught.delivery_id = other.id
+                                -- Each delivery's attempts by its id (`every_attempt`'s
+                                -- first part is not joined by id otherwise: the planner
+                                -- would hash every delivery's first attempt).
+                                CROSS JOIN LATERAL (
+                                    SELECT 1 FROM dispatcher.every_attempt taught
+                                    WHERE taught.delivery_id = other.id
+                                      AND taught.http_status = 200
+                                      AND taught.started_at < latest.started_at
+                                    OFFSET 0
+                                ) AS taught
                                 WHERE other.partner = d.partner
-                                  AND other.patient_id = d.patient_id
-                                  AND taught.http_status = 200
-                                  AND taught.started_at < latest.started_at)))
+                                  -- In the collation of `deliveries_by_patient`.
+                                  AND other.patient_id COLLATE \"C\" = d.patient_id)))
                         AS external_id
              FROM dispatcher.deliveries d
              LEFT JOIN dispatcher.outbox o ON o.id = d.event_id
              LEFT JOIN LATERAL (
-                 SELECT a.started_at FROM dispatcher.attempts a
+                 SELECT a.started_at FROM dispatcher.every_attempt a
                  WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1
              ) latest ON true
              WHERE d.id = $1"

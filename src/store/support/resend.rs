@@ -220,7 +220,11 @@ async fn put_back(
                      UPDATE dispatcher.deliveries d
                      SET state = 'pending', due_at = now(), ended_at = NULL,
                          attempts_before_resend = attempt_count, answers_erased_at = NULL,
-                         last_status = NULL, last_error = NULL
+                         last_status = NULL, last_error = NULL,
+                         -- The first attempt, when it was the last, is kept in the row.
+                         first_attempt_resent_after = CASE
+                             WHEN d.attempt_count = 1 AND d.first_attempt_started_at IS NOT NULL
+                             THEN true ELSE d.first_attempt_resent_after END
                      FROM kept
                      WHERE d.id = kept.id
                        AND d.state IN {RESENDABLE}

@@ -166,7 +166,7 @@ impl TestDb {
         let rows = self
             .client
             .query(
-                "SELECT to_jsonb(a) FROM dispatcher.attempts a WHERE delivery_id = $1::text::uuid ORDER BY number",
+                "SELECT to_jsonb(a) FROM dispatcher.every_attempt a WHERE delivery_id = $1::text::uuid ORDER BY number",
                 &[&delivery_id],
             )
             .await

@@ -101,7 +101,7 @@ fn literal(value: &str) -> String {
 /// Events in the outbox, routed or not.
 const EVENT_COUNT: &str = "SELECT count(*) FROM dispatcher.outbox";
 /// Attempts recorded, of every delivery.
-const ATTEMPT_COUNT: &str = "SELECT count(*) FROM dispatcher.attempts";
+const ATTEMPT_COUNT: &str = "SELECT count(*) FROM dispatcher.every_attempt";
 
 impl TestDb {
     /// How many deliveries `selection` matches.
@@ -325,7 +325,7 @@ impl TestDb {
     }
 
     /// Ended deliveries as support keeps them (`metadata_days`), `count` of them to `partner`,
-    /// each with its event, delivered a month ago, then ANALYZE. Their ids are earlier than
+    /// each with its event, delivered a month ago at its first attempt, then ANALYZE. Their ids are earlier than
     /// any delivery routed since, as the time-ordered ids the router makes are.
     pub async fn seed_ended_deliveries(&self, partner: &str, count: i64) {
         self.insert_ended_deliveries(partner, count).await;
@@ -348,10 +348,12 @@ impl TestDb {
                  )
                  INSERT INTO dispatcher.deliveries
                      (id, event_id, partner, event_name, patient_id, state, attempt_count,
-                      created_at, ended_at)
+                      created_at, ended_at, first_attempt_started_at, first_attempt_duration_ms,
+                      first_attempt_http_status)
                  SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(id), 12, '0'))::uuid, id, $3,
                         event_name, patient_id, 'delivered', 1,
-                        now() - interval '30 days', now() - interval '30 days'
+                        now() - interval '30 days', now() - interval '30 days',
+                        now() - interval '30 days', 40, 200
                  FROM events",
                 &[
                     &super::ENROLLMENT,
