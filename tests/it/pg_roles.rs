@@ -17,21 +17,6 @@ struct Roles {
 }
 
 /// `db`'s URL, connecting as `role` instead (the test cluster trusts local connections).
-fn as_role(db: &TestDb, role: &str) -> String {
-    let mut url = url::Url::parse(&db.url).expect("test database URL");
-    url.set_username(role).expect("a URL with a user");
-    url.set_password(None).expect("a URL with a user");
-    url.to_string()
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect as {url}: {e}"));
-    tokio::spawn(connection);
-    client
-}
-
 async fn create_roles(db: &TestDb) -> Roles {
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let roles = Roles {
@@ -64,7 +49,7 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
     let roles = create_roles(&db).await;
 
     // The owner migrates, then applies the grants `dispatcher db grants` prints.
-    let owner_config = TestConfig::new().database_url(&as_role(&db, &roles.owner));
+    let owner_config = TestConfig::new().database_url(&db.url_as(&roles.owner));
     let migrated = finish({
         let mut command = dispatcher(&owner_config.write(&db));
         command.arg("migrate");
@@ -90,7 +75,7 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
     })
     .await;
     assert!(grants.status.success(), "{grants}");
-    let owner = connect(&as_role(&db, &roles.owner)).await;
+    let owner = db.connect_as(&roles.owner).await;
     owner
         .batch_execute(&grants.stdout)
         .await
@@ -117,13 +102,13 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
     let daemon_config = TestConfig::new()
         .partner(&partner, &[PROGRAM])
         .poll_interval(Duration::from_secs(3600))
-        .database_url(&as_role(&db, &roles.daemon));
+        .database_url(&db.url_as(&roles.daemon));
     let daemon = Daemon::start(&daemon_config, &db);
     daemon.wait_for_log("listening for new events", 1).await;
     daemon.wait_for_log("waiting for new events", 2).await;
 
     // The enrollment flow's one INSERT, README's own, wakes it.
-    let producer = connect(&as_role(&db, &roles.producer)).await;
+    let producer = db.connect_as(&roles.producer).await;
     let event = enrollment_event("ha-roles-1");
     producer
         .execute(
@@ -147,7 +132,7 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
     }
 
     // The daemon's role appends to the trail but cannot change it.
-    let as_daemon = connect(&as_role(&db, &roles.daemon)).await;
+    let as_daemon = db.connect_as(&roles.daemon).await;
     for denied in [
         "UPDATE dispatcher.audit_log SET actor = 'x'",
         "DELETE FROM dispatcher.audit_log",
@@ -162,7 +147,7 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
     // resend, and cannot read a body.
     let support_config = daemon_config
         .clone()
-        .database_url(&as_role(&db, &roles.support));
+        .database_url(&db.url_as(&roles.support));
     let support_path = support_config.dir.path().join("support.toml");
     std::fs::write(&support_path, support_config.text(&db)).expect("write support config");
     let id = db.deliveries().await[0]["id"]
@@ -206,7 +191,7 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
         !retry.status.success() && retry.stderr.contains("permission denied"),
         "{retry}"
     );
-    let as_support = connect(&as_role(&db, &roles.support)).await;
+    let as_support = db.connect_as(&roles.support).await;
     let error = as_support
         .batch_execute("SELECT event FROM dispatcher.outbox")
         .await

@@ -783,14 +783,7 @@ async fn old_daemon_role(db: &TestDb) -> tokio_postgres::Client {
         ))
         .await
         .expect("the old daemon's role");
-    let mut url = url::Url::parse(&db.url).expect("test database URL");
-    url.set_username(&role).expect("a URL with a user");
-    url.set_password(None).expect("a URL with a user");
-    let (client, connection) = tokio_postgres::connect(url.as_str(), tokio_postgres::NoTls)
-        .await
-        .expect("connect as the old daemon");
-    tokio::spawn(connection);
-    client
+    db.connect_as(&role).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

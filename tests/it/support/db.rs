@@ -80,11 +80,21 @@ impl TestDb {
     /// Another connection to the test database, e.g. for a producer's own transaction
     /// held open beside the test's.
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
-            .await
-            .expect("connect to the test database");
-        tokio::spawn(connection);
-        client
+        connect_to(&self.url).await
+    }
+
+    /// The test database's URL as `role` (a role of the test's own, without password:
+    /// the test cluster trusts local connections).
+    pub fn url_as(&self, role: &str) -> String {
+        let mut url = url::Url::parse(&self.url).expect("test database URL");
+        url.set_username(role).expect("a URL with a user");
+        url.set_password(None).expect("a URL with a user");
+        url.to_string()
+    }
+
+    /// A connection to the test database as `role`.
+    pub async fn connect_as(&self, role: &str) -> tokio_postgres::Client {
+        connect_to(&self.url_as(role)).await
     }
 
     /// What the enrollment flow does: one plain INSERT.
@@ -173,4 +183,12 @@ impl TestDb {
             .expect("read attempts");
         rows.iter().map(|row| row.get(0)).collect()
     }
+}
+
+async fn connect_to(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
 }
