@@ -983,3 +983,58 @@ async fn a_panic_in_an_attempt_costs_an_attempt_and_counts_against_the_partner_c
         "the breaker counted it as a failure:\n{log}"
     );
 }
+
+/// The record stores a patient's first partner id with a plain insert: two records that
+/// teach one (partner, patient) lock that patient's unfinished deliveries and run one
+/// after the other, so the second sees the first's row. Should another write of the id
+/// ever come in between anyway (here, one made by hand and held open), the key refuses
+/// the record, and nothing is lost: the delivery is sent again after its lease, with the
+/// same webhook-id, recorded, and the partner's id is the one it answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_id_written_beside_the_record_costs_a_lease_not_the_delivery() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new()
+        .partner(&partner, &[PROGRAM])
+        .request_timeout(Duration::from_secs(1))
+        .shutdown_grace(Duration::from_secs(1))
+        .lease(Duration::from_secs(3));
+    let db = TestDb::migrated(&config).await;
+    let by_hand = db.connect().await;
+    by_hand
+        .batch_execute(
+            "BEGIN; INSERT INTO dispatcher.partner_patients (partner, patient_id, external_id)
+             VALUES ('acme', 'p-1', 'crm-by-hand')",
+        )
+        .await
+        .expect("an id written by hand, not committed yet");
+    let daemon = Daemon::start(&config, &db);
+    db.insert_event(ENROLLMENT, &enrollment_event("p-1")).await;
+    partner.wait_for_requests(1).await;
+
+    wait_for_the_blocked_recorder(&db, chrono::DateTime::UNIX_EPOCH).await;
+    by_hand.batch_execute("COMMIT").await.expect("commit");
+
+    db.wait_for_state("delivered", 1).await;
+    let received = partner.received();
+    assert_eq!(received.len(), 2, "sent again after its lease");
+    assert_eq!(
+        received[0].webhook_id(),
+        received[1].webhook_id(),
+        "the same webhook-id, so the partner knows it"
+    );
+    let known = db
+        .client
+        .query_one(
+            "SELECT external_id FROM dispatcher.partner_patients
+             WHERE partner = 'acme' AND patient_id = 'p-1'",
+            &[],
+        )
+        .await
+        .expect("the partner's id");
+    assert_eq!(
+        known.get::<_, &str>(0),
+        "crm-p-1",
+        "what the partner answered"
+    );
+    drop(daemon);
+}

@@ -167,16 +167,36 @@ async fn write(
                  WHERE r.attempted AND NOT (r.last_attempt AND u.attempt_count = 1)
              ),
              learned AS (
-                 INSERT INTO dispatcher.partner_patients (partner, patient_id, external_id)
-                 SELECT DISTINCT ON (u.partner, u.patient_id) u.partner, u.patient_id, r.learned_external_id
+                 SELECT DISTINCT ON (u.partner, u.patient_id)
+                        u.partner, u.patient_id, r.learned_external_id AS external_id
                  FROM updated u JOIN result r ON r.id = u.id AND r.claim_token = u.claim_token
                  WHERE r.learned_external_id IS NOT NULL AND u.patient_id IS NOT NULL
-                 ON CONFLICT (partner, patient_id)
-                 DO UPDATE SET external_id = excluded.external_id, learned_at = now()
-                 -- The same id confirmed again (each 200 of a known patient's tracker
-                 -- views) is not sent at all (`Resolution::after_attempt`); one the row
-                 -- holds already, however it got there, writes nothing here either.
-                 WHERE partner_patients.external_id IS DISTINCT FROM excluded.external_id
+             ),
+             -- The same id confirmed again (each 200 of a known patient's tracker views)
+             -- is not sent at all (`Resolution::after_attempt`); one the row holds
+             -- already, however it got there, writes nothing here either.
+             changed AS (
+                 UPDATE dispatcher.partner_patients known
+                 SET external_id = learned.external_id, learned_at = now()
+                 FROM learned
+                 WHERE known.partner = learned.partner AND known.patient_id = learned.patient_id
+                   AND known.external_id IS DISTINCT FROM learned.external_id
+             ),
+             -- Not `ON CONFLICT`, whose speculative insertion writes a confirm record
+             -- (48 B of WAL for each new patient). Only a 200 teaches an id, and it ends
+             -- its delivery, so two records that teach one (partner, patient) lock that
+             -- patient's unfinished deliveries, each other's among them (`order.rs`),
+             -- and run one after the other: this statement, which starts after the
+             -- locks, sees the row the one before wrote. Were that ever not so, the key
+             -- would refuse the batch, and the recorder's write of it row by row would
+             -- see the row.
+             first_learned AS (
+                 INSERT INTO dispatcher.partner_patients (partner, patient_id, external_id)
+                 SELECT learned.partner, learned.patient_id, learned.external_id
+                 FROM learned
+                 WHERE NOT EXISTS (SELECT 1 FROM dispatcher.partner_patients known
+                                   WHERE known.partner = learned.partner
+                                     AND known.patient_id = learned.patient_id)
              )
              SELECT id, in_order FROM updated",
         )
