@@ -15,8 +15,12 @@
 -- never one this version makes. A window of delivered deliveries (store/support/
 -- selection.rs) reads the primary key over its ids, widened to the least and greatest id
 -- of its off-clock deliveries, which this index finds by `created_at`; the window's
--- `created_at` conditions stay, so what it returns is exact, and what it reads is the
--- window's rows, and at worst the ones of an old daemon's skew beside them.
+-- `created_at` conditions stay, so what it returns is exact. What it reads: for a window
+-- of deliveries made since, its own rows; for one over deliveries made before (nearly
+-- all of them off the clock, kept `metadata_days`), its rows in this index, then the
+-- primary key's over the widened range: a few times what the old index read, and for a
+-- window open at one end (`--since` alone) every delivered delivery made before that
+-- this version keeps, rather than the page it shows. That passes as they are pruned.
 --
 -- Not the other ways: a predicate with this migration's time cannot be written, as the
 -- index is built CONCURRENTLY, which no DO block may run, and old daemons make off-clock

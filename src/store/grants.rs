@@ -121,6 +121,12 @@ GRANT SELECT ON dispatcher.schema_migrations, dispatcher.deliveries, dispatcher.
 GRANT SELECT (id, event_name, created_at, routed_at, event_erased_at)
     ON dispatcher.outbox TO {support};
 GRANT EXECUTE ON FUNCTION dispatcher.unrouted_events() TO {daemon}, {support};
+-- `deliveries_ended_by_state`'s predicate, evaluated by every write of a delivery, and
+-- support's window of delivered deliveries (migration 0023 grants them to PUBLIC too;
+-- named here so a site that revoked PUBLIC's gets them back).
+GRANT EXECUTE ON FUNCTION dispatcher.unix_millis(timestamptz),
+    dispatcher.first_uuid_of_millis(int8),
+    dispatcher.delivery_id_off_clock(uuid, timestamptz) TO {daemon}, {support};
 GRANT SELECT, INSERT ON dispatcher.audit_log TO {support};
 
 -- Nobody but the owner changes the trail (its trigger refuses even the owner).

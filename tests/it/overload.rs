@@ -989,9 +989,10 @@ async fn support_lists_the_newest_delivered_without_reading_the_month() {
 /// delivered --since ... --until ...`, the API's and the page's list, the bulk resend's
 /// preview), beside a month of them and a queue: the window's, exactly, read by the range
 /// of their ids (migration 0023: no other index holds them), never the month. One in ten
-/// has an id an hour ahead of its `created_at`, as a daemon whose clock ran ahead made
-/// them before 0023: those in the half-hour window, whose ids are past its range, are
-/// found; those before it, whose ids fall in its range, are not.
+/// has an id an hour ahead of its `created_at`, and one in ten an hour behind, as daemons
+/// whose clocks were off made them before 0023: those in the half-hour window, whose ids
+/// are outside its range, are found; those beside it, whose ids fall in its range, are
+/// not.
 #[tokio::test(flavor = "multi_thread")]
 async fn support_reads_a_window_of_delivered_a_week_ago_without_reading_the_month() {
     const PER_DAY: i64 = 1_000;
@@ -1007,10 +1008,15 @@ async fn support_reads_a_window_of_delivered_a_week_ago_without_reading_the_mont
                                          * 1000)::int8), 12, '0')
                        || '70009000' || lpad(to_hex(event_id), 12, '0'))::uuid
              WHERE event_id % 10 = 0;
+             UPDATE dispatcher.deliveries
+             SET id = (lpad(to_hex(floor(extract(epoch FROM created_at - interval '1 hour')
+                                         * 1000)::int8), 12, '0')
+                       || '7000a000' || lpad(to_hex(event_id), 12, '0'))::uuid
+             WHERE event_id % 10 = 5;
              ANALYZE dispatcher.deliveries",
         )
         .await
-        .expect("ids an hour ahead");
+        .expect("ids an hour ahead, and an hour behind");
     db.seed_due_deliveries(&[("acme", 10, Duration::ZERO)])
         .await;
     let window = db
@@ -1036,6 +1042,12 @@ async fn support_reads_a_window_of_delivered_a_week_ago_without_reading_the_mont
     assert!(
         db.count(&in_window(&past_the_window)).await > 0,
         "an old id in the window, past its range"
+    );
+    let before_the_window =
+        format!("AND id < dispatcher.first_uuid_of_millis(dispatcher.unix_millis('{since:?}'))");
+    assert!(
+        db.count(&in_window(&before_the_window)).await > 0,
+        "an old id in the window, before its range"
     );
     let beside = format!(
         "SELECT count(*) FROM dispatcher.deliveries
@@ -1124,4 +1136,28 @@ async fn support_sees_what_a_partner_received_without_reading_the_month() {
     // what the partner received: the look went through that patient's attempts.
     assert_eq!(request.external_id, None);
     assert!(read < 100, "read {read} rows and entries beside {HISTORY}");
+}
+
+/// A window of delivered deliveries from before 1970 (a typo, a zero date) holds
+/// everything up to its end: its start is the first id there is, not a millisecond before
+/// 1970 written as a UUID's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_of_delivered_from_before_1970_holds_everything_up_to_its_end() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = TestDb::migrated(&config).await;
+    seed_a_month_delivered(&db, "acme", 100).await;
+    let client = support_connection(&config, &db).await;
+    let from_1969 = support::Selection {
+        state: Some("delivered".to_string()),
+        since: Some(chrono::DateTime::UNIX_EPOCH - chrono::Duration::seconds(1)),
+        until: Some(chrono::Utc::now()),
+        ..support::Selection::default()
+    };
+
+    let preview = support::preview::preview(&client, &from_1969)
+        .await
+        .expect("preview");
+
+    assert_eq!(preview.count, 29 * 100);
 }

@@ -144,17 +144,23 @@ pub(super) const CONDITIONS: &str = concat!(
      AND ($2::text[] IS DISTINCT FROM '{delivered}'
           OR ($6::timestamptz IS NULL AND $7::timestamptz IS NULL)
           OR id BETWEEN
-             LEAST(dispatcher.first_uuid_of_millis(COALESCE(dispatcher.unix_millis($6), 0)),
-                   ",
+             -- A missing end is the first or last id there is, without the look for
+             -- off-clock ids that could not move it; an end before 1970 or past what a
+             -- UUIDv7 holds (2^48 - 1 ms) is clamped to it.
+             CASE WHEN $6::timestamptz IS NULL THEN '00000000-0000-0000-0000-000000000000'::uuid
+                  ELSE LEAST(dispatcher.first_uuid_of_millis(
+                                 LEAST(GREATEST(dispatcher.unix_millis($6), 0),
+                                       281474976710655)),
+                             ",
     off_clock!("min"),
-    ")
-             AND GREATEST(
-                   dispatcher.first_uuid_of_millis(
-                       -- 2^48 - 1: the last millisecond a UUIDv7 holds.
-                       COALESCE(dispatcher.unix_millis($7) + 1, 281474976710655)),
-                   ",
+    ") END
+             AND CASE WHEN $7::timestamptz IS NULL THEN 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid
+                      ELSE GREATEST(dispatcher.first_uuid_of_millis(
+                                        LEAST(GREATEST(dispatcher.unix_millis($7) + 1, 0),
+                                              281474976710655)),
+                                    ",
     off_clock!("max"),
-    "))"
+    ") END)"
 );
 
 /// A selection's values in the order of [`CONDITIONS`].
