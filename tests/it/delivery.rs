@@ -548,8 +548,7 @@ async fn a_first_try_is_kept_with_its_delivery_and_support_sees_every_try() {
     }
     db.wait_for_deliveries(&Deliveries::all().ended(), 3).await;
 
-    // Support's connection, as the daemon's pool gives it.
-    let support = Router::of(&config, &db).await.client;
+    let support = support_connection(&config, &db).await;
     let (db, support) = (&db, &support);
     let tries = |patient: &'static str| async move {
         let delivery = db

@@ -885,17 +885,6 @@ async fn the_look_for_stranded_waiting_deliveries_does_not_read_the_month() {
     );
 }
 
-/// A connection of support's own pool, as the admin server and the CLI open it: it plans
-/// as PostgreSQL chooses, sequential scans included (`store::db::pool`).
-async fn support_connection(config: &TestConfig, db: &TestDb) -> deadpool_postgres::Client {
-    let loaded = Config::parse(&config.text(db), "overload", None, |_| None).expect("config");
-    db::pool(&loaded.database, loaded.admin.pool)
-        .expect("pool")
-        .get()
-        .await
-        .expect("a pooled connection")
-}
-
 /// A month of deliveries to `partner` delivered a second after they were made, `per_day`
 /// of them each day from 30 days ago to a day ago, each of an event of its own, with ids
 /// as the router makes them (a UUIDv7 of their `created_at`'s millisecond,

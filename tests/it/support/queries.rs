@@ -325,8 +325,9 @@ impl TestDb {
     }
 
     /// Ended deliveries as support keeps them (`metadata_days`), `count` of them to `partner`,
-    /// each with its event, delivered a month ago at its first attempt, then ANALYZE. Their ids are earlier than
-    /// any delivery routed since, as the time-ordered ids the router makes are.
+    /// each with its event, delivered a month ago at its first attempt, then ANALYZE. Their
+    /// ids are earlier than any delivery routed since, as the time-ordered ids the router
+    /// makes are.
     pub async fn seed_ended_deliveries(&self, partner: &str, count: i64) {
         self.insert_ended_deliveries(partner, count).await;
         self.client

@@ -93,6 +93,17 @@ async fn connection(config: &Config) -> deadpool_postgres::Client {
         .expect("a pooled connection")
 }
 
+/// A connection of support's own pool, as the admin server and the CLI open it: it plans
+/// as PostgreSQL chooses, sequential scans included (`store::db::pool`).
+pub async fn support_connection(config: &TestConfig, db: &TestDb) -> deadpool_postgres::Client {
+    let loaded = Config::parse(&config.text(db), "support", None, |_| None).expect("config");
+    db::pool(&loaded.database, loaded.admin.pool)
+        .expect("pool")
+        .get()
+        .await
+        .expect("a pooled connection")
+}
+
 pub fn room(partners: &[&str]) -> Vec<PartnerRoom> {
     partners
         .iter()
