@@ -14,6 +14,8 @@ pub(super) async fn run(pool: Pool, retention: RetentionConfig, shutdown: Shutdo
             Ok(report) => tracing::info!(
                 event_bodies_erased = report.event_bodies_erased,
                 answers_erased = report.answers_erased,
+                deliveries_archived = report.deliveries_archived,
+                archived_weeks_dropped = report.archived_weeks_dropped,
                 deliveries_deleted = report.deliveries_deleted,
                 events_deleted = report.events_deleted,
                 audit_entries_deleted = report.audit_entries_deleted,

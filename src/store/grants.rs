@@ -72,6 +72,9 @@ pub const TABLES: &[&str] = &[
     "idempotency_keys",
     "leases",
     "retention_position",
+    "archived_deliveries",
+    "archived_attempts",
+    "archive_weeks",
 ];
 
 /// The SQL that gives each role what it needs and nothing else.
@@ -99,7 +102,8 @@ GRANT USAGE ON SCHEMA dispatcher TO {daemon}, {producer}, {support};
 
 -- The daemon: the queue, the outbox (routed, erased, deleted; never inserted), sessions
 -- and tokens; the audit trail read and appended only.
-GRANT SELECT ON dispatcher.schema_migrations, dispatcher.every_attempt TO {daemon};
+GRANT SELECT ON dispatcher.schema_migrations, dispatcher.every_attempt,
+    dispatcher.every_delivery TO {daemon};
 GRANT SELECT, UPDATE, DELETE ON dispatcher.outbox TO {daemon};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {read_write} TO {daemon};
 GRANT SELECT, INSERT, DELETE ON dispatcher.support_actions TO {daemon};
@@ -110,6 +114,13 @@ GRANT SELECT, UPDATE ON SEQUENCE dispatcher.router_waiting TO {daemon};
 GRANT EXECUTE ON FUNCTION dispatcher.router_may_sleep() TO {daemon};
 GRANT UPDATE ON dispatcher.outbox_wakeup TO {daemon};
 GRANT EXECUTE ON FUNCTION dispatcher.prune_audit_log(integer, integer) TO {daemon};
+-- The archive (migration 0025): rows moved in, and each week's partitions made and
+-- dropped with the owner's rights (the daemon's role creates and drops no table).
+GRANT SELECT, INSERT ON dispatcher.archived_deliveries, dispatcher.archived_attempts TO {daemon};
+GRANT SELECT ON dispatcher.archive_weeks TO {daemon}, {support};
+GRANT EXECUTE ON FUNCTION dispatcher.archive_week_of(uuid),
+    dispatcher.archive_week(date, timestamptz),
+    dispatcher.drop_archived_week(integer) TO {daemon};
 
 -- The enrollment flow: one INSERT of its own columns, nothing else.
 GRANT INSERT (event_name, event, traceparent) ON dispatcher.outbox TO {producer};
@@ -117,7 +128,8 @@ GRANT INSERT (event_name, event, traceparent) ON dispatcher.outbox TO {producer}
 -- Support's command line: reads, never a body; appends its own audit entries.
 GRANT SELECT ON dispatcher.schema_migrations, dispatcher.deliveries, dispatcher.attempts,
     dispatcher.every_attempt, dispatcher.support_actions, dispatcher.partner_circuits,
-    dispatcher.leases TO {support};
+    dispatcher.leases, dispatcher.every_delivery, dispatcher.archived_deliveries,
+    dispatcher.archived_attempts TO {support};
 GRANT SELECT (id, event_name, created_at, routed_at, event_erased_at)
     ON dispatcher.outbox TO {support};
 GRANT EXECUTE ON FUNCTION dispatcher.unrouted_events() TO {daemon}, {support};

@@ -84,6 +84,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         24,
         include_str!("../../migrations/0024_first_attempt_in_row.sql"),
     ),
+    (
+        25,
+        include_str!("../../migrations/0025_archive_by_week.sql"),
+    ),
 ];
 
 /// Serialises concurrent `dispatcher migrate` runs. Held by the session, across the

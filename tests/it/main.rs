@@ -12,6 +12,7 @@
 mod support;
 
 mod admin;
+mod archive;
 mod auth;
 mod browser;
 mod bulk;

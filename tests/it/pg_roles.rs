@@ -2,8 +2,9 @@
 //! db grants` gives the others what they need, and each part runs under its own role with
 //! nothing more: the daemon delivers (woken by the enrollment flow's insert, so the
 //! wake-up trigger works for a role that may only insert), the enrollment flow inserts
-//! and can read nothing, support's CLI reads and audits but cannot resend, and the
-//! daemon's role cannot change the audit trail.
+//! and can read nothing, support's CLI reads and audits but cannot resend, the daemon's
+//! role cannot change the audit trail, and it archives and drops weeks of the archive
+//! through the owner's functions.
 
 use std::time::Duration;
 
@@ -207,4 +208,53 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
         "{error:?}"
     );
     drop(daemon);
+
+    // A month on, the daemon's role archives the delivery (the owner's function makes
+    // the week's tables for it), and support's still reads it.
+    db.client
+        .batch_execute(
+            "UPDATE dispatcher.outbox SET created_at = now() - interval '31 days';
+             UPDATE dispatcher.deliveries SET ended_at = now() - interval '31 days'",
+        )
+        .await
+        .expect("a month passes");
+    let prune = || {
+        let mut command = dispatcher(&daemon_config.write(&db));
+        command.arg("prune");
+        command
+    };
+    let pruned = finish(prune()).await;
+    assert!(
+        pruned.status.success()
+            && pruned
+                .stdout
+                .contains("archived 1 deliveries and dropped 0 archived weeks"),
+        "{pruned}"
+    );
+    let shown = finish(cli(&["deliveries", "show", &id])).await;
+    assert!(
+        shown.status.success() && shown.stdout.contains("erased"),
+        "{shown}"
+    );
+    // Neither support's role nor the daemon's can take the archive's lock.
+    for role in [&as_support, &as_daemon] {
+        let error = role
+            .batch_execute("BEGIN; LOCK TABLE dispatcher.archive_weeks IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .expect_err("the archive's lock is the owner's functions'");
+        assert!(
+            format!("{error:?}").contains("permission denied"),
+            "{error:?}"
+        );
+        role.batch_execute("ROLLBACK").await.expect("roll back");
+    }
+
+    // A year on, its week of the archive is dropped: the owner's function drops the
+    // tables for the daemon's role.
+    db.archived_ended_days_ago("ha-roles-1", 401).await;
+    let pruned = finish(prune()).await;
+    assert!(
+        pruned.status.success() && pruned.stdout.contains("dropped 1 archived weeks"),
+        "{pruned}"
+    );
 }

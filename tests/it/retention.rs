@@ -12,7 +12,9 @@ use dispatcher::store::{db, retention};
 use serde_json::Value;
 
 /// Moves everything of this patient `days` into the past, as if it had happened then:
-/// the event, its deliveries and, for those that ended, their end.
+/// the event, its deliveries and, for those that ended, their end; and the id of each
+/// delivery with no attempt in `attempts`, which is of the time it was made (the day of
+/// the archive it goes to).
 async fn backdate(db: &TestDb, patient: &str, days: i32) {
     db.client
         .execute(
@@ -26,7 +28,12 @@ async fn backdate(db: &TestDb, patient: &str, days: i32) {
         .execute(
             "UPDATE dispatcher.deliveries
              SET created_at = now() - make_interval(days => $2),
-                 ended_at = CASE WHEN ended_at IS NOT NULL THEN now() - make_interval(days => $2) END
+                 ended_at = CASE WHEN ended_at IS NOT NULL THEN now() - make_interval(days => $2) END,
+                 id = CASE WHEN EXISTS (SELECT 1 FROM dispatcher.attempts a WHERE a.delivery_id = id)
+                           THEN id
+                           ELSE (lpad(to_hex(dispatcher.unix_millis(
+                                         now() - make_interval(days => $2))), 12, '0')
+                                 || substr(replace(id::text, '-', ''), 13))::uuid END
              WHERE patient_id = $1",
             &[&patient, &days],
         )
@@ -64,6 +71,14 @@ async fn delivery_ids(db: &TestDb, patient: &str) -> Vec<String> {
         .iter()
         .map(|row| row.get(0))
         .collect()
+}
+
+/// How many of this patient's deliveries are in the archive.
+async fn archived(db: &TestDb, patient: &str) -> i64 {
+    db.count(&format!(
+        "SELECT count(*) FROM dispatcher.archived_deliveries WHERE patient_id = '{patient}'"
+    ))
+    .await
 }
 
 async fn body_kept(db: &TestDb, patient: &str) -> bool {
@@ -117,29 +132,34 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     db.wait_for_deliveries(&Deliveries::all().in_state("pending").with_attempts(1), 1)
         .await;
     drop(daemon);
-    let last_month = delivery_ids(&db, "p-last-month").await;
-    let half_done = delivery_ids(&db, "p-half-done").await;
-    let last_year = delivery_ids(&db, "p-last-year").await;
-    let today = delivery_ids(&db, "p-today").await;
     let known_patients = db.count_partner_patients().await;
     assert_eq!(known_patients, 7, "each 200 answer gave an externalId");
 
     backdate(&db, "p-last-month", 31).await;
     backdate(&db, "p-half-done", 31).await;
     backdate(&db, "p-last-year", 401).await;
+    let last_month = delivery_ids(&db, "p-last-month").await;
+    let half_done = delivery_ids(&db, "p-half-done").await;
+    let last_year = delivery_ids(&db, "p-last-year").await;
+    let today = delivery_ids(&db, "p-today").await;
 
-    // Last year's body and answers are erased on the way to deleting them.
+    // Last month's and last year's bodies are erased and their deliveries archived
+    // (their answers erased on the way); last year's week of the archive is dropped. Of
+    // the half-done event, whose body is kept, the answer of the ended delivery is erased.
     let output = ok(&path, &["prune"]).await;
     assert!(
         output.stdout.contains("erased 2 event bodies")
-            && output.stdout.contains("answers to 5 deliveries")
-            && output.stdout.contains("deleted 2 deliveries")
-            && output.stdout.contains("and 1 events"),
+            && output.stdout.contains("answers to 1 deliveries")
+            && output
+                .stdout
+                .contains("archived 4 deliveries and dropped 1 archived weeks")
+            && output.stdout.contains("deleted 0 deliveries")
+            && output.stdout.contains("and 0 events"),
         "{output}"
     );
 
-    // Last month: body and answers erased, the records stay for support.
-    assert!(!body_kept(&db, "p-last-month").await);
+    // Last month: body and answers erased, the records stay for support, archived.
+    assert!(archived(&db, "p-last-month").await == 2);
     for id in &last_month {
         assert_eq!(answers_kept(&db, id).await, 0, "{id}");
         assert_eq!(db.attempts(id).await.len(), 1, "the attempt stays");
@@ -156,6 +176,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     for id in &last_year {
         assert!(db.attempts(id).await.is_empty(), "{id}");
     }
+    assert_eq!(archived(&db, "p-last-year").await, 0);
     assert_eq!(
         db.count_deliveries(&Deliveries::all().of_patient("p-last-year"))
             .await,
@@ -163,8 +184,8 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     );
     assert_eq!(
         db.count_events().await,
-        3,
-        "the event of last year is deleted"
+        2,
+        "the events of last month and last year are deleted, their marks archived"
     );
     // Today: untouched.
     assert!(body_kept(&db, "p-today").await);
@@ -211,8 +232,11 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
         "{refused}"
     );
     assert_eq!(
-        db.count_deliveries(&Deliveries::all().with_id(id).in_state("delivered"))
-            .await,
+        db.count(&format!(
+            "SELECT count(*) FROM dispatcher.every_delivery
+             WHERE id = '{id}' AND state = 'delivered' AND archived"
+        ))
+        .await,
         1,
         "the refused delivery is unchanged"
     );
@@ -246,27 +270,21 @@ async fn the_running_daemon_prunes_by_itself() {
     db.wait_for_state("delivered", 2).await;
     backdate(&db, "p-old", 31).await;
 
+    // Its body erased, the old delivery goes to the archive with its answers erased.
     db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.outbox WHERE event_erased_at IS NOT NULL",
+        "SELECT count(*) FROM dispatcher.every_delivery
+         WHERE answers_erased_at IS NOT NULL AND event_erased_at IS NOT NULL AND archived",
         1,
     )
     .await;
-    db.wait_for_count(
-        "SELECT count(*) FROM dispatcher.deliveries WHERE answers_erased_at IS NOT NULL",
-        1,
-    )
-    .await;
-    assert!(!body_kept(&db, "p-old").await);
+    db.wait_for_events(1).await;
     assert!(body_kept(&db, "p-new").await);
 
-    // Later, the daemon deletes the records too.
-    backdate(&db, "p-old", 401).await;
-    db.wait_for_events(1).await;
-    assert_eq!(
-        db.count_deliveries(&Deliveries::all().of_patient("p-old"))
-            .await,
-        0
-    );
+    // A year later, the daemon drops its week of the archive.
+    db.archived_ended_days_ago("p-old", 401).await;
+    db.wait_for_count("SELECT count(*) FROM dispatcher.archive_weeks", 0)
+        .await;
+    assert_eq!(archived(&db, "p-old").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -433,12 +451,12 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
     db.wait_for_state("delivered", 1).await;
     // No daemon while the two race: it would claim the resent delivery at once.
     drop(daemon);
+    // Delivered a month ago: past retention, its body is due to be erased.
+    backdate(&db, "p-race", 31).await;
     let [delivery] = &delivery_ids(&db, "p-race").await[..] else {
         panic!("one delivery")
     };
     let delivery_id: uuid::Uuid = delivery.parse().expect("a delivery id");
-    // Delivered a month ago: past retention, its body is due to be erased.
-    backdate(&db, "p-race", 31).await;
 
     let loaded = Config::parse(&config.text(&db), "retention", None, |_| None).expect("config");
     let pool = db::pool(&loaded.database, loaded.database.pool_limits()).expect("pool");
@@ -568,7 +586,7 @@ async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
 }
 
 /// Three patients delivered a month ago, the daemon stopped: what a pass finds past
-/// `payload_days`.
+/// `payload_days`, of events whose bodies are kept.
 async fn delivered_a_month_ago(patients: &[&str]) -> (TestDb, TestConfig, std::path::PathBuf) {
     let acme = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
@@ -584,6 +602,13 @@ async fn delivered_a_month_ago(patients: &[&str]) -> (TestDb, TestConfig, std::p
     for patient in patients {
         backdate(&db, patient, 31).await;
     }
+    // The events stay new, so their bodies are kept (as while another delivery of the
+    // event still needs one), and the deliveries are not archived: their answers are
+    // erased where they are.
+    db.client
+        .batch_execute("UPDATE dispatcher.outbox SET created_at = now()")
+        .await
+        .expect("the events stay new");
     (db, config, path)
 }
 

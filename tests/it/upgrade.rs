@@ -968,3 +968,76 @@ async fn a_daemon_from_before_0024_resending_marks_the_first_attempt_in_the_row(
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0]["resent_after"], true, "{attempts:?}");
 }
+
+/// A history of erased events, as the release before 0025 left it: the first pass after
+/// `migrate` moves every ended delivery of them to the archive, where support reads them,
+/// and leaves an event whose body a daemon from before erased under a delivery still
+/// pending (it ends `dead` when claimed, and moves then).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_erased_before_0025_is_archived_by_the_first_pass_but_what_is_unfinished() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = TestConfig::new().partner(&partner, &[PROGRAM]);
+    let db = database_at(24).await;
+    seed_history(&db, 250).await;
+    let unfinished: i64 = db
+        .client
+        .query_one(
+            "WITH erased AS (
+                 INSERT INTO dispatcher.outbox (event_name, event, event_erased_at, created_at, routed_at)
+                 VALUES ($1, NULL, now() - interval '20 days', now() - interval '60 days',
+                         now() - interval '60 days')
+                 RETURNING id
+             )
+             INSERT INTO dispatcher.deliveries
+                 (id, event_id, partner, event_name, patient_id, state, due_at, created_at)
+             SELECT gen_random_uuid(), id, 'acme', $1, 'history-pending', 'pending', now(),
+                    now() - interval '60 days'
+             FROM erased
+             RETURNING event_id",
+            &[&ENROLLMENT],
+        )
+        .await
+        .expect("a pending delivery whose body is erased")
+        .get(0);
+    let path = config.write(&db);
+    let migrated = migrate(&path, &[]).await;
+    assert!(migrated.status.success(), "{migrated}");
+
+    let mut prune = dispatcher(&path);
+    prune.arg("prune");
+    let pruned = finish(prune).await;
+
+    assert!(
+        pruned.status.success()
+            && pruned
+                .stdout
+                .contains("archived 1000 deliveries and dropped 0 archived weeks"),
+        "{pruned}"
+    );
+    assert_eq!(db.count_deliveries(&Deliveries::all()).await, 1);
+    assert_eq!(db.count_events().await, 1, "the unfinished event stays");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM dispatcher.outbox WHERE id = {unfinished}"
+        ))
+        .await,
+        1
+    );
+    let archived: String = db
+        .client
+        .query_one(
+            "SELECT id::text FROM dispatcher.archived_deliveries
+             WHERE patient_id = 'history-7' AND partner = 'globex'",
+            &[],
+        )
+        .await
+        .expect("an archived delivery of the history")
+        .get(0);
+    let mut show = dispatcher(&path);
+    show.args(["deliveries", "show", &archived]);
+    let shown = finish(show).await;
+    assert!(
+        shown.status.success() && shown.stdout.contains("delivered"),
+        "{shown}"
+    );
+}

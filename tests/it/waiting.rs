@@ -517,15 +517,6 @@ async fn tracker_view_routed_while_the_enrollment_is_recorded(
     );
 }
 
-/// The server process behind `client`, as `pg_stat_activity` names it.
-async fn backend_pid(client: &deadpool_postgres::Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("the backend's pid")
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_whose_producer_committed_late_goes_before_the_later_ones() {
     let acme = TestPartner::accepting("acme").await;

@@ -31,6 +31,9 @@ impl Notice {
     /// The notice that says why a cancel was refused: the state that kept the delivery
     /// (its words are [`CancelRefused`]'s).
     pub(super) fn not_cancelled(refused: CancelRefused) -> &'static str {
+        if refused.archived {
+            return "not-cancelled-archived";
+        }
         match refused.state {
             Some(DeliveryState::InFlight) => "not-cancelled-in-flight",
             Some(DeliveryState::Delivered) => "not-cancelled-delivered",
@@ -52,13 +55,15 @@ impl Notice {
         let Some(notice) = self.notice.as_deref() else {
             return html! {};
         };
-        let refused = |state| {
+        let refused_as = |state, archived| {
             let refused = CancelRefused {
                 id: Uuid::nil(),
                 state,
+                archived,
             };
             format!("{}.", capitalized(refused.reason()))
         };
+        let refused = |state| refused_as(state, false);
         let (class, text) = match notice {
             "resent" => ("ok", format!("Resent: {}.", Resent::PendingAgain)),
             "rerouted" => ("ok", format!("Resent: {}.", Resent::RoutedAgain)),
@@ -71,6 +76,7 @@ impl Notice {
             "not-cancelled-delivered" => ("bad", refused(Some(DeliveryState::Delivered))),
             "not-cancelled-cancelled" => ("bad", refused(Some(DeliveryState::Cancelled))),
             "not-cancelled" => ("bad", refused(Some(DeliveryState::Pending))),
+            "not-cancelled-archived" => ("bad", refused_as(None, true)),
             _ => return html! {},
         };
         html! {

@@ -2,8 +2,10 @@
 //! one [`Selection`] of deliveries, their list and detail, [`resend()`] and [`cancel`],
 //! and the search box's `search`.
 //! Statements on `dispatcher.deliveries`, `dispatcher.attempts` and
-//! `dispatcher.support_actions`; the words for what they did are here too, so the three
-//! say the same thing.
+//! `dispatcher.support_actions`; reads of a delivery through `dispatcher.every_delivery`,
+//! which adds the archived ones (`store::retention::archive`), and of its attempts through
+//! `dispatcher.every_attempt`. The words for what they did are here too, so the three say
+//! the same thing.
 
 pub mod chart;
 pub mod preview;
@@ -136,7 +138,7 @@ pub async fn list(
     let rows = client
         .query(
             &format!(
-                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
+                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.every_delivery deliveries
                  WHERE {CONDITIONS}
                    AND ($9::uuid IS NULL OR id < $9)
                  ORDER BY id DESC
@@ -160,7 +162,7 @@ pub async fn list_before(
     let rows = client
         .query(
             &format!(
-                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
+                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.every_delivery deliveries
                  WHERE {CONDITIONS}
                    AND id > $9
                  ORDER BY id
@@ -278,10 +280,12 @@ pub async fn show(
         .query_opt(
             &format!(
                 "SELECT {SUMMARY_COLUMNS},
-                        (SELECT event_erased_at FROM dispatcher.outbox WHERE id = event_id)
-                            AS event_erased_at,
+                        -- An archived delivery keeps the mark; the outbox row is gone.
+                        COALESCE(deliveries.event_erased_at,
+                                 (SELECT o.event_erased_at FROM dispatcher.outbox o
+                                  WHERE o.id = deliveries.event_id)) AS event_erased_at,
                         answers_erased_at
-                 FROM dispatcher.deliveries WHERE id = $1"
+                 FROM dispatcher.every_delivery deliveries WHERE id = $1"
             ),
             &[&id],
         )
@@ -381,7 +385,7 @@ pub async fn rerouted(
     let row = client
         .query_opt(
             "SELECT s.event_id, s.at, s.actor,
-                    ARRAY(SELECT d.id FROM dispatcher.deliveries d
+                    ARRAY(SELECT d.id FROM dispatcher.every_delivery d
                           WHERE d.event_id = s.event_id ORDER BY d.id)
              FROM dispatcher.support_actions s
              WHERE s.delivery_id = $1 AND s.action = 'resend'
@@ -412,6 +416,9 @@ pub struct CancelReport {
 pub struct CancelRefused {
     pub id: Uuid,
     pub state: Option<DeliveryState>,
+    /// It is in the archive (`store::retention::archive`): its event's body is erased,
+    /// and it no longer changes.
+    pub archived: bool,
 }
 
 impl CancelReport {
@@ -425,6 +432,10 @@ impl CancelReport {
 impl CancelRefused {
     /// The one reason that applies, in the words the CLI, the API and the page all use.
     pub fn reason(&self) -> &'static str {
+        if self.archived {
+            return "not cancelled: it ended long ago and its event's body was erased; \
+                    it is archived and no longer changes";
+        }
         match self.state {
             None => "not cancelled: no delivery has this id",
             Some(DeliveryState::InFlight) => {
@@ -476,10 +487,11 @@ pub async fn cancel(
                  INSERT INTO dispatcher.support_actions (delivery_id, event_id, action, actor)
                  SELECT id, event_id, 'cancel', $2 FROM cancelled
              )
-             SELECT asked.id, cancelled.id IS NOT NULL, {shown} AS state
+             SELECT asked.id, cancelled.id IS NOT NULL, {shown} AS state,
+                    COALESCE(d.archived, false) AS archived
              FROM (SELECT DISTINCT unnest($1::uuid[]) AS id) asked
              LEFT JOIN cancelled ON cancelled.id = asked.id
-             LEFT JOIN dispatcher.deliveries d ON d.id = asked.id",
+             LEFT JOIN dispatcher.every_delivery d ON d.id = asked.id",
                 shown = shown_state!("d")
             ),
             &[&ids, &actor],
@@ -495,7 +507,11 @@ pub async fn cancel(
             let state = row
                 .get::<_, Option<&str>>(2)
                 .map(|state| state.parse().unwrap_or(DeliveryState::Invalid));
-            report.refused.push(CancelRefused { id, state });
+            report.refused.push(CancelRefused {
+                id,
+                state,
+                archived: row.get("archived"),
+            });
         }
     }
     // In the order asked.

@@ -35,8 +35,8 @@ pub async fn preview(
                 "SELECT d.id FROM dispatcher.deliveries d
                  JOIN dispatcher.outbox o ON o.id = d.event_id
                  WHERE d.id IN (
-                       SELECT id FROM dispatcher.deliveries
-                       WHERE {CONDITIONS}
+                       SELECT id FROM dispatcher.every_delivery
+                       WHERE NOT archived AND {CONDITIONS}
                          AND (partner IS NULL OR state IN {RESENDABLE}))
                    AND o.event IS NOT NULL"
             ),

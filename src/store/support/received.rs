@@ -38,14 +38,16 @@ pub async fn stored_request(
             concat!(
                 "SELECT d.partner, d.event_name, ",
                 shown_state!("d"),
-                " AS state, o.event::text AS event, o.event_erased_at,
+                " AS state, o.event::text AS event,
+                    COALESCE(d.event_erased_at, o.event_erased_at) AS event_erased_at,
                     latest.started_at,
                     (SELECT known.external_id FROM dispatcher.partner_patients known
                      WHERE known.partner = d.partner AND known.patient_id = d.patient_id
                        AND (latest.started_at IS NULL
                             OR known.learned_at <= latest.started_at
                             OR EXISTS (
-                                SELECT 1 FROM dispatcher.deliveries other
+                                -- Archived ones too: an earlier event's 200 counts.
+                                SELECT 1 FROM dispatcher.every_delivery other
                                 -- Each delivery's attempts by its id (`every_attempt`'s
                                 -- first part is not joined by id otherwise: the planner
                                 -- would hash every delivery's first attempt).
@@ -60,11 +62,13 @@ pub async fn stored_request(
                                   -- In the collation of `deliveries_by_patient`.
                                   AND other.patient_id COLLATE \"C\" = d.patient_id)))
                         AS external_id
-             FROM dispatcher.deliveries d
+             FROM dispatcher.every_delivery d
              LEFT JOIN dispatcher.outbox o ON o.id = d.event_id
+             -- By `$1`, not `d.id`: known when planned, it finds the archive's one
+             -- partition of the delivery instead of planning them all.
              LEFT JOIN LATERAL (
                  SELECT a.started_at FROM dispatcher.every_attempt a
-                 WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1
+                 WHERE a.delivery_id = $1 ORDER BY a.number DESC LIMIT 1
              ) latest ON true
              WHERE d.id = $1"
             ),

@@ -180,8 +180,9 @@ async fn resendable(
     let rows = client
         .query(
             &format!(
-                "SELECT id FROM dispatcher.deliveries
-                 WHERE {CONDITIONS} AND partner IS NOT NULL AND state IN {RESENDABLE}"
+                "SELECT id FROM dispatcher.every_delivery
+                 WHERE NOT archived AND {CONDITIONS}
+                   AND partner IS NOT NULL AND state IN {RESENDABLE}"
             ),
             &params.with(&[]),
         )
@@ -262,8 +263,8 @@ async fn remove_placeholders(
                      SELECT d.id FROM dispatcher.deliveries d
                      JOIN dispatcher.outbox o ON o.id = d.event_id
                      WHERE d.id IN (
-                           SELECT id FROM dispatcher.deliveries
-                           WHERE {CONDITIONS} AND partner IS NULL)
+                           SELECT id FROM dispatcher.every_delivery
+                           WHERE NOT archived AND {CONDITIONS} AND partner IS NULL)
                        AND o.event IS NOT NULL
                      FOR SHARE OF o
                  ),
@@ -295,10 +296,11 @@ async fn erased_bodies(
 ) -> Result<Vec<(Uuid, DateTime<Utc>)>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT d.id, o.event_erased_at
-             FROM dispatcher.deliveries d
-             JOIN dispatcher.outbox o ON o.id = d.event_id
-             WHERE d.id = ANY($1) AND o.event_erased_at IS NOT NULL",
+            "SELECT d.id, COALESCE(d.event_erased_at, o.event_erased_at) AS event_erased_at
+             FROM dispatcher.every_delivery d
+             LEFT JOIN dispatcher.outbox o ON o.id = d.event_id
+             WHERE d.id = ANY($1)
+               AND COALESCE(d.event_erased_at, o.event_erased_at) IS NOT NULL",
             &[&delivery_ids],
         )
         .await?;

@@ -140,20 +140,20 @@ fn as_params(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
 fn statement(reading: &Reading, limit: i64) -> (String, Params) {
     match reading {
         Reading::Delivery(id) => (
-            format!("SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries WHERE id = $1 LIMIT $2"),
+            format!("SELECT {SUMMARY_COLUMNS} FROM dispatcher.every_delivery deliveries WHERE id = $1 LIMIT $2"),
             vec![Box::new(*id), Box::new(limit)],
         ),
         // The (event_id, partner) key's index.
         Reading::Event(id) => (
             format!(
-                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries WHERE event_id = $1
+                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.every_delivery deliveries WHERE event_id = $1
                  ORDER BY id DESC LIMIT $2"
             ),
             vec![Box::new(*id), Box::new(limit)],
         ),
         Reading::Patient(patient) => (
             format!(
-                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
+                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.every_delivery deliveries
                  WHERE patient_id COLLATE \"C\" = $1
                  ORDER BY id DESC LIMIT $2"
             ),
@@ -163,7 +163,7 @@ fn statement(reading: &Reading, limit: i64) -> (String, Params) {
         // its order, so the limit stops the read however many patients match.
         Reading::PatientPrefix(prefix) => (
             format!(
-                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries
+                "SELECT {SUMMARY_COLUMNS} FROM dispatcher.every_delivery deliveries
                  WHERE patient_id COLLATE \"C\" >= $1 AND patient_id COLLATE \"C\" < $3
                  ORDER BY patient_id COLLATE \"C\", id DESC LIMIT $2"
             ),
@@ -181,13 +181,14 @@ fn statement(reading: &Reading, limit: i64) -> (String, Params) {
                      SELECT partner AS known_partner, patient_id AS known_patient
                      FROM dispatcher.partner_patients WHERE external_id = $1
                  )
-                 SELECT {SUMMARY_COLUMNS} FROM known JOIN dispatcher.deliveries
+                 SELECT {SUMMARY_COLUMNS} FROM known JOIN dispatcher.every_delivery deliveries
                      ON patient_id COLLATE \"C\" = known_patient AND partner = known_partner
                  ORDER BY id DESC LIMIT $2"
             ),
             vec![Box::new(external_id.clone()), Box::new(limit)],
         ),
-        // The deliveries of the program's newest events (each has one at least).
+        // The deliveries of the program's newest events (each has one at least); live
+        // ones only, as an archived event has no body to name its program.
         Reading::SupportProgram(program) => (
             format!(
                 "SELECT {SUMMARY_COLUMNS} FROM dispatcher.deliveries

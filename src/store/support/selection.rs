@@ -86,7 +86,8 @@ macro_rules! off_clock {
     };
 }
 
-/// The conditions of a [`Selection`], as parameters `$1` to `$8`; a statement's own
+/// The conditions of a [`Selection`] on `dispatcher.every_delivery` (`NOT archived` for
+/// the live deliveries alone), as parameters `$1` to `$8`; a statement's own
 /// parameters follow from `$9`. A patient id is compared in the "C" collation, the one
 /// of its index (`deliveries_by_patient`): equality means the same either way.
 ///
@@ -124,7 +125,11 @@ macro_rules! off_clock {
 /// it: `deliveries_ended_by_state` keeps those, `off_clock!`). The `created_at`
 /// conditions stay, so the range only narrows what is read. Of the other states, only
 /// delivered (which support asks for alone) has no index by time: the range is asked
-/// for it only, so it cannot lead another's plan from its own index.
+/// for it only, so it cannot lead another's plan from its own index. The archive's
+/// deliveries are read by their index by state and time instead
+/// (`archived_deliveries_by_state`, every state): for them the condition is `true` when
+/// planned, so neither the range nor the look for off-clock ids in the live table
+/// touches the archive, whose partitions would each be planned for it.
 pub(super) const CONDITIONS: &str = concat!(
     "($1::uuid[] IS NULL OR id = ANY($1))
      AND ($2::text[] IS NULL
@@ -143,6 +148,7 @@ pub(super) const CONDITIONS: &str = concat!(
      AND ($8::bigint IS NULL OR event_id = $8)
      AND ($2::text[] IS DISTINCT FROM '{delivered}'
           OR ($6::timestamptz IS NULL AND $7::timestamptz IS NULL)
+          OR archived
           OR id BETWEEN
              -- A missing end is the first or last id there is, without the look for
              -- off-clock ids that could not move it; an end before 1970 or past what a

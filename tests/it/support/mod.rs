@@ -27,7 +27,7 @@ pub use daemon::{dispatcher, finish, Daemon, Output};
 pub use db::TestDb;
 pub use partner::{per_webhook_id, Received, Reply, TestPartner, ALREADY_ENROLLED};
 pub use queries::{Deliveries, OutboxListener};
-pub use router::{ended, room, support_connection, Router};
+pub use router::{backend_pid, ended, room, support_connection, Router};
 
 pub const PROGRAM: &str = "78ef982b-00ea-39c2-a875-f549c40e92ad";
 /// A second support program, for a partner that serves only it.

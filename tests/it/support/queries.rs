@@ -188,6 +188,30 @@ impl TestDb {
     pub async fn wait_for_events(&self, expected: i64) {
         self.wait_for_count(EVENT_COUNT, expected).await
     }
+
+    /// Moves the end of `patient`'s archived deliveries `days` into the past, and each
+    /// week of the archive's latest end with it (the greatest of its deliveries'), as if
+    /// that time had passed since.
+    pub async fn archived_ended_days_ago(&self, patient: &str, days: i32) {
+        self.client
+            .execute(
+                "UPDATE dispatcher.archived_deliveries
+                 SET ended_at = now() - make_interval(days => $2)
+                 WHERE patient_id = $1",
+                &[&patient, &days],
+            )
+            .await
+            .expect("time passes in the archive");
+        // A statement of its own: it reads the ends the one above wrote.
+        self.client
+            .batch_execute(
+                "UPDATE dispatcher.archive_weeks kept
+                 SET last_ended_at = (SELECT max(d.ended_at) FROM dispatcher.archived_deliveries d
+                                      WHERE dispatcher.archive_week_of(d.id) = kept.week)",
+            )
+            .await
+            .expect("and for the weeks");
+    }
 }
 
 /// The outbox's wake-up flag (migration 0006), as the router and the producers see it.

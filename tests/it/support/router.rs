@@ -104,6 +104,15 @@ pub async fn support_connection(config: &TestConfig, db: &TestDb) -> deadpool_po
         .expect("a pooled connection")
 }
 
+/// The server process behind `client`, as `pg_stat_activity` names it.
+pub async fn backend_pid(client: &deadpool_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("the backend's pid")
+        .get(0)
+}
+
 pub fn room(partners: &[&str]) -> Vec<PartnerRoom> {
     partners
         .iter()

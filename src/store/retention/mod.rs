@@ -8,10 +8,14 @@
 //! of the same patient.
 //!
 //! Erasing leaves a mark (`event_erased_at`, `answers_erased_at`, `answer_erased_at`), so
-//! support sees "erased on `<date>`" instead of a gap. Every step runs in batches of
+//! support sees "erased on `<date>`" instead of a gap. Once an event's body is erased, its
+//! deliveries move to the archive (`archive`), which is dropped a week at a time at
+//! `metadata_days`; what is left in the live tables is deleted row by row. Every step runs in batches of
 //! `batch_size` rows, one short transaction each (one statement, or two for the bodies
 //! and the answers), skipping rows other transactions hold, so dispatch never waits on
 //! pruning. Several daemons may prune at once.
+
+pub mod archive;
 
 use deadpool_postgres::{GenericClient, Pool};
 
@@ -29,6 +33,10 @@ pub const SIGN_IN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(
 pub struct PruneReport {
     pub event_bodies_erased: u64,
     pub answers_erased: u64,
+    /// Deliveries moved to the archive once their event's body was erased.
+    pub deliveries_archived: u64,
+    /// Weeks of the archive dropped whole at `metadata_days`.
+    pub archived_weeks_dropped: u64,
     pub deliveries_deleted: u64,
     pub events_deleted: u64,
     /// Audit entries older than `audit_days` (`store::audit`).
@@ -50,10 +58,13 @@ impl std::fmt::Display for PruneReport {
         write!(
             f,
             "erased {} event bodies and the partners' answers to {} deliveries; \
+             archived {} deliveries and dropped {} archived weeks; \
              deleted {} deliveries (with their attempts) and {} events; \
              deleted {} audit entries, {} expired sessions and {} idempotency keys",
             self.event_bodies_erased,
             self.answers_erased,
+            self.deliveries_archived,
+            self.archived_weeks_dropped,
             self.deliveries_deleted,
             self.events_deleted,
             self.audit_entries_deleted,
@@ -63,11 +74,11 @@ impl std::fmt::Display for PruneReport {
     }
 }
 
-fn batch_limit(batch_size: usize) -> i64 {
+pub(super) fn batch_limit(batch_size: usize) -> i64 {
     i64::try_from(batch_size).unwrap_or(i64::MAX)
 }
 
-fn days(days: u32) -> i32 {
+pub(super) fn days(days: u32) -> i32 {
     i32::try_from(days).unwrap_or(i32::MAX)
 }
 
@@ -285,10 +296,20 @@ pub async fn prune(
     let batch = retention.batch_size;
     let payload_days = retention.payload_days;
     let metadata_days = retention.metadata_days;
-    let event_bodies_erased = in_batches(pool, batch, shutdown, |mut client| async move {
-        erase_event_bodies(&mut client, payload_days, batch).await
-    })
-    .await?;
+    // A batch's bodies erased, then the oldest erased events archived, turn about: the
+    // archive changes the outbox pages the erase just changed, which a checkpoint
+    // between two long loops would have written whole to the WAL again. Before the
+    // answers: an archived delivery's are erased as it moves, not first in place.
+    let (mut event_bodies_erased, mut deliveries_archived) = (0, 0);
+    while !shutdown.is_stopping() {
+        let erased = erase_event_bodies(&mut pool.get().await?, payload_days, batch).await?;
+        let archived = archive::archive_events(&mut pool.get().await?, batch).await?;
+        event_bodies_erased += erased;
+        deliveries_archived += archived;
+        if erased < batch as u64 && archived < batch as u64 {
+            break;
+        }
+    }
     let answers_erased = in_batches(pool, batch, shutdown, |mut client| async move {
         erase_answers(&mut client, payload_days, batch).await
     })
@@ -301,6 +322,12 @@ pub async fn prune(
         delete_events_without_deliveries(&client, metadata_days, batch).await
     })
     .await?;
+    let mut archived_weeks_dropped = 0;
+    while !shutdown.is_stopping()
+        && archive::drop_archived_week(&pool.get().await?, metadata_days).await?
+    {
+        archived_weeks_dropped += 1;
+    }
     let audit_days = retention.audit_days;
     let audit_entries_deleted = in_batches(pool, batch, shutdown, |client| async move {
         audit::prune(&client, audit_days, batch_limit(batch)).await
@@ -311,6 +338,8 @@ pub async fn prune(
     Ok(PruneReport {
         event_bodies_erased,
         answers_erased,
+        deliveries_archived,
+        archived_weeks_dropped,
         deliveries_deleted,
         events_deleted,
         audit_entries_deleted,
