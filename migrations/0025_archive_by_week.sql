@@ -4,12 +4,12 @@
 -- deleted one row at a time at `metadata_days`: 89 s and 720 MB of WAL for a day of
 -- 1,000,000 (`scripts/bench-retention`); now 0.25 s and 277 KB.
 --
--- Once an event's body is erased (`payload_days` after the last of its deliveries
--- ended), a resend needs the body it lacks; only a cancel of a failed delivery can still
--- end it again, until it is archived (then it is refused). The pruner then moves the
--- event's deliveries (`store/retention/archive.rs`), with their answers erased, into
--- `archived_deliveries`, their attempts kept as rows into `archived_attempts`, keeps the
--- body's erase mark on each, and deletes the outbox row. So the archive holds no body, no answer, and no row that still moves.
+-- Once an event's body is due to go (`payload_days` after the last of its deliveries
+-- ended), the pruner moves the event's deliveries (`store/retention/archive.rs`), with
+-- their answers erased, into `archived_deliveries`, their attempts kept as rows into
+-- `archived_attempts`, keeps the body's erase mark on each, and deletes the outbox row,
+-- body and all. A resend needs the body, and a cancel of an archived delivery is
+-- refused: so the archive holds no body, no answer, and no row that still moves.
 --
 -- Both are partitioned by the delivery's id, a UUIDv7 of the millisecond it was made
 -- (migration 0023; before it, of the daemon's clock): one partition of each a week

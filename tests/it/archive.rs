@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use dispatcher::delivery::state::DeliveryState;
-use dispatcher::store::retention::{self, archive};
+use dispatcher::store::retention::archive;
 use dispatcher::store::support;
 use dispatcher::store::support::received::stored_request;
 use dispatcher::store::support::search::{self, Reading};
@@ -297,10 +297,16 @@ async fn rejected_a_month_ago_its_body_erased() -> (TestDb, TestConfig, Router, 
     (db, config, router, id)
 }
 
-/// Erases the bodies past `payload_days` (30), as the pruner's first step does, and moves
-/// nothing yet; how many.
+/// Erases the bodies past `payload_days` (30) in place, as a daemon from before 0025 did,
+/// and moves nothing; how many.
 async fn erased(router: &mut Router) -> u64 {
-    retention::erase_event_bodies(&mut router.client, 30, 1000)
+    router
+        .client
+        .execute(
+            "UPDATE dispatcher.outbox SET event = NULL, event_erased_at = now()
+             WHERE created_at < now() - interval '30 days'",
+            &[],
+        )
         .await
         .expect("erase")
 }
@@ -320,14 +326,15 @@ async fn a_delivery_support_cancels_as_it_moves_keeps_its_week_for_metadata_days
     // ...when the pruner moves its event: it waits for the cancel's row.
     let mut pruner = router.another_connection().await;
     let pid = backend_pid(&pruner).await;
-    let moving = tokio::spawn(async move { archive::archive_events(&mut pruner, 1000).await });
+    let moving =
+        tokio::spawn(async move { archive::archive_erased_events(&mut pruner, 30, 1000).await });
     assert!(
         db.blocked_before_done(pid, &moving).await,
         "the move waited for the cancel"
     );
     cancelling.commit().await.expect("the cancel commits");
     let moved = moving.await.expect("archive task").expect("archive");
-    assert_eq!(moved, 1);
+    assert_eq!(moved.deliveries, 1);
 
     // It ended just now, cancelled: its week is kept `metadata_days` (30 here) from now,
     // not from its rejection a month ago.
@@ -382,14 +389,16 @@ async fn a_role_without_a_right_to_the_schema_cannot_hold_up_the_archive() {
 
     let mut pruner = router.another_connection().await;
     let pid = backend_pid(&pruner).await;
-    let moving = tokio::spawn(async move { archive::archive_events(&mut pruner, 1000).await });
+    let moving =
+        tokio::spawn(async move { archive::archive_erased_events(&mut pruner, 30, 1000).await });
     let waited = db.blocked_before_done(pid, &moving).await;
     stranger
         .batch_execute("SELECT pg_advisory_unlock_all()")
         .await
         .expect("the stranger lets go");
     assert!(!waited, "the archive waited for a stranger's lock");
-    assert_eq!(moving.await.expect("archive task").expect("archive"), 2);
+    let moved = moving.await.expect("archive task").expect("archive");
+    assert_eq!(moved.deliveries, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -408,7 +417,8 @@ async fn two_pruners_moving_events_into_one_new_week_both_move_theirs() {
     for _ in 0..2 {
         let mut pruner = router.another_connection().await;
         let pid = backend_pid(&pruner).await;
-        let moving = tokio::spawn(async move { archive::archive_events(&mut pruner, 1).await });
+        let moving =
+            tokio::spawn(async move { archive::archive_erased_events(&mut pruner, 30, 1).await });
         assert!(
             db.blocked_before_done(pid, &moving).await,
             "the pruner waits for the drop"
@@ -422,7 +432,8 @@ async fn two_pruners_moving_events_into_one_new_week_both_move_theirs() {
 
     // The second to make the week's partitions finds them made by the first.
     for moving in pruners {
-        assert_eq!(moving.await.expect("archive task").expect("archive"), 1);
+        let moved = moving.await.expect("archive task").expect("archive");
+        assert_eq!(moved.deliveries, 1);
     }
     assert_eq!(
         db.count("SELECT count(*) FROM dispatcher.archived_deliveries")

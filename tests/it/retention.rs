@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::support::*;
 use dispatcher::config::Config;
+use dispatcher::store::db;
+use dispatcher::store::retention::archive;
 use dispatcher::store::support::{resend, Selection as DeliveryFilter};
-use dispatcher::store::{db, retention};
 use serde_json::Value;
 
 /// Moves everything of this patient `days` into the past, as if it had happened then:
@@ -385,15 +386,15 @@ async fn a_pending_delivery_whose_body_is_gone_ends_dead_and_the_patients_next_e
 }
 
 /// The advisory lock a test holds to keep the pruner's erase waiting (see
-/// [`hold_outbox_updates`]).
+/// [`hold_outbox_deletes`]).
 const ERASE_HELD: i64 = 7305;
 
-/// Holds every UPDATE of the outbox at its start (PostgreSQL has taken the statement's
-/// snapshot; no row is read or locked yet) until [`release_outbox_updates`]: a
+/// Holds every DELETE of the outbox at its start (PostgreSQL has taken the statement's
+/// snapshot) until [`release_outbox_deletes`]: a
 /// statement-level BEFORE trigger waits for an advisory lock the test holds. This is how
 /// a test puts another transaction's commit inside the pruner's statement, where a real
 /// one only lands by bad luck.
-async fn hold_outbox_updates(db: &TestDb) {
+async fn hold_outbox_deletes(db: &TestDb) {
     db.client
         .batch_execute(&format!(
             "CREATE FUNCTION public.wait_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -401,16 +402,16 @@ async fn hold_outbox_updates(db: &TestDb) {
                  PERFORM pg_advisory_xact_lock_shared({ERASE_HELD});
                  RETURN NULL;
              END $$;
-             CREATE TRIGGER held_by_the_test BEFORE UPDATE ON dispatcher.outbox
+             CREATE TRIGGER held_by_the_test BEFORE DELETE ON dispatcher.outbox
                  FOR EACH STATEMENT EXECUTE FUNCTION public.wait_for_the_test();
              SELECT pg_advisory_lock({ERASE_HELD});"
         ))
         .await
-        .expect("hold updates of the outbox");
+        .expect("hold deletes of the outbox");
 }
 
-/// Waits until an UPDATE of the outbox is held by [`hold_outbox_updates`].
-async fn wait_for_held_update(db: &TestDb) {
+/// Waits until a DELETE of the outbox is held by [`hold_outbox_deletes`].
+async fn wait_for_held_delete(db: &TestDb) {
     db.wait_for_count(
         &format!(
             "SELECT count(*) FROM pg_locks
@@ -422,11 +423,11 @@ async fn wait_for_held_update(db: &TestDb) {
     .await;
 }
 
-async fn release_outbox_updates(db: &TestDb) {
+async fn release_outbox_deletes(db: &TestDb) {
     db.client
         .batch_execute(&format!("SELECT pg_advisory_unlock({ERASE_HELD})"))
         .await
-        .expect("release updates of the outbox");
+        .expect("release deletes of the outbox");
 }
 
 async fn remove_hold(db: &TestDb) {
@@ -468,11 +469,15 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
         .expect("support's backend")
         .get(0);
 
-    // The pruner starts erasing and is held inside its UPDATE of the outbox...
-    hold_outbox_updates(&db).await;
-    let erase =
-        tokio::spawn(async move { retention::erase_event_bodies(&mut pruner, 30, 1000).await });
-    wait_for_held_update(&db).await;
+    // The pruner starts archiving the event, which erases its body, and is held inside
+    // its DELETE of the outbox row...
+    hold_outbox_deletes(&db).await;
+    let erase = tokio::spawn(async move {
+        archive::archive_due_events(&mut pruner, 30, 1000)
+            .await
+            .map(|archived| archived.events)
+    });
+    wait_for_held_delete(&db).await;
     // ...while support resends the delivery: it either commits, or waits for a row the
     // pruner locked.
     let resend = tokio::spawn(async move {
@@ -484,7 +489,7 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
         .await
     });
     let resend_waited = db.blocked_before_done(support_pid, &resend).await;
-    release_outbox_updates(&db).await;
+    release_outbox_deletes(&db).await;
     let erased = erase.await.expect("erase task").expect("erase");
     let resent = resend.await.expect("resend task").expect("resend").resent;
     remove_hold(&db).await;
@@ -493,13 +498,17 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
         .client
         .query_one(
             "SELECT d.state, o.event IS NULL
-             FROM dispatcher.deliveries d JOIN dispatcher.outbox o ON o.id = d.event_id
+             FROM dispatcher.every_delivery d LEFT JOIN dispatcher.outbox o ON o.id = d.event_id
              WHERE d.id = $1",
             &[&delivery_id],
         )
         .await
         .expect("the delivery");
-    let (state, body_erased): (String, bool) = (state.get(0), state.get(1));
+    // An archived delivery's event has no row left: its body is gone with it.
+    let (state, body_erased): (String, bool) = (
+        state.get(0),
+        state.get::<_, Option<bool>>(1).unwrap_or(true),
+    );
     let outcome = format!(
         "erased {erased} bodies, resent {resent:?}; the delivery is {state} with its body {}",
         if body_erased { "erased" } else { "kept" }
@@ -528,11 +537,11 @@ async fn support_resending_while_retention_erases_the_body_never_strands_the_pat
         .await;
 }
 
-/// The erase's second look at the deliveries, made after it locked the event. The resend
-/// is simulated (a real one would wait for the pruner's row lock): the delivery is made
-/// pending while the pruner waits between its two statements. A single-statement erase
-/// would pass this too (it takes its look after the table lock); the race test above is
-/// the one that catches that.
+/// The archive's second look at the deliveries, made after it locked the event. The
+/// resend is simulated (a real one would wait for the pruner's row lock): the delivery
+/// is made pending while the pruner waits between its first statement and the lock of
+/// the deliveries. An archive that trusted its first look would take the event, body and
+/// all, from under a pending delivery.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
     let acme = TestPartner::accepting("acme").await;
@@ -548,37 +557,39 @@ async fn a_delivery_resent_as_retention_picks_its_event_keeps_the_body() {
     let pool = db::pool(&loaded.database, loaded.database.pool_limits()).expect("pool");
     let mut pruner = pool.get().await.expect("the pruner's connection");
 
-    // Ops hold the outbox against writes (SHARE): the pruner picks and locks its events,
-    // then waits to erase them.
+    // Ops hold the deliveries against writes and row locks (EXCLUSIVE): the pruner picks
+    // and locks its event, then waits to lock the event's deliveries.
     let ops = pool.get().await.expect("ops' connection");
-    ops.batch_execute("BEGIN; LOCK TABLE dispatcher.outbox IN SHARE MODE")
+    ops.batch_execute("BEGIN; LOCK TABLE dispatcher.deliveries IN EXCLUSIVE MODE")
         .await
-        .expect("hold the outbox");
-    let erase =
-        tokio::spawn(async move { retention::erase_event_bodies(&mut pruner, 30, 1000).await });
+        .expect("hold the deliveries");
+    let archive = tokio::spawn(async move {
+        archive::archive_due_events(&mut pruner, 30, 1000)
+            .await
+            .map(|archived| archived.events)
+    });
     db.wait_for_count(
         "SELECT count(*) FROM pg_stat_activity
          WHERE datname = current_database() AND wait_event_type = 'Lock'
-           AND query LIKE '%UPDATE dispatcher.outbox%'",
+           AND query LIKE '%dispatcher.archive_week(%'",
         1,
     )
     .await;
     // Meanwhile the delivery is pending again, as a resend that committed just after the
     // pruner had looked at the deliveries would have left it.
-    db.client
-        .execute(
-            "UPDATE dispatcher.deliveries SET state = 'pending', due_at = now(), ended_at = NULL
-             WHERE patient_id = 'p-late'",
-            &[],
-        )
-        .await
-        .expect("resend");
+    ops.execute(
+        "UPDATE dispatcher.deliveries SET state = 'pending', due_at = now(), ended_at = NULL
+         WHERE patient_id = 'p-late'",
+        &[],
+    )
+    .await
+    .expect("resend");
     ops.batch_execute("COMMIT")
         .await
-        .expect("release the outbox");
+        .expect("release the deliveries");
 
-    let erased = erase.await.expect("erase task").expect("erase");
-    assert_eq!(erased, 0, "the pruner looked at the deliveries again");
+    let archived = archive.await.expect("archive task").expect("archive");
+    assert_eq!(archived, 0, "the pruner looked at the deliveries again");
     assert!(
         body_kept(&db, "p-late").await,
         "the pending delivery has its body"

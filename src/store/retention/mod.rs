@@ -8,12 +8,12 @@
 //! of the same patient.
 //!
 //! Erasing leaves a mark (`event_erased_at`, `answers_erased_at`, `answer_erased_at`), so
-//! support sees "erased on `<date>`" instead of a gap. Once an event's body is erased, its
-//! deliveries move to the archive (`archive`), which is dropped a week at a time at
-//! `metadata_days`; what is left in the live tables is deleted row by row. Every step runs in batches of
-//! `batch_size` rows, one short transaction each (one statement, or two for the bodies
-//! and the answers), skipping rows other transactions hold, so dispatch never waits on
-//! pruning. Several daemons may prune at once.
+//! support sees "erased on `<date>`" instead of a gap. An event's body goes with its
+//! outbox row as its deliveries move to the archive (`archive`), which is dropped a week
+//! at a time at `metadata_days`; what is left in the live tables then is deleted row by
+//! row. Every step runs in batches of `batch_size` rows, one short transaction each,
+//! skipping rows other transactions hold, so dispatch never waits on pruning. Several
+//! daemons may prune at once.
 
 pub mod archive;
 
@@ -33,7 +33,7 @@ pub const SIGN_IN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(
 pub struct PruneReport {
     pub event_bodies_erased: u64,
     pub answers_erased: u64,
-    /// Deliveries moved to the archive once their event's body was erased.
+    /// Deliveries moved to the archive, their event's body gone with its outbox row.
     pub deliveries_archived: u64,
     /// Weeks of the archive dropped whole at `metadata_days`.
     pub archived_weeks_dropped: u64,
@@ -80,71 +80,6 @@ pub(super) fn batch_limit(batch_size: usize) -> i64 {
 
 pub(super) fn days(days: u32) -> i32 {
     i32::try_from(days).unwrap_or(i32::MAX)
-}
-
-/// An event whose body may be erased: routed (it has deliveries), all of them ended more
-/// than `$1` days ago. (`o` is the outbox row.)
-const BODY_EXPIRED: &str = "o.event IS NOT NULL
-     AND EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
-     AND NOT EXISTS (
-         SELECT 1 FROM dispatcher.deliveries d
-         WHERE d.event_id = o.id
-           AND (d.state IN ('pending', 'waiting', 'in_flight')
-                OR d.ended_at IS NULL
-                OR d.ended_at >= now() - make_interval(days => $1)))";
-
-/// Erases the bodies of up to `limit` events whose deliveries have all ended more than
-/// `payload_days` ago.
-///
-/// Two statements in one transaction, so that a support resend (which locks the event
-/// row `FOR SHARE` before it makes a delivery pending) can never leave a pending delivery
-/// without its body. The first locks the candidates (`FOR NO KEY UPDATE`, skipping rows a
-/// resend holds); the second checks them again and erases. The check cannot be left to
-/// the first statement: under READ COMMITTED its look at the deliveries is as old as the
-/// statement, and a resend that committed before the lock creates no new version of the
-/// event row for PostgreSQL to re-check. The second statement's look is newer than the
-/// lock, so it sees such a resend; a resend that comes later waits for the lock and then
-/// finds the body gone.
-pub async fn erase_event_bodies(
-    client: &mut impl GenericClient,
-    payload_days: u32,
-    limit: usize,
-) -> Result<u64, tokio_postgres::Error> {
-    let payload_days = days(payload_days);
-    let transaction = client.transaction().await?;
-    let locked: Vec<i64> = transaction
-        .query(
-            &format!(
-                "SELECT o.id FROM dispatcher.outbox o
-                 WHERE {BODY_EXPIRED}
-                   -- An event cannot end before it was created: this bounds the scan.
-                   AND o.created_at < now() - make_interval(days => $1)
-                 ORDER BY o.created_at
-                 LIMIT $2
-                 FOR NO KEY UPDATE OF o SKIP LOCKED"
-            ),
-            &[&payload_days, &batch_limit(limit)],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let erased = if locked.is_empty() {
-        0
-    } else {
-        transaction
-            .execute(
-                &format!(
-                    "UPDATE dispatcher.outbox o
-                     SET event = NULL, event_erased_at = now()
-                     WHERE o.id = ANY($2) AND {BODY_EXPIRED}"
-                ),
-                &[&payload_days, &locked],
-            )
-            .await?
-    };
-    transaction.commit().await?;
-    Ok(erased)
 }
 
 /// Erases the partners' answers to up to `limit` deliveries that ended more than
@@ -296,17 +231,24 @@ pub async fn prune(
     let batch = retention.batch_size;
     let payload_days = retention.payload_days;
     let metadata_days = retention.metadata_days;
-    // A batch's bodies erased, then the oldest erased events archived, turn about: the
-    // archive changes the outbox pages the erase just changed, which a checkpoint
-    // between two long loops would have written whole to the WAL again. Before the
-    // answers: an archived delivery's are erased as it moves, not first in place.
+    // Before the answers: an archived delivery's are erased as it moves, not first in
+    // place.
     let (mut event_bodies_erased, mut deliveries_archived) = (0, 0);
     while !shutdown.is_stopping() {
-        let erased = erase_event_bodies(&mut pool.get().await?, payload_days, batch).await?;
-        let archived = archive::archive_events(&mut pool.get().await?, batch).await?;
-        event_bodies_erased += erased;
-        deliveries_archived += archived;
-        if erased < batch as u64 && archived < batch as u64 {
+        let archived =
+            archive::archive_due_events(&mut pool.get().await?, payload_days, batch).await?;
+        event_bodies_erased += archived.events;
+        deliveries_archived += archived.deliveries;
+        if archived.events < batch as u64 {
+            break;
+        }
+    }
+    // Bodies a daemon from before 0025 erased in place.
+    while !shutdown.is_stopping() {
+        let archived =
+            archive::archive_erased_events(&mut pool.get().await?, payload_days, batch).await?;
+        deliveries_archived += archived.deliveries;
+        if archived.events < batch as u64 {
             break;
         }
     }

@@ -200,7 +200,7 @@ async fn resendable(
 /// (`FOR SHARE`) so that retention cannot erase the body between this check and the
 /// commit: retention skips rows locked so, checks the deliveries again once it holds the
 /// row (seeing a resend that committed before), and a resend that waited for retention's
-/// lock sees the body gone (see [`crate::store::retention::erase_event_bodies`]).
+/// lock sees the body gone (see [`crate::store::retention::archive::archive_due_events`]).
 async fn put_back(
     client: &impl GenericClient,
     ended: &[Uuid],
