@@ -21,27 +21,51 @@ use deadpool_postgres::GenericClient;
 
 use super::batch_limit;
 
-/// An event whose body is due to go: routed (it has deliveries), all of them ended more
-/// than `days` days ago (a parameter's name, `$1`). (`o` is the outbox row.)
-fn body_due(days: &str) -> String {
+/// An event that was routed (it has deliveries) and all of whose deliveries have ended,
+/// each before `ended_before` when it is given (SQL). (`o` is the outbox row.)
+fn all_ended(ended_before: Option<&str>) -> String {
+    let late = ended_before.map_or(String::new(), |before| {
+        format!(" OR d.ended_at >= {before}")
+    });
     format!(
-        "o.event IS NOT NULL
-         AND EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
+        "EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
          AND NOT EXISTS (
              SELECT 1 FROM dispatcher.deliveries d
              WHERE d.event_id = o.id
                AND (d.state IN ('pending', 'waiting', 'in_flight')
-                    OR d.ended_at IS NULL
-                    OR d.ended_at >= now() - make_interval(days => {days})))"
+                    OR d.ended_at IS NULL{late}))"
     )
 }
 
-/// What one batch moved.
+/// An event whose body is due to go: kept, and all its deliveries ended more than `days`
+/// days ago (a parameter's name, `$1`).
+fn body_due(days: &str) -> String {
+    format!(
+        "o.event IS NOT NULL AND {}",
+        all_ended(Some(&format!("now() - make_interval(days => {days})")))
+    )
+}
+
+/// What one batch moved, or a pass in all.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Archived {
     /// Events whose outbox row (and body) went.
     pub events: u64,
     pub deliveries: u64,
+}
+
+impl std::ops::AddAssign for Archived {
+    fn add_assign(&mut self, other: Archived) {
+        self.events += other.events;
+        self.deliveries += other.deliveries;
+    }
+}
+
+impl super::Batch for Archived {
+    /// A batch takes events: one short of them is the last.
+    fn rows(&self) -> u64 {
+        self.events
+    }
 }
 
 /// Moves to the archive the deliveries of up to `limit` events whose body is due
@@ -103,16 +127,14 @@ pub async fn archive_erased_events(
     let transaction = client.transaction().await?;
     let events: Vec<i64> = transaction
         .query(
-            "SELECT o.id FROM dispatcher.outbox o
-             WHERE o.event IS NULL
-               AND EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.event_id = o.id)
-               AND NOT EXISTS (
-                   SELECT 1 FROM dispatcher.deliveries d
-                   WHERE d.event_id = o.id
-                     AND (d.ended_at IS NULL OR d.state IN ('pending', 'waiting')))
-             ORDER BY o.created_at
-             LIMIT $1
-             FOR UPDATE OF o SKIP LOCKED",
+            &format!(
+                "SELECT o.id FROM dispatcher.outbox o
+                 WHERE o.event IS NULL AND {ended}
+                 ORDER BY o.created_at
+                 LIMIT $1
+                 FOR UPDATE OF o SKIP LOCKED",
+                ended = all_ended(None)
+            ),
             &[&batch_limit(limit)],
         )
         .await?

@@ -233,25 +233,15 @@ pub async fn prune(
     let metadata_days = retention.metadata_days;
     // Before the answers: an archived delivery's are erased as it moves, not first in
     // place.
-    let (mut event_bodies_erased, mut deliveries_archived) = (0, 0);
-    while !shutdown.is_stopping() {
-        let archived =
-            archive::archive_due_events(&mut pool.get().await?, payload_days, batch).await?;
-        event_bodies_erased += archived.events;
-        deliveries_archived += archived.deliveries;
-        if archived.events < batch as u64 {
-            break;
-        }
-    }
+    let due = in_batches(pool, batch, shutdown, |mut client| async move {
+        archive::archive_due_events(&mut client, payload_days, batch).await
+    })
+    .await?;
     // Bodies a daemon from before 0025 erased in place.
-    while !shutdown.is_stopping() {
-        let archived =
-            archive::archive_erased_events(&mut pool.get().await?, payload_days, batch).await?;
-        deliveries_archived += archived.deliveries;
-        if archived.events < batch as u64 {
-            break;
-        }
-    }
+    let erased = in_batches(pool, batch, shutdown, |mut client| async move {
+        archive::archive_erased_events(&mut client, payload_days, batch).await
+    })
+    .await?;
     let answers_erased = in_batches(pool, batch, shutdown, |mut client| async move {
         erase_answers(&mut client, payload_days, batch).await
     })
@@ -278,9 +268,9 @@ pub async fn prune(
     let sessions_deleted = sessions::prune(&pool.get().await?, SIGN_IN_MAX_AGE).await?;
     let idempotency_keys_deleted = idempotency::prune(&pool.get().await?).await?;
     Ok(PruneReport {
-        event_bodies_erased,
+        event_bodies_erased: due.events,
         answers_erased,
-        deliveries_archived,
+        deliveries_archived: due.deliveries + erased.deliveries,
         archived_weeks_dropped,
         deliveries_deleted,
         events_deleted,
@@ -290,22 +280,37 @@ pub async fn prune(
     })
 }
 
-/// Runs `step` until it handles fewer than `batch` rows; returns the rows handled.
-async fn in_batches<F, Fut>(
+/// What one batch of a step did, summed over a pass: a count of rows, or several counts
+/// (the archive's events and deliveries).
+trait Batch: Default + std::ops::AddAssign {
+    /// What the step takes `batch_size` of at a time: fewer, and the batch was the last.
+    fn rows(&self) -> u64;
+}
+
+impl Batch for u64 {
+    fn rows(&self) -> u64 {
+        *self
+    }
+}
+
+/// Runs `step` until it handles fewer than `batch` rows; returns what all handled.
+async fn in_batches<T, F, Fut>(
     pool: &Pool,
     batch: usize,
     shutdown: &Shutdown,
     step: F,
-) -> Result<u64, DbError>
+) -> Result<T, DbError>
 where
+    T: Batch,
     F: Fn(deadpool_postgres::Client) -> Fut,
-    Fut: std::future::Future<Output = Result<u64, tokio_postgres::Error>>,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 {
-    let mut total = 0;
+    let mut total = T::default();
     while !shutdown.is_stopping() {
         let handled = step(pool.get().await?).await?;
+        let last = handled.rows() < batch as u64;
         total += handled;
-        if handled < batch as u64 {
+        if last {
             break;
         }
     }
