@@ -57,14 +57,6 @@ async fn delivered_a_month_ago() -> (TestDb, TestConfig, std::path::PathBuf) {
     (db, config, path)
 }
 
-async fn prune(path: &std::path::Path) -> Output {
-    let mut command = dispatcher(path);
-    command.arg("prune");
-    let output = finish(command).await;
-    assert!(output.status.success(), "{output}");
-    output
-}
-
 /// The archived delivery of this patient's event.
 async fn archived_id(db: &TestDb, patient: &str) -> String {
     db.client
@@ -82,7 +74,7 @@ async fn a_delivery_past_payload_days_is_archived_without_what_anyone_said_and_s
 ) {
     let (db, config, path) = delivered_a_month_ago().await;
 
-    let output = prune(&path).await;
+    let output = cli_ok(&path, &["prune"]).await;
 
     assert!(
         output.stdout.contains("erased 2 event bodies")
@@ -112,10 +104,7 @@ async fn a_delivery_past_payload_days_is_archived_without_what_anyone_said_and_s
     // Support sees the retried one as before: both tries, the answers erased, the body
     // erased, and its patient's search finds it.
     let retried = archived_id(&db, "p-retried").await;
-    let mut show = dispatcher(&path);
-    show.args(["deliveries", "show", &retried, "--json"]);
-    let shown = finish(show).await;
-    assert!(shown.status.success(), "{shown}");
+    let shown = cli_ok(&path, &["deliveries", "show", &retried, "--json"]).await;
     let detail: Value = serde_json::from_str(&shown.stdout).expect("show --json");
     assert_eq!(detail["state"], "delivered", "{detail}");
     assert!(detail["event_erased_at"].is_string(), "{detail}");
@@ -131,49 +120,39 @@ async fn a_delivery_past_payload_days_is_archived_without_what_anyone_said_and_s
         detail["attempts"][0]["answer_erased_at"].is_string(),
         "{detail}"
     );
-    let mut list = dispatcher(&path);
-    list.args(["deliveries", "list", "--patient", "p-retried"]);
-    let listed = finish(list).await;
-    assert!(
-        listed.status.success() && listed.stdout.contains(&retried),
-        "{listed}"
-    );
+    let listed = cli_ok(&path, &["deliveries", "list", "--patient", "p-retried"]).await;
+    assert!(listed.stdout.contains(&retried), "{listed}");
     let support = support_connection(&config, &db).await;
     // A window of delivered deliveries over the month before finds both.
     let since = (chrono::Utc::now() - chrono::Duration::days(32)).to_rfc3339();
     let until = (chrono::Utc::now() - chrono::Duration::days(30)).to_rfc3339();
-    let mut window = dispatcher(&path);
-    window.args([
-        "deliveries",
-        "list",
-        "--state",
-        "delivered",
-        "--since",
-        &since,
-        "--until",
-        &until,
-    ]);
-    let listed = finish(window).await;
-    assert!(
-        listed.status.success() && listed.stdout.contains("(2 deliveries)"),
-        "{listed}"
-    );
+    let listed = cli_ok(
+        &path,
+        &[
+            "deliveries",
+            "list",
+            "--state",
+            "delivered",
+            "--since",
+            &since,
+            "--until",
+            &until,
+        ],
+    )
+    .await;
+    assert!(listed.stdout.contains("(2 deliveries)"), "{listed}");
     let found = search::find(&support, Reading::Patient("p-once".into()), 10)
         .await
         .expect("search");
     assert_eq!(found.deliveries.len(), 1, "the search box finds it");
 
     // It no longer changes: a resend needs the body, a cancel is refused.
-    let mut retry = dispatcher(&path);
-    retry.args(["deliveries", "retry", &retried]);
-    let refused = finish(retry).await;
+    let refused = cli(&path, &["deliveries", "retry", &retried]).await;
     assert!(
         !refused.status.success() && refused.stderr.contains("the event body was erased on"),
         "{refused}"
     );
-    let mut cancel = dispatcher(&path);
-    cancel.args(["deliveries", "cancel", &retried]);
-    let refused = finish(cancel).await;
+    let refused = cli(&path, &["deliveries", "cancel", &retried]).await;
     assert!(
         !refused.status.success()
             && refused
@@ -186,7 +165,7 @@ async fn a_delivery_past_payload_days_is_archived_without_what_anyone_said_and_s
 #[tokio::test(flavor = "multi_thread")]
 async fn a_week_of_the_archive_is_dropped_whole_once_its_last_delivery_ended_metadata_days_ago() {
     let (db, _config, path) = delivered_a_month_ago().await;
-    prune(&path).await;
+    cli_ok(&path, &["prune"]).await;
     let week: String = db
         .client
         .query_one("SELECT week::text FROM dispatcher.archive_weeks", &[])
@@ -204,7 +183,7 @@ async fn a_week_of_the_archive_is_dropped_whole_once_its_last_delivery_ended_met
 
     // One of the day's deliveries is past metadata_days, the other not: the day stays.
     db.archived_ended_days_ago("p-once", 401).await;
-    let kept = prune(&path).await;
+    let kept = cli_ok(&path, &["prune"]).await;
     assert!(kept.stdout.contains("dropped 0 archived weeks"), "{kept}");
     assert_eq!(
         db.count("SELECT count(*) FROM dispatcher.archived_deliveries")
@@ -214,7 +193,7 @@ async fn a_week_of_the_archive_is_dropped_whole_once_its_last_delivery_ended_met
 
     // Then the other: the week goes, its attempts with it, in two drops.
     db.archived_ended_days_ago("p-retried", 401).await;
-    let dropped = prune(&path).await;
+    let dropped = cli_ok(&path, &["prune"]).await;
 
     assert!(
         dropped.stdout.contains("dropped 1 archived weeks"),
@@ -247,7 +226,7 @@ async fn a_week_of_the_archive_is_dropped_whole_once_its_last_delivery_ended_met
 #[tokio::test(flavor = "multi_thread")]
 async fn a_week_support_is_reading_is_dropped_by_the_next_pass_and_the_pass_goes_on() {
     let (db, _config, path) = delivered_a_month_ago().await;
-    prune(&path).await;
+    cli_ok(&path, &["prune"]).await;
     db.archived_ended_days_ago("p-once", 401).await;
     db.archived_ended_days_ago("p-retried", 401).await;
     // Support is in the middle of a long read of the archive.
@@ -257,7 +236,7 @@ async fn a_week_support_is_reading_is_dropped_by_the_next_pass_and_the_pass_goes
         .await
         .expect("support reads");
 
-    let waited = prune(&path).await;
+    let waited = cli_ok(&path, &["prune"]).await;
 
     assert!(
         waited.stdout.contains("dropped 0 archived weeks")
@@ -270,7 +249,7 @@ async fn a_week_support_is_reading_is_dropped_by_the_next_pass_and_the_pass_goes
         1
     );
     reader.batch_execute("COMMIT").await.expect("the read ends");
-    let dropped = prune(&path).await;
+    let dropped = cli_ok(&path, &["prune"]).await;
     assert!(
         dropped.stdout.contains("dropped 1 archived weeks"),
         "{dropped}"
@@ -450,7 +429,7 @@ async fn two_pruners_moving_events_into_one_new_week_both_move_theirs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_drop_in_a_deadlock_with_support_reading_leaves_the_week_to_the_next_pass() {
     let (db, config, path) = delivered_a_month_ago().await;
-    prune(&path).await;
+    cli_ok(&path, &["prune"]).await;
     db.archived_ended_days_ago("p-once", 401).await;
     db.archived_ended_days_ago("p-retried", 401).await;
     let router = Router::of(&config, &db).await;
@@ -542,7 +521,7 @@ async fn what_a_partner_received_reads_the_same_once_the_patients_earlier_event_
         ))
         .await
         .expect("a month passes for the enrollment");
-    let pruned = prune(&path).await;
+    let pruned = cli_ok(&path, &["prune"]).await;
     assert!(pruned.stdout.contains("archived 1 deliveries"), "{pruned}");
 
     assert_eq!(external_id_received(&support, tracker_view).await, before);

@@ -9,23 +9,6 @@ use std::time::Duration;
 use crate::support::*;
 use serde_json::{json, Value};
 
-/// `dispatcher --config PATH ARGS…`, run to its end.
-async fn cli(config: &Path, args: &[&str]) -> Output {
-    let mut command = dispatcher(config);
-    command.args(args);
-    finish(command).await
-}
-
-/// Like [`cli`], but the command must succeed.
-async fn cli_ok(config: &Path, args: &[&str]) -> Output {
-    let output = cli(config, args).await;
-    assert!(
-        output.status.success(),
-        "dispatcher {args:?} failed:\n{output}"
-    );
-    output
-}
-
 async fn cli_json(config: &Path, args: &[&str]) -> Value {
     let output = cli_ok(config, args).await;
     serde_json::from_str(&output.stdout)

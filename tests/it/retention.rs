@@ -53,14 +53,6 @@ async fn backdate(db: &TestDb, patient: &str, days: i32) {
         .expect("backdate the answers' erase");
 }
 
-async fn ok(config: &Path, args: &[&str]) -> Output {
-    let mut command = dispatcher(config);
-    command.args(args);
-    let output = finish(command).await;
-    assert!(output.status.success(), "dispatcher {args:?}:\n{output}");
-    output
-}
-
 async fn delivery_ids(db: &TestDb, patient: &str) -> Vec<String> {
     db.client
         .query(
@@ -147,7 +139,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     // Last month's and last year's bodies are erased and their deliveries archived
     // (their answers erased on the way); last year's week of the archive is dropped. Of
     // the half-done event, whose body is kept, the answer of the ended delivery is erased.
-    let output = ok(&path, &["prune"]).await;
+    let output = cli_ok(&path, &["prune"]).await;
     assert!(
         output.stdout.contains("erased 2 event bodies")
             && output.stdout.contains("answers to 1 deliveries")
@@ -201,13 +193,13 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
 
     // Support sees what was erased, and cannot resend it.
     let id = &last_month[0];
-    let shown = ok(&path, &["deliveries", "show", id]).await.stdout;
+    let shown = cli_ok(&path, &["deliveries", "show", id]).await.stdout;
     assert!(
         shown.contains("event body   erased on") && shown.contains("answer: erased on"),
         "{shown}"
     );
     let detail: Value = serde_json::from_str(
-        &ok(&path, &["deliveries", "show", id, "--json"])
+        &cli_ok(&path, &["deliveries", "show", id, "--json"])
             .await
             .stdout,
     )
@@ -221,9 +213,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     assert_eq!(detail["attempts"][0]["response_body"], Value::Null);
     assert_eq!(detail["attempts"][0]["http_status"], 200, "metadata stays");
 
-    let mut retry = dispatcher(&path);
-    retry.args(["deliveries", "retry", id]);
-    let refused = finish(retry).await;
+    let refused = cli(&path, &["deliveries", "retry", id]).await;
     let today_date = chrono::Utc::now().format("%Y-%m-%d").to_string();
     assert!(
         !refused.status.success()
@@ -243,7 +233,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     );
 
     // A second pass finds nothing more to do.
-    let again = ok(&path, &["prune"]).await;
+    let again = cli_ok(&path, &["prune"]).await;
     assert!(
         again.stdout.contains("erased 0 event bodies")
             && again.stdout.contains("deleted 0 deliveries"),
@@ -317,7 +307,7 @@ async fn a_database_from_before_retention_is_upgraded_with_its_events() {
         !refused.status.success() && refused.stderr.contains("dispatcher migrate"),
         "{refused}"
     );
-    let migrated = ok(&path, &["migrate"]).await;
+    let migrated = cli_ok(&path, &["migrate"]).await;
     assert!(migrated.stdout.contains("[2, 3, 4"), "{migrated}");
 
     let _daemon = Daemon::start(&config, &db);
@@ -364,7 +354,7 @@ async fn a_pending_delivery_whose_body_is_gone_ends_dead_and_the_patients_next_e
     assert_eq!(acme.request_count(), 2, "{counts:?}");
 
     // Support sees why it ended.
-    let shown = ok(&path, &["deliveries", "show", erased]).await.stdout;
+    let shown = cli_ok(&path, &["deliveries", "show", erased]).await.stdout;
     assert!(
         shown.contains("state        dead")
             && shown.contains(
@@ -630,7 +620,7 @@ async fn erasing_the_answers_writes_no_index_entry() {
     let (db, _config, path) = delivered_a_month_ago(&["p-1", "p-2", "p-3"]).await;
     let (updates, hot) = db.delivery_updates(&db.client).await;
 
-    let output = ok(&path, &["prune"]).await;
+    let output = cli_ok(&path, &["prune"]).await;
 
     assert!(
         output.stdout.contains("answers to 3 deliveries"),
@@ -667,11 +657,11 @@ async fn answers_a_pass_could_not_take_are_erased_by_the_next() {
         .await
         .expect("hold the delivery");
 
-    let first = ok(&path, &["prune"]).await;
+    let first = cli_ok(&path, &["prune"]).await;
     assert!(first.stdout.contains("answers to 2 deliveries"), "{first}");
     assert_eq!(answers_kept(&db, &held).await, 1);
     holder.batch_execute("ROLLBACK").await.expect("let it go");
-    let second = ok(&path, &["prune"]).await;
+    let second = cli_ok(&path, &["prune"]).await;
 
     assert!(
         second.stdout.contains("answers to 1 deliveries"),
@@ -690,7 +680,7 @@ async fn without_the_erase_position_the_answers_are_still_erased() {
         .await
         .expect("lose the position");
 
-    let output = ok(&path, &["prune"]).await;
+    let output = cli_ok(&path, &["prune"]).await;
 
     assert!(
         output.stdout.contains("answers to 2 deliveries"),
@@ -739,7 +729,7 @@ async fn erasing_the_answers_erases_the_first_attempts_in_the_rows() {
         .await
         .expect("without the upgrade's trigger");
 
-    let output = ok(&path, &["prune"]).await;
+    let output = cli_ok(&path, &["prune"]).await;
 
     assert!(
         output.stdout.contains("answers to 2 deliveries"),

@@ -18,6 +18,23 @@ pub fn dispatcher(config: &std::path::Path) -> Command {
     command
 }
 
+/// `dispatcher --config PATH ARGS…`, run to its end.
+pub async fn cli(config: &std::path::Path, args: &[&str]) -> Output {
+    let mut command = dispatcher(config);
+    command.args(args);
+    finish(command).await
+}
+
+/// Like [`cli`], but the command must succeed.
+pub async fn cli_ok(config: &std::path::Path, args: &[&str]) -> Output {
+    let output = cli(config, args).await;
+    assert!(
+        output.status.success(),
+        "dispatcher {args:?} failed:\n{output}"
+    );
+    output
+}
+
 /// A running `dispatcher run`; killed when dropped.
 pub struct Daemon {
     child: Child,

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 pub use admin::AdminClient;
 pub use config::{partner_config, Dispatch, Retention, TestConfig};
-pub use daemon::{dispatcher, finish, Daemon, Output};
+pub use daemon::{cli, cli_ok, dispatcher, finish, Daemon, Output};
 pub use db::TestDb;
 pub use partner::{per_webhook_id, Received, Reply, TestPartner, ALREADY_ENROLLED};
 pub use queries::{Deliveries, OutboxListener};
