@@ -413,7 +413,14 @@ impl TestDb {
 
     /// How many rows and index entries of `dispatcher.deliveries` PostgreSQL has read so
     /// far (sequential scans and index scans), by the statistics every backend reports.
+    /// This session's own reads are reported first: a backend holds what it read for up
+    /// to a second before it reports it, so counts the test asked just before would
+    /// otherwise land after this baseline, in what the statement under test read.
     pub async fn delivery_entries_read(&self) -> i64 {
+        self.client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .expect("flush this session's statistics");
         self.count(
             "SELECT (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables
                      WHERE schemaname = 'dispatcher' AND relname = 'deliveries')
