@@ -85,6 +85,19 @@ async fn body_kept(db: &TestDb, patient: &str) -> bool {
         == 1
 }
 
+/// A session whose open transaction holds the delivery (as support's resend does while
+/// it works), until it rolls back.
+async fn hold(db: &TestDb, delivery_id: &str) -> tokio_postgres::Client {
+    let holder = db.connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM dispatcher.deliveries WHERE id = '{delivery_id}' FOR UPDATE"
+        ))
+        .await
+        .expect("hold the delivery");
+    holder
+}
+
 async fn answers_kept(db: &TestDb, delivery_id: &str) -> i64 {
     db.count(&format!(
         "SELECT count(*) FROM dispatcher.every_attempt
@@ -649,13 +662,7 @@ async fn answers_a_pass_could_not_take_are_erased_by_the_next() {
         .await
         .expect("the held one ended first");
     let held = delivery_ids(&db, "p-held").await.remove(0);
-    let holder = db.connect().await;
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM dispatcher.deliveries WHERE id = '{held}' FOR UPDATE"
-        ))
-        .await
-        .expect("hold the delivery");
+    let holder = hold(&db, &held).await;
 
     let first = cli_ok(&path, &["prune"]).await;
     assert!(first.stdout.contains("answers to 2 deliveries"), "{first}");
@@ -668,6 +675,43 @@ async fn answers_a_pass_could_not_take_are_erased_by_the_next() {
         "{second}"
     );
     assert_eq!(answers_kept(&db, &held).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_pass_after_the_archive_erases_the_answers_due_before_it_moves_the_old_history() {
+    // After the upgrade to 0025, the first pass archives every delivery whose event's body
+    // a daemon from before erased in place: on a large site, hours. While it does (here,
+    // it waits for a delivery a transaction holds), the answers due are already erased.
+    let (db, _config, path) = delivered_a_month_ago(&["p-answered", "p-erased"]).await;
+    db.client
+        .batch_execute(
+            "UPDATE dispatcher.outbox SET event = NULL, event_erased_at = now() - interval '1 day'
+             WHERE id IN (SELECT event_id FROM dispatcher.deliveries WHERE patient_id = 'p-erased')",
+        )
+        .await
+        .expect("the body erased in place, before 0025");
+    let answered = delivery_ids(&db, "p-answered").await.remove(0);
+    let held = delivery_ids(&db, "p-erased").await.remove(0);
+    let holder = hold(&db, &held).await;
+
+    let pruning = tokio::spawn(async move { cli(&path, &["prune"]).await });
+    assert!(
+        db.a_session_blocked_before_done(&pruning).await,
+        "the archive waited for the held delivery"
+    );
+    assert_eq!(
+        answers_kept(&db, &answered).await,
+        0,
+        "the answers due waited behind the old history's move"
+    );
+    holder.batch_execute("ROLLBACK").await.expect("let it go");
+    let pruned = pruning.await.expect("the prune task");
+
+    assert!(
+        pruned.status.success() && pruned.stdout.contains("archived 1 deliveries"),
+        "{pruned}"
+    );
+    assert_eq!(archived(&db, "p-erased").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -237,13 +237,15 @@ pub async fn prune(
         archive::archive_due_events(&mut client, payload_days, batch).await
     })
     .await?;
-    // Bodies a daemon from before 0025 erased in place.
-    let erased = in_batches(pool, batch, shutdown, |mut client| async move {
-        archive::archive_erased_events(&mut client, payload_days, batch).await
-    })
-    .await?;
     let answers_erased = in_batches(pool, batch, shutdown, |mut client| async move {
         erase_answers(&mut client, payload_days, batch).await
+    })
+    .await?;
+    // Bodies a daemon from before 0025 erased in place, after the answers: the first pass
+    // after the upgrade moves that whole history (hours, on a large site), and the
+    // answers due must not wait for it. That daemon erased their answers already.
+    let erased = in_batches(pool, batch, shutdown, |mut client| async move {
+        archive::archive_erased_events(&mut client, payload_days, batch).await
     })
     .await?;
     let deliveries_deleted = in_batches(pool, batch, shutdown, |client| async move {

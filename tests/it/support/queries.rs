@@ -456,17 +456,41 @@ impl TestDb {
         pid: i32,
         task: &tokio::task::JoinHandle<T>,
     ) -> bool {
+        self.waits_before_done(&format!("pid = {pid}"), &format!("backend {pid}"), task)
+            .await
+    }
+
+    /// As [`TestDb::blocked_before_done`], for a task whose backend the test does not
+    /// know (a `dispatcher` command's): any session of this database.
+    pub async fn a_session_blocked_before_done<T>(
+        &self,
+        task: &tokio::task::JoinHandle<T>,
+    ) -> bool {
+        self.waits_before_done(
+            "datname = current_database()",
+            "the database's sessions",
+            task,
+        )
+        .await
+    }
+
+    async fn waits_before_done<T>(
+        &self,
+        sessions: &str,
+        who: &str,
+        task: &tokio::task::JoinHandle<T>,
+    ) -> bool {
         let started = std::time::Instant::now();
         let blocked = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+            "SELECT count(*) FROM pg_stat_activity WHERE {sessions} AND wait_event_type = 'Lock'"
         );
         while !task.is_finished() {
-            if self.count(&blocked).await == 1 {
+            if self.count(&blocked).await > 0 {
                 return true;
             }
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(60),
-                "backend {pid} neither finished nor waited for a lock within 60s"
+                "{who} neither finished nor waited for a lock within 60s"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
