@@ -156,11 +156,26 @@ impl Daemon {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// SIGSTOP: it runs nothing until [`Daemon::resume`], its connections held open.
+    pub fn pause(&self) -> Result<()> {
+        kill(self.process()?, Signal::SIGSTOP).context("sending SIGSTOP to the dispatcher")
+    }
+
+    /// SIGCONT, after [`Daemon::pause`].
+    pub fn resume(&self) -> Result<()> {
+        kill(self.process()?, Signal::SIGCONT).context("sending SIGCONT to the dispatcher")
+    }
+
+    fn process(&self) -> Result<Pid> {
+        Ok(Pid::from_raw(
+            i32::try_from(self.pid).context("pid out of range")?,
+        ))
+    }
+
     /// SIGTERM, as ops would stop it; killed if it has not stopped within `patience`.
     pub async fn stop(mut self, patience: Duration) -> Result<()> {
         self.check_running()?;
-        let pid = Pid::from_raw(i32::try_from(self.pid).context("pid out of range")?);
-        kill(pid, Signal::SIGTERM).context("sending SIGTERM to the dispatcher")?;
+        kill(self.process()?, Signal::SIGTERM).context("sending SIGTERM to the dispatcher")?;
         match tokio::time::timeout(patience, self.child.wait()).await {
             Ok(status) => {
                 let status = status?;

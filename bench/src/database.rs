@@ -370,6 +370,88 @@ impl BenchDb {
         Ok(())
     }
 
+    /// Whether the schema has the archive (migration 0025).
+    pub async fn has_archive(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT to_regclass('dispatcher.archived_deliveries') IS NOT NULL",
+                &[],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// `count` deliveries to `partner` in the archive, as retention leaves a year of
+    /// history there (migration 0025): each delivered at its first attempt, its answer
+    /// and its event's body erased, a patient each (a hash of `<prefix><n>`), spread
+    /// evenly over the 51 weeks that end a little more than `payload_days` (30) ago, so
+    /// that no pass archives or drops anything during the measurement. A week at a time,
+    /// into the partitions the owner's `archive_week` makes; then vacuumed and analyzed,
+    /// as autovacuum would have left weeks that filled long ago.
+    pub async fn seed_archived_deliveries(
+        &self,
+        partner: &str,
+        count: u64,
+        prefix: &str,
+    ) -> Result<()> {
+        const WEEKS: u64 = 51;
+        let first_week: chrono::NaiveDate = self
+            .client
+            .query_one(
+                "SELECT date_trunc('week', now() - interval '390 days')::date",
+                &[],
+            )
+            .await?
+            .get(0);
+        for week in 0..WEEKS {
+            let monday = first_week + chrono::Days::new(week * 7);
+            let (from, to) = (
+                count.saturating_mul(week) / WEEKS,
+                count.saturating_mul(week + 1) / WEEKS,
+            );
+            self.client
+                .execute(
+                    "SELECT dispatcher.archive_week($1::date, ($1::date + 7)::timestamp AT TIME ZONE 'UTC')",
+                    &[&monday],
+                )
+                .await
+                .context("making an archived week")?;
+            self.client
+                .execute(
+                    "INSERT INTO dispatcher.archived_deliveries
+                         (id, event_id, partner, event_name, patient_id, state, attempt_count,
+                          attempts_before_resend, last_status, created_at, ended_at,
+                          answers_erased_at, event_erased_at, first_attempt_started_at,
+                          first_attempt_duration_ms, first_attempt_http_status,
+                          first_attempt_answer_erased_at, first_attempt_resent_after)
+                     SELECT public.bench_uuid_v7(at), 1000000000000 + g, $1, $2,
+                            md5($3::text || g::text), 'delivered', 1, 0, 200, at,
+                            at + interval '40 ms', at + interval '30 days',
+                            at + interval '30 days', at, 40, 200, at + interval '30 days', false
+                     FROM generate_series($5::int8, $6::int8 - 1) AS g,
+                          LATERAL (SELECT $4::date::timestamp AT TIME ZONE 'UTC'
+                                          + interval '7 days' * ((g - $5 + 0.5)::float8 / ($6 - $5))
+                                          AS at) AS t
+                     ORDER BY g",
+                    &[
+                        &partner,
+                        &ENROLLMENT,
+                        &prefix,
+                        &monday,
+                        &(from as i64),
+                        &(to as i64),
+                    ],
+                )
+                .await
+                .context("seeding an archived week")?;
+        }
+        self.client
+            .batch_execute("VACUUM ANALYZE dispatcher.archived_deliveries")
+            .await
+            .context("vacuum after seeding the archive")
+    }
+
     /// After seeding: statistics and visibility as autovacuum would have left a backlog
     /// that built up over time, and a checkpoint so the measurement does not pay for the
     /// seeding's writes.

@@ -62,6 +62,10 @@ struct Cli {
     /// Multiplies every scenario's event count (e.g. 0.1 for a quick look).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// The `history` scenario's archived deliveries, instead of 9,000,000 times --scale
+    /// (issue 22's large history: 99000000 beside the live 1,000,000).
+    #[arg(long, value_name = "N")]
+    history_archived: Option<u64>,
     /// A superuser URL of the PostgreSQL server (scripts/with-postgres sets it).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
@@ -129,11 +133,14 @@ impl HealthArgs {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let sizes = if cli.smoke {
+    let mut sizes = if cli.smoke {
         Sizes::smoke()
     } else {
         Sizes::full(cli.scale)
     };
+    if let Some(archived) = cli.history_archived {
+        sizes.history_archived = archived;
+    }
     let runs = cli.runs.unwrap_or(if cli.smoke { 1 } else { 3 }).max(1);
     let known = sizes.scenario_names();
     let (names, health): (Vec<String>, Option<HealthOptions>) = match &cli.mode {

@@ -53,16 +53,21 @@ enum Leg {
     /// The outbox in bursts, each started once the router has delivered the last one and
     /// sleeps: what a burst after a quiet spell pays for waking it.
     OutboxBursts,
+    /// The outbox as the schema ships it, the daemon stopped (SIGSTOP) for the leg and
+    /// let go after it: what the table and its trigger cost a producer, without the
+    /// daemon's routing and delivering beside it on the same cores.
+    OutboxUnread,
 }
 
 impl Leg {
-    const ALL: [Leg; 6] = [
+    const ALL: [Leg; 7] = [
         Leg::Plain,
         Leg::Outbox,
         Leg::NoWakeup,
         Leg::V1Notify,
         Leg::PlainBursts,
         Leg::OutboxBursts,
+        Leg::OutboxUnread,
     ];
 
     fn name(self) -> &'static str {
@@ -73,6 +78,7 @@ impl Leg {
             Leg::V1Notify => "v1_notify",
             Leg::PlainBursts => "plain_bursts",
             Leg::OutboxBursts => "outbox_bursts",
+            Leg::OutboxUnread => "outbox_unread",
         }
     }
 
@@ -85,6 +91,32 @@ impl Leg {
 
     fn in_bursts(self) -> bool {
         matches!(self, Leg::PlainBursts | Leg::OutboxBursts)
+    }
+}
+
+/// Empties the tables the legs write. The running daemon's statements (the router's,
+/// the rescuer's) lock some of the same tables in another order than the `TRUNCATE`, so
+/// now and then PostgreSQL ends the `TRUNCATE` as a deadlock's victim: it is tried again.
+async fn empty_tables(db: &crate::database::BenchDb) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        let emptied = db
+            .client
+            .batch_execute(
+                "TRUNCATE dispatcher.outbox, dispatcher.deliveries, dispatcher.attempts,
+                          dispatcher.partner_patients, bench.outbox_plain CASCADE",
+            )
+            .await;
+        match emptied {
+            Err(error)
+                if tries < 5
+                    && error.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                tries += 1;
+            }
+            emptied => return emptied.context("emptying the tables between legs"),
+        }
     }
 }
 
@@ -147,18 +179,20 @@ impl Bench {
             for (index, leg) in Leg::ALL.into_iter().enumerate() {
                 // Every leg starts from empty tables, right after a checkpoint (whose
                 // full-page images the first writes after it pay).
-                db.client
-                    .batch_execute(
-                        "TRUNCATE dispatcher.outbox, dispatcher.deliveries, dispatcher.attempts,
-                                  dispatcher.partner_patients, bench.outbox_plain CASCADE",
-                    )
-                    .await
-                    .context("emptying the tables between legs")?;
+                empty_tables(db).await?;
                 db.client.batch_execute("CHECKPOINT").await?;
                 self.arm(&setup, leg).await?;
                 let mut counter = ArrivalCounter::start(self, Arrivals::Nginx).await?;
                 let wal_start = self.cluster.wal_bytes().await?;
                 let produced = match leg.in_bursts() {
+                    false if leg == Leg::OutboxUnread => {
+                        daemon.pause()?;
+                        let produced = producer
+                            .flat_out(leg.table(), Stop::After(duration), "producer-")
+                            .await;
+                        daemon.resume()?;
+                        produced?
+                    }
                     false => {
                         producer
                             .flat_out(leg.table(), Stop::After(duration), "producer-")
@@ -215,8 +249,8 @@ impl Bench {
                 report::median(&wal[index]),
             ));
         }
-        let [plain, outbox, no_wakeup, v1_notify, plain_bursts, outbox_bursts] =
-            [0, 1, 2, 3, 4, 5].map(|i| medians[i]);
+        let [plain, outbox, no_wakeup, v1_notify, plain_bursts, outbox_bursts, outbox_unread] =
+            [0, 1, 2, 3, 4, 5, 6].map(|i| medians[i]);
         metrics.extend([
             Metric::new("outbox_to_plain", "x", outbox / plain).target(Target::AtLeast(0.95)),
             Metric::new(
@@ -232,6 +266,7 @@ impl Bench {
             ),
             Metric::new("v1_notify_to_plain", "x", v1_notify / plain),
             Metric::new("outbox_to_no_wakeup", "x", outbox / no_wakeup),
+            Metric::new("outbox_unread_to_plain", "x", outbox_unread / plain),
             Metric::new("producers", "", PRODUCERS as f64),
             Metric::new("rounds", "", self.sizes.producer_rounds as f64),
             Metric::new("seconds_per_leg", "s", self.sizes.producer_seconds),
@@ -306,7 +341,9 @@ impl Bench {
     async fn arm(&self, setup: &Setup, leg: Leg) -> Result<()> {
         let client = &setup.db.client;
         match leg {
-            Leg::Plain | Leg::Outbox | Leg::PlainBursts | Leg::OutboxBursts => return Ok(()),
+            Leg::Plain | Leg::Outbox | Leg::PlainBursts | Leg::OutboxBursts | Leg::OutboxUnread => {
+                return Ok(())
+            }
             Leg::NoWakeup => client
                 .batch_execute("ALTER TABLE dispatcher.outbox DISABLE TRIGGER USER")
                 .await
@@ -347,7 +384,9 @@ impl Bench {
     async fn disarm(&self, setup: &Setup, leg: Leg, shipped: &[ShippedTrigger]) -> Result<()> {
         let mut statements: Vec<String> = shipped.iter().map(ShippedTrigger::restore).collect();
         match leg {
-            Leg::Plain | Leg::Outbox | Leg::PlainBursts | Leg::OutboxBursts => return Ok(()),
+            Leg::Plain | Leg::Outbox | Leg::PlainBursts | Leg::OutboxBursts | Leg::OutboxUnread => {
+                return Ok(())
+            }
             Leg::NoWakeup => {}
             Leg::V1Notify => {
                 statements.insert(

@@ -57,9 +57,11 @@ pub struct Sizes {
     pub waiting_healthy: u64,
     pub waiting_patients: u64,
     pub waiting_each: u64,
-    /// The partner's due deliveries, and the ended ones kept beside them.
+    /// The partner's due deliveries, the ended ones kept beside them in the live tables
+    /// (younger than `payload_days`), and those in the archive (migration 0025).
     pub history_backlog: u64,
     pub history_rows: u64,
+    pub history_archived: u64,
     /// The machine's calibration: iterations of the CPU loop, seconds of `pgbench -S`.
     pub calibration_iterations: u64,
     pub pgbench_seconds: u64,
@@ -97,6 +99,7 @@ impl Sizes {
             waiting_each: 10,
             history_backlog: n(10_000.0),
             history_rows: n(1_000_000.0),
+            history_archived: n(9_000_000.0),
             calibration_iterations: 500_000_000,
             pgbench_seconds: 5,
             deadline: Duration::from_secs(900),
@@ -131,6 +134,7 @@ impl Sizes {
             waiting_each: 10,
             history_backlog: 200,
             history_rows: 2_000,
+            history_archived: 20_000,
             calibration_iterations: 20_000_000,
             pgbench_seconds: 1,
             deadline: Duration::from_secs(120),
@@ -378,15 +382,27 @@ impl Legs {
         claim_name: &str,
         target: Target,
     ) -> Vec<Metric> {
-        let ratio = |figures: &[f64]| match figures {
-            [first, second, ..] => second / first,
+        self.against_first(1, rate_name, claim_name, target);
+        self.metrics
+    }
+
+    /// The leg run `leg`-th (from 0) against the first: the ratio of their rates, named
+    /// `rate_name` and held to `target`, and of their mean claim times, `claim_name`.
+    pub(crate) fn against_first(
+        &mut self,
+        leg: usize,
+        rate_name: &str,
+        claim_name: &str,
+        target: Target,
+    ) {
+        let ratio = |figures: &[f64]| match (figures.first(), figures.get(leg)) {
+            (Some(first), Some(other)) => other / first,
             _ => f64::NAN,
         };
         self.metrics
             .push(Metric::new(rate_name, "x", ratio(&self.rates)).target(target));
         self.metrics
             .push(Metric::new(claim_name, "x", ratio(&self.claims)));
-        self.metrics
     }
 }
 
