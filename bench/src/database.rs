@@ -407,8 +407,8 @@ impl BenchDb {
         for week in 0..WEEKS {
             let monday = first_week + chrono::Days::new(week * 7);
             let (from, to) = (
-                count.saturating_mul(week) / WEEKS,
-                count.saturating_mul(week + 1) / WEEKS,
+                i64::try_from(count.saturating_mul(week) / WEEKS)?,
+                i64::try_from(count.saturating_mul(week + 1) / WEEKS)?,
             );
             self.client
                 .execute(
@@ -434,14 +434,7 @@ impl BenchDb {
                                           + interval '7 days' * ((g - $5 + 0.5)::float8 / ($6 - $5))
                                           AS at) AS t
                      ORDER BY g",
-                    &[
-                        &partner,
-                        &ENROLLMENT,
-                        &prefix,
-                        &monday,
-                        &(from as i64),
-                        &(to as i64),
-                    ],
+                    &[&partner, &ENROLLMENT, &prefix, &monday, &from, &to],
                 )
                 .await
                 .context("seeding an archived week")?;
