@@ -18,6 +18,7 @@
 //! `every_delivery` and `every_attempt`.
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 
 use super::batch_limit;
 
@@ -88,28 +89,22 @@ pub async fn archive_due_events(
     limit: usize,
 ) -> Result<Archived, tokio_postgres::Error> {
     let payload_days = super::days(payload_days);
-    let transaction = client.transaction().await?;
-    let events: Vec<i64> = transaction
-        .query(
-            &format!(
-                "SELECT o.id FROM dispatcher.outbox o
-                 WHERE {due}
-                   -- An event cannot end before it was created: this bounds the scan.
-                   AND o.created_at < now() - make_interval(days => $1)
-                 ORDER BY o.created_at
-                 LIMIT $2
-                 FOR UPDATE OF o SKIP LOCKED",
-                due = body_due("$1")
-            ),
-            &[&payload_days, &batch_limit(limit)],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let archived = move_events(&transaction, &events, payload_days).await?;
-    transaction.commit().await?;
-    Ok(archived)
+    lock_and_move(
+        client,
+        &format!(
+            "SELECT o.id FROM dispatcher.outbox o
+             WHERE {due}
+               -- An event cannot end before it was created: this bounds the scan.
+               AND o.created_at < now() - make_interval(days => $1)
+             ORDER BY o.created_at
+             LIMIT $2
+             FOR UPDATE OF o SKIP LOCKED",
+            due = body_due("$1")
+        ),
+        &[&payload_days, &batch_limit(limit)],
+        payload_days,
+    )
+    .await
 }
 
 /// Moves the deliveries of up to `limit` events whose body is already erased (by a
@@ -124,24 +119,38 @@ pub async fn archive_erased_events(
     payload_days: u32,
     limit: usize,
 ) -> Result<Archived, tokio_postgres::Error> {
+    lock_and_move(
+        client,
+        &format!(
+            "SELECT o.id FROM dispatcher.outbox o
+             WHERE o.event IS NULL AND {ended}
+             ORDER BY o.created_at
+             LIMIT $1
+             FOR UPDATE OF o SKIP LOCKED",
+            ended = all_ended(None)
+        ),
+        &[&batch_limit(limit)],
+        super::days(payload_days),
+    )
+    .await
+}
+
+/// One batch of the archive, in one transaction: locks the events `select` returns (its
+/// parameters `params`), then [`move_events`] moves them.
+async fn lock_and_move(
+    client: &mut impl GenericClient,
+    select: &str,
+    params: &[&(dyn ToSql + Sync)],
+    payload_days: i32,
+) -> Result<Archived, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
     let events: Vec<i64> = transaction
-        .query(
-            &format!(
-                "SELECT o.id FROM dispatcher.outbox o
-                 WHERE o.event IS NULL AND {ended}
-                 ORDER BY o.created_at
-                 LIMIT $1
-                 FOR UPDATE OF o SKIP LOCKED",
-                ended = all_ended(None)
-            ),
-            &[&batch_limit(limit)],
-        )
+        .query(select, params)
         .await?
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let archived = move_events(&transaction, &events, super::days(payload_days)).await?;
+    let archived = move_events(&transaction, &events, payload_days).await?;
     transaction.commit().await?;
     Ok(archived)
 }

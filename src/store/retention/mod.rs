@@ -222,7 +222,8 @@ pub async fn delete_events_without_deliveries(
 
 /// One pruning pass: every step, batch after batch, until a batch comes back short.
 /// Each batch takes a connection of the pool only for its short transaction (one
-/// statement, or two for erasing bodies and answers). Stops between batches when `shutdown` begins.
+/// statement; two for the answers' erase, three for the archive's move). Stops between
+/// batches when `shutdown` begins.
 pub async fn prune(
     pool: &Pool,
     retention: &RetentionConfig,
