@@ -17,19 +17,6 @@ use uuid::Uuid;
 /// first answer, which must not outlive `payload_days`.
 const BUSY: &str = "busy with patient p-retried, try later";
 
-/// Every event and delivery a month older, as if a month had passed since (their ids
-/// stay of today: they go to this week of the archive).
-async fn a_month_passes(db: &TestDb) {
-    db.client
-        .batch_execute(
-            "UPDATE dispatcher.outbox SET created_at = now() - interval '31 days';
-             UPDATE dispatcher.deliveries
-             SET created_at = now() - interval '31 days', ended_at = now() - interval '31 days'",
-        )
-        .await
-        .expect("a month passes");
-}
-
 /// Two patients delivered, one at once and one on its second try, then a month passes
 /// with the daemon stopped: both are due for the archive.
 async fn delivered_a_month_ago() -> (TestDb, TestConfig, std::path::PathBuf) {
@@ -53,7 +40,7 @@ async fn delivered_a_month_ago() -> (TestDb, TestConfig, std::path::PathBuf) {
     }
     db.wait_for_state("delivered", 2).await;
     drop(daemon);
-    a_month_passes(&db).await;
+    db.a_month_passes().await;
     (db, config, path)
 }
 
@@ -256,8 +243,9 @@ async fn a_week_support_is_reading_is_dropped_by_the_next_pass_and_the_pass_goes
     );
 }
 
-/// One delivery rejected a month ago, its event's body erased by the pruner's first step
-/// and not archived yet; the daemon's side of the database, without the daemon.
+/// One delivery rejected a month ago, its event's body erased in place (as a daemon from
+/// before 0025 did) and not archived yet; the daemon's side of the database, without the
+/// daemon.
 async fn rejected_a_month_ago_its_body_erased() -> (TestDb, TestConfig, Router, Uuid) {
     let acme = TestPartner::accepting("acme").await;
     let config = TestConfig::new().partner(&acme, &[PROGRAM]);
@@ -270,7 +258,7 @@ async fn rejected_a_month_ago_its_body_erased() -> (TestDb, TestConfig, Router, 
         panic!("one delivery claimed")
     };
     router.record(claimed, DeliveryState::Rejected).await;
-    a_month_passes(&db).await;
+    db.a_month_passes().await;
     assert_eq!(erased(&mut router).await, 1);
     let id = claimed.id;
     (db, config, router, id)

@@ -211,13 +211,7 @@ async fn the_daemon_the_enrollment_flow_and_support_each_run_under_their_least_p
 
     // A month on, the daemon's role archives the delivery (the owner's function makes
     // the week's tables for it), and support's still reads it.
-    db.client
-        .batch_execute(
-            "UPDATE dispatcher.outbox SET created_at = now() - interval '31 days';
-             UPDATE dispatcher.deliveries SET ended_at = now() - interval '31 days'",
-        )
-        .await
-        .expect("a month passes");
+    db.a_month_passes().await;
     let prune = || {
         let mut command = dispatcher(&daemon_config.write(&db));
         command.arg("prune");

@@ -165,7 +165,7 @@ async fn prune_erases_what_is_past_retention_and_keeps_the_rest() {
     );
 
     // Last month: body and answers erased, the records stay for support, archived.
-    assert!(archived(&db, "p-last-month").await == 2);
+    assert_eq!(archived(&db, "p-last-month").await, 2);
     for id in &last_month {
         assert_eq!(answers_kept(&db, id).await, 0, "{id}");
         assert_eq!(db.attempts(id).await.len(), 1, "the attempt stays");

@@ -189,6 +189,22 @@ impl TestDb {
         self.wait_for_count(EVENT_COUNT, expected).await
     }
 
+    /// Every event and delivery a month older, as if a month had passed since: when each
+    /// was made, and when each delivery that ended did (past `payload_days`, 30). Their
+    /// ids stay of today, so they go to this week of the archive.
+    pub async fn a_month_passes(&self) {
+        self.client
+            .batch_execute(
+                "UPDATE dispatcher.outbox SET created_at = now() - interval '31 days';
+                 UPDATE dispatcher.deliveries
+                 SET created_at = now() - interval '31 days',
+                     ended_at = CASE WHEN ended_at IS NOT NULL
+                                     THEN now() - interval '31 days' END",
+            )
+            .await
+            .expect("a month passes");
+    }
+
     /// Moves the end of `patient`'s archived deliveries `days` into the past, and each
     /// week of the archive's latest end with it (the greatest of its deliveries'), as if
     /// that time had passed since.
