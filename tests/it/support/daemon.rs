@@ -210,10 +210,26 @@ impl Daemon {
     }
 }
 
+/// The end of a failed test's daemon log, printed as the test unwinds: a wait that timed
+/// out (a delivery's state, a partner's requests) then leaves what the daemon was doing.
+const LOG_LINES_ON_FAILURE: usize = 200;
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+            eprintln!(
+                "the daemon's log, its last {} of {} lines ({}):\n{}",
+                tail.len(),
+                lines.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
