@@ -126,13 +126,17 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let dispatcher = Dispatcher::new(live.clone(), pool, shutdown.clone(), metrics)?;
     // Ready for systemd (Type=notify): the schema is current, the admin server listens
     // and the partners' clients are built.
-    tokio::spawn(systemd::report_lifecycle(shutdown));
+    let lifecycle = tokio::spawn(systemd::report_lifecycle(shutdown));
     tracing::info!(
         partners = live.snapshot().partners.len(),
         "dispatcher running"
     );
     dispatcher.run().await?;
     admin.abort();
+    // The shutdown has begun, so it is saying STOPPING=1 now; waited for, because a
+    // daemon with nothing in flight stops within milliseconds, and the runtime drops a
+    // task not yet polled when `main` returns: systemd would never hear it.
+    let _ = lifecycle.await;
     Ok(())
 }
 
