@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::support::cluster::Cluster;
 use crate::support::*;
+use dispatcher::store::outbox::Routed;
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
 
@@ -559,6 +560,56 @@ async fn a_synchronous_replica_answering_after(
 /// The routing lock (`store/outbox/position.rs`): the routing position's row, held by a
 /// daemon while it routes a batch.
 const ROUTING_LOCK: &str = "SELECT 1 FROM dispatcher.routing_position FOR UPDATE";
+
+/// A daemon's own look that found nothing held the routing lock until its transaction
+/// ended, and the look returned before that end reached the server. Its next look, on
+/// another of its pool's connections, could then find the lock taken, take it for another
+/// daemon routing, and go back to sleep: the event whose NOTIFY had woken it waited for
+/// the poll interval (full suites saw the router woken, looking and asleep again within
+/// 0.3 ms, here and in the outage and TLS scenarios). Here nothing the look's connection
+/// still has to send can go once the look returns (this test's one thread runs every task
+/// of it, and is held while another thread looks), so a lock still held is seen every time.
+#[tokio::test(flavor = "current_thread")]
+async fn a_look_that_found_nothing_has_let_go_of_the_routing_lock_when_it_returns() {
+    let partner = TestPartner::accepting("acme").await;
+    let config = config_polling_hourly(&partner);
+    let db = TestDb::migrated(&config).await;
+    let mut router = Router::of(&config, &db).await;
+
+    let round = router.route_and_claim().await;
+
+    assert_eq!(round.routed, Routed::Events(0));
+    let url = db.url.clone();
+    let free = std::thread::spawn(move || routing_lock_is_free(&url))
+        .join()
+        .expect("the other look");
+    assert!(
+        free,
+        "the next look would find the routing lock taken by the look that just returned"
+    );
+}
+
+/// Whether another look, now, would find the routing lock free: from a thread and
+/// connection of its own, so that the calling thread's tasks stay held meanwhile.
+fn routing_lock_is_free(url: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        let mut client = client;
+        let look = client.transaction().await.expect("begin");
+        let rows = look
+            .query(&format!("{ROUTING_LOCK} SKIP LOCKED"), &[])
+            .await
+            .expect("the routing lock");
+        !rows.is_empty()
+    })
+}
 
 /// Two daemons: one has said it waits and is on its last look before sleeping when the
 /// other holds the routing lock. An event committed just before, by a producer that saw

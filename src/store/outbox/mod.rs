@@ -114,6 +114,12 @@ enum Refusals {
     EndTheEvent,
 }
 
+/// One routing transaction, ended before it returns, whatever came of it: committed when
+/// it routed events, rolled back (and waited for) otherwise. A transaction merely dropped
+/// sends its ROLLBACK without waiting, so the look returned still holding the routing
+/// lock, and the router's next look, on another of its pool's connections, could find it
+/// taken and read that as another daemon routing: back to sleep, an event stranded until
+/// the poll interval (tests/it/wakeup.rs).
 async fn route(
     client: &mut deadpool_postgres::Client,
     config: &Config,
@@ -122,12 +128,52 @@ async fn route(
     offer: &mut (dyn FnMut(&NewDelivery) -> bool + Send),
 ) -> Result<RoutingRound, tokio_postgres::Error> {
     let mut transaction = client.transaction().await?;
+    let round = match route_in(&mut transaction, config, limit, refusals, offer).await {
+        Ok(round) => round,
+        Err(error) => {
+            // The error is what the caller needs; a failed rollback adds nothing to it.
+            let _ = transaction.rollback().await;
+            return Err(error);
+        }
+    };
+    match round.routed {
+        Routed::Events(count) if count > 0 => {
+            if round.claimed.is_empty() {
+                // Nothing is sent on the strength of this routing alone, so it commits
+                // without waiting for its WAL flush: if the server crashes before the
+                // flush, the routing is lost whole, deliveries and the routing position
+                // together, and the events are routed again. A claim commits
+                // synchronously, which flushes the WAL up to it, this routing included.
+                // One flush less between an event's commit and its request. What it
+                // claimed itself is sent once it commits, so then it waits: a routing
+                // lost after its requests went out would be routed again under new
+                // delivery ids, and the partner would see the event twice under two
+                // webhook-ids.
+                transaction
+                    .batch_execute("SET LOCAL synchronous_commit = off")
+                    .await?;
+            }
+            transaction.commit().await?;
+        }
+        _ => transaction.rollback().await?,
+    }
+    Ok(round)
+}
+
+/// The work of [`route`]'s transaction, up to its end.
+async fn route_in(
+    transaction: &mut deadpool_postgres::Transaction<'_>,
+    config: &Config,
+    limit: usize,
+    refusals: Refusals,
+    offer: &mut (dyn FnMut(&NewDelivery) -> bool + Send),
+) -> Result<RoutingRound, tokio_postgres::Error> {
     // The routing position's row lock is the routing lock: only one daemon routes at a
     // time, in order, so per-patient ordering holds across daemons.
-    let Some(mut position) = Position::lock(&transaction).await? else {
+    let Some(mut position) = Position::lock(&*transaction).await? else {
         return Ok(RoutingRound::nothing(Routed::ByAnotherDaemon));
     };
-    let rows = position.next_events(&transaction, limit).await?;
+    let rows = position.next_events(&*transaction, limit).await?;
     if rows.is_empty() {
         return Ok(RoutingRound::nothing(Routed::Events(0)));
     }
@@ -165,32 +211,18 @@ async fn route(
                 lease: config.dispatch.lease,
             };
             (
-                queue::insert(&transaction, &planned, send_now).await?,
+                queue::insert(&*transaction, &planned, send_now).await?,
                 Vec::new(),
             )
         }
         Refusals::EndTheEvent => {
-            insert_around_refusals(&mut transaction, &events, &planned, &starts, &mut ids).await?
+            insert_around_refusals(transaction, &events, &planned, &starts, &mut ids).await?
         }
     };
-    position.passed(&transaction, &rows).await?;
+    position.passed(&*transaction, &rows).await?;
     if inserted.pending > 0 {
-        notify::notify_deliveries(&transaction).await?;
+        notify::notify_deliveries(&*transaction).await?;
     }
-    if inserted.claimed.is_empty() {
-        // Nothing is sent on the strength of this routing alone, so it commits without
-        // waiting for its WAL flush: if the server crashes before the flush, the routing
-        // is lost whole, deliveries and the routing position together, and the events are
-        // routed again. A claim commits synchronously, which flushes the WAL up to it,
-        // this routing included. One flush less between an event's commit and its
-        // request. What it claimed itself is sent once it commits, so then it waits: a
-        // routing lost after its requests went out would be routed again under new
-        // delivery ids, and the partner would see the event twice under two webhook-ids.
-        transaction
-            .batch_execute("SET LOCAL synchronous_commit = off")
-            .await?;
-    }
-    transaction.commit().await?;
     Ok(RoutingRound {
         routed: Routed::Events(rows.len()),
         refused,
