@@ -131,7 +131,9 @@ async fn route(
     let round = match route_in(&mut transaction, config, limit, refusals, offer).await {
         Ok(round) => round,
         Err(error) => {
-            // The error is what the caller needs; a failed rollback adds nothing to it.
+            // A statement's error has already released the lock on the server; an error
+            // of the client's own (a value it cannot read) has not. The error is what the
+            // caller needs; a failed rollback adds nothing to it.
             let _ = transaction.rollback().await;
             return Err(error);
         }
