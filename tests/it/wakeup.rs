@@ -579,35 +579,34 @@ async fn a_look_that_found_nothing_has_let_go_of_the_routing_lock_when_it_return
     let round = router.route_and_claim().await;
 
     assert_eq!(round.routed, Routed::Events(0));
-    let url = db.url.clone();
-    let free = std::thread::spawn(move || routing_lock_is_free(&url))
-        .join()
-        .expect("the other look");
     assert!(
-        free,
+        routing_lock_is_free(&db),
         "the next look would find the routing lock taken by the look that just returned"
     );
 }
 
-/// Whether another look, now, would find the routing lock free: from a thread and
-/// connection of its own, so that the calling thread's tasks stay held meanwhile.
-fn routing_lock_is_free(url: &str) -> bool {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-        let mut client = client;
-        let look = client.transaction().await.expect("begin");
-        let rows = look
-            .query(&format!("{ROUTING_LOCK} SKIP LOCKED"), &[])
-            .await
-            .expect("the routing lock");
-        !rows.is_empty()
+/// Whether another look, now, would find the routing lock free: from a thread, runtime
+/// and connection of its own, so that the calling thread's tasks stay held meanwhile.
+fn routing_lock_is_free(db: &TestDb) -> bool {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(async {
+                    let mut client = db.connect().await;
+                    let look = client.transaction().await.expect("begin");
+                    let rows = look
+                        .query(&format!("{ROUTING_LOCK} SKIP LOCKED"), &[])
+                        .await
+                        .expect("the routing lock");
+                    !rows.is_empty()
+                })
+            })
+            .join()
+            .expect("the other look")
     })
 }
 
